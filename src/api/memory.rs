@@ -1,0 +1,1 @@
+//! An in-memory MediaApi for unit tests.

@@ -1,0 +1,53 @@
+//! The filesystem half: a passthrough of a backing directory (`Passthrough`, plain Rust returning
+//! `Result<_, Errno>`) behind a thin fuser adapter. It reports every change that matters to the
+//! catalog as an `Event`; it never calls the service and never blocks on the sync layer.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A change the catalog may care about. Paths are relative to the backing root (may be non-UTF-8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A regular file, fifo, device node, directory or symlink was created at `path`.
+    Created { path: PathBuf },
+    /// A handle that wrote or truncated (or a truncate through setattr) was flushed or released.
+    ContentChanged { path: PathBuf },
+    /// Times were set (utimensat) without a content change.
+    TimesSet { path: PathBuf },
+    /// `path` was unlinked (or removed with rmdir when `is_dir`).
+    Removed { path: PathBuf, is_dir: bool },
+    /// `from` was renamed to `to`, possibly replacing what `to` was.
+    Renamed {
+        from: PathBuf,
+        to: PathBuf,
+        is_dir: bool,
+    },
+    /// RENAME_EXCHANGE swapped `a` and `b`.
+    Exchanged { a: PathBuf, b: PathBuf },
+    /// A new hard link `path` was made to an existing file.
+    Linked { path: PathBuf },
+}
+
+/// Where events go. Implementations must return at once (no I/O, no waiting on locks held long).
+pub trait EventSink: Send + Sync {
+    fn send(&self, event: Event);
+}
+
+/// Answers `getxattr(MOUNTPOINT, STATUS_XATTR)` so `maxlofs status MOUNTPOINT` can ask the daemon.
+pub trait StatusSource: Send + Sync {
+    fn status_json(&self) -> String;
+}
+
+/// The extended attribute on the mount root that carries the daemon's status as JSON.
+pub const STATUS_XATTR: &str = "user.maxlofs.status";
+
+pub struct MountConfig {
+    pub backing: PathBuf,
+    pub mountpoint: PathBuf,
+    pub read_only: bool,
+    pub allow_other: bool,
+    /// Threads serving FUSE requests.
+    pub threads: usize,
+    pub events: Arc<dyn EventSink>,
+    pub status: Option<Arc<dyn StatusSource>>,
+}

@@ -1,0 +1,9 @@
+//! maxlofs: a FUSE passthrough filesystem that keeps a Maxlo media catalog in step.
+
+pub mod api;
+pub mod cli;
+pub mod contract;
+pub mod emulator;
+pub mod fs;
+pub mod hash;
+pub mod sync;

@@ -1,0 +1,1 @@
+//! Keeps the catalog in step with the backing tree.
