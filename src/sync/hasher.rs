@@ -1,0 +1,21 @@
+//! Hashing a backing file in the state it was in from start to end of the read.
+
+use std::io;
+use std::path::Path;
+
+use super::local::{Backing, FileStat};
+
+/// Hashes `path`, checking the file did not change while it was read (stat of the open file and
+/// of the path, before and after); tries a few times. `None`: it kept changing.
+pub fn hash_stable(backing: &Backing, path: &Path) -> io::Result<Option<(String, FileStat)>> {
+    for _ in 0..3 {
+        let (file, before) = backing.open_file(path)?;
+        let hash = crate::hash::hash_open_file(&file, before.size)?;
+        let held = FileStat::from_metadata(&file.metadata()?);
+        let (_, at_path) = backing.open_file(path)?;
+        if before == held && before == at_path {
+            return Ok(Some((hash, before)));
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,226 @@
+//! The persistent index: per synced path, what the service acknowledged. Written only after an
+//! acknowledgement, so after a crash it may lag the service but never lead it; re-sending is
+//! idempotent. An LRU of path → entry sits in front of SQLite for media_id lookups.
+
+use lru::LruCache;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::Mutex;
+
+use crate::api::MediaId;
+
+/// What the service holds for one path, as of its last acknowledgement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub media_id: MediaId,
+    pub hash: String,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+}
+
+pub struct Index {
+    db: Mutex<Connection>,
+    /// `None` caches "no entry", which is the common answer for new files.
+    cache: Mutex<LruCache<String, Option<IndexEntry>>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS synced (
+    path TEXT PRIMARY KEY,
+    media_id INTEGER NOT NULL,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ino INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS synced_ino ON synced (ino);
+";
+
+fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexEntry> {
+    Ok(IndexEntry {
+        media_id: row.get("media_id")?,
+        hash: row.get("hash")?,
+        size: row.get::<_, i64>("size")? as u64,
+        mtime_ns: row.get("mtime_ns")?,
+        ctime_ns: row.get("ctime_ns")?,
+        ino: row.get::<_, i64>("ino")? as u64,
+    })
+}
+
+impl Index {
+    /// Opens (creating) the index at `path`. `identity` names what the entries are valid for (API,
+    /// grant, prefix): if it differs from the stored one the entries are dropped, and the next
+    /// reconcile re-learns every media_id from the service's 409 answers.
+    pub fn open(path: &Path, identity: &str, cache_entries: usize) -> anyhow::Result<Index> {
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "NORMAL")?;
+        db.execute_batch(SCHEMA)?;
+        let stored: Option<String> = db
+            .query_row("SELECT value FROM meta WHERE key = 'identity'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if stored.as_deref() != Some(identity) {
+            if stored.is_some() {
+                tracing::warn!(
+                    "index was made for another service, grant or prefix; starting over"
+                );
+            }
+            db.execute("DELETE FROM synced", [])?;
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('identity', ?1)",
+                [identity],
+            )?;
+        }
+        let capacity = NonZeroUsize::new(cache_entries.max(1)).expect("at least one");
+        Ok(Index {
+            db: Mutex::new(db),
+            cache: Mutex::new(LruCache::new(capacity)),
+        })
+    }
+
+    pub fn get(&self, path: &str) -> anyhow::Result<Option<IndexEntry>> {
+        if let Some(hit) = self.cache.lock().unwrap().get(path) {
+            return Ok(hit.clone());
+        }
+        let entry = self
+            .db
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT * FROM synced WHERE path = ?1",
+                [path],
+                entry_from_row,
+            )
+            .optional()?;
+        self.cache
+            .lock()
+            .unwrap()
+            .put(path.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    pub fn put(&self, path: &str, entry: &IndexEntry) -> anyhow::Result<()> {
+        self.db.lock().unwrap().execute(
+            "INSERT OR REPLACE INTO synced (path, media_id, hash, size, mtime_ns, ctime_ns, ino)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                path,
+                entry.media_id,
+                entry.hash,
+                entry.size as i64,
+                entry.mtime_ns,
+                entry.ctime_ns,
+                entry.ino as i64
+            ],
+        )?;
+        self.cache
+            .lock()
+            .unwrap()
+            .put(path.to_string(), Some(entry.clone()));
+        Ok(())
+    }
+
+    pub fn remove(&self, path: &str) -> anyhow::Result<()> {
+        self.db
+            .lock()
+            .unwrap()
+            .execute("DELETE FROM synced WHERE path = ?1", [path])?;
+        self.cache.lock().unwrap().put(path.to_string(), None);
+        Ok(())
+    }
+
+    /// Paths of entries for inode `ino`: the other names of a hard-linked file, or the old name of
+    /// a renamed one.
+    pub fn find_by_ino(&self, ino: u64) -> anyhow::Result<Vec<(String, IndexEntry)>> {
+        let db = self.db.lock().unwrap();
+        let mut stmt = db.prepare_cached("SELECT * FROM synced WHERE ino = ?1")?;
+        let rows = stmt.query_map([ino as i64], |row| {
+            Ok((row.get("path")?, entry_from_row(row)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Paths strictly below directory `dir` ("" is the root).
+    pub fn paths_under(&self, dir: &str) -> anyhow::Result<Vec<String>> {
+        let db = self.db.lock().unwrap();
+        if dir.is_empty() {
+            let mut stmt = db.prepare_cached("SELECT path FROM synced")?;
+            let rows = stmt.query_map([], |row| row.get(0))?;
+            return Ok(rows.collect::<Result<_, _>>()?);
+        }
+        // '/' + 1 == '0': the range [dir/, dir0) holds exactly the paths below dir.
+        let mut stmt =
+            db.prepare_cached("SELECT path FROM synced WHERE path >= ?1 AND path < ?2")?;
+        let rows = stmt.query_map(params![format!("{dir}/"), format!("{dir}0")], |row| {
+            row.get(0)
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn count(&self) -> anyhow::Result<u64> {
+        let count: i64 =
+            self.db
+                .lock()
+                .unwrap()
+                .query_row("SELECT COUNT(*) FROM synced", [], |r| r.get(0))?;
+        Ok(count as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(media_id: MediaId, ino: u64) -> IndexEntry {
+        IndexEntry {
+            media_id,
+            hash: "ab".repeat(32),
+            size: 3,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            ino,
+        }
+    }
+
+    #[test]
+    fn entries_persist_and_are_found_by_path_inode_and_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index.db");
+        {
+            let index = Index::open(&db, "grant-1", 2).unwrap();
+            index.put("a/b", &entry(1, 10)).unwrap();
+            index.put("a/c", &entry(2, 10)).unwrap();
+            index.put("a0", &entry(3, 11)).unwrap();
+            index.put("ab/x", &entry(4, 12)).unwrap();
+            index.remove("ab/x").unwrap();
+            assert_eq!(index.get("ab/x").unwrap(), None);
+        }
+        let index = Index::open(&db, "grant-1", 2).unwrap();
+        assert_eq!(index.get("a/b").unwrap(), Some(entry(1, 10)));
+        let mut under = index.paths_under("a").unwrap();
+        under.sort();
+        assert_eq!(under, ["a/b", "a/c"]);
+        assert_eq!(index.find_by_ino(10).unwrap().len(), 2);
+        assert_eq!(index.count().unwrap(), 3);
+        assert_eq!(index.paths_under("").unwrap().len(), 3);
+    }
+
+    #[test]
+    fn another_identity_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index.db");
+        Index::open(&db, "grant-1", 8)
+            .unwrap()
+            .put("x", &entry(1, 1))
+            .unwrap();
+        let index = Index::open(&db, "grant-2", 8).unwrap();
+        assert_eq!(index.get("x").unwrap(), None);
+    }
+}

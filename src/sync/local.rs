@@ -1,0 +1,204 @@
+//! What the backing tree holds, read safely: every open goes through the backing root's fd with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so no symlink, however placed or raced, makes
+//! the sync engine read or hash anything outside BACKING.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The backing root, held open.
+pub struct Backing {
+    root: OwnedFd,
+    path: PathBuf,
+}
+
+/// The identity and times of a regular file, as `stat` shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStat {
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+}
+
+impl FileStat {
+    pub fn from_metadata(meta: &std::fs::Metadata) -> Self {
+        FileStat {
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        }
+    }
+}
+
+/// What a relative path names in the backing tree right now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observed {
+    Absent,
+    File(FileStat),
+    Directory,
+    /// A symlink, fifo, socket or device: stays local.
+    Special,
+}
+
+impl Backing {
+    pub fn open(path: &Path) -> io::Result<Backing> {
+        let dir = File::open(path)?;
+        if !dir.metadata()?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", path.display()),
+            ));
+        }
+        Ok(Backing {
+            root: dir.into(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn open_beneath(&self, relative: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+        let name = CString::new(relative.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+        how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+        // SAFETY: `name` and `how` outlive the call; the kernel returns a new fd or -1.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                self.root.as_raw_fd(),
+                name.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the syscall succeeded, so `fd` is a fresh descriptor we own.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    }
+
+    /// Observes `relative` without following any symlink.
+    pub fn observe(&self, relative: &Path) -> io::Result<Observed> {
+        let fd = match self.open_beneath(relative, libc::O_PATH) {
+            Ok(fd) => fd,
+            // A symlink on the way (ELOOP), a missing component or a file where a directory was
+            // expected all mean: there is no regular file at this path.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+                ) =>
+            {
+                return Ok(Observed::Absent)
+            }
+            Err(err) => return Err(err),
+        };
+        let meta = File::from(fd).metadata()?;
+        let kind = meta.file_type();
+        Ok(if kind.is_file() {
+            Observed::File(FileStat::from_metadata(&meta))
+        } else if kind.is_dir() {
+            Observed::Directory
+        } else {
+            Observed::Special
+        })
+    }
+
+    /// Opens a regular file for hashing; its stat is taken from the same fd.
+    pub fn open_file(&self, relative: &Path) -> io::Result<(File, FileStat)> {
+        let file = File::from(self.open_beneath(relative, libc::O_RDONLY | libc::O_NONBLOCK)?);
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok((file, FileStat::from_metadata(&meta)))
+    }
+
+    /// Every entry below `relative` (a directory), depth first, as relative paths with what they
+    /// are. Symlinked directories are not entered.
+    pub fn walk(&self, relative: &Path, visit: &mut dyn FnMut(&Path, Observed)) -> io::Result<()> {
+        let fd = self.open_beneath(
+            if relative.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                relative
+            },
+            libc::O_RDONLY | libc::O_DIRECTORY,
+        )?;
+        // Read the directory through its fd (via /proc) so a rename racing the walk cannot
+        // redirect it outside the tree.
+        let entries = std::fs::read_dir(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+        for entry in entries {
+            let entry = entry?;
+            let child = relative.join(entry.file_name());
+            match self.observe(&child)? {
+                Observed::Directory => {
+                    visit(&child, Observed::Directory);
+                    // A directory that vanished while walking is simply gone.
+                    match self.walk(&child, visit) {
+                        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+                        other => other?,
+                    }
+                }
+                observed => visit(&child, observed),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observe_never_follows_symlinks() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("escape")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.path().join("link"))
+            .unwrap();
+        std::fs::create_dir(root.path().join("d")).unwrap();
+        std::fs::write(root.path().join("d/f"), b"hello").unwrap();
+        let backing = Backing::open(root.path()).unwrap();
+
+        assert_eq!(
+            backing.observe(Path::new("escape/secret")).unwrap(),
+            Observed::Absent
+        );
+        assert!(backing.open_file(Path::new("escape/secret")).is_err());
+        assert!(backing.open_file(Path::new("link")).is_err());
+        assert_eq!(
+            backing.observe(Path::new("link")).unwrap(),
+            Observed::Special
+        );
+        assert_eq!(
+            backing.observe(Path::new("../x")).unwrap(),
+            Observed::Absent
+        );
+        assert!(matches!(
+            backing.observe(Path::new("d/f")).unwrap(),
+            Observed::File(FileStat { size: 5, .. })
+        ));
+
+        let mut seen = Vec::new();
+        backing
+            .walk(Path::new(""), &mut |p, o| seen.push((p.to_path_buf(), o)))
+            .unwrap();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<_> = seen.iter().map(|(p, _)| p.to_str().unwrap()).collect();
+        assert_eq!(names, ["d", "d/f", "escape", "link"]);
+    }
+}
