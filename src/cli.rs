@@ -151,7 +151,7 @@ pub fn main() -> i32 {
         Command::Emulator(args) => crate::emulator::run(&args),
         Command::Hash { files } => return crate::hash::run_cli(&files),
         Command::Mount(_args) => Err(anyhow::anyhow!("mount: not built yet")),
-        Command::Status(_args) => Err(anyhow::anyhow!("status: not built yet")),
+        Command::Status(args) => crate::status::run(&args),
     };
     match result {
         Ok(()) => 0,

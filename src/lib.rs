@@ -6,4 +6,5 @@ pub mod contract;
 pub mod emulator;
 pub mod fs;
 pub mod hash;
+pub mod status;
 pub mod sync;

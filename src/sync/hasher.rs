@@ -4,13 +4,19 @@ use std::io;
 use std::path::Path;
 
 use super::local::{Backing, FileStat};
+use crate::hash;
 
 /// Hashes `path`, checking the file did not change while it was read (stat of the open file and
 /// of the path, before and after); tries a few times. `None`: it kept changing.
 pub fn hash_stable(backing: &Backing, path: &Path) -> io::Result<Option<(String, FileStat)>> {
     for _ in 0..3 {
         let (file, before) = backing.open_file(path)?;
-        let hash = crate::hash::hash_open_file(&file, before.size)?;
+        let hash = match hash::hash_open_file(&file, before.size, hash::default_workers()) {
+            Ok(hash) => hash.to_hex(),
+            // It shrank while being read: look again.
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => continue,
+            Err(err) => return Err(err),
+        };
         let held = FileStat::from_metadata(&file.metadata()?);
         let (_, at_path) = backing.open_file(path)?;
         if before == held && before == at_path {

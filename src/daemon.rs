@@ -1,0 +1,214 @@
+//! `maxlofs mount`: checks the key and grant, opens the index, starts the sync engine, serves the
+//! filesystem until it is unmounted or signalled, then drains what is queued.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use std::os::unix::fs::DirBuilderExt;
+
+use crate::api::http::{HttpApi, Timeouts};
+use crate::api::{ApiError, GrantId, Keys, MediaApi, SecretKey};
+use crate::cli::MountArgs;
+use crate::fs::MountConfig;
+use crate::sync::ignore::IgnoreRules;
+use crate::sync::index::Index;
+use crate::sync::local::Backing;
+use crate::sync::{Engine, SyncConfig};
+
+/// Where the keys come from: files (re-read when they change) or the environment.
+#[derive(Clone)]
+pub struct KeySource {
+    device_file: Option<PathBuf>,
+    user_file: Option<PathBuf>,
+}
+
+const DEVICE_KEY_ENV: &str = "MAXLO_DEVICE_SESSION_KEY";
+const USER_KEY_ENV: &str = "MAXLO_USER_SESSION_KEY";
+
+fn read_key(file: Option<&Path>, env: &str, what: &str) -> anyhow::Result<Option<SecretKey>> {
+    let value = match file {
+        Some(file) => std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the {what} key file {}", file.display()))?,
+        None => match std::env::var(env) {
+            Ok(value) => value,
+            Err(_) => return Ok(None),
+        },
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        bail!("the {what} key is empty");
+    }
+    Ok(Some(SecretKey::new(value)))
+}
+
+impl KeySource {
+    pub fn load(&self) -> anyhow::Result<Keys> {
+        let device = read_key(self.device_file.as_deref(), DEVICE_KEY_ENV, "device")?
+            .with_context(|| {
+                format!("no device key: pass --device-key-file FILE or set {DEVICE_KEY_ENV}")
+            })?;
+        let user = read_key(self.user_file.as_deref(), USER_KEY_ENV, "user")?;
+        Ok(Keys { device, user })
+    }
+}
+
+/// Default state folder: `$XDG_STATE_HOME/maxlofs/<backing path>-g<grant>`.
+fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from(std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?)
+            .join(".local/state"),
+    };
+    let name: String = backing
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    Ok(base.join("maxlofs").join(format!("{name}-g{grant}")))
+}
+
+/// Checks key and grant before anything is mounted: a refused key or an unknown grant is an error;
+/// a service that cannot be reached is only a warning (the mount works offline and catches up).
+async fn check_service(api: &dyn MediaApi, grant: GrantId) -> anyhow::Result<()> {
+    let offline = |err: &ApiError| {
+        tracing::warn!("the service cannot be reached ({err}); mounting offline, changes will be sent when it is back");
+    };
+    match api.current_device().await {
+        Ok(device) if device.is_disabled => bail!("device {} is disabled", device.device_name),
+        Ok(device) => tracing::info!("device {} ({})", device.device_name, device.device_id),
+        Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
+        Err(err @ ApiError::Transient(_)) => return Ok(offline(&err)),
+        Err(err) => bail!("checking the device: {err}"),
+    }
+    match api.media_grants().await {
+        Ok(list) => {
+            if list.is_device_disabled {
+                bail!("this device is disabled");
+            }
+            let wanted = grant.to_string();
+            let Some(found) = list.media_grant_list.iter().find(|g| g.media_grant_id == wanted) else {
+                let known: Vec<_> = list
+                    .media_grant_list
+                    .iter()
+                    .map(|g| format!("{} ({})", g.media_grant_id, g.grant_name))
+                    .collect();
+                bail!("grant {grant} is not one this device can see; it sees: {}", known.join(", "));
+            };
+            if found.is_disabled {
+                bail!("grant {grant} ({}) is disabled", found.grant_name);
+            }
+            Ok(())
+        }
+        Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
+        Err(err @ ApiError::Transient(_)) => {
+            offline(&err);
+            Ok(())
+        }
+        Err(err) => bail!("listing media grants: {err}"),
+    }
+}
+
+/// While sending is paused by a refused key, re-reads the keys every second and resumes as soon as
+/// they change; SIGHUP re-reads them and resumes at once.
+fn watch_keys(engine: Arc<Engine>, api: Arc<HttpApi>, keys: KeySource, mut current: Keys) {
+    let mut hangup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+    tokio::spawn(async move {
+        loop {
+            let forced = tokio::select! {
+                _ = hangup.recv() => true,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            };
+            if !forced && !engine.is_paused() {
+                continue;
+            }
+            match keys.load() {
+                Ok(fresh) if forced || fresh != current => {
+                    tracing::info!("keys re-read");
+                    api.set_keys(fresh.clone());
+                    current = fresh;
+                    engine.resume();
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!("re-reading keys: {err:#}"),
+            }
+        }
+    });
+}
+
+pub fn run(args: &MountArgs) -> anyhow::Result<()> {
+    let backing_path = std::fs::canonicalize(&args.backing)
+        .with_context(|| format!("backing folder {}", args.backing.display()))?;
+    let backing = Backing::open(&backing_path)?;
+    if !args.mountpoint.is_dir() {
+        bail!("mountpoint {} is not a directory", args.mountpoint.display());
+    }
+    let ignore = IgnoreRules::new(&args.ignore)?;
+    let key_source = KeySource {
+        device_file: args.device_key_file.clone(),
+        user_file: args.user_key_file.clone(),
+    };
+    let keys = key_source.load()?;
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => default_state_dir(&backing_path, args.grant)?,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&state_dir)
+        .with_context(|| format!("creating state folder {}", state_dir.display()))?;
+    if state_dir.starts_with(&backing_path) {
+        bail!("the state folder must not be inside the backing folder");
+    }
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("maxlofs-sync")
+        .build()?;
+    let api = Arc::new(HttpApi::new(&args.api, keys.clone(), Timeouts::default())?);
+    runtime.block_on(check_service(api.as_ref(), args.grant))?;
+
+    let identity = format!("{} grant {} prefix {:?}", args.api, args.grant, args.prefix);
+    let index = Index::open(&state_dir.join("index.db"), &identity, args.cache_entries)?;
+    let config = SyncConfig {
+        grant: args.grant,
+        prefix: args.prefix.clone(),
+        settle: Duration::from_millis(args.settle_ms),
+        concurrency: args.concurrency,
+        no_delete: args.no_delete,
+        ignore,
+    };
+    let engine = Engine::new(config, api.clone(), index, backing);
+    {
+        let _entered = runtime.enter();
+        engine.start();
+        watch_keys(engine.clone(), api, key_source, keys);
+    }
+
+    let mut mount = MountConfig::new(backing_path, args.mountpoint.clone(), engine.event_sink());
+    mount.read_only = args.read_only;
+    mount.allow_other = args.allow_other;
+    mount.threads = args.threads.max(1);
+    mount.status = Some(engine.clone());
+    tracing::info!("mounted {} at {}", args.backing.display(), args.mountpoint.display());
+    crate::fs::run_until_unmounted(mount).context("serving the mount")?;
+
+    let timeout = Duration::from_secs(args.drain_timeout);
+    tracing::info!("unmounted; sending what is queued (up to {timeout:?})");
+    if runtime.block_on(engine.drain(timeout)) {
+        tracing::info!("everything sent");
+    } else {
+        let status = engine.status();
+        tracing::warn!(
+            "{} paths not sent yet; the next mount catches them up",
+            status.pending + status.in_flight
+        );
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
