@@ -1,0 +1,331 @@
+//! The HTTP face of the emulator: routes, answers, fault injection and the connection loop.
+
+use super::request::Payload;
+use super::stats::{Call, Outcome, Stats};
+use super::store::{Store, StoreError};
+use crate::api::{CreateOutcome, MediaRecord};
+use crate::cli::EmulatorArgs;
+use anyhow::Context;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use serde::Serialize;
+use serde_json::json;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tower::ServiceExt;
+
+/// The faults injected into API calls (never into `/_emulator` ones).
+#[derive(Clone, Copy, Debug)]
+pub struct Faults {
+    /// Chance of a 503 instead of carrying out the call.
+    fail_rate: f64,
+    /// Chance of carrying out the call and then closing the connection without an answer: the
+    /// worst case for a client, which cannot tell whether its call took effect.
+    drop_rate: f64,
+    latency: Duration,
+}
+
+impl Faults {
+    pub fn from_args(args: &EmulatorArgs) -> anyhow::Result<Self> {
+        for (flag, rate) in [
+            ("--fail-rate", args.fail_rate),
+            ("--drop-rate", args.drop_rate),
+        ] {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&rate),
+                "{flag} must be between 0 and 1, not {rate}"
+            );
+        }
+        Ok(Faults {
+            fail_rate: args.fail_rate,
+            drop_rate: args.drop_rate,
+            latency: Duration::from_millis(args.latency_ms),
+        })
+    }
+}
+
+#[derive(Clone)]
+struct App {
+    store: Arc<Store>,
+    stats: Arc<Stats>,
+    faults: Faults,
+}
+
+/// Marks a response that must not be sent: the connection loop closes the connection instead.
+#[derive(Clone, Copy)]
+struct DropConnection;
+
+#[derive(Debug, thiserror::Error)]
+#[error("connection dropped on purpose (--drop-rate)")]
+struct Dropped;
+
+/// Binds `listen`, prints `listening on http://IP:PORT` to stdout and serves until SIGINT or
+/// SIGTERM.
+pub async fn serve(listen: &str, store: Store, faults: Faults) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let address = listener.local_addr()?;
+    let router = router(App {
+        store: Arc::new(store),
+        stats: Arc::default(),
+        faults,
+    });
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on http://{address}")?;
+    stdout.flush()?;
+    drop(stdout);
+    tracing::info!(%address, ?faults, "emulator ready");
+
+    let mut terminate = signal(SignalKind::terminate())?;
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: keep serving the others.
+                    tracing::warn!(%err, "accept failed");
+                    continue;
+                }
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        };
+        tokio::spawn(serve_connection(stream, router.clone()));
+    }
+    tracing::info!("emulator stopping");
+    Ok(())
+}
+
+/// Serves one connection with hyper directly (not `axum::serve`): a service error makes hyper
+/// close the connection without an answer, which is how `--drop-rate` drops one.
+async fn serve_connection(stream: tokio::net::TcpStream, router: Router) {
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        async move {
+            let response = router
+                .oneshot(request.map(Body::new))
+                .await
+                .unwrap_or_else(|never| match never {});
+            if response.extensions().get::<DropConnection>().is_some() {
+                Err(Dropped)
+            } else {
+                Ok(response)
+            }
+        }
+    });
+    if let Err(err) = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%err, "connection closed");
+    }
+}
+
+fn router(app: App) -> Router {
+    let api = |call: Call, route: MethodRouter<App>| {
+        route.route_layer(middleware::from_fn_with_state(
+            (app.clone(), call),
+            inject_faults,
+        ))
+    };
+    Router::new()
+        .route(
+            "/device/1/media_grant/:grant/media",
+            api(Call::Create, post(create)),
+        )
+        .route(
+            "/device/1/media_grant/:grant/media/:media_id",
+            api(Call::Update, post(update)),
+        )
+        .route(
+            "/device/1/media_grant/:grant/media/:media_id",
+            api(Call::Delete, delete(delete_media)),
+        )
+        .route("/device/1/current", api(Call::Current, post(current)))
+        .route("/device/1/media_grant", api(Call::MediaGrant, post(grants)))
+        .route("/_emulator/media_grant/:grant/media", get(list_media))
+        .route("/_emulator/stats", get(stats))
+        .route("/_emulator/stats/reset", post(reset_stats))
+        .route("/_emulator/revoke-key", post(revoke_key))
+        .with_state(app)
+}
+
+/// Latency, then a 503 (call not carried out) or, after carrying it out, a dropped answer.
+/// Every API call is counted here, faulted or not.
+async fn inject_faults(
+    State((app, call)): State<(App, Call)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !app.faults.latency.is_zero() {
+        tokio::time::sleep(app.faults.latency).await;
+    }
+    let (fail, drop) = {
+        let mut rng = rand::thread_rng();
+        (
+            rng.gen_bool(app.faults.fail_rate),
+            rng.gen_bool(app.faults.drop_rate),
+        )
+    };
+    if fail {
+        app.stats.record(call, Outcome::Status(503));
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "injected failure (--fail-rate)",
+        );
+    }
+    let response = next.run(request).await;
+    if drop {
+        app.stats.record(call, Outcome::Dropped);
+        let mut dropped = Response::default();
+        dropped.extensions_mut().insert(DropConnection);
+        return dropped;
+    }
+    app.stats
+        .record(call, Outcome::Status(response.status().as_u16()));
+    response
+}
+
+/// Runs a store call off the async workers: SQLite blocks.
+async fn on_store<T: Send + 'static>(
+    app: &App,
+    call: impl FnOnce(&Store) -> T + Send + 'static,
+) -> T {
+    let store = app.store.clone();
+    tokio::task::spawn_blocking(move || call(&store))
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+}
+
+/// An id in a path that is not a number names nothing: `unknown` (a 404), before any key check,
+/// as for an unknown route.
+fn parse_id<T: std::str::FromStr>(text: &str, unknown: StoreError) -> Result<T, StoreError> {
+    text.parse().map_err(|_| unknown)
+}
+
+fn ok<T: Serialize>(value: T) -> Response {
+    Json(value).into_response()
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({ "error": message }))).into_response()
+}
+
+impl IntoResponse for StoreError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        match self {
+            StoreError::Invalid(invalid) => (
+                status,
+                Json(json!({ "error": invalid.to_string(), "field": invalid.field })),
+            )
+                .into_response(),
+            StoreError::Database(err) => {
+                tracing::error!(%err, "database error");
+                error_response(status, "database error")
+            }
+            other => error_response(status, &other.to_string()),
+        }
+    }
+}
+
+async fn create(
+    State(app): State<App>,
+    Path(grant): Path<String>,
+    payload: Payload,
+) -> Result<Response, StoreError> {
+    let grant = parse_id(&grant, StoreError::GrantNotFound)?;
+    let media = payload.body.and_then(|body| body.new_media());
+    let outcome = on_store(&app, move |store| {
+        store.create(&payload.credentials, grant, media)
+    })
+    .await?;
+    Ok(match outcome {
+        CreateOutcome::Created(media_id) => ok(json!({ "media_id": media_id })),
+        CreateOutcome::Conflict(record) => (StatusCode::CONFLICT, Json(record)).into_response(),
+    })
+}
+
+async fn update(
+    State(app): State<App>,
+    Path((grant, media_id)): Path<(String, String)>,
+    payload: Payload,
+) -> Result<Response, StoreError> {
+    let grant = parse_id(&grant, StoreError::GrantNotFound)?;
+    let media_id = parse_id(&media_id, StoreError::MediaNotFound)?;
+    let state = payload.body.and_then(|body| body.media_state());
+    on_store(&app, move |store| {
+        store.update(&payload.credentials, grant, media_id, state)
+    })
+    .await?;
+    Ok(ok(json!({})))
+}
+
+async fn delete_media(
+    State(app): State<App>,
+    Path((grant, media_id)): Path<(String, String)>,
+    payload: Payload,
+) -> Result<Response, StoreError> {
+    let grant = parse_id(&grant, StoreError::GrantNotFound)?;
+    let media_id = parse_id(&media_id, StoreError::MediaNotFound)?;
+    on_store(&app, move |store| {
+        store.delete(&payload.credentials, grant, media_id)
+    })
+    .await?;
+    Ok(ok(json!({})))
+}
+
+async fn current(State(app): State<App>, payload: Payload) -> Result<Response, StoreError> {
+    let device = on_store(&app, move |store| {
+        store.current_device(&payload.credentials)
+    })
+    .await?;
+    Ok(ok(device))
+}
+
+async fn grants(State(app): State<App>, payload: Payload) -> Result<Response, StoreError> {
+    let grants = on_store(&app, move |store| store.media_grants(&payload.credentials)).await?;
+    Ok(ok(grants))
+}
+
+/// A struct rather than `json!` so that each record keeps its fields in declaration order.
+#[derive(Serialize)]
+struct MediaList {
+    media_list: Vec<MediaRecord>,
+}
+
+async fn list_media(
+    State(app): State<App>,
+    Path(grant): Path<String>,
+) -> Result<Response, StoreError> {
+    let grant = parse_id(&grant, StoreError::GrantNotFound)?;
+    let media_list = on_store(&app, move |store| store.records(grant)).await?;
+    Ok(ok(MediaList { media_list }))
+}
+
+async fn stats(State(app): State<App>) -> Response {
+    ok(app.stats.snapshot())
+}
+
+async fn reset_stats(State(app): State<App>) -> Response {
+    app.stats.reset();
+    ok(json!({}))
+}
+
+async fn revoke_key(State(app): State<App>, payload: Payload) -> Result<Response, StoreError> {
+    let key = payload.body.and_then(|body| body.string("key"))?;
+    app.store.revoke_key(&key);
+    Ok(ok(json!({})))
+}
