@@ -8,5 +8,7 @@ pub mod ignore;
 pub mod index;
 pub mod local;
 pub mod queue;
+#[cfg(test)]
+mod tests;
 
 pub use engine::{Engine, StatusReport, SyncConfig};

@@ -1,0 +1,449 @@
+//! The engine against `MemoryApi` over a real backing folder, events fed by hand: every rule of
+//! what reaches the service, and every error policy.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ignore::IgnoreRules;
+use super::index::Index;
+use super::local::Backing;
+use super::{Engine, SyncConfig};
+use crate::api::memory::MemoryApi;
+use crate::api::{ApiError, Keys, MediaApi, MediaRecord, MediaState, NewMedia, SecretKey};
+use crate::emulator::stats::Call;
+use crate::emulator::store::StoreConfig;
+use crate::fs::{Event, EventSink};
+
+const SETTLE: Duration = Duration::from_millis(30);
+
+struct Rig {
+    dir: tempfile::TempDir,
+    api: Arc<MemoryApi>,
+    engine: Arc<Engine>,
+    sink: Arc<dyn EventSink>,
+}
+
+fn keys(device: &str) -> Keys {
+    Keys {
+        device: SecretKey::new(device),
+        user: None,
+    }
+}
+
+fn store_config() -> StoreConfig {
+    StoreConfig {
+        device_keys: vec!["k1".into(), "k2".into()],
+        ..StoreConfig::default()
+    }
+}
+
+impl Rig {
+    fn new() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        let api = Arc::new(MemoryApi::new(store_config(), keys("k1")));
+        Rig::start(dir, api, false)
+    }
+
+    fn start(dir: tempfile::TempDir, api: Arc<MemoryApi>, no_delete: bool) -> Rig {
+        let config = SyncConfig {
+            grant: 1,
+            prefix: String::new(),
+            settle: SETTLE,
+            concurrency: 4,
+            no_delete,
+            ignore: IgnoreRules::new(&[]).unwrap(),
+        };
+        let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
+        let backing = Backing::open(&dir.path().join("b")).unwrap();
+        let engine = Engine::new(config, api.clone(), index, backing);
+        engine.start();
+        let sink = engine.event_sink();
+        Rig {
+            dir,
+            api,
+            engine,
+            sink,
+        }
+    }
+
+    /// Stops this engine and starts another on the same folder, index and service.
+    async fn restart(self, no_delete: bool) -> Rig {
+        assert!(self.engine.drain(Duration::from_secs(10)).await);
+        let Rig { dir, api, .. } = self;
+        Rig::start(dir, api, no_delete)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("b").join(rel)
+    }
+
+    fn write(&self, rel: &str, content: &[u8]) {
+        let existed = self.path(rel).exists();
+        std::fs::write(self.path(rel), content).unwrap();
+        if !existed {
+            self.sink.send(Event::Created { path: rel.into() });
+        }
+        self.sink.send(Event::ContentChanged { path: rel.into() });
+    }
+
+    async fn settled(&self) {
+        let wait = async {
+            loop {
+                let status = self.engine.status();
+                if status.reconciled && status.pending == 0 && status.in_flight == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("the engine settles");
+    }
+
+    fn live(&self) -> BTreeMap<String, MediaRecord> {
+        self.api
+            .records(1)
+            .into_iter()
+            .filter(|r| !r.is_deleted)
+            .map(|r| (r.media_path.clone(), r))
+            .collect()
+    }
+
+    fn calls(&self, call: Call) -> u64 {
+        self.api.calls(call)
+    }
+
+    fn all_calls(&self) -> u64 {
+        Call::ALL.iter().map(|call| self.api.calls(*call)).sum()
+    }
+}
+
+fn maxlo_hash(content: &[u8]) -> String {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), content).unwrap();
+    crate::hash::hash_file(file.path()).unwrap().to_hex()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_file_is_created_with_hash_size_and_times() {
+    let rig = Rig::new();
+    rig.write("a.txt", b"hello");
+    rig.settled().await;
+    let live = rig.live();
+    let record = &live["a.txt"];
+    assert_eq!(record.file_hash, maxlo_hash(b"hello"));
+    assert_eq!(record.file_size, 5);
+    let meta = std::fs::metadata(rig.path("a.txt")).unwrap();
+    let mtime = chrono::DateTime::<chrono::Utc>::from(meta.modified().unwrap());
+    assert_eq!(
+        record.mtime,
+        mtime.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    );
+    assert_eq!(rig.calls(Call::Create), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_updates_the_same_record_and_an_unchanged_close_sends_nothing() {
+    let rig = Rig::new();
+    rig.write("a", b"one");
+    rig.settled().await;
+    let id = rig.live()["a"].media_id;
+    rig.write("a", b"two!");
+    rig.settled().await;
+    assert_eq!(rig.live()["a"].media_id, id);
+    assert_eq!(rig.live()["a"].file_hash, maxlo_hash(b"two!"));
+    assert_eq!(rig.calls(Call::Update), 1);
+    // A close that changed nothing: an event, but nothing to send.
+    rig.sink.send(Event::ContentChanged { path: "a".into() });
+    rig.settled().await;
+    assert_eq!((rig.calls(Call::Create), rig.calls(Call::Update)), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setting_times_updates_the_times() {
+    let rig = Rig::new();
+    rig.write("t", b"content");
+    rig.settled().await;
+    let when = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(rig.path("t"))
+        .unwrap();
+    file.set_times(std::fs::FileTimes::new().set_modified(when))
+        .unwrap();
+    rig.sink.send(Event::TimesSet { path: "t".into() });
+    rig.settled().await;
+    let record = &rig.live()["t"];
+    assert_eq!(record.mtime, "2001-09-09T01:46:40.000Z");
+    assert_eq!(record.file_hash, maxlo_hash(b"content"));
+    assert_eq!(rig.calls(Call::Update), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_safe_save_keeps_the_media_id_and_the_temp_name_never_reaches_the_service() {
+    let rig = Rig::new();
+    rig.write("doc.txt", b"v1");
+    rig.settled().await;
+    let id = rig.live()["doc.txt"].media_id;
+    rig.write("doc.txt.tmp123", b"v2");
+    std::fs::rename(rig.path("doc.txt.tmp123"), rig.path("doc.txt")).unwrap();
+    rig.sink.send(Event::Renamed {
+        from: "doc.txt.tmp123".into(),
+        to: "doc.txt".into(),
+        is_dir: false,
+    });
+    rig.settled().await;
+    let live = rig.live();
+    assert_eq!(live.keys().collect::<Vec<_>>(), ["doc.txt"]);
+    assert_eq!(live["doc.txt"].media_id, id);
+    assert_eq!(live["doc.txt"].file_hash, maxlo_hash(b"v2"));
+    assert_eq!(rig.calls(Call::Create), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_created_and_removed_inside_the_settle_window_sends_nothing() {
+    let rig = Rig::new();
+    rig.write("brief", b"x");
+    std::fs::remove_file(rig.path("brief")).unwrap();
+    rig.sink.send(Event::Removed {
+        path: "brief".into(),
+        is_dir: false,
+    });
+    rig.settled().await;
+    assert_eq!(rig.all_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlink_deletes_and_no_delete_keeps_the_record() {
+    let rig = Rig::new();
+    rig.write("gone", b"1");
+    rig.write("kept", b"2");
+    rig.settled().await;
+    std::fs::remove_file(rig.path("gone")).unwrap();
+    rig.sink.send(Event::Removed {
+        path: "gone".into(),
+        is_dir: false,
+    });
+    rig.settled().await;
+    assert!(!rig.live().contains_key("gone"));
+    let rig = rig.restart(true).await;
+    std::fs::remove_file(rig.path("kept")).unwrap();
+    rig.sink.send(Event::Removed {
+        path: "kept".into(),
+        is_dir: false,
+    });
+    rig.settled().await;
+    assert!(rig.live().contains_key("kept"));
+    assert_eq!(rig.calls(Call::Delete), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_directory_moves_every_file_below() {
+    let rig = Rig::new();
+    std::fs::create_dir_all(rig.path("d/sub")).unwrap();
+    rig.write("d/a", b"a");
+    rig.write("d/sub/b", b"b");
+    rig.settled().await;
+    std::fs::rename(rig.path("d"), rig.path("e")).unwrap();
+    rig.sink.send(Event::Renamed {
+        from: "d".into(),
+        to: "e".into(),
+        is_dir: true,
+    });
+    rig.settled().await;
+    let live = rig.live();
+    assert_eq!(live.keys().collect::<Vec<_>>(), ["e/a", "e/sub/b"]);
+    assert_eq!(live["e/sub/b"].file_hash, maxlo_hash(b"b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_through_one_hard_link_updates_every_link() {
+    let rig = Rig::new();
+    rig.write("a", b"shared");
+    std::fs::hard_link(rig.path("a"), rig.path("b")).unwrap();
+    rig.sink.send(Event::Linked { path: "b".into() });
+    rig.settled().await;
+    assert_eq!(rig.live().len(), 2);
+    std::fs::write(rig.path("a"), b"changed").unwrap();
+    rig.sink.send(Event::ContentChanged { path: "a".into() });
+    rig.settled().await;
+    let live = rig.live();
+    assert_eq!(live["a"].file_hash, maxlo_hash(b"changed"));
+    assert_eq!(live["b"].file_hash, maxlo_hash(b"changed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_fifos_ignored_and_non_utf8_names_stay_local_and_are_reported() {
+    use std::os::unix::ffi::OsStrExt;
+    let rig = Rig::new();
+    std::os::unix::fs::symlink("/etc/passwd", rig.path("link")).unwrap();
+    rig.sink.send(Event::Created {
+        path: "link".into(),
+    });
+    rig.write(".notes.txt.swp", b"swap");
+    let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
+    std::fs::write(rig.path("").join(&odd), b"x").unwrap();
+    rig.sink.send(Event::ContentChanged { path: odd });
+    rig.settled().await;
+    assert!(rig.live().is_empty());
+    let status = rig.engine.status();
+    assert_eq!(status.local_only_count, 2, "{status:?}");
+    assert_eq!(rig.all_calls(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_errors_are_retried_until_they_pass() {
+    let rig = Rig::new();
+    rig.api
+        .fail_next(3, ApiError::Transient("503 from the test".into()));
+    rig.write("r", b"retry me");
+    rig.settled().await;
+    assert_eq!(rig.live().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_is_resent_and_adopted_without_a_second_record() {
+    let rig = Rig::new();
+    rig.api.lose_next_answers(1);
+    rig.write("once", b"1");
+    rig.settled().await;
+    let records = rig.api.records(1);
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(!records[0].is_deleted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_record_is_adopted_and_made_to_show_the_local_file() {
+    let rig = Rig::new();
+    let other = MediaState {
+        file_hash: "0".repeat(64),
+        file_size: 1,
+        ctime: "2020-01-01T00:00:00.000Z".into(),
+        mtime: "2020-01-01T00:00:00.000Z".into(),
+    };
+    let media = |path: &str| NewMedia {
+        media_path: path.into(),
+        state: other.clone(),
+    };
+    let crate::api::CreateOutcome::Created(live_id) = rig.api.create(1, &media("p")).await.unwrap()
+    else {
+        panic!("created")
+    };
+    let crate::api::CreateOutcome::Created(dead_id) = rig.api.create(1, &media("q")).await.unwrap()
+    else {
+        panic!("created")
+    };
+    rig.api.delete(1, dead_id).await.unwrap();
+    rig.write("p", b"local p");
+    rig.write("q", b"local q");
+    rig.settled().await;
+    let live = rig.live();
+    assert_eq!(live["p"].media_id, live_id);
+    assert_eq!(live["p"].file_hash, maxlo_hash(b"local p"));
+    assert_eq!(live["q"].media_id, dead_id);
+    assert_eq!(live["q"].file_hash, maxlo_hash(b"local q"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_key_pauses_everything_until_new_keys_arrive() {
+    let rig = Rig::new();
+    rig.api.revoke_keys();
+    rig.write("p", b"waits");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !rig.engine.is_paused() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("pauses");
+    assert!(rig.engine.status().paused.is_some());
+    assert!(rig.live().is_empty());
+    rig.api.set_keys(keys("k2"));
+    rig.engine.resume();
+    rig.settled().await;
+    assert_eq!(rig.live().len(), 1);
+    assert!(rig.engine.status().paused.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_request_marks_the_path_failed_with_the_message() {
+    let rig = Rig::new();
+    rig.api.fail_next(
+        1,
+        ApiError::BadRequest {
+            status: 400,
+            message: "file_size: nope".into(),
+        },
+    );
+    rig.write("bad", b"x");
+    rig.settled().await;
+    let status = rig.engine.status();
+    assert_eq!(status.failed_count, 1);
+    assert_eq!(status.failed[0].path, "bad");
+    assert!(status.failed[0].reason.contains("file_size: nope"));
+    // A later change tries again, and success clears the failure.
+    rig.write("bad", b"xy");
+    rig.settled().await;
+    assert_eq!(rig.engine.status().failed_count, 0);
+    assert_eq!(rig.live().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_of_a_vanished_record_becomes_a_create() {
+    let rig = Rig::new();
+    rig.write("v", b"1");
+    rig.settled().await;
+    rig.api.fail_next(1, ApiError::NotFound);
+    rig.write("v", b"22");
+    rig.settled().await;
+    assert_eq!(rig.live()["v"].file_hash, maxlo_hash(b"22"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_catches_up_changes_made_while_stopped() {
+    let rig = Rig::new();
+    rig.write("same", b"s");
+    rig.write("changed", b"c1");
+    rig.write("deleted", b"d");
+    rig.settled().await;
+    let ids: BTreeMap<_, _> = rig
+        .live()
+        .into_iter()
+        .map(|(k, r)| (k, r.media_id))
+        .collect();
+    assert!(rig.engine.drain(Duration::from_secs(5)).await);
+    // Changes the engine never hears about.
+    std::fs::write(rig.path("changed"), b"c2 longer").unwrap();
+    std::fs::remove_file(rig.path("deleted")).unwrap();
+    std::fs::write(rig.path("added"), b"a").unwrap();
+    let before = rig.all_calls();
+    let rig = rig.restart(false).await;
+    rig.settled().await;
+    let live = rig.live();
+    assert_eq!(
+        live.keys().collect::<Vec<_>>(),
+        ["added", "changed", "same"]
+    );
+    assert_eq!(live["changed"].media_id, ids["changed"]);
+    assert_eq!(live["changed"].file_hash, maxlo_hash(b"c2 longer"));
+    // One create, one update, one delete; nothing for the unchanged file.
+    assert_eq!(rig.all_calls() - before, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_quick_saves_send_one_or_two_updates() {
+    let rig = Rig::new();
+    rig.write("s", b"0");
+    rig.settled().await;
+    for i in 1..=10u8 {
+        rig.write("s", &[i; 10]);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    rig.settled().await;
+    assert!(rig.calls(Call::Update) <= 2, "{}", rig.calls(Call::Update));
+    assert_eq!(rig.live()["s"].file_hash, maxlo_hash(&[10; 10]));
+}
