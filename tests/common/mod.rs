@@ -1,0 +1,3 @@
+#![allow(dead_code)] // each test binary uses its own part of the shared helpers
+
+pub mod service;

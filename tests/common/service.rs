@@ -1,0 +1,357 @@
+//! The emulator and a `maxlofs mount` daemon as child processes, and the catalog checks the
+//! end-to-end tests assert with.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_maxlofs");
+
+/// A running `maxlofs emulator`; killed when dropped.
+pub struct Emulator {
+    child: Child,
+    pub url: String,
+    args: Vec<String>,
+}
+
+impl Emulator {
+    pub fn start(args: &[&str]) -> Emulator {
+        Emulator::start_at("127.0.0.1:0", args)
+    }
+
+    pub fn start_at(listen: &str, args: &[&str]) -> Emulator {
+        let mut child = Command::new(BIN)
+            .args(["emulator", "--listen", listen])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the emulator starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim_end()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Emulator {
+            child,
+            url,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    /// Kills the emulator and starts it again on the same address and arguments (use a `--db`).
+    pub fn restart(&mut self) {
+        self.kill();
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may linger briefly after the kill.
+            let attempt = std::panic::catch_unwind(|| Emulator::start_at(&listen, &args));
+            match attempt {
+                Ok(started) => {
+                    *self = started;
+                    return;
+                }
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(err) => std::panic::resume_unwind(err),
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn get(&self, path: &str) -> Value {
+        reqwest::blocking::get(format!("{}{path}", self.url))
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json())
+            .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = reqwest::blocking::Client::new()
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .unwrap_or_else(|err| panic!("POST {path}: {err}"));
+        let status = response.status().as_u16();
+        (status, response.json().unwrap_or(Value::Null))
+    }
+
+    /// Every record of grant 1, deleted ones included.
+    pub fn records(&self) -> Vec<Value> {
+        self.get("/_emulator/media_grant/1/media")["media_list"]
+            .as_array()
+            .expect("media_list")
+            .clone()
+    }
+
+    /// Live records of grant 1 by media_path.
+    pub fn live(&self) -> BTreeMap<String, Value> {
+        self.records()
+            .into_iter()
+            .filter(|r| r["is_deleted"] == Value::Bool(false))
+            .map(|r| (r["media_path"].as_str().unwrap().to_string(), r))
+            .collect()
+    }
+
+    /// Calls answered for `call` (create, update, delete, ...) with any status.
+    pub fn calls(&self, call: &str) -> u64 {
+        let stats = self.get("/_emulator/stats");
+        stats["calls"][call]
+            .as_object()
+            .map_or(0, |by_status| by_status.values().filter_map(Value::as_u64).sum())
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether a real FUSE mount is required here (CI): then a mount that fails fails the test.
+pub fn fuse_required() -> bool {
+    std::env::var("MAXLOFS_REQUIRE_FUSE").is_ok_and(|v| v == "1")
+}
+
+pub fn is_mounted(mountpoint: &Path) -> bool {
+    let target = mountpoint.as_os_str().as_bytes();
+    std::fs::read("/proc/self/mountinfo").is_ok_and(|info| {
+        info.split(|b| *b == b'\n')
+            .any(|line| line.split(|b| *b == b' ').nth(4) == Some(target))
+    })
+}
+
+/// A `maxlofs mount --foreground` daemon over a temp backing folder, against an emulator.
+pub struct Mount {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub backing: PathBuf,
+    pub mnt: PathBuf,
+    pub state: PathBuf,
+    pub key_file: PathBuf,
+    pub log: PathBuf,
+    args: Vec<String>,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Mount {
+    /// Mounts with `--settle-ms 100` and `extra` flags. `None` when FUSE is not available and
+    /// not required (the caller skips, saying so).
+    pub fn start(emulator: &Emulator, extra: &[&str]) -> Option<Mount> {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
+        let mut mount = Mount::prepare(&dir, emulator, extra);
+        mount._temp = Some(temp);
+        mount.mount().then_some(mount)
+    }
+
+    /// A mount's folders and arguments under `dir`, not mounted yet.
+    pub fn prepare(dir: &Path, emulator: &Emulator, extra: &[&str]) -> Mount {
+        let backing = dir.join("backing");
+        let mnt = dir.join("mnt");
+        let state = dir.join("state");
+        let key_file = dir.join("device.key");
+        for d in [&backing, &mnt] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        if !key_file.exists() {
+            std::fs::write(&key_file, "demo-device-key\n").unwrap();
+        }
+        let mut args: Vec<String> = vec![
+            "--foreground".into(),
+            "--api".into(),
+            emulator.url.clone(),
+            "--grant".into(),
+            "1".into(),
+            "--device-key-file".into(),
+            key_file.to_string_lossy().into(),
+            "--state-dir".into(),
+            state.to_string_lossy().into(),
+            "--settle-ms".into(),
+            "100".into(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Mount {
+            child: None,
+            dir: dir.to_path_buf(),
+            log: dir.join("mount.log"),
+            backing,
+            mnt,
+            state,
+            key_file,
+            args,
+            _temp: None,
+        }
+    }
+
+    /// Starts the daemon and waits for the mount. False (after saying why) when FUSE is not
+    /// available and not required; panics when it is required.
+    pub fn mount(&mut self) -> bool {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .arg("mount")
+            .arg(&self.backing)
+            .arg(&self.mnt)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .expect("maxlofs mount starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&self.mnt) {
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+                if fuse_required() {
+                    panic!("maxlofs mount exited with {status} before mounting:\n{log}");
+                }
+                eprintln!("SKIPPED: cannot mount FUSE here ({status}):\n{log}");
+                return false;
+            }
+            assert!(Instant::now() < deadline, "mount did not appear in 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+        true
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// `maxlofs status MNT --wait`: returns once nothing is pending or in flight.
+    pub fn wait_synced(&self) {
+        let out = Command::new(BIN)
+            .args(["status", "--wait", "--timeout", "60", "--json"])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "status --wait failed: {}{}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
+        );
+    }
+
+    pub fn status(&self) -> Value {
+        let out = Command::new(BIN)
+            .args(["status", "--json"])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `umount MNT`, then waits for the daemon to drain and exit.
+    pub fn unmount(&mut self) -> ExitStatus {
+        let out = Command::new("umount").arg(&self.mnt).output().unwrap();
+        assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
+        self.child.take().expect("mounted").wait().unwrap()
+    }
+
+    /// SIGKILLs the daemon, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_mounted(&self.mnt) && Instant::now() < deadline {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = Command::new("umount").arg(&self.mnt).status();
+            if let Some(mut child) = self.child.take() {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// What the catalog must hold for `backing`: one live record per regular file with a UTF-8 path
+/// that no ignore rule matches, with its Maxlo hash, size and mtime.
+pub fn expected_catalog(backing: &Path, ignored: &dyn Fn(&Path) -> bool) -> BTreeMap<String, (String, u64, String)> {
+    let mut expected = BTreeMap::new();
+    let mut stack = vec![backing.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            let path = entry.path();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                let rel = path.strip_prefix(backing).unwrap();
+                let Some(key) = rel.to_str() else { continue };
+                if ignored(rel) {
+                    continue;
+                }
+                let meta = std::fs::metadata(&path).unwrap();
+                let mtime = chrono::DateTime::<chrono::Utc>::from(meta.modified().unwrap())
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+                let hash = maxlofs::hash::hash_file(&path).unwrap().to_hex();
+                expected.insert(key.to_string(), (hash, meta.len(), mtime));
+            }
+        }
+    }
+    expected
+}
+
+/// Asserts the emulator's live catalog is exactly what the backing tree implies.
+pub fn assert_catalog_matches(emulator: &Emulator, backing: &Path) {
+    let rules = maxlofs::sync::ignore::IgnoreRules::new(&[]).unwrap();
+    let expected = expected_catalog(backing, &|p| rules.is_ignored(p));
+    let actual: BTreeMap<String, (String, u64, String)> = emulator
+        .live()
+        .into_iter()
+        .map(|(path, r)| {
+            (
+                path,
+                (
+                    r["file_hash"].as_str().unwrap().to_string(),
+                    r["file_size"].as_u64().unwrap(),
+                    r["mtime"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(actual, expected, "catalog (left) differs from the tree (right)");
+}
