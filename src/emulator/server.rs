@@ -178,22 +178,25 @@ async fn inject_faults(
             rng.gen_bool(app.faults.drop_rate),
         )
     };
-    if fail {
-        app.stats.record(call, Outcome::Status(503));
-        return error_response(
+    let (response, outcome) = if fail {
+        let response = error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "injected failure (--fail-rate)",
         );
-    }
-    let response = next.run(request).await;
-    if drop {
-        app.stats.record(call, Outcome::Dropped);
-        let mut dropped = Response::default();
-        dropped.extensions_mut().insert(DropConnection);
-        return dropped;
-    }
-    app.stats
-        .record(call, Outcome::Status(response.status().as_u16()));
+        (response, Outcome::Status(503))
+    } else {
+        let response = next.run(request).await;
+        if drop {
+            let mut dropped = Response::default();
+            dropped.extensions_mut().insert(DropConnection);
+            (dropped, Outcome::Dropped)
+        } else {
+            let status = response.status().as_u16();
+            (response, Outcome::Status(status))
+        }
+    };
+    app.stats.record(call, outcome);
+    tracing::debug!(?call, %outcome, "api call");
     response
 }
 
