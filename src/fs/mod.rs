@@ -2,6 +2,17 @@
 //! `Result<_, Errno>`) behind a thin fuser adapter. It reports every change that matters to the
 //! catalog as an `Event`; it never calls the service and never blocks on the sync layer.
 
+mod fuse;
+mod handles;
+mod inodes;
+mod mount;
+mod passthrough;
+mod sys;
+
+pub use mount::{run_until_unmounted, spawn_mount, MountHandle};
+pub use passthrough::{AttrChanges, Caller, Opened, Passthrough, RegisterBacking, TTL};
+pub use sys::{TimeSpec, XattrValue};
+
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -50,4 +61,23 @@ pub struct MountConfig {
     pub threads: usize,
     pub events: Arc<dyn EventSink>,
     pub status: Option<Arc<dyn StatusSource>>,
+    /// Hand file data to the kernel (FUSE passthrough, native speed) when the kernel and our
+    /// privileges allow; `false` serves reads and writes in the daemon.
+    pub kernel_passthrough: bool,
+}
+
+impl MountConfig {
+    /// A private, read-write mount on 4 threads with kernel passthrough and no status source.
+    pub fn new(backing: PathBuf, mountpoint: PathBuf, events: Arc<dyn EventSink>) -> MountConfig {
+        MountConfig {
+            backing,
+            mountpoint,
+            read_only: false,
+            allow_other: false,
+            threads: 4,
+            events,
+            status: None,
+            kernel_passthrough: true,
+        }
+    }
 }

@@ -1,0 +1,47 @@
+//! Mounts BACKING at MOUNTPOINT with maxlofs' passthrough and no sync engine (events are
+//! dropped), until unmounted or SIGTERM/SIGINT. Used by scripts/bench-fs.sh.
+//!
+//!     cargo run --release --example passthrough_mount -- BACKING MOUNTPOINT [--threads N] [--daemon-io]
+
+use maxlofs::fs::{run_until_unmounted, Event, EventSink, MountConfig};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+struct DropEvents;
+
+impl EventSink for DropEvents {
+    fn send(&self, _event: Event) {}
+}
+
+fn main() -> std::io::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let mut args = std::env::args_os().skip(1);
+    let usage = "usage: passthrough_mount BACKING MOUNTPOINT [--threads N] [--daemon-io]";
+    let (Some(backing), Some(mountpoint)) = (args.next(), args.next()) else {
+        eprintln!("{usage}");
+        std::process::exit(2);
+    };
+    let mut cfg = MountConfig::new(
+        PathBuf::from(backing),
+        PathBuf::from(mountpoint),
+        Arc::new(DropEvents),
+    );
+    while let Some(arg) = args.next() {
+        match arg.to_str() {
+            Some("--threads") => {
+                cfg.threads = args
+                    .next()
+                    .and_then(|n| n.to_str()?.parse().ok())
+                    .unwrap_or_else(|| panic!("{usage}"));
+            }
+            Some("--daemon-io") => cfg.kernel_passthrough = false,
+            _ => {
+                eprintln!("{usage}");
+                std::process::exit(2);
+            }
+        }
+    }
+    run_until_unmounted(cfg)
+}

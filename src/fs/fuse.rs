@@ -1,0 +1,558 @@
+//! The fuser adapter: decodes each request, calls `Passthrough`, replies. No policy lives here.
+
+use super::mount::SessionEndGuard;
+use super::passthrough::{AttrChanges, Caller, Opened, Passthrough, Result, TTL};
+use super::sys::{TimeSpec, XattrValue};
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileAttr, FileHandle, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::os::fd::BorrowedFd;
+use std::path::Path;
+use std::time::SystemTime;
+use tracing::debug;
+
+pub(crate) struct FuseAdapter {
+    fs: Passthrough,
+    want_kernel_passthrough: bool,
+    _session_end: SessionEndGuard,
+}
+
+impl FuseAdapter {
+    pub(crate) fn new(
+        fs: Passthrough,
+        want_kernel_passthrough: bool,
+        session_end: SessionEndGuard,
+    ) -> FuseAdapter {
+        FuseAdapter {
+            fs,
+            want_kernel_passthrough,
+            _session_end: session_end,
+        }
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
+}
+
+fn time_spec(time: Option<TimeOrNow>) -> Option<TimeSpec> {
+    time.map(|t| match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(at) => TimeSpec::At(at),
+    })
+}
+
+fn reply_entry(reply: ReplyEntry, result: Result<FileAttr>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_attr(reply: ReplyAttr, result: Result<FileAttr>) {
+    match result {
+        Ok(attr) => reply.attr(&TTL, &attr),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, result: Result<XattrValue>) {
+    match result {
+        Ok(XattrValue::Size(size)) => reply.size(size),
+        Ok(XattrValue::Data(data)) => reply.data(&data),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Page cache is kept across opens in daemon-I/O mode: every write goes through the mount.
+const DAEMON_IO_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Optional speedups; an older kernel without one simply goes without.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        let passthrough = self.want_kernel_passthrough
+            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            && config.set_max_stack_depth(1).is_ok();
+        debug!(passthrough, "init");
+        self.fs.set_kernel_passthrough(passthrough);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        debug!(parent = parent.0, ?name, "lookup");
+        reply_entry(reply, self.fs.lookup(parent.0, name));
+    }
+
+    // batch_forget: fuser's default calls this once per node, with each node's exact count.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        debug!(ino = ino.0, nlookup, "forget");
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        debug!(ino = ino.0, ?fh, "getattr");
+        reply_attr(reply, self.fs.getattr(ino.0, fh.map(|fh| fh.0)));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        debug!(
+            ino = ino.0,
+            ?mode,
+            ?uid,
+            ?gid,
+            ?size,
+            ?atime,
+            ?mtime,
+            ?fh,
+            "setattr"
+        );
+        let changes = AttrChanges {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_spec(atime),
+            mtime: time_spec(mtime),
+        };
+        reply_attr(reply, self.fs.setattr(ino.0, fh.map(|fh| fh.0), changes));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        debug!(ino = ino.0, "readlink");
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        debug!(parent = parent.0, ?name, mode, rdev, "mknod");
+        reply_entry(
+            reply,
+            self.fs.mknod(caller(req), parent.0, name, mode, rdev),
+        );
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        debug!(parent = parent.0, ?name, mode, "mkdir");
+        reply_entry(reply, self.fs.mkdir(caller(req), parent.0, name, mode));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!(parent = parent.0, ?name, "unlink");
+        reply_empty(reply, self.fs.unlink(parent.0, name));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!(parent = parent.0, ?name, "rmdir");
+        reply_empty(reply, self.fs.rmdir(parent.0, name));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        debug!(parent = parent.0, ?link_name, ?target, "symlink");
+        reply_entry(
+            reply,
+            self.fs.symlink(caller(req), parent.0, link_name, target),
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        debug!(parent = parent.0, ?name, newparent = newparent.0, ?newname, %flags, "rename");
+        let result = self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, flags.bits());
+        reply_empty(reply, result);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        debug!(ino = ino.0, newparent = newparent.0, ?newname, "link");
+        reply_entry(reply, self.fs.link(ino.0, newparent.0, newname));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        debug!(ino = ino.0, flags = flags.0, "open");
+        let register = |fd: BorrowedFd<'_>| reply.open_backing(fd);
+        match self.fs.open(ino.0, flags.0, &register) {
+            Ok(Opened {
+                fh,
+                backing_id: Some(id),
+            }) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            Ok(Opened {
+                fh,
+                backing_id: None,
+            }) => reply.opened(FileHandle(fh), DAEMON_IO_OPEN_FLAGS),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, offset, size, "read");
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, offset, len = data.len(), "write");
+        match self.fs.write(fh.0, offset, data) {
+            Ok(written) => reply.written(written),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, "flush");
+        reply_empty(reply, self.fs.flush(fh.0));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, "release");
+        reply_empty(reply, self.fs.release(fh.0));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, datasync, "fsync");
+        reply_empty(reply, self.fs.fsync(fh.0, datasync));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        debug!(ino = ino.0, "opendir");
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, offset, "readdir");
+        let result = self.fs.readdir(fh.0, offset, |ino, next, kind, name| {
+            !reply.add(INodeNo(ino), next, kind, name)
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, offset, "readdirplus");
+        let result = self.fs.readdirplus(fh.0, offset, |name, next, attr| {
+            !reply.add(attr.ino, next, name, &TTL, attr, Generation(0))
+        });
+        match result {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, "releasedir");
+        reply_empty(reply, self.fs.releasedir(fh.0));
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, datasync, "fsyncdir");
+        reply_empty(reply, self.fs.fsyncdir(fh.0, datasync));
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        debug!(ino = ino.0, "statfs");
+        match self.fs.statfs(ino.0) {
+            Ok(st) => reply.statfs(
+                st.f_blocks,
+                st.f_bfree,
+                st.f_bavail,
+                st.f_files,
+                st.f_ffree,
+                st.f_bsize as u32,
+                st.f_namelen as u32,
+                st.f_frsize as u32,
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        debug!(ino = ino.0, ?name, len = value.len(), flags, "setxattr");
+        reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        debug!(ino = ino.0, ?name, size, "getxattr");
+        reply_xattr(reply, self.fs.getxattr(ino.0, name, size));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        debug!(ino = ino.0, size, "listxattr");
+        reply_xattr(reply, self.fs.listxattr(ino.0, size));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        debug!(ino = ino.0, ?name, "removexattr");
+        reply_empty(reply, self.fs.removexattr(ino.0, name));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        debug!(ino = ino.0, mask = mask.bits(), "access");
+        reply_empty(reply, self.fs.access(ino.0, mask.bits()));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        debug!(parent = parent.0, ?name, mode, flags, "create");
+        let register = |fd: BorrowedFd<'_>| reply.open_backing(fd);
+        let result = self
+            .fs
+            .create(caller(req), parent.0, name, mode, flags, &register);
+        match result {
+            Ok((attr, Opened { fh, backing_id })) => match backing_id {
+                Some(id) => reply.created_passthrough(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                    &id,
+                ),
+                None => reply.created(
+                    &TTL,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    DAEMON_IO_OPEN_FLAGS,
+                ),
+            },
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, offset, length, mode, "fallocate");
+        reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        debug!(ino = ino.0, fh = fh.0, offset, whence, "lseek");
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(offset) => reply.offset(offset),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        debug!(
+            ino_in = ino_in.0,
+            ino_out = ino_out.0,
+            offset_in,
+            offset_out,
+            len,
+            "copy_file_range"
+        );
+        match self
+            .fs
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(copied) => reply.written(copied),
+            Err(e) => reply.error(e),
+        }
+    }
+}

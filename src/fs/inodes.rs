@@ -1,0 +1,363 @@
+//! The inode table: FUSE inode number → backing inode (an `O_PATH` fd, its `(dev, ino)`, the
+//! kernel's lookup count) and the names it is known by, from which event paths are built.
+//!
+//! FUSE inode numbers are the backing `st_ino`, so `stat` through the mount shows the backing
+//! numbers and hard links share one entry. The backing root is FUSE_ROOT_ID (1); a backing file
+//! whose `st_ino` is 1 takes the root's real number instead. Inodes of other filesystems mounted
+//! below the backing root get numbers from a private range.
+
+use fuser::{BackingId, Errno};
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+pub const ROOT_INO: u64 = 1;
+
+/// Numbers handed to inodes of other devices start here (above any ext4/xfs/btrfs st_ino seen).
+const FOREIGN_INO_BASE: u64 = 1 << 62;
+
+/// A backing inode the kernel holds a reference to.
+#[derive(Debug)]
+pub struct Inode {
+    /// `O_PATH | O_NOFOLLOW`: pins the backing inode (so its number is not reused while the
+    /// kernel knows it) and anchors every `*at` call. Its `(dev, ino)` is the table key.
+    pub fd: OwnedFd,
+    /// `S_IFMT` bits.
+    pub file_type: libc::mode_t,
+    /// The kernel passthrough registration shared by all open handles of this inode (the kernel
+    /// refuses two different backing files for one inode). Handles hold it strongly.
+    pub backing_id: Mutex<Weak<BackingId>>,
+}
+
+impl Inode {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn is_regular(&self) -> bool {
+        self.file_type == libc::S_IFREG
+    }
+}
+
+/// A directory entry name: (parent FUSE inode, name).
+type Name = (u64, OsString);
+
+#[derive(Debug)]
+struct Slot {
+    inode: Arc<Inode>,
+    /// The kernel's lookup count (lookup, create, mknod, mkdir, symlink, link, readdirplus).
+    lookups: u64,
+    /// Names known for this inode (several with hard links); the first builds event paths.
+    names: Vec<Name>,
+    /// How many names of other slots have this slot as parent: a directory stays in the table
+    /// while something below it does, so paths can always be rebuilt.
+    child_names: u64,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    by_ino: HashMap<u64, Slot>,
+    /// (dev, st_ino) → number, for inodes not on the backing root's device.
+    foreign: HashMap<(u64, u64), u64>,
+    next_foreign: u64,
+}
+
+#[derive(Debug)]
+pub struct InodeTable {
+    slots: RwLock<Slots>,
+    root_dev: u64,
+    root_backing_ino: u64,
+}
+
+impl InodeTable {
+    pub fn new(root_fd: OwnedFd, root: &libc::stat) -> InodeTable {
+        let mut slots = Slots {
+            next_foreign: FOREIGN_INO_BASE,
+            ..Slots::default()
+        };
+        slots.by_ino.insert(
+            ROOT_INO,
+            Slot {
+                inode: Arc::new(Inode {
+                    fd: root_fd,
+                    file_type: root.st_mode & libc::S_IFMT,
+                    backing_id: Mutex::new(Weak::new()),
+                }),
+                lookups: 1,
+                names: Vec::new(),
+                child_names: 0,
+            },
+        );
+        InodeTable {
+            slots: RwLock::new(slots),
+            root_dev: root.st_dev,
+            root_backing_ino: root.st_ino,
+        }
+    }
+
+    /// The FUSE number of a backing inode on the root's device (the only ones readdir reports
+    /// without a stat; others are corrected on lookup).
+    pub fn fuse_ino_on_root_dev(&self, st_ino: u64) -> u64 {
+        if st_ino == self.root_backing_ino {
+            ROOT_INO
+        } else if st_ino == ROOT_INO {
+            self.root_backing_ino
+        } else {
+            st_ino
+        }
+    }
+
+    /// The FUSE number of the backing inode `st`, if it has one.
+    pub fn known_ino(&self, st: &libc::stat) -> Option<u64> {
+        if st.st_dev == self.root_dev {
+            return Some(self.fuse_ino_on_root_dev(st.st_ino));
+        }
+        let slots = self.slots.read().expect("inode table lock");
+        slots.foreign.get(&(st.st_dev, st.st_ino)).copied()
+    }
+
+    pub fn get(&self, ino: u64) -> Result<Arc<Inode>, Errno> {
+        let slots = self.slots.read().expect("inode table lock");
+        slots
+            .by_ino
+            .get(&ino)
+            .map(|slot| slot.inode.clone())
+            .ok_or(Errno::ESTALE)
+    }
+
+    /// Counts one more kernel reference to `st` found as `name` in `parent`, if the inode is
+    /// already known; returns its FUSE number. Otherwise `None`: the caller opens an `O_PATH`
+    /// fd and calls `insert`.
+    pub fn reference_existing(&self, st: &libc::stat, parent: u64, name: &OsStr) -> Option<u64> {
+        let mut slots = self.slots.write().expect("inode table lock");
+        let ino = self.number_locked(&mut slots, st, false)?;
+        slots.by_ino.get_mut(&ino)?.lookups += 1;
+        add_name(&mut slots, ino, parent, name);
+        Some(ino)
+    }
+
+    /// Counts one more kernel reference to the inode `st` (whose `O_PATH` fd is `fd`), found as
+    /// `name` in `parent`; returns its FUSE number.
+    pub fn insert(&self, fd: OwnedFd, st: &libc::stat, parent: u64, name: &OsStr) -> u64 {
+        let mut slots = self.slots.write().expect("inode table lock");
+        let ino = self
+            .number_locked(&mut slots, st, true)
+            .expect("numbers are allocated on insert");
+        if let Some(slot) = slots.by_ino.get_mut(&ino) {
+            // Another thread inserted it meanwhile; our fd is surplus. (Numbers map one to one
+            // to live backing inodes, which our O_PATH fds keep from being reused.)
+            slot.lookups += 1;
+        } else {
+            let inode = Arc::new(Inode {
+                fd,
+                file_type: st.st_mode & libc::S_IFMT,
+                backing_id: Mutex::new(Weak::new()),
+            });
+            slots.by_ino.insert(
+                ino,
+                Slot {
+                    inode,
+                    lookups: 1,
+                    names: Vec::new(),
+                    child_names: 0,
+                },
+            );
+        }
+        add_name(&mut slots, ino, parent, name);
+        ino
+    }
+
+    fn number_locked(&self, slots: &mut Slots, st: &libc::stat, allocate: bool) -> Option<u64> {
+        if st.st_dev == self.root_dev {
+            return Some(self.fuse_ino_on_root_dev(st.st_ino));
+        }
+        let key = (st.st_dev, st.st_ino);
+        if let Some(&ino) = slots.foreign.get(&key) {
+            return Some(ino);
+        }
+        if !allocate {
+            return None;
+        }
+        let ino = slots.next_foreign;
+        slots.next_foreign += 1;
+        slots.foreign.insert(key, ino);
+        Some(ino)
+    }
+
+    /// The kernel dropped `count` references (forget).
+    pub fn forget(&self, ino: u64, count: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut slots = self.slots.write().expect("inode table lock");
+        if let Some(slot) = slots.by_ino.get_mut(&ino) {
+            slot.lookups = slot.lookups.saturating_sub(count);
+            release_if_unused(&mut slots, ino);
+        }
+    }
+
+    /// `name` in `parent` no longer refers to `ino` (unlink, rmdir, replaced by a rename).
+    pub fn remove_name(&self, ino: u64, parent: u64, name: &OsStr) {
+        let mut slots = self.slots.write().expect("inode table lock");
+        let Some(slot) = slots.by_ino.get_mut(&ino) else {
+            return;
+        };
+        let before = slot.names.len();
+        slot.names.retain(|(p, n)| !(*p == parent && n == name));
+        if slot.names.len() != before {
+            unpin(&mut slots, parent);
+        }
+        release_if_unused(&mut slots, ino);
+    }
+
+    /// `ino` moved from `from` to `to` (rename); its descendants' paths follow.
+    pub fn rename_name(&self, ino: u64, from: (u64, &OsStr), to: (u64, &OsStr)) {
+        let mut slots = self.slots.write().expect("inode table lock");
+        let Some(slot) = slots.by_ino.get_mut(&ino) else {
+            return;
+        };
+        let before = slot.names.len();
+        slot.names.retain(|(p, n)| !(*p == from.0 && n == from.1));
+        if slot.names.len() != before {
+            unpin(&mut slots, from.0);
+        }
+        add_name(&mut slots, ino, to.0, to.1);
+    }
+
+    /// The current path of `ino` relative to the backing root, if all its ancestors are known.
+    pub fn path_of(&self, ino: u64) -> Option<PathBuf> {
+        let slots = self.slots.read().expect("inode table lock");
+        let mut components = Vec::new();
+        let mut current = ino;
+        while current != ROOT_INO {
+            let (parent, name) = slots.by_ino.get(&current)?.names.first()?;
+            components.push(name.as_os_str());
+            current = *parent;
+            // A cycle could only come from a corrupted table; stop rather than spin.
+            if components.len() > 4096 {
+                return None;
+            }
+        }
+        Some(components.iter().rev().collect())
+    }
+
+    /// The path of `name` inside directory `parent`.
+    pub fn path_in(&self, parent: u64, name: &OsStr) -> Option<PathBuf> {
+        self.path_of(parent).map(|dir| dir.join(name))
+    }
+
+    #[cfg(test)]
+    fn lookups(&self, ino: u64) -> Option<u64> {
+        let slots = self.slots.read().expect("inode table lock");
+        slots.by_ino.get(&ino).map(|slot| slot.lookups)
+    }
+}
+
+fn add_name(slots: &mut Slots, ino: u64, parent: u64, name: &OsStr) {
+    let Some(slot) = slots.by_ino.get_mut(&ino) else {
+        return;
+    };
+    if slot.names.iter().any(|(p, n)| *p == parent && n == name) {
+        return;
+    }
+    slot.names.push((parent, name.to_owned()));
+    if let Some(parent_slot) = slots.by_ino.get_mut(&parent) {
+        parent_slot.child_names += 1;
+    }
+}
+
+fn unpin(slots: &mut Slots, parent: u64) {
+    if let Some(slot) = slots.by_ino.get_mut(&parent) {
+        slot.child_names = slot.child_names.saturating_sub(1);
+        release_if_unused(slots, parent);
+    }
+}
+
+/// Drops a slot nobody refers to any more, and then what only it kept alive.
+fn release_if_unused(slots: &mut Slots, ino: u64) {
+    let mut pending = vec![ino];
+    while let Some(ino) = pending.pop() {
+        if ino == ROOT_INO {
+            continue;
+        }
+        let unused = slots
+            .by_ino
+            .get(&ino)
+            .is_some_and(|slot| slot.lookups == 0 && slot.child_names == 0);
+        if !unused {
+            continue;
+        }
+        let slot = slots.by_ino.remove(&ino).expect("checked above");
+        slots.foreign.retain(|_, &mut number| number != ino);
+        for (parent, _) in slot.names {
+            if let Some(parent_slot) = slots.by_ino.get_mut(&parent) {
+                parent_slot.child_names = parent_slot.child_names.saturating_sub(1);
+                pending.push(parent);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::sys;
+
+    fn table_with_tree() -> (tempfile::TempDir, InodeTable) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/f"), b"x").unwrap();
+        let root = sys::open_path(
+            std::fs::File::open("/").unwrap().as_fd(),
+            &std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap(),
+        )
+        .unwrap();
+        let st = sys::stat_fd(root.as_fd()).unwrap();
+        (dir, InodeTable::new(root, &st))
+    }
+
+    fn look(table: &InodeTable, parent: u64, name: &str) -> u64 {
+        let dir = table.get(parent).unwrap();
+        let c = std::ffi::CString::new(name).unwrap();
+        let fd = sys::open_path(dir.fd(), &c).unwrap();
+        let st = sys::stat_fd(fd.as_fd()).unwrap();
+        table
+            .reference_existing(&st, parent, OsStr::new(name))
+            .unwrap_or_else(|| table.insert(fd, &st, parent, OsStr::new(name)))
+    }
+
+    #[test]
+    fn paths_follow_renames_and_parents_outlive_forgotten_children() {
+        let (_dir, table) = table_with_tree();
+        let d = look(&table, ROOT_INO, "d");
+        let f = look(&table, d, "f");
+        assert_eq!(table.path_of(f), Some(PathBuf::from("d/f")));
+        table.rename_name(d, (ROOT_INO, OsStr::new("d")), (ROOT_INO, OsStr::new("e")));
+        assert_eq!(table.path_of(f), Some(PathBuf::from("e/f")));
+        // The kernel forgets the directory first: it must stay while f names it as parent.
+        table.forget(d, 1);
+        assert_eq!(table.path_of(f), Some(PathBuf::from("e/f")));
+        assert_eq!(table.lookups(d), Some(0));
+        table.forget(f, 1);
+        assert_eq!(table.lookups(f), None);
+        assert_eq!(
+            table.lookups(d),
+            None,
+            "released once nothing below needs it"
+        );
+    }
+
+    #[test]
+    fn lookup_counts_are_exact() {
+        let (_dir, table) = table_with_tree();
+        let d = look(&table, ROOT_INO, "d");
+        assert_eq!(look(&table, ROOT_INO, "d"), d);
+        assert_eq!(table.lookups(d), Some(2));
+        table.forget(d, 1);
+        assert_eq!(table.lookups(d), Some(1));
+        table.forget(d, 1);
+        assert_eq!(table.lookups(d), None);
+    }
+}

@@ -1,0 +1,776 @@
+//! `Passthrough`: the filesystem as plain Rust. Every operation works on the backing directory
+//! through `O_PATH` descriptors and `*at` calls that never follow a symlink, returns the backing
+//! call's result or errno, and reports catalog-relevant changes as `Event`s.
+
+use super::handles::{ChangeTracker, Fingerprint, HandleMap, OpenDir, OpenFile};
+use super::inodes::{Inode, InodeTable, ROOT_INO};
+use super::sys::{self, TimeSpec, XattrValue};
+use super::{Event, EventSink, StatusSource, STATUS_XATTR};
+use fuser::{BackingId, Errno, FileAttr, FileType, INodeNo};
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+/// How long the kernel may cache attributes and names. Every change to the backing tree is
+/// expected to come through the mount, which updates or invalidates the kernel's copy.
+pub const TTL: Duration = Duration::from_secs(1);
+
+/// Registers a backing file with the kernel for FUSE passthrough (only the adapter can).
+pub type RegisterBacking<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>;
+
+/// Who asked, for ownership of what they create on a shared (`allow_other`) mount.
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The attribute changes of one setattr call; `None` leaves that attribute alone.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttrChanges {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSpec>,
+    pub mtime: Option<TimeSpec>,
+}
+
+/// A new file handle, and the kernel passthrough registration to answer with, if any.
+#[derive(Debug)]
+pub struct Opened {
+    pub fh: u64,
+    pub backing_id: Option<Arc<BackingId>>,
+}
+
+pub struct Passthrough {
+    inodes: InodeTable,
+    files: HandleMap<OpenFile>,
+    dirs: HandleMap<OpenDir>,
+    events: Arc<dyn EventSink>,
+    status: Option<Arc<dyn StatusSource>>,
+    /// Whether to hand file data to the kernel (FUSE passthrough); cleared if the kernel refuses.
+    kernel_passthrough: AtomicBool,
+    daemon_is_root: bool,
+}
+
+impl Passthrough {
+    /// A passthrough of the directory `backing` (symlinks in `backing` itself are resolved once,
+    /// here; nothing below it is ever followed).
+    pub fn new(
+        backing: &Path,
+        events: Arc<dyn EventSink>,
+        status: Option<Arc<dyn StatusSource>>,
+    ) -> io::Result<Passthrough> {
+        let path = CString::new(backing.as_os_str().as_bytes())?;
+        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
+        let root = sys::openat(cwd, &path, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        let st = sys::stat_fd(root.as_fd()).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        Ok(Passthrough {
+            inodes: InodeTable::new(root, &st),
+            files: HandleMap::default(),
+            dirs: HandleMap::default(),
+            events,
+            status,
+            kernel_passthrough: AtomicBool::new(false),
+            daemon_is_root: unsafe { libc::geteuid() } == 0,
+        })
+    }
+
+    /// Enables or disables kernel passthrough of file data for handles opened from now on.
+    pub fn set_kernel_passthrough(&self, enabled: bool) {
+        self.kernel_passthrough.store(enabled, Ordering::Relaxed);
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
+        let (dir, c_name) = self.entry(parent, name)?;
+        self.lookup_in(parent, dir.fd(), name, &c_name)
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.inodes.forget(ino, count);
+    }
+
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<FileAttr> {
+        let st = match fh.and_then(|fh| self.files.get(fh).ok()) {
+            Some(handle) => sys::stat_fd(handle.fd())?,
+            None => sys::stat_fd(self.inodes.get(ino)?.fd())?,
+        };
+        Ok(self.attr(ino, &st))
+    }
+
+    /// Applies mode, owner, size and times in that order (as passthrough_hp), through the
+    /// handle's descriptor when the kernel names one.
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, changes: AttrChanges) -> Result<FileAttr> {
+        let inode = self.inodes.get(ino)?;
+        let handle = fh.and_then(|fh| self.files.get(fh).ok());
+        let handle_fd = handle.as_ref().map(|h| h.fd());
+        if let Some(mode) = changes.mode {
+            match handle_fd {
+                Some(fd) => sys::fchmod(fd, mode)?,
+                None => sys::chmod_fd(inode.fd(), mode)?,
+            }
+        }
+        if changes.uid.is_some() || changes.gid.is_some() {
+            sys::chown_fd(inode.fd(), changes.uid, changes.gid)?;
+        }
+        if let Some(size) = changes.size {
+            match handle_fd {
+                Some(fd) => sys::ftruncate(fd, size)?,
+                None => sys::truncate_fd(inode.fd(), size)?,
+            }
+        }
+        if changes.atime.is_some() || changes.mtime.is_some() {
+            sys::set_times(
+                handle_fd.unwrap_or(inode.fd()),
+                changes.atime,
+                changes.mtime,
+            )?;
+        }
+        let st = sys::stat_fd(inode.fd())?;
+        if changes.size.is_some() {
+            // Reported now; the handle that truncated starts a new dirty period so its close
+            // does not report the same change again.
+            if let Some(tracker) = handle.as_ref().and_then(|h| h.tracker.as_ref()) {
+                tracker
+                    .lock()
+                    .expect("tracker lock")
+                    .settle(Fingerprint::of(&st));
+            }
+            self.emit_for(ino, |path| Event::ContentChanged { path });
+        } else if changes.atime.is_some() || changes.mtime.is_some() {
+            self.emit_for(ino, |path| Event::TimesSet { path });
+        }
+        Ok(self.attr(ino, &st))
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        sys::readlink_fd(self.inodes.get(ino)?.fd())
+    }
+
+    pub fn mknod(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+    ) -> Result<FileAttr> {
+        sys::clear_thread_umask();
+        let (dir, c_name) = self.entry(parent, name)?;
+        sys::mknodat(dir.fd(), &c_name, mode, u64::from(rdev))?;
+        self.created(caller, parent, &dir, name, &c_name)
+    }
+
+    pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr> {
+        sys::clear_thread_umask();
+        let (dir, c_name) = self.entry(parent, name)?;
+        sys::mkdirat(dir.fd(), &c_name, mode)?;
+        self.created(caller, parent, &dir, name, &c_name)
+    }
+
+    pub fn symlink(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        target: &Path,
+    ) -> Result<FileAttr> {
+        let (dir, c_name) = self.entry(parent, name)?;
+        let target = CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+        sys::symlinkat(&target, dir.fd(), &c_name)?;
+        self.created(caller, parent, &dir, name, &c_name)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    /// renameat2 with the caller's flags (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT).
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let (dir, c_name) = self.entry(parent, name)?;
+        let (new_dir, c_new_name) = self.entry(new_parent, new_name)?;
+        // What the names refer to before the rename, for the table and the event.
+        let source = sys::stat_at(dir.fd(), &c_name, 0).ok();
+        let target = sys::stat_at(new_dir.fd(), &c_new_name, 0).ok();
+        let from = self.inodes.path_in(parent, name);
+        let to = self.inodes.path_in(new_parent, new_name);
+        sys::renameat2(dir.fd(), &c_name, new_dir.fd(), &c_new_name, flags)?;
+
+        let Some(source) = source else { return Ok(()) };
+        let same_inode = target
+            .as_ref()
+            .is_some_and(|t| (t.st_dev, t.st_ino) == (source.st_dev, source.st_ino));
+        if same_inode {
+            // Renaming one hard link onto another of the same file does nothing.
+            return Ok(());
+        }
+        let source_ino = self.inodes.known_ino(&source);
+        let target_ino = target.as_ref().and_then(|t| self.inodes.known_ino(t));
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if let Some(target_ino) = target_ino {
+            if exchange {
+                self.inodes
+                    .rename_name(target_ino, (new_parent, new_name), (parent, name));
+            } else {
+                self.inodes.remove_name(target_ino, new_parent, new_name);
+            }
+        }
+        if let Some(source_ino) = source_ino {
+            self.inodes
+                .rename_name(source_ino, (parent, name), (new_parent, new_name));
+        }
+        if let (Some(from), Some(to)) = (from, to) {
+            self.emit(if exchange {
+                Event::Exchanged { a: from, b: to }
+            } else {
+                Event::Renamed {
+                    from,
+                    to,
+                    is_dir: source.st_mode & libc::S_IFMT == libc::S_IFDIR,
+                }
+            });
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, ino: u64, new_parent: u64, new_name: &OsStr) -> Result<FileAttr> {
+        let inode = self.inodes.get(ino)?;
+        let (dir, c_name) = self.entry(new_parent, new_name)?;
+        sys::link_fd(inode.fd(), dir.fd(), &c_name)?;
+        let st = sys::stat_fd(inode.fd())?;
+        let attr = self.remember(new_parent, new_name, &st, || {
+            sys::reopen(inode.fd(), libc::O_PATH)
+        })?;
+        self.emit_at(new_parent, new_name, |path| Event::Linked { path });
+        Ok(attr)
+    }
+
+    pub fn open(&self, ino: u64, flags: i32, register: RegisterBacking<'_>) -> Result<Opened> {
+        let inode = self.inodes.get(ino)?;
+        let fd = sys::reopen(inode.fd(), daemon_open_flags(flags))?;
+        let truncated = flags & libc::O_TRUNC != 0;
+        self.open_handle(ino, &inode, fd, flags, truncated, register)
+    }
+
+    /// Creates and opens `name`. Creation is tried exclusively first so that opening a file that
+    /// already exists (no O_EXCL) is not reported as created.
+    pub fn create(
+        &self,
+        caller: Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        register: RegisterBacking<'_>,
+    ) -> Result<(FileAttr, Opened)> {
+        sys::clear_thread_umask();
+        let (dir, c_name) = self.entry(parent, name)?;
+        let open_flags = daemon_open_flags(flags) | libc::O_NOFOLLOW;
+        let exclusive = open_flags | libc::O_CREAT | libc::O_EXCL;
+        let (fd, created) = match sys::openat(dir.fd(), &c_name, exclusive, mode) {
+            Ok(fd) => (fd, true),
+            Err(e) if e == Errno::EEXIST && flags & libc::O_EXCL == 0 => {
+                let fd = sys::openat(dir.fd(), &c_name, open_flags & !libc::O_CREAT, 0)?;
+                (fd, false)
+            }
+            Err(e) => return Err(e),
+        };
+        if created {
+            self.adopt(caller, &dir, &c_name);
+        }
+        let st = sys::stat_fd(fd.as_fd())?;
+        let attr = self.remember(parent, name, &st, || sys::reopen(fd.as_fd(), libc::O_PATH))?;
+        let ino = attr.ino.0;
+        let truncated = !created && flags & libc::O_TRUNC != 0;
+        let opened = self
+            .inodes
+            .get(ino)
+            .and_then(|inode| self.open_handle(ino, &inode, fd, flags, truncated, register));
+        match opened {
+            Ok(opened) => {
+                if created {
+                    self.emit_at(parent, name, |path| Event::Created { path });
+                }
+                Ok((attr, opened))
+            }
+            Err(e) => {
+                // The kernel never saw this entry, so it will not forget it.
+                self.inodes.forget(ino, 1);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        sys::pread(self.files.get(fh)?.fd(), size as usize, offset)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let handle = self.files.get(fh)?;
+        let written = sys::pwrite(handle.fd(), data, offset)?;
+        handle.mark_changed();
+        Ok(written as u32)
+    }
+
+    /// close(2) of a descriptor of the handle: reports a content change made since open or the
+    /// last report.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        let handle = self.files.get(fh)?;
+        self.report_content_change(&handle);
+        Ok(())
+    }
+
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let handle = self.files.remove(fh)?;
+        self.report_content_change(&handle);
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        sys::fsync(self.files.get(fh)?.fd(), datasync)
+    }
+
+    pub fn opendir(&self, ino: u64) -> Result<u64> {
+        let inode = self.inodes.get(ino)?;
+        let fd = sys::openat(
+            inode.fd(),
+            c".",
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+            0,
+        )?;
+        Ok(self.dirs.insert(OpenDir {
+            ino,
+            fd,
+            position: Default::default(),
+        }))
+    }
+
+    /// Lists entries from `offset` (0 or an entry's `next_offset`) while `add` returns true.
+    /// `add(ino, next_offset, kind, name)`; inode numbers as `stat` through the mount shows them.
+    pub fn readdir(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
+    ) -> Result<()> {
+        let dir = self.dirs.get(fh)?;
+        let _position = dir.position.lock().expect("dir position lock");
+        let mut buf = vec![0u8; DIR_BATCH];
+        sys::read_dir_batch(dir.fd.as_fd(), offset as i64, &mut buf, |entry| {
+            let kind = match dirent_type(entry.d_type) {
+                Some(kind) => kind,
+                None => match stat_type(dir.fd.as_fd(), entry.name) {
+                    Some(kind) => kind,
+                    None => return true, // vanished meanwhile
+                },
+            };
+            let ino = self.inodes.fuse_ino_on_root_dev(entry.ino);
+            add(ino, entry.next_offset as u64, kind, entry.name)
+        })
+    }
+
+    /// Like `readdir`, with attributes; every entry handed to `add` (other than `.` and `..`)
+    /// counts as a lookup, unless `add` refuses it (returns false: the reply is full).
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(&OsStr, u64, &FileAttr) -> bool,
+    ) -> Result<()> {
+        let dir = self.dirs.get(fh)?;
+        let _position = dir.position.lock().expect("dir position lock");
+        let mut buf = vec![0u8; DIR_BATCH];
+        sys::read_dir_batch(dir.fd.as_fd(), offset as i64, &mut buf, |entry| {
+            let next = entry.next_offset as u64;
+            if entry.name == "." || entry.name == ".." {
+                // The kernel takes only the inode number and type of these.
+                let attr = dot_attr(self.inodes.fuse_ino_on_root_dev(entry.ino));
+                return add(entry.name, next, &attr);
+            }
+            let Ok(c_name) = sys::c_name(entry.name) else {
+                return true;
+            };
+            let Ok(attr) = self.lookup_in(dir.ino, dir.fd.as_fd(), entry.name, &c_name) else {
+                return true; // vanished meanwhile
+            };
+            let accepted = add(entry.name, next, &attr);
+            if !accepted {
+                self.inodes.forget(attr.ino.0, 1);
+            }
+            accepted
+        })
+    }
+
+    pub fn releasedir(&self, fh: u64) -> Result<()> {
+        self.dirs.remove(fh).map(drop)
+    }
+
+    pub fn fsyncdir(&self, fh: u64, datasync: bool) -> Result<()> {
+        sys::fsync(self.dirs.get(fh)?.fd.as_fd(), datasync)
+    }
+
+    pub fn statfs(&self, ino: u64) -> Result<libc::statfs> {
+        sys::statfs(self.inodes.get(ino)?.fd())
+    }
+
+    pub fn access(&self, ino: u64, mask: i32) -> Result<()> {
+        sys::access_fd(self.inodes.get(ino)?.fd(), mask)
+    }
+
+    /// `size` 0 asks for the value's size (getxattr(2) semantics, ERANGE if too small).
+    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrValue> {
+        if is_status_xattr(ino, name) {
+            let status = self.status.as_ref().ok_or(Errno::NO_XATTR)?;
+            return XattrValue::sized(status.status_json().into_bytes(), size);
+        }
+        let name = sys::c_name(name)?;
+        sys::get_xattr(self.inodes.get(ino)?.fd(), &name, size as usize)
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if is_status_xattr(ino, name) {
+            return Err(Errno::EPERM);
+        }
+        let name = sys::c_name(name)?;
+        sys::set_xattr(self.inodes.get(ino)?.fd(), &name, value, flags)
+    }
+
+    pub fn listxattr(&self, ino: u64, size: u32) -> Result<XattrValue> {
+        let mut list = sys::list_xattr(self.inodes.get(ino)?.fd())?;
+        if ino == ROOT_INO {
+            // The status attribute is answered by the daemon, not stored, and never listed.
+            list = list
+                .split_inclusive(|&b| b == 0)
+                .filter(|entry| entry.strip_suffix(&[0]) != Some(STATUS_XATTR.as_bytes()))
+                .flatten()
+                .copied()
+                .collect();
+        }
+        XattrValue::sized(list, size)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        if is_status_xattr(ino, name) {
+            return Err(Errno::EPERM);
+        }
+        let name = sys::c_name(name)?;
+        sys::remove_xattr(self.inodes.get(ino)?.fd(), &name)
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+        let handle = self.files.get(fh)?;
+        sys::fallocate(handle.fd(), mode, offset, length)?;
+        handle.mark_changed();
+        Ok(())
+    }
+
+    /// SEEK_DATA / SEEK_HOLE (the kernel answers the other whences itself).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        sys::lseek(self.files.get(fh)?.fd(), offset, whence)
+    }
+
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u32> {
+        let input = self.files.get(fh_in)?;
+        let output = self.files.get(fh_out)?;
+        // The reply carries a u32 count; the kernel asks again for the rest.
+        let len = len.min(u64::from(u32::MAX) & !0xfff);
+        let copied = sys::copy_file_range(input.fd(), offset_in, output.fd(), offset_out, len)?;
+        output.mark_changed();
+        Ok(copied as u32)
+    }
+
+    // ---- helpers ----
+
+    /// The parent directory and `name` checked as a single path component.
+    fn entry(&self, parent: u64, name: &OsStr) -> Result<(Arc<Inode>, CString)> {
+        // The kernel only sends single components; refuse anything that could walk elsewhere.
+        if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
+            return Err(Errno::EINVAL);
+        }
+        let dir = self.inodes.get(parent)?;
+        Ok((dir, sys::c_name(name)?))
+    }
+
+    fn lookup_in(
+        &self,
+        parent: u64,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        c_name: &CString,
+    ) -> Result<FileAttr> {
+        let st = sys::stat_at(dir, c_name, 0)?;
+        self.remember(parent, name, &st, || sys::open_path(dir, c_name))
+    }
+
+    /// Counts a kernel reference to the inode `st` found as `name` in `parent`, opening its
+    /// `O_PATH` descriptor with `open` if the table does not have it yet.
+    fn remember(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        st: &libc::stat,
+        open: impl FnOnce() -> Result<OwnedFd>,
+    ) -> Result<FileAttr> {
+        if let Some(ino) = self.inodes.reference_existing(st, parent, name) {
+            return Ok(self.attr(ino, st));
+        }
+        let fd = open()?;
+        // Describe the inode actually opened, should the name have changed in between.
+        let st = sys::stat_fd(fd.as_fd())?;
+        let ino = self.inodes.insert(fd, &st, parent, name);
+        Ok(self.attr(ino, &st))
+    }
+
+    /// After mknod/mkdir/symlink made `name`: its owner, its entry, the event.
+    fn created(
+        &self,
+        caller: Caller,
+        parent: u64,
+        dir: &Inode,
+        name: &OsStr,
+        c_name: &CString,
+    ) -> Result<FileAttr> {
+        self.adopt(caller, dir, c_name);
+        let attr = self.lookup_in(parent, dir.fd(), name, c_name)?;
+        self.emit_at(parent, name, |path| Event::Created { path });
+        Ok(attr)
+    }
+
+    /// A root daemon creates as root; give what another user created to that user (the group
+    /// stays as created where the directory is set-group-ID).
+    fn adopt(&self, caller: Caller, dir: &Inode, c_name: &CString) {
+        if !self.daemon_is_root || caller.uid == 0 {
+            return;
+        }
+        let inherit_group = sys::stat_fd(dir.fd())
+            .map(|st| st.st_mode & libc::S_ISGID != 0)
+            .unwrap_or(false);
+        let gid = (!inherit_group).then_some(caller.gid);
+        if let Err(e) = sys::chown_at(dir.fd(), c_name, Some(caller.uid), gid) {
+            tracing::warn!(?c_name, "could not give a new entry to its creator: {e:?}");
+        }
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, is_dir: bool) -> Result<()> {
+        let (dir, c_name) = self.entry(parent, name)?;
+        let victim = sys::stat_at(dir.fd(), &c_name, 0).ok();
+        let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };
+        sys::unlinkat(dir.fd(), &c_name, flags)?;
+        if let Some(ino) = victim.and_then(|st| self.inodes.known_ino(&st)) {
+            self.inodes.remove_name(ino, parent, name);
+        }
+        self.emit_at(parent, name, |path| Event::Removed { path, is_dir });
+        Ok(())
+    }
+
+    fn open_handle(
+        &self,
+        ino: u64,
+        inode: &Inode,
+        fd: OwnedFd,
+        flags: i32,
+        truncated: bool,
+        register: RegisterBacking<'_>,
+    ) -> Result<Opened> {
+        let tracker = if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            let baseline = Fingerprint::of(&sys::stat_fd(fd.as_fd())?);
+            Some(std::sync::Mutex::new(ChangeTracker::new(
+                baseline, truncated,
+            )))
+        } else {
+            None
+        };
+        let backing_id = if inode.is_regular() {
+            self.backing_id(inode, fd.as_fd(), register)
+        } else {
+            None
+        };
+        let fh = self.files.insert(OpenFile {
+            ino,
+            fd,
+            _backing_id: backing_id.clone(),
+            tracker,
+        });
+        Ok(Opened { fh, backing_id })
+    }
+
+    /// The inode's kernel passthrough registration, shared by all its open handles. It is
+    /// registered read-write when possible, since later handles of other modes share it.
+    fn backing_id(
+        &self,
+        inode: &Inode,
+        handle_fd: BorrowedFd<'_>,
+        register: RegisterBacking<'_>,
+    ) -> Option<Arc<BackingId>> {
+        let mut shared = inode.backing_id.lock().expect("backing id lock");
+        if let Some(id) = shared.upgrade() {
+            return Some(id);
+        }
+        if !self.kernel_passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let read_write = sys::reopen(inode.fd(), libc::O_RDWR).ok();
+        let backing_fd = read_write.as_ref().map_or(handle_fd, |fd| fd.as_fd());
+        match register(backing_fd) {
+            Ok(id) => {
+                let id = Arc::new(id);
+                *shared = Arc::downgrade(&id);
+                Some(id)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "kernel passthrough refused ({e}); file data goes through the daemon"
+                );
+                self.kernel_passthrough.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn report_content_change(&self, handle: &OpenFile) {
+        let Some(tracker) = &handle.tracker else {
+            return;
+        };
+        let now = match sys::stat_fd(handle.fd()) {
+            Ok(st) => Fingerprint::of(&st),
+            Err(e) => {
+                tracing::warn!(ino = handle.ino, "fstat for change detection failed: {e:?}");
+                return;
+            }
+        };
+        if tracker.lock().expect("tracker lock").settle(now) {
+            self.emit_for(handle.ino, |path| Event::ContentChanged { path });
+        }
+    }
+
+    fn attr(&self, ino: u64, st: &libc::stat) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ino),
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            atime: sys::system_time(st.st_atime, st.st_atime_nsec),
+            mtime: sys::system_time(st.st_mtime, st.st_mtime_nsec),
+            ctime: sys::system_time(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind: mode_type(st.st_mode),
+            perm: (st.st_mode & 0o7777) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: st.st_blksize as u32,
+            flags: 0,
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        tracing::debug!(?event, "event");
+        self.events.send(event);
+    }
+
+    fn emit_at(&self, parent: u64, name: &OsStr, event: impl FnOnce(PathBuf) -> Event) {
+        match self.inodes.path_in(parent, name) {
+            Some(path) => self.emit(event(path)),
+            None => tracing::debug!(parent, ?name, "no path known; event dropped"),
+        }
+    }
+
+    fn emit_for(&self, ino: u64, event: impl FnOnce(PathBuf) -> Event) {
+        match self.inodes.path_of(ino) {
+            Some(path) => self.emit(event(path)),
+            None => tracing::debug!(ino, "no path known (unlinked?); event dropped"),
+        }
+    }
+}
+
+/// getdents buffer per readdir call; the kernel's reply buffer is 4 KiB to 128 KiB.
+const DIR_BATCH: usize = 64 * 1024;
+
+/// The daemon's descriptor never does O_DIRECT I/O (the caller's alignment is not ours), and the
+/// kernel has already done creation and controlling-terminal handling.
+fn daemon_open_flags(flags: i32) -> i32 {
+    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
+}
+
+fn is_status_xattr(ino: u64, name: &OsStr) -> bool {
+    ino == ROOT_INO && name == STATUS_XATTR
+}
+
+fn mode_type(mode: libc::mode_t) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dirent_type(d_type: u8) -> Option<FileType> {
+    Some(match d_type {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_REG => FileType::RegularFile,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => return None,
+    })
+}
+
+fn stat_type(dir: BorrowedFd<'_>, name: &OsStr) -> Option<FileType> {
+    let c_name = sys::c_name(name).ok()?;
+    sys::stat_at(dir, &c_name, 0)
+        .ok()
+        .map(|st| mode_type(st.st_mode))
+}
+
+fn dot_attr(ino: u64) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::Directory,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}

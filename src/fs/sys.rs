@@ -1,0 +1,521 @@
+//! Thin, safe wrappers over the libc calls the passthrough needs. Every call is relative to a file
+//! descriptor (`*at`, `AT_EMPTY_PATH`, or `/proc/self/fd/N` for `O_PATH` descriptors) and never
+//! follows a symlink in the backing tree; errors come back as the backing call's errno.
+
+use fuser::Errno;
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+pub fn last_errno() -> Errno {
+    Errno::from(std::io::Error::last_os_error())
+}
+
+/// Turns a libc `-1 + errno` return into `Err(errno)`.
+pub fn check<T: Copy + PartialOrd + Default>(ret: T) -> Result<T> {
+    if ret < T::default() {
+        Err(last_errno())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Retries a call interrupted by a signal (the daemon's threads can receive SIGTERM/SIGINT).
+fn retry<T: Copy + PartialOrd + Default>(mut call: impl FnMut() -> T) -> Result<T> {
+    loop {
+        match check(call()) {
+            Err(e) if e == Errno::EINTR => continue,
+            other => return other,
+        }
+    }
+}
+
+pub fn c_name(name: &OsStr) -> Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)
+}
+
+/// The path that re-opens an `O_PATH` descriptor through procfs, as libfuse's passthrough_hp does.
+/// Resolving it lands on the descriptor's inode itself; a symlink there is not followed further.
+pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("no NUL in a number")
+}
+
+const EMPTY: &CStr = c"";
+
+fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` was just returned by a successful open call and is owned by no one else.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) -> Result<OwnedFd> {
+    let fd = retry(|| unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    })?;
+    Ok(owned(fd))
+}
+
+/// An `O_PATH` descriptor for `name` in `dir`, never following a symlink at `name`.
+pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
+    openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+}
+
+/// Opens the inode behind an `O_PATH` (or any) descriptor with real access `flags`.
+pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
+    let path = proc_fd_path(fd);
+    let fd = retry(|| unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    Ok(owned(fd))
+}
+
+pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<libc::stat> {
+    stat_at(fd, EMPTY, libc::AT_EMPTY_PATH)
+}
+
+pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            flags | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: fstatat succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> Result<()> {
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t, rdev: u64) -> Result<()> {
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<()> {
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+pub fn renameat2(
+    old_dir: BorrowedFd<'_>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+    flags: u32,
+) -> Result<()> {
+    check(unsafe {
+        libc::renameat2(
+            old_dir.as_raw_fd(),
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// A new hard link to the inode behind `fd`. The procfs form needs no CAP_DAC_READ_SEARCH, unlike
+/// `AT_EMPTY_PATH`, and `AT_SYMLINK_FOLLOW` only resolves the magic link, never a symlink's target.
+pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new_name: &CStr) -> Result<()> {
+    let path = proc_fd_path(fd);
+    check(unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    })
+    .map(drop)
+}
+
+pub fn readlink_fd(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    let len = check(unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    })?;
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+pub fn chmod_fd(fd: BorrowedFd<'_>, mode: libc::mode_t) -> Result<()> {
+    let path = proc_fd_path(fd);
+    check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+}
+
+pub fn fchmod(fd: BorrowedFd<'_>, mode: libc::mode_t) -> Result<()> {
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+}
+
+/// `None` leaves the id unchanged (-1 to chown).
+pub fn chown_at(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<()> {
+    let flags = libc::AT_SYMLINK_NOFOLLOW
+        | if name.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+    check(unsafe {
+        libc::fchownat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            uid.unwrap_or(u32::MAX),
+            gid.unwrap_or(u32::MAX),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    chown_at(fd, EMPTY, uid, gid)
+}
+
+pub fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
+    let path = proc_fd_path(fd);
+    retry(|| unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) }).map(drop)
+}
+
+pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
+    retry(|| unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+}
+
+/// What to set a timestamp to; `None` in `set_times` leaves it alone (UTIME_OMIT).
+#[derive(Clone, Copy, Debug)]
+pub enum TimeSpec {
+    Now,
+    At(SystemTime),
+}
+
+fn timespec(time: Option<TimeSpec>) -> libc::timespec {
+    match time {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSpec::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeSpec::At(t)) => {
+            let (tv_sec, tv_nsec) = match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, i64::from(d.subsec_nanos())),
+                Err(before) => {
+                    let d = before.duration();
+                    let nanos = i64::from(d.subsec_nanos());
+                    if nanos == 0 {
+                        (-(d.as_secs() as i64), 0)
+                    } else {
+                        (-(d.as_secs() as i64) - 1, 1_000_000_000 - nanos)
+                    }
+                }
+            };
+            libc::timespec { tv_sec, tv_nsec }
+        }
+    }
+}
+
+/// Sets atime/mtime of the inode behind `fd` (an `O_PATH` descriptor works; symlinks included).
+pub fn set_times(
+    fd: BorrowedFd<'_>,
+    atime: Option<TimeSpec>,
+    mtime: Option<TimeSpec>,
+) -> Result<()> {
+    let times = [timespec(atime), timespec(mtime)];
+    check(unsafe {
+        libc::utimensat(
+            fd.as_raw_fd(),
+            EMPTY.as_ptr(),
+            times.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    })
+    .map(drop)
+}
+
+pub fn system_time(sec: i64, nsec: i64) -> SystemTime {
+    let nsec = Duration::from_nanos(nsec as u64);
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::from_secs(sec as u64) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + nsec
+    }
+}
+
+pub fn pread(fd: BorrowedFd<'_>, size: usize, offset: u64) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; size];
+    let len = retry(|| unsafe {
+        libc::pread(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            offset as libc::off_t,
+        )
+    })?;
+    buf.truncate(len as usize);
+    Ok(buf)
+}
+
+pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> Result<usize> {
+    retry(|| unsafe {
+        libc::pwrite(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            offset as libc::off_t,
+        )
+    })
+    .map(|n| n as usize)
+}
+
+pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
+    retry(|| unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    })
+    .map(drop)
+}
+
+pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<()> {
+    retry(|| unsafe {
+        libc::fallocate(
+            fd.as_raw_fd(),
+            mode,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    })
+    .map(drop)
+}
+
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> Result<i64> {
+    check(unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) })
+}
+
+pub fn copy_file_range(
+    fd_in: BorrowedFd<'_>,
+    offset_in: u64,
+    fd_out: BorrowedFd<'_>,
+    offset_out: u64,
+    len: u64,
+) -> Result<usize> {
+    let mut off_in = offset_in as libc::loff_t;
+    let mut off_out = offset_out as libc::loff_t;
+    retry(|| unsafe {
+        libc::copy_file_range(
+            fd_in.as_raw_fd(),
+            &mut off_in,
+            fd_out.as_raw_fd(),
+            &mut off_out,
+            len as usize,
+            0,
+        )
+    })
+    .map(|n| n as usize)
+}
+
+pub fn statfs(fd: BorrowedFd<'_>) -> Result<libc::statfs> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatfs succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+pub fn access_fd(fd: BorrowedFd<'_>, mask: i32) -> Result<()> {
+    let path = proc_fd_path(fd);
+    check(unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask, 0) }).map(drop)
+}
+
+/// One entry of a `getdents64` batch.
+pub struct RawDirEntry<'a> {
+    pub ino: u64,
+    /// The cookie that resumes reading after this entry.
+    pub next_offset: i64,
+    pub d_type: u8,
+    pub name: &'a OsStr,
+}
+
+/// Reads a batch of directory entries starting at the position `offset` (a cookie returned
+/// earlier, or 0), calling `each` until it returns `false` or the batch ends.
+pub fn read_dir_batch(
+    fd: BorrowedFd<'_>,
+    offset: i64,
+    buf: &mut [u8],
+    mut each: impl FnMut(RawDirEntry<'_>) -> bool,
+) -> Result<()> {
+    lseek(fd, offset, libc::SEEK_SET)?;
+    let len = check(unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            fd.as_raw_fd(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    })? as usize;
+    let mut pos = 0;
+    while pos < len {
+        // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, NUL-terminated name.
+        let rec = &buf[pos..];
+        let ino = u64::from_ne_bytes(rec[0..8].try_into().expect("8 bytes"));
+        let next_offset = i64::from_ne_bytes(rec[8..16].try_into().expect("8 bytes"));
+        let reclen = u16::from_ne_bytes(rec[16..18].try_into().expect("2 bytes")) as usize;
+        let d_type = rec[18];
+        let name_bytes = &rec[19..reclen];
+        let name_len = name_bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(name_bytes.len());
+        let name = OsStr::from_bytes(&name_bytes[..name_len]);
+        if !each(RawDirEntry {
+            ino,
+            next_offset,
+            d_type,
+            name,
+        }) {
+            break;
+        }
+        pos += reclen;
+    }
+    Ok(())
+}
+
+/// Extended attributes through the procfs path of an `O_PATH` descriptor: it resolves to the
+/// inode itself (for a symlink: the link, not its target), race-free like `f*xattr`.
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> Result<XattrValue> {
+    let path = proc_fd_path(fd);
+    if size == 0 {
+        let len = check(unsafe {
+            libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0)
+        })?;
+        return Ok(XattrValue::Size(len as u32));
+    }
+    let mut buf = vec![0u8; size];
+    let len = check(unsafe {
+        libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), size)
+    })?;
+    buf.truncate(len as usize);
+    Ok(XattrValue::Data(buf))
+}
+
+pub fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> Result<()> {
+    let path = proc_fd_path(fd);
+    check(unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    let path = proc_fd_path(fd);
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// The whole NUL-separated name list (retrying if it grows between the size query and the read).
+pub fn list_xattr(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
+    let path = proc_fd_path(fd);
+    loop {
+        let len = check(unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let mut buf = vec![0u8; len as usize];
+        match check(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }) {
+            Ok(len) => {
+                buf.truncate(len as usize);
+                return Ok(buf);
+            }
+            Err(e) if e == Errno::ERANGE => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A getxattr/listxattr answer: the size when asked with size 0, else the bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrValue {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+impl XattrValue {
+    /// Applies the size rule of getxattr(2) to a value we hold in full.
+    pub fn sized(data: Vec<u8>, size: u32) -> Result<XattrValue> {
+        if size == 0 {
+            Ok(XattrValue::Size(data.len() as u32))
+        } else if data.len() > size as usize {
+            Err(Errno::ERANGE)
+        } else {
+            Ok(XattrValue::Data(data))
+        }
+    }
+}
+
+/// Gives the calling thread its own umask of 0, once: the kernel has already applied the
+/// caller's umask to the modes it sends, and the daemon's must not apply a second time.
+pub fn clear_thread_umask() {
+    thread_local!(static CLEARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
+    CLEARED.with(|cleared| {
+        if !cleared.get() {
+            // CLONE_FS makes umask (and cwd) per thread, so the rest of the process keeps its own.
+            if unsafe { libc::unshare(libc::CLONE_FS) } == 0 {
+                unsafe { libc::umask(0) };
+            } else {
+                tracing::warn!(
+                    "unshare(CLONE_FS) failed ({}); created modes get the daemon's umask too",
+                    std::io::Error::last_os_error()
+                );
+            }
+            cleared.set(true);
+        }
+    });
+}
+
+/// Lifts the soft open-file limit to the hard one: every inode the kernel knows holds an fd.
+pub fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(
+                    "could not raise RLIMIT_NOFILE: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
