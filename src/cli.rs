@@ -150,7 +150,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Emulator(args) => crate::emulator::run(&args),
         Command::Hash { files } => return crate::hash::run_cli(&files),
-        Command::Mount(_args) => Err(anyhow::anyhow!("mount: not built yet")),
+        Command::Mount(args) => crate::daemon::run(&args),
         Command::Status(args) => crate::status::run(&args),
     };
     match result {

@@ -58,14 +58,22 @@ impl KeySource {
 fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathBuf> {
     let base = match std::env::var_os("XDG_STATE_HOME") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?)
-            .join(".local/state"),
+        _ => PathBuf::from(
+            std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?,
+        )
+        .join(".local/state"),
     };
     let name: String = backing
         .to_string_lossy()
         .trim_start_matches('/')
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     Ok(base.join("maxlofs").join(format!("{name}-g{grant}")))
 }
@@ -89,13 +97,20 @@ async fn check_service(api: &dyn MediaApi, grant: GrantId) -> anyhow::Result<()>
                 bail!("this device is disabled");
             }
             let wanted = grant.to_string();
-            let Some(found) = list.media_grant_list.iter().find(|g| g.media_grant_id == wanted) else {
+            let Some(found) = list
+                .media_grant_list
+                .iter()
+                .find(|g| g.media_grant_id == wanted)
+            else {
                 let known: Vec<_> = list
                     .media_grant_list
                     .iter()
                     .map(|g| format!("{} ({})", g.media_grant_id, g.grant_name))
                     .collect();
-                bail!("grant {grant} is not one this device can see; it sees: {}", known.join(", "));
+                bail!(
+                    "grant {grant} is not one this device can see; it sees: {}",
+                    known.join(", ")
+                );
             };
             if found.is_disabled {
                 bail!("grant {grant} ({}) is disabled", found.grant_name);
@@ -114,8 +129,8 @@ async fn check_service(api: &dyn MediaApi, grant: GrantId) -> anyhow::Result<()>
 /// While sending is paused by a refused key, re-reads the keys every second and resumes as soon as
 /// they change; SIGHUP re-reads them and resumes at once.
 fn watch_keys(engine: Arc<Engine>, api: Arc<HttpApi>, keys: KeySource, mut current: Keys) {
-    let mut hangup =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).expect("SIGHUP handler");
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("SIGHUP handler");
     tokio::spawn(async move {
         loop {
             let forced = tokio::select! {
@@ -144,7 +159,10 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         .with_context(|| format!("backing folder {}", args.backing.display()))?;
     let backing = Backing::open(&backing_path)?;
     if !args.mountpoint.is_dir() {
-        bail!("mountpoint {} is not a directory", args.mountpoint.display());
+        bail!(
+            "mountpoint {} is not a directory",
+            args.mountpoint.display()
+        );
     }
     let ignore = IgnoreRules::new(&args.ignore)?;
     let key_source = KeySource {
@@ -195,7 +213,11 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     mount.allow_other = args.allow_other;
     mount.threads = args.threads.max(1);
     mount.status = Some(engine.clone());
-    tracing::info!("mounted {} at {}", args.backing.display(), args.mountpoint.display());
+    tracing::info!(
+        "mounted {} at {}",
+        args.backing.display(),
+        args.mountpoint.display()
+    );
     crate::fs::run_until_unmounted(mount).context("serving the mount")?;
 
     let timeout = Duration::from_secs(args.drain_timeout);

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod cli;
 pub mod contract;
+pub mod daemon;
 pub mod emulator;
 pub mod fs;
 pub mod hash;

@@ -52,7 +52,10 @@ fn cp_r_of_a_tree_reaches_the_catalog() {
          && : > a/b/c/empty && printf 'x' > e/x",
         src.path(),
     );
-    sh(&format!("cp -r {}/. photos", src.path().display()), &mount.mnt);
+    sh(
+        &format!("cp -r {}/. photos", src.path().display()),
+        &mount.mnt,
+    );
     mount.wait_synced();
     assert_catalog_matches(&emulator, &mount.backing);
     assert_eq!(emulator.live().len(), 4);
@@ -79,7 +82,10 @@ fn touch_d_updates_the_times_of_the_same_record() {
 fn rm_and_rm_r_delete_and_mkdir_rmdir_send_nothing() {
     let emulator = Emulator::start(&[]);
     let mount = mount!(emulator);
-    sh("mkdir -p d/e keep && echo 1 > f && echo 2 > d/a && echo 3 > d/e/b && echo 4 > keep/k", &mount.mnt);
+    sh(
+        "mkdir -p d/e keep && echo 1 > f && echo 2 > d/a && echo 3 > d/e/b && echo 4 > keep/k",
+        &mount.mnt,
+    );
     mount.wait_synced();
     assert_eq!(emulator.calls("create"), 4);
     sh("rm f && rm -r d && mkdir empty && rmdir empty", &mount.mnt);
@@ -100,9 +106,15 @@ fn rm_and_rm_r_delete_and_mkdir_rmdir_send_nothing() {
 fn mv_of_files_and_directories_moves_the_records() {
     let emulator = Emulator::start(&[]);
     let mount = mount!(emulator);
-    sh("mkdir -p d/sub && echo 1 > f && echo 2 > d/a && echo 3 > d/sub/b", &mount.mnt);
+    sh(
+        "mkdir -p d/sub && echo 1 > f && echo 2 > d/a && echo 3 > d/sub/b",
+        &mount.mnt,
+    );
     mount.wait_synced();
-    sh("mv f g && mv d renamed && mkdir x && mv renamed x/", &mount.mnt);
+    sh(
+        "mv f g && mv d renamed && mkdir x && mv renamed x/",
+        &mount.mnt,
+    );
     mount.wait_synced();
     assert_catalog_matches(&emulator, &mount.backing);
     let paths: Vec<_> = emulator.live().into_keys().collect();
@@ -113,7 +125,10 @@ fn mv_of_files_and_directories_moves_the_records() {
 fn safe_saves_by_sed_vim_and_rsync_keep_the_media_id_and_send_no_temp_names() {
     let emulator = Emulator::start(&[]);
     let mount = mount!(emulator);
-    sh("printf 'alpha\\nbeta\\n' > doc.txt && echo v1 > synced.txt && echo vim > edit.txt", &mount.mnt);
+    sh(
+        "printf 'alpha\\nbeta\\n' > doc.txt && echo v1 > synced.txt && echo vim > edit.txt",
+        &mount.mnt,
+    );
     mount.wait_synced();
     let ids: Vec<i64> = ["doc.txt", "synced.txt", "edit.txt"]
         .iter()
@@ -149,9 +164,16 @@ fn ten_quick_saves_send_at_most_two_updates() {
     let mount = mount!(emulator);
     sh("echo 0 > f", &mount.mnt);
     mount.wait_synced();
-    sh("for i in 1 2 3 4 5 6 7 8 9 10; do echo $i > f; sleep 0.02; done", &mount.mnt);
+    sh(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do echo $i > f; sleep 0.02; done",
+        &mount.mnt,
+    );
     mount.wait_synced();
-    assert!(emulator.calls("update") <= 2, "{}", emulator.calls("update"));
+    assert!(
+        emulator.calls("update") <= 2,
+        "{}",
+        emulator.calls("update")
+    );
     assert_catalog_matches(&emulator, &mount.backing);
 }
 
@@ -171,7 +193,10 @@ fn a_file_created_and_removed_within_the_settle_window_sends_nothing() {
 fn hard_links_each_have_a_record_and_a_write_through_one_updates_all() {
     let emulator = Emulator::start(&[]);
     let mount = mount!(emulator);
-    sh("echo shared > a && ln a b && mkdir d && ln a d/c", &mount.mnt);
+    sh(
+        "echo shared > a && ln a b && mkdir d && ln a d/c",
+        &mount.mnt,
+    );
     mount.wait_synced();
     assert_eq!(emulator.live().len(), 3);
     sh("echo more >> a", &mount.mnt);
@@ -220,17 +245,26 @@ fn tar_x_reaches_the_catalog_with_the_archived_times() {
          && tar cf t.tar t",
         src.path(),
     );
-    sh(&format!("tar xf {}/t.tar", src.path().display()), &mount.mnt);
+    sh(
+        &format!("tar xf {}/t.tar", src.path().display()),
+        &mount.mnt,
+    );
     mount.wait_synced();
     assert_catalog_matches(&emulator, &mount.backing);
-    assert_eq!(emulator.live()["t/a/1"]["mtime"], "2000-01-01T00:00:00.000Z");
+    assert_eq!(
+        emulator.live()["t/a/1"]["mtime"],
+        "2000-01-01T00:00:00.000Z"
+    );
 }
 
 #[test]
 fn changes_made_while_unmounted_are_caught_up_at_the_next_mount() {
     let emulator = Emulator::start(&[]);
     let mut mount = mount!(emulator);
-    sh("echo same > same && echo c1 > changed && echo d > deleted", &mount.mnt);
+    sh(
+        "echo same > same && echo c1 > changed && echo d > deleted",
+        &mount.mnt,
+    );
     mount.wait_synced();
     let changed_id = media_id(&emulator, "changed");
     assert!(mount.unmount().success(), "{}", mount.log_text());
@@ -263,7 +297,10 @@ fn an_existing_record_at_a_new_files_path_is_adopted_and_updated() {
     let mount = mount!(emulator);
     sh("echo local wins > taken.jpg", &mount.mnt);
     mount.wait_synced();
-    assert_eq!(emulator.live()["taken.jpg"]["media_id"], created["media_id"]);
+    assert_eq!(
+        emulator.live()["taken.jpg"]["media_id"],
+        created["media_id"]
+    );
     assert_catalog_matches(&emulator, &mount.backing);
     assert_eq!(emulator.records().len(), 1);
 }
@@ -337,7 +374,10 @@ fn a_key_revoked_mid_run_pauses_sending_until_the_key_file_changes() {
     assert!(mount.status()["paused"].is_null());
     let log = mount.log_text();
     assert_eq!(log.matches("refused the session key").count(), 1, "{log}");
-    assert!(!log.contains("k1") && !log.contains("k2"), "keys leaked into the log");
+    assert!(
+        !log.contains("k1") && !log.contains("k2"),
+        "keys leaked into the log"
+    );
 }
 
 #[test]

@@ -62,7 +62,9 @@ impl Emulator {
                     *self = started;
                     return;
                 }
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
                 Err(err) => std::panic::resume_unwind(err),
             }
         }
@@ -110,9 +112,9 @@ impl Emulator {
     /// Calls answered for `call` (create, update, delete, ...) with any status.
     pub fn calls(&self, call: &str) -> u64 {
         let stats = self.get("/_emulator/stats");
-        stats["calls"][call]
-            .as_object()
-            .map_or(0, |by_status| by_status.values().filter_map(Value::as_u64).sum())
+        stats["calls"][call].as_object().map_or(0, |by_status| {
+            by_status.values().filter_map(Value::as_u64).sum()
+        })
     }
 }
 
@@ -181,9 +183,10 @@ impl Mount {
             key_file.to_string_lossy().into(),
             "--state-dir".into(),
             state.to_string_lossy().into(),
-            "--settle-ms".into(),
-            "100".into(),
         ];
+        if !extra.contains(&"--settle-ms") {
+            args.extend(["--settle-ms".into(), "100".into()]);
+        }
         args.extend(extra.iter().map(|a| a.to_string()));
         Mount {
             child: None,
@@ -258,7 +261,11 @@ impl Mount {
             .arg(&self.mnt)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
@@ -269,7 +276,11 @@ impl Mount {
     /// `umount MNT`, then waits for the daemon to drain and exit.
     pub fn unmount(&mut self) -> ExitStatus {
         let out = Command::new("umount").arg(&self.mnt).output().unwrap();
-        assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.child.take().expect("mounted").wait().unwrap()
     }
 
@@ -308,7 +319,10 @@ impl Drop for Mount {
 
 /// What the catalog must hold for `backing`: one live record per regular file with a UTF-8 path
 /// that no ignore rule matches, with its Maxlo hash, size and mtime.
-pub fn expected_catalog(backing: &Path, ignored: &dyn Fn(&Path) -> bool) -> BTreeMap<String, (String, u64, String)> {
+pub fn expected_catalog(
+    backing: &Path,
+    ignored: &dyn Fn(&Path) -> bool,
+) -> BTreeMap<String, (String, u64, String)> {
     let mut expected = BTreeMap::new();
     let mut stack = vec![backing.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -353,5 +367,8 @@ pub fn assert_catalog_matches(emulator: &Emulator, backing: &Path) {
             )
         })
         .collect();
-    assert_eq!(actual, expected, "catalog (left) differs from the tree (right)");
+    assert_eq!(
+        actual, expected,
+        "catalog (left) differs from the tree (right)"
+    );
 }
