@@ -88,7 +88,10 @@ async fn check_service(api: &dyn MediaApi, grant: GrantId) -> anyhow::Result<()>
         Ok(device) if device.is_disabled => bail!("device {} is disabled", device.device_name),
         Ok(device) => tracing::info!("device {} ({})", device.device_name, device.device_id),
         Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
-        Err(err @ ApiError::Transient(_)) => return Ok(offline(&err)),
+        Err(err @ ApiError::Transient(_)) => {
+            offline(&err);
+            return Ok(());
+        }
         Err(err) => bail!("checking the device: {err}"),
     }
     match api.media_grants().await {
