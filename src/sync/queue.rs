@@ -60,6 +60,14 @@ pub enum Finish {
 }
 
 impl State {
+    /// Due once `settle` has passed quietly (at once while draining), and at the latest after ten
+    /// windows, however often it is marked again.
+    fn schedule_settled(&mut self, path: PathBuf, settle: Duration, hint: Hint) {
+        let settle = if self.draining { Duration::ZERO } else { settle };
+        let now = Instant::now();
+        self.schedule(path, now + settle, now + settle * 10, hint, 0);
+    }
+
     fn schedule(
         &mut self,
         path: PathBuf,
@@ -102,13 +110,7 @@ impl WorkQueue {
             *again = Some(again.map_or(hint, |h| h.max(hint)));
             return;
         }
-        let now = Instant::now();
-        let settle = if state.draining {
-            Duration::ZERO
-        } else {
-            self.settle
-        };
-        state.schedule(path.to_path_buf(), now + settle, now + settle * 10, hint, 0);
+        state.schedule_settled(path.to_path_buf(), self.settle, hint);
         drop(state);
         self.changed.notify_waiters();
     }
@@ -185,12 +187,7 @@ impl WorkQueue {
             }
             Finish::Done => {
                 if let Some(hint) = again {
-                    let settle = if state.draining {
-                        Duration::ZERO
-                    } else {
-                        self.settle
-                    };
-                    state.schedule(path.to_path_buf(), now + settle, now + settle * 10, hint, 0);
+                    state.schedule_settled(path.to_path_buf(), self.settle, hint);
                 }
             }
         }
