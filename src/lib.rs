@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod contract;
 pub mod emulator;
 pub mod fs;
