@@ -240,5 +240,10 @@ fn run_mount(mount: MountCommand) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&args)?);
         return Ok(());
     }
+    if !args.foreground {
+        return crate::daemonize::spawn(&args);
+    }
+    // Before anything else starts a process that could inherit the readiness pipe.
+    crate::daemonize::claim_ready_fd();
     Err(anyhow::anyhow!("mount: not built yet"))
 }

@@ -4,6 +4,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod contract;
+pub mod daemonize;
 pub mod emulator;
 pub mod fs;
 pub mod hash;
