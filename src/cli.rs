@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a local, persistent emulator of the Maxlo device API.
     Emulator(EmulatorArgs),
+    /// List the media grants a device key can see.
+    Grants(GrantsArgs),
     /// Print the Maxlo file hash of each FILE, like sha256sum.
     Hash {
         #[arg(required = true)]
@@ -182,6 +184,19 @@ impl LogLevel {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct GrantsArgs {
+    /// Base URL of the Maxlo API (or the emulator).
+    #[arg(long, env = "MAXLOFS_API", default_value = "http://127.0.0.1:8700")]
+    pub api: String,
+    /// File holding the device session key (else MAXLO_DEVICE_SESSION_KEY).
+    #[arg(long, env = "MAXLOFS_DEVICE_KEY_FILE")]
+    pub device_key_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct StatusArgs {
     pub mountpoint: PathBuf,
     /// Wait until nothing is pending or in flight.
@@ -221,6 +236,7 @@ pub fn main() -> i32 {
     });
     let result = match cli.command {
         Command::Emulator(args) => crate::emulator::run(&args),
+        Command::Grants(args) => crate::grants::run(&args),
         Command::Hash { files } => return crate::hash::run_cli(&files),
         Command::Mount(mount) => run_mount(mount),
         Command::Status(args) => crate::status::run(&args),

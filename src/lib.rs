@@ -7,6 +7,7 @@ pub mod contract;
 pub mod daemonize;
 pub mod emulator;
 pub mod fs;
+pub mod grants;
 pub mod hash;
 pub mod status;
 pub mod sync;
