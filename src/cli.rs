@@ -17,6 +17,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Print a shell completion script, e.g. for /etc/bash_completion.d/maxlofs.
+    Completions { shell: clap_complete::Shell },
     /// Run a local, persistent emulator of the Maxlo device API.
     Emulator(EmulatorArgs),
     /// List the media grants a device key can see.
@@ -235,6 +237,11 @@ pub fn main() -> i32 {
         _ => None,
     });
     let result = match cli.command {
+        Command::Completions { shell } => {
+            let mut command = crate::config::command();
+            clap_complete::generate(shell, &mut command, "maxlofs", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Emulator(args) => crate::emulator::run(&args),
         Command::Grants(args) => crate::grants::run(&args),
         Command::Hash { files } => return crate::hash::run_cli(&files),
