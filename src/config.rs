@@ -212,14 +212,26 @@ fn overrides(mount: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>,
     let mut chosen: Vec<(&Arg, Vec<OsString>)> = Vec::new();
     let source = |arg: &Arg| found.value_source(arg.get_id().as_str());
 
+    let mut config = config_file(found);
     let options = found.get_many::<String>("options").into_iter().flatten();
     for (name, value) in options.flat_map(|o| o.split(',')).filter_map(mount_option) {
+        // An fstab line has no other way to name a config file.
+        if name == "config" {
+            if found.value_source("config") == Some(ValueSource::CommandLine) {
+                return Err(usage_error(
+                    ErrorKind::ArgumentConflict,
+                    "'config' is given both as --config and as -o config".into(),
+                ));
+            }
+            config = Some(value.ok_or_else(|| needs_value(name))?.into());
+            continue;
+        }
         let arg = setting(mount, name).ok_or_else(|| {
             usage_error(
                 ErrorKind::UnknownArgument,
                 format!(
-                    "unknown mount option '{name}'; the options are: {}, ro, and the usual \
-                     mount options, which are ignored",
+                    "unknown mount option '{name}'; the options are: {}, config, ro, and the \
+                     usual mount options, which are ignored",
                     names(mount)
                 ),
             )
@@ -236,17 +248,14 @@ fn overrides(mount: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>,
         // On/off settings alone mean on; the others need a value.
         let optional_value = arg.get_num_args().is_some_and(|n| n.min_values() == 0);
         if value.is_none() && !optional_value {
-            return Err(usage_error(
-                ErrorKind::InvalidValue,
-                format!("-o {name} needs a value: -o {name}=VALUE"),
-            ));
+            return Err(needs_value(name));
         }
         let flag = flag(arg, value);
         check(arg, &flag, value.unwrap_or_default(), &format!("-o {name}"))?;
         choose(&mut chosen, arg, flag);
     }
 
-    let Some(path) = config_file(found) else {
+    let Some(path) = config else {
         return Ok(chosen.into_iter().flat_map(|(_, flags)| flags).collect());
     };
     for (key, value) in read_config(&path)? {
@@ -313,8 +322,8 @@ fn choose<'a>(chosen: &mut Vec<(&'a Arg, Vec<OsString>)>, arg: &'a Arg, flag: Os
     }
 }
 
-/// The config file to read: `--config`, else the default one when it exists; none with
-/// `--no-config`.
+/// The config file to read unless an `-o config=FILE` says otherwise: `--config`, else the
+/// default one when it exists; none with `--no-config`.
 fn config_file(found: &ArgMatches) -> Option<PathBuf> {
     if found.get_flag("no_config") {
         return None;
@@ -363,6 +372,13 @@ fn check(arg: &Arg, flag: &OsString, value: &str, origin: &str) -> Result<(), cl
             format!("invalid value '{value}' for {origin}: {why}"),
         )
     })
+}
+
+fn needs_value(name: &str) -> clap::Error {
+    usage_error(
+        ErrorKind::InvalidValue,
+        format!("-o {name} needs a value: -o {name}=VALUE"),
+    )
 }
 
 /// An error for the `mount` usage; `parse` adds the usage itself.

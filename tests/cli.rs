@@ -226,6 +226,18 @@ fn mount_options_rank_as_flags_and_the_last_one_wins() {
 }
 
 #[test]
+fn an_fstab_line_names_its_config_file_with_o_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir.path().join("photos.toml"), "grant = \"photos\"\n");
+    let option = format!("config={},noauto", config.display());
+    let got = settings(&mut maxlofs(
+        dir.path(),
+        &["/b", "/m", "-o", &option, "--print-config"],
+    ));
+    assert_eq!(got["grant"], "photos");
+}
+
+#[test]
 fn configuration_mistakes_are_usage_errors_that_say_where() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| maxlofs(dir.path(), args).output().unwrap();
