@@ -84,8 +84,8 @@ pub struct MountCommand {
     #[arg(long, conflicts_with = "config")]
     pub no_config: bool,
     /// Settings as mount(8) options: NAME=VALUE, or NAME alone for on/off settings; `ro` is
-    /// read_only, and the usual mount options that mean nothing here (rw, dev, nosuid, _netdev,
-    /// x-systemd.*, ...) are ignored.
+    /// read_only, `config=FILE` names the config file, and the usual mount options that mean
+    /// nothing here (rw, dev, nosuid, _netdev, x-systemd.*, ...) are ignored.
     #[arg(short = 'o', value_name = "OPTION[,OPTION...]")]
     pub options: Vec<String>,
     /// Print the resolved settings as JSON and exit without mounting.
