@@ -80,8 +80,9 @@ pub struct MountCommand {
     /// $XDG_CONFIG_HOME/maxlofs/config.toml, when it exists].
     #[arg(long, env = "MAXLOFS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Read no config file, not even the default one.
-    #[arg(long, conflicts_with = "config")]
+    /// Read no config file, whatever names one (the daemon mode's daemon gets its settings on
+    /// the command line).
+    #[arg(long)]
     pub no_config: bool,
     /// Settings as mount(8) options: NAME=VALUE, or NAME alone for on/off settings; `ro` is
     /// read_only, `config=FILE` names the config file, and the usual mount options that mean

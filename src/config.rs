@@ -223,7 +223,10 @@ fn overrides(mount: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>,
                     "'config' is given both as --config and as -o config".into(),
                 ));
             }
-            config = Some(value.ok_or_else(|| needs_value(name))?.into());
+            let path = value.ok_or_else(|| needs_value(name))?;
+            if !found.get_flag("no_config") {
+                config = Some(path.into());
+            }
             continue;
         }
         let arg = setting(mount, name).ok_or_else(|| {
@@ -323,7 +326,7 @@ fn choose<'a>(chosen: &mut Vec<(&'a Arg, Vec<OsString>)>, arg: &'a Arg, flag: Os
 }
 
 /// The config file to read unless an `-o config=FILE` says otherwise: `--config`, else the
-/// default one when it exists; none with `--no-config`.
+/// default one when it exists; none at all with `--no-config`.
 fn config_file(found: &ArgMatches) -> Option<PathBuf> {
     if found.get_flag("no_config") {
         return None;

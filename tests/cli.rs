@@ -144,6 +144,20 @@ fn the_default_config_file_is_read_when_it_exists() {
     };
     assert_eq!(run(&[])["grant"], "7");
     assert_eq!(run(&["--no-config"])["grant"], "1");
+    // --no-config wins over every way of naming a file: the daemon inherits the environment.
+    let other = write_config(&dir.path().join("other.toml"), "grant = \"8\"\n");
+    let other_option = format!("config={}", other.display());
+    let other = other.to_str().unwrap();
+    assert_eq!(run(&["--no-config", "--config", other])["grant"], "1");
+    assert_eq!(run(&["--no-config", "-o", &other_option])["grant"], "1");
+    let from_env = settings(
+        maxlofs(
+            dir.path(),
+            &["mount", "/b", "/m", "--no-config", "--print-config"],
+        )
+        .env("MAXLOFS_CONFIG", other),
+    );
+    assert_eq!(from_env["grant"], "1");
 }
 
 #[test]
@@ -300,7 +314,6 @@ fn usage_errors_exit_2_without_panicking() {
         &["mount", "/b", "/m", "--settle-ms", "soon"],
         &["mount", "/b", "/m", "--log-level", "loud"],
         &["mount", "/b", "/m", "--no-such-flag"],
-        &["mount", "/b", "/m", "--config", "/c", "--no-config"],
         &["mount", "", "/m", "--print-config"],
         &["grants", "--json", "extra"],
         &["completions"],
