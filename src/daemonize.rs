@@ -12,7 +12,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -106,8 +106,11 @@ pub fn claim_ready_fd() {
         tracing::warn!("ignoring {READY_FD_ENV}={value:?}: not an fd number");
         return;
     };
-    // SAFETY: F_SETFD on an fd number that is not open only fails with EBADF.
-    if fd <= 2 || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+    // A stray variable must not make us write to, or close, some other file.
+    let is_pipe = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .is_ok_and(|meta| meta.file_type().is_fifo());
+    // SAFETY: F_SETFD on an open fd changes nothing but its close-on-exec flag.
+    if fd <= 2 || !is_pipe || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
         tracing::warn!("ignoring {READY_FD_ENV}={fd}: not an open pipe");
         return;
     }
