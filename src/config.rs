@@ -206,12 +206,26 @@ fn mount_option(option: &str) -> Option<(&str, Option<&str>)> {
     (!ignored).then_some((name, value))
 }
 
+/// The settings chosen so far, each with its `--name=value` arguments.
+type Chosen<'a> = Vec<(&'a Arg, Vec<OsString>)>;
+
 /// The `--name=value` arguments to add for the settings that `-o` options set (they rank as
 /// flags), and for those the config file sets that neither a flag nor the environment does.
 fn overrides(mount: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>, clap::Error> {
-    let mut chosen: Vec<(&Arg, Vec<OsString>)> = Vec::new();
-    let source = |arg: &Arg| found.value_source(arg.get_id().as_str());
+    let mut chosen = Chosen::new();
+    let config = from_options(mount, found, &mut chosen)?;
+    if let Some(path) = config {
+        from_file(mount, found, &path, &mut chosen)?;
+    }
+    Ok(chosen.into_iter().flat_map(|(_, flags)| flags).collect())
+}
 
+/// Chooses what the `-o` options set, and answers the config file to read.
+fn from_options<'a>(
+    mount: &'a clap::Command,
+    found: &ArgMatches,
+    chosen: &mut Chosen<'a>,
+) -> Result<Option<PathBuf>, clap::Error> {
     let mut config = config_file(found);
     let options = found.get_many::<String>("options").into_iter().flatten();
     for (name, value) in options.flat_map(|o| o.split(',')).filter_map(mount_option) {
@@ -239,7 +253,7 @@ fn overrides(mount: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>,
                 ),
             )
         })?;
-        if source(arg) == Some(ValueSource::CommandLine) {
+        if found.value_source(arg.get_id().as_str()) == Some(ValueSource::CommandLine) {
             return Err(usage_error(
                 ErrorKind::ArgumentConflict,
                 format!(
@@ -255,13 +269,19 @@ fn overrides(mount: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>,
         }
         let flag = flag(arg, value);
         check(arg, &flag, value.unwrap_or_default(), &format!("-o {name}"))?;
-        choose(&mut chosen, arg, flag);
+        choose(chosen, arg, flag);
     }
+    Ok(config)
+}
 
-    let Some(path) = config else {
-        return Ok(chosen.into_iter().flat_map(|(_, flags)| flags).collect());
-    };
-    for (key, value) in read_config(&path)? {
+/// Chooses what the config file at `path` sets and nothing before it did.
+fn from_file<'a>(
+    mount: &'a clap::Command,
+    found: &ArgMatches,
+    path: &Path,
+    chosen: &mut Chosen<'a>,
+) -> Result<(), clap::Error> {
+    for (key, value) in read_config(path)? {
         let Some(arg) = setting(mount, &key) else {
             return Err(usage_error(
                 ErrorKind::UnknownArgument,
@@ -273,7 +293,7 @@ fn overrides(mount: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>,
             ));
         };
         let explicit = matches!(
-            source(arg),
+            found.value_source(arg.get_id().as_str()),
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         );
         if explicit || chosen.iter().any(|(seen, _)| seen.get_id() == arg.get_id()) {
@@ -306,15 +326,15 @@ fn overrides(mount: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>,
             };
             let flag = flag(arg, Some(&text));
             check(arg, &flag, &text, &origin)?;
-            choose(&mut chosen, arg, flag);
+            choose(chosen, arg, flag);
         }
     }
-    Ok(chosen.into_iter().flat_map(|(_, flags)| flags).collect())
+    Ok(())
 }
 
 /// Records `flag` for `arg`. A later -o option replaces an earlier one, as in mount(8), except
 /// for the repeatable `ignore`, which adds.
-fn choose<'a>(chosen: &mut Vec<(&'a Arg, Vec<OsString>)>, arg: &'a Arg, flag: OsString) {
+fn choose<'a>(chosen: &mut Chosen<'a>, arg: &'a Arg, flag: OsString) {
     match chosen
         .iter_mut()
         .find(|(seen, _)| seen.get_id() == arg.get_id())
