@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::api::http::{HttpApi, Timeouts};
-use crate::api::{GrantId, Keys, MediaApi, MediaGrant, MediaGrantList, SecretKey};
+use crate::api::{ApiError, GrantId, Keys, MediaApi, MediaGrant, MediaGrantList, SecretKey};
 use crate::cli::GrantsArgs;
 
 const DEVICE_KEY_ENV: &str = "MAXLO_DEVICE_SESSION_KEY";
@@ -122,14 +122,8 @@ pub async fn resolve_grant(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<(
     };
     let grant = match matching[..] {
         [grant] => grant,
-        [] => bail!(
-            "grant {wanted:?} is not one this device can see; {}",
-            seen()
-        ),
-        _ => bail!(
-            "several grants are named {wanted:?}: give the id; {}",
-            seen()
-        ),
+        [] => bail!("grant {wanted} is not one this device can see; {}", seen()),
+        _ => bail!("several grants are named {wanted}: give the id; {}", seen()),
     };
     if grant.is_disabled {
         bail!(
@@ -158,7 +152,13 @@ pub fn join_prefix(grant_prefix: &str, prefix: &str) -> String {
 }
 
 async fn list_grants(api: &dyn MediaApi) -> anyhow::Result<MediaGrantList> {
-    api.media_grants().await.context("listing media grants")
+    api.media_grants().await.map_err(|err| {
+        let what = match err {
+            ApiError::Unauthorized => "the service refused the device key",
+            _ => "listing media grants",
+        };
+        anyhow::Error::new(err).context(what)
+    })
 }
 
 /// The device key, from `file` or else the environment (never logged or printed).
@@ -180,7 +180,7 @@ fn device_key(file: Option<&Path>) -> anyhow::Result<SecretKey> {
 mod tests {
     use super::*;
     use crate::api::memory::MemoryApi;
-    use crate::api::{ApiError, CreateOutcome, DeviceInfo, MediaId, MediaState, NewMedia};
+    use crate::api::{CreateOutcome, DeviceInfo, MediaId, MediaState, NewMedia};
     use crate::emulator::store::StoreConfig;
 
     /// Answers `media_grants` with a fixed list; no other call is made by `resolve_grant`.
@@ -261,7 +261,10 @@ mod tests {
             err.downcast_ref::<ApiError>(),
             Some(&ApiError::Unauthorized)
         );
-        assert!(format!("{err:#}").contains("403"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("refused the device key"),
+            "{err:#}"
+        );
     }
 
     #[tokio::test]
