@@ -83,12 +83,13 @@ pub fn spawn_mount(cfg: MountConfig) -> io::Result<MountHandle> {
 
 /// Mounts and serves until the filesystem is unmounted from outside, or SIGTERM/SIGINT arrives
 /// (then unmounts itself).
-pub fn run_until_unmounted(cfg: MountConfig) -> io::Result<()> {
+pub fn run_until_unmounted(cfg: MountConfig, on_ready: impl FnOnce()) -> io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Registered before mounting so no signal is lost to the default action in between.
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let signals_handle = signals.handle();
     let handle = spawn_mount(cfg)?;
+    on_ready();
     let end = handle.end.clone();
     let watcher = std::thread::Builder::new()
         .name("maxlofs-signals".into())
