@@ -159,8 +159,8 @@ async fn list_grants(api: &dyn MediaApi) -> anyhow::Result<MediaGrantList> {
 mod tests {
     use super::*;
     use crate::api::memory::MemoryApi;
-    use crate::api::{Keys, SecretKey};
     use crate::api::{CreateOutcome, DeviceInfo, MediaId, MediaState, NewMedia};
+    use crate::api::{Keys, SecretKey};
     use crate::emulator::store::StoreConfig;
 
     /// Answers `media_grants` with a fixed list; no other call is made by `resolve_grant`.

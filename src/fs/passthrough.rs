@@ -713,10 +713,11 @@ impl Passthrough {
 /// getdents buffer per readdir call; the kernel's reply buffer is 4 KiB to 128 KiB.
 const DIR_BATCH: usize = 64 * 1024;
 
-/// The daemon's descriptor never does O_DIRECT I/O (the caller's alignment is not ours), and the
-/// kernel has already done creation and controlling-terminal handling.
+/// The daemon's descriptor never does O_DIRECT I/O (the caller's alignment is not ours); the
+/// kernel has already resolved the name (O_NOFOLLOW would refuse our /proc/self/fd re-open) and
+/// done creation and controlling-terminal handling.
 fn daemon_open_flags(flags: i32) -> i32 {
-    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
+    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT | libc::O_NOFOLLOW)
 }
 
 fn is_status_xattr(ino: u64, name: &OsStr) -> bool {
