@@ -159,12 +159,16 @@ impl Engine {
         let mut intake = self.intake.lock().unwrap().take().expect("started once");
         let engine = self.clone();
         tokio::spawn(async move {
-            while let Some(event) = intake.recv().await {
+            let mut batch = Vec::new();
+            while intake.recv_many(&mut batch, 1024).await > 0 {
                 let engine = engine.clone();
+                let events = std::mem::take(&mut batch);
                 // Walks and index lookups are blocking work: keep them off the async workers.
                 let _ = tokio::task::spawn_blocking(move || {
-                    engine.take_event(event);
-                    engine.unmarked_events.fetch_sub(1, Ordering::SeqCst);
+                    for event in events {
+                        engine.take_event(event);
+                        engine.unmarked_events.fetch_sub(1, Ordering::SeqCst);
+                    }
                 })
                 .await;
             }
