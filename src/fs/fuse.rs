@@ -18,6 +18,7 @@ use tracing::debug;
 pub(crate) struct FuseAdapter {
     fs: Passthrough,
     want_kernel_passthrough: bool,
+    allow_other: bool,
     _session_end: SessionEndGuard,
 }
 
@@ -25,11 +26,13 @@ impl FuseAdapter {
     pub(crate) fn new(
         fs: Passthrough,
         want_kernel_passthrough: bool,
+        allow_other: bool,
         session_end: SessionEndGuard,
     ) -> FuseAdapter {
         FuseAdapter {
             fs,
             want_kernel_passthrough,
+            allow_other,
             _session_end: session_end,
         }
     }
@@ -78,8 +81,13 @@ fn reply_xattr(reply: ReplyXattr, result: Result<XattrValue>) {
     }
 }
 
-/// Page cache is kept across opens in daemon-I/O mode: every write goes through the mount.
-const DAEMON_IO_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+/// No FLUSH on close(2): it would cost a round trip per close, and content changes are reported
+/// at release, once the last descriptor and mapping of the handle are gone.
+const PASSTHROUGH_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+/// In daemon-I/O mode the page cache is also kept across opens: every write goes through the
+/// mount.
+const DAEMON_IO_OPEN_FLAGS: FopenFlags =
+    FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_KEEP_CACHE);
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -92,6 +100,12 @@ impl Filesystem for FuseAdapter {
             InitFlags::FUSE_CACHE_SYMLINKS,
         ] {
             let _ = config.add_capabilities(flag);
+        }
+        if !self.allow_other {
+            // The backing filesystem clears set-user-ID bits on write, truncate and chown, with
+            // the daemon's credentials, which on a private mount are the caller's. This spares
+            // the kernel a getxattr(security.capability) round trip on each first write.
+            let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         }
         let passthrough = self.want_kernel_passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -256,7 +270,7 @@ impl Filesystem for FuseAdapter {
             Ok(Opened {
                 fh,
                 backing_id: Some(id),
-            }) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            }) => reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_OPEN_FLAGS, &id),
             Ok(Opened {
                 fh,
                 backing_id: None,
@@ -481,7 +495,7 @@ impl Filesystem for FuseAdapter {
                     &attr,
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    PASSTHROUGH_OPEN_FLAGS,
                     &id,
                 ),
                 None => reply.created(

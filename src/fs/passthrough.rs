@@ -608,7 +608,7 @@ impl Passthrough {
             None
         };
         let backing_id = if inode.is_regular() {
-            self.backing_id(inode, fd.as_fd(), register)
+            self.backing_id(inode, fd.as_fd(), flags, register)
         } else {
             None
         };
@@ -627,6 +627,7 @@ impl Passthrough {
         &self,
         inode: &Inode,
         handle_fd: BorrowedFd<'_>,
+        handle_flags: i32,
         register: RegisterBacking<'_>,
     ) -> Option<Arc<BackingId>> {
         let mut shared = inode.backing_id.lock().expect("backing id lock");
@@ -636,7 +637,19 @@ impl Passthrough {
         if !self.kernel_passthrough.load(Ordering::Relaxed) {
             return None;
         }
-        let read_write = sys::reopen(inode.fd(), libc::O_RDWR).ok();
+        // The kernel does I/O with the registered file's own flags too: a plain O_RDWR handle
+        // can serve; otherwise open one (falling back to the handle if O_RDWR is refused).
+        const SHARED_FLAGS: i32 = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_DIRECT
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_NOATIME;
+        let read_write = if handle_flags & SHARED_FLAGS == libc::O_RDWR {
+            None
+        } else {
+            sys::reopen(inode.fd(), libc::O_RDWR).ok()
+        };
         let backing_fd = read_write.as_ref().map_or(handle_fd, |fd| fd.as_fd());
         match register(backing_fd) {
             Ok(id) => {
