@@ -1,13 +1,14 @@
 //! The fuser adapter: decodes each request, calls `Passthrough`, replies. No policy lives here.
 
 use super::mount::SessionEndGuard;
-use super::passthrough::{AttrChanges, Caller, Opened, Passthrough, Result, TTL};
+use super::passthrough::{bare_attr, AttrChanges, Caller, Opened, Passthrough, Result, TTL};
 use super::sys::{TimeSpec, XattrValue};
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileAttr, FileHandle, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
@@ -117,7 +118,14 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!(parent = parent.0, ?name, "lookup");
-        reply_entry(reply, self.fs.lookup(parent.0, name));
+        match self.fs.lookup(parent.0, name) {
+            // Node id 0 with a timeout: the kernel caches that the name does not exist (a
+            // create through the mount replaces that knowledge).
+            Err(Errno::ENOENT) => {
+                reply.entry(&TTL, &bare_attr(0, FileType::RegularFile), Generation(0))
+            }
+            result => reply_entry(reply, result),
+        }
     }
 
     // batch_forget: fuser's default calls this once per node, with each node's exact count.
