@@ -158,7 +158,12 @@ fn new_session(
 ) -> io::Result<(Session<FuseAdapter>, Arc<SessionEnd>)> {
     let end = Arc::new(SessionEnd::default());
     let fs = Passthrough::new(&cfg.backing, cfg.events.clone(), cfg.status.clone())?;
-    let adapter = FuseAdapter::new(fs, cfg.kernel_passthrough, SessionEndGuard(end.clone()));
+    let adapter = FuseAdapter::new(
+        fs,
+        cfg.kernel_passthrough,
+        cfg.allow_other,
+        SessionEndGuard(end.clone()),
+    );
     let session = Session::new(adapter, &cfg.mountpoint, &fuser_config(cfg, auto_unmount))?;
     Ok((session, end))
 }

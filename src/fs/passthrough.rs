@@ -18,9 +18,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 pub type Result<T> = std::result::Result<T, Errno>;
 
-/// How long the kernel may cache attributes and names. Every change to the backing tree is
-/// expected to come through the mount, which updates or invalidates the kernel's copy.
-pub const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes, names and the absence of names. Every change to the
+/// backing tree is expected to come through the mount, which updates or invalidates the kernel's
+/// copy; a change made to BACKING directly may take this long to show through the mount.
+pub const TTL: Duration = Duration::from_secs(10);
 
 /// Registers a backing file with the kernel for FUSE passthrough (only the adapter can).
 pub type RegisterBacking<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>;
@@ -404,7 +405,8 @@ impl Passthrough {
             let next = entry.next_offset as u64;
             if entry.name == "." || entry.name == ".." {
                 // The kernel takes only the inode number and type of these.
-                let attr = dot_attr(self.inodes.fuse_ino_on_root_dev(entry.ino));
+                let ino = self.inodes.fuse_ino_on_root_dev(entry.ino);
+                let attr = bare_attr(ino, FileType::Directory);
                 return add(entry.name, next, &attr);
             }
             let Ok(c_name) = sys::c_name(entry.name) else {
@@ -608,7 +610,7 @@ impl Passthrough {
             None
         };
         let backing_id = if inode.is_regular() {
-            self.backing_id(inode, fd.as_fd(), register)
+            self.backing_id(inode, fd.as_fd(), flags, register)
         } else {
             None
         };
@@ -627,6 +629,7 @@ impl Passthrough {
         &self,
         inode: &Inode,
         handle_fd: BorrowedFd<'_>,
+        handle_flags: i32,
         register: RegisterBacking<'_>,
     ) -> Option<Arc<BackingId>> {
         let mut shared = inode.backing_id.lock().expect("backing id lock");
@@ -636,7 +639,19 @@ impl Passthrough {
         if !self.kernel_passthrough.load(Ordering::Relaxed) {
             return None;
         }
-        let read_write = sys::reopen(inode.fd(), libc::O_RDWR).ok();
+        // The kernel does I/O with the registered file's own flags too: a plain O_RDWR handle
+        // can serve; otherwise open one (falling back to the handle if O_RDWR is refused).
+        const SHARED_FLAGS: i32 = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_DIRECT
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_NOATIME;
+        let read_write = if handle_flags & SHARED_FLAGS == libc::O_RDWR {
+            None
+        } else {
+            sys::reopen(inode.fd(), libc::O_RDWR).ok()
+        };
         let backing_fd = read_write.as_ref().map_or(handle_fd, |fd| fd.as_fd());
         match register(backing_fd) {
             Ok(id) => {
@@ -756,7 +771,9 @@ fn stat_type(dir: BorrowedFd<'_>, name: &OsStr) -> Option<FileType> {
         .map(|st| mode_type(st.st_mode))
 }
 
-fn dot_attr(ino: u64) -> FileAttr {
+/// Attributes that carry only an inode number and a type (for `.`/`..` in readdirplus, and node
+/// id 0 for a cacheable "no such name").
+pub(crate) fn bare_attr(ino: u64, kind: FileType) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: 0,
@@ -765,7 +782,7 @@ fn dot_attr(ino: u64) -> FileAttr {
         mtime: UNIX_EPOCH,
         ctime: UNIX_EPOCH,
         crtime: UNIX_EPOCH,
-        kind: FileType::Directory,
+        kind,
         perm: 0,
         nlink: 0,
         uid: 0,
