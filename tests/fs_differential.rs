@@ -617,27 +617,40 @@ fn inode_numbers_are_the_backing_ones() {
     }
 }
 
-struct FixedStatus(&'static str);
+/// Answers with the daemon's count of handles open for writing.
+struct CountingStatus;
 
-impl StatusSource for FixedStatus {
-    fn status_json(&self) -> String {
-        self.0.to_string()
+impl StatusSource for CountingStatus {
+    fn status_json(&self, open_for_writing: usize) -> String {
+        format!(r#"{{"open_for_writing":{open_for_writing}}}"#)
     }
 }
 
 #[test]
 fn status_xattr_answers_from_the_daemon() {
-    let json = r#"{"queued":3,"state":"syncing"}"#;
+    let status = |open: usize| Ok(format!(r#"{{"open_for_writing":{open}}}"#).into_bytes());
     let Some(mount) = mount_or_skip_with("status_xattr", |cfg| {
-        cfg.status = Some(Arc::new(FixedStatus(json)))
+        cfg.status = Some(Arc::new(CountingStatus))
     }) else {
         return;
     };
     let root = &mount.mountpoint;
-    assert_eq!(
-        posix::getxattr(root, STATUS_XATTR, 4096),
-        Ok(json.as_bytes().to_vec())
-    );
+    assert_eq!(posix::getxattr(root, STATUS_XATTR, 4096), status(0));
+    // A writer counts until its release arrives, which the kernel sends after close returns.
+    let writer = std::fs::File::create(root.join("w")).unwrap();
+    let reader = std::fs::File::open(root.join("w")).unwrap();
+    assert_eq!(posix::getxattr(root, STATUS_XATTR, 4096), status(1));
+    drop(writer);
+    drop(reader);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while posix::getxattr(root, STATUS_XATTR, 4096) != status(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never left the count"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::fs::remove_file(root.join("w")).unwrap();
     assert_eq!(posix::getxattr(root, STATUS_XATTR, 4), Err(libc::ERANGE));
     assert_eq!(posix::listxattr(root), Ok(vec![]), "not listed");
     assert_eq!(

@@ -12,7 +12,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -60,6 +60,9 @@ pub struct Passthrough {
     /// Whether to hand file data to the kernel (FUSE passthrough); cleared if the kernel refuses.
     kernel_passthrough: AtomicBool,
     daemon_is_root: bool,
+    /// Handles open for writing. Their content change is reported at release, which the kernel
+    /// sends after close(2) returns, so status counts them as work still to come.
+    open_for_writing: AtomicUsize,
 }
 
 impl Passthrough {
@@ -83,6 +86,7 @@ impl Passthrough {
             status,
             kernel_passthrough: AtomicBool::new(false),
             daemon_is_root: unsafe { libc::geteuid() } == 0,
+            open_for_writing: AtomicUsize::new(0),
         })
     }
 
@@ -344,6 +348,10 @@ impl Passthrough {
     pub fn release(&self, fh: u64) -> Result<()> {
         let handle = self.files.remove(fh)?;
         self.report_content_change(&handle);
+        // After the event is out, so status never sees neither.
+        if handle.tracker.is_some() {
+            self.open_for_writing.fetch_sub(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 
@@ -443,7 +451,8 @@ impl Passthrough {
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrValue> {
         if is_status_xattr(ino, name) {
             let status = self.status.as_ref().ok_or(Errno::NO_XATTR)?;
-            return XattrValue::sized(status.status_json().into_bytes(), size);
+            let open_for_writing = self.open_for_writing.load(Ordering::SeqCst);
+            return XattrValue::sized(status.status_json(open_for_writing).into_bytes(), size);
         }
         let name = sys::c_name(name)?;
         sys::get_xattr(self.inodes.get(ino)?.fd(), &name, size as usize)
@@ -614,6 +623,9 @@ impl Passthrough {
         } else {
             None
         };
+        if tracker.is_some() {
+            self.open_for_writing.fetch_add(1, Ordering::SeqCst);
+        }
         let fh = self.files.insert(OpenFile {
             ino,
             fd,

@@ -58,6 +58,8 @@ struct Report {
 #[derive(Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct StatusReport {
     pub pending: usize,
+    /// Files open for writing through the mount: their changes are sent once they are closed.
+    pub open_for_writing: usize,
     pub in_flight: usize,
     pub failed: Vec<PathReason>,
     pub failed_count: usize,
@@ -112,8 +114,12 @@ impl EventSink for EngineSink {
 }
 
 impl StatusSource for Engine {
-    fn status_json(&self) -> String {
-        serde_json::to_string(&self.status()).expect("status serializes")
+    fn status_json(&self, open_for_writing: usize) -> String {
+        let status = StatusReport {
+            open_for_writing,
+            ..self.status()
+        };
+        serde_json::to_string(&status).expect("status serializes")
     }
 }
 
@@ -244,6 +250,7 @@ impl Engine {
         };
         StatusReport {
             pending,
+            open_for_writing: 0,
             in_flight,
             failed: list(&report.failed),
             failed_count: report.failed.len(),
