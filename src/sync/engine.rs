@@ -7,7 +7,7 @@
 //! safe-save an update of the original record, and makes a crash at any instant recoverable by
 //! looking at every path again (reconcile).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,8 +85,8 @@ pub struct Engine {
     backing: Arc<Backing>,
     queue: WorkQueue,
     report: Mutex<Report>,
-    /// Inodes written since their last hash: their hash may not be reused under another name.
-    dirty_inodes: Mutex<HashSet<u64>>,
+    /// Content changes per inode, and the hash of each inode's content as of its last hash.
+    versions: Mutex<Versions>,
     hash_slots: Semaphore,
     events: mpsc::UnboundedSender<Event>,
     intake: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
@@ -138,7 +138,7 @@ impl Engine {
             index,
             backing: Arc::new(backing),
             report: Mutex::default(),
-            dirty_inodes: Mutex::default(),
+            versions: Mutex::default(),
             hash_slots: Semaphore::new(cores),
             events,
             intake: Mutex::new(Some(intake)),
@@ -260,9 +260,14 @@ impl Engine {
         match event {
             Event::Created { path } => self.queue.mark(&path, Hint::Content),
             Event::ContentChanged { path } => {
-                if let Ok(Observed::File(stat)) = self.backing.observe(&path) {
-                    self.dirty_inodes.lock().unwrap().insert(stat.ino);
-                    self.mark_other_links(stat.ino, Hint::Content);
+                match self.backing.observe(&path) {
+                    Ok(Observed::File(stat)) => {
+                        self.versions.lock().unwrap().changed(stat.ino);
+                        self.mark_other_links(stat.ino, Hint::Content);
+                    }
+                    // Renamed or replaced since: which inode changed is unknown, so no hash
+                    // known from before may be reused.
+                    _ => self.versions.lock().unwrap().changed_unknown(),
                 }
                 self.queue.mark(&path, Hint::Content);
             }
@@ -433,6 +438,8 @@ impl Engine {
                 return Ok(Outcome::Done);
             }
         }
+        // Taken before the look: a content change reported from now on is not in what we send.
+        let stamp = self.versions.lock().unwrap().stamp(stat.ino);
         let Some((hash, stat)) = self.file_hash(path, stat, hint).await? else {
             return Ok(Outcome::Retry);
         };
@@ -450,7 +457,7 @@ impl Engine {
                 && entry.size == stat.size
                 && entry.mtime_ns == stat.mtime_ns
             {
-                self.remember(key, entry.media_id, &state, stat)?;
+                self.remember_checked(path, key, entry.media_id, &state, stat, stamp)?;
                 return Ok(Outcome::Done);
             }
         }
@@ -458,7 +465,7 @@ impl Engine {
             match self.api.update(self.config.grant, id, &state).await {
                 Ok(()) => {
                     self.report.lock().unwrap().totals.updated += 1;
-                    self.remember(key, id, &state, stat)?;
+                    self.remember_checked(path, key, id, &state, stat, stamp)?;
                     return Ok(Outcome::Done);
                 }
                 // The record is gone from the service: make a new one.
@@ -488,28 +495,62 @@ impl Engine {
                 record.media_id
             }
         };
-        self.remember(key, id, &state, stat)?;
+        self.remember_checked(path, key, id, &state, stat, stamp)?;
         Ok(Outcome::Done)
     }
 
-    /// The file's hash and the stat it belongs to. A `Meta` look reuses the hash of an indexed
-    /// name of the same unchanged inode; otherwise the file is hashed, and hashed again if it
-    /// changed meanwhile. `None`: it kept changing; look again later.
+    /// Writes the index entry, then looks at the file again: if it changed since the look that
+    /// produced `state` (its stat differs, or a content change of its inode was reported
+    /// meanwhile), the path is marked again. An event can name another hard link of the inode,
+    /// and this name may not have been indexed when it was handled; this catches that.
+    fn remember_checked(
+        &self,
+        path: &Path,
+        key: &str,
+        media_id: MediaId,
+        state: &MediaState,
+        stat: FileStat,
+        stamp: Stamp,
+    ) -> Result<(), Failure> {
+        self.remember(key, media_id, state, stat)?;
+        let unchanged = matches!(
+            self.backing.observe(path),
+            Ok(Observed::File(now)) if entry_key(&now) == entry_key(&stat)
+        ) && self.versions.lock().unwrap().stamp(stat.ino) == stamp;
+        if !unchanged {
+            tracing::debug!("{key}: changed while it was sent; looking again");
+            self.queue.mark(path, Hint::Content);
+        }
+        Ok(())
+    }
+
+    /// The file's hash and the stat it belongs to. A `Meta` look reuses a hash known to be the
+    /// inode's content now: that of an indexed name of the inode with the same size and mtime
+    /// (a rename or link), or the inode's last hash if no content change was reported since it
+    /// was taken (times set). Otherwise the file is hashed, and hashed again if it changed
+    /// meanwhile. `None`: it kept changing; look again later.
     async fn file_hash(
         &self,
         path: &Path,
         stat: FileStat,
         hint: Hint,
     ) -> Result<Option<(String, FileStat)>, Failure> {
-        if hint == Hint::Meta && !self.dirty_inodes.lock().unwrap().contains(&stat.ino) {
+        if hint == Hint::Meta {
             let links = self
                 .index
                 .find_by_ino(stat.ino)
                 .map_err(|err| Failure::Local(format!("index: {err:#}")))?;
-            if let Some((_, entry)) = links.into_iter().find(|(_, e)| e.size == stat.size) {
+            if let Some((_, entry)) = links
+                .into_iter()
+                .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
+            {
                 return Ok(Some((entry.hash, stat)));
             }
+            if let Some(hash) = self.versions.lock().unwrap().known_hash(&stat) {
+                return Ok(Some((hash, stat)));
+            }
         }
+        let stamp = self.versions.lock().unwrap().stamp(stat.ino);
         let _slot = self.hash_slots.acquire().await.expect("never closed");
         let backing = self.backing.clone();
         let path = path.to_path_buf();
@@ -519,7 +560,7 @@ impl Engine {
             .map_err(|err| Failure::Local(format!("hashing task: {err}")))?;
         match hashed {
             Ok(Some((hash, stat))) => {
-                self.dirty_inodes.lock().unwrap().remove(&stat.ino);
+                self.versions.lock().unwrap().hashed(&stat, &hash, stamp);
                 Ok(Some((hash, stat)))
             }
             Ok(None) => Ok(None),
@@ -642,6 +683,70 @@ impl From<ApiError> for Failure {
 
 fn entry_matches_content(entry: &IndexEntry, stat: &FileStat) -> bool {
     entry.ino == stat.ino && entry.size == stat.size && entry.mtime_ns == stat.mtime_ns
+}
+
+/// What identifies a file's content state: inode, size, mtime.
+fn entry_key(stat: &FileStat) -> (u64, u64, i64) {
+    (stat.ino, stat.size, stat.mtime_ns)
+}
+
+/// Where an inode's content stands: (changes reported that no inode could be named for, the
+/// inode's last reported change). Equal stamps: no content change reported in between.
+type Stamp = (u64, u64);
+
+/// Content changes per inode and the last hash of each, so that a hash is reused only while no
+/// change was reported since it was taken. In memory: after a restart, reconcile hashes anew.
+#[derive(Default)]
+struct Versions {
+    /// Bumped when a change cannot be tied to an inode; invalidates every stamp and hash.
+    epoch: u64,
+    /// Generation of each inode's last reported content change.
+    changes: HashMap<u64, u64>,
+    next: u64,
+    /// inode → (hash, size, stamp when hashing began).
+    hashes: HashMap<u64, (String, u64, Stamp)>,
+}
+
+/// Above this many inodes tracked, the tables start over (as if everything had changed).
+const VERSIONS_MAX: usize = 100_000;
+
+impl Versions {
+    fn stamp(&self, ino: u64) -> Stamp {
+        (self.epoch, self.changes.get(&ino).copied().unwrap_or(0))
+    }
+
+    fn changed(&mut self, ino: u64) {
+        if self.changes.len() >= VERSIONS_MAX {
+            self.changed_unknown();
+        }
+        self.next += 1;
+        self.changes.insert(ino, self.next);
+        self.hashes.remove(&ino);
+    }
+
+    fn changed_unknown(&mut self) {
+        self.epoch += 1;
+        self.changes.clear();
+        self.hashes.clear();
+    }
+
+    /// `hash` was taken of `stat`'s inode, which had `stamp` when hashing began.
+    fn hashed(&mut self, stat: &FileStat, hash: &str, stamp: Stamp) {
+        if self.stamp(stat.ino) != stamp {
+            return;
+        }
+        if self.hashes.len() >= VERSIONS_MAX {
+            self.hashes.clear();
+        }
+        self.hashes
+            .insert(stat.ino, (hash.to_string(), stat.size, stamp));
+    }
+
+    /// The inode's last hash, if no content change was reported since and the size agrees.
+    fn known_hash(&self, stat: &FileStat) -> Option<String> {
+        let (hash, size, stamp) = self.hashes.get(&stat.ino)?;
+        (*size == stat.size && *stamp == self.stamp(stat.ino)).then(|| hash.clone())
+    }
 }
 
 fn entry_matches(entry: &IndexEntry, stat: &FileStat) -> bool {
