@@ -353,7 +353,8 @@ impl Engine {
                 marked += 1;
             }
         })?;
-        for path in self.index.paths_under("")? {
+        let unsure = self.index.unsure_paths()?;
+        for path in self.index.paths_under("")?.into_iter().chain(unsure) {
             if !matches!(self.backing.observe(Path::new(&path))?, Observed::File(_)) {
                 self.queue.mark(Path::new(&path), Hint::Meta);
                 marked += 1;
@@ -410,7 +411,7 @@ impl Engine {
             Observed::File(stat) => self.sync_file(path, &key, stat, entry, hint).await,
             Observed::Absent | Observed::Directory | Observed::Special => match entry {
                 Some(entry) => self.remove_record(&key, entry.media_id).await,
-                None => Ok(Outcome::Done),
+                None => self.remove_unsure_record(&key).await,
             },
         };
         match result {
@@ -478,6 +479,10 @@ impl Engine {
             media_path,
             state: state.clone(),
         };
+        let media_json = serde_json::to_string(&media).expect("serializes");
+        self.index
+            .mark_unsure(key, &media_json)
+            .map_err(|err| Failure::Local(format!("index: {err:#}")))?;
         let id = match self.api.create(self.config.grant, &media).await? {
             CreateOutcome::Created(id) => {
                 self.report.lock().unwrap().totals.created += 1;
@@ -575,6 +580,37 @@ impl Engine {
             }
             Err(err) => Err(Failure::Local(format!("reading: {err}"))),
         }
+    }
+
+    /// No file and no index entry at `key`, but a create sent for it got no answer (lost on the
+    /// way, or a crash): the service may hold a live record nothing names. Creating again finds
+    /// it (a 409 names it, or this makes it), and it is deleted.
+    async fn remove_unsure_record(&self, key: &str) -> Result<Outcome, Failure> {
+        let index_error = |err: anyhow::Error| Failure::Local(format!("index: {err:#}"));
+        let Some(json) = self.index.unsure(key).map_err(index_error)? else {
+            return Ok(Outcome::Done);
+        };
+        let media = serde_json::from_str::<NewMedia>(&json).ok();
+        if let (Some(media), false) = (media, self.config.no_delete) {
+            let found = match self.api.create(self.config.grant, &media).await {
+                Ok(CreateOutcome::Created(id)) => Some(id),
+                Ok(CreateOutcome::Conflict(record)) => {
+                    (!record.is_deleted).then_some(record.media_id)
+                }
+                // Refused: that create can never have made a record either.
+                Err(ApiError::BadRequest { .. }) => None,
+                Err(err) => return Err(Failure::Api(err)),
+            };
+            if let Some(media_id) = found {
+                match self.api.delete(self.config.grant, media_id).await {
+                    Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
+                    Err(ApiError::NotFound) => {}
+                    Err(err) => return Err(Failure::Api(err)),
+                }
+            }
+        }
+        self.index.clear_unsure(key).map_err(index_error)?;
+        Ok(Outcome::Done)
     }
 
     async fn remove_record(&self, key: &str, media_id: MediaId) -> Result<Outcome, Failure> {
