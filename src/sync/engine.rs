@@ -34,6 +34,9 @@ pub struct SyncConfig {
     pub ignore: IgnoreRules,
 }
 
+/// Why a path too long to name stays local.
+const TOO_LONG: &str = "path longer than PATH_MAX (4096 bytes)";
+
 /// Local-only and failed lists in status are capped so status stays small.
 const STATUS_LIST_LIMIT: usize = 100;
 
@@ -393,8 +396,15 @@ impl Engine {
         }
         let observed = match self.backing.observe(path) {
             Ok(observed) => observed,
+            // Longer than PATH_MAX: it cannot be named whole, so it cannot be read safely.
+            Err(err) if err.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                tracing::warn!("{key:.200}…: stays local: its path is longer than PATH_MAX");
+                self.note_local_only(key, Some(TOO_LONG));
+                return Outcome::Done;
+            }
             Err(err) => {
                 tracing::warn!("{key}: cannot look at it: {err}");
+                self.report.lock().unwrap().last_error = Some(format!("{key}: {err}"));
                 return Outcome::Retry;
             }
         };
