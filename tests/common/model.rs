@@ -162,6 +162,11 @@ pub fn ops(max: usize) -> impl Strategy<Value = Vec<Op>> {
     vec(op(), 1..max)
 }
 
+/// Exactly `n` operations (workloads).
+pub fn ops_exact(n: usize) -> impl Strategy<Value = Vec<Op>> {
+    vec(op(), n)
+}
+
 #[derive(Clone, Debug)]
 pub struct InodeModel {
     pub data: Vec<u8>,

@@ -20,6 +20,8 @@ pub enum Action {
     Answer(Vec<u8>),
     /// Forward, then answer these bytes instead of the service's answer.
     ForwardThenAnswer(Vec<u8>),
+    /// Answer each of these in turn (without forwarding), round and round.
+    Answers(Vec<Vec<u8>>),
 }
 
 /// A rule: requests for which `matches(method, path without query)` holds get `action`, for the
@@ -43,6 +45,7 @@ pub fn is_media_call(method: &str, path: &str) -> bool {
 
 #[derive(Default)]
 struct Shared {
+    answered: usize,
     rules: Vec<Rule>,
     /// "METHOD path action" of every request, path without its query (it may hold a key).
     seen: Vec<String>,
@@ -199,11 +202,19 @@ fn serve(mut stream: TcpStream, upstream: &str, shared: &Mutex<Shared>) {
             }
             None => Action::Forward,
         };
+        let action = match action {
+            Action::Answers(list) => {
+                shared.answered += 1;
+                Action::Answer(list[shared.answered % list.len()].clone())
+            }
+            other => other,
+        };
         let name = match &action {
             Action::Forward => "forward",
             Action::ForwardThenDrop { .. } => "forward-then-drop",
             Action::Answer(_) => "answer",
             Action::ForwardThenAnswer(_) => "forward-then-answer",
+            Action::Answers(_) => unreachable!("resolved above"),
         };
         shared
             .seen
@@ -222,6 +233,7 @@ fn serve(mut stream: TcpStream, upstream: &str, shared: &Mutex<Shared>) {
             let _ = forward(upstream, &request);
             Some(bytes)
         }
+        Action::Answers(_) => unreachable!("resolved above"),
     };
     if let Some(reply) = reply {
         let _ = stream.write_all(&reply);
