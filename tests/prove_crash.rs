@@ -206,7 +206,9 @@ fn the_service_killed_and_restarted_on_its_database_mid_workload_loses_nothing()
     Tally::add(&tally.ops, done);
     assert!(error.is_none(), "the mount refused an operation: {error:?}");
     // And once more while it catches up.
+    tally.faults_of(&emulator);
     emulator.restart();
+    Tally::add(&tally.rounds, 1);
     mount.wait_synced();
     let diff = check_catalog(&emulator, &mount.backing);
     tally.checked(&diff);
@@ -279,6 +281,14 @@ fn two_devices_writing_the_same_paths_converge_and_the_later_write_wins() {
         );
     }
     common::service::assert_unique_paths(&emulator);
+    let conflicts = emulator.stats()["calls"]["create"]["409"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        conflicts > 0,
+        "no create met the other device's record: {}",
+        emulator.stats()
+    );
 
     // A later write from either side wins, whatever the other side's index believes.
     for (side, winner) in mounts.iter().enumerate() {

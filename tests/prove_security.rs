@@ -170,7 +170,7 @@ fn a_directory_moved_out_of_the_backing_folder_is_not_written_through_the_mount(
         libc::openat(
             held.as_raw_fd(),
             name.as_ptr(),
-            libc::O_WRONLY | libc::O_CREAT,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
             0o644,
         )
     };

@@ -122,6 +122,12 @@ pub enum Op {
     Sleep {
         ms: u8,
     },
+    /// Unmount (the daemon drains and exits) and mount again. Carried out by the case runner;
+    /// the model skips it.
+    Remount,
+    /// kill -9 of the daemon and mount again: whatever was queued is caught up by reconcile.
+    /// Carried out by the case runner.
+    Kill,
 }
 
 pub fn data() -> impl Strategy<Value = Data> {
@@ -155,6 +161,8 @@ pub fn op() -> impl Strategy<Value = Op> {
             ])
             .prop_map(|(file, data, style)| Op::SafeSave { file, data, style }),
         2 => any::<u8>().prop_map(|ms| Op::Sleep { ms }),
+        1 => Just(Op::Remount),
+        1 => Just(Op::Kill),
     ]
 }
 
@@ -578,6 +586,8 @@ impl Model {
                 let inode = self.new_inode(bytes);
                 self.add_file(path, inode);
             }
+            // Not the model's to do (see `reftest::run_case`).
+            Op::Remount | Op::Kill => return Ok(false),
             Op::Sleep { ms } => {
                 let ms = u64::from(ms) % 120;
                 self.note(format!("sleep {ms} ms"));

@@ -46,6 +46,23 @@ pub fn run_case(emulator_args: &[&str], settle_ms: u64, ops: &[Op], tally: &Tall
     .expect("FUSE is available (checked before)");
     let mut model = Model::default();
     for op in ops {
+        match op {
+            Op::Remount => {
+                model.log.push("unmount, mount".into());
+                let exit = mount.unmount();
+                assert!(exit.success(), "daemon exit {exit}\n{}", mount.log_text());
+                assert!(mount.mount());
+                continue;
+            }
+            Op::Kill => {
+                model.log.push("kill -9, mount".into());
+                mount.kill();
+                Tally::add(&tally.rounds, 1);
+                assert!(mount.mount());
+                continue;
+            }
+            _ => {}
+        }
         if let Err(err) = model.apply(&mount.mnt, op) {
             panic!(
                 "the mount refused a valid operation: {err}\noperations:\n{}",
@@ -102,6 +119,82 @@ pub fn run_case(emulator_args: &[&str], settle_ms: u64, ops: &[Op], tally: &Tall
         context()
     );
     tally.checked(&check_catalog(&emulator, &mount.backing));
+    assert!(mount.unmount().success());
+    tally.faults_of(&emulator);
+    Tally::add(&tally.cases, 1);
+}
+
+/// Two sequences at once, from two threads, in two subtrees (`A/` and `B/`) of one mount, each
+/// checked against its own model; then the catalog as in `run_case`. Remount and kill are
+/// skipped here.
+pub fn run_concurrent_case(emulator_args: &[&str], settle_ms: u64, ops: [&[Op]; 2], tally: &Tally) {
+    let emulator = Emulator::start(emulator_args);
+    let settle = settle_ms.to_string();
+    let mut mount = Mount::start(&emulator, &["--settle-ms", &settle])
+        .expect("FUSE is available (checked before)");
+    let roots = ["A", "B"];
+    let models: Vec<Model> = std::thread::scope(|scope| {
+        let workers: Vec<_> = roots
+            .iter()
+            .zip(ops)
+            .map(|(root, ops)| {
+                let root = mount.mnt.join(root);
+                std::fs::create_dir(&root).unwrap();
+                scope.spawn(move || {
+                    let mut model = Model::default();
+                    for op in ops {
+                        if let Err(err) = model.apply(&root, op) {
+                            panic!(
+                                "the mount refused a valid operation in {root:?}: {err}\n{}",
+                                model.log.join("\n")
+                            );
+                        }
+                    }
+                    model
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    Tally::add(&tally.ops, (ops[0].len() + ops[1].len()) as u64);
+    for (root, model) in roots.iter().zip(&models) {
+        model.assert_tree(&mount.mnt.join(root), &mount.backing.join(root));
+    }
+    mount.wait_synced();
+    let context = || {
+        roots
+            .iter()
+            .zip(&models)
+            .map(|(root, model)| format!("in {root}:\n{}", model.log.join("\n")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let diff = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_catalog(&emulator, &mount.backing)
+    }))
+    .unwrap_or_else(|err| {
+        eprintln!("{}", context());
+        std::panic::resume_unwind(err)
+    });
+    tally.checked(&diff);
+    let may_exist: BTreeSet<String> = roots
+        .iter()
+        .zip(&models)
+        .flat_map(|(root, model)| {
+            model
+                .ever
+                .iter()
+                .map(move |p| format!("{root}/{}", p.to_str().unwrap()))
+        })
+        .collect();
+    for record in emulator.records() {
+        let path = record["media_path"].as_str().unwrap();
+        assert!(
+            may_exist.contains(path),
+            "a record for {path:?}, which was never a file\n{}",
+            context()
+        );
+    }
     assert!(mount.unmount().success());
     tally.faults_of(&emulator);
     Tally::add(&tally.cases, 1);
