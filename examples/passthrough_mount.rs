@@ -43,5 +43,5 @@ fn main() -> std::io::Result<()> {
             }
         }
     }
-    run_until_unmounted(cfg)
+    run_until_unmounted(cfg, || {})
 }

@@ -1,6 +1,7 @@
 //! Command line: one binary, one subcommand per job.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -16,15 +17,22 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Print a shell completion script, e.g. for /etc/bash_completion.d/maxlofs.
+    Completions { shell: clap_complete::Shell },
     /// Run a local, persistent emulator of the Maxlo device API.
     Emulator(EmulatorArgs),
+    /// List the media grants a device key can see.
+    Grants(GrantsArgs),
     /// Print the Maxlo file hash of each FILE, like sha256sum.
     Hash {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Mount BACKING at MOUNTPOINT and keep the catalog in step with it.
-    Mount(MountArgs),
+    ///
+    /// Also run by mount(8) for fstab entries of type fuse.maxlofs, as
+    /// `maxlofs BACKING MOUNTPOINT -o OPTIONS`.
+    Mount(MountCommand),
     /// Show what a mount's sync engine is doing.
     Status(StatusArgs),
 }
@@ -63,60 +71,132 @@ pub struct EmulatorArgs {
     pub latency_ms: u64,
 }
 
+/// `maxlofs mount`: the settings (`MountArgs`) and where else to read them from.
 #[derive(Args, Debug, Clone)]
+pub struct MountCommand {
+    #[command(flatten)]
+    pub settings: MountArgs,
+    /// Config file (TOML, keys named like the flags with underscores) [default:
+    /// $XDG_CONFIG_HOME/maxlofs/config.toml, when it exists].
+    #[arg(long, env = "MAXLOFS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Read no config file, whatever names one (the daemon mode's daemon gets its settings on
+    /// the command line).
+    #[arg(long)]
+    pub no_config: bool,
+    /// Settings as mount(8) options: NAME=VALUE, or NAME alone for on/off settings; `ro` is
+    /// read_only, `config=FILE` names the config file, and the usual mount options that mean
+    /// nothing here (rw, dev, nosuid, _netdev, x-systemd.*, ...) are ignored.
+    #[arg(short = 'o', value_name = "OPTION[,OPTION...]")]
+    pub options: Vec<String>,
+    /// Print the resolved settings as JSON and exit without mounting.
+    #[arg(long, hide = true)]
+    pub print_config: bool,
+}
+
+/// The settings of a mount. Every field but the two paths is also a config file key, an `-o`
+/// option (same name) and a `MAXLOFS_<NAME>` environment variable; see `config`.
+#[derive(Args, Debug, Clone, PartialEq, Serialize)]
 pub struct MountArgs {
     /// The local directory that holds the files.
     pub backing: PathBuf,
     /// Where the filesystem appears.
     pub mountpoint: PathBuf,
-    /// Stay attached to the terminal.
-    #[arg(long)]
+    /// Stay attached to the terminal instead of running as a daemon.
+    #[arg(long, env = "MAXLOFS_FOREGROUND")]
     pub foreground: bool,
     /// Mount read-only.
-    #[arg(long)]
+    #[arg(long, env = "MAXLOFS_READ_ONLY")]
     pub read_only: bool,
     /// Let other users in (adds default_permissions).
-    #[arg(long)]
+    #[arg(long, env = "MAXLOFS_ALLOW_OTHER")]
     pub allow_other: bool,
     /// Base URL of the Maxlo API (or the emulator).
-    #[arg(long, default_value = "http://127.0.0.1:8700")]
+    #[arg(long, env = "MAXLOFS_API", default_value = "http://127.0.0.1:8700")]
     pub api: String,
-    /// Media grant id the mount shows.
-    #[arg(long, default_value_t = 1)]
-    pub grant: u64,
-    /// Prefix prepended to every media_path.
-    #[arg(long, default_value = "")]
+    /// Media grant the mount shows: its id or its name (see `maxlofs grants`).
+    #[arg(long, env = "MAXLOFS_GRANT", default_value = "1")]
+    pub grant: String,
+    /// Prefix prepended to every media_path (after the grant's own prefix_path).
+    #[arg(long, env = "MAXLOFS_PREFIX", default_value = "")]
     pub prefix: String,
     /// File holding the device session key (else MAXLO_DEVICE_SESSION_KEY).
-    #[arg(long)]
+    #[arg(long, env = "MAXLOFS_DEVICE_KEY_FILE")]
     pub device_key_file: Option<PathBuf>,
     /// File holding the user session key (else MAXLO_USER_SESSION_KEY).
-    #[arg(long)]
+    #[arg(long, env = "MAXLOFS_USER_KEY_FILE")]
     pub user_key_file: Option<PathBuf>,
     /// Where the index lives (default: $XDG_STATE_HOME/maxlofs/<mount>).
-    #[arg(long)]
+    #[arg(long, env = "MAXLOFS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// Quiet time after the last change to a path before it is sent.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, env = "MAXLOFS_SETTLE_MS", default_value_t = 500)]
     pub settle_ms: u64,
     /// Concurrent API requests.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, env = "MAXLOFS_CONCURRENCY", default_value_t = 8)]
     pub concurrency: usize,
     /// Entries in the media_id LRU.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, env = "MAXLOFS_CACHE_ENTRIES", default_value_t = 100_000)]
     pub cache_entries: usize,
-    /// Glob of names that stay local (repeatable; editor temp files are ignored by default).
-    #[arg(long = "ignore")]
+    /// Glob of names that stay local (repeatable; the environment variable holds one glob;
+    /// editor temp files are ignored by default).
+    #[arg(long = "ignore", env = "MAXLOFS_IGNORE")]
     pub ignore: Vec<String>,
     /// Never send deletes.
-    #[arg(long)]
+    #[arg(long, env = "MAXLOFS_NO_DELETE")]
     pub no_delete: bool,
     /// Seconds to keep sending queued work after unmount or SIGTERM.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "MAXLOFS_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
     /// Threads serving FUSE requests.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "MAXLOFS_THREADS", default_value_t = 4)]
     pub threads: usize,
+    /// Log level [default: RUST_LOG when set, else info].
+    #[arg(long, env = "MAXLOFS_LOG_LEVEL", value_enum)]
+    pub log_level: Option<LogLevel>,
+    /// Where the daemon writes its log (default: $XDG_STATE_HOME/maxlofs/maxlofs.log); in the
+    /// foreground, logs go to stderr.
+    #[arg(long, env = "MAXLOFS_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    #[value(alias = "errors")]
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn filter(self) -> tracing_subscriber::EnvFilter {
+        let level = match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        };
+        // Other crates' info and debug output (hyper, rustls, ...) is noise to an operator.
+        let others = if self > LogLevel::Warn { "warn" } else { level };
+        tracing_subscriber::EnvFilter::new(format!("{others},maxlofs={level}"))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GrantsArgs {
+    /// Base URL of the Maxlo API (or the emulator).
+    #[arg(long, env = "MAXLOFS_API", default_value = "http://127.0.0.1:8700")]
+    pub api: String,
+    /// File holding the device session key (else MAXLO_DEVICE_SESSION_KEY).
+    #[arg(long, env = "MAXLOFS_DEVICE_KEY_FILE")]
+    pub device_key_file: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -133,24 +213,40 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Logs go to stderr; RUST_LOG or `info` by default.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs go to stderr: at `level` when given, else as RUST_LOG says, else at info. Colours only
+/// on a terminal, not in a daemon's log file.
+fn init_logging(level: Option<LogLevel>) {
+    use std::io::IsTerminal;
+    let filter = match level {
+        Some(level) => level.filter(),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-/// Parses arguments, runs the subcommand, and answers the process exit code.
+/// Parses arguments, runs the subcommand, and answers the process exit code. Usage and
+/// configuration errors exit with 2 (clap's convention), failures with 1.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
-    init_logging();
+    let cli = crate::config::parse(std::env::args_os()).unwrap_or_else(|err| err.exit());
+    init_logging(match &cli.command {
+        Command::Mount(mount) => mount.settings.log_level,
+        _ => None,
+    });
     let result = match cli.command {
+        Command::Completions { shell } => {
+            let mut command = crate::config::command();
+            clap_complete::generate(shell, &mut command, "maxlofs", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Emulator(args) => crate::emulator::run(&args),
+        Command::Grants(args) => crate::grants::run(&args),
         Command::Hash { files } => return crate::hash::run_cli(&files),
-        Command::Mount(args) => crate::daemon::run(&args),
+        Command::Mount(mount) => run_mount(mount),
         Command::Status(args) => crate::status::run(&args),
     };
     match result {
@@ -160,4 +256,18 @@ pub fn main() -> i32 {
             1
         }
     }
+}
+
+fn run_mount(mount: MountCommand) -> anyhow::Result<()> {
+    let args = mount.settings;
+    if mount.print_config {
+        println!("{}", serde_json::to_string_pretty(&args)?);
+        return Ok(());
+    }
+    if !args.foreground {
+        return crate::daemonize::spawn(&args);
+    }
+    // Before anything else starts a process that could inherit the readiness pipe.
+    crate::daemonize::claim_ready_fd();
+    crate::daemon::run(&args)
 }

@@ -44,6 +44,13 @@ fn read_key(file: Option<&Path>, env: &str, what: &str) -> anyhow::Result<Option
 }
 
 impl KeySource {
+    pub fn new(device_file: Option<PathBuf>, user_file: Option<PathBuf>) -> Self {
+        KeySource {
+            device_file,
+            user_file,
+        }
+    }
+
     pub fn load(&self) -> anyhow::Result<Keys> {
         let device = read_key(self.device_file.as_deref(), DEVICE_KEY_ENV, "device")?
             .with_context(|| {
@@ -56,13 +63,8 @@ impl KeySource {
 
 /// Default state folder: `$XDG_STATE_HOME/maxlofs/<backing path>-g<grant>`.
 fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathBuf> {
-    let base = match std::env::var_os("XDG_STATE_HOME") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from(
-            std::env::var_os("HOME").context("neither XDG_STATE_HOME nor HOME is set")?,
-        )
-        .join(".local/state"),
-    };
+    let base = crate::config::xdg_dir("XDG_STATE_HOME", ".local/state")
+        .context("neither XDG_STATE_HOME nor HOME is set")?;
     let name: String = backing
         .to_string_lossy()
         .trim_start_matches('/')
@@ -76,6 +78,20 @@ fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathBuf> 
         })
         .collect();
     Ok(base.join("maxlofs").join(format!("{name}-g{grant}")))
+}
+
+/// The grant's prefix_path: recorded in the state folder when the service gives it, read back from
+/// there while it cannot be reached (empty if it never could).
+fn grant_prefix(state_dir: &Path, fresh: Option<String>) -> anyhow::Result<String> {
+    let file = state_dir.join("grant-prefix-path");
+    match fresh {
+        Some(prefix) => {
+            std::fs::write(&file, &prefix)
+                .with_context(|| format!("recording {}", file.display()))?;
+            Ok(prefix)
+        }
+        None => Ok(std::fs::read_to_string(&file).unwrap_or_default()),
+    }
 }
 
 /// Checks key and grant before anything is mounted: a refused key or an unknown grant is an error;
@@ -168,14 +184,34 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         );
     }
     let ignore = IgnoreRules::new(&args.ignore)?;
-    let key_source = KeySource {
-        device_file: args.device_key_file.clone(),
-        user_file: args.user_key_file.clone(),
-    };
+    let key_source = KeySource::new(args.device_key_file.clone(), args.user_key_file.clone());
     let keys = key_source.load()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("maxlofs-sync")
+        .build()?;
+    let api = Arc::new(HttpApi::new(&args.api, keys.clone(), Timeouts::default())?);
+    let (grant, fresh_prefix) =
+        match runtime.block_on(crate::grants::resolve_grant(api.as_ref(), &args.grant)) {
+            Ok((grant, prefix_path)) => (grant, Some(prefix_path)),
+            // Offline, a grant id still mounts (check_service warns), with the prefix_path
+            // recorded at its last mount; a name cannot be looked up.
+            Err(err) if err.downcast_ref::<ApiError>().is_some_and(ApiError::is_transient) => {
+                match args.grant.parse() {
+                    Ok(grant) => (grant, None),
+                    Err(_) => {
+                        return Err(err.context(
+                            "a grant name is looked up in the service; give the grant id to mount while it is unreachable",
+                        ))
+                    }
+                }
+            }
+            Err(err) => return Err(err),
+        };
     let state_dir = match &args.state_dir {
         Some(dir) => dir.clone(),
-        None => default_state_dir(&backing_path, args.grant)?,
+        None => default_state_dir(&backing_path, grant)?,
     };
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -185,20 +221,16 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     if state_dir.starts_with(&backing_path) {
         bail!("the state folder must not be inside the backing folder");
     }
+    let grant_prefix = grant_prefix(&state_dir, fresh_prefix)?;
+    let prefix = crate::grants::join_prefix(&grant_prefix, &args.prefix);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("maxlofs-sync")
-        .build()?;
-    let api = Arc::new(HttpApi::new(&args.api, keys.clone(), Timeouts::default())?);
-    runtime.block_on(check_service(api.as_ref(), args.grant))?;
+    runtime.block_on(check_service(api.as_ref(), grant))?;
 
-    let identity = format!("{} grant {} prefix {:?}", args.api, args.grant, args.prefix);
+    let identity = format!("{} grant {} prefix {:?}", args.api, grant, prefix);
     let index = Index::open(&state_dir.join("index.db"), &identity, args.cache_entries)?;
     let config = SyncConfig {
-        grant: args.grant,
-        prefix: args.prefix.clone(),
+        grant,
+        prefix,
         settle: Duration::from_millis(args.settle_ms),
         concurrency: args.concurrency,
         no_delete: args.no_delete,
@@ -221,7 +253,8 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         args.backing.display(),
         args.mountpoint.display()
     );
-    crate::fs::run_until_unmounted(mount).context("serving the mount")?;
+    crate::fs::run_until_unmounted(mount, crate::daemonize::notify_ready)
+        .context("serving the mount")?;
 
     let timeout = Duration::from_secs(args.drain_timeout);
     tracing::info!("unmounted; sending what is queued (up to {timeout:?})");

@@ -21,19 +21,15 @@ pub const SINGLE_PART_MAX: u64 = 16 * MIB;
 pub const FIRST_PART_SIZE: u64 = 8 * MIB;
 /// The part size doubles until the file needs at most this many parts.
 pub const MAX_PARTS: u64 = 900;
-/// Read buffer per thread. Big enough that syscalls cost nothing next to hashing, small enough
-/// to stay in L2 while the hash reads it back.
+/// Read buffer per thread. Measured from the page cache with SHA-NI, 32 KiB to 4 MiB hash at the
+/// same speed; this keeps syscalls few and the memory per worker small.
 const READ_BUFFER: usize = 256 * 1024;
 
 /// A Maxlo file hash. Displays as 64 lowercase hex characters, the form the API carries.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct FileHash([u8; 32]);
 
 impl FileHash {
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

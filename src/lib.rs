@@ -2,10 +2,13 @@
 
 pub mod api;
 pub mod cli;
+pub mod config;
 pub mod contract;
 pub mod daemon;
+pub mod daemonize;
 pub mod emulator;
 pub mod fs;
+pub mod grants;
 pub mod hash;
 pub mod status;
 pub mod sync;

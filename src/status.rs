@@ -38,12 +38,16 @@ pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
 }
 
 fn is_settled(status: &StatusReport) -> bool {
-    status.reconciled && status.pending == 0 && status.in_flight == 0
+    status.reconciled
+        && status.pending == 0
+        && status.in_flight == 0
+        && status.open_for_writing == 0
 }
 
 fn print_text(status: &StatusReport) {
     println!("pending:    {}", status.pending);
     println!("in flight:  {}", status.in_flight);
+    println!("open for writing: {}", status.open_for_writing);
     println!(
         "sent:       {} created, {} updated, {} deleted",
         status.created, status.updated, status.deleted

@@ -388,3 +388,23 @@ fn unmount_drains_what_is_still_settling() {
     assert!(mount.unmount().success(), "{}", mount.log_text());
     assert_catalog_matches(&emulator, &mount.backing);
 }
+
+#[test]
+fn sigterm_and_sigint_unmount_cleanly_after_draining() {
+    let emulator = Emulator::start(&[]);
+    for (signal, name) in [(libc::SIGTERM, "term"), (libc::SIGINT, "int")] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "60000"]);
+        if !mount.mount() {
+            return;
+        }
+        std::fs::write(mount.path(name), name).unwrap();
+        let status = mount.signal_and_wait(signal);
+        assert!(status.success(), "{status}: {}", mount.log_text());
+        assert!(!common::service::is_mounted(&mount.mnt));
+        assert!(
+            emulator.live().contains_key(name),
+            "{name} was drained before exit"
+        );
+    }
+}

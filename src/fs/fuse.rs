@@ -1,13 +1,14 @@
 //! The fuser adapter: decodes each request, calls `Passthrough`, replies. No policy lives here.
 
 use super::mount::SessionEndGuard;
-use super::passthrough::{AttrChanges, Caller, Opened, Passthrough, Result, TTL};
+use super::passthrough::{bare_attr, AttrChanges, Caller, Opened, Passthrough, Result, TTL};
 use super::sys::{TimeSpec, XattrValue};
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, FileAttr, FileHandle, Filesystem, FopenFlags,
-    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
@@ -18,6 +19,7 @@ use tracing::debug;
 pub(crate) struct FuseAdapter {
     fs: Passthrough,
     want_kernel_passthrough: bool,
+    allow_other: bool,
     _session_end: SessionEndGuard,
 }
 
@@ -25,11 +27,13 @@ impl FuseAdapter {
     pub(crate) fn new(
         fs: Passthrough,
         want_kernel_passthrough: bool,
+        allow_other: bool,
         session_end: SessionEndGuard,
     ) -> FuseAdapter {
         FuseAdapter {
             fs,
             want_kernel_passthrough,
+            allow_other,
             _session_end: session_end,
         }
     }
@@ -78,8 +82,13 @@ fn reply_xattr(reply: ReplyXattr, result: Result<XattrValue>) {
     }
 }
 
-/// Page cache is kept across opens in daemon-I/O mode: every write goes through the mount.
-const DAEMON_IO_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_KEEP_CACHE;
+/// No FLUSH on close(2): it would cost a round trip per close, and content changes are reported
+/// at release, once the last descriptor and mapping of the handle are gone.
+const PASSTHROUGH_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+/// In daemon-I/O mode the page cache is also kept across opens: every write goes through the
+/// mount.
+const DAEMON_IO_OPEN_FLAGS: FopenFlags =
+    FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_KEEP_CACHE);
 
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -93,6 +102,12 @@ impl Filesystem for FuseAdapter {
         ] {
             let _ = config.add_capabilities(flag);
         }
+        if !self.allow_other {
+            // The backing filesystem clears set-user-ID bits on write, truncate and chown, with
+            // the daemon's credentials, which on a private mount are the caller's. This spares
+            // the kernel a getxattr(security.capability) round trip on each first write.
+            let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        }
         let passthrough = self.want_kernel_passthrough
             && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
             && config.set_max_stack_depth(1).is_ok();
@@ -103,7 +118,14 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!(parent = parent.0, ?name, "lookup");
-        reply_entry(reply, self.fs.lookup(parent.0, name));
+        match self.fs.lookup(parent.0, name) {
+            // Node id 0 with a timeout: the kernel caches that the name does not exist (a
+            // create through the mount replaces that knowledge).
+            Err(Errno::ENOENT) => {
+                reply.entry(&TTL, &bare_attr(0, FileType::RegularFile), Generation(0))
+            }
+            result => reply_entry(reply, result),
+        }
     }
 
     // batch_forget: fuser's default calls this once per node, with each node's exact count.
@@ -256,7 +278,7 @@ impl Filesystem for FuseAdapter {
             Ok(Opened {
                 fh,
                 backing_id: Some(id),
-            }) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &id),
+            }) => reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_OPEN_FLAGS, &id),
             Ok(Opened {
                 fh,
                 backing_id: None,
@@ -481,7 +503,7 @@ impl Filesystem for FuseAdapter {
                     &attr,
                     Generation(0),
                     FileHandle(fh),
-                    FopenFlags::empty(),
+                    PASSTHROUGH_OPEN_FLAGS,
                     &id,
                 ),
                 None => reply.created(

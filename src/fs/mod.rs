@@ -46,7 +46,8 @@ pub trait EventSink: Send + Sync {
 
 /// Answers `getxattr(MOUNTPOINT, STATUS_XATTR)` so `maxlofs status MOUNTPOINT` can ask the daemon.
 pub trait StatusSource: Send + Sync {
-    fn status_json(&self) -> String;
+    /// `open_for_writing`: handles that may still report a content change when released.
+    fn status_json(&self, open_for_writing: usize) -> String;
 }
 
 /// The extended attribute on the mount root that carries the daemon's status as JSON.

@@ -2,8 +2,10 @@
 //! until unmounted or signalled (`run_until_unmounted`).
 //!
 //! The mount never outlives the process: it is made through `fusermount3 -o auto_unmount`, whose
-//! helper process unmounts as soon as our end of its socket closes, which the kernel does for
-//! us even on SIGKILL. If that mount fails (no fusermount3, or a non-root user without
+//! helper process unmounts once our end of its socket closes and the mount no longer answers,
+//! both of which the kernel does for us when the process dies, even on SIGKILL. (It leaves a
+//! mount that still answers alone, so a clean unmount is done by us: `umount2`, or
+//! `fusermount3 -u` for non-root users.) If that mount fails (no fusermount3, or a non-root user without
 //! `user_allow_other` in /etc/fuse.conf), we mount directly and say so in a warning: then only a
 //! clean exit or panic unmounts, and a SIGKILLed daemon leaves a dead mount behind.
 
@@ -12,8 +14,11 @@ use super::passthrough::Passthrough;
 use super::sys;
 use super::MountConfig;
 use fuser::{BackgroundSession, MountOption, Session, SessionACL};
+use std::ffi::CString;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
 
 /// A live mount served by background threads. Dropping it unmounts too (ignoring errors).
@@ -45,10 +50,16 @@ impl MountHandle {
     }
 
     fn unmount_and_join(&mut self) -> io::Result<()> {
-        match self.session.take() {
-            Some(session) => session.umount_and_join(),
-            None => Ok(()),
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        // fuser only closes fusermount's socket here, and fusermount's auto_unmount leaves a
+        // mount whose daemon still answers alone: unmount it ourselves (only while our session
+        // runs, so that we never unmount someone else's mount at the same place).
+        if self.is_mounted() {
+            unmount_path(&self.mountpoint)?;
         }
+        session.umount_and_join()
     }
 }
 
@@ -60,10 +71,46 @@ impl Drop for MountHandle {
     }
 }
 
+/// Unmounts `mountpoint`: at once if idle, else lazily (it goes when the last user lets go).
+/// Non-root users go through the setuid fusermount3.
+fn unmount_path(mountpoint: &Path) -> io::Result<()> {
+    let path = CString::new(mountpoint.as_os_str().as_bytes())?;
+    if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EBUSY) => {
+            tracing::warn!(?mountpoint, "mount busy; detaching it lazily");
+            if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+        Some(libc::EPERM) => {
+            let status = Command::new("fusermount3")
+                .args(["-u", "-z", "--"])
+                .arg(mountpoint)
+                .status()?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(io::Error::other(format!("fusermount3 -u failed: {status}")))
+            }
+        }
+        // Unmounted from outside meanwhile.
+        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(()),
+        _ => Err(err),
+    }
+}
+
 /// Mounts `cfg.backing` at `cfg.mountpoint` and serves it on `cfg.threads` background threads;
 /// returns once the mount is live.
-pub fn spawn_mount(cfg: MountConfig) -> io::Result<MountHandle> {
+pub fn spawn_mount(mut cfg: MountConfig) -> io::Result<MountHandle> {
     sys::raise_nofile_limit();
+    // Unmounting later must name the same place whatever the working directory is then.
+    cfg.mountpoint = cfg.mountpoint.canonicalize()?;
     let (session, end) = match new_session(&cfg, true) {
         Ok(mounted) => mounted,
         Err(e) => {
@@ -83,12 +130,13 @@ pub fn spawn_mount(cfg: MountConfig) -> io::Result<MountHandle> {
 
 /// Mounts and serves until the filesystem is unmounted from outside, or SIGTERM/SIGINT arrives
 /// (then unmounts itself).
-pub fn run_until_unmounted(cfg: MountConfig) -> io::Result<()> {
+pub fn run_until_unmounted(cfg: MountConfig, on_ready: impl FnOnce()) -> io::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Registered before mounting so no signal is lost to the default action in between.
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
     let signals_handle = signals.handle();
     let handle = spawn_mount(cfg)?;
+    on_ready();
     let end = handle.end.clone();
     let watcher = std::thread::Builder::new()
         .name("maxlofs-signals".into())
@@ -110,7 +158,12 @@ fn new_session(
 ) -> io::Result<(Session<FuseAdapter>, Arc<SessionEnd>)> {
     let end = Arc::new(SessionEnd::default());
     let fs = Passthrough::new(&cfg.backing, cfg.events.clone(), cfg.status.clone())?;
-    let adapter = FuseAdapter::new(fs, cfg.kernel_passthrough, SessionEndGuard(end.clone()));
+    let adapter = FuseAdapter::new(
+        fs,
+        cfg.kernel_passthrough,
+        cfg.allow_other,
+        SessionEndGuard(end.clone()),
+    );
     let session = Session::new(adapter, &cfg.mountpoint, &fuser_config(cfg, auto_unmount))?;
     Ok((session, end))
 }

@@ -12,15 +12,16 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 pub type Result<T> = std::result::Result<T, Errno>;
 
-/// How long the kernel may cache attributes and names. Every change to the backing tree is
-/// expected to come through the mount, which updates or invalidates the kernel's copy.
-pub const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes, names and the absence of names. Every change to the
+/// backing tree is expected to come through the mount, which updates or invalidates the kernel's
+/// copy; a change made to BACKING directly may take this long to show through the mount.
+pub const TTL: Duration = Duration::from_secs(10);
 
 /// Registers a backing file with the kernel for FUSE passthrough (only the adapter can).
 pub type RegisterBacking<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>;
@@ -59,6 +60,9 @@ pub struct Passthrough {
     /// Whether to hand file data to the kernel (FUSE passthrough); cleared if the kernel refuses.
     kernel_passthrough: AtomicBool,
     daemon_is_root: bool,
+    /// Handles open for writing. Their content change is reported at release, which the kernel
+    /// sends after close(2) returns, so status counts them as work still to come.
+    open_for_writing: AtomicUsize,
 }
 
 impl Passthrough {
@@ -82,6 +86,7 @@ impl Passthrough {
             status,
             kernel_passthrough: AtomicBool::new(false),
             daemon_is_root: unsafe { libc::geteuid() } == 0,
+            open_for_writing: AtomicUsize::new(0),
         })
     }
 
@@ -343,6 +348,10 @@ impl Passthrough {
     pub fn release(&self, fh: u64) -> Result<()> {
         let handle = self.files.remove(fh)?;
         self.report_content_change(&handle);
+        // After the event is out, so status never sees neither.
+        if handle.tracker.is_some() {
+            self.open_for_writing.fetch_sub(1, Ordering::SeqCst);
+        }
         Ok(())
     }
 
@@ -404,7 +413,8 @@ impl Passthrough {
             let next = entry.next_offset as u64;
             if entry.name == "." || entry.name == ".." {
                 // The kernel takes only the inode number and type of these.
-                let attr = dot_attr(self.inodes.fuse_ino_on_root_dev(entry.ino));
+                let ino = self.inodes.fuse_ino_on_root_dev(entry.ino);
+                let attr = bare_attr(ino, FileType::Directory);
                 return add(entry.name, next, &attr);
             }
             let Ok(c_name) = sys::c_name(entry.name) else {
@@ -441,7 +451,8 @@ impl Passthrough {
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrValue> {
         if is_status_xattr(ino, name) {
             let status = self.status.as_ref().ok_or(Errno::NO_XATTR)?;
-            return XattrValue::sized(status.status_json().into_bytes(), size);
+            let open_for_writing = self.open_for_writing.load(Ordering::SeqCst);
+            return XattrValue::sized(status.status_json(open_for_writing).into_bytes(), size);
         }
         let name = sys::c_name(name)?;
         sys::get_xattr(self.inodes.get(ino)?.fd(), &name, size as usize)
@@ -608,10 +619,13 @@ impl Passthrough {
             None
         };
         let backing_id = if inode.is_regular() {
-            self.backing_id(inode, fd.as_fd(), register)
+            self.backing_id(inode, fd.as_fd(), flags, register)
         } else {
             None
         };
+        if tracker.is_some() {
+            self.open_for_writing.fetch_add(1, Ordering::SeqCst);
+        }
         let fh = self.files.insert(OpenFile {
             ino,
             fd,
@@ -627,6 +641,7 @@ impl Passthrough {
         &self,
         inode: &Inode,
         handle_fd: BorrowedFd<'_>,
+        handle_flags: i32,
         register: RegisterBacking<'_>,
     ) -> Option<Arc<BackingId>> {
         let mut shared = inode.backing_id.lock().expect("backing id lock");
@@ -636,7 +651,19 @@ impl Passthrough {
         if !self.kernel_passthrough.load(Ordering::Relaxed) {
             return None;
         }
-        let read_write = sys::reopen(inode.fd(), libc::O_RDWR).ok();
+        // The kernel does I/O with the registered file's own flags too: a plain O_RDWR handle
+        // can serve; otherwise open one (falling back to the handle if O_RDWR is refused).
+        const SHARED_FLAGS: i32 = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_DIRECT
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_NOATIME;
+        let read_write = if handle_flags & SHARED_FLAGS == libc::O_RDWR {
+            None
+        } else {
+            sys::reopen(inode.fd(), libc::O_RDWR).ok()
+        };
         let backing_fd = read_write.as_ref().map_or(handle_fd, |fd| fd.as_fd());
         match register(backing_fd) {
             Ok(id) => {
@@ -713,10 +740,11 @@ impl Passthrough {
 /// getdents buffer per readdir call; the kernel's reply buffer is 4 KiB to 128 KiB.
 const DIR_BATCH: usize = 64 * 1024;
 
-/// The daemon's descriptor never does O_DIRECT I/O (the caller's alignment is not ours), and the
-/// kernel has already done creation and controlling-terminal handling.
+/// The daemon's descriptor never does O_DIRECT I/O (the caller's alignment is not ours); the
+/// kernel has already resolved the name (O_NOFOLLOW would refuse our /proc/self/fd re-open) and
+/// done creation and controlling-terminal handling.
 fn daemon_open_flags(flags: i32) -> i32 {
-    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT)
+    flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_DIRECT | libc::O_NOFOLLOW)
 }
 
 fn is_status_xattr(ino: u64, name: &OsStr) -> bool {
@@ -755,7 +783,9 @@ fn stat_type(dir: BorrowedFd<'_>, name: &OsStr) -> Option<FileType> {
         .map(|st| mode_type(st.st_mode))
 }
 
-fn dot_attr(ino: u64) -> FileAttr {
+/// Attributes that carry only an inode number and a type (for `.`/`..` in readdirplus, and node
+/// id 0 for a cacheable "no such name").
+pub(crate) fn bare_attr(ino: u64, kind: FileType) -> FileAttr {
     FileAttr {
         ino: INodeNo(ino),
         size: 0,
@@ -764,7 +794,7 @@ fn dot_attr(ino: u64) -> FileAttr {
         mtime: UNIX_EPOCH,
         ctime: UNIX_EPOCH,
         crtime: UNIX_EPOCH,
-        kind: FileType::Directory,
+        kind,
         perm: 0,
         nlink: 0,
         uid: 0,

@@ -500,13 +500,27 @@ pub fn clear_thread_umask() {
     });
 }
 
-/// Lifts the soft open-file limit to the hard one: every inode the kernel knows holds an fd.
+/// Lifts the open-file limit as far as allowed: every inode the kernel knows holds an fd.
 pub fn raise_nofile_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
+    // Root may lift the hard limit too, up to the kernel's fs.nr_open: every inode the kernel
+    // remembers holds one O_PATH fd here, and a hard limit of a few thousand is easily reached.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok());
     unsafe {
+        if let Some(nr_open) = nr_open {
+            let lifted = libc::rlimit {
+                rlim_cur: nr_open,
+                rlim_max: nr_open,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lifted) == 0 {
+                return;
+            }
+        }
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
         {
             limit.rlim_cur = limit.rlim_max;

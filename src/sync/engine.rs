@@ -61,6 +61,8 @@ struct Report {
 #[derive(Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct StatusReport {
     pub pending: usize,
+    /// Files open for writing through the mount: their changes are sent once they are closed.
+    pub open_for_writing: usize,
     pub in_flight: usize,
     pub failed: Vec<PathReason>,
     pub failed_count: usize,
@@ -115,8 +117,12 @@ impl EventSink for EngineSink {
 }
 
 impl StatusSource for Engine {
-    fn status_json(&self) -> String {
-        serde_json::to_string(&self.status()).expect("status serializes")
+    fn status_json(&self, open_for_writing: usize) -> String {
+        let status = StatusReport {
+            open_for_writing,
+            ..self.status()
+        };
+        serde_json::to_string(&status).expect("status serializes")
     }
 }
 
@@ -162,12 +168,16 @@ impl Engine {
         let mut intake = self.intake.lock().unwrap().take().expect("started once");
         let engine = self.clone();
         tokio::spawn(async move {
-            while let Some(event) = intake.recv().await {
+            let mut batch = Vec::new();
+            while intake.recv_many(&mut batch, 1024).await > 0 {
                 let engine = engine.clone();
+                let events = std::mem::take(&mut batch);
                 // Walks and index lookups are blocking work: keep them off the async workers.
                 let _ = tokio::task::spawn_blocking(move || {
-                    engine.take_event(event);
-                    engine.unmarked_events.fetch_sub(1, Ordering::SeqCst);
+                    for event in events {
+                        engine.take_event(event);
+                        engine.unmarked_events.fetch_sub(1, Ordering::SeqCst);
+                    }
                 })
                 .await;
             }
@@ -243,6 +253,7 @@ impl Engine {
         };
         StatusReport {
             pending,
+            open_for_writing: 0,
             in_flight,
             failed: list(&report.failed),
             failed_count: report.failed.len(),

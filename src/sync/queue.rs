@@ -63,7 +63,11 @@ impl State {
     /// Due once `settle` has passed quietly (at once while draining), and at the latest after ten
     /// windows, however often it is marked again.
     fn schedule_settled(&mut self, path: PathBuf, settle: Duration, hint: Hint) {
-        let settle = if self.draining { Duration::ZERO } else { settle };
+        let settle = if self.draining {
+            Duration::ZERO
+        } else {
+            settle
+        };
         let now = Instant::now();
         self.schedule(path, now + settle, now + settle * 10, hint, 0);
     }

@@ -339,6 +339,14 @@ impl Mount {
         self.child.take().expect("mounted").wait().unwrap()
     }
 
+    /// Sends `signal` to the daemon and waits for it to exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("mounted");
+        // SAFETY: plain kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        child.wait().unwrap()
+    }
+
     /// SIGKILLs the daemon, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

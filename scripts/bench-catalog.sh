@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The catalog side of performance, against the emulator on loopback:
+#  1. 2,000 new files reaching the catalog through a mount, against the emulator's own capacity
+#     for 2,000 direct creates with the same concurrency (target: within 2x);
+#  2. the daemon's peak RSS with one million indexed files and a bounded LRU (target: <= 200 MiB).
+# Usage: scripts/bench-catalog.sh [FILES] [INDEXED]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+files=${1:-2000}
+indexed=${2:-1000000}
+concurrency=8
+scripts/setup.sh
+cargo build --release --quiet --bin maxlofs --example direct_creates
+bin=$PWD/target/release/maxlofs
+direct=$PWD/target/release/examples/direct_creates
+work=$(mktemp -d /tmp/maxlofs-bench-catalog.XXXXXX)
+cleanup() {
+  for m in "$work"/mnt*; do mountpoint -q "$m" && umount "$m"; done 2>/dev/null || true
+  wait 2>/dev/null || true
+  [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+start_emulator() {
+  [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null && wait "$emulator_pid" 2>/dev/null || true
+  coproc EMULATOR { exec "$bin" emulator --listen 127.0.0.1:0 2>/dev/null; }
+  emulator_pid=$EMULATOR_PID
+  read -r line <&"${EMULATOR[0]}"
+  api=${line#listening on }
+}
+mount_at() { # backing mnt state settle
+  mkdir -p "$1" "$2"
+  MAXLO_DEVICE_SESSION_KEY=demo-device-key "$bin" mount "$1" "$2" --foreground --api "$api" \
+    --state-dir "$3" --settle-ms "$4" --concurrency "$concurrency" 2>"$work/mount.log" &
+  mount_pid=$!
+  for _ in $(seq 600); do mountpoint -q "$2" && return; sleep 0.1; done
+  echo "mount did not appear"; cat "$work/mount.log"; exit 1
+}
+now() { date +%s.%N; }
+
+echo "== $files files: direct creates vs through the mount (concurrency $concurrency)"
+start_emulator
+direct_s=$("$direct" "$api" "$files" "$concurrency")
+mkdir -p "$work/src"
+python3 -c "
+import os,sys
+for i in range($files):
+    open(os.path.join('$work/src', f'f{i:05d}'), 'wb').write(os.urandom(4096))"
+for settle in 0 500; do
+  start_emulator
+  mount_at "$work/backing$settle" "$work/mnt$settle" "$work/state$settle" "$settle"
+  t0=$(now)
+  cp -r "$work/src" "$work/mnt$settle/files"
+  "$bin" status "$work/mnt$settle" --wait --timeout 600 >/dev/null
+  t1=$(now)
+  live=$(curl -fsS "$api/_emulator/media_grant/1/media" | python3 -c 'import json,sys; print(sum(not r["is_deleted"] for r in json.load(sys.stdin)["media_list"]))')
+  [ "$live" = "$files" ] || { echo "only $live of $files records"; exit 1; }
+  umount "$work/mnt$settle"; wait "$mount_pid"
+  python3 -c "d=$direct_s; m=$t1-$t0; print(f'settle {$settle:>3} ms: direct {d:.2f} s, through the mount {m:.2f} s (cp + sync), ratio {m/d:.2f}x')"
+done
+
+echo "== peak RSS with $indexed indexed files"
+start_emulator
+back="$work/big"; mkdir -p "$back"
+python3 - "$back" "$work/bigstate" "$api" "$indexed" <<'PY'
+# Makes INDEXED empty files and an index that already holds them all, as after a full sync, so the
+# daemon's start (reconcile of every file against the index) and steady state are measured.
+import os, sqlite3, sys
+back, state, api, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+os.makedirs(state, exist_ok=True)
+db = sqlite3.connect(os.path.join(state, "index.db"))
+db.executescript("""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS synced (path TEXT PRIMARY KEY, media_id INTEGER NOT NULL, hash TEXT NOT NULL,
+  size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, ctime_ns INTEGER NOT NULL, ino INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS synced_ino ON synced (ino);""")
+db.execute("INSERT OR REPLACE INTO meta VALUES ('identity', ?)", (f'{api} grant 1 prefix ""',))
+empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+rows = []
+for i in range(n):
+    d = os.path.join(back, f"d{i // 1000:04d}")
+    if i % 1000 == 0:
+        os.makedirs(d, exist_ok=True)
+    p = os.path.join(d, f"f{i % 1000:04d}")
+    open(p, "wb").close()
+    st = os.stat(p)
+    rows.append((os.path.relpath(p, back), i + 1, empty, 0, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    if len(rows) == 50000:
+        db.executemany("INSERT INTO synced VALUES (?,?,?,?,?,?,?)", rows); rows = []
+db.executemany("INSERT INTO synced VALUES (?,?,?,?,?,?,?)", rows)
+db.commit()
+PY
+mount_at "$back" "$work/mntbig" "$work/bigstate" 500
+t0=$(now)
+"$bin" status "$work/mntbig" --wait --timeout 1200 >/dev/null
+t1=$(now)
+find "$work/mntbig" -type f | head -200000 | xargs stat >/dev/null
+hwm=$(awk '/VmHWM/ {print $2}' /proc/$mount_pid/status)
+sent=$(curl -fsS "$api/_emulator/stats")
+umount "$work/mntbig"; wait "$mount_pid"
+python3 -c "print(f'reconcile of $indexed indexed files: {$t1-$t0:.1f} s; daemon peak RSS {$hwm/1024:.0f} MiB (after reconcile and stat of 200,000 files through the mount); calls sent: $sent')"

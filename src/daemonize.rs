@@ -1,0 +1,186 @@
+//! Daemon mode: `maxlofs mount` without `--foreground` runs `maxlofs mount ... --foreground` with
+//! the same resolved settings as a daemon (its own session, in `/`, stdin from /dev/null, stdout
+//! and stderr to the log file) and waits until that daemon reports the mount live. Starting the
+//! program again, rather than fork(2) alone, gives the daemon a fresh process with no threads or
+//! state inherited from the parent.
+//!
+//! The daemon reports on a pipe whose write end it inherits as the fd named by
+//! `MAXLOFS_READY_FD`: one line `ready` once mounted (`notify_ready`). End of file without that
+//! line means the daemon failed before mounting; the parent then prints what the daemon logged
+//! and fails too.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context};
+
+use crate::cli::MountArgs;
+use crate::emulator::lock;
+
+pub const READY_FD_ENV: &str = "MAXLOFS_READY_FD";
+
+/// Lines of the daemon's log shown when it fails before the mount is ready.
+const TAIL_LINES: usize = 20;
+
+/// The daemon's end of the readiness pipe, once claimed.
+static READY: Mutex<Option<File>> = Mutex::new(None);
+
+/// Starts the daemon for `args` and returns once it reports the mount ready; fails, after
+/// printing the daemon's last log lines to stderr, when it exits before that.
+pub fn spawn(args: &MountArgs) -> anyhow::Result<()> {
+    let log_path = match &args.log_file {
+        Some(path) => path.clone(),
+        None => default_log_file()?,
+    };
+    let log = open_log(&log_path)?;
+    let start = log.metadata()?.len();
+    let daemon_args = MountArgs {
+        foreground: true,
+        ..args.clone()
+    };
+    let command_line = crate::config::command_line(&daemon_args)
+        .context("passing the settings on to the daemon")?;
+
+    let (ready, mut writer) = std::io::pipe()?;
+    if writer.as_raw_fd() <= 2 {
+        // Started with stdin, stdout or stderr closed: keep clear of the fds the daemon's
+        // stdio is set up on (try_clone picks the lowest free fd above 2).
+        writer = writer.try_clone()?;
+    }
+    let fd = writer.as_raw_fd();
+    let mut command = Command::new(std::env::current_exe().context("finding maxlofs itself")?);
+    command
+        .args(command_line)
+        // Every setting is on the command line already; a config file must not add to it.
+        .arg("--no-config")
+        .env(READY_FD_ENV, fd.to_string())
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: between fork and exec only async-signal-safe calls: setsid and fcntl are. Clearing
+    // FD_CLOEXEC in the child alone passes the write end to the daemon and to no other process.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setsid() == -1 || libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut daemon = command.spawn().context("starting the daemon")?;
+    // Now only the daemon holds the write end: its exit is our end of file.
+    drop(writer);
+
+    let mut line = String::new();
+    BufReader::new(ready)
+        .read_line(&mut line)
+        .context("waiting for the daemon")?;
+    if line == "ready\n" {
+        return Ok(());
+    }
+    let status = daemon.wait()?;
+    eprint!("{}", tail(&log_path, start, TAIL_LINES));
+    bail!(
+        "the daemon exited ({status}) before the mount was ready; its log is {}",
+        log_path.display()
+    )
+}
+
+/// In the daemon: takes the readiness pipe named by `MAXLOFS_READY_FD` out of the environment and
+/// marks it close-on-exec, so that no process the daemon starts holds it open (fusermount3 stays
+/// for as long as the mount does). Call it early; `notify_ready` calls it too. Does nothing
+/// outside daemon mode.
+pub fn claim_ready_fd() {
+    let Some(value) = std::env::var_os(READY_FD_ENV) else {
+        return;
+    };
+    std::env::remove_var(READY_FD_ENV);
+    let Some(fd) = value.to_str().and_then(|v| v.parse::<RawFd>().ok()) else {
+        tracing::warn!("ignoring {READY_FD_ENV}={value:?}: not an fd number");
+        return;
+    };
+    // A stray variable must not make us write to, or close, some other file.
+    let is_pipe = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .is_ok_and(|meta| meta.file_type().is_fifo());
+    // SAFETY: F_SETFD on an open fd changes nothing but its close-on-exec flag.
+    if fd <= 2 || !is_pipe || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        tracing::warn!("ignoring {READY_FD_ENV}={fd}: not an open pipe");
+        return;
+    }
+    // SAFETY: the fd is open, and the parent passed it to this process for this use alone.
+    *lock(&READY) = Some(unsafe { File::from_raw_fd(fd) });
+}
+
+/// Reports the mount live to the waiting parent (`maxlofs mount` without `--foreground`), which
+/// then exits 0, and closes the pipe. Does nothing outside daemon mode or after the first call.
+pub fn notify_ready() {
+    claim_ready_fd();
+    if let Some(mut pipe) = lock(&READY).take() {
+        if let Err(err) = pipe.write_all(b"ready\n") {
+            // The parent is gone (interrupted): nobody waits for the news.
+            tracing::warn!("reporting the mount ready: {err}");
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/maxlofs/maxlofs.log`, else `~/.local/state/maxlofs/maxlofs.log`.
+fn default_log_file() -> anyhow::Result<PathBuf> {
+    let dir = crate::config::xdg_dir("XDG_STATE_HOME", ".local/state")
+        .context("neither XDG_STATE_HOME nor HOME is set: pass --log-file")?;
+    Ok(dir.join("maxlofs/maxlofs.log"))
+}
+
+fn open_log(path: &Path) -> anyhow::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating the log folder {}", dir.display()))?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("opening the log file {}", path.display()))
+}
+
+/// The last `lines` lines written to the log at `path` after byte `start`.
+fn tail(path: &Path, start: u64, lines: usize) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(mut file) = File::open(path) {
+        // A log we cannot read back only costs the parent its explanation.
+        let _ = file
+            .seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_to_end(&mut bytes));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_shows_the_last_lines_written_after_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        std::fs::write(&path, "old\na\nb\nc").unwrap();
+        assert_eq!(tail(&path, 4, 2), "b\nc\n");
+        assert_eq!(tail(&path, 4, 10), "a\nb\nc\n");
+        assert_eq!(tail(&dir.path().join("missing"), 0, 2), "");
+    }
+}

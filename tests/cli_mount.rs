@@ -1,0 +1,318 @@
+//! Daemon mode and mount(8) end to end: real mounts started the ways an operator starts them
+//! (`maxlofs mount` without `--foreground`, mount.fuse3, `mount --fstab`), against the emulator.
+//! Without FUSE here (no /dev/fuse or fusermount3) the tests say SKIPPED, unless
+//! MAXLOFS_REQUIRE_FUSE=1 requires it.
+
+mod common;
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::service::{fuse_required, is_mounted, Emulator, BIN};
+
+fn fuse_available(test: &str) -> bool {
+    let usable = Path::new("/dev/fuse").exists()
+        && Command::new("fusermount3")
+            .arg("--version")
+            .output()
+            .is_ok();
+    if !usable && !fuse_required() {
+        eprintln!("SKIPPED {test}: no FUSE here");
+    }
+    usable || fuse_required()
+}
+
+fn text(bytes: &[u8]) -> &str {
+    std::str::from_utf8(bytes).expect("UTF-8 output")
+}
+
+/// A backing folder, a mountpoint, a key file, a state folder and a log path in a temp folder;
+/// unmounts on drop.
+struct Site {
+    dir: tempfile::TempDir,
+    backing: PathBuf,
+    mnt: PathBuf,
+    key: PathBuf,
+    state: PathBuf,
+    log: PathBuf,
+}
+
+impl Site {
+    fn new(device_key: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let site = Site {
+            backing: path("backing"),
+            mnt: path("mnt"),
+            key: path("device.key"),
+            state: path("state"),
+            log: path("maxlofs.log"),
+            dir,
+        };
+        std::fs::create_dir(&site.backing).unwrap();
+        std::fs::create_dir(&site.mnt).unwrap();
+        std::fs::write(&site.key, format!("{device_key}\n")).unwrap();
+        site
+    }
+
+    /// The settings for `emulator` as flags.
+    fn flags(&self, emulator: &Emulator) -> Vec<String> {
+        [
+            ("--api", emulator.url.as_str()),
+            ("--device-key-file", self.key.to_str().unwrap()),
+            ("--state-dir", self.state.to_str().unwrap()),
+            ("--log-file", self.log.to_str().unwrap()),
+            ("--settle-ms", "100"),
+        ]
+        .iter()
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .collect()
+    }
+
+    /// The same settings as one `-o` argument.
+    fn options(&self, emulator: &Emulator) -> String {
+        format!(
+            "api={},device_key_file={},state_dir={},log_file={},settle_ms=100",
+            emulator.url,
+            self.key.display(),
+            self.state.display(),
+            self.log.display()
+        )
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Asserts the command mounted: it exited 0 with the mount already live.
+    fn assert_mounted_by(&self, out: &Output) {
+        assert!(
+            out.status.success(),
+            "{}\nstderr: {}\nlog:\n{}",
+            out.status,
+            text(&out.stderr),
+            self.log_text()
+        );
+        assert!(is_mounted(&self.mnt), "exited 0 before the mount was live");
+    }
+
+    /// Writes a file through the mount and waits until the emulator has it.
+    fn assert_syncs(&self, emulator: &Emulator) {
+        std::fs::write(self.mnt.join("hello.txt"), b"hello").unwrap();
+        let out = Command::new(BIN)
+            .args(["status", "--wait", "--timeout", "60"])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text(&out.stdout),
+            self.log_text()
+        );
+        assert!(
+            emulator.live().contains_key("hello.txt"),
+            "{:?}",
+            emulator.live()
+        );
+    }
+
+    /// `umount`, then waits for the daemon to finish and exit.
+    fn unmount(&self) {
+        let daemons = daemons(&self.mnt);
+        let out = Command::new("umount").arg(&self.mnt).output().unwrap();
+        assert!(out.status.success(), "umount: {}", text(&out.stderr));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while daemons
+            .iter()
+            .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+        {
+            assert!(Instant::now() < deadline, "the daemon outlived its mount");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Site {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
+
+/// The pids of the `maxlofs mount --foreground` daemons serving `mnt`.
+fn daemons(mnt: &Path) -> Vec<u32> {
+    let mnt = mnt.as_os_str().as_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.contains(&mnt) && args.contains(&&b"--foreground=true"[..])
+        })
+        .collect()
+}
+
+/// The session id of process `pid`, from /proc/PID/stat (the field after pgrp).
+fn session(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn daemon_mode_returns_once_the_mount_is_live() {
+    if !fuse_available("daemon_mode_returns_once_the_mount_is_live") {
+        return;
+    }
+    let emulator = Emulator::start(&[]);
+    let site = Site::new("demo-device-key");
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&site.backing)
+        .arg(&site.mnt)
+        .args(site.flags(&emulator))
+        .output()
+        .unwrap();
+    site.assert_mounted_by(&out);
+    let pids = daemons(&site.mnt);
+    assert_eq!(pids.len(), 1, "one daemon");
+    assert_eq!(
+        session(pids[0]),
+        pids[0],
+        "the daemon leads its own session"
+    );
+    site.assert_syncs(&emulator);
+    site.unmount();
+}
+
+#[test]
+fn daemon_mode_fails_with_a_refused_key() {
+    if !fuse_available("daemon_mode_fails_with_a_refused_key") {
+        return;
+    }
+    let emulator = Emulator::start(&[]);
+    let site = Site::new("revoked-key");
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&site.backing)
+        .arg(&site.mnt)
+        .args(site.flags(&emulator))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("403"), "{stderr}");
+    assert!(
+        !stderr.contains("revoked-key"),
+        "the key is never printed: {stderr}"
+    );
+    assert!(!is_mounted(&site.mnt));
+    assert!(daemons(&site.mnt).is_empty(), "no daemon left behind");
+}
+
+#[test]
+fn mount_fuse3_runs_maxlofs_as_the_fuse_maxlofs_helper() {
+    if !fuse_available("mount_fuse3_runs_maxlofs_as_the_fuse_maxlofs_helper") {
+        return;
+    }
+    let emulator = Emulator::start(&[]);
+    let site = Site::new("demo-device-key");
+    // mount.fuse3 runs `maxlofs SOURCE MOUNTPOINT -o OPTIONS` through sh, found on PATH.
+    let bin_dir = site.dir.path().join("bin");
+    std::fs::create_dir(&bin_dir).unwrap();
+    std::os::unix::fs::symlink(BIN, bin_dir.join("maxlofs")).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("mount.fuse3")
+        .arg(&site.backing)
+        .arg(&site.mnt)
+        .args(["-t", "fuse.maxlofs", "-o"])
+        .arg(format!(
+            "{},_netdev,nofail,nosuid,nodev",
+            site.options(&emulator)
+        ))
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    site.assert_mounted_by(&out);
+    site.assert_syncs(&emulator);
+    site.unmount();
+}
+
+/// `/usr/local/bin/maxlofs` linked to this build for as long as it lives.
+struct Installed(PathBuf);
+
+impl Installed {
+    /// mount(8) runs helpers with no PATH, so the shell mount.fuse3 starts looks for `maxlofs`
+    /// in its default path only: link this build there. `None` (after saying why) when not root
+    /// or when another maxlofs is installed there.
+    fn link() -> Option<Installed> {
+        let link = PathBuf::from("/usr/local/bin/maxlofs");
+        // SAFETY: geteuid cannot fail and touches no memory.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mount(8) of a fuse.maxlofs entry needs root");
+            return None;
+        }
+        match std::fs::read_link(&link) {
+            Ok(target) if target == Path::new(BIN) => {}
+            Err(_) if !link.exists() => std::os::unix::fs::symlink(BIN, &link).unwrap(),
+            _ => {
+                eprintln!(
+                    "SKIPPED: {} is another maxlofs; not replacing it",
+                    link.display()
+                );
+                return None;
+            }
+        }
+        Some(Installed(link))
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn mount_mounts_an_fstab_entry_of_type_fuse_maxlofs() {
+    if !fuse_available("mount_mounts_an_fstab_entry_of_type_fuse_maxlofs") {
+        return;
+    }
+    let Some(_installed) = Installed::link() else {
+        assert!(!fuse_required(), "cannot install the helper for mount(8)");
+        return;
+    };
+    let emulator = Emulator::start(&[]);
+    let site = Site::new("demo-device-key");
+    let fstab = site.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "# as in docs/fstab.md\n{} {} fuse.maxlofs {},noauto,_netdev,x-systemd.automount 0 0\n",
+            site.backing.display(),
+            site.mnt.display(),
+            site.options(&emulator)
+        ),
+    )
+    .unwrap();
+    let out = Command::new("mount")
+        .arg("--fstab")
+        .arg(&fstab)
+        .arg(&site.mnt)
+        .output()
+        .unwrap();
+    site.assert_mounted_by(&out);
+    site.assert_syncs(&emulator);
+    site.unmount();
+}
