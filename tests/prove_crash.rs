@@ -66,6 +66,9 @@ impl OpSource {
 struct Workload {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<(u64, Option<String>)>>,
+    /// Writes many small files (and rewrites some) under `bulk/`, so that plenty of calls are
+    /// queued and on the wire when something is killed.
+    bulk: Option<std::thread::JoinHandle<(u64, Option<String>)>>,
 }
 
 impl Workload {
@@ -91,23 +94,50 @@ impl Workload {
             drop(root_dir);
             (done, error)
         });
+        let bulk_root = std::fs::File::open(mnt).unwrap();
+        let stopped = stop.clone();
+        let bulk = std::thread::spawn(move || {
+            let root = PathBuf::from(format!("/proc/self/fd/{}", bulk_root.as_raw_fd()));
+            let dir = root.join("bulk");
+            let result = (|| {
+                std::fs::create_dir_all(&dir)?;
+                let mut written = 0u64;
+                while !stopped.load(Ordering::SeqCst) && written < 400 {
+                    let name = format!("f{}.jpg", written % 150);
+                    std::fs::write(dir.join(name), format!("bulk write {written}\n"))?;
+                    written += 1;
+                    if written.is_multiple_of(20) {
+                        sleep(Duration::from_millis(5));
+                    }
+                }
+                Ok::<u64, std::io::Error>(written)
+            })();
+            drop(bulk_root);
+            match result {
+                Ok(written) => (written, None),
+                Err(err) => (0, Some(format!("bulk: {err}"))),
+            }
+        });
         Workload {
             stop,
             thread: Some(thread),
+            bulk: Some(bulk),
         }
     }
 
     /// Stops it and answers how many operations it carried out, and the error that stopped it.
     fn finish(mut self) -> (u64, Option<String>) {
         self.stop.store(true, Ordering::SeqCst);
-        self.thread.take().unwrap().join().unwrap()
+        let (done, error) = self.thread.take().unwrap().join().unwrap();
+        let (written, bulk_error) = self.bulk.take().unwrap().join().unwrap();
+        (done + written, error.or(bulk_error))
     }
 }
 
 impl Drop for Workload {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.thread.take() {
+        for thread in [self.thread.take(), self.bulk.take()].into_iter().flatten() {
             let _ = thread.join();
         }
     }

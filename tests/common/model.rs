@@ -125,6 +125,21 @@ pub enum Op {
     /// Unmount (the daemon drains and exits) and mount again. Carried out by the case runner;
     /// the model skips it.
     Remount,
+    /// Open a file for writing and keep the handle open across later operations (at most
+    /// three); it follows the inode through renames and unlinks.
+    Hold {
+        file: u8,
+    },
+    /// pwrite through a held handle.
+    WriteHeld {
+        handle: u8,
+        offset: u32,
+        data: Data,
+    },
+    /// Close a held handle.
+    Release {
+        handle: u8,
+    },
     /// kill -9 of the daemon and mount again: whatever was queued is caught up by reconcile.
     /// Carried out by the case runner.
     Kill,
@@ -163,6 +178,10 @@ pub fn op() -> impl Strategy<Value = Op> {
         2 => any::<u8>().prop_map(|ms| Op::Sleep { ms }),
         1 => Just(Op::Remount),
         1 => Just(Op::Kill),
+        2 => idx().prop_map(|file| Op::Hold { file }),
+        3 => (idx(), 0u32..4000, data())
+            .prop_map(|(handle, offset, data)| Op::WriteHeld { handle, offset, data }),
+        2 => idx().prop_map(|handle| Op::Release { handle }),
     ]
 }
 
@@ -183,7 +202,7 @@ pub struct InodeModel {
 }
 
 /// The tree as it must be. Paths are relative; the root is "" and is not listed in `dirs`.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Model {
     pub dirs: BTreeSet<PathBuf>,
     pub files: BTreeMap<PathBuf, usize>,
@@ -193,6 +212,8 @@ pub struct Model {
     /// What was done, for failure messages.
     pub log: Vec<String>,
     temp_counter: u32,
+    /// Handles held open for writing, with the inode each writes to.
+    held: Vec<(std::fs::File, usize)>,
 }
 
 fn pick<T: Clone>(items: &[T], idx: u8) -> Option<T> {
@@ -588,6 +609,51 @@ impl Model {
             }
             // Not the model's to do (see `reftest::run_case`).
             Op::Remount | Op::Kill => return Ok(false),
+            Op::Hold { file } => {
+                let Some(path) = pick(&files, file) else {
+                    return Ok(false);
+                };
+                if self.held.len() >= 3 {
+                    return Ok(false);
+                }
+                self.note(format!("hold {path:?} open for writing"));
+                let handle = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(root.join(&path))?;
+                self.held.push((handle, self.files[&path]));
+            }
+            Op::WriteHeld {
+                handle,
+                offset,
+                data,
+            } => {
+                if self.held.is_empty() {
+                    return Ok(false);
+                }
+                let which = handle as usize % self.held.len();
+                let inode = self.held[which].1;
+                let offset = offset as usize % (self.inodes[inode].data.len() + 500);
+                self.note(format!("write held handle {which} at {offset} {data:?}"));
+                let bytes = data.bytes();
+                self.held[which].0.write_all_at(&bytes, offset as u64)?;
+                let model = &mut self.inodes[inode];
+                if !bytes.is_empty() {
+                    let end = offset + bytes.len();
+                    if model.data.len() < end {
+                        model.data.resize(end, 0);
+                    }
+                    model.data[offset..end].copy_from_slice(&bytes);
+                }
+                model.mtime = None;
+            }
+            Op::Release { handle } => {
+                if self.held.is_empty() {
+                    return Ok(false);
+                }
+                let which = handle as usize % self.held.len();
+                self.note(format!("close held handle {which}"));
+                self.held.remove(which);
+            }
             Op::Sleep { ms } => {
                 let ms = u64::from(ms) % 120;
                 self.note(format!("sleep {ms} ms"));
@@ -595,6 +661,14 @@ impl Model {
             }
         }
         Ok(true)
+    }
+
+    /// Closes every held handle (before unmounting, and before the checks).
+    pub fn release_all(&mut self) {
+        if !self.held.is_empty() {
+            self.note(format!("close {} held handles", self.held.len()));
+            self.held.clear();
+        }
     }
 
     /// The model of a real tree as it is (mtimes unchecked), e.g. after an operation failed.

@@ -48,6 +48,7 @@ pub fn run_case(emulator_args: &[&str], settle_ms: u64, ops: &[Op], tally: &Tall
     for op in ops {
         match op {
             Op::Remount => {
+                model.release_all();
                 model.log.push("unmount, mount".into());
                 let exit = mount.unmount();
                 assert!(exit.success(), "daemon exit {exit}\n{}", mount.log_text());
@@ -55,6 +56,7 @@ pub fn run_case(emulator_args: &[&str], settle_ms: u64, ops: &[Op], tally: &Tall
                 continue;
             }
             Op::Kill => {
+                model.release_all();
                 model.log.push("kill -9, mount".into());
                 mount.kill();
                 Tally::add(&tally.rounds, 1);
@@ -71,6 +73,7 @@ pub fn run_case(emulator_args: &[&str], settle_ms: u64, ops: &[Op], tally: &Tall
         }
     }
     Tally::add(&tally.ops, ops.len() as u64);
+    model.release_all();
     model.assert_tree(&mount.mnt, &mount.backing);
     mount.wait_synced();
     let log = mount.log.clone();
@@ -150,6 +153,7 @@ pub fn run_concurrent_case(emulator_args: &[&str], settle_ms: u64, ops: [&[Op]; 
                             );
                         }
                     }
+                    model.release_all();
                     model
                 })
             })
