@@ -462,8 +462,12 @@ impl Engine {
         }
         // Taken before the look: a content change reported from now on is not in what we send.
         let stamp = self.versions.lock().unwrap().stamp(stat.ino);
-        let Some((hash, stat)) = self.file_hash(path, stat, hint).await? else {
+        let Some((hash, stat, verified)) = self.file_hash(path, stat, hint).await? else {
             return Ok(Outcome::Retry);
+        };
+        let stamp = Checked {
+            stamp,
+            hash_verified: verified,
         };
         let media_path = contract::media_path(&self.config.prefix, path)
             .map_err(|err| Failure::Local(err.to_string()))?;
@@ -536,13 +540,13 @@ impl Engine {
         media_id: MediaId,
         state: &MediaState,
         stat: FileStat,
-        stamp: Stamp,
+        checked: Checked,
     ) -> Result<(), Failure> {
-        self.remember(key, media_id, state, stat)?;
+        self.remember(key, media_id, state, stat, checked.hash_verified)?;
         let unchanged = matches!(
             self.backing.observe(path),
             Ok(Observed::File(now)) if entry_key(&now) == entry_key(&stat)
-        ) && self.versions.lock().unwrap().stamp(stat.ino) == stamp;
+        ) && self.versions.lock().unwrap().stamp(stat.ino) == checked.stamp;
         if !unchanged {
             tracing::debug!("{key}: changed while it was sent; looking again");
             self.queue.mark(path, Hint::Content);
@@ -560,7 +564,7 @@ impl Engine {
         path: &Path,
         stat: FileStat,
         hint: Hint,
-    ) -> Result<Option<(String, FileStat)>, Failure> {
+    ) -> Result<Option<(String, FileStat, bool)>, Failure> {
         if hint == Hint::Meta {
             let links = self
                 .index
@@ -570,10 +574,12 @@ impl Engine {
                 .into_iter()
                 .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
             {
-                return Ok(Some((entry.hash, stat)));
+                return Ok(Some((entry.hash, stat, true)));
             }
+            // Not verified: a write through a handle still open is reported only at its
+            // release, so this may be stale until then (see `remember`).
             if let Some(hash) = self.versions.lock().unwrap().known_hash(&stat) {
-                return Ok(Some((hash, stat)));
+                return Ok(Some((hash, stat, false)));
             }
         }
         let stamp = self.versions.lock().unwrap().stamp(stat.ino);
@@ -587,7 +593,7 @@ impl Engine {
         match hashed {
             Ok(Some((hash, stat))) => {
                 self.versions.lock().unwrap().hashed(&stat, &hash, stamp);
-                Ok(Some((hash, stat)))
+                Ok(Some((hash, stat, true)))
             }
             Ok(None) => Ok(None),
             // Gone or replaced while we looked: the event that did it marks it again.
@@ -649,19 +655,27 @@ impl Engine {
         Ok(Outcome::Done)
     }
 
+    /// Writes the index entry. A hash that was reused without being verified against the
+    /// content is recorded with a ctime no file has, so that the next start's reconcile hashes
+    /// the file again rather than trust it (a crash may have lost the event that would have).
     fn remember(
         &self,
         key: &str,
         media_id: MediaId,
         state: &MediaState,
         stat: FileStat,
+        hash_verified: bool,
     ) -> Result<(), Failure> {
         let entry = IndexEntry {
             media_id,
             hash: state.file_hash.clone(),
             size: stat.size,
             mtime_ns: stat.mtime_ns,
-            ctime_ns: stat.ctime_ns,
+            ctime_ns: if hash_verified {
+                stat.ctime_ns
+            } else {
+                UNVERIFIED_CTIME
+            },
             ino: stat.ino,
         };
         let existed = self
@@ -740,6 +754,19 @@ impl From<ApiError> for Failure {
 
 fn entry_matches_content(entry: &IndexEntry, stat: &FileStat) -> bool {
     entry.ino == stat.ino && entry.size == stat.size && entry.mtime_ns == stat.mtime_ns
+}
+
+/// The ctime recorded with a hash that was not verified against the content: matches no file.
+const UNVERIFIED_CTIME: i64 = i64::MIN;
+
+/// What a look at a path took for granted, to be checked once its result is recorded.
+#[derive(Clone, Copy)]
+struct Checked {
+    /// The inode's content stamp when the look began.
+    stamp: Stamp,
+    /// Whether the hash was computed (or taken from an entry of the same size and mtime), not
+    /// reused from the inode's last hash.
+    hash_verified: bool,
 }
 
 /// What identifies a file's content state: inode, size, mtime.

@@ -91,10 +91,11 @@ impl Index {
         if let Some(hit) = self.cache.lock().unwrap().get(path) {
             return Ok(hit.clone());
         }
-        let entry = self
-            .db
-            .lock()
-            .unwrap()
+        // The cache is filled while the database is held, so a `put` or `remove` of this path
+        // from another thread (reconcile runs beside the workers) cannot be overwritten by what
+        // was read before it.
+        let db = self.db.lock().unwrap();
+        let entry = db
             .query_row(
                 "SELECT * FROM synced WHERE path = ?1",
                 [path],
@@ -105,6 +106,7 @@ impl Index {
             .lock()
             .unwrap()
             .put(path.to_string(), entry.clone());
+        drop(db);
         Ok(entry)
     }
 
@@ -148,9 +150,10 @@ impl Index {
 
     /// Records what the service acknowledged for `path` (and that no create for it is unsure).
     pub fn put(&self, path: &str, entry: &IndexEntry) -> anyhow::Result<()> {
-        let db = self.db.lock().unwrap();
-        db.execute("DELETE FROM unsure WHERE path = ?1", [path])?;
-        db.execute(
+        let mut db = self.db.lock().unwrap();
+        // One transaction: a crash must not leave the unsure row gone and the entry not written.
+        let tx = db.transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO synced (path, media_id, hash, size, mtime_ns, ctime_ns, ino)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -163,20 +166,21 @@ impl Index {
                 entry.ino as i64
             ],
         )?;
-        drop(db);
+        tx.execute("DELETE FROM unsure WHERE path = ?1", [path])?;
+        tx.commit()?;
         self.cache
             .lock()
             .unwrap()
             .put(path.to_string(), Some(entry.clone()));
+        drop(db);
         Ok(())
     }
 
     pub fn remove(&self, path: &str) -> anyhow::Result<()> {
-        self.db
-            .lock()
-            .unwrap()
-            .execute("DELETE FROM synced WHERE path = ?1", [path])?;
+        let db = self.db.lock().unwrap();
+        db.execute("DELETE FROM synced WHERE path = ?1", [path])?;
         self.cache.lock().unwrap().put(path.to_string(), None);
+        drop(db);
         Ok(())
     }
 
