@@ -20,7 +20,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use rand::{Rng, SeedableRng};
 
 use common::model::{self, Model};
-use common::service::{check_catalog, live_catalog, Emulator, Mount};
+use common::service::{live_catalog, Emulator, Mount};
 use common::soak::{env_count, Tally};
 
 fn seed(test: &str) -> u64 {
@@ -60,8 +60,8 @@ impl OpSource {
     }
 }
 
-/// Random operations on the tree under `mnt` from another thread until stopped or until the
-/// mount goes away. Paths go through a descriptor of the mount's root, so once the daemon is
+/// Random operations on the tree under `mnt/model` from another thread, and many small writes
+/// under `mnt/bulk` from a second, until stopped or until the mount goes away. Paths go through a descriptor of the mount's root, so once the daemon is
 /// killed every operation fails (ENOTCONN) rather than landing in the bare mountpoint directory.
 struct Workload {
     stop: Arc<AtomicBool>,
@@ -77,7 +77,10 @@ impl Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let thread = std::thread::spawn(move || {
-            let root = PathBuf::from(format!("/proc/self/fd/{}", root_dir.as_raw_fd()));
+            // The model's operations stay in model/, the bulk writer's in bulk/.
+            let root =
+                PathBuf::from(format!("/proc/self/fd/{}", root_dir.as_raw_fd())).join("model");
+            let _ = std::fs::create_dir_all(&root);
             let mut model = Model::scan(&root);
             let mut done = 0;
             let mut error = None;
@@ -99,24 +102,37 @@ impl Workload {
         let bulk = std::thread::spawn(move || {
             let root = PathBuf::from(format!("/proc/self/fd/{}", bulk_root.as_raw_fd()));
             let dir = root.join("bulk");
-            let result = (|| {
-                std::fs::create_dir_all(&dir)?;
-                let mut written = 0u64;
-                while !stopped.load(Ordering::SeqCst) && written < 400 {
-                    let name = format!("f{}.jpg", written % 150);
-                    std::fs::write(dir.join(name), format!("bulk write {written}\n"))?;
-                    written += 1;
-                    if written.is_multiple_of(20) {
-                        sleep(Duration::from_millis(5));
+            let mut written = 0u64;
+            let mut error = None;
+            while !stopped.load(Ordering::SeqCst) && written < 400 {
+                let name = format!("f{}.jpg", written % 150);
+                // The model's operations may rename or remove bulk/ meanwhile: make it again.
+                let _ = std::fs::create_dir_all(&dir);
+                match std::fs::write(dir.join(name), format!("bulk write {written}\n")) {
+                    Ok(()) => written += 1,
+                    // The mount is gone (killed): stop.
+                    Err(err) if err.raw_os_error() == Some(libc::ENOTCONN) => break,
+                    Err(err) if err.raw_os_error() == Some(libc::ECONNABORTED) => break,
+                    // bulk/ replaced by a file, or moved between two calls: skip this one.
+                    Err(err)
+                        if matches!(
+                            err.raw_os_error(),
+                            Some(libc::ENOENT | libc::ENOTDIR | libc::EISDIR)
+                        ) =>
+                    {
+                        written += 1
+                    }
+                    Err(err) => {
+                        error = Some(format!("bulk: {err}"));
+                        break;
                     }
                 }
-                Ok::<u64, std::io::Error>(written)
-            })();
-            drop(bulk_root);
-            match result {
-                Ok(written) => (written, None),
-                Err(err) => (0, Some(format!("bulk: {err}"))),
+                if written.is_multiple_of(20) {
+                    sleep(Duration::from_millis(5));
+                }
             }
+            drop(bulk_root);
+            (written, error)
         });
         Workload {
             stop,
@@ -192,8 +208,8 @@ fn the_daemon_killed_at_random_instants_loses_nothing() {
             );
         }
         mount.wait_synced();
-        let diff = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            check_catalog(&emulator, &mount.backing)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tally.check_catalog(&emulator, &mount.backing)
         }))
         .unwrap_or_else(|err| {
             eprintln!(
@@ -202,7 +218,6 @@ fn the_daemon_killed_at_random_instants_loses_nothing() {
             );
             std::panic::resume_unwind(err)
         });
-        tally.checked(&diff);
     }
     tally.faults_of(&emulator);
     Tally::add(&tally.cases, 1);
@@ -240,8 +255,7 @@ fn the_service_killed_and_restarted_on_its_database_mid_workload_loses_nothing()
     emulator.restart();
     Tally::add(&tally.rounds, 1);
     mount.wait_synced();
-    let diff = check_catalog(&emulator, &mount.backing);
-    tally.checked(&diff);
+    tally.check_catalog(&emulator, &mount.backing);
     Tally::add(&tally.cases, 1);
     tally.print("crash_service");
 }

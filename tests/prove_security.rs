@@ -77,13 +77,16 @@ fn the_engine_never_reads_through_a_symlink_to_outside() {
     assert_eq!(emulator.calls("create"), 1);
 }
 
-/// A thread swaps a directory of the backing folder for a symlink to a directory outside, and
-/// back, while another creates files through the mount in that directory. The symlink's target
-/// is relative, and the mountpoint sits deeper than the backing folder, so the daemon resolving
-/// it would land in one place (`outside`) and the client's kernel in another (`m/m/m/outside`).
-/// Nothing may ever be created in `outside`, and no record may come from it.
+/// A thread swaps directories of the backing folder with symlinks to a directory outside
+/// (atomically, `RENAME_EXCHANGE`, so no name is ever missing), and back, while another creates
+/// files through the mount in those directories, each looked up for the first time at a random
+/// moment of the swapping (the kernel caches a name once looked up). The symlinks' target is
+/// relative, and the mountpoint sits deeper than the backing folder, so the daemon resolving one
+/// would land in `outside`, the client's kernel in `m/m/m/outside`. Nothing may ever be created
+/// in `outside`, and no record may come from it.
 #[test]
 fn a_directory_swapped_for_a_symlink_never_lets_the_daemon_create_outside() {
+    const DIRS: usize = 200;
     let emulator = Emulator::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
@@ -94,43 +97,44 @@ fn a_directory_swapped_for_a_symlink_never_lets_the_daemon_create_outside() {
     let daemon_side = dir.path().join("outside");
     std::fs::create_dir(&daemon_side).unwrap();
     std::fs::write(daemon_side.join("secret.jpg"), b"outside, never sent").unwrap();
-    std::fs::create_dir(mount.backing.join("d")).unwrap();
+    for i in 0..DIRS {
+        std::fs::create_dir(mount.backing.join(format!("d{i}"))).unwrap();
+        std::os::unix::fs::symlink("../outside", mount.backing.join(format!("l{i}"))).unwrap();
+    }
     if !mount.mount() {
         return;
     }
     let stop = AtomicBool::new(false);
     let (created, swaps) = std::thread::scope(|scope| {
         let swapper = scope.spawn(|| {
-            let d = mount.backing.join("d");
-            let parked = mount.backing.join("d.parked");
             let mut swaps = 0;
             while !stop.load(Ordering::SeqCst) {
-                std::fs::rename(&d, &parked).unwrap();
-                std::os::unix::fs::symlink("../outside", &d).unwrap();
-                sleep(Duration::from_millis(3));
-                std::fs::remove_file(&d).unwrap();
-                std::fs::rename(&parked, &d).unwrap();
-                sleep(Duration::from_millis(2));
+                let i = swaps % DIRS;
+                let d = mount.backing.join(format!("d{i}"));
+                let l = mount.backing.join(format!("l{i}"));
+                common::model::rename_exchange(&d, &l).unwrap();
+                std::thread::yield_now();
+                common::model::rename_exchange(&d, &l).unwrap();
                 swaps += 1;
             }
             swaps
         });
         let mut created = 0;
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(2) {
-            if std::fs::write(mount.path(&format!("d/f{created}.jpg")), b"x").is_ok() {
+        for i in 0..DIRS {
+            if std::fs::write(mount.path(&format!("d{i}/f.jpg")), b"x").is_ok() {
                 created += 1;
             }
-            let _ = std::fs::create_dir(mount.path(&format!("d/sub{created}")));
+            let _ = std::fs::create_dir(mount.path(&format!("d{i}/sub")));
+            let _ = std::fs::write(mount.path(&format!("d{i}/sub/g.jpg")), b"y");
         }
         stop.store(true, Ordering::SeqCst);
         (created, swapper.join().unwrap())
     });
-    assert!(created > 0 && swaps > 0, "created {created}, swaps {swaps}");
     let client_side = files_below(&deep.join("outside")).len();
     println!(
         "{created} creates, {swaps} swaps, {client_side} resolved by the kernel to m/m/m/outside"
     );
+    assert!(created > 0 && swaps > 0, "created {created}, swaps {swaps}");
     assert_eq!(
         files_below(&daemon_side),
         [daemon_side.join("secret.jpg")],
@@ -140,7 +144,7 @@ fn a_directory_swapped_for_a_symlink_never_lets_the_daemon_create_outside() {
         std::fs::read_dir(&daemon_side).unwrap().count() == 1,
         "a directory appeared outside"
     );
-    // The swaps were made behind the mount's back, so events named paths that were a symlink
+    // The swaps were made behind the mount's back, so events may name paths that were a symlink
     // when looked at; a change behind the mount's back is caught up at the next start.
     mount.wait_synced();
     assert!(mount.unmount().success());

@@ -244,7 +244,11 @@ impl Mount {
             .arg(&self.backing)
             .arg(&self.mnt)
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            // MAXLOFS_DAEMON_LOG (e.g. `maxlofs=debug`) raises every test daemon's log level.
+            .env(
+                "RUST_LOG",
+                std::env::var("MAXLOFS_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(log)
             .spawn()
@@ -272,8 +276,14 @@ impl Mount {
 
     /// `maxlofs status MNT --wait`: returns once nothing is pending or in flight.
     pub fn wait_synced(&self) {
+        self.wait_synced_within(60)
+    }
+
+    /// `wait_synced` with another deadline (retries back off up to 45 s under heavy faults).
+    pub fn wait_synced_within(&self, timeout_secs: u64) {
+        let timeout = timeout_secs.to_string();
         let out = Command::new(BIN)
-            .args(["status", "--wait", "--timeout", "60", "--json"])
+            .args(["status", "--wait", "--json", "--timeout", &timeout])
             .arg(&self.mnt)
             .output()
             .unwrap();
@@ -504,10 +514,21 @@ pub fn diff_catalog(expected: &Catalog, actual: &Catalog) -> CatalogDiff {
 /// Compares the live catalog with the tree (default ignore rules) and asserts they agree, and
 /// that no media_path has two records. Answers the comparison, for tallies.
 pub fn check_catalog(emulator: &Emulator, backing: &Path) -> CatalogDiff {
+    check_catalog_then(emulator, backing, |_| {})
+}
+
+/// `check_catalog`, handing the comparison to `tally` before asserting (so a failing comparison
+/// is counted too).
+pub fn check_catalog_then(
+    emulator: &Emulator,
+    backing: &Path,
+    tally: impl FnOnce(&CatalogDiff),
+) -> CatalogDiff {
     let rules = maxlofs::sync::ignore::IgnoreRules::new(&[]).unwrap();
     let expected = expected_catalog(backing, &|p| rules.is_ignored(p));
     let actual = live_catalog(emulator);
     let diff = diff_catalog(&expected, &actual);
+    tally(&diff);
     assert_unique_paths(emulator);
     assert!(
         diff.is_empty(),

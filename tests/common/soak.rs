@@ -3,7 +3,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::service::{CatalogDiff, Emulator};
+use std::path::Path;
+
+use super::service::{check_catalog_then, CatalogDiff, Emulator};
 
 #[derive(Default)]
 pub struct Tally {
@@ -24,6 +26,11 @@ impl Tally {
     pub fn checked(&self, diff: &CatalogDiff) {
         Tally::add(&self.records_checked, diff.checked as u64);
         Tally::add(&self.lost, diff.lost() as u64);
+    }
+
+    /// `service::check_catalog`, counted here whether it passes or not.
+    pub fn check_catalog(&self, emulator: &Emulator, backing: &Path) -> CatalogDiff {
+        check_catalog_then(emulator, backing, |diff| self.checked(diff))
     }
 
     /// Adds the faults the emulator injected so far (call once per emulator, at its end).
