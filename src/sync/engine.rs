@@ -7,7 +7,7 @@
 //! safe-save an update of the original record, and makes a crash at any instant recoverable by
 //! looking at every path again (reconcile).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,6 +33,9 @@ pub struct SyncConfig {
     pub no_delete: bool,
     pub ignore: IgnoreRules,
 }
+
+/// Why a path too long to name stays local.
+const TOO_LONG: &str = "path longer than PATH_MAX (4096 bytes)";
 
 /// Local-only and failed lists in status are capped so status stays small.
 const STATUS_LIST_LIMIT: usize = 100;
@@ -87,8 +90,8 @@ pub struct Engine {
     backing: Arc<Backing>,
     queue: WorkQueue,
     report: Mutex<Report>,
-    /// Inodes written since their last hash: their hash may not be reused under another name.
-    dirty_inodes: Mutex<HashSet<u64>>,
+    /// Content changes per inode, and the hash of each inode's content as of its last hash.
+    versions: Mutex<Versions>,
     hash_slots: Semaphore,
     events: mpsc::UnboundedSender<Event>,
     intake: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
@@ -144,7 +147,7 @@ impl Engine {
             index,
             backing: Arc::new(backing),
             report: Mutex::default(),
-            dirty_inodes: Mutex::default(),
+            versions: Mutex::default(),
             hash_slots: Semaphore::new(cores),
             events,
             intake: Mutex::new(Some(intake)),
@@ -271,9 +274,14 @@ impl Engine {
         match event {
             Event::Created { path } => self.queue.mark(&path, Hint::Content),
             Event::ContentChanged { path } => {
-                if let Ok(Observed::File(stat)) = self.backing.observe(&path) {
-                    self.dirty_inodes.lock().unwrap().insert(stat.ino);
-                    self.mark_other_links(stat.ino, Hint::Content);
+                match self.backing.observe(&path) {
+                    Ok(Observed::File(stat)) => {
+                        self.versions.lock().unwrap().changed(stat.ino);
+                        self.mark_other_links(stat.ino, Hint::Content);
+                    }
+                    // Renamed or replaced since: which inode changed is unknown, so no hash
+                    // known from before may be reused.
+                    _ => self.versions.lock().unwrap().changed_unknown(),
                 }
                 self.queue.mark(&path, Hint::Content);
             }
@@ -359,7 +367,8 @@ impl Engine {
                 marked += 1;
             }
         })?;
-        for path in self.index.paths_under("")? {
+        let unsure = self.index.unsure_paths()?;
+        for path in self.index.paths_under("")?.into_iter().chain(unsure) {
             if !matches!(self.backing.observe(Path::new(&path))?, Observed::File(_)) {
                 self.queue.mark(Path::new(&path), Hint::Meta);
                 marked += 1;
@@ -398,8 +407,15 @@ impl Engine {
         }
         let observed = match self.backing.observe(path) {
             Ok(observed) => observed,
+            // Longer than PATH_MAX: it cannot be named whole, so it cannot be read safely.
+            Err(err) if err.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                tracing::warn!("{key:.200}…: stays local: its path is longer than PATH_MAX");
+                self.note_local_only(key, Some(TOO_LONG));
+                return Outcome::Done;
+            }
             Err(err) => {
                 tracing::warn!("{key}: cannot look at it: {err}");
+                self.report.lock().unwrap().last_error = Some(format!("{key}: {err}"));
                 return Outcome::Retry;
             }
         };
@@ -416,7 +432,7 @@ impl Engine {
             Observed::File(stat) => self.sync_file(path, &key, stat, entry, hint).await,
             Observed::Absent | Observed::Directory | Observed::Special => match entry {
                 Some(entry) => self.remove_record(&key, entry.media_id).await,
-                None => Ok(Outcome::Done),
+                None => self.remove_unsure_record(&key).await,
             },
         };
         match result {
@@ -444,8 +460,14 @@ impl Engine {
                 return Ok(Outcome::Done);
             }
         }
-        let Some((hash, stat)) = self.file_hash(path, stat, hint).await? else {
+        // Taken before the look: a content change reported from now on is not in what we send.
+        let stamp = self.versions.lock().unwrap().stamp(stat.ino);
+        let Some((hash, stat, verified)) = self.file_hash(path, stat, hint).await? else {
             return Ok(Outcome::Retry);
+        };
+        let stamp = Checked {
+            stamp,
+            hash_verified: verified,
         };
         let media_path = contract::media_path(&self.config.prefix, path)
             .map_err(|err| Failure::Local(err.to_string()))?;
@@ -461,7 +483,7 @@ impl Engine {
                 && entry.size == stat.size
                 && entry.mtime_ns == stat.mtime_ns
             {
-                self.remember(key, entry.media_id, &state, stat)?;
+                self.remember_checked(path, key, entry.media_id, &state, stat, stamp)?;
                 return Ok(Outcome::Done);
             }
         }
@@ -469,7 +491,7 @@ impl Engine {
             match self.api.update(self.config.grant, id, &state).await {
                 Ok(()) => {
                     self.report.lock().unwrap().totals.updated += 1;
-                    self.remember(key, id, &state, stat)?;
+                    self.remember_checked(path, key, id, &state, stat, stamp)?;
                     return Ok(Outcome::Done);
                 }
                 // The record is gone from the service: make a new one.
@@ -482,6 +504,10 @@ impl Engine {
             media_path,
             state: state.clone(),
         };
+        let media_json = serde_json::to_string(&media).expect("serializes");
+        self.index
+            .mark_unsure(key, &media_json)
+            .map_err(|err| Failure::Local(format!("index: {err:#}")))?;
         let id = match self.api.create(self.config.grant, &media).await? {
             CreateOutcome::Created(id) => {
                 self.report.lock().unwrap().totals.created += 1;
@@ -499,28 +525,64 @@ impl Engine {
                 record.media_id
             }
         };
-        self.remember(key, id, &state, stat)?;
+        self.remember_checked(path, key, id, &state, stat, stamp)?;
         Ok(Outcome::Done)
     }
 
-    /// The file's hash and the stat it belongs to. A `Meta` look reuses the hash of an indexed
-    /// name of the same unchanged inode; otherwise the file is hashed, and hashed again if it
-    /// changed meanwhile. `None`: it kept changing; look again later.
+    /// Writes the index entry, then looks at the file again: if it changed since the look that
+    /// produced `state` (its stat differs, or a content change of its inode was reported
+    /// meanwhile), the path is marked again. An event can name another hard link of the inode,
+    /// and this name may not have been indexed when it was handled; this catches that.
+    fn remember_checked(
+        &self,
+        path: &Path,
+        key: &str,
+        media_id: MediaId,
+        state: &MediaState,
+        stat: FileStat,
+        checked: Checked,
+    ) -> Result<(), Failure> {
+        self.remember(key, media_id, state, stat, checked.hash_verified)?;
+        let unchanged = matches!(
+            self.backing.observe(path),
+            Ok(Observed::File(now)) if entry_key(&now) == entry_key(&stat)
+        ) && self.versions.lock().unwrap().stamp(stat.ino) == checked.stamp;
+        if !unchanged {
+            tracing::debug!("{key}: changed while it was sent; looking again");
+            self.queue.mark(path, Hint::Content);
+        }
+        Ok(())
+    }
+
+    /// The file's hash and the stat it belongs to. A `Meta` look reuses a hash known to be the
+    /// inode's content now: that of an indexed name of the inode with the same size and mtime
+    /// (a rename or link), or the inode's last hash if no content change was reported since it
+    /// was taken (times set). Otherwise the file is hashed, and hashed again if it changed
+    /// meanwhile. `None`: it kept changing; look again later.
     async fn file_hash(
         &self,
         path: &Path,
         stat: FileStat,
         hint: Hint,
-    ) -> Result<Option<(String, FileStat)>, Failure> {
-        if hint == Hint::Meta && !self.dirty_inodes.lock().unwrap().contains(&stat.ino) {
+    ) -> Result<Option<(String, FileStat, bool)>, Failure> {
+        if hint == Hint::Meta {
             let links = self
                 .index
                 .find_by_ino(stat.ino)
                 .map_err(|err| Failure::Local(format!("index: {err:#}")))?;
-            if let Some((_, entry)) = links.into_iter().find(|(_, e)| e.size == stat.size) {
-                return Ok(Some((entry.hash, stat)));
+            if let Some((_, entry)) = links
+                .into_iter()
+                .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
+            {
+                return Ok(Some((entry.hash, stat, true)));
+            }
+            // Not verified: a write through a handle still open is reported only at its
+            // release, so this may be stale until then (see `remember`).
+            if let Some(hash) = self.versions.lock().unwrap().known_hash(&stat) {
+                return Ok(Some((hash, stat, false)));
             }
         }
+        let stamp = self.versions.lock().unwrap().stamp(stat.ino);
         let _slot = self.hash_slots.acquire().await.expect("never closed");
         let backing = self.backing.clone();
         let path = path.to_path_buf();
@@ -530,8 +592,8 @@ impl Engine {
             .map_err(|err| Failure::Local(format!("hashing task: {err}")))?;
         match hashed {
             Ok(Some((hash, stat))) => {
-                self.dirty_inodes.lock().unwrap().remove(&stat.ino);
-                Ok(Some((hash, stat)))
+                self.versions.lock().unwrap().hashed(&stat, &hash, stamp);
+                Ok(Some((hash, stat, true)))
             }
             Ok(None) => Ok(None),
             // Gone or replaced while we looked: the event that did it marks it again.
@@ -545,6 +607,37 @@ impl Engine {
             }
             Err(err) => Err(Failure::Local(format!("reading: {err}"))),
         }
+    }
+
+    /// No file and no index entry at `key`, but a create sent for it got no answer (lost on the
+    /// way, or a crash): the service may hold a live record nothing names. Creating again finds
+    /// it (a 409 names it, or this makes it), and it is deleted.
+    async fn remove_unsure_record(&self, key: &str) -> Result<Outcome, Failure> {
+        let index_error = |err: anyhow::Error| Failure::Local(format!("index: {err:#}"));
+        let Some(json) = self.index.unsure(key).map_err(index_error)? else {
+            return Ok(Outcome::Done);
+        };
+        let media = serde_json::from_str::<NewMedia>(&json).ok();
+        if let (Some(media), false) = (media, self.config.no_delete) {
+            let found = match self.api.create(self.config.grant, &media).await {
+                Ok(CreateOutcome::Created(id)) => Some(id),
+                Ok(CreateOutcome::Conflict(record)) => {
+                    (!record.is_deleted).then_some(record.media_id)
+                }
+                // Refused: that create can never have made a record either.
+                Err(ApiError::BadRequest { .. }) => None,
+                Err(err) => return Err(Failure::Api(err)),
+            };
+            if let Some(media_id) = found {
+                match self.api.delete(self.config.grant, media_id).await {
+                    Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
+                    Err(ApiError::NotFound) => {}
+                    Err(err) => return Err(Failure::Api(err)),
+                }
+            }
+        }
+        self.index.clear_unsure(key).map_err(index_error)?;
+        Ok(Outcome::Done)
     }
 
     async fn remove_record(&self, key: &str, media_id: MediaId) -> Result<Outcome, Failure> {
@@ -562,19 +655,27 @@ impl Engine {
         Ok(Outcome::Done)
     }
 
+    /// Writes the index entry. A hash that was reused without being verified against the
+    /// content is recorded with a ctime no file has, so that the next start's reconcile hashes
+    /// the file again rather than trust it (a crash may have lost the event that would have).
     fn remember(
         &self,
         key: &str,
         media_id: MediaId,
         state: &MediaState,
         stat: FileStat,
+        hash_verified: bool,
     ) -> Result<(), Failure> {
         let entry = IndexEntry {
             media_id,
             hash: state.file_hash.clone(),
             size: stat.size,
             mtime_ns: stat.mtime_ns,
-            ctime_ns: stat.ctime_ns,
+            ctime_ns: if hash_verified {
+                stat.ctime_ns
+            } else {
+                UNVERIFIED_CTIME
+            },
             ino: stat.ino,
         };
         let existed = self
@@ -653,6 +754,83 @@ impl From<ApiError> for Failure {
 
 fn entry_matches_content(entry: &IndexEntry, stat: &FileStat) -> bool {
     entry.ino == stat.ino && entry.size == stat.size && entry.mtime_ns == stat.mtime_ns
+}
+
+/// The ctime recorded with a hash that was not verified against the content: matches no file.
+const UNVERIFIED_CTIME: i64 = i64::MIN;
+
+/// What a look at a path took for granted, to be checked once its result is recorded.
+#[derive(Clone, Copy)]
+struct Checked {
+    /// The inode's content stamp when the look began.
+    stamp: Stamp,
+    /// Whether the hash was computed (or taken from an entry of the same size and mtime), not
+    /// reused from the inode's last hash.
+    hash_verified: bool,
+}
+
+/// What identifies a file's content state: inode, size, mtime.
+fn entry_key(stat: &FileStat) -> (u64, u64, i64) {
+    (stat.ino, stat.size, stat.mtime_ns)
+}
+
+/// Where an inode's content stands: (changes reported that no inode could be named for, the
+/// inode's last reported change). Equal stamps: no content change reported in between.
+type Stamp = (u64, u64);
+
+/// Content changes per inode and the last hash of each, so that a hash is reused only while no
+/// change was reported since it was taken. In memory: after a restart, reconcile hashes anew.
+#[derive(Default)]
+struct Versions {
+    /// Bumped when a change cannot be tied to an inode; invalidates every stamp and hash.
+    epoch: u64,
+    /// Generation of each inode's last reported content change.
+    changes: HashMap<u64, u64>,
+    next: u64,
+    /// inode → (hash, size, stamp when hashing began).
+    hashes: HashMap<u64, (String, u64, Stamp)>,
+}
+
+/// Above this many inodes tracked, the tables start over (as if everything had changed).
+const VERSIONS_MAX: usize = 100_000;
+
+impl Versions {
+    fn stamp(&self, ino: u64) -> Stamp {
+        (self.epoch, self.changes.get(&ino).copied().unwrap_or(0))
+    }
+
+    fn changed(&mut self, ino: u64) {
+        if self.changes.len() >= VERSIONS_MAX {
+            self.changed_unknown();
+        }
+        self.next += 1;
+        self.changes.insert(ino, self.next);
+        self.hashes.remove(&ino);
+    }
+
+    fn changed_unknown(&mut self) {
+        self.epoch += 1;
+        self.changes.clear();
+        self.hashes.clear();
+    }
+
+    /// `hash` was taken of `stat`'s inode, which had `stamp` when hashing began.
+    fn hashed(&mut self, stat: &FileStat, hash: &str, stamp: Stamp) {
+        if self.stamp(stat.ino) != stamp {
+            return;
+        }
+        if self.hashes.len() >= VERSIONS_MAX {
+            self.hashes.clear();
+        }
+        self.hashes
+            .insert(stat.ino, (hash.to_string(), stat.size, stamp));
+    }
+
+    /// The inode's last hash, if no content change was reported since and the size agrees.
+    fn known_hash(&self, stat: &FileStat) -> Option<String> {
+        let (hash, size, stamp) = self.hashes.get(&stat.ino)?;
+        (*size == stat.size && *stamp == self.stamp(stat.ino)).then(|| hash.clone())
+    }
 }
 
 fn entry_matches(entry: &IndexEntry, stat: &FileStat) -> bool {

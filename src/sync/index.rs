@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS synced (
     ino INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS synced_ino ON synced (ino);
+CREATE TABLE IF NOT EXISTS unsure (path TEXT PRIMARY KEY, state TEXT NOT NULL);
 ";
 
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexEntry> {
@@ -73,6 +74,7 @@ impl Index {
                 );
             }
             db.execute("DELETE FROM synced", [])?;
+            db.execute("DELETE FROM unsure", [])?;
             db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('identity', ?1)",
                 [identity],
@@ -89,10 +91,11 @@ impl Index {
         if let Some(hit) = self.cache.lock().unwrap().get(path) {
             return Ok(hit.clone());
         }
-        let entry = self
-            .db
-            .lock()
-            .unwrap()
+        // The cache is filled while the database is held, so a `put` or `remove` of this path
+        // from another thread (reconcile runs beside the workers) cannot be overwritten by what
+        // was read before it.
+        let db = self.db.lock().unwrap();
+        let entry = db
             .query_row(
                 "SELECT * FROM synced WHERE path = ?1",
                 [path],
@@ -103,11 +106,54 @@ impl Index {
             .lock()
             .unwrap()
             .put(path.to_string(), entry.clone());
+        drop(db);
         Ok(entry)
     }
 
-    pub fn put(&self, path: &str, entry: &IndexEntry) -> anyhow::Result<()> {
+    /// Before a create is sent for `path` (with `state`): until its answer is in (`put`), the
+    /// service may hold a record for `path` that no entry names (an answer lost on the way).
+    /// This is an intent, not an acknowledgement: the entries still never lead the service.
+    pub fn mark_unsure(&self, path: &str, state_json: &str) -> anyhow::Result<()> {
         self.db.lock().unwrap().execute(
+            "INSERT OR REPLACE INTO unsure (path, state) VALUES (?1, ?2)",
+            params![path, state_json],
+        )?;
+        Ok(())
+    }
+
+    /// The state of the create sent for `path` whose answer never came, if any.
+    pub fn unsure(&self, path: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .db
+            .lock()
+            .unwrap()
+            .query_row("SELECT state FROM unsure WHERE path = ?1", [path], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    pub fn clear_unsure(&self, path: &str) -> anyhow::Result<()> {
+        self.db
+            .lock()
+            .unwrap()
+            .execute("DELETE FROM unsure WHERE path = ?1", [path])?;
+        Ok(())
+    }
+
+    pub fn unsure_paths(&self) -> anyhow::Result<Vec<String>> {
+        let db = self.db.lock().unwrap();
+        let mut stmt = db.prepare_cached("SELECT path FROM unsure")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records what the service acknowledged for `path` (and that no create for it is unsure).
+    pub fn put(&self, path: &str, entry: &IndexEntry) -> anyhow::Result<()> {
+        let mut db = self.db.lock().unwrap();
+        // One transaction: a crash must not leave the unsure row gone and the entry not written.
+        let tx = db.transaction()?;
+        tx.execute(
             "INSERT OR REPLACE INTO synced (path, media_id, hash, size, mtime_ns, ctime_ns, ino)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
@@ -120,19 +166,21 @@ impl Index {
                 entry.ino as i64
             ],
         )?;
+        tx.execute("DELETE FROM unsure WHERE path = ?1", [path])?;
+        tx.commit()?;
         self.cache
             .lock()
             .unwrap()
             .put(path.to_string(), Some(entry.clone()));
+        drop(db);
         Ok(())
     }
 
     pub fn remove(&self, path: &str) -> anyhow::Result<()> {
-        self.db
-            .lock()
-            .unwrap()
-            .execute("DELETE FROM synced WHERE path = ?1", [path])?;
+        let db = self.db.lock().unwrap();
+        db.execute("DELETE FROM synced WHERE path = ?1", [path])?;
         self.cache.lock().unwrap().put(path.to_string(), None);
+        drop(db);
         Ok(())
     }
 

@@ -142,7 +142,16 @@ impl Backing {
         for entry in entries {
             let entry = entry?;
             let child = relative.join(entry.file_name());
-            match self.observe(&child)? {
+            let observed = match self.observe(&child) {
+                // Too long to name whole (PATH_MAX): not entered; visited as something that is
+                // not a regular file, for the caller to report.
+                Err(err) if err.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                    visit(&child, Observed::Special);
+                    continue;
+                }
+                other => other?,
+            };
+            match observed {
                 Observed::Directory => {
                     visit(&child, Observed::Directory);
                     // A directory that vanished while walking is simply gone.

@@ -317,6 +317,29 @@ async fn a_lost_answer_is_resent_and_adopted_without_a_second_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_create_answer_leaves_no_live_record_once_the_file_is_gone() {
+    let rig = Rig::new();
+    rig.api.lose_next_answers(1);
+    rig.write("gone", b"1");
+    let sent = async {
+        while rig.calls(Call::Create) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .unwrap();
+    // The record exists; its answer was lost and the retry waits out its backoff.
+    std::fs::remove_file(rig.path("gone")).unwrap();
+    rig.sink.send(Event::Removed {
+        path: "gone".into(),
+        is_dir: false,
+    });
+    rig.settled().await;
+    assert!(rig.live().is_empty(), "{:?}", rig.api.records(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_record_is_adopted_and_made_to_show_the_local_file() {
     let rig = Rig::new();
     let other = MediaState {

@@ -15,8 +15,12 @@
 //! The mount is unmounted when the `TestMount` drops.
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod model;
 pub mod posix;
+pub mod proxy;
+pub mod reftest;
 pub mod service;
+pub mod soak;
 
 use maxlofs::fs::{spawn_mount, Event, EventSink, MountConfig, MountHandle};
 use std::path::PathBuf;

@@ -109,6 +109,23 @@ impl Emulator {
             .collect()
     }
 
+    /// The emulator's `/_emulator/stats`.
+    pub fn stats(&self) -> Value {
+        self.get("/_emulator/stats")
+    }
+
+    /// Faults injected so far: (calls answered 503, connections dropped).
+    pub fn faults(&self) -> (u64, u64) {
+        let stats = self.stats();
+        let failed = stats["calls"].as_object().map_or(0, |calls| {
+            calls
+                .values()
+                .filter_map(|by_status| by_status["503"].as_u64())
+                .sum()
+        });
+        (failed, stats["dropped"].as_u64().unwrap_or(0))
+    }
+
     /// Calls answered for `call` (create, update, delete, ...) with any status.
     pub fn calls(&self, call: &str) -> u64 {
         let stats = self.get("/_emulator/stats");
@@ -147,6 +164,8 @@ pub struct Mount {
     pub key_file: PathBuf,
     pub log: PathBuf,
     args: Vec<String>,
+    /// Environment of the daemon (`RUST_LOG=info` unless set here).
+    pub env: Vec<(String, String)>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -154,15 +173,25 @@ impl Mount {
     /// Mounts with `--settle-ms 100` and `extra` flags. `None` when FUSE is not available and
     /// not required (the caller skips, saying so).
     pub fn start(emulator: &Emulator, extra: &[&str]) -> Option<Mount> {
+        Mount::start_api(&emulator.url, extra)
+    }
+
+    /// `start` against the service at `api` (e.g. a proxy in front of an emulator).
+    pub fn start_api(api: &str, extra: &[&str]) -> Option<Mount> {
         let temp = tempfile::tempdir().unwrap();
         let dir = temp.path().to_path_buf();
-        let mut mount = Mount::prepare(&dir, emulator, extra);
+        let mut mount = Mount::prepare_api(&dir, api, extra);
         mount._temp = Some(temp);
         mount.mount().then_some(mount)
     }
 
     /// A mount's folders and arguments under `dir`, not mounted yet.
     pub fn prepare(dir: &Path, emulator: &Emulator, extra: &[&str]) -> Mount {
+        Mount::prepare_api(dir, &emulator.url, extra)
+    }
+
+    /// `prepare` against the service at `api`.
+    pub fn prepare_api(dir: &Path, api: &str, extra: &[&str]) -> Mount {
         let backing = dir.join("backing");
         let mnt = dir.join("mnt");
         let state = dir.join("state");
@@ -176,7 +205,7 @@ impl Mount {
         let mut args: Vec<String> = vec![
             "--foreground".into(),
             "--api".into(),
-            emulator.url.clone(),
+            api.to_string(),
             "--grant".into(),
             "1".into(),
             "--device-key-file".into(),
@@ -197,6 +226,7 @@ impl Mount {
             state,
             key_file,
             args,
+            env: Vec::new(),
             _temp: None,
         }
     }
@@ -214,7 +244,12 @@ impl Mount {
             .arg(&self.backing)
             .arg(&self.mnt)
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            // MAXLOFS_DAEMON_LOG (e.g. `maxlofs=debug`) raises every test daemon's log level.
+            .env(
+                "RUST_LOG",
+                std::env::var("MAXLOFS_DAEMON_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(log)
             .spawn()
             .expect("maxlofs mount starts");
@@ -241,8 +276,14 @@ impl Mount {
 
     /// `maxlofs status MNT --wait`: returns once nothing is pending or in flight.
     pub fn wait_synced(&self) {
+        self.wait_synced_within(60)
+    }
+
+    /// `wait_synced` with another deadline (retries back off up to 45 s under heavy faults).
+    pub fn wait_synced_within(&self, timeout_secs: u64) {
+        let timeout = timeout_secs.to_string();
         let out = Command::new(BIN)
-            .args(["status", "--wait", "--timeout", "60", "--json"])
+            .args(["status", "--wait", "--json", "--timeout", &timeout])
             .arg(&self.mnt)
             .output()
             .unwrap();
@@ -253,6 +294,30 @@ impl Mount {
             String::from_utf8_lossy(&out.stderr),
             self.log_text()
         );
+    }
+
+    /// `maxlofs status MNT --wait` with a timeout: whether everything was sent in time.
+    pub fn try_wait_synced(&self, timeout_secs: u64) -> bool {
+        Command::new(BIN)
+            .args(["status", "--wait", "--json", "--timeout"])
+            .arg(timeout_secs.to_string())
+            .arg(&self.mnt)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn is_alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn status(&self) -> Value {
@@ -379,4 +444,104 @@ pub fn assert_catalog_matches(emulator: &Emulator, backing: &Path) {
         actual, expected,
         "catalog (left) differs from the tree (right)"
     );
+}
+
+/// (hash, size, mtime) of each record, keyed by media_path.
+pub type Catalog = BTreeMap<String, (String, u64, String)>;
+
+/// The emulator's live records as a `Catalog`.
+pub fn live_catalog(emulator: &Emulator) -> Catalog {
+    emulator
+        .live()
+        .into_iter()
+        .map(|(path, r)| {
+            (
+                path,
+                (
+                    r["file_hash"].as_str().unwrap().to_string(),
+                    r["file_size"].as_u64().unwrap(),
+                    r["mtime"].as_str().unwrap().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// How a live catalog differs from what a tree implies.
+#[derive(Debug, Default)]
+pub struct CatalogDiff {
+    /// Records the tree implies.
+    pub checked: usize,
+    /// Files with no live record.
+    pub missing: Vec<String>,
+    /// Files whose live record shows other content, size or mtime.
+    pub wrong: Vec<String>,
+    /// Live records for which the tree has no file.
+    pub extra: Vec<String>,
+}
+
+impl CatalogDiff {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.wrong.is_empty() && self.extra.is_empty()
+    }
+
+    /// Files whose content the catalog does not hold: missing or wrong.
+    pub fn lost(&self) -> usize {
+        self.missing.len() + self.wrong.len()
+    }
+}
+
+pub fn diff_catalog(expected: &Catalog, actual: &Catalog) -> CatalogDiff {
+    let mut diff = CatalogDiff {
+        checked: expected.len(),
+        ..CatalogDiff::default()
+    };
+    for (path, want) in expected {
+        match actual.get(path) {
+            None => diff.missing.push(path.clone()),
+            Some(got) if got != want => diff.wrong.push(path.clone()),
+            Some(_) => {}
+        }
+    }
+    diff.extra = actual
+        .keys()
+        .filter(|path| !expected.contains_key(*path))
+        .cloned()
+        .collect();
+    diff
+}
+
+/// Compares the live catalog with the tree (default ignore rules) and asserts they agree, and
+/// that no media_path has two records. Answers the comparison, for tallies.
+pub fn check_catalog(emulator: &Emulator, backing: &Path) -> CatalogDiff {
+    check_catalog_then(emulator, backing, |_| {})
+}
+
+/// `check_catalog`, handing the comparison to `tally` before asserting (so a failing comparison
+/// is counted too).
+pub fn check_catalog_then(
+    emulator: &Emulator,
+    backing: &Path,
+    tally: impl FnOnce(&CatalogDiff),
+) -> CatalogDiff {
+    let rules = maxlofs::sync::ignore::IgnoreRules::new(&[]).unwrap();
+    let expected = expected_catalog(backing, &|p| rules.is_ignored(p));
+    let actual = live_catalog(emulator);
+    let diff = diff_catalog(&expected, &actual);
+    tally(&diff);
+    assert_unique_paths(emulator);
+    assert!(
+        diff.is_empty(),
+        "the catalog differs from the tree: {diff:?}\ncatalog: {actual:#?}\ntree: {expected:#?}"
+    );
+    diff
+}
+
+/// No media_path has more than one record, deleted or not.
+pub fn assert_unique_paths(emulator: &Emulator) {
+    let mut seen = std::collections::BTreeSet::new();
+    for record in emulator.records() {
+        let path = record["media_path"].as_str().unwrap().to_string();
+        assert!(seen.insert(path.clone()), "two records for {path}");
+    }
 }

@@ -1,0 +1,492 @@
+//! Hostile input: names that are not UTF-8 or are 255 bytes long, deep trees, empty and 10 GiB
+//! sparse files, a file rewritten while it is hashed, a full disk under the backing folder and
+//! under the state folder, a service that answers garbage, a key revoked mid-run. Each must end
+//! with a clear error where there is one, and nothing lost.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::proxy::{is_media_call, response, Action, Proxy, Rule};
+use common::service::{check_catalog, live_catalog, Emulator, Mount, BIN};
+
+macro_rules! mount {
+    ($emulator:expr, $extra:expr) => {
+        match Mount::start(&$emulator, $extra) {
+            Some(mount) => mount,
+            None => return,
+        }
+    };
+}
+
+fn sh(script: &str, dir: &Path) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `condition` every 50 ms for up to 60 s.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        sleep(Duration::from_millis(50));
+    }
+}
+
+fn maxlo_hash_cli(path: &Path) -> String {
+    let out = Command::new(BIN).arg("hash").arg(path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn names_that_are_not_utf8_stay_local_and_renames_across_the_line_move_the_record() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    let odd = |bytes: &[u8]| mount.mnt.join(OsStr::from_bytes(bytes));
+    std::fs::write(odd(b"caf\xe9.jpg"), b"latin-1").unwrap();
+    std::fs::create_dir(odd(b"dir-\xff")).unwrap();
+    std::fs::write(odd(b"dir-\xff/inside.jpg"), b"utf-8 name, odd parent").unwrap();
+    std::fs::write(mount.path("ok.jpg"), b"fine").unwrap();
+    std::fs::write(mount.path("leaving.jpg"), b"will lose its name").unwrap();
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert_eq!(live_catalog(&emulator).len(), 2);
+
+    // Across the line both ways: the record follows what is UTF-8.
+    std::fs::rename(odd(b"caf\xe9.jpg"), mount.path("cafe.jpg")).unwrap();
+    std::fs::rename(mount.path("leaving.jpg"), odd(b"gone-\xfe.jpg")).unwrap();
+    std::fs::rename(odd(b"dir-\xff"), mount.path("dir-ok")).unwrap();
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    let live = live_catalog(&emulator);
+    let paths: Vec<_> = live.keys().map(String::as_str).collect();
+    assert_eq!(paths, ["cafe.jpg", "dir-ok/inside.jpg", "ok.jpg"]);
+    let status = mount.status();
+    assert!(
+        status["local_only"].to_string().contains("not UTF-8"),
+        "{status}"
+    );
+}
+
+#[test]
+fn names_of_255_bytes_sync_and_256_bytes_are_refused() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    let ascii = "a".repeat(251) + ".jpg";
+    let multibyte = "é".repeat(125) + "x.jpg"; // 250 + 5 bytes
+    assert_eq!((ascii.len(), multibyte.len()), (255, 255));
+    std::fs::create_dir(mount.path(&ascii[..255 - 4])).unwrap();
+    for name in [&ascii, &multibyte] {
+        std::fs::write(mount.path(name), name.as_bytes()).unwrap();
+    }
+    std::fs::write(
+        mount.path(&format!("{}/{multibyte}", &ascii[..251])),
+        b"nested",
+    )
+    .unwrap();
+    let too_long = "b".repeat(256);
+    let err = std::fs::write(mount.path(&too_long), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG), "{err}");
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert_eq!(live_catalog(&emulator).len(), 3);
+}
+
+#[test]
+fn a_tree_100_levels_deep_syncs_and_survives_a_rename_at_the_top() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    let mut dir = PathBuf::from("top");
+    for level in 0..100 {
+        dir.push(format!("level{level}"));
+    }
+    std::fs::create_dir_all(mount.path(dir.to_str().unwrap())).unwrap();
+    let mut file = dir.clone();
+    for level in (0..100).step_by(20) {
+        let mut at: PathBuf = dir.components().take(level + 2).collect();
+        at.push("f.jpg");
+        std::fs::write(mount.path(at.to_str().unwrap()), at.to_str().unwrap()).unwrap();
+    }
+    file.push("deepest.jpg");
+    std::fs::write(mount.path(file.to_str().unwrap()), b"bottom").unwrap();
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert_eq!(live_catalog(&emulator).len(), 6);
+    std::fs::rename(mount.path("top"), mount.path("moved")).unwrap();
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert!(live_catalog(&emulator)
+        .keys()
+        .all(|p| p.starts_with("moved/")));
+}
+
+/// A path longer than PATH_MAX (4096 bytes) can be made through relative lookups (`cd` one level
+/// at a time), but not named whole. It must not stop the rest from syncing, and the daemon must
+/// settle (no endless retry) and say why it is not sent.
+#[test]
+fn a_path_longer_than_path_max_does_not_stop_the_rest() {
+    let emulator = Emulator::start(&[]);
+    let mut mount = mount!(emulator, &["--settle-ms", "20"]);
+    // 30 levels of 200-byte names, made one level at a time relative to a directory descriptor.
+    let name = std::ffi::CString::new("n".repeat(200)).unwrap();
+    let mut dir = std::fs::File::open(&mount.mnt).unwrap();
+    for _ in 0..30 {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: valid descriptor and C string; the new descriptor is owned by a File.
+        unsafe {
+            assert_eq!(libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755), 0);
+            let fd = libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            );
+            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+            dir = std::fs::File::from_raw_fd(fd);
+        }
+    }
+    {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let file_name = std::ffi::CString::new("f.jpg").unwrap();
+        // SAFETY: as above.
+        let mut file = unsafe {
+            let fd = libc::openat(
+                dir.as_raw_fd(),
+                file_name.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                0o644,
+            );
+            assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+            std::fs::File::from_raw_fd(fd)
+        };
+        file.write_all(b"too deep").unwrap();
+    }
+    drop(dir);
+    std::fs::write(mount.path("normal.jpg"), b"normal").unwrap();
+    let settled = mount.try_wait_synced(60);
+    let status = mount.status();
+    let live = live_catalog(&emulator);
+    assert!(live.contains_key("normal.jpg"), "{live:?}\n{status}");
+    assert!(settled, "never settled: {status}\n{}", mount.log_text());
+    let deep_sent = live.keys().any(|p| p.ends_with("f.jpg"));
+    assert!(
+        deep_sent || status.to_string().contains("f.jpg"),
+        "the deep file is neither sent nor reported: {status}"
+    );
+    // And a fresh start (reconcile walks the whole tree) copes too.
+    assert!(mount.unmount().success());
+    assert!(mount.mount());
+    assert!(mount.try_wait_synced(60), "{}", mount.status());
+}
+
+#[test]
+fn empty_files_and_files_truncated_to_zero_have_the_empty_hash() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    sh(
+        "mkdir d && : > empty && touch d/touched && printf data > shrinks && truncate -s 0 shrinks",
+        &mount.mnt,
+    );
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    let live = live_catalog(&emulator);
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    for path in ["empty", "d/touched", "shrinks"] {
+        assert_eq!((live[path].0.as_str(), live[path].1), (empty, 0), "{path}");
+    }
+}
+
+/// `truncate -s 10G`: a multipart hash (1280 parts of 8 MiB would be too many: 16 MiB parts)
+/// of zeros, compared with `maxlofs hash` of the backing file.
+#[test]
+fn a_sparse_10_gib_file_gets_its_multipart_hash() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    sh("truncate -s 10G sparse.bin", &mount.mnt);
+    mount.wait_synced();
+    let live = live_catalog(&emulator);
+    let (hash, size, _) = &live["sparse.bin"];
+    assert_eq!(*size, 10 << 30);
+    assert_eq!(*hash, maxlo_hash_cli(&mount.backing.join("sparse.bin")));
+    assert_eq!(live.len(), 1);
+}
+
+/// A 40 MiB file rewritten in place, again and again, while the engine hashes it: what reaches
+/// the catalog in the end is the final content.
+#[test]
+fn a_file_rewritten_while_it_is_hashed_ends_with_its_final_content() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "0"]);
+    let path = mount.path("busy.bin");
+    let size = 40 << 20;
+    let chunk = 1 << 20;
+    std::fs::write(&path, vec![0u8; size]).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let started = Instant::now();
+    let mut round = 0u8;
+    while started.elapsed() < Duration::from_secs(3) {
+        round = round.wrapping_add(1);
+        let block = vec![round; chunk];
+        for offset in (0..size).step_by(chunk) {
+            file.write_all_at(&block, offset as u64).unwrap();
+        }
+        // Each close reports a change, as editors and cp do.
+        let again = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        again.write_all_at(&[round], 0).unwrap();
+        drop(again);
+    }
+    drop(file);
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+}
+
+/// Unmounts a tmpfs (and the FUSE mount over it first) when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn write_until_full(path: &Path, bytes: usize) -> std::io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    let block = vec![0x5au8; 256 << 10];
+    let mut written = 0;
+    while written < bytes {
+        file.write_all(&block)?;
+        written += block.len();
+    }
+    file.sync_all()
+}
+
+/// The backing folder on an 8 MiB tmpfs: the writer that fills it gets ENOSPC, the daemon keeps
+/// going, and the catalog only ever ends as the tree is; once space is freed it catches up.
+#[test]
+fn a_full_backing_disk_gives_enospc_to_the_writer_and_the_catalog_follows_the_tree() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    let _disk = Tmpfs::mount(&mount.backing, "8m");
+    if !mount.mount() {
+        return;
+    }
+    write_until_full(&mount.path("first.bin"), 5 << 20).unwrap();
+    let err = write_until_full(&mount.path("second.bin"), 5 << 20).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    mount.wait_synced();
+    assert!(mount.is_alive());
+    // What reached the catalog is what the tree holds, the partial second file included.
+    check_catalog(&emulator, &mount.backing);
+
+    std::fs::remove_file(mount.path("first.bin")).unwrap();
+    write_until_full(&mount.path("second.bin"), 5 << 20).unwrap();
+    std::fs::write(mount.path("third.txt"), b"after the space came back").unwrap();
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert_eq!(live_catalog(&emulator)["second.bin"].1, 5 << 20);
+    assert!(mount.unmount().success());
+}
+
+/// The state folder (the index) on a full tmpfs: index writes fail; the daemon retries, says
+/// so, and converges once space is freed, without a second record for anything.
+#[test]
+fn a_full_state_disk_delays_but_loses_nothing() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    let _disk = Tmpfs::mount(&mount.state, "1m");
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("before.txt"), b"synced while there was room").unwrap();
+    mount.wait_synced();
+    let filler = mount.state.join("filler");
+    let _ = write_until_full(&filler, 2 << 20);
+    for i in 0..20 {
+        std::fs::write(mount.path(&format!("f{i}.txt")), format!("file {i}")).unwrap();
+    }
+    std::fs::remove_file(mount.path("before.txt")).unwrap();
+    sleep(Duration::from_secs(2));
+    assert!(mount.is_alive(), "{}", mount.log_text());
+    let status = mount.status();
+    std::fs::remove_file(&filler).unwrap();
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("full")
+            && status["pending"].as_u64().unwrap() > 0,
+        "a full index disk went unreported: {status}"
+    );
+}
+
+/// A service that answers creates with garbage (truncated JSON, HTML, a body cut short, not HTTP
+/// at all, a 409 without a record): the daemon stays up, keeps the work pending with the last
+/// error in status, and unmounts on request; when the service answers properly again (same
+/// URL), everything is caught up, also what the service did while its answers were garbage.
+#[test]
+fn a_service_answering_garbage_keeps_the_work_and_the_daemon_up() {
+    let emulator = Emulator::start(&[]);
+    let proxy = Proxy::start(&emulator.url);
+    let garbage = vec![
+        response("200 OK", br#"{"media_id": "#),
+        response("200 OK", b"<html>Service Unavailable</html>"),
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"media_id\":".to_vec(),
+        b"\x00\x01\x02 this is not HTTP \r\n\r\n".to_vec(),
+        response("409 Conflict", br#"{"media_id":"x"}"#),
+        response("200 OK", br#"{"media_id": "12"}"#),
+    ];
+    proxy.add_rule(Rule {
+        matches: is_media_call,
+        action: Action::Answers(garbage.clone()),
+        times: None,
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare_api(
+        dir.path(),
+        &proxy.url,
+        &["--settle-ms", "20", "--drain-timeout", "1"],
+    );
+    if !mount.mount() {
+        return;
+    }
+    for i in 0..5 {
+        std::fs::write(mount.path(&format!("g{i}.jpg")), format!("garbage-era {i}")).unwrap();
+    }
+    eventually("every garbage kind was answered", || {
+        proxy
+            .seen()
+            .iter()
+            .filter(|s| s.ends_with("answer"))
+            .count()
+            >= 12
+    });
+    assert!(mount.is_alive(), "{}", mount.log_text());
+    let status = mount.status();
+    assert!(
+        status["pending"].as_u64().unwrap() + status["in_flight"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(status["last_error"].is_string(), "{status}");
+    assert!(emulator.records().is_empty());
+    // Unmount works although nothing could be sent.
+    assert!(mount.unmount().success(), "{}", mount.log_text());
+
+    // The service does the work but its answers are garbage; then it answers properly.
+    proxy.clear_rules();
+    proxy.add_rule(Rule {
+        matches: is_media_call,
+        action: Action::ForwardThenAnswer(garbage[0].clone()),
+        times: Some(3),
+    });
+    assert!(mount.mount());
+    std::fs::write(mount.path("late.jpg"), b"after").unwrap();
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert_eq!(emulator.records().len(), 6, "{:?}", emulator.records());
+}
+
+/// The key is revoked while files are being written and sent: sending pauses with a reason in
+/// status, nothing is lost, and a new key in the key file resumes it.
+#[test]
+fn a_key_revoked_mid_run_pauses_with_a_reason_and_a_new_key_loses_nothing() {
+    let emulator = Emulator::start(&[
+        "--device-key",
+        "key-one-4711",
+        "--device-key",
+        "key-two-0815",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    std::fs::write(&mount.key_file, "key-one-4711\n").unwrap();
+    if !mount.mount() {
+        return;
+    }
+    let writing = AtomicBool::new(true);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut i = 0;
+            while writing.load(Ordering::SeqCst) || i < 40 {
+                std::fs::write(
+                    mount.path(&format!("w{}.txt", i % 25)),
+                    format!("write {i}"),
+                )
+                .unwrap();
+                if i % 7 == 0 {
+                    let _ = std::fs::remove_file(mount.path(&format!("w{}.txt", (i + 3) % 25)));
+                }
+                i += 1;
+                sleep(Duration::from_millis(10));
+            }
+        });
+        sleep(Duration::from_millis(200));
+        let (status, _) = emulator.post(
+            "/_emulator/revoke-key",
+            &serde_json::json!({"key": "key-one-4711"}),
+        );
+        assert_eq!(status, 200);
+        eventually("sending pauses", || !mount.status()["paused"].is_null());
+        writing.store(false, Ordering::SeqCst);
+    });
+    let status = mount.status();
+    assert!(
+        status["paused"].as_str().unwrap().contains("403"),
+        "{status}"
+    );
+    std::fs::write(&mount.key_file, "key-two-0815\n").unwrap();
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert!(mount.status()["paused"].is_null());
+    let log = mount.log_text();
+    assert!(
+        !log.contains("key-one-4711") && !log.contains("key-two-0815"),
+        "{log}"
+    );
+}

@@ -1,0 +1,323 @@
+//! Security: nothing outside the backing folder is read or changed through the mount by
+//! symlinks or rename races; another user cannot enter a mount made without --allow-other; keys
+//! never appear in logs (at trace level), status, Debug output or the state folder.
+
+mod common;
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::service::{check_catalog, live_catalog, Emulator, Mount};
+
+macro_rules! mount {
+    ($emulator:expr, $extra:expr) => {
+        match Mount::start(&$emulator, $extra) {
+            Some(mount) => mount,
+            None => return,
+        }
+    };
+}
+
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A symlink in the backing folder to a directory outside: the kernel may follow it for a
+/// client (that is the client's own path resolution), but the sync engine never does: no record
+/// for anything behind it, not from events, not from reconcile.
+#[test]
+fn the_engine_never_reads_through_a_symlink_to_outside() {
+    let emulator = Emulator::start(&[]);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.jpg"), b"outside, never sent").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    std::os::unix::fs::symlink(outside.path(), mount.backing.join("link")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.jpg"),
+        mount.backing.join("file-link.jpg"),
+    )
+    .unwrap();
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("inside.jpg"), b"inside").unwrap();
+    // Through the mount the kernel resolves the link itself, landing outside: allowed, not ours.
+    std::fs::write(mount.path("link/written-through.jpg"), b"client-side").unwrap();
+    mount.wait_synced();
+    let paths: Vec<String> = live_catalog(&emulator).into_keys().collect();
+    assert_eq!(paths, ["inside.jpg"]);
+    check_catalog(&emulator, &mount.backing);
+    // A fresh start walks the tree: still nothing from behind the links.
+    assert!(mount.unmount().success());
+    std::fs::write(outside.path().join("while-down.jpg"), b"outside").unwrap();
+    assert!(mount.mount());
+    mount.wait_synced();
+    let paths: Vec<String> = live_catalog(&emulator).into_keys().collect();
+    assert_eq!(paths, ["inside.jpg"]);
+    assert_eq!(emulator.calls("create"), 1);
+}
+
+/// A thread swaps directories of the backing folder with symlinks to a directory outside
+/// (atomically, `RENAME_EXCHANGE`, so no name is ever missing), and back, while another creates
+/// files through the mount in those directories, each looked up for the first time at a random
+/// moment of the swapping (the kernel caches a name once looked up). The symlinks' target is
+/// relative, and the mountpoint sits deeper than the backing folder, so the daemon resolving one
+/// would land in `outside`, the client's kernel in `m/m/m/outside`. Nothing may ever be created
+/// in `outside`, and no record may come from it.
+#[test]
+fn a_directory_swapped_for_a_symlink_never_lets_the_daemon_create_outside() {
+    const DIRS: usize = 200;
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    let deep = dir.path().join("m/m/m");
+    std::fs::create_dir_all(deep.join("mnt")).unwrap();
+    std::fs::create_dir_all(deep.join("outside")).unwrap();
+    mount.mnt = deep.join("mnt");
+    let daemon_side = dir.path().join("outside");
+    std::fs::create_dir(&daemon_side).unwrap();
+    std::fs::write(daemon_side.join("secret.jpg"), b"outside, never sent").unwrap();
+    for i in 0..DIRS {
+        std::fs::create_dir(mount.backing.join(format!("d{i}"))).unwrap();
+        std::os::unix::fs::symlink("../outside", mount.backing.join(format!("l{i}"))).unwrap();
+    }
+    if !mount.mount() {
+        return;
+    }
+    let stop = AtomicBool::new(false);
+    let (created, swaps) = std::thread::scope(|scope| {
+        let swapper = scope.spawn(|| {
+            let mut swaps = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let i = swaps % DIRS;
+                let d = mount.backing.join(format!("d{i}"));
+                let l = mount.backing.join(format!("l{i}"));
+                common::model::rename_exchange(&d, &l).unwrap();
+                std::thread::yield_now();
+                common::model::rename_exchange(&d, &l).unwrap();
+                swaps += 1;
+            }
+            swaps
+        });
+        let mut created = 0;
+        for i in 0..DIRS {
+            if std::fs::write(mount.path(&format!("d{i}/f.jpg")), b"x").is_ok() {
+                created += 1;
+            }
+            let _ = std::fs::create_dir(mount.path(&format!("d{i}/sub")));
+            let _ = std::fs::write(mount.path(&format!("d{i}/sub/g.jpg")), b"y");
+        }
+        stop.store(true, Ordering::SeqCst);
+        (created, swapper.join().unwrap())
+    });
+    let client_side = files_below(&deep.join("outside")).len();
+    println!(
+        "{created} creates, {swaps} swaps, {client_side} resolved by the kernel to m/m/m/outside"
+    );
+    assert!(created > 0 && swaps > 0, "created {created}, swaps {swaps}");
+    assert_eq!(
+        files_below(&daemon_side),
+        [daemon_side.join("secret.jpg")],
+        "the daemon created something outside the backing folder"
+    );
+    assert!(
+        std::fs::read_dir(&daemon_side).unwrap().count() == 1,
+        "a directory appeared outside"
+    );
+    // The swaps were made behind the mount's back, so events may name paths that were a symlink
+    // when looked at; a change behind the mount's back is caught up at the next start.
+    mount.wait_synced();
+    assert!(mount.unmount().success());
+    assert!(mount.mount());
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert!(!live_catalog(&emulator)
+        .keys()
+        .any(|p| p.ends_with("secret.jpg")));
+}
+
+/// A directory moved out of the backing folder (directly, not through the mount) while a client
+/// of the mount still has it open (a shell's working directory): creating a file there through
+/// the mount must not land outside the backing folder.
+#[test]
+#[ignore = "bug: a directory moved out of the backing folder stays writable through the mount (the daemon's O_PATH descriptor follows it)"]
+fn a_directory_moved_out_of_the_backing_folder_is_not_written_through_the_mount() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    std::fs::create_dir(mount.path("d")).unwrap();
+    let held = std::fs::File::open(mount.path("d")).unwrap();
+    let away = mount.backing.parent().unwrap().join("away");
+    std::fs::rename(mount.backing.join("d"), &away).unwrap();
+    let name = CString::new("planted.txt").unwrap();
+    // SAFETY: valid descriptor and C string.
+    let fd = unsafe {
+        libc::openat(
+            held.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: the descriptor was just opened and is not used again.
+        unsafe { libc::close(fd) };
+    }
+    assert!(
+        !away.join("planted.txt").exists(),
+        "a file was created outside the backing folder through the mount"
+    );
+}
+
+fn as_nobody(args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Without --allow-other another user is turned away at the mountpoint (the folders above it
+/// are open to them); with it, they get in.
+#[test]
+fn another_user_cannot_enter_a_mount_made_without_allow_other() {
+    let emulator = Emulator::start(&[]);
+    for (allow_other, enters) in [(false, false), (true, true)] {
+        let extra: &[&str] = if allow_other {
+            &["--settle-ms", "20", "--allow-other"]
+        } else {
+            &["--settle-ms", "20"]
+        };
+        let mount = mount!(emulator, extra);
+        std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(mount.path("private.txt"), b"mine").unwrap();
+        // Control: the folder holding the mountpoint is open to them.
+        let control = as_nobody(&["ls", mount.dir.to_str().unwrap()]);
+        assert!(control.status.success(), "{control:?}");
+        let listing = as_nobody(&["ls", mount.mnt.to_str().unwrap()]);
+        let reading = as_nobody(&["cat", mount.path("private.txt").to_str().unwrap()]);
+        if enters {
+            assert!(listing.status.success(), "{listing:?}");
+            assert_eq!(reading.stdout, b"mine");
+        } else {
+            for denied in [&listing, &reading] {
+                assert!(!denied.status.success(), "{denied:?}");
+                let stderr = String::from_utf8_lossy(&denied.stderr);
+                assert!(stderr.contains("Permission denied"), "{stderr}");
+            }
+        }
+    }
+}
+
+fn scan_for(haystack_name: &str, haystack: &[u8], keys: &[&str]) {
+    for key in keys {
+        assert!(
+            !haystack
+                .windows(key.len())
+                .any(|window| window == key.as_bytes()),
+            "{key:?} appears in {haystack_name}"
+        );
+    }
+}
+
+/// With RUST_LOG=trace, through creates, updates, deletes (the user key goes in a DELETE's
+/// query), a refused key and a key change, no key appears in the daemon's log, its status, its
+/// state folder (index, WAL), or the Debug output of the key types.
+#[test]
+fn keys_never_appear_in_logs_status_debug_output_or_the_state_folder() {
+    let device_key = "dk-7f3a9c1e5b2d4f60-device";
+    let new_device_key = "dk-0b8e2d7c6a5f4e31-rotated";
+    let user_key = "uk-4c2e8a6f1d3b5e79-user";
+    let keys = [device_key, new_device_key, user_key];
+    let emulator = Emulator::start(&[
+        "--device-key",
+        device_key,
+        "--device-key",
+        new_device_key,
+        "--user-key",
+        user_key,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let user_key_file = dir.path().join("user.key");
+    std::fs::write(&user_key_file, user_key).unwrap();
+    let mut mount = Mount::prepare(
+        dir.path(),
+        &emulator,
+        &[
+            "--settle-ms",
+            "20",
+            "--user-key-file",
+            user_key_file.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(&mount.key_file, device_key).unwrap();
+    mount.env.push(("RUST_LOG".into(), "trace".into()));
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("a.jpg"), b"one").unwrap();
+    std::fs::write(mount.path("b.jpg"), b"two").unwrap();
+    mount.wait_synced();
+    std::fs::write(mount.path("a.jpg"), b"one, changed").unwrap();
+    std::fs::remove_file(mount.path("b.jpg")).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.calls("delete"), 1);
+
+    let (status, _) = emulator.post(
+        "/_emulator/revoke-key",
+        &serde_json::json!({"key": device_key}),
+    );
+    assert_eq!(status, 200);
+    std::fs::write(mount.path("c.jpg"), b"while refused").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mount.status()["paused"].is_null() {
+        assert!(Instant::now() < deadline, "never paused");
+        sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&mount.key_file, new_device_key).unwrap();
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    let status = mount.status().to_string();
+    assert!(mount.unmount().success());
+
+    let log = std::fs::read(&mount.log).unwrap();
+    assert!(log.len() > 10_000, "trace logging is on");
+    scan_for("the daemon's trace log", &log, &keys);
+    scan_for("status", status.as_bytes(), &keys);
+    for file in files_below(&mount.state) {
+        scan_for(
+            &file.display().to_string(),
+            &std::fs::read(&file).unwrap(),
+            &keys,
+        );
+    }
+    let debug = format!(
+        "{:?}",
+        maxlofs::api::Keys {
+            device: maxlofs::api::SecretKey::new(device_key),
+            user: Some(maxlofs::api::SecretKey::new(user_key)),
+        }
+    );
+    scan_for("Debug of Keys", debug.as_bytes(), &keys);
+    let display = format!("{}", maxlofs::api::SecretKey::new(device_key));
+    scan_for("Display of SecretKey", display.as_bytes(), &keys);
+}
