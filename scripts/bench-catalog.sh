@@ -21,22 +21,10 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-start_emulator() {
-  [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null && wait "$emulator_pid" 2>/dev/null || true
-  coproc EMULATOR { exec "$bin" emulator --listen 127.0.0.1:0 2>/dev/null; }
-  emulator_pid=$EMULATOR_PID
-  read -r line <&"${EMULATOR[0]}"
-  api=${line#listening on }
-}
+. scripts/bench-lib.sh
 mount_at() { # backing mnt state settle
-  mkdir -p "$1" "$2"
-  MAXLO_DEVICE_SESSION_KEY=demo-device-key "$bin" mount "$1" "$2" --foreground --api "$api" \
-    --state-dir "$3" --settle-ms "$4" --concurrency "$concurrency" 2>"$work/mount.log" &
-  mount_pid=$!
-  for _ in $(seq 600); do mountpoint -q "$2" && return; sleep 0.1; done
-  echo "mount did not appear"; cat "$work/mount.log"; exit 1
+  mount_maxlofs "$1" "$2" "$3" --settle-ms "$4" --concurrency "$concurrency"
 }
-now() { date +%s.%N; }
 
 echo "== $files files: direct creates vs through the mount (concurrency $concurrency)"
 start_emulator
