@@ -289,9 +289,9 @@ row "find | xargs stat $COLD (/s)" find
 
 # --- maxlofs and its catalog --------------------------------------------------------------------
 if [ $quick = 1 ]; then
-  sync_files=200 catalog_files=500 indexed=100000 hash_runs=3
+  sync_files=200 catalog_files=500 indexed=${INDEXED:-100000} hash_runs=3
 else
-  sync_files=1000 catalog_files=2000 indexed=1000000 hash_runs=7
+  sync_files=1000 catalog_files=2000 indexed=${INDEXED:-1000000} hash_runs=7
 fi
 echo
 echo "== close to record (scripts/bench-sync.sh $sync_files), load $(cut -d' ' -f1-3 /proc/loadavg)"
