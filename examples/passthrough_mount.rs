@@ -1,5 +1,5 @@
 //! Mounts BACKING at MOUNTPOINT with maxlofs' passthrough and no sync engine (events are
-//! dropped), until unmounted or SIGTERM/SIGINT. Used by scripts/bench-fs.sh.
+//! dropped), until unmounted or SIGTERM/SIGINT. Used by scripts/bench.sh (TARGETS=fsonly).
 //!
 //!     cargo run --release --example passthrough_mount -- BACKING MOUNTPOINT [--threads N] [--daemon-io]
 

@@ -11,7 +11,6 @@ scripts/setup.sh
 cargo build --release --quiet
 bin=$PWD/target/release/maxlofs
 work=$(mktemp -d /tmp/maxlofs-bench-sync.XXXXXX)
-mkdir -p "$work/backing" "$work/mnt"
 cleanup() {
   mountpoint -q "$work/mnt" && umount "$work/mnt" || true
   [ -n "${mount_pid:-}" ] && wait "$mount_pid" 2>/dev/null || true
@@ -19,14 +18,9 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-coproc EMULATOR { exec "$bin" emulator --listen 127.0.0.1:0 2>/dev/null; }
-emulator_pid=$EMULATOR_PID
-read -r line <&"${EMULATOR[0]}"
-api=${line#listening on }
-MAXLO_DEVICE_SESSION_KEY=demo-device-key "$bin" mount "$work/backing" "$work/mnt" --foreground \
-  --api "$api" --state-dir "$work/state" --settle-ms "$settle" 2>"$work/mount.log" &
-mount_pid=$!
-for _ in $(seq 100); do mountpoint -q "$work/mnt" && break; sleep 0.1; done
+. scripts/bench-lib.sh
+start_emulator
+mount_maxlofs "$work/backing" "$work/mnt" "$work/state" --settle-ms "$settle"
 python3 - "$work/mnt" "$api" "$files" "$settle" "$bin" <<'PY'
 import json, os, statistics, subprocess, sys, time, urllib.request
 from datetime import datetime

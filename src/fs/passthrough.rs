@@ -263,9 +263,7 @@ impl Passthrough {
         let (dir, c_name) = self.entry(new_parent, new_name)?;
         sys::link_fd(inode.fd(), dir.fd(), &c_name)?;
         let st = sys::stat_fd(inode.fd())?;
-        let attr = self.remember(new_parent, new_name, &st, || {
-            sys::reopen(inode.fd(), libc::O_PATH)
-        })?;
+        let attr = self.remember(new_parent, new_name, &st, Opener::SameInode(inode.fd()))?;
         self.emit_at(new_parent, new_name, |path| Event::Linked { path });
         Ok(attr)
     }
@@ -274,7 +272,7 @@ impl Passthrough {
         let inode = self.inodes.get(ino)?;
         let fd = sys::reopen(inode.fd(), daemon_open_flags(flags))?;
         let truncated = flags & libc::O_TRUNC != 0;
-        self.open_handle(ino, &inode, fd, flags, truncated, register)
+        self.open_handle(ino, &inode, fd, flags, None, truncated, register)
     }
 
     /// Creates and opens `name`. Creation is tried exclusively first so that opening a file that
@@ -291,12 +289,22 @@ impl Passthrough {
         sys::clear_thread_umask();
         let (dir, c_name) = self.entry(parent, name)?;
         let open_flags = daemon_open_flags(flags) | libc::O_NOFOLLOW;
-        let exclusive = open_flags | libc::O_CREAT | libc::O_EXCL;
-        let (fd, created) = match sys::openat(dir.fd(), &c_name, exclusive, mode) {
-            Ok(fd) => (fd, true),
+        // A file that this open creates is not checked against its mode, so a plain write-only
+        // create opens it read-write at once: that descriptor can then be the kernel passthrough
+        // backing file too, without a reopen through /proc (see `backing_id`). The kernel only
+        // lets the caller write through its own write-only file.
+        let (exclusive_flags, handle_flags) = if flags & SHARED_FLAGS == libc::O_WRONLY {
+            let upgraded = (open_flags & !libc::O_ACCMODE) | libc::O_RDWR;
+            (upgraded, (flags & !libc::O_ACCMODE) | libc::O_RDWR)
+        } else {
+            (open_flags, flags)
+        };
+        let exclusive = exclusive_flags | libc::O_CREAT | libc::O_EXCL;
+        let (fd, created, handle_flags) = match sys::openat(dir.fd(), &c_name, exclusive, mode) {
+            Ok(fd) => (fd, true, handle_flags),
             Err(e) if e == Errno::EEXIST && flags & libc::O_EXCL == 0 => {
                 let fd = sys::openat(dir.fd(), &c_name, open_flags & !libc::O_CREAT, 0)?;
-                (fd, false)
+                (fd, false, flags)
             }
             Err(e) => return Err(e),
         };
@@ -304,13 +312,21 @@ impl Passthrough {
             self.adopt(caller, &dir, &c_name);
         }
         let st = sys::stat_fd(fd.as_fd())?;
-        let attr = self.remember(parent, name, &st, || sys::reopen(fd.as_fd(), libc::O_PATH))?;
+        let attr = self.remember(parent, name, &st, Opener::SameInode(fd.as_fd()))?;
         let ino = attr.ino.0;
         let truncated = !created && flags & libc::O_TRUNC != 0;
-        let opened = self
-            .inodes
-            .get(ino)
-            .and_then(|inode| self.open_handle(ino, &inode, fd, flags, truncated, register));
+        // `st` is the handle's own fstat, taken after any truncation: its change baseline.
+        let opened = self.inodes.get(ino).and_then(|inode| {
+            self.open_handle(
+                ino,
+                &inode,
+                fd,
+                handle_flags,
+                Some(&st),
+                truncated,
+                register,
+            )
+        });
         match opened {
             Ok(opened) => {
                 if created {
@@ -537,7 +553,7 @@ impl Passthrough {
         c_name: &CString,
     ) -> Result<FileAttr> {
         let st = sys::stat_at(dir, c_name, 0)?;
-        self.remember(parent, name, &st, || sys::open_path(dir, c_name))
+        self.remember(parent, name, &st, Opener::Name(dir, c_name))
     }
 
     /// Counts a kernel reference to the inode `st` found as `name` in `parent`, opening its
@@ -547,16 +563,24 @@ impl Passthrough {
         parent: u64,
         name: &OsStr,
         st: &libc::stat,
-        open: impl FnOnce() -> Result<OwnedFd>,
+        open: Opener<'_>,
     ) -> Result<FileAttr> {
         if let Some(ino) = self.inodes.reference_existing(st, parent, name) {
             return Ok(self.attr(ino, st));
         }
-        let fd = open()?;
-        // Describe the inode actually opened, should the name have changed in between.
-        let st = sys::stat_fd(fd.as_fd())?;
-        let ino = self.inodes.insert(fd, &st, parent, name);
-        Ok(self.attr(ino, &st))
+        let (fd, restat) = match open {
+            Opener::Name(dir, c_name) => (sys::open_path(dir, c_name)?, true),
+            Opener::SameInode(fd) => (sys::reopen(fd, libc::O_PATH)?, false),
+        };
+        let ino = if restat {
+            // Describe the inode actually opened, should the name have changed in between.
+            let st = sys::stat_fd(fd.as_fd())?;
+            let ino = self.inodes.insert(fd, &st, parent, name);
+            return Ok(self.attr(ino, &st));
+        } else {
+            self.inodes.insert(fd, st, parent, name)
+        };
+        Ok(self.attr(ino, st))
     }
 
     /// After mknod/mkdir/symlink made `name`: its owner, its entry, the event.
@@ -601,17 +625,23 @@ impl Passthrough {
         Ok(())
     }
 
+    /// `st`: the handle's fstat, if the caller already has it.
+    #[allow(clippy::too_many_arguments)]
     fn open_handle(
         &self,
         ino: u64,
         inode: &Inode,
         fd: OwnedFd,
         flags: i32,
+        st: Option<&libc::stat>,
         truncated: bool,
         register: RegisterBacking<'_>,
     ) -> Result<Opened> {
         let tracker = if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            let baseline = Fingerprint::of(&sys::stat_fd(fd.as_fd())?);
+            let baseline = match st {
+                Some(st) => Fingerprint::of(st),
+                None => Fingerprint::of(&sys::stat_fd(fd.as_fd())?),
+            };
             Some(std::sync::Mutex::new(ChangeTracker::new(
                 baseline, truncated,
             )))
@@ -653,12 +683,6 @@ impl Passthrough {
         }
         // The kernel does I/O with the registered file's own flags too: a plain O_RDWR handle
         // can serve; otherwise open one (falling back to the handle if O_RDWR is refused).
-        const SHARED_FLAGS: i32 = libc::O_ACCMODE
-            | libc::O_APPEND
-            | libc::O_DIRECT
-            | libc::O_SYNC
-            | libc::O_DSYNC
-            | libc::O_NOATIME;
         let read_write = if handle_flags & SHARED_FLAGS == libc::O_RDWR {
             None
         } else {
@@ -735,6 +759,23 @@ impl Passthrough {
             None => tracing::debug!(ino, "no path known (unlinked?); event dropped"),
         }
     }
+}
+
+/// Open flags that the kernel's passthrough I/O takes from the registered backing file, so a
+/// handle can be shared as the backing file only if it has exactly O_RDWR of these.
+const SHARED_FLAGS: i32 = libc::O_ACCMODE
+    | libc::O_APPEND
+    | libc::O_DIRECT
+    | libc::O_SYNC
+    | libc::O_DSYNC
+    | libc::O_NOATIME;
+
+/// How `remember` gets an `O_PATH` descriptor for a new table entry.
+enum Opener<'a> {
+    /// By name in a directory: the name may have changed since the stat, so stat again.
+    Name(BorrowedFd<'a>, &'a CString),
+    /// By reopening a descriptor of the very inode that was stat'ed (no second stat needed).
+    SameInode(BorrowedFd<'a>),
 }
 
 /// getdents buffer per readdir call; the kernel's reply buffer is 4 KiB to 128 KiB.
