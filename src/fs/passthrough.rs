@@ -425,6 +425,11 @@ impl Passthrough {
         let dir = self.dirs.get(fh)?;
         let _position = dir.position.lock().expect("dir position lock");
         let mut buf = vec![0u8; DIR_BATCH];
+        // An entry that cannot be looked up for another reason than having vanished (EMFILE
+        // when the descriptor limit is reached, ENOMEM) ends the batch; if it is the first, the
+        // error is the answer. Skipping it would silently drop the name from the listing.
+        let mut failed = None;
+        let mut added = false;
         sys::read_dir_batch(dir.fd.as_fd(), offset as i64, &mut buf, |entry| {
             let next = entry.next_offset as u64;
             if entry.name == "." || entry.name == ".." {
@@ -436,15 +441,26 @@ impl Passthrough {
             let Ok(c_name) = sys::c_name(entry.name) else {
                 return true;
             };
-            let Ok(attr) = self.lookup_in(dir.ino, dir.fd.as_fd(), entry.name, &c_name) else {
-                return true; // vanished meanwhile
+            let attr = match self.lookup_in(dir.ino, dir.fd.as_fd(), entry.name, &c_name) {
+                Ok(attr) => attr,
+                Err(Errno::ENOENT) => return true, // vanished meanwhile
+                Err(e) => {
+                    failed = Some(e);
+                    return false;
+                }
             };
             let accepted = add(entry.name, next, &attr);
-            if !accepted {
+            if accepted {
+                added = true;
+            } else {
                 self.inodes.forget(attr.ino.0, 1);
             }
             accepted
-        })
+        })?;
+        match failed {
+            Some(e) if !added => Err(e),
+            _ => Ok(()),
+        }
     }
 
     pub fn releasedir(&self, fh: u64) -> Result<()> {
