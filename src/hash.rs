@@ -95,7 +95,8 @@ pub fn hash_open_file<F: FileExt + Sync>(
 ) -> io::Result<FileHash> {
     let digest = match part_size(size) {
         None => {
-            let mut buffer = vec![0; READ_BUFFER];
+            // Small files are the common case: don't zero a full buffer for a few KiB.
+            let mut buffer = vec![0; READ_BUFFER.min(size.max(1) as usize)];
             hash_range(file, 0, size, &mut buffer)?
         }
         Some(part) => {

@@ -96,11 +96,8 @@ impl Index {
         // was read before it.
         let db = self.db.lock().unwrap();
         let entry = db
-            .query_row(
-                "SELECT * FROM synced WHERE path = ?1",
-                [path],
-                entry_from_row,
-            )
+            .prepare_cached("SELECT * FROM synced WHERE path = ?1")?
+            .query_row([path], entry_from_row)
             .optional()?;
         self.cache
             .lock()
@@ -114,10 +111,11 @@ impl Index {
     /// service may hold a record for `path` that no entry names (an answer lost on the way).
     /// This is an intent, not an acknowledgement: the entries still never lead the service.
     pub fn mark_unsure(&self, path: &str, state_json: &str) -> anyhow::Result<()> {
-        self.db.lock().unwrap().execute(
-            "INSERT OR REPLACE INTO unsure (path, state) VALUES (?1, ?2)",
-            params![path, state_json],
-        )?;
+        self.db
+            .lock()
+            .unwrap()
+            .prepare_cached("INSERT OR REPLACE INTO unsure (path, state) VALUES (?1, ?2)")?
+            .execute(params![path, state_json])?;
         Ok(())
     }
 
@@ -127,9 +125,8 @@ impl Index {
             .db
             .lock()
             .unwrap()
-            .query_row("SELECT state FROM unsure WHERE path = ?1", [path], |r| {
-                r.get(0)
-            })
+            .prepare_cached("SELECT state FROM unsure WHERE path = ?1")?
+            .query_row([path], |r| r.get(0))
             .optional()?)
     }
 
@@ -137,7 +134,8 @@ impl Index {
         self.db
             .lock()
             .unwrap()
-            .execute("DELETE FROM unsure WHERE path = ?1", [path])?;
+            .prepare_cached("DELETE FROM unsure WHERE path = ?1")?
+            .execute([path])?;
         Ok(())
     }
 
@@ -153,20 +151,21 @@ impl Index {
         let mut db = self.db.lock().unwrap();
         // One transaction: a crash must not leave the unsure row gone and the entry not written.
         let tx = db.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT OR REPLACE INTO synced (path, media_id, hash, size, mtime_ns, ctime_ns, ino)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                path,
-                entry.media_id,
-                entry.hash,
-                entry.size as i64,
-                entry.mtime_ns,
-                entry.ctime_ns,
-                entry.ino as i64
-            ],
-        )?;
-        tx.execute("DELETE FROM unsure WHERE path = ?1", [path])?;
+        )?
+        .execute(params![
+            path,
+            entry.media_id,
+            entry.hash,
+            entry.size as i64,
+            entry.mtime_ns,
+            entry.ctime_ns,
+            entry.ino as i64
+        ])?;
+        tx.prepare_cached("DELETE FROM unsure WHERE path = ?1")?
+            .execute([path])?;
         tx.commit()?;
         self.cache
             .lock()
@@ -178,7 +177,8 @@ impl Index {
 
     pub fn remove(&self, path: &str) -> anyhow::Result<()> {
         let db = self.db.lock().unwrap();
-        db.execute("DELETE FROM synced WHERE path = ?1", [path])?;
+        db.prepare_cached("DELETE FROM synced WHERE path = ?1")?
+            .execute([path])?;
         self.cache.lock().unwrap().put(path.to_string(), None);
         drop(db);
         Ok(())
