@@ -37,6 +37,9 @@ pub struct SyncConfig {
 /// Why a path too long to name stays local.
 const TOO_LONG: &str = "path longer than PATH_MAX (4096 bytes)";
 
+/// Files up to this size are hashed on the worker itself rather than on the blocking pool.
+const INLINE_HASH_MAX: u64 = 64 * 1024;
+
 /// Local-only and failed lists in status are capped so status stays small.
 const STATUS_LIST_LIMIT: usize = 100;
 
@@ -583,13 +586,18 @@ impl Engine {
             }
         }
         let stamp = self.versions.lock().unwrap().stamp(stat.ino);
-        let _slot = self.hash_slots.acquire().await.expect("never closed");
-        let backing = self.backing.clone();
-        let path = path.to_path_buf();
-        // Hashing is CPU and disk work: it runs on the blocking pool, never on a FUSE thread.
-        let hashed = tokio::task::spawn_blocking(move || hasher::hash_stable(&backing, &path))
-            .await
-            .map_err(|err| Failure::Local(format!("hashing task: {err}")))?;
+        let hashed = if stat.size <= INLINE_HASH_MAX {
+            // Microseconds of work: a hand-off to another thread would cost more than it saves.
+            hasher::hash_stable(&self.backing, path)
+        } else {
+            let _slot = self.hash_slots.acquire().await.expect("never closed");
+            let backing = self.backing.clone();
+            let path = path.to_path_buf();
+            // Hashing is CPU and disk work: it runs on the blocking pool, never on a FUSE thread.
+            tokio::task::spawn_blocking(move || hasher::hash_stable(&backing, &path))
+                .await
+                .map_err(|err| Failure::Local(format!("hashing task: {err}")))?
+        };
         match hashed {
             Ok(Some((hash, stat))) => {
                 self.versions.lock().unwrap().hashed(&stat, &hash, stamp);
