@@ -293,6 +293,14 @@ impl Drop for Tmpfs {
     }
 }
 
+fn free_bytes(dir: &Path) -> u64 {
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and a statvfs to fill.
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);
+    stat.f_bavail * stat.f_frsize
+}
+
 fn write_until_full(path: &Path, bytes: usize) -> std::io::Result<()> {
     let mut file = std::fs::File::create(path)?;
     let block = vec![0x5au8; 256 << 10];
@@ -323,7 +331,13 @@ fn a_full_backing_disk_gives_enospc_to_the_writer_and_the_catalog_follows_the_tr
     // What reached the catalog is what the tree holds, the partial second file included.
     check_catalog(&emulator, &mount.backing);
 
+    let full = free_bytes(&mount.backing);
     std::fs::remove_file(mount.path("first.bin")).unwrap();
+    // The blocks come back once nothing holds the inode: the kernel forgets it (and the daemon
+    // closes its descriptor) shortly after the unlink, later under load.
+    eventually("the space of the removed file comes back", || {
+        free_bytes(&mount.backing) >= full + (9 << 19)
+    });
     write_until_full(&mount.path("second.bin"), 5 << 20).unwrap();
     std::fs::write(mount.path("third.txt"), b"after the space came back").unwrap();
     mount.wait_synced();
