@@ -161,7 +161,8 @@ fn safe_saves_by_sed_vim_and_rsync_keep_the_media_id_and_send_no_temp_names() {
 #[test]
 fn ten_quick_saves_send_at_most_two_updates() {
     let emulator = Emulator::start(&[]);
-    let mount = mount!(emulator);
+    // A window far longer than the saves take, so a stall on a loaded machine cannot split them.
+    let mount = mount!(emulator, &["--settle-ms", "1500"]);
     sh("echo 0 > f", &mount.mnt);
     mount.wait_synced();
     sh(

@@ -41,17 +41,26 @@ fn store_config() -> StoreConfig {
 
 impl Rig {
     fn new() -> Rig {
+        Rig::with_settle(SETTLE)
+    }
+
+    fn with_settle(settle: Duration) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("b")).unwrap();
         let api = Arc::new(MemoryApi::new(store_config(), keys("k1")));
-        Rig::start(dir, api, false)
+        Rig::start(dir, api, false, settle)
     }
 
-    fn start(dir: tempfile::TempDir, api: Arc<MemoryApi>, no_delete: bool) -> Rig {
+    fn start(
+        dir: tempfile::TempDir,
+        api: Arc<MemoryApi>,
+        no_delete: bool,
+        settle: Duration,
+    ) -> Rig {
         let config = SyncConfig {
             grant: 1,
             prefix: String::new(),
-            settle: SETTLE,
+            settle,
             concurrency: 4,
             no_delete,
             ignore: IgnoreRules::new(&[]).unwrap(),
@@ -73,7 +82,7 @@ impl Rig {
     async fn restart(self, no_delete: bool) -> Rig {
         assert!(self.engine.drain(Duration::from_secs(10)).await);
         let Rig { dir, api, .. } = self;
-        Rig::start(dir, api, no_delete)
+        Rig::start(dir, api, no_delete, SETTLE)
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -459,7 +468,8 @@ async fn a_restart_catches_up_changes_made_while_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_quick_saves_send_one_or_two_updates() {
-    let rig = Rig::new();
+    // A window far longer than the saves take, so a stalled test thread cannot split them.
+    let rig = Rig::with_settle(Duration::from_millis(500));
     rig.write("s", b"0");
     rig.settled().await;
     for i in 1..=10u8 {
