@@ -3,6 +3,7 @@
 //! under the state folder, a service that answers garbage, a key revoked mid-run. Each must end
 //! with a clear error where there is one, and nothing lost.
 
+#[macro_use]
 mod common;
 
 use std::ffi::OsStr;
@@ -16,31 +17,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::proxy::{is_media_call, response, Action, Proxy, Rule};
-use common::service::{check_catalog, live_catalog, Emulator, Mount, BIN};
-
-macro_rules! mount {
-    ($emulator:expr, $extra:expr) => {
-        match Mount::start(&$emulator, $extra) {
-            Some(mount) => mount,
-            None => return,
-        }
-    };
-}
-
-fn sh(script: &str, dir: &Path) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::service::{check_catalog, live_catalog, sh, Emulator, Mount, BIN};
 
 /// Polls `condition` every 50 ms for up to 60 s.
 fn eventually(what: &str, mut condition: impl FnMut() -> bool) {

@@ -2,6 +2,7 @@
 //! symlinks or rename races; another user cannot enter a mount made without --allow-other; keys
 //! never appear in logs (at trace level), status, Debug output or the state folder.
 
+#[macro_use]
 mod common;
 
 use std::ffi::CString;
@@ -14,15 +15,6 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::service::{check_catalog, live_catalog, Emulator, Mount};
-
-macro_rules! mount {
-    ($emulator:expr, $extra:expr) => {
-        match Mount::start(&$emulator, $extra) {
-            Some(mount) => mount,
-            None => return,
-        }
-    };
-}
 
 fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();

@@ -1,42 +1,17 @@
 //! Failures found by the model-based and hostile tests, kept as named, deterministic cases. Each
 //! names what went wrong; timing-dependent ones pin the window with the emulator's latency.
 
+#[macro_use]
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
 use common::model::{Data, Op::*, SaveStyle::*};
 use common::proxy::{is_create, Action, Proxy, Rule};
 use common::reftest::{fuse_available, run_case};
-use common::service::{check_catalog, Emulator, Mount};
+use common::service::{check_catalog, sh, Emulator, Mount};
 use common::soak::Tally;
-
-macro_rules! mount {
-    ($emulator:expr, $extra:expr) => {
-        match Mount::start(&$emulator, $extra) {
-            Some(mount) => mount,
-            None => return,
-        }
-    };
-}
-
-fn sh(script: &str, dir: &Path) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn data(len: u32, seed: u8) -> Data {
     Data { len, seed }

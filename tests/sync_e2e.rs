@@ -1,43 +1,16 @@
 //! End to end: real tools in a real mount against the emulator, asserting what reached the
 //! catalog (the emulator's inspection endpoint) and how many calls it took (its stats).
 
+#[macro_use]
 mod common;
 
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::process::Command;
 
-use common::service::{assert_catalog_matches, Emulator, Mount};
+use common::service::{assert_catalog_matches, sh, Emulator, Mount};
 
 /// Mounts against `$emulator` with extra flags, or returns from the test when FUSE is not
 /// available and not required.
-macro_rules! mount {
-    ($emulator:expr) => {
-        mount!($emulator, &[])
-    };
-    ($emulator:expr, $extra:expr) => {
-        match Mount::start(&$emulator, $extra) {
-            Some(mount) => mount,
-            None => return,
-        }
-    };
-}
-
-fn sh(script: &str, dir: &Path) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn media_id(emulator: &Emulator, path: &str) -> i64 {
     emulator.live()[path]["media_id"].as_i64().unwrap()
 }

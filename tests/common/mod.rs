@@ -16,6 +16,21 @@
 #![allow(dead_code)] // each test crate uses a different subset
 
 pub mod model;
+/// Mounts against an emulator (`common::service::Mount::start` with extra flags), or returns from
+/// the test when FUSE is not available and not required.
+#[allow(unused_macros)]
+macro_rules! mount {
+    ($emulator:expr) => {
+        mount!($emulator, &[])
+    };
+    ($emulator:expr, $extra:expr) => {
+        match crate::common::service::Mount::start(&$emulator, $extra) {
+            Some(mount) => mount,
+            None => return,
+        }
+    };
+}
+
 pub mod posix;
 pub mod proxy;
 pub mod reftest;

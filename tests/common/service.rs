@@ -141,6 +141,22 @@ impl Drop for Emulator {
     }
 }
 
+/// Runs `script` with `sh -e` in `dir`, failing the test with its output if it fails.
+pub fn sh(script: &str, dir: &Path) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Whether a real FUSE mount is required here (CI): then a mount that fails fails the test.
 pub fn fuse_required() -> bool {
     std::env::var("MAXLOFS_REQUIRE_FUSE").is_ok_and(|v| v == "1")
