@@ -316,3 +316,52 @@ fn mount_mounts_an_fstab_entry_of_type_fuse_maxlofs() {
     site.assert_syncs(&emulator);
     site.unmount();
 }
+
+#[test]
+fn a_config_file_mounts_a_grant_given_by_name() {
+    if !fuse_available("a_config_file_mounts_a_grant_given_by_name") {
+        return;
+    }
+    let emulator = Emulator::start(&["--grant", "1", "--grant", "7"]);
+    let site = Site::new("demo-device-key");
+    let config = site.dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "api = \"{}\"\ngrant = \"grant-7\"\ndevice_key_file = \"{}\"\nstate_dir = \"{}\"\n\
+             log_file = \"{}\"\nsettle_ms = 100\n",
+            emulator.url,
+            site.key.display(),
+            site.state.display(),
+            site.log.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&site.backing)
+        .arg(&site.mnt)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    site.assert_mounted_by(&out);
+    std::fs::write(site.mnt.join("by-name.txt"), b"grant seven").unwrap();
+    let status = Command::new(BIN)
+        .args(["status", "--wait", "--timeout", "60"])
+        .arg(&site.mnt)
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{}", site.log_text());
+    let in_grant = |grant: u64| -> Vec<String> {
+        emulator.get(&format!("/_emulator/media_grant/{grant}/media"))["media_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["media_path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(in_grant(7), ["by-name.txt"]);
+    assert!(in_grant(1).is_empty());
+    site.unmount();
+}
