@@ -408,10 +408,7 @@ impl Drop for Mount {
 
 /// What the catalog must hold for `backing`: one live record per regular file with a UTF-8 path
 /// that no ignore rule matches, with its Maxlo hash, size and mtime.
-pub fn expected_catalog(
-    backing: &Path,
-    ignored: &dyn Fn(&Path) -> bool,
-) -> BTreeMap<String, (String, u64, String)> {
+pub fn expected_catalog(backing: &Path, ignored: &dyn Fn(&Path) -> bool) -> Catalog {
     let mut expected = BTreeMap::new();
     let mut stack = vec![backing.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -442,20 +439,7 @@ pub fn expected_catalog(
 pub fn assert_catalog_matches(emulator: &Emulator, backing: &Path) {
     let rules = maxlofs::sync::ignore::IgnoreRules::new(&[]).unwrap();
     let expected = expected_catalog(backing, &|p| rules.is_ignored(p));
-    let actual: BTreeMap<String, (String, u64, String)> = emulator
-        .live()
-        .into_iter()
-        .map(|(path, r)| {
-            (
-                path,
-                (
-                    r["file_hash"].as_str().unwrap().to_string(),
-                    r["file_size"].as_u64().unwrap(),
-                    r["mtime"].as_str().unwrap().to_string(),
-                ),
-            )
-        })
-        .collect();
+    let actual = live_catalog(emulator);
     assert_eq!(
         actual, expected,
         "catalog (left) differs from the tree (right)"
