@@ -125,6 +125,55 @@ fn a_tree_100_levels_deep_syncs_and_survives_a_rename_at_the_top() {
         .all(|p| p.starts_with("moved/")));
 }
 
+/// The kernel may remember more inodes than the daemon may hold descriptors. With a limit of 256
+/// that it cannot lift (no CAP_SYS_RESOURCE), copying, renaming, changing and reading a tree of
+/// 2,400 entries through the mount must still work, and the catalog must follow.
+#[test]
+fn a_tree_larger_than_the_descriptor_limit_works_through_the_mount() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    mount.wrapper = [
+        "setpriv",
+        "--bounding-set=-sys_resource",
+        "--inh-caps=-sys_resource",
+        "prlimit",
+        "--nofile=256:256",
+    ]
+    .map(String::from)
+    .to_vec();
+    if !mount.mount() {
+        return;
+    }
+    let source = dir.path().join("source");
+    for d in 0..24 {
+        std::fs::create_dir_all(source.join(format!("d{d}"))).unwrap();
+        for f in 0..100 {
+            std::fs::write(source.join(format!("d{d}/f{f}.jpg")), format!("{d}/{f}")).unwrap();
+        }
+    }
+    sh(
+        &format!(
+            "cp -r {src} tree && mv tree/d3 tree/moved && chmod 600 tree/d7/* && \
+             touch -d 2001-01-01 tree/d9/* && find tree -type f | xargs cat >/dev/null && \
+             cp -r tree copy && rm -r copy/d1 && mv copy/d2 tree/d2-again",
+            src = source.display()
+        ),
+        &mount.mnt,
+    );
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", mount.pid().unwrap()))
+        .unwrap()
+        .count();
+    assert!(fds <= 256, "the daemon holds {fds} descriptors");
+    sh(
+        "diff -r tree/d4 ../source/d4 && test ! -e copy/d1",
+        &mount.mnt,
+    );
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert_eq!(live_catalog(&emulator).len(), 2 * 2400 - 100);
+}
+
 /// A path longer than PATH_MAX (4096 bytes) can be made through relative lookups (`cd` one level
 /// at a time), but not named whole. It must not stop the rest from syncing, and the daemon must
 /// settle (no endless retry) and say why it is not sent.

@@ -1,16 +1,26 @@
 //! The inode table: FUSE inode number → backing inode (an `O_PATH` fd, its `(dev, ino)`, the
-//! kernel's lookup count) and the names it is known by, from which event paths are built.
+//! kernel's lookup count) and the names it is known by, from which event paths are built and
+//! evicted descriptors are reopened.
 //!
 //! FUSE inode numbers are the backing `st_ino`, so `stat` through the mount shows the backing
 //! numbers and hard links share one entry. The backing root is FUSE_ROOT_ID (1); a backing file
 //! whose `st_ino` is 1 takes the root's real number instead. Inodes of other filesystems mounted
 //! below the backing root get numbers from a private range.
+//!
+//! The kernel may remember far more inodes than the process may hold descriptors (a `cp -r` of
+//! a large tree), so the table holds at most `fd_budget` of them. Past that it closes the least
+//! recently used (a clock sweep) and reopens one on its next use from its parent's descriptor
+//! and a known name, checking that the name still leads to the same `(dev, ino)`.
 
+use super::sys;
 use fuser::{BackingId, Errno};
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::{CString, OsStr, OsString};
+use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 pub const ROOT_INO: u64 = 1;
@@ -18,12 +28,18 @@ pub const ROOT_INO: u64 = 1;
 /// Numbers handed to inodes of other devices start here (above any ext4/xfs/btrfs st_ino seen).
 const FOREIGN_INO_BASE: u64 = 1 << 62;
 
+/// The fewest descriptors the table keeps, whatever the process limit.
+const MIN_FD_BUDGET: usize = 64;
+
 /// A backing inode the kernel holds a reference to.
 #[derive(Debug)]
-pub struct Inode {
-    /// `O_PATH | O_NOFOLLOW`: pins the backing inode (so its number is not reused while the
-    /// kernel knows it) and anchors every `*at` call. Its `(dev, ino)` is the table key.
-    pub fd: OwnedFd,
+pub struct InodeData {
+    /// `O_PATH | O_NOFOLLOW`, while held: pins the backing inode and anchors every `*at` call.
+    fd: Mutex<Option<Arc<OwnedFd>>>,
+    /// Set on each use, cleared by the eviction sweep (second chance).
+    recently_used: AtomicBool,
+    /// `(st_dev, st_ino)` of the backing inode: a reopened name must lead here.
+    backing: (u64, u64),
     /// `S_IFMT` bits.
     pub file_type: libc::mode_t,
     /// The kernel passthrough registration shared by all open handles of this inode (the kernel
@@ -31,13 +47,40 @@ pub struct Inode {
     pub backing_id: Mutex<Weak<BackingId>>,
 }
 
-impl Inode {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+impl InodeData {
+    fn new(fd: OwnedFd, st: &libc::stat) -> InodeData {
+        InodeData {
+            fd: Mutex::new(Some(Arc::new(fd))),
+            recently_used: AtomicBool::new(true),
+            backing: (st.st_dev, st.st_ino),
+            file_type: st.st_mode & libc::S_IFMT,
+            backing_id: Mutex::new(Weak::new()),
+        }
     }
 
     pub fn is_regular(&self) -> bool {
         self.file_type == libc::S_IFREG
+    }
+}
+
+/// An inode with its descriptor held open for as long as this value lives.
+#[derive(Debug)]
+pub struct Inode {
+    data: Arc<InodeData>,
+    fd: Arc<OwnedFd>,
+}
+
+impl Inode {
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl Deref for Inode {
+    type Target = InodeData;
+
+    fn deref(&self) -> &InodeData {
+        &self.data
     }
 }
 
@@ -46,7 +89,7 @@ type Name = (u64, OsString);
 
 #[derive(Debug)]
 struct Slot {
-    inode: Arc<Inode>,
+    inode: Arc<InodeData>,
     /// The kernel's lookup count (lookup, create, mknod, mkdir, symlink, link, readdirplus).
     lookups: u64,
     /// Names known for this inode (several with hard links); the first builds event paths.
@@ -62,6 +105,8 @@ struct Slots {
     /// (dev, st_ino) → number, for inodes not on the backing root's device.
     foreign: HashMap<(u64, u64), u64>,
     next_foreign: u64,
+    /// Descriptors held by the slots' inodes.
+    held_fds: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -69,22 +114,22 @@ pub struct InodeTable {
     slots: RwLock<Slots>,
     root_dev: u64,
     root_backing_ino: u64,
+    fd_budget: usize,
 }
 
 impl InodeTable {
-    pub fn new(root_fd: OwnedFd, root: &libc::stat) -> InodeTable {
+    /// A table rooted at `root_fd` that holds at most `fd_budget` descriptors (the root's is
+    /// never closed).
+    pub fn new(root_fd: OwnedFd, root: &libc::stat, fd_budget: usize) -> InodeTable {
         let mut slots = Slots {
             next_foreign: FOREIGN_INO_BASE,
+            held_fds: AtomicUsize::new(1),
             ..Slots::default()
         };
         slots.by_ino.insert(
             ROOT_INO,
             Slot {
-                inode: Arc::new(Inode {
-                    fd: root_fd,
-                    file_type: root.st_mode & libc::S_IFMT,
-                    backing_id: Mutex::new(Weak::new()),
-                }),
+                inode: Arc::new(InodeData::new(root_fd, root)),
                 lookups: 1,
                 names: Vec::new(),
                 child_names: 0,
@@ -94,6 +139,7 @@ impl InodeTable {
             slots: RwLock::new(slots),
             root_dev: root.st_dev,
             root_backing_ino: root.st_ino,
+            fd_budget: fd_budget.max(MIN_FD_BUDGET),
         }
     }
 
@@ -118,13 +164,93 @@ impl InodeTable {
         slots.foreign.get(&(st.st_dev, st.st_ino)).copied()
     }
 
-    pub fn get(&self, ino: u64) -> Result<Arc<Inode>, Errno> {
+    /// The inode `ino` with its descriptor, reopened if it was evicted.
+    pub fn get(&self, ino: u64) -> Result<Inode, Errno> {
+        let data = {
+            let slots = self.slots.read().expect("inode table lock");
+            let slot = slots.by_ino.get(&ino).ok_or(Errno::ESTALE)?;
+            slot.inode.clone()
+        };
+        data.recently_used.store(true, Ordering::Relaxed);
+        let held = data.fd.lock().expect("inode fd lock").clone();
+        match held {
+            Some(fd) => Ok(Inode { data, fd }),
+            None => self.reopen(ino, data),
+        }
+    }
+
+    /// Opens an evicted inode again through one of its names. A rename through the mount
+    /// updates the names just after the backing rename, so a miss is retried.
+    fn reopen(&self, ino: u64, data: Arc<InodeData>) -> Result<Inode, Errno> {
+        for _ in 0..3 {
+            let names = {
+                let slots = self.slots.read().expect("inode table lock");
+                let slot = slots.by_ino.get(&ino).ok_or(Errno::ESTALE)?;
+                slot.names.clone()
+            };
+            for (parent, name) in names {
+                let Ok(dir) = self.get(parent) else { continue };
+                let Ok(c_name) = CString::new(name.as_bytes()) else {
+                    continue;
+                };
+                let Ok(fd) = sys::open_path(dir.fd(), &c_name) else {
+                    continue;
+                };
+                let same =
+                    sys::stat_fd(fd.as_fd()).is_ok_and(|st| (st.st_dev, st.st_ino) == data.backing);
+                if same {
+                    let fd = self.hold(&data, fd);
+                    return Ok(Inode { data, fd });
+                }
+            }
+            std::thread::yield_now();
+        }
+        Err(Errno::ESTALE)
+    }
+
+    /// Makes `fd` the inode's held descriptor (unless another thread got there first).
+    fn hold(&self, data: &InodeData, fd: OwnedFd) -> Arc<OwnedFd> {
+        let mut held = data.fd.lock().expect("inode fd lock");
+        if let Some(existing) = held.as_ref() {
+            return existing.clone();
+        }
+        let fd = Arc::new(fd);
+        *held = Some(fd.clone());
+        drop(held);
         let slots = self.slots.read().expect("inode table lock");
-        slots
-            .by_ino
-            .get(&ino)
-            .map(|slot| slot.inode.clone())
-            .ok_or(Errno::ESTALE)
+        if slots.held_fds.fetch_add(1, Ordering::Relaxed) + 1 > self.fd_budget {
+            self.evict(&slots);
+        }
+        fd
+    }
+
+    /// Closes descriptors not used since the last sweep until a quarter of the budget is free.
+    /// The root's and those of unlinked inodes (which have no name to reopen by) stay.
+    fn evict(&self, slots: &Slots) {
+        let target = self.fd_budget - self.fd_budget / 4;
+        for _sweep in 0..2 {
+            for (&ino, slot) in &slots.by_ino {
+                if slots.held_fds.load(Ordering::Relaxed) <= target {
+                    return;
+                }
+                if ino == ROOT_INO
+                    || slot.names.is_empty()
+                    || slot.inode.recently_used.swap(false, Ordering::Relaxed)
+                {
+                    continue;
+                }
+                if slot
+                    .inode
+                    .fd
+                    .lock()
+                    .expect("inode fd lock")
+                    .take()
+                    .is_some()
+                {
+                    slots.held_fds.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
     }
 
     /// Counts one more kernel reference to `st` found as `name` in `parent`, if the inode is
@@ -145,16 +271,18 @@ impl InodeTable {
         let ino = self
             .number_locked(&mut slots, st, true)
             .expect("numbers are allocated on insert");
-        if let Some(slot) = slots.by_ino.get_mut(&ino) {
-            // Another thread inserted it meanwhile; our fd is surplus. (Numbers map one to one
-            // to live backing inodes, which our O_PATH fds keep from being reused.)
+        let fd_added = if let Some(slot) = slots.by_ino.get_mut(&ino) {
+            // Another thread inserted it meanwhile; our fd is surplus unless the slot's was
+            // evicted.
             slot.lookups += 1;
+            let mut held = slot.inode.fd.lock().expect("inode fd lock");
+            let evicted = held.is_none();
+            if evicted {
+                *held = Some(Arc::new(fd));
+            }
+            evicted
         } else {
-            let inode = Arc::new(Inode {
-                fd,
-                file_type: st.st_mode & libc::S_IFMT,
-                backing_id: Mutex::new(Weak::new()),
-            });
+            let inode = Arc::new(InodeData::new(fd, st));
             slots.by_ino.insert(
                 ino,
                 Slot {
@@ -164,8 +292,12 @@ impl InodeTable {
                     child_names: 0,
                 },
             );
-        }
+            true
+        };
         add_name(&mut slots, ino, parent, name);
+        if fd_added && slots.held_fds.fetch_add(1, Ordering::Relaxed) + 1 > self.fd_budget {
+            self.evict(&slots);
+        }
         ino
     }
 
@@ -290,6 +422,16 @@ fn release_if_unused(slots: &mut Slots, ino: u64) {
             continue;
         }
         let slot = slots.by_ino.remove(&ino).expect("checked above");
+        if slot
+            .inode
+            .fd
+            .lock()
+            .expect("inode fd lock")
+            .take()
+            .is_some()
+        {
+            slots.held_fds.fetch_sub(1, Ordering::Relaxed);
+        }
         slots.foreign.retain(|_, &mut number| number != ino);
         for (parent, _) in slot.names {
             if let Some(parent_slot) = slots.by_ino.get_mut(&parent) {
@@ -315,7 +457,7 @@ mod tests {
         )
         .unwrap();
         let st = sys::stat_fd(root.as_fd()).unwrap();
-        (dir, InodeTable::new(root, &st))
+        (dir, InodeTable::new(root, &st, 0))
     }
 
     fn look(table: &InodeTable, parent: u64, name: &str) -> u64 {
@@ -347,6 +489,37 @@ mod tests {
             None,
             "released once nothing below needs it"
         );
+    }
+
+    #[test]
+    fn evicted_descriptors_are_reopened_by_name_and_only_for_the_same_inode() {
+        let (dir, table) = table_with_tree();
+        for i in 0..300 {
+            std::fs::write(dir.path().join(format!("d/g{i}")), b"x").unwrap();
+        }
+        let d = look(&table, ROOT_INO, "d");
+        let files: Vec<u64> = (0..300)
+            .map(|i| look(&table, d, &format!("g{i}")))
+            .collect();
+        let held = table.slots.read().unwrap().held_fds.load(Ordering::Relaxed);
+        assert!(held <= MIN_FD_BUDGET, "{held} descriptors held");
+        std::fs::rename(dir.path().join("d"), dir.path().join("e")).unwrap();
+        table.rename_name(d, (ROOT_INO, OsStr::new("d")), (ROOT_INO, OsStr::new("e")));
+        for (i, &ino) in files.iter().enumerate() {
+            let st = sys::stat_fd(table.get(ino).unwrap().fd()).unwrap();
+            assert_eq!(st.st_ino, ino, "g{i}");
+        }
+        // A name now leading to another inode does not stand for the evicted one. Using the
+        // others (twice: a second chance each) evicts g0.
+        let other = dir.path().join("other");
+        std::fs::rename(dir.path().join("e/g0"), &other).unwrap();
+        std::fs::write(dir.path().join("e/g0"), b"new").unwrap();
+        for _ in 0..2 {
+            for &ino in &files[1..] {
+                table.get(ino).unwrap();
+            }
+        }
+        assert_eq!(table.get(files[0]).map(|_| ()), Err(Errno::ESTALE));
     }
 
     #[test]

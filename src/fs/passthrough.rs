@@ -79,7 +79,7 @@ impl Passthrough {
             .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
         let st = sys::stat_fd(root.as_fd()).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
         Ok(Passthrough {
-            inodes: InodeTable::new(root, &st),
+            inodes: InodeTable::new(root, &st, sys::nofile_limit() / 2),
             files: HandleMap::default(),
             dirs: HandleMap::default(),
             events,
@@ -552,7 +552,7 @@ impl Passthrough {
     // ---- helpers ----
 
     /// The parent directory and `name` checked as a single path component.
-    fn entry(&self, parent: u64, name: &OsStr) -> Result<(Arc<Inode>, CString)> {
+    fn entry(&self, parent: u64, name: &OsStr) -> Result<(Inode, CString)> {
         // The kernel only sends single components; refuse anything that could walk elsewhere.
         if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
             return Err(Errno::EINVAL);

@@ -501,13 +501,25 @@ pub fn clear_thread_umask() {
 }
 
 /// Lifts the open-file limit as far as allowed: every inode the kernel knows holds an fd.
+/// The process's current (soft) limit on open descriptors.
+pub fn nofile_limit() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+}
+
 pub fn raise_nofile_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // Root may lift the hard limit too, up to the kernel's fs.nr_open: every inode the kernel
-    // remembers holds one O_PATH fd here, and a hard limit of a few thousand is easily reached.
+    // Root may lift the hard limit too, up to the kernel's fs.nr_open: the inode table holds
+    // up to half the limit in O_PATH fds, and more held means fewer reopened by name.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|text| text.trim().parse::<libc::rlim_t>().ok());

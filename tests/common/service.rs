@@ -182,6 +182,8 @@ pub struct Mount {
     args: Vec<String>,
     /// Environment of the daemon (`RUST_LOG=info` unless set here).
     pub env: Vec<(String, String)>,
+    /// A command (and its arguments) the daemon runs under, such as `prlimit --nofile=N:N`.
+    pub wrapper: Vec<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -243,6 +245,7 @@ impl Mount {
             key_file,
             args,
             env: Vec::new(),
+            wrapper: Vec::new(),
             _temp: None,
         }
     }
@@ -255,7 +258,15 @@ impl Mount {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut child = Command::new(BIN)
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .arg("mount")
             .arg(&self.backing)
             .arg(&self.mnt)
