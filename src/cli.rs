@@ -213,8 +213,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Logs go to stderr: at `level` when given, else as RUST_LOG says, else at info. Colours only
-/// on a terminal, not in a daemon's log file.
+/// Logs go to stderr (above any progress bars): at `level` when given, else as RUST_LOG says,
+/// else at info. Colours only on a terminal, not in a daemon's log file.
 fn init_logging(level: Option<LogLevel>) {
     use std::io::IsTerminal;
     let filter = match level {
@@ -225,7 +225,7 @@ fn init_logging(level: Option<LogLevel>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::progress::LogWriter)
         .try_init();
 }
 
