@@ -1,11 +1,13 @@
 //! Daemon mode and mount(8) end to end: real mounts started the ways an operator starts them
-//! (`maxlofs mount` without `--foreground`, mount.fuse3, `mount --fstab`), against the emulator.
+//! (`maxlofs mount` without `--foreground`, mount.fuse3, `mount --fstab`, as a systemd
+//! `Type=notify` service), against the emulator.
 //! Without FUSE here (no /dev/fuse or fusermount3) the tests say SKIPPED, unless
 //! MAXLOFS_REQUIRE_FUSE=1 requires it.
 
 mod common;
 
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -364,6 +366,40 @@ fn a_config_file_mounts_a_grant_given_by_name() {
     assert_eq!(in_grant(7), ["by-name.txt"]);
     assert!(in_grant(1).is_empty());
     site.unmount();
+}
+
+#[test]
+fn a_foreground_mount_tells_systemd_once_it_is_live() {
+    if !fuse_available("a_foreground_mount_tells_systemd_once_it_is_live") {
+        return;
+    }
+    let emulator = Emulator::start(&[]);
+    let site = Site::new("demo-device-key");
+    // What systemd listens on for a Type=notify service.
+    let notify = site.dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&notify).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut daemon = Command::new(BIN)
+        .arg("mount")
+        .arg(&site.backing)
+        .arg(&site.mnt)
+        .arg("--foreground")
+        .args(site.flags(&emulator))
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::fs::File::create(&site.log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut message = [0; 64];
+    let received = systemd.recv(&mut message);
+    let mounted = is_mounted(&site.mnt);
+    let len = received.unwrap_or_else(|err| panic!("no READY=1: {err}\n{}", site.log_text()));
+    assert_eq!(&message[..len], b"READY=1");
+    assert!(mounted, "READY=1 before the mount was live");
+    site.assert_syncs(&emulator);
+    site.unmount();
+    assert!(daemon.wait().unwrap().success(), "{}", site.log_text());
 }
 
 #[test]
