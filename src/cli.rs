@@ -71,19 +71,26 @@ pub struct EmulatorArgs {
     pub latency_ms: u64,
 }
 
+/// Which config file to read settings from (see `config`).
+#[derive(Args, Debug, Clone)]
+pub struct ConfigFileArgs {
+    /// Config file (TOML, keys named like the flags with underscores) [default:
+    /// $XDG_CONFIG_HOME/maxlofs/config.toml, when it exists].
+    #[arg(long, env = "MAXLOFS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Read no config file, whatever names one.
+    // Daemon mode starts its daemon with it: every setting is on that command line already.
+    #[arg(long)]
+    pub no_config: bool,
+}
+
 /// `maxlofs mount`: the settings (`MountArgs`) and where else to read them from.
 #[derive(Args, Debug, Clone)]
 pub struct MountCommand {
     #[command(flatten)]
     pub settings: MountArgs,
-    /// Config file (TOML, keys named like the flags with underscores) [default:
-    /// $XDG_CONFIG_HOME/maxlofs/config.toml, when it exists].
-    #[arg(long, env = "MAXLOFS_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Read no config file, whatever names one (the daemon mode's daemon gets its settings on
-    /// the command line).
-    #[arg(long)]
-    pub no_config: bool,
+    #[command(flatten)]
+    pub config_file: ConfigFileArgs,
     /// Settings as mount(8) options: NAME=VALUE, or NAME alone for on/off settings; `ro` is
     /// read_only, `config=FILE` names the config file, and the usual mount options that mean
     /// nothing here (rw, dev, nosuid, _netdev, x-systemd.*, ...) are ignored.
@@ -186,6 +193,8 @@ impl LogLevel {
     }
 }
 
+/// `maxlofs grants`. `api` and `device_key_file` are settings of `mount` too, read from the same
+/// places (see `config`).
 #[derive(Args, Debug, Clone)]
 pub struct GrantsArgs {
     /// Base URL of the Maxlo API (or the emulator).
@@ -197,6 +206,8 @@ pub struct GrantsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub config_file: ConfigFileArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -213,8 +224,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// Logs go to stderr: at `level` when given, else as RUST_LOG says, else at info. Colours only
-/// on a terminal, not in a daemon's log file.
+/// Logs go to stderr (above any progress bars): at `level` when given, else as RUST_LOG says,
+/// else at info. Colours only on a terminal, not in a daemon's log file.
 fn init_logging(level: Option<LogLevel>) {
     use std::io::IsTerminal;
     let filter = match level {
@@ -225,7 +236,7 @@ fn init_logging(level: Option<LogLevel>) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(|| crate::progress::LogWriter)
         .try_init();
 }
 

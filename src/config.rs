@@ -1,5 +1,7 @@
 //! Where `maxlofs mount`'s settings come from, highest precedence first: command-line flags and
 //! `-o` options, `MAXLOFS_*` environment variables, the config file, the built-in defaults.
+//! `maxlofs grants` reads the settings it shares with `mount` (`api`, `device_key_file`) the same
+//! way, from the same config file, and passes over the file's other keys.
 //!
 //! How: clap parses the command line, falling back to the environment and then to the defaults,
 //! and records where each value came from (`ArgMatches::value_source`). The settings that `-o`
@@ -74,24 +76,22 @@ pub fn command() -> clap::Command {
     })
 }
 
-/// Parses a command line (program name first) into a `Cli`, with `maxlofs mount`'s settings
-/// resolved. Errors are clap's, formatted with usage, and exit with status 2.
+/// Parses a command line (program name first) into a `Cli`, with the settings of `maxlofs mount`
+/// and `maxlofs grants` resolved. Errors are clap's, formatted with usage, and exit with status 2.
 pub fn parse<T: Into<OsString>>(argv: impl IntoIterator<Item = T>) -> Result<Cli, clap::Error> {
     let mut cmd = command();
     let mut argv = helper_form(&cmd, argv.into_iter().map(Into::into).collect());
     let mut matches = cmd.try_get_matches_from_mut(&argv)?;
     let added = match matches.subcommand() {
-        Some(("mount", found)) => {
-            let mount = cmd
-                .find_subcommand_mut("mount")
-                .expect("mount is a subcommand");
-            overrides(mount, found).map_err(|err| err.format(mount))?
+        Some((name @ ("mount" | "grants"), found)) => {
+            let command = cmd.find_subcommand_mut(name).expect("a subcommand");
+            overrides(command, found).map_err(|err| err.format(command))?
         }
         _ => Vec::new(),
     };
     if !added.is_empty() {
-        // Right after `mount` (always argv[1]: maxlofs has no options of its own that take a
-        // value), so that a `--` later on cannot make them positional.
+        // Right after the subcommand (always argv[1]: maxlofs has no options of its own that
+        // take a value), so that a `--` later on cannot make them positional.
         argv.splice(2..2, added);
         matches = cmd.try_get_matches_from_mut(&argv)?;
     }
@@ -159,25 +159,34 @@ fn helper_form(cmd: &clap::Command, mut argv: Vec<OsString>) -> Vec<OsString> {
     argv
 }
 
-/// Whether `arg` is one of the settings: a flag of `MountArgs`, not a positional path nor one of
-/// `MountCommand`'s own arguments.
+/// The names of the settings, which are the config file keys and `-o` options: the flags of
+/// `MountArgs`, not its positional paths.
+fn setting_names() -> Vec<clap::Id> {
+    MountArgs::augment_args(clap::Command::new("settings"))
+        .get_arguments()
+        .filter(|arg| !arg.is_positional())
+        .map(|arg| arg.get_id().clone())
+        .collect()
+}
+
+/// Whether `arg` is one of the settings, not a positional path nor an argument of a subcommand's
+/// own (`--config`, `--json`, ...).
 fn is_setting(arg: &Arg) -> bool {
-    !arg.is_positional()
-        && MountArgs::augment_args(clap::Command::new("settings"))
-            .get_arguments()
-            .any(|setting| setting.get_id() == arg.get_id())
+    setting_names().contains(arg.get_id())
 }
 
-fn settings(mount: &clap::Command) -> impl Iterator<Item = &Arg> {
-    mount.get_arguments().filter(|arg| is_setting(arg))
+/// The settings a subcommand takes.
+fn settings(command: &clap::Command) -> impl Iterator<Item = &Arg> {
+    command.get_arguments().filter(|arg| is_setting(arg))
 }
 
-fn setting<'a>(mount: &'a clap::Command, name: &str) -> Option<&'a Arg> {
-    settings(mount).find(|arg| arg.get_id() == name)
+fn setting<'a>(command: &'a clap::Command, name: &str) -> Option<&'a Arg> {
+    settings(command).find(|arg| arg.get_id() == name)
 }
 
-fn names(mount: &clap::Command) -> String {
-    let names: Vec<&str> = settings(mount).map(|arg| arg.get_id().as_str()).collect();
+fn names() -> String {
+    let ids = setting_names();
+    let names: Vec<&str> = ids.iter().map(clap::Id::as_str).collect();
     names.join(", ")
 }
 
@@ -209,13 +218,19 @@ fn mount_option(option: &str) -> Option<(&str, Option<&str>)> {
 /// The settings chosen so far, each with its `--name=value` arguments.
 type Chosen<'a> = Vec<(&'a Arg, Vec<OsString>)>;
 
-/// The `--name=value` arguments to add for the settings that `-o` options set (they rank as
-/// flags), and for those the config file sets that neither a flag nor the environment does.
-fn overrides(mount: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>, clap::Error> {
+/// The `--name=value` arguments to add to a subcommand's command line for the settings that
+/// `-o` options set (they rank as flags), and for those the config file sets that neither a flag
+/// nor the environment does.
+fn overrides(command: &clap::Command, found: &ArgMatches) -> Result<Vec<OsString>, clap::Error> {
     let mut chosen = Chosen::new();
-    let config = from_options(mount, found, &mut chosen)?;
+    // -o options are mount(8)'s form, so `mount`'s alone.
+    let config = if command.get_name() == "mount" {
+        from_options(command, found, &mut chosen)?
+    } else {
+        config_file(found)
+    };
     if let Some(path) = config {
-        from_file(mount, found, &path, &mut chosen)?;
+        from_file(command, found, &path, &mut chosen)?;
     }
     Ok(chosen.into_iter().flat_map(|(_, flags)| flags).collect())
 }
@@ -249,7 +264,7 @@ fn from_options<'a>(
                 format!(
                     "unknown mount option '{name}'; the options are: {}, config, ro, and the \
                      usual mount options, which are ignored",
-                    names(mount)
+                    names()
                 ),
             )
         })?;
@@ -274,21 +289,26 @@ fn from_options<'a>(
     Ok(config)
 }
 
-/// Chooses what the config file at `path` sets and nothing before it did.
+/// Chooses what the config file at `path` sets and nothing before it did, of the settings
+/// `command` takes.
 fn from_file<'a>(
-    mount: &'a clap::Command,
+    command: &'a clap::Command,
     found: &ArgMatches,
     path: &Path,
     chosen: &mut Chosen<'a>,
 ) -> Result<(), clap::Error> {
     for (key, value) in read_config(path)? {
-        let Some(arg) = setting(mount, &key) else {
+        let Some(arg) = setting(command, &key) else {
+            if setting_names().iter().any(|name| name == key.as_str()) {
+                // A setting of `mount` that this subcommand has no use for.
+                continue;
+            }
             return Err(usage_error(
                 ErrorKind::UnknownArgument,
                 format!(
                     "unknown key '{key}' in config file {}; the keys are: {}",
                     path.display(),
-                    names(mount)
+                    names()
                 ),
             ));
         };
@@ -404,7 +424,7 @@ fn needs_value(name: &str) -> clap::Error {
     )
 }
 
-/// An error for the `mount` usage; `parse` adds the usage itself.
+/// An error for a subcommand's usage; `parse` adds the usage itself.
 fn usage_error(kind: ErrorKind, message: String) -> clap::Error {
     clap::Error::raw(kind, message)
 }

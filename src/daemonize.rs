@@ -8,11 +8,18 @@
 //! `MAXLOFS_READY_FD`: one line `ready` once mounted (`notify_ready`). End of file without that
 //! line means the daemon failed before mounting; the parent then prints what the daemon logged
 //! and fails too.
+//!
+//! Under systemd (a `Type=notify` service running `maxlofs mount --foreground`), the mount
+//! reports itself ready to systemd instead, as `READY=1` on `$NOTIFY_SOCKET`.
 
+use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -118,8 +125,9 @@ pub fn claim_ready_fd() {
     *lock(&READY) = Some(unsafe { File::from_raw_fd(fd) });
 }
 
-/// Reports the mount live to the waiting parent (`maxlofs mount` without `--foreground`), which
-/// then exits 0, and closes the pipe. Does nothing outside daemon mode or after the first call.
+/// Reports the mount live: to the waiting parent in daemon mode (`maxlofs mount` without
+/// `--foreground`), which then exits 0, closing the pipe; and to systemd when it set
+/// `$NOTIFY_SOCKET`. The parent is told once only.
 pub fn notify_ready() {
     claim_ready_fd();
     if let Some(mut pipe) = lock(&READY).take() {
@@ -128,6 +136,22 @@ pub fn notify_ready() {
             tracing::warn!("reporting the mount ready: {err}");
         }
     }
+    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Err(err) = notify_systemd(&socket) {
+            tracing::warn!("reporting the mount ready to systemd at {socket:?}: {err}");
+        }
+    }
+}
+
+/// sd_notify(3)'s `READY=1`, sent to `socket`: a path, or an abstract socket name after `@`.
+fn notify_systemd(socket: &OsStr) -> io::Result<()> {
+    const READY: &[u8] = b"READY=1";
+    let sender = UnixDatagram::unbound()?;
+    match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => sender.send_to_addr(READY, &SocketAddr::from_abstract_name(name)?),
+        None => sender.send_to(READY, socket),
+    }?;
+    Ok(())
 }
 
 /// `$XDG_STATE_HOME/maxlofs/maxlofs.log`, else `~/.local/state/maxlofs/maxlofs.log`.
@@ -173,6 +197,36 @@ fn tail(path: &Path, start: u64, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `notify_systemd(name)` sends to `systemd`, bound at `name`.
+    fn notified(systemd: &UnixDatagram, name: &OsStr) -> Vec<u8> {
+        systemd
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        notify_systemd(name).unwrap();
+        let mut message = [0; 64];
+        let len = systemd.recv(&mut message).unwrap();
+        message[..len].to_vec()
+    }
+
+    #[test]
+    fn notify_systemd_sends_ready_to_a_socket_path_or_an_abstract_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let systemd = UnixDatagram::bind(&path).unwrap();
+        assert_eq!(notified(&systemd, path.as_os_str()), b"READY=1");
+
+        let name = format!("maxlofs-test-notify-{}", std::process::id());
+        let address = SocketAddr::from_abstract_name(&name).unwrap();
+        let systemd = UnixDatagram::bind_addr(&address).unwrap();
+        assert_eq!(
+            notified(&systemd, OsStr::new(&format!("@{name}"))),
+            b"READY=1"
+        );
+
+        let nobody = dir.path().join("nobody");
+        assert!(notify_systemd(nobody.as_os_str()).is_err());
+    }
 
     #[test]
     fn tail_shows_the_last_lines_written_after_start() {

@@ -14,6 +14,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::progress::{Progress, Unit};
+
 const MIB: u64 = 1024 * 1024;
 /// Files up to this size are hashed whole ("16 MB", read as MiB).
 pub const SINGLE_PART_MAX: u64 = 16 * MIB;
@@ -24,6 +26,8 @@ pub const MAX_PARTS: u64 = 900;
 /// Read buffer per thread. Measured from the page cache with SHA-NI, 32 KiB to 4 MiB hash at the
 /// same speed; this keeps syscalls few and the memory per worker small.
 const READ_BUFFER: usize = 256 * 1024;
+/// Files at least this large report how their hashing goes: at disk speed it takes seconds.
+const PROGRESS_MIN: u64 = 256 * MIB;
 
 /// A Maxlo file hash. Displays as 64 lowercase hex characters, the form the API carries.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -82,25 +86,40 @@ pub fn hash_file(path: &Path) -> io::Result<FileHash> {
             "not a regular file",
         ));
     }
-    hash_open_file(&file, metadata.len(), default_workers())
+    let progress = progress_for(path, metadata.len());
+    hash_open_file(&file, metadata.len(), default_workers(), progress.as_ref())
+}
+
+/// The progress report for hashing `name`, `size` bytes long; none for a file that hashes
+/// quickly.
+pub fn progress_for(name: &Path, size: u64) -> Option<Progress> {
+    (size >= PROGRESS_MIN).then(|| {
+        Progress::new(
+            format!("hashing {}", name.display()),
+            Some(size),
+            Unit::Bytes,
+        )
+    })
 }
 
 /// Hashes the first `size` bytes of an open file (or anything readable at offsets), with up to
 /// `workers` threads for a multipart file. The caller gives `size` (from its own fstat) so the
 /// hash matches the size it reports; a file that turns out shorter is an `UnexpectedEof` error.
+/// Bytes read are counted on `progress`.
 pub fn hash_open_file<F: FileExt + Sync>(
     file: &F,
     size: u64,
     workers: NonZeroUsize,
+    progress: Option<&Progress>,
 ) -> io::Result<FileHash> {
     let digest = match part_size(size) {
         None => {
             // Small files are the common case: don't zero a full buffer for a few KiB.
             let mut buffer = vec![0; READ_BUFFER.min(size.max(1) as usize)];
-            hash_range(file, 0, size, &mut buffer)?
+            hash_range(file, 0, size, &mut buffer, progress)?
         }
         Some(part) => {
-            let part_digests = hash_parts(file, size, part, workers)?;
+            let part_digests = hash_parts(file, size, part, workers, progress)?;
             Sha256::digest(part_digests.concat()).into()
         }
     };
@@ -113,6 +132,7 @@ fn hash_parts<F: FileExt + Sync>(
     size: u64,
     part: u64,
     workers: NonZeroUsize,
+    progress: Option<&Progress>,
 ) -> io::Result<Vec<[u8; 32]>> {
     let parts = size.div_ceil(part);
     let next_part = AtomicU64::new(0);
@@ -126,7 +146,7 @@ fn hash_parts<F: FileExt + Sync>(
             }
             let start = index * part;
             let len = part.min(size - start);
-            match hash_range(file, start, len, &mut buffer) {
+            match hash_range(file, start, len, &mut buffer, progress) {
                 Ok(digest) => done.push((index, digest)),
                 Err(err) => {
                     // Stop the other workers: the file hash is lost anyway.
@@ -159,6 +179,7 @@ fn hash_range<F: FileExt>(
     start: u64,
     len: u64,
     buffer: &mut [u8],
+    progress: Option<&Progress>,
 ) -> io::Result<[u8; 32]> {
     let mut hasher = Sha256::new();
     let mut offset = start;
@@ -175,6 +196,9 @@ fn hash_range<F: FileExt>(
         })?;
         hasher.update(&*chunk);
         offset += want as u64;
+        if let Some(progress) = progress {
+            progress.add(want as u64);
+        }
     }
     Ok(hasher.finalize().into())
 }
@@ -246,7 +270,7 @@ mod tests {
 
     fn pattern_hash(len: u64, workers: usize) -> String {
         let workers = NonZeroUsize::new(workers).unwrap();
-        hash_open_file(&Pattern { len }, len, workers)
+        hash_open_file(&Pattern { len }, len, workers, None)
             .unwrap()
             .to_hex()
     }
@@ -315,10 +339,26 @@ mod tests {
     }
 
     #[test]
+    fn progress_counts_every_byte_hashed_whole_or_in_parts() {
+        for (len, workers) in [(1000, 1), (4 * 8 * MIB + 12345, 3)] {
+            let progress = Progress::new("hashing", Some(len), Unit::Bytes);
+            let workers = NonZeroUsize::new(workers).unwrap();
+            let with = hash_open_file(&Pattern { len }, len, workers, Some(&progress)).unwrap();
+            assert_eq!(progress.done(), len);
+            assert_eq!(
+                with,
+                hash_open_file(&Pattern { len }, len, workers, None).unwrap()
+            );
+        }
+        assert!(progress_for(Path::new("small"), PROGRESS_MIN - 1).is_none());
+        assert!(progress_for(Path::new("large"), PROGRESS_MIN).is_some());
+    }
+
+    #[test]
     fn a_short_file_is_an_error_not_a_wrong_hash() {
         let workers = NonZeroUsize::new(2).unwrap();
         for (actual, claimed) in [(10, 20), (20 * MIB, 30 * MIB)] {
-            let err = hash_open_file(&Pattern { len: actual }, claimed, workers).unwrap_err();
+            let err = hash_open_file(&Pattern { len: actual }, claimed, workers, None).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         }
     }

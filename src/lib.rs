@@ -10,5 +10,6 @@ pub mod emulator;
 pub mod fs;
 pub mod grants;
 pub mod hash;
+pub mod progress;
 pub mod status;
 pub mod sync;

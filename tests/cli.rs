@@ -397,6 +397,82 @@ fn grants_lists_what_the_device_key_sees() {
 }
 
 #[test]
+fn grants_reads_api_and_key_file_from_the_config_file_like_mount() {
+    let emulator = Emulator::start(&["--grant", "1", "--grant", "7"]);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("device.key");
+    std::fs::write(&key, "demo-device-key\n").unwrap();
+    let wrong_key = dir.path().join("wrong.key");
+    std::fs::write(&wrong_key, "not-a-key\n").unwrap();
+    // The keys only `mount` uses are passed over.
+    let mount_config = |api: &str| {
+        format!(
+            "api = \"{api}\"\ndevice_key_file = \"{}\"\ngrant = \"7\"\nsettle_ms = 100\n",
+            key.display()
+        )
+    };
+    let config = write_config(
+        &dir.path().join("maxlofs.toml"),
+        &mount_config(&emulator.url),
+    );
+    let config = config.to_str().unwrap();
+    let grant_ids = |out: Output| -> Vec<String> {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+        listing["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|grant| grant["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let out = maxlofs(dir.path(), &["grants", "--json", "--config", config])
+        .output()
+        .unwrap();
+    assert_eq!(grant_ids(out), ["1", "7"], "from --config");
+
+    // The default file, with an api that the environment overrides.
+    let home = dir.path().join("xdg");
+    write_config(
+        &home.join("maxlofs/config.toml"),
+        &mount_config("http://127.0.0.1:1"),
+    );
+    let out = maxlofs(dir.path(), &["grants", "--json"])
+        .env("XDG_CONFIG_HOME", &home)
+        .env("MAXLOFS_API", &emulator.url)
+        .output()
+        .unwrap();
+    assert_eq!(
+        grant_ids(out),
+        ["1", "7"],
+        "the default file, under the environment"
+    );
+
+    // A flag beats the file.
+    let out = maxlofs(
+        dir.path(),
+        &["grants", "--config", config, "--device-key-file"],
+    )
+    .arg(&wrong_key)
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("403"), "{}", text(&out.stderr));
+
+    let unknown = write_config(&dir.path().join("unknown.toml"), "apu = \"x\"\n");
+    assert_usage_error(
+        &maxlofs(
+            dir.path(),
+            &["grants", "--config", unknown.to_str().unwrap()],
+        )
+        .output()
+        .unwrap(),
+        &["unknown key 'apu'"],
+    );
+}
+
+#[test]
 fn grants_reports_a_refused_key_and_a_missing_one() {
     let emulator = Emulator::start(&[]);
     let dir = tempfile::tempdir().unwrap();

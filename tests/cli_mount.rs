@@ -1,11 +1,13 @@
 //! Daemon mode and mount(8) end to end: real mounts started the ways an operator starts them
-//! (`maxlofs mount` without `--foreground`, mount.fuse3, `mount --fstab`), against the emulator.
+//! (`maxlofs mount` without `--foreground`, mount.fuse3, `mount --fstab`, as a systemd
+//! `Type=notify` service), against the emulator.
 //! Without FUSE here (no /dev/fuse or fusermount3) the tests say SKIPPED, unless
 //! MAXLOFS_REQUIRE_FUSE=1 requires it.
 
 mod common;
 
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -363,5 +365,107 @@ fn a_config_file_mounts_a_grant_given_by_name() {
     };
     assert_eq!(in_grant(7), ["by-name.txt"]);
     assert!(in_grant(1).is_empty());
+    site.unmount();
+}
+
+#[test]
+fn a_foreground_mount_tells_systemd_once_it_is_live() {
+    if !fuse_available("a_foreground_mount_tells_systemd_once_it_is_live") {
+        return;
+    }
+    let emulator = Emulator::start(&[]);
+    let site = Site::new("demo-device-key");
+    // What systemd listens on for a Type=notify service.
+    let notify = site.dir.path().join("notify");
+    let systemd = UnixDatagram::bind(&notify).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut daemon = Command::new(BIN)
+        .arg("mount")
+        .arg(&site.backing)
+        .arg(&site.mnt)
+        .arg("--foreground")
+        .args(site.flags(&emulator))
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::fs::File::create(&site.log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut message = [0; 64];
+    let received = systemd.recv(&mut message);
+    let mounted = is_mounted(&site.mnt);
+    let len = received.unwrap_or_else(|err| panic!("no READY=1: {err}\n{}", site.log_text()));
+    assert_eq!(&message[..len], b"READY=1");
+    assert!(mounted, "READY=1 before the mount was live");
+    site.assert_syncs(&emulator);
+    site.unmount();
+    assert!(daemon.wait().unwrap().success(), "{}", site.log_text());
+}
+
+#[test]
+fn the_reconcile_pass_logs_its_progress() {
+    if !fuse_available("the_reconcile_pass_logs_its_progress") {
+        return;
+    }
+    let emulator = Emulator::start(&[]);
+    let site = Site::new("demo-device-key");
+    // 3000 files in 10 folders: 3010 paths for the walk to count.
+    for folder in 0..10 {
+        let dir = site.backing.join(format!("d{folder}"));
+        std::fs::create_dir(&dir).unwrap();
+        for file in 0..300 {
+            std::fs::write(dir.join(format!("f{file}")), b"x").unwrap();
+        }
+    }
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&site.backing)
+        .arg(&site.mnt)
+        .args(site.flags(&emulator))
+        // Nothing here is about sending: don't wait for the files at unmount.
+        .arg("--drain-timeout=0")
+        .env("MAXLOFS_PROGRESS_INTERVAL_MS", "1")
+        .output()
+        .unwrap();
+    site.assert_mounted_by(&out);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !site.log_text().contains("paths to look at") {
+        assert!(
+            Instant::now() < deadline,
+            "no reconcile:\n{}",
+            site.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = site.log_text();
+    // The count in each "reconcile, backing folder: N paths..." line; the last one has " in ".
+    let walked: Vec<(u64, bool)> = log
+        .lines()
+        .filter_map(|line| line.split_once("reconcile, backing folder: "))
+        .map(|(_, rest)| {
+            let count = rest.split(' ').next().unwrap().parse().unwrap();
+            (count, rest.contains(" in "))
+        })
+        .collect();
+    let Some((&(total, true), periodic)) = walked.split_last() else {
+        panic!("no last line for the walk:\n{log}");
+    };
+    assert_eq!(total, 3010, "{log}");
+    assert!(!periodic.is_empty(), "no periodic line:\n{log}");
+    assert!(
+        periodic
+            .windows(2)
+            .all(|pair| pair[0].0 < pair[1].0 && !pair[1].1),
+        "{log}"
+    );
+    assert!(periodic.iter().all(|&(count, _)| count < total), "{log}");
+    // Workers send during the walk, so the index holds some of the files by then.
+    let index_done = log.lines().any(|line| {
+        line.split_once("reconcile, index: ")
+            .and_then(|(_, rest)| rest.split_once(" paths (100%) in "))
+            .and_then(|(count, _)| count.split_once('/'))
+            .is_some_and(|(done, total)| done == total)
+    });
+    assert!(index_done, "no last line for the index:\n{log}");
     site.unmount();
 }

@@ -24,6 +24,7 @@ use super::queue::{Finish, Hint, WorkQueue};
 use crate::api::{ApiError, CreateOutcome, GrantId, MediaApi, MediaId, MediaState, NewMedia};
 use crate::contract;
 use crate::fs::{Event, EventSink, StatusSource};
+use crate::progress::{Progress, Unit};
 
 pub struct SyncConfig {
     pub grant: GrantId,
@@ -378,7 +379,9 @@ impl Engine {
     fn reconcile(&self) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let mut marked = 0u64;
+        let walked = Progress::new("reconcile, backing folder", None, Unit::Items("paths"));
         self.backing.walk(Path::new(""), &mut |path, observed| {
+            walked.add(1);
             let differs = match observed {
                 Observed::Directory => false,
                 Observed::Absent => false,
@@ -396,13 +399,22 @@ impl Engine {
                 marked += 1;
             }
         })?;
+        drop(walked);
+        let indexed = self.index.paths_under("")?;
         let unsure = self.index.unsure_paths()?;
-        for path in self.index.paths_under("")?.into_iter().chain(unsure) {
+        let checked = Progress::new(
+            "reconcile, index",
+            Some((indexed.len() + unsure.len()) as u64),
+            Unit::Items("paths"),
+        );
+        for path in indexed.into_iter().chain(unsure) {
+            checked.add(1);
             if !matches!(self.backing.observe(Path::new(&path))?, Observed::File(_)) {
                 self.queue.mark(Path::new(&path), Hint::Meta);
                 marked += 1;
             }
         }
+        drop(checked);
         tracing::info!(
             "reconcile: {marked} paths to look at, found in {:.1}s",
             started.elapsed().as_secs_f64()

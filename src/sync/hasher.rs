@@ -11,7 +11,9 @@ use crate::hash;
 pub fn hash_stable(backing: &Backing, path: &Path) -> io::Result<Option<(String, FileStat)>> {
     for _ in 0..3 {
         let (file, before) = backing.open_file(path)?;
-        let hash = match hash::hash_open_file(&file, before.size, hash::default_workers()) {
+        let progress = hash::progress_for(path, before.size);
+        let workers = hash::default_workers();
+        let hash = match hash::hash_open_file(&file, before.size, workers, progress.as_ref()) {
             Ok(hash) => hash.to_hex(),
             // It shrank while being read: look again.
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => continue,
