@@ -190,6 +190,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .thread_name("maxlofs-sync")
+        .on_thread_start(yield_to_filesystem_threads)
         .build()?;
     let api = Arc::new(HttpApi::new(&args.api, keys.clone(), Timeouts::default())?);
     let (grant, fresh_prefix) =
@@ -227,7 +228,13 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     runtime.block_on(check_service(api.as_ref(), grant))?;
 
     let identity = format!("{} grant {} prefix {:?}", args.api, grant, prefix);
-    let index = Index::open(&state_dir.join("index.db"), &identity, args.cache_entries)?;
+    let index = Index::open(&state_dir.join("index.db"), &identity, args.cache_entries)
+        .with_context(|| {
+            format!(
+                "cannot open the index in {} (is another maxlofs mount using this state folder?)",
+                state_dir.display()
+            )
+        })?;
     let config = SyncConfig {
         grant,
         prefix,
@@ -269,4 +276,18 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Catalog work (hashing, index writes, uploads) runs at a lower CPU priority than the threads
+/// serving the mount, so a user's `cp` or `tar` never waits behind it; it still gets every
+/// cycle they leave idle. The threads it spawns (hash parts) inherit the priority.
+fn yield_to_filesystem_threads() {
+    const SYNC_NICE: libc::c_int = 10;
+    // On Linux the nice value is per thread, and who = 0 names the calling thread.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SYNC_NICE) } != 0 {
+        tracing::debug!(
+            "could not lower the sync threads' priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }

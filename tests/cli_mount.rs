@@ -469,3 +469,40 @@ fn the_reconcile_pass_logs_its_progress() {
     assert!(index_done, "no last line for the index:\n{log}");
     site.unmount();
 }
+
+/// Catalog work runs at a lower CPU priority than the threads serving the mount, so a user's
+/// `cp` never waits behind hashing or uploads.
+#[test]
+fn sync_threads_yield_the_cpu_to_the_threads_serving_the_mount() {
+    let emulator = Emulator::start(&[]);
+    let Some(mount) = common::service::Mount::start(&emulator, &[]) else {
+        return;
+    };
+    std::fs::write(mount.path("a.jpg"), b"a").unwrap();
+    mount.wait_synced();
+    let mut sync_nice = Vec::new();
+    let mut other_nice = Vec::new();
+    let tasks = format!("/proc/{}/task", mount.pid().unwrap());
+    for task in std::fs::read_dir(tasks).unwrap() {
+        let task = task.unwrap().path();
+        let name = std::fs::read_to_string(task.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
+        // Fields after "pid (comm) ": state is field 3, nice is field 19.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = after_name.split(' ').nth(16).unwrap().parse().unwrap();
+        if name.trim() == "maxlofs-sync" {
+            sync_nice.push(nice);
+        } else {
+            other_nice.push(nice);
+        }
+    }
+    assert!(!sync_nice.is_empty(), "no sync threads found");
+    assert!(
+        sync_nice.iter().all(|&n| n == 10),
+        "sync threads: {sync_nice:?}"
+    );
+    assert!(
+        other_nice.iter().all(|&n| n == 0),
+        "other threads: {other_nice:?}"
+    );
+}
