@@ -64,9 +64,11 @@ pub fn part_size(file_size: u64) -> Option<u64> {
     Some(size)
 }
 
-/// How many threads `hash_file` uses for a multipart file: one per core.
+/// How many threads `hash_file` uses for a multipart file: one per core. Asked once: the
+/// answer reads cgroup files under /proc, which costs more than hashing a small file.
 pub fn default_workers() -> NonZeroUsize {
-    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+    static WORKERS: std::sync::OnceLock<NonZeroUsize> = std::sync::OnceLock::new();
+    *WORKERS.get_or_init(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
 }
 
 /// Opens and hashes a regular file on all cores. Blocking: call it from a worker thread.

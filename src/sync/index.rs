@@ -59,8 +59,13 @@ impl Index {
     /// reconcile re-learns every media_id from the service's 409 answers.
     pub fn open(path: &Path, identity: &str, cache_entries: usize) -> anyhow::Result<Index> {
         let db = Connection::open(path)?;
+        // A daemon that has just stopped may still be closing it.
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "NORMAL")?;
+        // One daemon owns a state folder: holding the file lock for the connection's life spares
+        // two fcntl calls per transaction, and a second daemon on the same folder is refused.
+        db.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         db.execute_batch(SCHEMA)?;
         let stored: Option<String> = db
             .query_row("SELECT value FROM meta WHERE key = 'identity'", [], |r| {
@@ -148,25 +153,26 @@ impl Index {
 
     /// Records what the service acknowledged for `path` (and that no create for it is unsure).
     pub fn put(&self, path: &str, entry: &IndexEntry) -> anyhow::Result<()> {
-        let mut db = self.db.lock().unwrap();
+        let db = self.db.lock().unwrap();
         // One transaction: a crash must not leave the unsure row gone and the entry not written.
-        let tx = db.transaction()?;
-        tx.prepare_cached(
-            "INSERT OR REPLACE INTO synced (path, media_id, hash, size, mtime_ns, ctime_ns, ino)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            path,
-            entry.media_id,
-            entry.hash,
-            entry.size as i64,
-            entry.mtime_ns,
-            entry.ctime_ns,
-            entry.ino as i64
-        ])?;
-        tx.prepare_cached("DELETE FROM unsure WHERE path = ?1")?
-            .execute([path])?;
-        tx.commit()?;
+        in_transaction(&db, |db| {
+            db.prepare_cached(
+                "INSERT OR REPLACE INTO synced (path, media_id, hash, size, mtime_ns, ctime_ns, ino)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                path,
+                entry.media_id,
+                entry.hash,
+                entry.size as i64,
+                entry.mtime_ns,
+                entry.ctime_ns,
+                entry.ino as i64
+            ])?;
+            db.prepare_cached("DELETE FROM unsure WHERE path = ?1")?
+                .execute([path])?;
+            Ok(())
+        })?;
         self.cache
             .lock()
             .unwrap()
@@ -220,6 +226,20 @@ impl Index {
                 .query_row("SELECT COUNT(*) FROM synced", [], |r| r.get(0))?;
         Ok(count as u64)
     }
+}
+
+/// Runs `work` in one transaction. BEGIN and COMMIT come from the statement cache: rusqlite's
+/// `transaction()` parses them anew on every call, a measurable share of a small file's sync.
+fn in_transaction(
+    db: &Connection,
+    work: impl FnOnce(&Connection) -> rusqlite::Result<()>,
+) -> rusqlite::Result<()> {
+    db.prepare_cached("BEGIN")?.execute([])?;
+    let result = work(db).and_then(|()| db.prepare_cached("COMMIT")?.execute([]).map(drop));
+    if result.is_err() && !db.is_autocommit() {
+        let _ = db.execute_batch("ROLLBACK");
+    }
+    result
 }
 
 #[cfg(test)]

@@ -23,6 +23,19 @@ struct Rig {
     api: Arc<MemoryApi>,
     engine: Arc<Engine>,
     sink: Arc<dyn EventSink>,
+    runtime: EngineRuntime,
+}
+
+/// The engine's own runtime, as in the daemon: dropping it ends the engine's tasks, which
+/// closes the index for the next engine on the same folder.
+struct EngineRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for EngineRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn keys(device: &str) -> Keys {
@@ -68,20 +81,36 @@ impl Rig {
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
         let backing = Backing::open(&dir.path().join("b")).unwrap();
         let engine = Engine::new(config, api.clone(), index, backing);
-        engine.start();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        {
+            let _context = runtime.enter();
+            engine.start();
+        }
         let sink = engine.event_sink();
         Rig {
             dir,
             api,
             engine,
             sink,
+            runtime: EngineRuntime(Some(runtime)),
         }
     }
 
     /// Stops this engine and starts another on the same folder, index and service.
     async fn restart(self, no_delete: bool) -> Rig {
         assert!(self.engine.drain(Duration::from_secs(10)).await);
-        let Rig { dir, api, .. } = self;
+        let Rig {
+            dir,
+            api,
+            engine,
+            sink,
+            runtime,
+        } = self;
+        drop((runtime, engine, sink));
         Rig::start(dir, api, no_delete, SETTLE)
     }
 
