@@ -14,7 +14,8 @@
 # examples/passthrough_mount.rs), THREADS (maxlofs --threads), BENCH_DIR (default
 # /var/tmp/maxlofs-bench; the source tarball is kept there between runs).
 #
-# Workloads, each in a fresh mount per round and target, the targets interleaved per round:
+# Workloads, each in a fresh mount on a fresh ext4 filesystem per round and target, the targets
+# interleaved per round:
 #   write      SIZE_MIB sequential write + fsync (dd conv=fsync)
 #   read cold  the same file read after dropping the page cache; read warm: read again
 #   create/stat/rename/unlink  FILES x 4 KiB files, by a small C program (no interpreter cost)
@@ -55,7 +56,7 @@ work=$(mktemp -d "$WORK/run.XXXXXX")
 . scripts/bench-lib.sh
 
 cleanup() {
-  for m in "$work"/*-mnt; do
+  for m in "$work"/*-mnt "$work"/*-fs; do
     mountpoint -q "$m" 2>/dev/null && { fusermount3 -u "$m" 2>/dev/null || umount -l "$m"; }
   done
   [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null || true
@@ -148,8 +149,29 @@ wait_mounted() {
 threads_arg=()
 [ -n "$THREADS" ] && threads_arg=(--threads "$THREADS")
 
+# Each target works in a fresh ext4 filesystem of its own (a sparse image on a loop device), so
+# none inherits another's allocator state: ext4 passes over inodes freed in the last minute when
+# it allocates, and creates right after another round's deletions cost up to ten times more.
+FS_IMAGES=1
+fresh_fs() { # fresh_fs DIR: DIR becomes the root of a new, empty ext4 filesystem
+  mkdir -p "$1"
+  [ $FS_IMAGES = 1 ] || return 0
+  truncate -s "$(((SIZE_MIB * 3 + tree_mib * 4) / 1024 + 2))G" "$1.img"
+  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$1.img"
+  if ! mount -o loop "$1.img" "$1" 2>/dev/null; then
+    echo "cannot loop-mount ext4 images here; every target shares $WORK's filesystem" >&2
+    FS_IMAGES=0
+    rm -f "$1.img"
+  fi
+}
+drop_fs() { # drop_fs DIR
+  if mountpoint -q "$1"; then umount "$1"; fi
+  rm -rf "$1" "$1.img"
+}
+
 start() { # start TARGET ROUND -> sets DIR
-  local back=$work/$1-backing mnt=$work/$1-mnt
+  local back=$work/$1-fs/backing mnt=$work/$1-mnt
+  fresh_fs "$work/$1-fs"
   mkdir -p "$back" "$mnt"
   case $1 in
   native) DIR=$back ;;
@@ -194,7 +216,8 @@ stop() {
     ;;
   *) fusermount3 -u "$DIR" ;;
   esac
-  rm -rf "$work/$1-backing" "$work/rclone-cache"
+  drop_fs "$work/$1-fs"
+  rm -rf "$work/rclone-cache"
 }
 
 elapsed() { # elapsed CMD... -> seconds on stdout
