@@ -152,7 +152,6 @@ fn a_directory_swapped_for_a_symlink_never_lets_the_daemon_create_outside() {
 /// of the mount still has it open (a shell's working directory): creating a file there through
 /// the mount must not land outside the backing folder.
 #[test]
-#[ignore = "bug: a directory moved out of the backing folder stays writable through the mount (the daemon's O_PATH descriptor follows it)"]
 fn a_directory_moved_out_of_the_backing_folder_is_not_written_through_the_mount() {
     let emulator = Emulator::start(&[]);
     let mount = mount!(emulator, &["--settle-ms", "20"]);
@@ -177,6 +176,32 @@ fn a_directory_moved_out_of_the_backing_folder_is_not_written_through_the_mount(
     assert!(
         !away.join("planted.txt").exists(),
         "a file was created outside the backing folder through the mount"
+    );
+    assert!(
+        std::fs::read_dir(mount.path("d")).is_err(),
+        "listed outside"
+    );
+
+    // The same for a file the kernel knows: no chmod or truncate reaches it once moved out.
+    std::fs::write(mount.path("f.txt"), b"keep").unwrap();
+    std::fs::metadata(mount.path("f.txt")).unwrap();
+    let away_file = mount.backing.parent().unwrap().join("away.txt");
+    std::fs::rename(mount.backing.join("f.txt"), &away_file).unwrap();
+    let _ = std::fs::set_permissions(mount.path("f.txt"), std::fs::Permissions::from_mode(0o600));
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(mount.path("f.txt"));
+    let meta = std::fs::metadata(&away_file).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o644,
+        "chmod reached outside"
+    );
+    assert_eq!(
+        std::fs::read(&away_file).unwrap(),
+        b"keep",
+        "truncate reached outside"
     );
 }
 

@@ -11,6 +11,10 @@
 //! a large tree), so the table holds at most `fd_budget` of them. Past that it closes the least
 //! recently used (a clock sweep) and reopens one on its next use from its parent's descriptor
 //! and a known name, checking that the name still leads to the same `(dev, ino)`.
+//!
+//! A held descriptor keeps pointing at its inode wherever it moves. Something outside the mount
+//! can move a directory out of BACKING; so each use checks that the inode is still reachable
+//! from the root under one of its names (`still_beneath`) before the daemon acts on it.
 
 use super::sys;
 use fuser::{BackingId, Errno};
@@ -18,7 +22,7 @@ use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -112,6 +116,9 @@ struct Slots {
 #[derive(Debug)]
 pub struct InodeTable {
     slots: RwLock<Slots>,
+    /// Held (write) by a rename through the mount from the backing rename until the names here
+    /// follow it, so that the slow check of `still_beneath` never sees them half-way.
+    renaming: RwLock<()>,
     root_dev: u64,
     root_backing_ino: u64,
     fd_budget: usize,
@@ -137,6 +144,7 @@ impl InodeTable {
         );
         InodeTable {
             slots: RwLock::new(slots),
+            renaming: RwLock::new(()),
             root_dev: root.st_dev,
             root_backing_ino: root.st_ino,
             fd_budget: fd_budget.max(MIN_FD_BUDGET),
@@ -164,8 +172,14 @@ impl InodeTable {
         slots.foreign.get(&(st.st_dev, st.st_ino)).copied()
     }
 
-    /// The inode `ino` with its descriptor, reopened if it was evicted.
+    /// The inode `ino` with its descriptor, reopened if it was evicted. ESTALE if it is no
+    /// longer inside the backing tree.
     pub fn get(&self, ino: u64) -> Result<Inode, Errno> {
+        self.get_checked(ino, false)
+    }
+
+    /// `get`; `renames_held`: the caller holds `renaming` for reading already.
+    fn get_checked(&self, ino: u64, renames_held: bool) -> Result<Inode, Errno> {
         let data = {
             let slots = self.slots.read().expect("inode table lock");
             let slot = slots.by_ino.get(&ino).ok_or(Errno::ESTALE)?;
@@ -174,38 +188,107 @@ impl InodeTable {
         data.recently_used.store(true, Ordering::Relaxed);
         let held = data.fd.lock().expect("inode fd lock").clone();
         match held {
-            Some(fd) => Ok(Inode { data, fd }),
-            None => self.reopen(ino, data),
+            Some(fd) => {
+                let inode = Inode { data, fd };
+                if ino != ROOT_INO && !self.still_beneath(ino, &inode, renames_held) {
+                    tracing::warn!(ino, "inode moved out of the backing folder; refused");
+                    return Err(Errno::ESTALE);
+                }
+                Ok(inode)
+            }
+            // Reopened through a parent that was checked, so inside the tree too.
+            None => self.reopen(ino, data, renames_held),
         }
     }
 
-    /// Opens an evicted inode again through one of its names. A rename through the mount
-    /// updates the names just after the backing rename, so a miss is retried.
-    fn reopen(&self, ino: u64, data: Arc<InodeData>) -> Result<Inode, Errno> {
-        for _ in 0..3 {
-            let names = {
-                let slots = self.slots.read().expect("inode table lock");
-                let slot = slots.by_ino.get(&ino).ok_or(Errno::ESTALE)?;
-                slot.names.clone()
-            };
-            for (parent, name) in names {
-                let Ok(dir) = self.get(parent) else { continue };
-                let Ok(c_name) = CString::new(name.as_bytes()) else {
-                    continue;
-                };
-                let Ok(fd) = sys::open_path(dir.fd(), &c_name) else {
-                    continue;
-                };
-                let same =
-                    sys::stat_fd(fd.as_fd()).is_ok_and(|st| (st.st_dev, st.st_ino) == data.backing);
-                if same {
-                    let fd = self.hold(&data, fd);
-                    return Ok(Inode { data, fd });
-                }
+    /// Lets a rename through the mount keep the checks of `get` waiting while the backing
+    /// tree and the names here disagree.
+    pub fn rename_guard(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.renaming.write().expect("rename lock")
+    }
+
+    /// Whether `inode` can still be reached from the root by one of its names (always true for
+    /// an unlinked one, which no name reaches and no path outside the tree reaches either).
+    fn still_beneath(&self, ino: u64, inode: &Inode, renames_held: bool) -> bool {
+        let is_here = |st: &libc::stat| (st.st_dev, st.st_ino) == inode.backing;
+        // The common case in three syscalls: the kernel resolves the whole path without
+        // leaving the root or following a symlink.
+        if let Some(path) = self.path_of(ino) {
+            let root = self.get_root();
+            let found = CString::new(path.into_os_string().into_vec())
+                .ok()
+                .and_then(|path| sys::open_beneath(root.fd(), &path, libc::O_PATH).ok())
+                .and_then(|fd| sys::stat_fd(fd.as_fd()).ok());
+            if found.is_some_and(|st| is_here(&st)) {
+                return true;
             }
-            std::thread::yield_now();
         }
-        Err(Errno::ESTALE)
+        // Otherwise (a rename in flight, a path longer than PATH_MAX, really gone): with no
+        // rename through the mount half-done, a name whose directory is still inside and that
+        // still leads here.
+        let _settled = (!renames_held).then(|| self.renaming.read().expect("rename lock"));
+        let names = {
+            let slots = self.slots.read().expect("inode table lock");
+            match slots.by_ino.get(&ino) {
+                Some(slot) => slot.names.clone(),
+                None => return false,
+            }
+        };
+        if names.is_empty() {
+            return true;
+        }
+        names.into_iter().any(|(parent, name)| {
+            let Ok(dir) = self.get_checked(parent, true) else {
+                return false;
+            };
+            CString::new(name.into_vec()).is_ok_and(|name| {
+                sys::stat_at(dir.fd(), &name, libc::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| is_here(&st))
+            })
+        })
+    }
+
+    fn get_root(&self) -> Inode {
+        let slots = self.slots.read().expect("inode table lock");
+        let data = slots.by_ino[&ROOT_INO].inode.clone();
+        let fd = data.fd.lock().expect("inode fd lock").clone();
+        Inode {
+            data,
+            fd: fd.expect("the root's descriptor is never closed"),
+        }
+    }
+
+    /// Opens an evicted inode again through one of its names.
+    fn reopen(&self, ino: u64, data: Arc<InodeData>, renames_held: bool) -> Result<Inode, Errno> {
+        if let Some(fd) = self.open_by_names(ino, &data, renames_held) {
+            return Ok(Inode { data, fd });
+        }
+        if renames_held {
+            return Err(Errno::ESTALE);
+        }
+        // A rename through the mount may have been half-done: try again once none is.
+        let _settled = self.renaming.read().expect("rename lock");
+        let fd = self.open_by_names(ino, &data, true).ok_or(Errno::ESTALE)?;
+        Ok(Inode { data, fd })
+    }
+
+    fn open_by_names(
+        &self,
+        ino: u64,
+        data: &InodeData,
+        renames_held: bool,
+    ) -> Option<Arc<OwnedFd>> {
+        let names = {
+            let slots = self.slots.read().expect("inode table lock");
+            slots.by_ino.get(&ino)?.names.clone()
+        };
+        names.into_iter().find_map(|(parent, name)| {
+            let dir = self.get_checked(parent, renames_held).ok()?;
+            let c_name = CString::new(name.into_vec()).ok()?;
+            let fd = sys::open_path(dir.fd(), &c_name).ok()?;
+            let st = sys::stat_fd(fd.as_fd()).ok()?;
+            ((st.st_dev, st.st_ino) == data.backing).then(|| self.hold(data, fd))
+        })
     }
 
     /// Makes `fd` the inode's held descriptor (unless another thread got there first).

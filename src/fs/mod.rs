@@ -7,7 +7,7 @@ mod handles;
 mod inodes;
 mod mount;
 mod passthrough;
-mod sys;
+pub(crate) mod sys;
 
 pub use mount::{run_until_unmounted, spawn_mount, MountHandle};
 pub use passthrough::{AttrChanges, Caller, Opened, Passthrough, RegisterBacking, TTL};

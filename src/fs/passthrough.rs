@@ -219,6 +219,7 @@ impl Passthrough {
         let target = sys::stat_at(new_dir.fd(), &c_new_name, 0).ok();
         let from = self.inodes.path_in(parent, name);
         let to = self.inodes.path_in(new_parent, new_name);
+        let renaming = self.inodes.rename_guard();
         sys::renameat2(dir.fd(), &c_name, new_dir.fd(), &c_new_name, flags)?;
 
         let Some(source) = source else { return Ok(()) };
@@ -244,6 +245,7 @@ impl Passthrough {
             self.inodes
                 .rename_name(source_ino, (parent, name), (new_parent, new_name));
         }
+        drop(renaming);
         if let (Some(from), Some(to)) = (from, to) {
             self.emit(if exchange {
                 Event::Exchanged { a: from, b: to }

@@ -62,6 +62,25 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) 
     Ok(owned(fd))
 }
 
+/// Opens `path` (any number of components) below `dir` with `openat2`: the kernel refuses to
+/// leave `dir` (`..`, absolute paths) or to follow any symlink, even one that races in.
+pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> Result<OwnedFd> {
+    // SAFETY: open_how is plain data; all-zero is its "nothing asked" value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    let fd = retry(|| unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    })?;
+    Ok(owned(fd as RawFd))
+}
+
 /// An `O_PATH` descriptor for `name` in `dir`, never following a symlink at `name`.
 pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
     openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)

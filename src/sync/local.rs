@@ -5,10 +5,12 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use crate::fs::sys;
 
 /// The backing root, held open.
 pub struct Backing {
@@ -68,24 +70,8 @@ impl Backing {
     fn open_beneath(&self, relative: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
         let name = CString::new(relative.as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-        how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-        how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
-        // SAFETY: `name` and `how` outlive the call; the kernel returns a new fd or -1.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                self.root.as_raw_fd(),
-                name.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: the syscall succeeded, so `fd` is a fresh descriptor we own.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+        sys::open_beneath(self.root.as_fd(), &name, flags)
+            .map_err(|e| io::Error::from_raw_os_error(e.code()))
     }
 
     /// Observes `relative` without following any symlink.
