@@ -1,12 +1,14 @@
 # Shared helpers of scripts/bench*.sh (sourced, not run). The caller sets `bin` (the release
 # maxlofs binary) and `work` (a scratch directory).
 
-# Starts (or restarts) an emulator on a free loopback port; sets emulator_pid and api.
+# Starts (or restarts) an emulator on a free loopback port; sets emulator_pid and api. It runs at
+# nice 10: it stands in for a remote service, whose work is not done on the user's CPUs, so it
+# takes only what the workload being measured leaves idle.
 start_emulator() {
   if [ -n "${emulator_pid:-}" ]; then
     kill "$emulator_pid" 2>/dev/null && wait "$emulator_pid" 2>/dev/null || true
   fi
-  coproc EMULATOR { exec "$bin" emulator --listen 127.0.0.1:0 2>/dev/null; }
+  coproc EMULATOR { exec nice -n 10 "$bin" emulator --listen 127.0.0.1:0 2>/dev/null; }
   emulator_pid=$EMULATOR_PID
   local line
   read -r line <&"${EMULATOR[0]}"
