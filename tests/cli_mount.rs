@@ -506,3 +506,38 @@ fn sync_threads_yield_the_cpu_to_the_threads_serving_the_mount() {
         "other threads: {other_nice:?}"
     );
 }
+
+/// Two mounts cannot share a state folder: the second is refused with a reason, and the first
+/// goes on syncing.
+#[test]
+fn a_second_mount_on_the_same_state_folder_is_refused() {
+    let emulator = Emulator::start(&[]);
+    let Some(first) = common::service::Mount::start(&emulator, &[]) else {
+        return;
+    };
+    let other = tempfile::tempdir().unwrap();
+    let (backing, mnt) = (other.path().join("backing"), other.path().join("mnt"));
+    std::fs::create_dir_all(&backing).unwrap();
+    std::fs::create_dir_all(&mnt).unwrap();
+    let out = Command::new(BIN)
+        .arg("mount")
+        .arg(&backing)
+        .arg(&mnt)
+        .args(["--foreground", "--api", &emulator.url, "--grant", "1"])
+        .arg("--device-key-file")
+        .arg(&first.key_file)
+        .arg("--state-dir")
+        .arg(&first.state)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "second mount started: {stderr}");
+    assert!(
+        stderr.contains("another maxlofs mount"),
+        "no reason given: {stderr}"
+    );
+    assert!(!is_mounted(&mnt));
+    std::fs::write(first.path("still.jpg"), b"still").unwrap();
+    first.wait_synced();
+    assert!(emulator.live().contains_key("still.jpg"));
+}

@@ -80,11 +80,12 @@ impl Index {
             }
             db.execute("DELETE FROM synced", [])?;
             db.execute("DELETE FROM unsure", [])?;
-            db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('identity', ?1)",
-                [identity],
-            )?;
         }
+        // Written on every open: the first write takes the exclusive lock, held from now on.
+        db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('identity', ?1)",
+            [identity],
+        )?;
         let capacity = NonZeroUsize::new(cache_entries.max(1)).expect("at least one");
         Ok(Index {
             db: Mutex::new(db),
@@ -255,6 +256,20 @@ mod tests {
             ctime_ns: 2,
             ino,
         }
+    }
+
+    #[test]
+    fn a_second_index_on_the_same_folder_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        drop(Index::open(&path, "id", 4).unwrap());
+        // An existing index, opened with nothing to write yet, is already held.
+        let first = Index::open(&path, "id", 4).unwrap();
+        let second = Index::open(&path, "id", 4);
+        assert!(second.is_err(), "two daemons would share one index");
+        drop(first);
+        let reopened = Index::open(&path, "id", 4).unwrap();
+        reopened.put("a", &entry(1, 1)).unwrap();
     }
 
     #[test]
