@@ -113,6 +113,15 @@ struct Slots {
     held_fds: AtomicUsize,
 }
 
+impl Slots {
+    /// Closes `inode`'s held descriptor, if any (a handle using it keeps it open until done).
+    fn close_fd(&self, inode: &InodeData) {
+        if inode.fd.lock().expect("inode fd lock").take().is_some() {
+            self.held_fds.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct InodeTable {
     slots: RwLock<Slots>,
@@ -322,16 +331,7 @@ impl InodeTable {
                 {
                     continue;
                 }
-                if slot
-                    .inode
-                    .fd
-                    .lock()
-                    .expect("inode fd lock")
-                    .take()
-                    .is_some()
-                {
-                    slots.held_fds.fetch_sub(1, Ordering::Relaxed);
-                }
+                slots.close_fd(&slot.inode);
             }
         }
     }
@@ -505,16 +505,7 @@ fn release_if_unused(slots: &mut Slots, ino: u64) {
             continue;
         }
         let slot = slots.by_ino.remove(&ino).expect("checked above");
-        if slot
-            .inode
-            .fd
-            .lock()
-            .expect("inode fd lock")
-            .take()
-            .is_some()
-        {
-            slots.held_fds.fetch_sub(1, Ordering::Relaxed);
-        }
+        slots.close_fd(&slot.inode);
         slots.foreign.retain(|_, &mut number| number != ino);
         for (parent, _) in slot.names {
             if let Some(parent_slot) = slots.by_ino.get_mut(&parent) {
