@@ -390,6 +390,12 @@ fn differential_mmap_and_held_descriptors() {
     );
 }
 
+/// The inode number the mount shows for `file`: the backing one, as events carry it.
+fn ino_of(file: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(file).unwrap().ino()
+}
+
 fn path(p: &str) -> PathBuf {
     PathBuf::from(p)
 }
@@ -402,7 +408,12 @@ fn content_changes_are_reported_once_per_dirty_period() {
         };
         let f = mount.mountpoint.join("f");
         let events = &mount.events;
-        let changed = || vec![Event::ContentChanged { path: path("f") }];
+        let changed = || {
+            vec![Event::ContentChanged {
+                path: path("f"),
+                ino: ino_of(&f),
+            }]
+        };
 
         write_new(&f, b"hello").unwrap();
         let created = Event::Created { path: path("f") };
@@ -460,7 +471,10 @@ fn content_changes_are_reported_once_per_dirty_period() {
 
         posix::set_times(&f, Some(1), Some(2)).unwrap();
         posix::set_times(&f, None, Some(-1)).unwrap();
-        let times_set = Event::TimesSet { path: path("f") };
+        let times_set = Event::TimesSet {
+            path: path("f"),
+            ino: ino_of(&f),
+        };
         assert_eq!(
             events.take_settled(),
             vec![times_set.clone(), times_set],
@@ -566,7 +580,12 @@ fn handle_events_follow_renames_and_links() {
         mount.events.take();
         posix::write(&fd, b"moved").unwrap();
         drop(fd);
-        let changed = |p: &str| vec![Event::ContentChanged { path: path(p) }];
+        let changed = |p: &str| {
+            vec![Event::ContentChanged {
+                path: path(p),
+                ino: ino_of(&mount.mountpoint.join(p)),
+            }]
+        };
         assert_eq!(
             mount.events.take_settled(),
             changed("z/b/g"),

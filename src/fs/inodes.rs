@@ -458,6 +458,15 @@ impl InodeTable {
         Some(components.iter().rev().collect())
     }
 
+    /// `path_of(ino)` and the backing inode's `st_ino`.
+    pub fn path_and_backing_ino(&self, ino: u64) -> Option<(PathBuf, u64)> {
+        let backing_ino = {
+            let slots = self.slots.read().expect("inode table lock");
+            slots.by_ino.get(&ino)?.inode.backing.1
+        };
+        Some((self.path_of(ino)?, backing_ino))
+    }
+
     /// The path of `name` inside directory `parent`.
     pub fn path_in(&self, parent: u64, name: &OsStr) -> Option<PathBuf> {
         self.path_of(parent).map(|dir| dir.join(name))

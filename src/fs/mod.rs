@@ -22,9 +22,11 @@ pub enum Event {
     /// A regular file, fifo, device node, directory or symlink was created at `path`.
     Created { path: PathBuf },
     /// A handle that wrote or truncated (or a truncate through setattr) was flushed or released.
-    ContentChanged { path: PathBuf },
-    /// Times were set (utimensat) without a content change.
-    TimesSet { path: PathBuf },
+    /// `ino` is the backing inode's `st_ino`: `path` is where it was when the change was
+    /// reported, and it may be renamed or replaced by the time the event is handled.
+    ContentChanged { path: PathBuf, ino: u64 },
+    /// Times were set (utimensat) without a content change (`ino` as for `ContentChanged`).
+    TimesSet { path: PathBuf, ino: u64 },
     /// `path` was unlinked (or removed with rmdir when `is_dir`).
     Removed { path: PathBuf, is_dir: bool },
     /// `from` was renamed to `to`, possibly replacing what `to` was.

@@ -150,9 +150,9 @@ impl Passthrough {
                     .expect("tracker lock")
                     .settle(Fingerprint::of(&st));
             }
-            self.emit_for(ino, |path| Event::ContentChanged { path });
+            self.emit_for(ino, |path, ino| Event::ContentChanged { path, ino });
         } else if changes.atime.is_some() || changes.mtime.is_some() {
-            self.emit_for(ino, |path| Event::TimesSet { path });
+            self.emit_for(ino, |path, ino| Event::TimesSet { path, ino });
         }
         Ok(self.attr(ino, &st))
     }
@@ -735,7 +735,7 @@ impl Passthrough {
             }
         };
         if tracker.lock().expect("tracker lock").settle(now) {
-            self.emit_for(handle.ino, |path| Event::ContentChanged { path });
+            self.emit_for(handle.ino, |path, ino| Event::ContentChanged { path, ino });
         }
     }
 
@@ -771,9 +771,10 @@ impl Passthrough {
         }
     }
 
-    fn emit_for(&self, ino: u64, event: impl FnOnce(PathBuf) -> Event) {
-        match self.inodes.path_of(ino) {
-            Some(path) => self.emit(event(path)),
+    /// An event about inode `ino`, given its current path and backing `st_ino`.
+    fn emit_for(&self, ino: u64, event: impl FnOnce(PathBuf, u64) -> Event) {
+        match self.inodes.path_and_backing_ino(ino) {
+            Some((path, backing_ino)) => self.emit(event(path, backing_ino)),
             None => tracing::debug!(ino, "no path known (unlinked?); event dropped"),
         }
     }

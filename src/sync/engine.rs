@@ -277,42 +277,15 @@ impl Engine {
     fn take_event(&self, event: Event) {
         match event {
             Event::Created { path } => self.queue.mark(&path, Hint::Content),
-            Event::ContentChanged { path } => {
-                // The event names a path; the inode behind it is found now, which may be after
-                // the path was replaced or renamed. The inode the index knows at this path is
-                // a candidate too: its other names must not miss the change.
-                let indexed = self.indexed_ino(&path);
-                let now = match self.backing.observe(&path) {
-                    Ok(Observed::File(stat)) => {
-                        self.versions.lock().unwrap().changed(stat.ino);
-                        self.mark_other_links(stat.ino, Hint::Content);
-                        Some(stat.ino)
-                    }
-                    // Renamed or replaced since: which inode changed is unknown, so no hash
-                    // known from before may be reused.
-                    _ => {
-                        self.versions.lock().unwrap().changed_unknown();
-                        None
-                    }
-                };
-                if let Some(ino) = indexed.filter(|ino| Some(*ino) != now) {
-                    self.versions.lock().unwrap().changed(ino);
-                    self.mark_other_links(ino, Hint::Content);
-                }
+            // `path` is where the inode was when the change was reported; it may be renamed or
+            // replaced by now, so every indexed name of that inode is looked at too.
+            Event::ContentChanged { path, ino } => {
+                self.versions.lock().unwrap().changed(ino);
+                self.mark_other_links(ino, Hint::Content);
                 self.queue.mark(&path, Hint::Content);
             }
-            Event::TimesSet { path } => {
-                let indexed = self.indexed_ino(&path);
-                let now = match self.backing.observe(&path) {
-                    Ok(Observed::File(stat)) => {
-                        self.mark_other_links(stat.ino, Hint::Meta);
-                        Some(stat.ino)
-                    }
-                    _ => None,
-                };
-                if let Some(ino) = indexed.filter(|ino| Some(*ino) != now) {
-                    self.mark_other_links(ino, Hint::Meta);
-                }
+            Event::TimesSet { path, ino } => {
+                self.mark_other_links(ino, Hint::Meta);
                 self.queue.mark(&path, Hint::Meta);
             }
             Event::Removed { path, .. } | Event::Linked { path } => {
@@ -333,12 +306,6 @@ impl Engine {
                 }
             }
         }
-    }
-
-    /// The inode the index knows at `path`, if any.
-    fn indexed_ino(&self, path: &Path) -> Option<u64> {
-        let key = path.to_str()?;
-        self.index.get(key).ok().flatten().map(|entry| entry.ino)
     }
 
     fn mark_other_links(&self, ino: u64, hint: Hint) {

@@ -2,7 +2,7 @@
 //! what reaches the service, and every error policy.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -124,7 +124,16 @@ impl Rig {
         if !existed {
             self.sink.send(Event::Created { path: rel.into() });
         }
-        self.sink.send(Event::ContentChanged { path: rel.into() });
+        self.sink.send(Event::ContentChanged {
+            path: rel.into(),
+            ino: self.ino(rel),
+        });
+    }
+
+    /// The backing inode number of `rel`, as the filesystem reports it in events.
+    fn ino(&self, rel: impl AsRef<Path>) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.path("").join(rel)).unwrap().ino()
     }
 
     async fn settled(&self) {
@@ -196,7 +205,10 @@ async fn a_rewrite_updates_the_same_record_and_an_unchanged_close_sends_nothing(
     assert_eq!(rig.live()["a"].file_hash, maxlo_hash(b"two!"));
     assert_eq!(rig.calls(Call::Update), 1);
     // A close that changed nothing: an event, but nothing to send.
-    rig.sink.send(Event::ContentChanged { path: "a".into() });
+    rig.sink.send(Event::ContentChanged {
+        path: "a".into(),
+        ino: rig.ino("a"),
+    });
     rig.settled().await;
     assert_eq!((rig.calls(Call::Create), rig.calls(Call::Update)), (1, 1));
 }
@@ -213,7 +225,10 @@ async fn setting_times_updates_the_times() {
         .unwrap();
     file.set_times(std::fs::FileTimes::new().set_modified(when))
         .unwrap();
-    rig.sink.send(Event::TimesSet { path: "t".into() });
+    rig.sink.send(Event::TimesSet {
+        path: "t".into(),
+        ino: rig.ino("t"),
+    });
     rig.settled().await;
     let record = &rig.live()["t"];
     assert_eq!(record.mtime, "2001-09-09T01:46:40.000Z");
@@ -307,7 +322,10 @@ async fn a_write_through_one_hard_link_updates_every_link() {
     rig.settled().await;
     assert_eq!(rig.live().len(), 2);
     std::fs::write(rig.path("a"), b"changed").unwrap();
-    rig.sink.send(Event::ContentChanged { path: "a".into() });
+    rig.sink.send(Event::ContentChanged {
+        path: "a".into(),
+        ino: rig.ino("a"),
+    });
     rig.settled().await;
     let live = rig.live();
     assert_eq!(live["a"].file_hash, maxlo_hash(b"changed"));
@@ -325,7 +343,10 @@ async fn symlinks_fifos_ignored_and_non_utf8_names_stay_local_and_are_reported()
     rig.write(".notes.txt.swp", b"swap");
     let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"caf\xe9.jpg"));
     std::fs::write(rig.path("").join(&odd), b"x").unwrap();
-    rig.sink.send(Event::ContentChanged { path: odd });
+    rig.sink.send(Event::ContentChanged {
+        ino: rig.ino(&odd),
+        path: odd,
+    });
     rig.settled().await;
     assert!(rig.live().is_empty());
     let status = rig.engine.status();
