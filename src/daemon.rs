@@ -282,12 +282,17 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
 /// serving the mount, so a user's `cp` or `tar` never waits behind it; it still gets every
 /// cycle they leave idle. The threads it spawns (hash parts) inherit the priority.
 fn yield_to_filesystem_threads() {
-    const SYNC_NICE: libc::c_int = 10;
-    // On Linux the nice value is per thread, and who = 0 names the calling thread.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, SYNC_NICE) } != 0 {
-        tracing::debug!(
-            "could not lower the sync threads' priority: {}",
-            std::io::Error::last_os_error()
-        );
+    const SYNC_NICE_INCREMENT: libc::c_int = 10;
+    // On Linux the nice value is per thread, and nice(2) changes the calling thread's. Relative,
+    // so a daemon started under `nice` keeps its sync threads below its own.
+    // SAFETY: nice has no memory effects; -1 may be a valid result, so errno tells failure.
+    unsafe {
+        *libc::__errno_location() = 0;
+        if libc::nice(SYNC_NICE_INCREMENT) == -1 && *libc::__errno_location() != 0 {
+            tracing::debug!(
+                "could not lower the sync threads' priority: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }

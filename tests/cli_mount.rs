@@ -496,13 +496,15 @@ fn sync_threads_yield_the_cpu_to_the_threads_serving_the_mount() {
             other_nice.push(nice);
         }
     }
+    // Relative to the daemon's own priority, whatever `nice` the tests run under.
+    let base = other_nice[0];
     assert!(!sync_nice.is_empty(), "no sync threads found");
     assert!(
-        sync_nice.iter().all(|&n| n == 10),
-        "sync threads: {sync_nice:?}"
+        sync_nice.iter().all(|&n| n == (base + 10).min(19)),
+        "sync threads: {sync_nice:?}, others: {other_nice:?}"
     );
     assert!(
-        other_nice.iter().all(|&n| n == 0),
+        other_nice.iter().all(|&n| n == base),
         "other threads: {other_nice:?}"
     );
 }
