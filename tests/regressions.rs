@@ -318,3 +318,117 @@ fn a_write_through_a_link_replaced_right_after_reaches_the_other_link() {
         }
     }
 }
+
+/// From the soak (clean model run, settle 0): `c/e` (a file with three hard links whose names
+/// were renamed, safe-saved over and renamed back, then a kill -9) was missing from the catalog.
+/// The sequence as generated, repeated.
+#[test]
+fn soak_case_links_renamed_back_then_kill() {
+    if !fuse_available() {
+        return;
+    }
+    let ops = [
+        Link {
+            file: 225,
+            dir: 187,
+            name: 11,
+        },
+        Create {
+            dir: 186,
+            name: 207,
+            data: data(279, 47),
+        },
+        WriteHeld {
+            handle: 6,
+            offset: 3101,
+            data: data(149, 137),
+        },
+        Truncate {
+            file: 68,
+            len: 1549,
+        },
+        Remount,
+        Mkdir {
+            dir: 131,
+            name: 220,
+        },
+        Exchange { a: 65, b: 52 },
+        Link {
+            file: 38,
+            dir: 31,
+            name: 24,
+        },
+        Write {
+            file: 63,
+            offset: 1483,
+            data: data(131558, 136),
+        },
+        Rmdir { dir: 30 },
+        Link {
+            file: 253,
+            dir: 197,
+            name: 240,
+        },
+        Remount,
+        Rename {
+            file: 17,
+            dir: 146,
+            name: 126,
+        },
+        SafeSave {
+            file: 228,
+            data: data(3989, 105),
+            style: IgnoredTemp,
+        },
+        SafeSave {
+            file: 38,
+            data: data(98, 90),
+            style: Vim,
+        },
+        Utime {
+            file: 248,
+            secs: 700320926,
+        },
+        Create {
+            dir: 106,
+            name: 200,
+            data: data(283, 83),
+        },
+        WriteHeld {
+            handle: 196,
+            offset: 123,
+            data: data(123, 78),
+        },
+        WriteHeld {
+            handle: 209,
+            offset: 3971,
+            data: data(287, 143),
+        },
+        Hold { file: 240 },
+        Rmdir { dir: 16 },
+        Mkdir { dir: 190, name: 97 },
+        Rename {
+            file: 13,
+            dir: 137,
+            name: 209,
+        },
+        Kill,
+        Rename {
+            file: 45,
+            dir: 241,
+            name: 142,
+        },
+        Write {
+            file: 61,
+            offset: 3853,
+            data: data(8, 124),
+        },
+        Truncate {
+            file: 57,
+            len: 2713,
+        },
+    ];
+    for _ in 0..10 {
+        run_case(&[], 0, &ops, &Tally::default());
+    }
+}

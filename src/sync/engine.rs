@@ -439,7 +439,7 @@ impl Engine {
         let result = match observed {
             Observed::File(stat) => self.sync_file(path, &key, stat, entry, hint).await,
             Observed::Absent | Observed::Directory | Observed::Special => match entry {
-                Some(entry) => self.remove_record(&key, entry.media_id).await,
+                Some(entry) => self.remove_record(&key, &entry).await,
                 None => self.remove_unsure_record(&key).await,
             },
         };
@@ -653,18 +653,39 @@ impl Engine {
         Ok(Outcome::Done)
     }
 
-    async fn remove_record(&self, key: &str, media_id: MediaId) -> Result<Outcome, Failure> {
-        if !self.config.no_delete {
-            match self.api.delete(self.config.grant, media_id).await {
-                Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
-                Err(ApiError::NotFound) => {}
-                Err(err) => return Err(Failure::Api(err)),
-            }
+    /// The file at `key` is gone: its record goes too (unless `--no-delete`).
+    async fn remove_record(&self, key: &str, entry: &IndexEntry) -> Result<Outcome, Failure> {
+        let index_error = |err: anyhow::Error| Failure::Local(format!("index: {err:#}"));
+        if self.config.no_delete {
+            self.index.remove(key).map_err(index_error)?;
+            self.indexed.fetch_sub(1, Ordering::Relaxed);
+            return Ok(Outcome::Done);
         }
+        // The entry is traded for an unsure note before the delete is sent: after a crash
+        // between the service's delete and the index write, an entry left behind would vouch
+        // for a record that is gone (and the file may be back at this path by then). The note
+        // makes the next look find out, as for a create whose answer was lost.
+        let media = NewMedia {
+            media_path: contract::media_path(&self.config.prefix, Path::new(key))
+                .map_err(|err| Failure::Local(err.to_string()))?,
+            state: MediaState {
+                file_hash: entry.hash.clone(),
+                file_size: entry.size,
+                ctime: iso8601_ns(entry.ctime_ns),
+                mtime: iso8601_ns(entry.mtime_ns),
+            },
+        };
+        let media_json = serde_json::to_string(&media).expect("serializes");
         self.index
-            .remove(key)
-            .map_err(|err| Failure::Local(format!("index: {err:#}")))?;
+            .remove_as_unsure(key, &media_json)
+            .map_err(index_error)?;
         self.indexed.fetch_sub(1, Ordering::Relaxed);
+        match self.api.delete(self.config.grant, entry.media_id).await {
+            Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
+            Err(ApiError::NotFound) => {}
+            Err(err) => return Err(Failure::Api(err)),
+        }
+        self.index.clear_unsure(key).map_err(index_error)?;
         Ok(Outcome::Done)
     }
 

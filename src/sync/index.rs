@@ -182,6 +182,22 @@ impl Index {
         Ok(())
     }
 
+    /// Forgets the entry of `path` and, in the same transaction, notes `state_json` as unsure:
+    /// a delete is about to be sent, and whether it reached the service is known only after.
+    pub fn remove_as_unsure(&self, path: &str, state_json: &str) -> anyhow::Result<()> {
+        let db = self.db.lock().unwrap();
+        in_transaction(&db, |db| {
+            db.prepare_cached("DELETE FROM synced WHERE path = ?1")?
+                .execute([path])?;
+            db.prepare_cached("INSERT OR REPLACE INTO unsure (path, state) VALUES (?1, ?2)")?
+                .execute(params![path, state_json])?;
+            Ok(())
+        })?;
+        self.cache.lock().unwrap().put(path.to_string(), None);
+        drop(db);
+        Ok(())
+    }
+
     pub fn remove(&self, path: &str) -> anyhow::Result<()> {
         let db = self.db.lock().unwrap();
         db.prepare_cached("DELETE FROM synced WHERE path = ?1")?
