@@ -24,7 +24,7 @@ mount_maxlofs() {
   MAXLO_DEVICE_SESSION_KEY=demo-device-key "$bin" mount "$backing" "$mnt" --foreground \
     --api "$api" --state-dir "$state" "$@" 2>"$work/mount.log" &
   mount_pid=$!
-  for _ in $(seq 600); do mountpoint -q "$mnt" && return; sleep 0.1; done
+  for _ in $(seq 6000); do mountpoint -q "$mnt" && return; sleep 0.01; done
   echo "mount at $mnt did not appear" >&2
   cat "$work/mount.log" >&2
   exit 1
