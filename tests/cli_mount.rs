@@ -59,6 +59,28 @@ impl Site {
         site
     }
 
+    /// `maxlofs mount BACKING MOUNTPOINT`, for the caller to add settings to.
+    fn mount_command(&self) -> Command {
+        let mut command = Command::new(BIN);
+        command.arg("mount").arg(&self.backing).arg(&self.mnt);
+        command
+    }
+
+    /// Waits until the mount has nothing left to send.
+    fn wait_synced(&self) {
+        let out = Command::new(BIN)
+            .args(["status", "--wait", "--timeout", "60"])
+            .arg(&self.mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            text(&out.stdout),
+            self.log_text()
+        );
+    }
+
     /// The settings for `emulator` as flags.
     fn flags(&self, emulator: &Emulator) -> Vec<String> {
         [
@@ -103,17 +125,7 @@ impl Site {
     /// Writes a file through the mount and waits until the emulator has it.
     fn assert_syncs(&self, emulator: &Emulator) {
         std::fs::write(self.mnt.join("hello.txt"), b"hello").unwrap();
-        let out = Command::new(BIN)
-            .args(["status", "--wait", "--timeout", "60"])
-            .arg(&self.mnt)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            text(&out.stdout),
-            self.log_text()
-        );
+        self.wait_synced();
         assert!(
             emulator.live().contains_key("hello.txt"),
             "{:?}",
@@ -163,9 +175,17 @@ fn daemons(mnt: &Path) -> Vec<u32> {
 
 /// The session id of process `pid`, from /proc/PID/stat (the field after pgrp).
 fn session(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat_field(Path::new(&format!("/proc/{pid}/stat")), 6)
+        .parse()
+        .unwrap()
+}
+
+/// Field `number` (counted from 1, as in proc(5)) of a `/proc/.../stat` file.
+fn stat_field(stat: &Path, number: usize) -> String {
+    let stat = std::fs::read_to_string(stat).unwrap();
+    // The name (field 2) is in parentheses and may hold spaces; field 3 starts after ") ".
     let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    after_name.split(' ').nth(3).unwrap().parse().unwrap()
+    after_name.split(' ').nth(number - 3).unwrap().to_string()
 }
 
 #[test]
@@ -175,10 +195,8 @@ fn daemon_mode_returns_once_the_mount_is_live() {
     }
     let emulator = Emulator::start(&[]);
     let site = Site::new("demo-device-key");
-    let out = Command::new(BIN)
-        .arg("mount")
-        .arg(&site.backing)
-        .arg(&site.mnt)
+    let out = site
+        .mount_command()
         .args(site.flags(&emulator))
         .output()
         .unwrap();
@@ -201,10 +219,8 @@ fn daemon_mode_fails_with_a_refused_key() {
     }
     let emulator = Emulator::start(&[]);
     let site = Site::new("revoked-key");
-    let out = Command::new(BIN)
-        .arg("mount")
-        .arg(&site.backing)
-        .arg(&site.mnt)
+    let out = site
+        .mount_command()
         .args(site.flags(&emulator))
         .output()
         .unwrap();
@@ -339,22 +355,15 @@ fn a_config_file_mounts_a_grant_given_by_name() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .arg("mount")
-        .arg(&site.backing)
-        .arg(&site.mnt)
+    let out = site
+        .mount_command()
         .arg("--config")
         .arg(&config)
         .output()
         .unwrap();
     site.assert_mounted_by(&out);
     std::fs::write(site.mnt.join("by-name.txt"), b"grant seven").unwrap();
-    let status = Command::new(BIN)
-        .args(["status", "--wait", "--timeout", "60"])
-        .arg(&site.mnt)
-        .output()
-        .unwrap();
-    assert!(status.status.success(), "{}", site.log_text());
+    site.wait_synced();
     let in_grant = |grant: u64| -> Vec<String> {
         emulator.get(&format!("/_emulator/media_grant/{grant}/media"))["media_list"]
             .as_array()
@@ -381,10 +390,8 @@ fn a_foreground_mount_tells_systemd_once_it_is_live() {
     systemd
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let mut daemon = Command::new(BIN)
-        .arg("mount")
-        .arg(&site.backing)
-        .arg(&site.mnt)
+    let mut daemon = site
+        .mount_command()
         .arg("--foreground")
         .args(site.flags(&emulator))
         .env("NOTIFY_SOCKET", &notify)
@@ -417,10 +424,8 @@ fn the_reconcile_pass_logs_its_progress() {
             std::fs::write(dir.join(format!("f{file}")), b"x").unwrap();
         }
     }
-    let out = Command::new(BIN)
-        .arg("mount")
-        .arg(&site.backing)
-        .arg(&site.mnt)
+    let out = site
+        .mount_command()
         .args(site.flags(&emulator))
         // Nothing here is about sending: don't wait for the files at unmount.
         .arg("--drain-timeout=0")
@@ -486,10 +491,7 @@ fn sync_threads_yield_the_cpu_to_the_threads_serving_the_mount() {
     for task in std::fs::read_dir(tasks).unwrap() {
         let task = task.unwrap().path();
         let name = std::fs::read_to_string(task.join("comm")).unwrap();
-        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
-        // Fields after "pid (comm) ": state is field 3, nice is field 19.
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        let nice: i32 = after_name.split(' ').nth(16).unwrap().parse().unwrap();
+        let nice: i32 = stat_field(&task.join("stat"), 19).parse().unwrap();
         if name.trim() == "maxlofs-sync" {
             sync_nice.push(nice);
         } else {

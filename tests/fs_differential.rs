@@ -6,6 +6,7 @@
 mod common;
 
 use common::posix::{self, snapshot, Fd, Outcome};
+use common::service::run;
 use common::{mount_or_skip, mount_or_skip_with, DataPath};
 use maxlofs::fs::{Caller, Event, EventSink, Passthrough, StatusSource, STATUS_XATTR};
 use std::ffi::OsStr;
@@ -841,27 +842,11 @@ fn real_tools_match_native() {
             .env("ROOT", root)
             .env("TAR", &tarball));
     }
-    let diff = Command::new("diff")
+    run(Command::new("diff")
         .arg("-r")
         .arg("--no-dereference")
         .arg(&native)
-        .arg(&mount.mountpoint)
-        .output()
-        .unwrap();
-    assert!(
-        diff.status.success(),
-        "diff -r: {}",
-        String::from_utf8_lossy(&diff.stdout)
-    );
+        .arg(&mount.mountpoint));
     assert_eq!(snapshot(&native), snapshot(&mount.mountpoint));
     assert_eq!(snapshot(&native), snapshot(&mount.backing));
-}
-
-fn run(command: &mut Command) {
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

@@ -17,7 +17,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::proxy::{is_media_call, response, Action, Proxy, Rule};
-use common::service::{check_catalog, live_catalog, sh, Emulator, Mount, BIN};
+use common::service::{check_catalog, live_catalog, run, sh, Emulator, Mount, BIN};
 
 /// Polls `condition` every 50 ms for up to 60 s.
 fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
@@ -299,16 +299,9 @@ struct Tmpfs(PathBuf);
 impl Tmpfs {
     fn mount(dir: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(dir).unwrap();
-        let out = Command::new("mount")
+        run(Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .arg(dir));
         Tmpfs(dir.to_path_buf())
     }
 }

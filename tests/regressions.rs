@@ -22,14 +22,21 @@ fn data(len: u32, seed: u8) -> Data {
 /// is not indexed yet, so it was finished with the content from before the write, for good.
 #[test]
 fn a_write_through_a_hard_link_whose_create_is_in_flight_reaches_its_record() {
+    // c's create is on the wire when the file is rewritten through c, same size.
+    while_a_call_is_on_the_wire("echo first-version > a", "ln a c", "echo other-version > c");
+}
+
+/// Runs `synced` and lets it reach the catalog; then, with the service answering after 400 ms,
+/// runs `sends` and, while the call it causes is on the wire, `meanwhile`. The catalog must end
+/// as the tree.
+fn while_a_call_is_on_the_wire(synced: &str, sends: &str, meanwhile: &str) {
     let emulator = Emulator::start(&["--latency-ms", "400"]);
     let mount = mount!(emulator, &["--settle-ms", "20"]);
-    sh("echo first-version > a", &mount.mnt);
+    sh(synced, &mount.mnt);
     mount.wait_synced();
-    sh("ln a c", &mount.mnt);
-    // c's create is now on the wire (400 ms): rewrite the file through c, same size.
+    sh(sends, &mount.mnt);
     sleep(Duration::from_millis(150));
-    sh("echo other-version > c", &mount.mnt);
+    sh(meanwhile, &mount.mnt);
     mount.wait_synced();
     check_catalog(&emulator, &mount.backing);
 }
@@ -72,16 +79,8 @@ fn model_case_link_then_writes_through_the_new_name() {
 /// hash for the new name (with the new mtime), and nothing marked it again.
 #[test]
 fn a_rename_while_a_same_size_rewrite_is_sent_does_not_reuse_the_old_hash() {
-    let emulator = Emulator::start(&["--latency-ms", "400"]);
-    let mount = mount!(emulator, &["--settle-ms", "20"]);
-    sh("echo version-one > a", &mount.mnt);
-    mount.wait_synced();
-    sh("echo version-two > a", &mount.mnt);
-    // a's update is on the wire: move it.
-    sleep(Duration::from_millis(150));
-    sh("mv a b", &mount.mnt);
-    mount.wait_synced();
-    check_catalog(&emulator, &mount.backing);
+    // a's update is on the wire when it is moved.
+    while_a_call_is_on_the_wire("echo version-one > a", "echo version-two > a", "mv a b");
 }
 
 /// Editor safe-saves through every style, each leaving one record per name.

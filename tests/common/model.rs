@@ -201,6 +201,21 @@ pub struct InodeModel {
     pub mtime: Option<i64>,
 }
 
+impl InodeModel {
+    /// What `pwrite(bytes, offset)` does to the content: a gap before `offset` reads as zeros,
+    /// and writing nothing changes no byte (the mtime is still unknown after).
+    fn write_at(&mut self, offset: usize, bytes: &[u8]) {
+        if !bytes.is_empty() {
+            let end = offset + bytes.len();
+            if self.data.len() < end {
+                self.data.resize(end, 0);
+            }
+            self.data[offset..end].copy_from_slice(bytes);
+        }
+        self.mtime = None;
+    }
+}
+
 /// The tree as it must be. Paths are relative; the root is "" and is not listed in `dirs`.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -414,15 +429,7 @@ impl Model {
                     .open(root.join(&path))?;
                 handle.write_all_at(&bytes, offset as u64)?;
                 drop(handle);
-                let model = &mut self.inodes[inode];
-                if !bytes.is_empty() {
-                    let end = offset + bytes.len();
-                    if model.data.len() < end {
-                        model.data.resize(end, 0);
-                    }
-                    model.data[offset..end].copy_from_slice(&bytes);
-                }
-                model.mtime = None;
+                self.inodes[inode].write_at(offset, &bytes);
             }
             Op::Append { file, data } => {
                 let Some(path) = pick(&files, file) else {
@@ -636,15 +643,7 @@ impl Model {
                 self.note(format!("write held handle {which} at {offset} {data:?}"));
                 let bytes = data.bytes();
                 self.held[which].0.write_all_at(&bytes, offset as u64)?;
-                let model = &mut self.inodes[inode];
-                if !bytes.is_empty() {
-                    let end = offset + bytes.len();
-                    if model.data.len() < end {
-                        model.data.resize(end, 0);
-                    }
-                    model.data[offset..end].copy_from_slice(&bytes);
-                }
-                model.mtime = None;
+                self.inodes[inode].write_at(offset, &bytes);
             }
             Op::Release { handle } => {
                 if self.held.is_empty() {

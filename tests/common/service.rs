@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -143,18 +143,19 @@ impl Drop for Emulator {
 
 /// Runs `script` with `sh -e` in `dir`, failing the test with its output if it fails.
 pub fn sh(script: &str, dir: &Path) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    run(Command::new("sh").arg("-ec").arg(script).current_dir(dir));
+}
+
+/// Runs `command` to its end, failing the test with its output unless it succeeds.
+pub fn run(command: &mut Command) -> Output {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
-        "{script}: {}{}",
+        "{command:?}: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
 
 /// Whether a real FUSE mount is required here (CI): then a mount that fails fails the test.
@@ -348,16 +349,7 @@ impl Mount {
     }
 
     pub fn status(&self) -> Value {
-        let out = Command::new(BIN)
-            .args(["status", "--json"])
-            .arg(&self.mnt)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run(Command::new(BIN).args(["status", "--json"]).arg(&self.mnt));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
