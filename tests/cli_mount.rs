@@ -463,7 +463,8 @@ fn the_reconcile_pass_logs_its_progress() {
             .all(|pair| pair[0].0 < pair[1].0 && !pair[1].1),
         "{log}"
     );
-    assert!(periodic.iter().all(|&(count, _)| count < total), "{log}");
+    // A periodic line can fall due on the walk's last path, just before the last line.
+    assert!(periodic.iter().all(|&(count, _)| count <= total), "{log}");
     // Workers send during the walk, so the index holds some of the files by then.
     let index_done = log.lines().any(|line| {
         line.split_once("reconcile, index: ")
