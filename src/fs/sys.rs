@@ -519,48 +519,48 @@ pub fn clear_thread_umask() {
     });
 }
 
-/// Lifts the open-file limit as far as allowed: every inode the kernel knows holds an fd.
-/// The process's current (soft) limit on open descriptors.
-pub fn nofile_limit() -> usize {
+fn nofile_rlimit() -> Option<libc::rlimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
-    }
-    usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    // SAFETY: getrlimit writes only into `limit`.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
 
+/// The process's current (soft) limit on open descriptors.
+pub fn nofile_limit() -> usize {
+    nofile_rlimit().map_or(1024, |limit| {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    })
+}
+
+/// Lifts the open-file limit as far as allowed: the inode table holds up to half of it in
+/// `O_PATH` descriptors, and more held means fewer reopened by name.
 pub fn raise_nofile_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // Root may lift the hard limit too, up to the kernel's fs.nr_open: the inode table holds
-    // up to half the limit in O_PATH fds, and more held means fewer reopened by name.
+    // Root may lift the hard limit too, up to the kernel's fs.nr_open.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
         .and_then(|text| text.trim().parse::<libc::rlim_t>().ok());
-    unsafe {
-        if let Some(nr_open) = nr_open {
-            let lifted = libc::rlimit {
-                rlim_cur: nr_open,
-                rlim_max: nr_open,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lifted) == 0 {
-                return;
-            }
+    if let Some(nr_open) = nr_open {
+        let lifted = libc::rlimit {
+            rlim_cur: nr_open,
+            rlim_max: nr_open,
+        };
+        // SAFETY: setrlimit only reads `lifted`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lifted) } == 0 {
+            return;
         }
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-                tracing::warn!(
-                    "could not raise RLIMIT_NOFILE: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
+    }
+    let Some(mut limit) = nofile_rlimit().filter(|limit| limit.rlim_cur < limit.rlim_max) else {
+        return;
+    };
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: setrlimit only reads `limit`.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        tracing::warn!(
+            "could not raise RLIMIT_NOFILE: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -477,14 +477,8 @@ impl Engine {
             stamp,
             hash_verified: verified,
         };
-        let media_path = contract::media_path(&self.config.prefix, path)
-            .map_err(|err| Failure::Local(err.to_string()))?;
-        let state = MediaState {
-            file_hash: hash,
-            file_size: stat.size,
-            ctime: iso8601_ns(stat.ctime_ns),
-            mtime: iso8601_ns(stat.mtime_ns),
-        };
+        let media_path = self.media_path(path)?;
+        let state = media_state(hash, stat.size, stat.ctime_ns, stat.mtime_ns);
         let mut media_id = entry.as_ref().map(|e| e.media_id);
         if let Some(entry) = &entry {
             if entry.hash == state.file_hash
@@ -515,7 +509,7 @@ impl Engine {
         let media_json = serde_json::to_string(&media).expect("serializes");
         self.index
             .mark_unsure(key, &media_json)
-            .map_err(|err| Failure::Local(format!("index: {err:#}")))?;
+            .map_err(Failure::index)?;
         let id = match self.api.create(self.config.grant, &media).await? {
             CreateOutcome::Created(id) => {
                 self.report.lock().unwrap().totals.created += 1;
@@ -574,10 +568,7 @@ impl Engine {
         hint: Hint,
     ) -> Result<Option<(String, FileStat, bool)>, Failure> {
         if hint == Hint::Meta {
-            let links = self
-                .index
-                .find_by_ino(stat.ino)
-                .map_err(|err| Failure::Local(format!("index: {err:#}")))?;
+            let links = self.index.find_by_ino(stat.ino).map_err(Failure::index)?;
             if let Some((_, entry)) = links
                 .into_iter()
                 .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
@@ -626,8 +617,7 @@ impl Engine {
     /// way, or a crash): the service may hold a live record nothing names. Creating again finds
     /// it (a 409 names it, or this makes it), and it is deleted.
     async fn remove_unsure_record(&self, key: &str) -> Result<Outcome, Failure> {
-        let index_error = |err: anyhow::Error| Failure::Local(format!("index: {err:#}"));
-        let Some(json) = self.index.unsure(key).map_err(index_error)? else {
+        let Some(json) = self.index.unsure(key).map_err(Failure::index)? else {
             return Ok(Outcome::Done);
         };
         let media = serde_json::from_str::<NewMedia>(&json).ok();
@@ -649,15 +639,20 @@ impl Engine {
                 }
             }
         }
-        self.index.clear_unsure(key).map_err(index_error)?;
+        self.index.clear_unsure(key).map_err(Failure::index)?;
         Ok(Outcome::Done)
+    }
+
+    /// The media_path a record of `path` has (under the mount's prefix).
+    fn media_path(&self, path: &Path) -> Result<String, Failure> {
+        contract::media_path(&self.config.prefix, path)
+            .map_err(|err| Failure::Local(err.to_string()))
     }
 
     /// The file at `key` is gone: its record goes too (unless `--no-delete`).
     async fn remove_record(&self, key: &str, entry: &IndexEntry) -> Result<Outcome, Failure> {
-        let index_error = |err: anyhow::Error| Failure::Local(format!("index: {err:#}"));
         if self.config.no_delete {
-            self.index.remove(key).map_err(index_error)?;
+            self.index.remove(key).map_err(Failure::index)?;
             self.indexed.fetch_sub(1, Ordering::Relaxed);
             return Ok(Outcome::Done);
         }
@@ -666,26 +661,25 @@ impl Engine {
         // for a record that is gone (and the file may be back at this path by then). The note
         // makes the next look find out, as for a create whose answer was lost.
         let media = NewMedia {
-            media_path: contract::media_path(&self.config.prefix, Path::new(key))
-                .map_err(|err| Failure::Local(err.to_string()))?,
-            state: MediaState {
-                file_hash: entry.hash.clone(),
-                file_size: entry.size,
-                ctime: iso8601_ns(entry.ctime_ns),
-                mtime: iso8601_ns(entry.mtime_ns),
-            },
+            media_path: self.media_path(Path::new(key))?,
+            state: media_state(
+                entry.hash.clone(),
+                entry.size,
+                entry.ctime_ns,
+                entry.mtime_ns,
+            ),
         };
         let media_json = serde_json::to_string(&media).expect("serializes");
         self.index
             .remove_as_unsure(key, &media_json)
-            .map_err(index_error)?;
+            .map_err(Failure::index)?;
         self.indexed.fetch_sub(1, Ordering::Relaxed);
         match self.api.delete(self.config.grant, entry.media_id).await {
             Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
             Err(ApiError::NotFound) => {}
             Err(err) => return Err(Failure::Api(err)),
         }
-        self.index.clear_unsure(key).map_err(index_error)?;
+        self.index.clear_unsure(key).map_err(Failure::index)?;
         Ok(Outcome::Done)
     }
 
@@ -712,14 +706,8 @@ impl Engine {
             },
             ino: stat.ino,
         };
-        let existed = self
-            .index
-            .get(key)
-            .map_err(|err| Failure::Local(format!("index: {err:#}")))?
-            .is_some();
-        self.index
-            .put(key, &entry)
-            .map_err(|err| Failure::Local(format!("index: {err:#}")))?;
+        let existed = self.index.get(key).map_err(Failure::index)?.is_some();
+        self.index.put(key, &entry).map_err(Failure::index)?;
         if !existed {
             self.indexed.fetch_add(1, Ordering::Relaxed);
         }
@@ -778,6 +766,12 @@ enum Failure {
     Local(String),
     /// The file went away while we looked; its removal is marked separately.
     Vanished,
+}
+
+impl Failure {
+    fn index(err: anyhow::Error) -> Failure {
+        Failure::Local(format!("index: {err:#}"))
+    }
 }
 
 impl From<ApiError> for Failure {
@@ -869,6 +863,16 @@ impl Versions {
 
 fn entry_matches(entry: &IndexEntry, stat: &FileStat) -> bool {
     entry_matches_content(entry, stat) && entry.ctime_ns == stat.ctime_ns
+}
+
+/// A record's state: content hash and size, and times in nanoseconds since the epoch.
+fn media_state(file_hash: String, file_size: u64, ctime_ns: i64, mtime_ns: i64) -> MediaState {
+    MediaState {
+        file_hash,
+        file_size,
+        ctime: iso8601_ns(ctime_ns),
+        mtime: iso8601_ns(mtime_ns),
+    }
 }
 
 fn iso8601_ns(ns: i64) -> String {
