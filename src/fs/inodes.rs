@@ -62,6 +62,11 @@ impl InodeData {
         }
     }
 
+    /// Whether `st` describes this backing inode.
+    fn is(&self, st: &libc::stat) -> bool {
+        (st.st_dev, st.st_ino) == self.backing
+    }
+
     pub fn is_regular(&self) -> bool {
         self.file_type == libc::S_IFREG
     }
@@ -219,7 +224,6 @@ impl InodeTable {
     /// Whether `inode` can still be reached from the root by one of its names (always true for
     /// an unlinked one, which no name reaches and no path outside the tree reaches either).
     fn still_beneath(&self, ino: u64, inode: &Inode, renames_held: bool) -> bool {
-        let is_here = |st: &libc::stat| (st.st_dev, st.st_ino) == inode.backing;
         // The common case in three syscalls: the kernel resolves the whole path without
         // leaving the root or following a symlink.
         if let Some(path) = self.path_of(ino) {
@@ -228,7 +232,7 @@ impl InodeTable {
                 .ok()
                 .and_then(|path| sys::open_beneath(root.fd(), &path, libc::O_PATH).ok())
                 .and_then(|fd| sys::stat_fd(fd.as_fd()).ok());
-            if found.is_some_and(|st| is_here(&st)) {
+            if found.is_some_and(|st| inode.is(&st)) {
                 return true;
             }
         }
@@ -236,25 +240,14 @@ impl InodeTable {
         // rename through the mount half-done, a name whose directory is still inside and that
         // still leads here.
         let _settled = (!renames_held).then(|| self.renaming.read().expect("rename lock"));
-        let names = {
+        let unlinked = {
             let slots = self.slots.read().expect("inode table lock");
             match slots.by_ino.get(&ino) {
-                Some(slot) => slot.names.clone(),
+                Some(slot) => slot.names.is_empty(),
                 None => return false,
             }
         };
-        if names.is_empty() {
-            return true;
-        }
-        names.into_iter().any(|(parent, name)| {
-            let Ok(dir) = self.get_checked(parent, true) else {
-                return false;
-            };
-            CString::new(name.into_vec()).is_ok_and(|name| {
-                sys::stat_at(dir.fd(), &name, libc::AT_SYMLINK_NOFOLLOW)
-                    .is_ok_and(|st| is_here(&st))
-            })
-        })
+        unlinked || self.open_by_names(ino, inode, true).is_some()
     }
 
     fn get_root(&self) -> Inode {
@@ -296,7 +289,7 @@ impl InodeTable {
             let c_name = CString::new(name.into_vec()).ok()?;
             let fd = sys::open_path(dir.fd(), &c_name).ok()?;
             let st = sys::stat_fd(fd.as_fd()).ok()?;
-            ((st.st_dev, st.st_ino) == data.backing).then(|| self.hold(data, fd))
+            data.is(&st).then(|| self.hold(data, fd))
         })
     }
 
@@ -309,11 +302,15 @@ impl InodeTable {
         let fd = Arc::new(fd);
         *held = Some(fd.clone());
         drop(held);
-        let slots = self.slots.read().expect("inode table lock");
-        if slots.held_fds.fetch_add(1, Ordering::Relaxed) + 1 > self.fd_budget {
-            self.evict(&slots);
-        }
+        self.count_held(&self.slots.read().expect("inode table lock"));
         fd
+    }
+
+    /// Counts one more held descriptor, evicting some if that goes over the budget.
+    fn count_held(&self, slots: &Slots) {
+        if slots.held_fds.fetch_add(1, Ordering::Relaxed) + 1 > self.fd_budget {
+            self.evict(slots);
+        }
     }
 
     /// Closes descriptors not used since the last sweep until a quarter of the budget is free.
@@ -378,8 +375,8 @@ impl InodeTable {
             true
         };
         add_name(&mut slots, ino, parent, name);
-        if fd_added && slots.held_fds.fetch_add(1, Ordering::Relaxed) + 1 > self.fd_budget {
-            self.evict(&slots);
+        if fd_added {
+            self.count_held(&slots);
         }
         ino
     }
