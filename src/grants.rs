@@ -53,24 +53,13 @@ pub fn run(args: &GrantsArgs) -> anyhow::Result<()> {
     if list.is_device_disabled {
         println!("this device is disabled: no grant can be mounted");
     }
-    let id_width = rows
-        .iter()
-        .map(|r| r.id.len())
-        .chain([2])
-        .max()
-        .unwrap_or(2);
-    let name_width = rows
-        .iter()
-        .map(|r| r.name.len())
-        .chain([4])
-        .max()
-        .unwrap_or(4);
-    let prefix_width = rows
-        .iter()
-        .map(|r| r.prefix_path.len())
-        .chain([6])
-        .max()
-        .unwrap_or(6);
+    // Each column as wide as its header or its widest value.
+    let width = |header: &str, len: fn(&GrantRow<'_>) -> usize| {
+        rows.iter().map(len).fold(header.len(), usize::max)
+    };
+    let id_width = width("ID", |r| r.id.len());
+    let name_width = width("NAME", |r| r.name.len());
+    let prefix_width = width("PREFIX", |r| r.prefix_path.len());
     println!(
         "{:id_width$}  {:name_width$}  {:prefix_width$}  DISABLED",
         "ID", "NAME", "PREFIX"
