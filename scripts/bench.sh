@@ -77,62 +77,7 @@ fi
 tree_entries=$(tar tf "$tarball" | wc -l)
 tree_mib=$(($(stat -c %s "$tarball") / 1048576))
 
-cat >"$work/smallfiles.c" <<'EOF'
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
-
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec / 1e9;
-}
-
-#define CHECK(call, what) if ((call) != 0) { perror(what); return 1; }
-
-int main(int argc, char **argv) {
-    const char *dir = argv[1];
-    int n = atoi(argv[2]);
-    char a[4096], b[4096], buf[4096];
-    struct stat st;
-    memset(buf, 'x', sizeof buf);
-    CHECK(mkdir(dir, 0755), dir);
-    double t = now();
-    for (int i = 0; i < n; i++) {
-        snprintf(a, sizeof a, "%s/f%d", dir, i);
-        int fd = open(a, O_CREAT | O_WRONLY | O_TRUNC, 0644);
-        if (fd < 0 || write(fd, buf, sizeof buf) != sizeof buf) { perror(a); return 1; }
-        CHECK(close(fd), a);
-    }
-    printf("create %f\n", now() - t);
-    t = now();
-    for (int i = 0; i < n; i++) {
-        snprintf(a, sizeof a, "%s/f%d", dir, i);
-        CHECK(stat(a, &st), a);
-    }
-    printf("stat %f\n", now() - t);
-    t = now();
-    for (int i = 0; i < n; i++) {
-        snprintf(a, sizeof a, "%s/f%d", dir, i);
-        snprintf(b, sizeof b, "%s/g%d", dir, i);
-        CHECK(rename(a, b), a);
-    }
-    printf("rename %f\n", now() - t);
-    t = now();
-    for (int i = 0; i < n; i++) {
-        snprintf(b, sizeof b, "%s/g%d", dir, i);
-        CHECK(unlink(b), b);
-    }
-    printf("unlink %f\n", now() - t);
-    CHECK(rmdir(dir), dir);
-    return 0;
-}
-EOF
-cc -O2 -o "$work/smallfiles" "$work/smallfiles.c"
+cc -O2 -o "$work/smallfiles" scripts/smallfiles.c
 
 COLD=cold
 drop_caches() {
@@ -140,38 +85,14 @@ drop_caches() {
   echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || COLD="warm: cannot drop caches"
 }
 
-wait_mounted() {
-  for _ in $(seq 300); do mountpoint -q "$1" && return 0; sleep 0.1; done
-  echo "mount at $1 did not come up" >&2
-  exit 1
-}
-
 threads_arg=()
 [ -n "$THREADS" ] && threads_arg=(--threads "$THREADS")
 
-# Each target works in a fresh ext4 filesystem of its own (a sparse image on a loop device), so
-# none inherits another's allocator state: ext4 passes over inodes freed in the last minute when
-# it allocates, and creates right after another round's deletions cost up to ten times more.
-FS_IMAGES=1
-fresh_fs() { # fresh_fs DIR: DIR becomes the root of a new, empty ext4 filesystem
-  mkdir -p "$1"
-  [ $FS_IMAGES = 1 ] || return 0
-  truncate -s "$(((SIZE_MIB * 3 + tree_mib * 4) / 1024 + 2))G" "$1.img"
-  mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$1.img"
-  if ! mount -o loop "$1.img" "$1" 2>/dev/null; then
-    echo "cannot loop-mount ext4 images here; every target shares $WORK's filesystem" >&2
-    FS_IMAGES=0
-    rm -f "$1.img"
-  fi
-}
-drop_fs() { # drop_fs DIR
-  if mountpoint -q "$1"; then umount "$1"; fi
-  rm -rf "$1" "$1.img"
-}
+fs_gib=$(((SIZE_MIB * 3 + tree_mib * 4) / 1024 + 2))
 
 start() { # start TARGET ROUND -> sets DIR
   local back=$work/$1-fs/backing mnt=$work/$1-mnt
-  fresh_fs "$work/$1-fs"
+  fresh_fs "$work/$1-fs" "$fs_gib"
   mkdir -p "$back" "$mnt"
   case $1 in
   native) DIR=$back ;;
