@@ -37,7 +37,9 @@ impl Default for Timeouts {
 pub struct HttpApi {
     client: Client,
     /// Without a trailing slash; call paths are appended to it.
-    base_url: String,
+    /// The service's URL. Calls clone it and set their path: parsing a
+    /// whole URL string per call (host, IDNA) was a measurable share of a small file's sync.
+    base_url: Url,
     timeouts: Timeouts,
     /// Swapped whole by `set_keys`; each call reads the key it needs once.
     keys: RwLock<Keys>,
@@ -65,7 +67,7 @@ impl HttpApi {
             .build()?;
         Ok(HttpApi {
             client,
-            base_url: url.as_str().trim_end_matches('/').to_string(),
+            base_url: url,
             timeouts,
             keys: RwLock::new(keys),
         })
@@ -91,8 +93,11 @@ impl HttpApi {
             .json(&body)
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
+    fn url(&self, path: &str) -> Url {
+        let mut url = self.base_url.clone();
+        let prefix = self.base_url.path().trim_end_matches('/');
+        url.set_path(&format!("{prefix}{path}"));
+        url
     }
 
     /// Sends a request and reads the whole answer, then gives it its meaning.
@@ -109,7 +114,7 @@ impl HttpApi {
 impl fmt::Debug for HttpApi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpApi")
-            .field("base_url", &self.base_url)
+            .field("base_url", &self.base_url.as_str())
             .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
     }
@@ -361,10 +366,17 @@ mod tests {
     #[test]
     fn base_urls() {
         assert_eq!(
-            api("http://127.0.0.1:8700/", false).url("/x"),
+            api("http://127.0.0.1:8700/", false).url("/x").as_str(),
             "http://127.0.0.1:8700/x"
         );
-        assert_eq!(api("https://h/api/", false).url("/x"), "https://h/api/x");
+        assert_eq!(
+            api("https://h/api/", false).url("/x").as_str(),
+            "https://h/api/x"
+        );
+        assert_eq!(
+            api("http://h:1/api", false).url("/x").as_str(),
+            "http://h:1/api/x"
+        );
         for bad in ["127.0.0.1:8700", "ftp://h", "http://h/?k=v", "not a url"] {
             assert!(
                 HttpApi::new(bad, keys(false), Timeouts::default()).is_err(),

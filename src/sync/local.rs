@@ -48,6 +48,20 @@ pub enum Observed {
     Special,
 }
 
+impl Observed {
+    /// What an `lstat` shows.
+    fn of(meta: &std::fs::Metadata) -> Observed {
+        let kind = meta.file_type();
+        if kind.is_file() {
+            Observed::File(FileStat::from_metadata(meta))
+        } else if kind.is_dir() {
+            Observed::Directory
+        } else {
+            Observed::Special
+        }
+    }
+}
+
 impl Backing {
     pub fn open(path: &Path) -> io::Result<Backing> {
         let dir = File::open(path)?;
@@ -90,15 +104,7 @@ impl Backing {
             }
             Err(err) => return Err(err),
         };
-        let meta = File::from(fd).metadata()?;
-        let kind = meta.file_type();
-        Ok(if kind.is_file() {
-            Observed::File(FileStat::from_metadata(&meta))
-        } else if kind.is_dir() {
-            Observed::Directory
-        } else {
-            Observed::Special
-        })
+        Ok(Observed::of(&File::from(fd).metadata()?))
     }
 
     /// Opens a regular file for hashing; its stat is taken from the same fd.
@@ -128,14 +134,18 @@ impl Backing {
         for entry in entries {
             let entry = entry?;
             let child = relative.join(entry.file_name());
-            let observed = match self.observe(&child) {
-                // Too long to name whole (PATH_MAX): not entered; visited as something that is
-                // not a regular file, for the caller to report.
-                Err(err) if err.raw_os_error() == Some(libc::ENAMETOOLONG) => {
-                    visit(&child, Observed::Special);
-                    continue;
-                }
-                other => other?,
+            // Too long to name whole (PATH_MAX): not entered; visited as something that is not a
+            // regular file, for the caller to report.
+            if child.as_os_str().len() >= libc::PATH_MAX as usize {
+                visit(&child, Observed::Special);
+                continue;
+            }
+            // An lstat of the name in the directory read (one syscall, never following a link),
+            // rather than a walk of the whole path from the root.
+            let observed = match entry.metadata() {
+                Ok(meta) => Observed::of(&meta),
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Observed::Absent,
+                Err(err) => return Err(err),
             };
             match observed {
                 Observed::Directory => {
