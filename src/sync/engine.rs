@@ -204,9 +204,14 @@ impl Engine {
         }
         let engine = self.clone();
         tokio::task::spawn_blocking(move || {
-            if let Err(err) = engine.reconcile() {
-                tracing::error!("reconcile failed: {err:#}");
+            // Until a pass completes, status never reports the mount settled; a pass that fails
+            // (an I/O error in the backing tree) is run again, and the error shows meanwhile.
+            let mut delay = Duration::from_secs(1);
+            while let Err(err) = engine.reconcile() {
+                tracing::error!("reconcile failed: {err:#}; trying again in {delay:?}");
                 engine.report.lock().unwrap().last_error = Some(format!("reconcile: {err:#}"));
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RECONCILE_RETRY_MAX);
             }
         });
         if let Ok(count) = self.index.count() {
@@ -883,6 +888,9 @@ fn iso8601_ns(ns: i64) -> String {
 }
 
 /// Exponential backoff with jitter: 200 ms doubling to 30 s, times 0.5–1.5.
+/// The longest wait before a failed reconcile pass is run again.
+const RECONCILE_RETRY_MAX: Duration = Duration::from_secs(60);
+
 fn backoff(attempts: u32) -> Duration {
     let base = Duration::from_millis(200).saturating_mul(1 << attempts.min(8));
     base.min(Duration::from_secs(30))

@@ -92,16 +92,7 @@ impl Backing {
     pub fn observe(&self, relative: &Path) -> io::Result<Observed> {
         let fd = match self.open_beneath(relative, libc::O_PATH) {
             Ok(fd) => fd,
-            // A symlink on the way (ELOOP), a missing component or a file where a directory was
-            // expected all mean: there is no regular file at this path.
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
-                ) =>
-            {
-                return Ok(Observed::Absent)
-            }
+            Err(err) if names_nothing(&err) => return Ok(Observed::Absent),
             Err(err) => return Err(err),
         };
         Ok(Observed::of(&File::from(fd).metadata()?))
@@ -150,9 +141,10 @@ impl Backing {
             match observed {
                 Observed::Directory => {
                     visit(&child, Observed::Directory);
-                    // A directory that vanished while walking is simply gone.
+                    // Gone, or no longer a directory at this path (replaced by a symlink, say), since
+                    // it was listed: there is nothing below this path to walk.
                     match self.walk(&child, visit) {
-                        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => {}
+                        Err(err) if names_nothing(&err) => {}
                         other => other?,
                     }
                 }
@@ -161,6 +153,16 @@ impl Backing {
         }
         Ok(())
     }
+}
+
+/// Resolving a path beneath the root failed because it names nothing there now: a missing
+/// component (ENOENT), a file where a directory was expected (ENOTDIR), a symlink on the way
+/// (ELOOP) or a way out of the tree (EXDEV).
+fn names_nothing(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
+    )
 }
 
 #[cfg(test)]
@@ -205,5 +207,31 @@ mod tests {
         seen.sort_by(|a, b| a.0.cmp(&b.0));
         let names: Vec<_> = seen.iter().map(|(p, _)| p.to_str().unwrap()).collect();
         assert_eq!(names, ["d", "d/f", "escape", "link"]);
+    }
+
+    /// A directory swapped for a symlink between being listed and being entered (behind the
+    /// mount's back) ends neither the walk nor the reconcile pass that runs it.
+    #[test]
+    fn a_directory_replaced_by_a_symlink_during_the_walk_is_skipped() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"x").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        for dir in ["a", "b"] {
+            std::fs::create_dir(root.path().join(dir)).unwrap();
+            std::fs::write(root.path().join(dir).join("f"), b"y").unwrap();
+        }
+        let backing = Backing::open(root.path()).unwrap();
+        let mut seen = Vec::new();
+        backing
+            .walk(Path::new(""), &mut |p, o| {
+                if p == Path::new("a") && o == Observed::Directory {
+                    std::fs::rename(root.path().join("a"), root.path().join("moved")).unwrap();
+                    std::os::unix::fs::symlink(outside.path(), root.path().join("a")).unwrap();
+                }
+                seen.push(p.to_str().unwrap().to_string());
+            })
+            .unwrap();
+        assert!(seen.contains(&"b/f".to_string()), "{seen:?}");
+        assert!(!seen.iter().any(|p| p.starts_with("a/")), "{seen:?}");
     }
 }
