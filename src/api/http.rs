@@ -36,8 +36,7 @@ impl Default for Timeouts {
 /// `MediaApi` over HTTP. One instance shares one connection pool between all its calls.
 pub struct HttpApi {
     client: Client,
-    /// Without a trailing slash; call paths are appended to it.
-    /// The service's URL. Calls clone it and set their path: parsing a
+    /// The service's URL, as given. Calls clone it and append their path to its own: parsing a
     /// whole URL string per call (host, IDNA) was a measurable share of a small file's sync.
     base_url: Url,
     timeouts: Timeouts,

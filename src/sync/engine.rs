@@ -887,10 +887,10 @@ fn iso8601_ns(ns: i64) -> String {
     )
 }
 
-/// Exponential backoff with jitter: 200 ms doubling to 30 s, times 0.5–1.5.
 /// The longest wait before a failed reconcile pass is run again.
 const RECONCILE_RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// Exponential backoff with jitter: 200 ms doubling to 30 s, times 0.5–1.5.
 fn backoff(attempts: u32) -> Duration {
     let base = Duration::from_millis(200).saturating_mul(1 << attempts.min(8));
     base.min(Duration::from_secs(30))

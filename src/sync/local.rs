@@ -141,8 +141,8 @@ impl Backing {
             match observed {
                 Observed::Directory => {
                     visit(&child, Observed::Directory);
-                    // Gone, or no longer a directory at this path (replaced by a symlink, say), since
-                    // it was listed: there is nothing below this path to walk.
+                    // Gone, or no longer a directory at this path (replaced by a symlink, say)
+                    // since it was listed: there is nothing below this path to walk.
                     match self.walk(&child, visit) {
                         Err(err) if names_nothing(&err) => {}
                         other => other?,
