@@ -68,17 +68,7 @@ impl Site {
 
     /// Waits until the mount has nothing left to send.
     fn wait_synced(&self) {
-        let out = Command::new(BIN)
-            .args(["status", "--wait", "--timeout", "60"])
-            .arg(&self.mnt)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            text(&out.stdout),
-            self.log_text()
-        );
+        common::service::wait_synced_at(&self.mnt, 60, || self.log_text());
     }
 
     /// The settings for `emulator` as flags.
@@ -524,17 +514,7 @@ fn a_second_mount_on_the_same_state_folder_is_refused() {
     let (backing, mnt) = (other.path().join("backing"), other.path().join("mnt"));
     std::fs::create_dir_all(&backing).unwrap();
     std::fs::create_dir_all(&mnt).unwrap();
-    let out = Command::new(BIN)
-        .arg("mount")
-        .arg(&backing)
-        .arg(&mnt)
-        .args(["--foreground", "--api", &emulator.url, "--grant", "1"])
-        .arg("--device-key-file")
-        .arg(&first.key_file)
-        .arg("--state-dir")
-        .arg(&first.state)
-        .output()
-        .unwrap();
+    let out = first.command_for(&backing, &mnt).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "second mount started: {stderr}");
     assert!(

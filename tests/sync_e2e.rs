@@ -5,7 +5,6 @@
 mod common;
 
 use std::os::unix::ffi::OsStrExt;
-use std::process::Command;
 
 use common::service::{assert_catalog_matches, sh, Emulator, Mount};
 
@@ -287,17 +286,10 @@ fn a_refused_key_or_unknown_grant_fails_before_mounting() {
         ("wrong-key", "1", "refused the device key"),
         ("demo-device-key", "77", "grant 77"),
     ] {
-        let mount = Mount::prepare(dir.path(), &emulator, &[]);
+        let mount = Mount::prepare(dir.path(), &emulator, &["--grant", grant]);
         std::fs::write(&mount.key_file, key).unwrap();
-        let out = Command::new(common::service::BIN)
-            .arg("mount")
-            .arg(&mount.backing)
-            .arg(&mount.mnt)
-            .args(["--foreground", "--api", &emulator.url, "--grant", grant])
-            .arg("--device-key-file")
-            .arg(&mount.key_file)
-            .arg("--state-dir")
-            .arg(&mount.state)
+        let out = mount
+            .command_for(&mount.backing, &mount.mnt)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

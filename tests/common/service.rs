@@ -159,6 +159,24 @@ pub fn run(command: &mut Command) -> Output {
 }
 
 /// Whether a real FUSE mount is required here (CI): then a mount that fails fails the test.
+/// `maxlofs status MNT --wait`: returns once nothing is pending or in flight; otherwise fails
+/// with the status and the daemon's log.
+pub fn wait_synced_at(mnt: &Path, timeout_secs: u64, log: impl FnOnce() -> String) {
+    let out = Command::new(BIN)
+        .args(["status", "--wait", "--json", "--timeout"])
+        .arg(timeout_secs.to_string())
+        .arg(mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status --wait failed: {}{}\nlog:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        log()
+    );
+}
+
 pub fn fuse_required() -> bool {
     std::env::var("MAXLOFS_REQUIRE_FUSE").is_ok_and(|v| v == "1")
 }
@@ -225,15 +243,15 @@ impl Mount {
             "--foreground".into(),
             "--api".into(),
             api.to_string(),
-            "--grant".into(),
-            "1".into(),
             "--device-key-file".into(),
             key_file.to_string_lossy().into(),
             "--state-dir".into(),
             state.to_string_lossy().into(),
         ];
-        if !extra.contains(&"--settle-ms") {
-            args.extend(["--settle-ms".into(), "100".into()]);
+        for (flag, default) in [("--grant", "1"), ("--settle-ms", "100")] {
+            if !extra.contains(&flag) {
+                args.extend([flag.into(), default.into()]);
+            }
         }
         args.extend(extra.iter().map(|a| a.to_string()));
         Mount {
@@ -259,19 +277,8 @@ impl Mount {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let mut command = match self.wrapper.split_first() {
-            Some((program, args)) => {
-                let mut command = Command::new(program);
-                command.args(args).arg(BIN);
-                command
-            }
-            None => Command::new(BIN),
-        };
-        let mut child = command
-            .arg("mount")
-            .arg(&self.backing)
-            .arg(&self.mnt)
-            .args(&self.args)
+        let mut child = self
+            .command_for(&self.backing, &self.mnt)
             // MAXLOFS_DAEMON_LOG (e.g. `maxlofs=debug`) raises every test daemon's log level.
             .env(
                 "RUST_LOG",
@@ -298,6 +305,21 @@ impl Mount {
         true
     }
 
+    /// `maxlofs mount BACKING MNT` with this mount's arguments and wrapper: what `mount` runs,
+    /// or, given other folders, a second daemon with this one's key and state folder.
+    pub fn command_for(&self, backing: &Path, mnt: &Path) -> Command {
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(BIN);
+                command
+            }
+            None => Command::new(BIN),
+        };
+        command.arg("mount").arg(backing).arg(mnt).args(&self.args);
+        command
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.mnt.join(rel)
     }
@@ -309,19 +331,7 @@ impl Mount {
 
     /// `wait_synced` with another deadline (retries back off up to 45 s under heavy faults).
     pub fn wait_synced_within(&self, timeout_secs: u64) {
-        let timeout = timeout_secs.to_string();
-        let out = Command::new(BIN)
-            .args(["status", "--wait", "--json", "--timeout", &timeout])
-            .arg(&self.mnt)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "status --wait failed: {}{}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            self.log_text()
-        );
+        wait_synced_at(&self.mnt, timeout_secs, || self.log_text());
     }
 
     /// `maxlofs status MNT --wait` with a timeout: whether everything was sent in time.
