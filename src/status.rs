@@ -10,7 +10,36 @@ use anyhow::{bail, Context};
 
 use crate::cli::StatusArgs;
 use crate::fs::STATUS_XATTR;
-use crate::sync::StatusReport;
+use serde::{Deserialize, Serialize};
+
+/// What `maxlofs status` shows.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct StatusReport {
+    pub pending: usize,
+    /// Files open for writing through the mount: their changes are sent once they are closed.
+    pub open_for_writing: usize,
+    /// Paths of those files (the first few, as the daemon lists them).
+    #[serde(default)]
+    pub writing: Vec<String>,
+    pub in_flight: usize,
+    pub failed: Vec<PathReason>,
+    pub failed_count: usize,
+    pub local_only: Vec<PathReason>,
+    pub local_only_count: usize,
+    pub paused: Option<String>,
+    pub last_error: Option<String>,
+    pub created: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    pub reconciled: bool,
+    pub indexed: u64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct PathReason {
+    pub path: String,
+    pub reason: String,
+}
 
 /// Reads the daemon's status from the mount at `mountpoint`.
 pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
@@ -48,6 +77,9 @@ fn print_text(status: &StatusReport) {
     println!("pending:    {}", status.pending);
     println!("in flight:  {}", status.in_flight);
     println!("open for writing: {}", status.open_for_writing);
+    for path in &status.writing {
+        println!("  {path}");
+    }
     println!(
         "sent:       {} created, {} updated, {} deleted",
         status.created, status.updated, status.deleted

@@ -25,6 +25,7 @@ use crate::api::{ApiError, CreateOutcome, GrantId, MediaApi, MediaId, MediaState
 use crate::contract;
 use crate::fs::{Event, EventSink, StatusSource};
 use crate::progress::{Progress, Unit};
+use crate::status::{PathReason, StatusReport};
 
 pub struct SyncConfig {
     pub grant: GrantId,
@@ -59,32 +60,6 @@ struct Report {
     last_error: Option<String>,
     totals: Totals,
     reconciled: bool,
-}
-
-/// What `maxlofs status` shows.
-#[derive(Serialize, serde::Deserialize, Clone, Debug, Default, PartialEq)]
-pub struct StatusReport {
-    pub pending: usize,
-    /// Files open for writing through the mount: their changes are sent once they are closed.
-    pub open_for_writing: usize,
-    pub in_flight: usize,
-    pub failed: Vec<PathReason>,
-    pub failed_count: usize,
-    pub local_only: Vec<PathReason>,
-    pub local_only_count: usize,
-    pub paused: Option<String>,
-    pub last_error: Option<String>,
-    pub created: u64,
-    pub updated: u64,
-    pub deleted: u64,
-    pub reconciled: bool,
-    pub indexed: u64,
-}
-
-#[derive(Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
-pub struct PathReason {
-    pub path: String,
-    pub reason: String,
 }
 
 pub struct Engine {

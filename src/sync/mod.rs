@@ -11,4 +11,4 @@ pub mod queue;
 #[cfg(test)]
 mod tests;
 
-pub use engine::{Engine, StatusReport, SyncConfig};
+pub use engine::{Engine, SyncConfig};
