@@ -238,6 +238,7 @@ impl Engine {
         StatusReport {
             pending,
             open_for_writing: 0,
+            writing: Vec::new(),
             in_flight,
             failed: list(&report.failed),
             failed_count: report.failed.len(),
