@@ -11,7 +11,7 @@ use std::os::unix::fs::DirBuilderExt;
 use crate::api::http::{HttpApi, Timeouts};
 use crate::api::{ApiError, GrantId, Keys, MediaApi, SecretKey};
 use crate::cli::MountArgs;
-use crate::fs::MountConfig;
+use crate::fs::{MountConfig, OpenWriters};
 use crate::sync::ignore::IgnoreRules;
 use crate::sync::index::Index;
 use crate::sync::local::Backing;
@@ -243,7 +243,8 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         no_delete: args.no_delete,
         ignore,
     };
-    let engine = Engine::new(config, api.clone(), index, backing);
+    let writers = Arc::new(OpenWriters::default());
+    let engine = Engine::new(config, api.clone(), index, backing, writers.clone());
     {
         let _entered = runtime.enter();
         engine.start();
@@ -255,6 +256,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     mount.allow_other = args.allow_other;
     mount.threads = args.threads.max(1);
     mount.status = Some(engine.clone());
+    mount.writers = writers;
     tracing::info!(
         "mounted {} at {}",
         args.backing.display(),

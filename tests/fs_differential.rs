@@ -637,40 +637,49 @@ fn inode_numbers_are_the_backing_ones() {
     }
 }
 
-/// Answers with the daemon's count of handles open for writing.
+/// Answers with the daemon's count of files open for writing and their paths.
 struct CountingStatus;
 
 impl StatusSource for CountingStatus {
-    fn status_json(&self, open_for_writing: usize) -> String {
-        format!(r#"{{"open_for_writing":{open_for_writing}}}"#)
+    fn status_json(&self, open_for_writing: usize, writing: &[String]) -> String {
+        format!(r#"{{"open_for_writing":{open_for_writing},"writing":{writing:?}}}"#)
     }
 }
 
 #[test]
 fn status_xattr_answers_from_the_daemon() {
-    let status = |open: usize| Ok(format!(r#"{{"open_for_writing":{open}}}"#).into_bytes());
+    let status = |open: usize, writing: &[&str]| {
+        Ok(format!(r#"{{"open_for_writing":{open},"writing":{writing:?}}}"#).into_bytes())
+    };
     let Some(mount) = mount_or_skip_with("status_xattr", |cfg| {
         cfg.status = Some(Arc::new(CountingStatus))
     }) else {
         return;
     };
     let root = &mount.mountpoint;
-    assert_eq!(posix::getxattr(root, STATUS_XATTR, 4096), status(0));
-    // A writer counts until its release arrives, which the kernel sends after close returns.
-    let writer = std::fs::File::create(root.join("w")).unwrap();
-    let reader = std::fs::File::open(root.join("w")).unwrap();
-    assert_eq!(posix::getxattr(root, STATUS_XATTR, 4096), status(1));
+    assert_eq!(posix::getxattr(root, STATUS_XATTR, 4096), status(0, &[]));
+    // A writer counts until its release arrives, which the kernel sends after close returns;
+    // two writers of one file count it once.
+    std::fs::create_dir(root.join("d")).unwrap();
+    let writer = std::fs::File::create(root.join("d/w")).unwrap();
+    let second = std::fs::OpenOptions::new()
+        .append(true)
+        .open(root.join("d/w"))
+        .unwrap();
+    let reader = std::fs::File::open(root.join("d/w")).unwrap();
+    assert_eq!(posix::getxattr(root, STATUS_XATTR, 4096), status(1, &["d/w"]));
     drop(writer);
+    drop(second);
     drop(reader);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while posix::getxattr(root, STATUS_XATTR, 4096) != status(0) {
+    while posix::getxattr(root, STATUS_XATTR, 4096) != status(0, &[]) {
         assert!(
             std::time::Instant::now() < deadline,
             "the writer never left the count"
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    std::fs::remove_file(root.join("w")).unwrap();
+    std::fs::remove_file(root.join("d/w")).unwrap();
     assert_eq!(posix::getxattr(root, STATUS_XATTR, 4), Err(libc::ERANGE));
     assert_eq!(posix::listxattr(root), Ok(vec![]), "not listed");
     assert_eq!(
@@ -709,7 +718,7 @@ fn daemon_never_follows_symlinks() {
     std::os::unix::fs::symlink(&outside, backing.join("esc")).unwrap();
     std::os::unix::fs::symlink(outside.join("secret"), backing.join("file-link")).unwrap();
 
-    let fs = Passthrough::new(&backing, Arc::new(Ignore), None).unwrap();
+    let fs = Passthrough::new(&backing, Arc::new(Ignore), None, Arc::default()).unwrap();
     let root = 1;
     let me = Caller { uid: 0, gid: 0 };
     let esc = fs.lookup(root, OsStr::new("esc")).unwrap();

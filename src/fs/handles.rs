@@ -41,6 +41,16 @@ impl<T> HandleMap<T> {
             .ok_or(Errno::EBADF)
     }
 
+    /// `f` of every handle that gives a value.
+    pub fn filter_map<R>(&self, f: impl Fn(&T) -> Option<R>) -> Vec<R> {
+        self.handles
+            .read()
+            .expect("handle map lock")
+            .values()
+            .filter_map(|h| f(h))
+            .collect()
+    }
+
     pub fn remove(&self, fh: u64) -> Result<Arc<T>, Errno> {
         self.handles
             .write()
@@ -100,6 +110,8 @@ impl ChangeTracker {
 #[derive(Debug)]
 pub struct OpenFile {
     pub ino: u64,
+    /// The backing file's `st_ino`, under which the writers of the file are counted.
+    pub backing_ino: u64,
     /// The backing file opened with the caller's flags: daemon I/O, fsync, fallocate, lseek,
     /// copy_file_range and the fstat for change detection.
     pub fd: OwnedFd,

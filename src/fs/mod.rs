@@ -8,10 +8,12 @@ mod inodes;
 mod mount;
 mod passthrough;
 pub(crate) mod sys;
+mod writers;
 
 pub use mount::{run_until_unmounted, spawn_mount, MountHandle};
 pub use passthrough::{AttrChanges, Caller, Opened, Passthrough, RegisterBacking, TTL};
 pub use sys::{TimeSpec, XattrValue};
+pub use writers::OpenWriters;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +27,9 @@ pub enum Event {
     /// `ino` is the backing inode's `st_ino`: `path` is where it was when the change was
     /// reported, and it may be renamed or replaced by the time the event is handled.
     ContentChanged { path: PathBuf, ino: u64 },
+    /// The last handle open for writing was released without a change since the last report
+    /// (`ino` as for `ContentChanged`): the file may now be sent.
+    WriterClosed { path: PathBuf, ino: u64 },
     /// Times were set (utimensat) without a content change (`ino` as for `ContentChanged`).
     TimesSet { path: PathBuf, ino: u64 },
     /// `path` was unlinked (or removed with rmdir when `is_dir`).
@@ -48,8 +53,9 @@ pub trait EventSink: Send + Sync {
 
 /// Answers `getxattr(MOUNTPOINT, STATUS_XATTR)` so `maxlofs status MOUNTPOINT` can ask the daemon.
 pub trait StatusSource: Send + Sync {
-    /// `open_for_writing`: handles that may still report a content change when released.
-    fn status_json(&self, open_for_writing: usize) -> String;
+    /// `open_for_writing`: files open for writing, which are sent once closed; `writing`: the
+    /// first few of their paths.
+    fn status_json(&self, open_for_writing: usize, writing: &[String]) -> String;
 }
 
 /// The extended attribute on the mount root that carries the daemon's status as JSON.
@@ -64,6 +70,8 @@ pub struct MountConfig {
     pub threads: usize,
     pub events: Arc<dyn EventSink>,
     pub status: Option<Arc<dyn StatusSource>>,
+    /// Files open for writing, shared with the sync engine.
+    pub writers: Arc<OpenWriters>,
     /// Hand file data to the kernel (FUSE passthrough, native speed) when the kernel and our
     /// privileges allow; `false` serves reads and writes in the daemon.
     pub kernel_passthrough: bool,
@@ -80,6 +88,7 @@ impl MountConfig {
             threads: 4,
             events,
             status: None,
+            writers: Arc::default(),
             kernel_passthrough: true,
         }
     }

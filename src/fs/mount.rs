@@ -157,7 +157,12 @@ fn new_session(
     auto_unmount: bool,
 ) -> io::Result<(Session<FuseAdapter>, Arc<SessionEnd>)> {
     let end = Arc::new(SessionEnd::default());
-    let fs = Passthrough::new(&cfg.backing, cfg.events.clone(), cfg.status.clone())?;
+    let fs = Passthrough::new(
+        &cfg.backing,
+        cfg.events.clone(),
+        cfg.status.clone(),
+        cfg.writers.clone(),
+    )?;
     let adapter = FuseAdapter::new(
         fs,
         cfg.kernel_passthrough,

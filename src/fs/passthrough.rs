@@ -5,6 +5,7 @@
 use super::handles::{ChangeTracker, Fingerprint, HandleMap, OpenDir, OpenFile};
 use super::inodes::{Inode, InodeTable, ROOT_INO};
 use super::sys::{self, TimeSpec, XattrValue};
+use super::writers::OpenWriters;
 use super::{Event, EventSink, StatusSource, STATUS_XATTR};
 use fuser::{BackingId, Errno, FileAttr, FileType, INodeNo};
 use std::ffi::{CString, OsStr};
@@ -12,11 +13,14 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 pub type Result<T> = std::result::Result<T, Errno>;
+
+/// How many paths open for writing status lists.
+const WRITING_LISTED: usize = 20;
 
 /// How long the kernel may cache attributes, names and the absence of names. Every change to the
 /// backing tree is expected to come through the mount, which updates or invalidates the kernel's
@@ -60,9 +64,9 @@ pub struct Passthrough {
     /// Whether to hand file data to the kernel (FUSE passthrough); cleared if the kernel refuses.
     kernel_passthrough: AtomicBool,
     daemon_is_root: bool,
-    /// Handles open for writing. Their content change is reported at release, which the kernel
-    /// sends after close(2) returns, so status counts them as work still to come.
-    open_for_writing: AtomicUsize,
+    /// Files open for writing, shared with the sync engine, which sends none of them until its
+    /// last writer has closed it.
+    writers: Arc<OpenWriters>,
 }
 
 impl Passthrough {
@@ -72,6 +76,7 @@ impl Passthrough {
         backing: &Path,
         events: Arc<dyn EventSink>,
         status: Option<Arc<dyn StatusSource>>,
+        writers: Arc<OpenWriters>,
     ) -> io::Result<Passthrough> {
         let path = CString::new(backing.as_os_str().as_bytes())?;
         let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
@@ -86,7 +91,7 @@ impl Passthrough {
             status,
             kernel_passthrough: AtomicBool::new(false),
             daemon_is_root: unsafe { libc::geteuid() } == 0,
-            open_for_writing: AtomicUsize::new(0),
+            writers,
         })
     }
 
@@ -359,16 +364,25 @@ impl Passthrough {
     /// last report.
     pub fn flush(&self, fh: u64) -> Result<()> {
         let handle = self.files.get(fh)?;
-        self.report_content_change(&handle);
+        if self.content_changed(&handle) {
+            self.emit_for(handle.ino, |path, ino| Event::ContentChanged { path, ino });
+        }
         Ok(())
     }
 
+    /// The last writer's release is reported even without a change: a file created and closed
+    /// untouched still needs its record, and the engine waited for this close.
     pub fn release(&self, fh: u64) -> Result<()> {
         let handle = self.files.remove(fh)?;
-        self.report_content_change(&handle);
-        // After the event is out, so status never sees neither.
+        let changed = self.content_changed(&handle);
         if handle.tracker.is_some() {
-            self.open_for_writing.fetch_sub(1, Ordering::SeqCst);
+            self.writers.closed(handle.backing_ino, |last| {
+                if changed {
+                    self.emit_for(handle.ino, |path, ino| Event::ContentChanged { path, ino });
+                } else if last {
+                    self.emit_for(handle.ino, |path, ino| Event::WriterClosed { path, ino });
+                }
+            });
         }
         Ok(())
     }
@@ -485,8 +499,9 @@ impl Passthrough {
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrValue> {
         if is_status_xattr(ino, name) {
             let status = self.status.as_ref().ok_or(Errno::NO_XATTR)?;
-            let open_for_writing = self.open_for_writing.load(Ordering::SeqCst);
-            return XattrValue::sized(status.status_json(open_for_writing).into_bytes(), size);
+            let writing = self.paths_open_for_writing(WRITING_LISTED);
+            let json = status.status_json(self.writers.count(), &writing);
+            return XattrValue::sized(json.into_bytes(), size);
         }
         let name = sys::c_name(name)?;
         sys::get_xattr(self.inodes.get(ino)?.fd(), &name, size as usize)
@@ -655,27 +670,28 @@ impl Passthrough {
         truncated: bool,
         register: RegisterBacking<'_>,
     ) -> Result<Opened> {
-        let tracker = if flags & libc::O_ACCMODE != libc::O_RDONLY {
-            let baseline = match st {
-                Some(st) => Fingerprint::of(st),
-                None => Fingerprint::of(&sys::stat_fd(fd.as_fd())?),
-            };
-            Some(std::sync::Mutex::new(ChangeTracker::new(
-                baseline, truncated,
-            )))
-        } else {
-            None
+        let own_st;
+        let st = match st {
+            Some(st) => st,
+            None => {
+                own_st = sys::stat_fd(fd.as_fd())?;
+                &own_st
+            }
         };
+        let tracker = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
+            std::sync::Mutex::new(ChangeTracker::new(Fingerprint::of(st), truncated))
+        });
         let backing_id = if inode.is_regular() {
             self.backing_id(inode, fd.as_fd(), flags, register)
         } else {
             None
         };
         if tracker.is_some() {
-            self.open_for_writing.fetch_add(1, Ordering::SeqCst);
+            self.writers.opened(st.st_ino);
         }
         let fh = self.files.insert(OpenFile {
             ino,
+            backing_ino: st.st_ino,
             fd,
             _backing_id: backing_id.clone(),
             tracker,
@@ -723,20 +739,32 @@ impl Passthrough {
         }
     }
 
-    fn report_content_change(&self, handle: &OpenFile) {
+    /// Whether the handle changed content since open or the last report (a read-only handle
+    /// never did). A failed fstat counts as a change: a look too many costs little.
+    fn content_changed(&self, handle: &OpenFile) -> bool {
         let Some(tracker) = &handle.tracker else {
-            return;
+            return false;
         };
         let now = match sys::stat_fd(handle.fd()) {
             Ok(st) => Fingerprint::of(&st),
             Err(e) => {
                 tracing::warn!(ino = handle.ino, "fstat for change detection failed: {e:?}");
-                return;
+                return true;
             }
         };
-        if tracker.lock().expect("tracker lock").settle(now) {
-            self.emit_for(handle.ino, |path, ino| Event::ContentChanged { path, ino });
-        }
+        tracker.lock().expect("tracker lock").settle(now)
+    }
+
+    /// Up to `limit` paths of files open for writing, for status.
+    fn paths_open_for_writing(&self, limit: usize) -> Vec<String> {
+        let mut inos = self.files.filter_map(|h| h.tracker.as_ref().map(|_| h.ino));
+        inos.sort_unstable();
+        inos.dedup();
+        inos.into_iter()
+            .filter_map(|ino| self.inodes.path_of(ino))
+            .take(limit)
+            .map(|path| path.to_string_lossy().into_owned())
+            .collect()
     }
 
     fn attr(&self, ino: u64, st: &libc::stat) -> FileAttr {

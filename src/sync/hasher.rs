@@ -1,19 +1,24 @@
 //! Hashing a backing file in the state it was in from start to end of the read.
 
 use std::io;
+use std::num::NonZeroUsize;
 use std::path::Path;
 
 use super::local::{Backing, FileStat};
 use crate::hash;
 
 /// Hashes `path`, checking the file did not change while it was read (stat of the open file and
-/// of the path, before and after); tries a few times. `None`: it kept changing.
-pub fn hash_stable(backing: &Backing, path: &Path) -> io::Result<Option<(String, FileStat)>> {
+/// of the path, before and after); tries a few times. `None`: it kept changing. `threads`: how many
+/// the hash of a multipart file may use.
+pub fn hash_stable(
+    backing: &Backing,
+    path: &Path,
+    threads: NonZeroUsize,
+) -> io::Result<Option<(String, FileStat)>> {
     for _ in 0..3 {
         let (file, before) = backing.open_file(path)?;
         let progress = hash::progress_for(path, before.size);
-        let workers = hash::default_workers();
-        let hash = match hash::hash_open_file(&file, before.size, workers, progress.as_ref()) {
+        let hash = match hash::hash_open_file(&file, before.size, threads, progress.as_ref()) {
             Ok(hash) => hash.to_hex(),
             // It shrank while being read: look again.
             Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => continue,

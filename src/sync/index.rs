@@ -8,7 +8,7 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::api::MediaId;
+use crate::api::{MediaId, NewMedia};
 
 /// What the service holds for one path, as of its last acknowledgement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,8 +39,18 @@ CREATE TABLE IF NOT EXISTS synced (
     ino INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS synced_ino ON synced (ino);
-CREATE TABLE IF NOT EXISTS unsure (path TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS unsure (path TEXT PRIMARY KEY, state TEXT NOT NULL, media_id INTEGER);
 ";
+
+/// A path whose record the service may hold live although no entry names it: a create was sent
+/// and its answer never came, or a delete was sent and not yet acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unsure {
+    /// What was sent (or would be sent again to find the record); `None` if unreadable.
+    pub media: Option<NewMedia>,
+    /// The record's id, once known: a delete of it needs no other call.
+    pub media_id: Option<MediaId>,
+}
 
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexEntry> {
     Ok(IndexEntry {
@@ -67,6 +77,13 @@ impl Index {
         // two fcntl calls per transaction, and a second daemon on the same folder is refused.
         db.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
         db.execute_batch(SCHEMA)?;
+        // Indexes made before unsure notes carried an id.
+        let has_media_id: bool = db
+            .prepare("SELECT 1 FROM pragma_table_info('unsure') WHERE name = 'media_id'")?
+            .exists([])?;
+        if !has_media_id {
+            db.execute_batch("ALTER TABLE unsure ADD COLUMN media_id INTEGER")?;
+        }
         let stored: Option<String> = db
             .query_row("SELECT value FROM meta WHERE key = 'identity'", [], |r| {
                 r.get(0)
@@ -116,23 +133,42 @@ impl Index {
     /// Before a create is sent for `path` (with `state`): until its answer is in (`put`), the
     /// service may hold a record for `path` that no entry names (an answer lost on the way).
     /// This is an intent, not an acknowledgement: the entries still never lead the service.
-    pub fn mark_unsure(&self, path: &str, state_json: &str) -> anyhow::Result<()> {
+    pub fn mark_unsure(&self, path: &str, media: &NewMedia) -> anyhow::Result<()> {
         self.db
             .lock()
             .unwrap()
-            .prepare_cached("INSERT OR REPLACE INTO unsure (path, state) VALUES (?1, ?2)")?
-            .execute(params![path, state_json])?;
+            .prepare_cached(
+                "INSERT INTO unsure (path, state) VALUES (?1, ?2)
+                 ON CONFLICT (path) DO UPDATE SET state = excluded.state",
+            )?
+            .execute(params![path, serde_json::to_string(media)?])?;
         Ok(())
     }
 
-    /// The state of the create sent for `path` whose answer never came, if any.
-    pub fn unsure(&self, path: &str) -> anyhow::Result<Option<String>> {
+    /// Stores the id of the record an unsure note is about, the moment it is learned.
+    pub fn learn_unsure_id(&self, path: &str, media_id: MediaId) -> anyhow::Result<()> {
+        self.db
+            .lock()
+            .unwrap()
+            .prepare_cached("UPDATE unsure SET media_id = ?2 WHERE path = ?1")?
+            .execute(params![path, media_id])?;
+        Ok(())
+    }
+
+    /// The unsure note of `path`, if any.
+    pub fn unsure(&self, path: &str) -> anyhow::Result<Option<Unsure>> {
         Ok(self
             .db
             .lock()
             .unwrap()
-            .prepare_cached("SELECT state FROM unsure WHERE path = ?1")?
-            .query_row([path], |r| r.get(0))
+            .prepare_cached("SELECT state, media_id FROM unsure WHERE path = ?1")?
+            .query_row([path], |r| {
+                let state: String = r.get(0)?;
+                Ok(Unsure {
+                    media: serde_json::from_str(&state).ok(),
+                    media_id: r.get(1)?,
+                })
+            })
             .optional()?)
     }
 
@@ -182,15 +218,24 @@ impl Index {
         Ok(())
     }
 
-    /// Forgets the entry of `path` and, in the same transaction, notes `state_json` as unsure:
-    /// a delete is about to be sent, and whether it reached the service is known only after.
-    pub fn remove_as_unsure(&self, path: &str, state_json: &str) -> anyhow::Result<()> {
+    /// Forgets the entry of `path` and, in the same transaction, notes `media` (with its id) as
+    /// unsure: a delete is about to be sent, and whether it reached the service is known only
+    /// after. A retry then deletes by id, never creating the path again to find the record.
+    pub fn remove_as_unsure(
+        &self,
+        path: &str,
+        media: &NewMedia,
+        media_id: MediaId,
+    ) -> anyhow::Result<()> {
+        let media_json = serde_json::to_string(media)?;
         let db = self.db.lock().unwrap();
         in_transaction(&db, |db| {
             db.prepare_cached("DELETE FROM synced WHERE path = ?1")?
                 .execute([path])?;
-            db.prepare_cached("INSERT OR REPLACE INTO unsure (path, state) VALUES (?1, ?2)")?
-                .execute(params![path, state_json])?;
+            db.prepare_cached(
+                "INSERT OR REPLACE INTO unsure (path, state, media_id) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![path, media_json, media_id])?;
             Ok(())
         })?;
         self.cache.lock().unwrap().put(path.to_string(), None);

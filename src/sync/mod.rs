@@ -2,12 +2,17 @@
 //! workers compare each marked path with the index and send what differs, and a reconcile pass at
 //! start catches up everything that happened while the engine was not looking.
 
+mod decide;
 pub mod engine;
+mod execute;
+mod failure;
+mod hash_cache;
 mod hasher;
 pub mod ignore;
 pub mod index;
 pub mod local;
 pub mod queue;
+mod reconcile;
 #[cfg(test)]
 mod tests;
 

@@ -14,7 +14,7 @@ use crate::api::memory::MemoryApi;
 use crate::api::{ApiError, Keys, MediaApi, MediaRecord, MediaState, NewMedia, SecretKey};
 use crate::emulator::stats::Call;
 use crate::emulator::store::StoreConfig;
-use crate::fs::{Event, EventSink};
+use crate::fs::{Event, EventSink, OpenWriters};
 
 const SETTLE: Duration = Duration::from_millis(30);
 
@@ -80,7 +80,8 @@ impl Rig {
         };
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
         let backing = Backing::open(&dir.path().join("b")).unwrap();
-        let engine = Engine::new(config, api.clone(), index, backing);
+        let writers = Arc::new(OpenWriters::default());
+        let engine = Engine::new(config, api.clone(), index, backing, writers.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -1,0 +1,282 @@
+//! What to do about one path: a pure function of what a look at it found (the file now, the index
+//! entry, any unsure note, the hint of the marks, whether a writer holds it open). No I/O, no
+//! clock: every rule of what reaches the service is here, and the executor only carries it out.
+
+use super::index::{IndexEntry, Unsure};
+use super::local::FileStat;
+use super::queue::Hint;
+use crate::api::MediaId;
+
+/// What the path holds, as far as the catalog is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Local {
+    /// Nothing the catalog shows: no entry at the path, a directory, a symlink, fifo, socket or
+    /// device, or a name that stays local (ignored, trash).
+    Absent,
+    /// A regular file, with its content hash once it has been taken.
+    File {
+        stat: FileStat,
+        hash: Option<String>,
+    },
+}
+
+/// Everything a decision depends on.
+#[derive(Clone, Copy, Debug)]
+pub struct Facts<'a> {
+    pub local: &'a Local,
+    pub entry: Option<&'a IndexEntry>,
+    pub unsure: Option<&'a Unsure>,
+    pub hint: Hint,
+    /// A handle open for writing holds the file: it is not complete yet.
+    pub writing: bool,
+    /// `--no-delete`: records of vanished files stay on the service.
+    pub no_delete: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The record already shows the path, or there is nothing to send.
+    Nothing,
+    /// A writer holds the file open; the release of its last writer marks the path again.
+    WaitForWriter,
+    /// Nothing can be decided before the content is hashed.
+    Hash,
+    /// The record shows this content already: only the index entry is rewritten (the inode or
+    /// ctime moved, as after a rename onto the path).
+    Remember { media_id: MediaId },
+    Update { media_id: MediaId },
+    Create,
+    Delete { media_id: MediaId },
+    /// A create's answer was lost and the file is gone: create again to learn the record's id
+    /// (stored at once), then delete it.
+    FindAndDelete,
+    /// `--no-delete`: forget the entry or note without telling the service.
+    Forget,
+}
+
+pub fn decide(facts: Facts<'_>) -> Action {
+    match facts.local {
+        Local::Absent => match (facts.entry, facts.unsure) {
+            (None, None) => Action::Nothing,
+            _ if facts.no_delete => Action::Forget,
+            (Some(entry), _) => Action::Delete {
+                media_id: entry.media_id,
+            },
+            (None, Some(unsure)) => match unsure.media_id {
+                Some(media_id) => Action::Delete { media_id },
+                None => Action::FindAndDelete,
+            },
+        },
+        Local::File { stat, hash } => {
+            if facts.writing {
+                return Action::WaitForWriter;
+            }
+            if let Some(entry) = facts.entry {
+                // Only ctime moved (rename, chmod, link): nothing the record shows has changed.
+                if facts.hint == Hint::Meta && same_content(entry, stat) {
+                    return Action::Nothing;
+                }
+            }
+            let Some(hash) = hash else {
+                return Action::Hash;
+            };
+            match facts.entry {
+                Some(entry)
+                    if entry.hash == *hash
+                        && entry.size == stat.size
+                        && entry.mtime_ns == stat.mtime_ns =>
+                {
+                    Action::Remember {
+                        media_id: entry.media_id,
+                    }
+                }
+                Some(entry) => Action::Update {
+                    media_id: entry.media_id,
+                },
+                // A delete of this path's record is not acknowledged yet and the file is back:
+                // the record is updated (undeleted if the delete went through), keeping its id.
+                None => match facts.unsure.and_then(|u| u.media_id) {
+                    Some(media_id) => Action::Update { media_id },
+                    None => Action::Create,
+                },
+            }
+        }
+    }
+}
+
+/// Same inode, size and mtime: the content the entry was hashed from, as far as stat can tell.
+pub fn same_content(entry: &IndexEntry, stat: &FileStat) -> bool {
+    entry.ino == stat.ino && entry.size == stat.size && entry.mtime_ns == stat.mtime_ns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "aa";
+
+    fn stat() -> FileStat {
+        FileStat {
+            ino: 5,
+            size: 3,
+            mtime_ns: 100,
+            ctime_ns: 200,
+        }
+    }
+
+    fn entry() -> IndexEntry {
+        IndexEntry {
+            media_id: 9,
+            hash: HASH.into(),
+            size: 3,
+            mtime_ns: 100,
+            ctime_ns: 200,
+            ino: 5,
+        }
+    }
+
+    fn file(hash: Option<&str>) -> Local {
+        Local::File {
+            stat: stat(),
+            hash: hash.map(str::to_string),
+        }
+    }
+
+    fn unsure(media_id: Option<MediaId>) -> Unsure {
+        Unsure {
+            media: None,
+            media_id,
+        }
+    }
+
+    fn facts<'a>(
+        local: &'a Local,
+        entry: Option<&'a IndexEntry>,
+        unsure: Option<&'a Unsure>,
+    ) -> Facts<'a> {
+        Facts {
+            local,
+            entry,
+            unsure,
+            hint: Hint::Content,
+            writing: false,
+            no_delete: false,
+        }
+    }
+
+    #[test]
+    fn nothing_for_an_absent_path_without_entry_or_note() {
+        assert_eq!(decide(facts(&Local::Absent, None, None)), Action::Nothing);
+    }
+
+    #[test]
+    fn an_absent_path_with_an_entry_is_deleted_by_its_id() {
+        let entry = entry();
+        assert_eq!(
+            decide(facts(&Local::Absent, Some(&entry), None)),
+            Action::Delete { media_id: 9 }
+        );
+    }
+
+    #[test]
+    fn an_unacknowledged_delete_is_retried_as_a_delete_never_a_create() {
+        let note = unsure(Some(4));
+        assert_eq!(
+            decide(facts(&Local::Absent, None, Some(&note))),
+            Action::Delete { media_id: 4 }
+        );
+    }
+
+    #[test]
+    fn a_lost_create_of_a_vanished_file_is_found_then_deleted() {
+        let note = unsure(None);
+        assert_eq!(
+            decide(facts(&Local::Absent, None, Some(&note))),
+            Action::FindAndDelete
+        );
+    }
+
+    #[test]
+    fn no_delete_forgets_instead() {
+        let (entry, note) = (entry(), unsure(None));
+        let mut f = facts(&Local::Absent, Some(&entry), None);
+        f.no_delete = true;
+        assert_eq!(decide(f), Action::Forget);
+        let mut f = facts(&Local::Absent, None, Some(&note));
+        f.no_delete = true;
+        assert_eq!(decide(f), Action::Forget);
+    }
+
+    #[test]
+    fn a_file_open_for_writing_waits_whatever_else_holds() {
+        let entry = entry();
+        for local in [file(None), file(Some("bb"))] {
+            let mut f = facts(&local, Some(&entry), None);
+            f.writing = true;
+            assert_eq!(decide(f), Action::WaitForWriter);
+            let mut f = facts(&local, None, None);
+            f.writing = true;
+            assert_eq!(decide(f), Action::WaitForWriter);
+        }
+    }
+
+    #[test]
+    fn a_metadata_mark_on_unchanged_content_sends_nothing_and_hashes_nothing() {
+        let (entry, local) = (entry(), file(None));
+        let mut f = facts(&local, Some(&entry), None);
+        f.hint = Hint::Meta;
+        assert_eq!(decide(f), Action::Nothing);
+    }
+
+    #[test]
+    fn a_content_mark_hashes_first() {
+        let (entry, local) = (entry(), file(None));
+        assert_eq!(decide(facts(&local, Some(&entry), None)), Action::Hash);
+        assert_eq!(decide(facts(&local, None, None)), Action::Hash);
+    }
+
+    #[test]
+    fn the_same_hash_size_and_mtime_is_only_remembered() {
+        let (entry, local) = (entry(), file(Some(HASH)));
+        assert_eq!(
+            decide(facts(&local, Some(&entry), None)),
+            Action::Remember { media_id: 9 }
+        );
+    }
+
+    #[test]
+    fn other_content_or_times_update_the_record() {
+        let entry = entry();
+        assert_eq!(
+            decide(facts(&file(Some("bb")), Some(&entry), None)),
+            Action::Update { media_id: 9 }
+        );
+        let touched = Local::File {
+            stat: FileStat {
+                mtime_ns: 101,
+                ..stat()
+            },
+            hash: Some(HASH.into()),
+        };
+        assert_eq!(
+            decide(facts(&touched, Some(&entry), None)),
+            Action::Update { media_id: 9 }
+        );
+    }
+
+    #[test]
+    fn a_new_file_is_created_even_after_a_lost_create_answer() {
+        let (local, note) = (file(Some(HASH)), unsure(None));
+        assert_eq!(decide(facts(&local, None, None)), Action::Create);
+        assert_eq!(decide(facts(&local, None, Some(&note))), Action::Create);
+    }
+
+    #[test]
+    fn a_file_back_before_its_delete_was_acknowledged_updates_that_record() {
+        let (local, note) = (file(Some(HASH)), unsure(Some(4)));
+        assert_eq!(
+            decide(facts(&local, None, Some(&note))),
+            Action::Update { media_id: 4 }
+        );
+    }
+}

@@ -1,0 +1,526 @@
+//! The executor: looks at one path (file, index entry, unsure note, writers), asks `decide` what
+//! to do, and carries the action out: hashing, the service's calls, the index writes. Every error
+//! goes through `failure::verdict`. Index reads and writes run on the blocking pool, never on
+//! the async workers that drive the service's calls.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::decide::{decide, Action, Facts, Local};
+use super::engine::{Engine, Outcome};
+use super::failure::{verdict, Failure, Step, Verdict};
+use super::hash_cache::Stamp;
+use super::hasher;
+use super::index::{IndexEntry, Unsure};
+use super::local::{FileStat, Observed};
+use super::queue::Hint;
+use crate::api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
+use crate::contract;
+
+/// Why a path too long to name stays local.
+const TOO_LONG: &str = "path longer than PATH_MAX (4096 bytes)";
+
+/// Files up to this size are hashed on the worker itself rather than on the blocking pool.
+const INLINE_HASH_MAX: u64 = 64 * 1024;
+
+/// What a look at a path found.
+struct Look {
+    key: String,
+    local: Local,
+    entry: Option<IndexEntry>,
+    unsure: Option<Unsure>,
+    writing: bool,
+}
+
+/// What a look took for granted, to be checked once its result is recorded.
+#[derive(Clone, Copy)]
+struct Checked {
+    /// The inode's content stamp when the look began.
+    stamp: Stamp,
+    /// Whether the hash was computed (or taken from an entry of the same size and mtime), not
+    /// reused from the inode's last hash.
+    hash_verified: bool,
+}
+
+/// A failed step of an action.
+struct Failed(Step, Failure);
+
+trait At<T> {
+    fn at(self, step: Step) -> Result<T, Failed>;
+}
+
+impl<T, E: Into<Failure>> At<T> for Result<T, E> {
+    fn at(self, step: Step) -> Result<T, Failed> {
+        self.map_err(|err| Failed(step, err.into()))
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(err: anyhow::Error) -> Self {
+        Failure::index(err)
+    }
+}
+
+/// The ctime recorded with a hash that was not verified against the content: matches no file.
+const UNVERIFIED_CTIME: i64 = i64::MIN;
+
+impl Engine {
+    /// Brings the record of one path in line with the backing tree.
+    pub(super) async fn sync_path(self: &Arc<Self>, path: &Path, hint: Hint) -> Outcome {
+        let owned = path.to_path_buf();
+        let look = match self.off_runtime(move |engine| engine.look(&owned)).await {
+            Ok(Ok(Some(look))) => look,
+            Ok(Ok(None)) => return Outcome::Done,
+            Ok(Err(failure)) | Err(failure) => {
+                let key = path.to_string_lossy();
+                return self.apply(&key, verdict(Step::Local, &failure, self.config.grant));
+            }
+        };
+        let key = look.key.clone();
+        match self.carry_out(path, look, hint).await {
+            Ok(()) => {
+                self.report.lock().unwrap().failed.remove(&key);
+                Outcome::Done
+            }
+            Err(Failed(step, failure)) => self.apply(&key, verdict(step, &failure, self.config.grant)),
+        }
+    }
+
+    /// The policy's verdict on a failed call, for a caller that carries on after `Settled` or
+    /// `CreateInstead`; any other verdict is the action's failure.
+    fn judge(&self, step: Step, err: ApiError) -> Result<Verdict, Failed> {
+        let failure = Failure::Api(err);
+        match verdict(step, &failure, self.config.grant) {
+            verdict @ (Verdict::Settled | Verdict::CreateInstead) => Ok(verdict),
+            _ => Err(Failed(step, failure)),
+        }
+    }
+
+    /// Index work on the blocking pool.
+    async fn on_index<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Engine) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, Failed> {
+        self.off_runtime(work)
+            .await
+            .and_then(|done| done.map_err(Failure::index))
+            .at(Step::Local)
+    }
+
+    /// Runs blocking work (the index, the backing tree) on the blocking pool.
+    async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Engine) -> T + Send + 'static,
+    ) -> Result<T, Failure> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || work(&engine))
+            .await
+            .map_err(|err| Failure::Local(format!("blocking task: {err}")))
+    }
+
+    /// The facts of `path`, or `None` when its name stays local (reported in status).
+    fn look(&self, path: &Path) -> Result<Option<Look>, Failure> {
+        let Some(key) = path.to_str().map(str::to_string) else {
+            let shown = path.to_string_lossy().into_owned();
+            tracing::warn!("{shown:?} stays local: its name is not UTF-8");
+            self.note_local_only(shown, Some("name is not UTF-8"));
+            return Ok(None);
+        };
+        let observed = match self.backing.observe(path) {
+            Ok(observed) => observed,
+            // Longer than PATH_MAX: it cannot be named whole, so it cannot be read safely.
+            Err(err) if err.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+                tracing::warn!("{key:.200?}…: stays local: its path is longer than PATH_MAX");
+                self.note_local_only(key, Some(TOO_LONG));
+                return Ok(None);
+            }
+            Err(err) => return Err(Failure::Local(format!("cannot look at it: {err}"))),
+        };
+        self.note_local_only(
+            key.clone(),
+            (observed == Observed::Special)
+                .then_some("not a regular file (symlink, fifo, socket or device)"),
+        );
+        // An ignored name is local: whatever record it has should not exist.
+        let local = match observed {
+            Observed::File(stat) if !self.config.ignore.is_ignored(path) => {
+                Local::File { stat, hash: None }
+            }
+            _ => Local::Absent,
+        };
+        let writing = matches!(&local, Local::File { stat, .. } if self.writers.is_open(stat.ino));
+        Ok(Some(Look {
+            entry: self.index.get(&key)?,
+            unsure: self.index.unsure(&key)?,
+            key,
+            local,
+            writing,
+        }))
+    }
+
+    async fn carry_out(self: &Arc<Self>, path: &Path, look: Look, hint: Hint) -> Result<(), Failed> {
+        let Look {
+            key,
+            mut local,
+            entry,
+            unsure,
+            writing,
+        } = look;
+        let mut checked = None;
+        loop {
+            let action = decide(Facts {
+                local: &local,
+                entry: entry.as_ref(),
+                unsure: unsure.as_ref(),
+                hint,
+                writing,
+                no_delete: self.config.no_delete,
+            });
+            tracing::trace!("{key:?}: {action:?}");
+            let Local::File { stat, hash } = &local else {
+                return self.carry_out_removal(&key, action, entry, unsure).await;
+            };
+            let media_id = match action {
+                Action::Nothing => return Ok(()),
+                Action::WaitForWriter => {
+                    tracing::debug!("{key:?}: open for writing; sent once closed");
+                    return Ok(());
+                }
+                Action::Hash => {
+                    // Taken before the hash: a change reported from now on is not in what we send.
+                    let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
+                    let Some((hash, stat, verified)) =
+                        self.file_hash(path, *stat, hint).await.at(Step::Local)?
+                    else {
+                        // It kept changing while read: look again later.
+                        return Err(Failed(
+                            Step::Local,
+                            Failure::Local("changing while it was read".into()),
+                        ));
+                    };
+                    checked = Some(Checked {
+                        stamp,
+                        hash_verified: verified,
+                    });
+                    local = Local::File {
+                        stat,
+                        hash: Some(hash),
+                    };
+                    continue;
+                }
+                Action::Remember { media_id } => media_id,
+                Action::Update { media_id } => {
+                    let state = self.state_of(stat, hash);
+                    match self.call(self.api.update(self.config.grant, media_id, &state).await) {
+                        Ok(()) => {
+                            self.report.lock().unwrap().totals.updated += 1;
+                            media_id
+                        }
+                        // Gone from the service (a 404): a new record is made.
+                        Err(err) => {
+                            self.judge(Step::Update, err)?;
+                            let media_path = self.media_path(path).at(Step::Local)?;
+                            self.create(&key, NewMedia { media_path, state }).await?
+                        }
+                    }
+                }
+                Action::Create => {
+                    let media = NewMedia {
+                        media_path: self.media_path(path).at(Step::Local)?,
+                        state: self.state_of(stat, hash),
+                    };
+                    self.create(&key, media).await?
+                }
+                other => unreachable!("{other:?} for a file"),
+            };
+            let (stat, hash) = (*stat, hash.clone().expect("hashed before any call"));
+            let checked = checked.expect("hashed before any call");
+            let path = path.to_path_buf();
+            return self
+                .off_runtime(move |engine| {
+                    engine.remember_checked(&path, &key, media_id, hash, stat, checked)
+                })
+                .await
+                .and_then(|written| written)
+                .at(Step::Local);
+        }
+    }
+
+    /// Sends a create for `key` (noted unsure until its answer is recorded) and answers the id
+    /// of the record that now shows the file.
+    async fn create(self: &Arc<Self>, key: &str, media: NewMedia) -> Result<MediaId, Failed> {
+        let note = (key.to_string(), media.clone());
+        self.on_index(move |engine| engine.index.mark_unsure(&note.0, &note.1))
+            .await?;
+        let answer = self.api.create(self.config.grant, &media).await;
+        match self.call(answer).at(Step::Create)? {
+            CreateOutcome::Created(id) => {
+                self.report.lock().unwrap().totals.created += 1;
+                Ok(id)
+            }
+            CreateOutcome::Conflict(record) => {
+                // The path already has a record (another device, or our own earlier send whose
+                // acknowledgement was lost): adopt it, and make it show the local file.
+                if record.is_deleted || record.state() != media.state {
+                    let answer = self
+                        .api
+                        .update(self.config.grant, record.media_id, &media.state)
+                        .await;
+                    self.call(answer).at(Step::Update)?;
+                    self.report.lock().unwrap().totals.updated += 1;
+                }
+                Ok(record.media_id)
+            }
+        }
+    }
+
+    /// The path shows nothing the catalog keeps: its record (known by the entry or an unsure
+    /// note) goes, unless `--no-delete`.
+    async fn carry_out_removal(
+        self: &Arc<Self>,
+        key: &str,
+        action: Action,
+        entry: Option<IndexEntry>,
+        unsure: Option<Unsure>,
+    ) -> Result<(), Failed> {
+        let owned = key.to_string();
+        let media_id = match action {
+            Action::Nothing => return Ok(()),
+            Action::Forget => {
+                let had_entry = entry.is_some();
+                return self
+                    .on_index(move |engine| {
+                        engine.index.remove(&owned)?;
+                        engine.index.clear_unsure(&owned)?;
+                        if had_entry {
+                            engine.indexed.fetch_sub(1, Ordering::Relaxed);
+                        }
+                        Ok(())
+                    })
+                    .await;
+            }
+            Action::Delete { media_id } => {
+                if let Some(entry) = entry {
+                    // The entry is traded for an unsure note with the id before the delete is
+                    // sent: after a crash between the service's delete and the index write, an
+                    // entry left behind would vouch for a record that is gone, and a retry
+                    // needs the id, never another create.
+                    let media = NewMedia {
+                        media_path: self.media_path(Path::new(key)).at(Step::Local)?,
+                        state: media_state(entry.hash.clone(), entry.size, entry.ctime_ns, entry.mtime_ns),
+                    };
+                    self.on_index(move |engine| {
+                        engine.index.remove_as_unsure(&owned, &media, media_id)?;
+                        engine.indexed.fetch_sub(1, Ordering::Relaxed);
+                        Ok(())
+                    })
+                    .await?;
+                }
+                media_id
+            }
+            Action::FindAndDelete => {
+                let Some(media) = unsure.and_then(|u| u.media) else {
+                    tracing::warn!("{key:?}: an unreadable unsure note is dropped");
+                    return self.clear_unsure(key).await;
+                };
+                match self.find(key, &media).await? {
+                    Some(media_id) => media_id,
+                    None => return self.clear_unsure(key).await,
+                }
+            }
+            other => unreachable!("{other:?} for an absent path"),
+        };
+        match self.call(self.api.delete(self.config.grant, media_id).await) {
+            Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
+            // Already gone.
+            Err(err) => drop(self.judge(Step::Delete, err)?),
+        }
+        self.clear_unsure(key).await
+    }
+
+    /// Creates `media` again to learn the id of the record a lost create answer named; the id
+    /// is stored at once, so a retry deletes by id. `None`: no live record has the path.
+    async fn find(self: &Arc<Self>, key: &str, media: &NewMedia) -> Result<Option<MediaId>, Failed> {
+        let media_id = match self.call(self.api.create(self.config.grant, media).await) {
+            Ok(CreateOutcome::Created(id)) => id,
+            Ok(CreateOutcome::Conflict(record)) if record.is_deleted => return Ok(None),
+            Ok(CreateOutcome::Conflict(record)) => record.media_id,
+            Err(err) => {
+                self.judge(Step::Find, err)?;
+                return Ok(None);
+            }
+        };
+        let owned = key.to_string();
+        self.on_index(move |engine| engine.index.learn_unsure_id(&owned, media_id))
+            .await?;
+        Ok(Some(media_id))
+    }
+
+    async fn clear_unsure(self: &Arc<Self>, key: &str) -> Result<(), Failed> {
+        let owned = key.to_string();
+        self.on_index(move |engine| engine.index.clear_unsure(&owned))
+            .await
+    }
+
+    /// Notes whether the service answers: the first answer after a transient failure wakes every
+    /// path waiting out a retry.
+    fn call<T>(&self, answer: Result<T, ApiError>) -> Result<T, ApiError> {
+        match &answer {
+            Err(ApiError::Transient(_)) => self.service_answers.store(false, Ordering::Relaxed),
+            _ => {
+                if !self.service_answers.swap(true, Ordering::Relaxed) {
+                    self.queue.wake_retries();
+                }
+            }
+        }
+        answer
+    }
+
+    fn state_of(&self, stat: &FileStat, hash: &Option<String>) -> MediaState {
+        media_state(
+            hash.clone().expect("hashed before any call"),
+            stat.size,
+            stat.ctime_ns,
+            stat.mtime_ns,
+        )
+    }
+
+    /// The media_path a record of `path` has (under the mount's prefix).
+    fn media_path(&self, path: &Path) -> Result<String, Failure> {
+        contract::media_path(&self.config.prefix, path)
+            .map_err(|err| Failure::Local(err.to_string()))
+    }
+
+    /// Writes the index entry, then looks at the file again: if it changed since the look that
+    /// produced the hash (its stat differs, or a content change of its inode was reported
+    /// meanwhile), the path is marked again. An event can name another hard link of the inode,
+    /// and this name may not have been indexed when it was handled; this catches that.
+    ///
+    /// A hash that was reused without being verified against the content is recorded with a
+    /// ctime no file has, so that the next start's reconcile hashes the file again rather than
+    /// trust it (a crash may have lost the event that would have).
+    fn remember_checked(
+        &self,
+        path: &Path,
+        key: &str,
+        media_id: MediaId,
+        hash: String,
+        stat: FileStat,
+        checked: Checked,
+    ) -> Result<(), Failure> {
+        let entry = IndexEntry {
+            media_id,
+            hash,
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+            ctime_ns: if checked.hash_verified {
+                stat.ctime_ns
+            } else {
+                UNVERIFIED_CTIME
+            },
+            ino: stat.ino,
+        };
+        let existed = self.index.get(key)?.is_some();
+        self.index.put(key, &entry)?;
+        if !existed {
+            self.indexed.fetch_add(1, Ordering::Relaxed);
+        }
+        let unchanged = matches!(
+            self.backing.observe(path),
+            Ok(Observed::File(now)) if content_key(&now) == content_key(&stat)
+        ) && self.hashes.lock().unwrap().stamp(stat.ino) == checked.stamp;
+        if !unchanged {
+            tracing::debug!("{key:?}: changed while it was sent; looking again");
+            self.queue.mark(path, Hint::Content);
+        }
+        Ok(())
+    }
+
+    /// The file's hash and the stat it belongs to, and whether it was verified. A `Meta` look
+    /// reuses a hash known to be the inode's content now: that of an indexed name of the inode
+    /// with the same size and mtime (a rename or link), or the inode's last hash if no content
+    /// change was reported since it was taken (times set). Otherwise the file is hashed, and
+    /// hashed again if it changed meanwhile. `None`: it kept changing.
+    async fn file_hash(
+        self: &Arc<Self>,
+        path: &Path,
+        stat: FileStat,
+        hint: Hint,
+    ) -> Result<Option<(String, FileStat, bool)>, Failure> {
+        if hint == Hint::Meta {
+            let links = self
+                .off_runtime(move |engine| engine.index.find_by_ino(stat.ino))
+                .await??;
+            if let Some((_, entry)) = links
+                .into_iter()
+                .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
+            {
+                return Ok(Some((entry.hash, stat, true)));
+            }
+            if let Some(hash) = self.hashes.lock().unwrap().known_hash(&stat) {
+                return Ok(Some((hash, stat, false)));
+            }
+        }
+        let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
+        let hashed = if stat.size <= INLINE_HASH_MAX {
+            // Microseconds of work: a hand-off to another thread would cost more than it saves.
+            hasher::hash_stable(&self.backing, path, std::num::NonZeroUsize::MIN)
+        } else {
+            let threads = self.hash_budget.take(useful_threads(stat.size)).await;
+            let backing = self.backing.clone();
+            let path: PathBuf = path.to_path_buf();
+            // Hashing is CPU and disk work: it runs on the blocking pool, never on a FUSE thread.
+            tokio::task::spawn_blocking(move || {
+                hasher::hash_stable(&backing, &path, threads.count())
+            })
+            .await
+            .map_err(|err| Failure::Local(format!("hashing task: {err}")))?
+        };
+        match hashed {
+            Ok(Some((hash, stat))) => {
+                self.hashes.lock().unwrap().hashed(&stat, &hash, stamp);
+                Ok(Some((hash, stat, true)))
+            }
+            Ok(None) => Ok(None),
+            // Gone or replaced while we looked: the event that did it marks it again.
+            Err(err)
+                if matches!(
+                    err.raw_os_error(),
+                    Some(libc::ENOENT | libc::ELOOP | libc::EINVAL)
+                ) =>
+            {
+                Err(Failure::Vanished)
+            }
+            Err(err) => Err(Failure::Local(format!("reading: {err}"))),
+        }
+    }
+}
+
+/// How many threads hashing a file of `size` bytes can use: one per part.
+fn useful_threads(size: u64) -> std::num::NonZeroUsize {
+    let parts = crate::hash::part_size(size).map_or(1, |part| size.div_ceil(part));
+    std::num::NonZeroUsize::new(parts.min(usize::MAX as u64) as usize).unwrap_or(std::num::NonZeroUsize::MIN)
+}
+
+/// What identifies a file's content state: inode, size, mtime.
+fn content_key(stat: &FileStat) -> (u64, u64, i64) {
+    (stat.ino, stat.size, stat.mtime_ns)
+}
+
+/// A record's state: content hash and size, and times in nanoseconds since the epoch.
+fn media_state(file_hash: String, file_size: u64, ctime_ns: i64, mtime_ns: i64) -> MediaState {
+    MediaState {
+        file_hash,
+        file_size,
+        ctime: iso8601_ns(ctime_ns),
+        mtime: iso8601_ns(mtime_ns),
+    }
+}
+
+fn iso8601_ns(ns: i64) -> String {
+    contract::iso8601(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
