@@ -667,7 +667,10 @@ fn status_xattr_answers_from_the_daemon() {
         .open(root.join("d/w"))
         .unwrap();
     let reader = std::fs::File::open(root.join("d/w")).unwrap();
-    assert_eq!(posix::getxattr(root, STATUS_XATTR, 4096), status(1, &["d/w"]));
+    assert_eq!(
+        posix::getxattr(root, STATUS_XATTR, 4096),
+        status(1, &["d/w"])
+    );
     drop(writer);
     drop(second);
     drop(reader);

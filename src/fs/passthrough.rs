@@ -678,9 +678,8 @@ impl Passthrough {
                 &own_st
             }
         };
-        let tracker = (flags & libc::O_ACCMODE != libc::O_RDONLY).then(|| {
-            std::sync::Mutex::new(ChangeTracker::new(Fingerprint::of(st), truncated))
-        });
+        let tracker = (flags & libc::O_ACCMODE != libc::O_RDONLY)
+            .then(|| std::sync::Mutex::new(ChangeTracker::new(Fingerprint::of(st), truncated)));
         let backing_id = if inode.is_regular() {
             self.backing_id(inode, fd.as_fd(), flags, register)
         } else {

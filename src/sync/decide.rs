@@ -43,10 +43,16 @@ pub enum Action {
     Hash,
     /// The record shows this content already: only the index entry is rewritten (the inode or
     /// ctime moved, as after a rename onto the path).
-    Remember { media_id: MediaId },
-    Update { media_id: MediaId },
+    Remember {
+        media_id: MediaId,
+    },
+    Update {
+        media_id: MediaId,
+    },
     Create,
-    Delete { media_id: MediaId },
+    Delete {
+        media_id: MediaId,
+    },
     /// A create's answer was lost and the file is gone: create again to learn the record's id
     /// (stored at once), then delete it.
     FindAndDelete,

@@ -168,7 +168,9 @@ impl Engine {
             let count = events.len();
             let engine = self.clone();
             let taken = tokio::task::spawn_blocking(move || {
-                events.into_iter().for_each(|event| engine.take_event(event))
+                events
+                    .into_iter()
+                    .for_each(|event| engine.take_event(event))
             })
             .await;
             self.unmarked_events.fetch_sub(count, Ordering::SeqCst);

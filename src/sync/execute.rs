@@ -83,7 +83,9 @@ impl Engine {
                 self.report.lock().unwrap().failed.remove(&key);
                 Outcome::Done
             }
-            Err(Failed(step, failure)) => self.apply(&key, verdict(step, &failure, self.config.grant)),
+            Err(Failed(step, failure)) => {
+                self.apply(&key, verdict(step, &failure, self.config.grant))
+            }
         }
     }
 
@@ -159,7 +161,12 @@ impl Engine {
         }))
     }
 
-    async fn carry_out(self: &Arc<Self>, path: &Path, look: Look, hint: Hint) -> Result<(), Failed> {
+    async fn carry_out(
+        self: &Arc<Self>,
+        path: &Path,
+        look: Look,
+        hint: Hint,
+    ) -> Result<(), Failed> {
         let Look {
             key,
             mut local,
@@ -308,7 +315,12 @@ impl Engine {
                     // needs the id, never another create.
                     let media = NewMedia {
                         media_path: self.media_path(Path::new(key)).at(Step::Local)?,
-                        state: media_state(entry.hash.clone(), entry.size, entry.ctime_ns, entry.mtime_ns),
+                        state: media_state(
+                            entry.hash.clone(),
+                            entry.size,
+                            entry.ctime_ns,
+                            entry.mtime_ns,
+                        ),
                     };
                     self.on_index(move |engine| {
                         engine.index.remove_as_unsure(&owned, &media, media_id)?;
@@ -341,7 +353,11 @@ impl Engine {
 
     /// Creates `media` again to learn the id of the record a lost create answer named; the id
     /// is stored at once, so a retry deletes by id. `None`: no live record has the path.
-    async fn find(self: &Arc<Self>, key: &str, media: &NewMedia) -> Result<Option<MediaId>, Failed> {
+    async fn find(
+        self: &Arc<Self>,
+        key: &str,
+        media: &NewMedia,
+    ) -> Result<Option<MediaId>, Failed> {
         let media_id = match self.call(self.api.create(self.config.grant, media).await) {
             Ok(CreateOutcome::Created(id)) => id,
             Ok(CreateOutcome::Conflict(record)) if record.is_deleted => return Ok(None),
@@ -500,7 +516,8 @@ impl Engine {
 /// How many threads hashing a file of `size` bytes can use: one per part.
 fn useful_threads(size: u64) -> std::num::NonZeroUsize {
     let parts = crate::hash::part_size(size).map_or(1, |part| size.div_ceil(part));
-    std::num::NonZeroUsize::new(parts.min(usize::MAX as u64) as usize).unwrap_or(std::num::NonZeroUsize::MIN)
+    std::num::NonZeroUsize::new(parts.min(usize::MAX as u64) as usize)
+        .unwrap_or(std::num::NonZeroUsize::MIN)
 }
 
 /// What identifies a file's content state: inode, size, mtime.

@@ -154,7 +154,10 @@ mod tests {
             std::time::Duration::from_millis(50),
             budget.take(NonZeroUsize::MIN),
         );
-        assert!(waiting.await.is_err(), "nothing left until it is given back");
+        assert!(
+            waiting.await.is_err(),
+            "nothing left until it is given back"
+        );
         drop(big);
         let small = budget.take(NonZeroUsize::MIN).await;
         assert_eq!(small.count().get(), 1);

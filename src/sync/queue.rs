@@ -343,7 +343,10 @@ mod tests {
         let start = Instant::now();
         queue.wake_retries();
         let (again, hint, attempts) = queue.next().await;
-        assert_eq!((again.as_path(), hint, attempts), (path.as_path(), Hint::Content, 0));
+        assert_eq!(
+            (again.as_path(), hint, attempts),
+            (path.as_path(), Hint::Content, 0)
+        );
         assert!(start.elapsed() < Duration::from_secs(1));
     }
 

@@ -22,6 +22,7 @@ struct Rig {
     dir: tempfile::TempDir,
     api: Arc<MemoryApi>,
     engine: Arc<Engine>,
+    writers: Arc<OpenWriters>,
     sink: Arc<dyn EventSink>,
     runtime: EngineRuntime,
 }
@@ -45,6 +46,28 @@ fn keys(device: &str) -> Keys {
     }
 }
 
+/// How a rig's engine and service are set up.
+struct Options {
+    settle: Duration,
+    no_delete: bool,
+    ignore: Vec<String>,
+    store: StoreConfig,
+    /// What the engine calls, if not the rig's `MemoryApi` itself.
+    engine_api: Option<Arc<dyn MediaApi>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            settle: SETTLE,
+            no_delete: false,
+            ignore: Vec::new(),
+            store: store_config(),
+            engine_api: None,
+        }
+    }
+}
+
 fn store_config() -> StoreConfig {
     StoreConfig {
         device_keys: vec!["k1".into(), "k2".into()],
@@ -58,30 +81,33 @@ impl Rig {
     }
 
     fn with_settle(settle: Duration) -> Rig {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("b")).unwrap();
-        let api = Arc::new(MemoryApi::new(store_config(), keys("k1")));
-        Rig::start(dir, api, false, settle)
+        Rig::with(Options {
+            settle,
+            ..Options::default()
+        })
     }
 
-    fn start(
-        dir: tempfile::TempDir,
-        api: Arc<MemoryApi>,
-        no_delete: bool,
-        settle: Duration,
-    ) -> Rig {
+    fn with(options: Options) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        let api = Arc::new(MemoryApi::new(options.store.clone(), keys("k1")));
+        Rig::start(dir, api, options)
+    }
+
+    fn start(dir: tempfile::TempDir, api: Arc<MemoryApi>, options: Options) -> Rig {
         let config = SyncConfig {
             grant: 1,
             prefix: String::new(),
-            settle,
+            settle: options.settle,
             concurrency: 4,
-            no_delete,
-            ignore: IgnoreRules::new(&[]).unwrap(),
+            no_delete: options.no_delete,
+            ignore: IgnoreRules::new(&options.ignore).unwrap(),
         };
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
         let backing = Backing::open(&dir.path().join("b")).unwrap();
         let writers = Arc::new(OpenWriters::default());
-        let engine = Engine::new(config, api.clone(), index, backing, writers.clone());
+        let engine_api = options.engine_api.unwrap_or_else(|| api.clone());
+        let engine = Engine::new(config, engine_api, index, backing, writers.clone());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -96,6 +122,7 @@ impl Rig {
             dir,
             api,
             engine,
+            writers,
             sink,
             runtime: EngineRuntime(Some(runtime)),
         }
@@ -103,6 +130,14 @@ impl Rig {
 
     /// Stops this engine and starts another on the same folder, index and service.
     async fn restart(self, no_delete: bool) -> Rig {
+        self.restart_with(Options {
+            no_delete,
+            ..Options::default()
+        })
+        .await
+    }
+
+    async fn restart_with(self, options: Options) -> Rig {
         assert!(self.engine.drain(Duration::from_secs(10)).await);
         let Rig {
             dir,
@@ -110,9 +145,10 @@ impl Rig {
             engine,
             sink,
             runtime,
+            ..
         } = self;
         drop((runtime, engine, sink));
-        Rig::start(dir, api, no_delete, SETTLE)
+        Rig::start(dir, api, options)
     }
 
     fn path(&self, rel: &str) -> PathBuf {
@@ -530,4 +566,201 @@ async fn ten_quick_saves_send_one_or_two_updates() {
     rig.settled().await;
     assert!(rig.calls(Call::Update) <= 2, "{}", rig.calls(Call::Update));
     assert_eq!(rig.live()["s"].file_hash, maxlo_hash(&[10; 10]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_open_for_writing_is_sent_only_after_its_last_writer_closes() {
+    let rig = Rig::new();
+    std::fs::write(rig.path("rec.wav"), b"first second").unwrap();
+    let ino = rig.ino("rec.wav");
+    rig.writers.opened(ino);
+    rig.writers.opened(ino);
+    rig.sink.send(Event::Created {
+        path: "rec.wav".into(),
+    });
+    rig.sink.send(Event::ContentChanged {
+        path: "rec.wav".into(),
+        ino,
+    });
+    tokio::time::sleep(SETTLE * 5).await;
+    rig.settled().await;
+    assert_eq!(rig.all_calls(), 0, "sent while open");
+    // One of two writers closes after a change: still open.
+    std::fs::write(rig.path("rec.wav"), b"first second third").unwrap();
+    rig.writers.closed(ino, |last| {
+        assert!(!last);
+        rig.sink.send(Event::ContentChanged {
+            path: "rec.wav".into(),
+            ino,
+        });
+    });
+    tokio::time::sleep(SETTLE * 5).await;
+    rig.settled().await;
+    assert_eq!(rig.all_calls(), 0, "sent while one writer is left");
+    rig.writers.closed(ino, |last| {
+        assert!(last);
+        rig.sink.send(Event::WriterClosed {
+            path: "rec.wav".into(),
+            ino,
+        });
+    });
+    rig.settled().await;
+    assert_eq!(rig.calls(Call::Create), 1);
+    assert_eq!(
+        rig.live()["rec.wav"].file_hash,
+        maxlo_hash(b"first second third")
+    );
+}
+
+/// Under a service that merges parallel creates, a create of a deleted record's path undeletes
+/// it: a delete whose answer is lost must be retried as a delete, never a create.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_delete_is_retried_by_id_and_the_record_stays_deleted() {
+    let rig = Rig::with(Options {
+        store: StoreConfig {
+            merge_parallel_creates: true,
+            ..store_config()
+        },
+        ..Options::default()
+    });
+    for name in ["a", "b", "c"] {
+        rig.write(name, name.as_bytes());
+    }
+    rig.settled().await;
+    let creates = rig.calls(Call::Create);
+    rig.api.lose_next_answers(3);
+    for name in ["a", "b", "c"] {
+        std::fs::remove_file(rig.path(name)).unwrap();
+        rig.sink.send(Event::Removed {
+            path: name.into(),
+            is_dir: false,
+        });
+    }
+    rig.settled().await;
+    assert_eq!(rig.calls(Call::Create), creates, "no create after a delete");
+    assert!(rig.live().is_empty(), "{:?}", rig.api.records(1));
+    assert_eq!(rig.calls(Call::Delete), 6, "each delete sent once more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_create_of_a_vanished_file_costs_one_find_and_one_delete() {
+    let rig = Rig::with(Options {
+        store: StoreConfig {
+            merge_parallel_creates: true,
+            ..store_config()
+        },
+        ..Options::default()
+    });
+    rig.api.lose_next_answers(1);
+    rig.write("gone", b"1");
+    let sent = async {
+        while rig.calls(Call::Create) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .unwrap();
+    std::fs::remove_file(rig.path("gone")).unwrap();
+    rig.sink.send(Event::Removed {
+        path: "gone".into(),
+        is_dir: false,
+    });
+    rig.settled().await;
+    assert!(rig.live().is_empty(), "{:?}", rig.api.records(1));
+    assert_eq!((rig.calls(Call::Create), rig.calls(Call::Delete)), (2, 1));
+}
+
+/// A name that stays local has no record: one made before the rule existed is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_a_name_now_ignored_is_deleted_at_the_next_start() {
+    let rig = Rig::new();
+    rig.write("keep.jpg", b"k");
+    rig.write("scratch.tmp", b"s");
+    rig.settled().await;
+    assert_eq!(rig.live().len(), 2);
+    let rig = rig
+        .restart_with(Options {
+            ignore: vec!["*.tmp".into()],
+            ..Options::default()
+        })
+        .await;
+    rig.settled().await;
+    assert_eq!(rig.live().keys().collect::<Vec<_>>(), ["keep.jpg"]);
+    assert!(rig.path("scratch.tmp").exists(), "the file itself stays");
+}
+
+/// Panics in the first create it is asked for, then passes every call on.
+struct PanicsOnce {
+    inner: Arc<MemoryApi>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl MediaApi for PanicsOnce {
+    async fn create(
+        &self,
+        grant: crate::api::GrantId,
+        media: &NewMedia,
+    ) -> Result<crate::api::CreateOutcome, ApiError> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("injected panic in a create");
+        }
+        self.inner.create(grant, media).await
+    }
+    async fn update(
+        &self,
+        grant: crate::api::GrantId,
+        media_id: crate::api::MediaId,
+        state: &MediaState,
+    ) -> Result<(), ApiError> {
+        self.inner.update(grant, media_id, state).await
+    }
+    async fn delete(
+        &self,
+        grant: crate::api::GrantId,
+        media_id: crate::api::MediaId,
+    ) -> Result<(), ApiError> {
+        self.inner.delete(grant, media_id).await
+    }
+    async fn current_device(&self) -> Result<crate::api::DeviceInfo, ApiError> {
+        self.inner.current_device().await
+    }
+    async fn media_grants(&self) -> Result<crate::api::MediaGrantList, ApiError> {
+        self.inner.media_grants().await
+    }
+    fn set_keys(&self, keys: Keys) {
+        self.inner.set_keys(keys)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_one_look_leaves_no_path_in_flight_and_the_path_is_sent_later() {
+    let api = Arc::new(MemoryApi::new(store_config(), keys("k1")));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("b")).unwrap();
+    let rig = Rig::start(
+        dir,
+        api.clone(),
+        Options {
+            engine_api: Some(Arc::new(PanicsOnce {
+                inner: api,
+                armed: true.into(),
+            })),
+            ..Options::default()
+        },
+    );
+    rig.write("p", b"panics first");
+    rig.settled().await;
+    assert_eq!(rig.live().len(), 1);
+    let status = rig.engine.status();
+    assert!(
+        status
+            .last_error
+            .is_some_and(|e| e.contains("injected panic")),
+        "the panic is reported"
+    );
+    rig.write("q", b"and work goes on");
+    rig.settled().await;
+    assert_eq!(rig.live().len(), 2);
 }
