@@ -50,9 +50,14 @@ impl Emulator {
 
     /// Kills the emulator and starts it again on the same address and arguments (use a `--db`).
     pub fn restart(&mut self) {
+        let args = self.args.clone();
+        self.restart_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
+    /// `restart` with other arguments (other fault flags on the same `--db`, say).
+    pub fn restart_with(&mut self, args: &[&str]) {
         self.kill();
         let listen = self.url.trim_start_matches("http://").to_string();
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             // The port may linger briefly after the kill.
