@@ -186,11 +186,12 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     let ignore = IgnoreRules::new(&args.ignore)?;
     let key_source = KeySource::new(args.device_key_file.clone(), args.user_key_file.clone());
     let keys = key_source.load()?;
+    let sync_nice = sync_threads_nice();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("maxlofs-sync")
-        .on_thread_start(yield_to_filesystem_threads)
+        .on_thread_start(move || yield_to_filesystem_threads(sync_nice))
         .build()?;
     let api = Arc::new(HttpApi::new(&args.api, keys.clone(), Timeouts::default())?);
     let (grant, fresh_prefix) =
@@ -280,21 +281,26 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The nice value of the sync threads: 10 above the daemon's own, so a daemon started under `nice`
+/// keeps its sync threads below itself. Read on the thread that builds the runtime.
+fn sync_threads_nice() -> libc::c_int {
+    const SYNC_NICE_INCREMENT: libc::c_int = 10;
+    // SAFETY: getpriority has no memory effects; on Linux, `who` 0 is the calling thread.
+    let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    (own + SYNC_NICE_INCREMENT).min(19)
+}
+
 /// Catalog work (hashing, index writes, uploads) runs at a lower CPU priority than the threads
 /// serving the mount, so a user's `cp` or `tar` never waits behind it; it still gets every
-/// cycle they leave idle. The threads it spawns (hash parts) inherit the priority.
-fn yield_to_filesystem_threads() {
-    const SYNC_NICE_INCREMENT: libc::c_int = 10;
-    // On Linux the nice value is per thread, and nice(2) changes the calling thread's. Relative,
-    // so a daemon started under `nice` keeps its sync threads below its own.
-    // SAFETY: nice has no memory effects; -1 may be a valid result, so errno tells failure.
-    unsafe {
-        *libc::__errno_location() = 0;
-        if libc::nice(SYNC_NICE_INCREMENT) == -1 && *libc::__errno_location() != 0 {
-            tracing::debug!(
-                "could not lower the sync threads' priority: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+/// cycle they leave idle. Set absolutely: a thread started by a sync thread has inherited the
+/// lowered value already, and a relative step would lower it again.
+fn yield_to_filesystem_threads(nice: libc::c_int) {
+    // On Linux the nice value is per thread: `who` 0 is the calling thread.
+    // SAFETY: setpriority has no memory effects.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        tracing::debug!(
+            "could not lower the sync threads' priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }

@@ -362,7 +362,7 @@ impl Engine {
             // Only an update adopted from a 409 ends here: its record vanished in between.
             Verdict::CreateInstead => Outcome::Retry,
             Verdict::Retry { why } => {
-                tracing::debug!("{key:?}: will retry: {why}");
+                tracing::debug!("{key:?}: will retry: {why:?}");
                 report.last_error = Some(format!("{key}: {why}"));
                 Outcome::Retry
             }
@@ -377,7 +377,7 @@ impl Engine {
                 Outcome::Retry
             }
             Verdict::Fail { why } => {
-                tracing::error!("{key:?}: the service rejected it: {why}");
+                tracing::error!("{key:?}: the service rejected it: {why:?}");
                 report.failed.insert(key.to_string(), why.clone());
                 report.last_error = Some(format!("{key}: {why}"));
                 Outcome::Done
