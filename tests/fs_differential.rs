@@ -432,10 +432,15 @@ fn content_changes_are_reported_once_per_dirty_period() {
         );
 
         posix::read_file(&f).unwrap();
+        assert_eq!(events.take_settled(), vec![], "{data_path:?}: a read");
+        // The last writer's close is reported even without a change: the engine waits for it.
         posix::touch(&f, O_RDWR, 0).unwrap();
         assert_eq!(
             events.take_settled(),
-            vec![],
+            vec![Event::WriterClosed {
+                path: path("f"),
+                ino: ino_of(&f),
+            }],
             "{data_path:?}: no write, no change"
         );
 
@@ -459,9 +464,14 @@ fn content_changes_are_reported_once_per_dirty_period() {
         let fd = posix::open(&f, O_RDWR, 0).unwrap();
         posix::ftruncate(&fd, 1).unwrap();
         drop(fd);
+        // Reported at the ftruncate, while open; the close follows as the last writer's.
+        let closed = Event::WriterClosed {
+            path: path("f"),
+            ino: ino_of(&f),
+        };
         assert_eq!(
             events.take_settled(),
-            changed(),
+            [changed(), vec![closed.clone()]].concat(),
             "{data_path:?}: ftruncate, reported once"
         );
 
@@ -499,10 +509,12 @@ fn namespace_changes_are_reported() {
     let p = |name: &str| mount.mountpoint.join(name);
     posix::mkdir(&p("d"), 0o755).unwrap();
     write_new(&p("d/f"), b"").unwrap();
+    let f_ino = ino_of(&p("d/f"));
     posix::symlink(OsStr::new("f"), &p("d/s")).unwrap();
     posix::mkfifo(&p("fifo"), 0o644).unwrap();
     posix::rename(&p("d/f"), &p("d/g"), 0).unwrap();
     write_new(&p("other"), b"").unwrap();
+    let other_ino = ino_of(&p("other"));
     posix::rename(&p("other"), &p("d/g"), 0).unwrap();
     posix::rename(&p("d/s"), &p("fifo"), libc::RENAME_EXCHANGE).unwrap();
     posix::link(&p("d/g"), &p("hard")).unwrap();
@@ -519,6 +531,10 @@ fn namespace_changes_are_reported() {
         vec![
             Created { path: path("d") },
             Created { path: path("d/f") },
+            WriterClosed {
+                path: path("d/f"),
+                ino: f_ino,
+            },
             Created { path: path("d/s") },
             Created { path: path("fifo") },
             Renamed {
@@ -528,6 +544,10 @@ fn namespace_changes_are_reported() {
             },
             Created {
                 path: path("other")
+            },
+            WriterClosed {
+                path: path("other"),
+                ino: other_ino,
             },
             Renamed {
                 from: path("other"),
