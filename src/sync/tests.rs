@@ -76,7 +76,7 @@ impl Rig {
             settle,
             concurrency: 4,
             no_delete,
-            ignore: IgnoreRules::new(&[]).unwrap(),
+            ignore: IgnoreRules::new(&[], &[]).unwrap(),
         };
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
         let backing = Backing::open(&dir.path().join("b")).unwrap();
