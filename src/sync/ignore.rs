@@ -174,8 +174,8 @@ impl IgnoreRules {
     }
 }
 
-/// rsync writes a file as `.NAME.XXXXXX` (mkstemp: six characters from [A-Za-z0-9]) and renames
-/// it when complete. A glob `.*.??????` would also match a user's `.photo.backup`, so the six must
+/// rsync writes a file as `.NAME.XXXXXX` (mkstemp: six characters from [A-Za-z0-9]; no second dot
+/// before a NAME that starts with one) and renames it when complete. A glob `.*.??????` would also match a user's `.photo.backup`, so the six must
 /// also mix at least two of lowercase, uppercase and digits, as all but about 1 in 90 random ones
 /// do. The rare temp name that does not is treated as a file: sent only if it outlives the settle
 /// window, and deleted when rsync renames it.
@@ -234,7 +234,7 @@ mod tests {
             "dl/movie.mp4.crdownload",
             "photos/.IMG_1.jpg.a9Xk2Q",
             "photos/.IMG_1.jpg.ab12cd",
-            "photos/..hidden.jpg.QWERT1",
+            "photos/.hidden.jpg.QWERT1",
             "photos/.~tmp~/IMG_1.jpg",
             ".~tmp~/IMG_1.jpg",
             ".fuse_hidden0000001a00000001",
