@@ -14,6 +14,7 @@ command -v gio >/dev/null || need+=(libglib2.0-bin)
 [ -x /usr/libexec/gvfsd-trash ] || need+=(gvfs gvfs-daemons)
 command -v dbus-run-session >/dev/null || need+=(dbus-daemon)
 if [ ${#need[@]} -gt 0 ]; then
+  echo "installing with apt-get: ${need[*]}"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
