@@ -3,8 +3,11 @@
 # arriving in the catalog. Leaves nothing mounted or running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "== checking what the demo needs (scripts/setup.sh)"
 scripts/setup.sh
-cargo build --release --quiet
+echo "== building target/release/maxlofs: the first build compiles about 250 crates, several"
+echo "   minutes on two cores; later ones take seconds"
+cargo build --release
 bin=$PWD/target/release/maxlofs
 work=$(mktemp -d /tmp/maxlofs-demo.XXXXXX)
 mkdir -p "$work/backing" "$work/mnt"

@@ -8,7 +8,13 @@ command -v vim >/dev/null || need+=(vim-tiny)
 command -v setfattr >/dev/null || need+=(attr)
 command -v curl >/dev/null || need+=(curl)
 command -v bindfs >/dev/null || need+=(bindfs)
+command -v python3 >/dev/null || need+=(python3)
+# gio trash, and gvfsd-trash on a session bus for `gio trash --list/--restore` (tests/names_and_trash.rs)
+command -v gio >/dev/null || need+=(libglib2.0-bin)
+[ -x /usr/libexec/gvfsd-trash ] || need+=(gvfs gvfs-daemons)
+command -v dbus-run-session >/dev/null || need+=(dbus-daemon)
 if [ ${#need[@]} -gt 0 ]; then
+  echo "installing with apt-get: ${need[*]}"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq

@@ -32,7 +32,7 @@ pub enum Command {
     ///
     /// Also run by mount(8) for fstab entries of type fuse.maxlofs, as
     /// `maxlofs BACKING MOUNTPOINT -o OPTIONS`.
-    Mount(MountCommand),
+    Mount(Box<MountCommand>),
     /// Show what a mount's sync engine is doing.
     Status(StatusArgs),
 }
@@ -145,10 +145,20 @@ pub struct MountArgs {
     /// Entries in the media_id LRU.
     #[arg(long, env = "MAXLOFS_CACHE_ENTRIES", default_value_t = 100_000)]
     pub cache_entries: usize,
-    /// Glob of names that stay local (repeatable; the environment variable holds one glob;
-    /// editor temp files are ignored by default).
-    #[arg(long = "ignore", env = "MAXLOFS_IGNORE")]
+    /// Glob of names that stay local, added to the defaults (repeatable; the environment
+    /// variable holds one glob). The defaults: lock, swap, backup and temp files of editors and
+    /// office suites, partial downloads, rsync temps, the trash at the mount's top.
+    #[arg(long = "ignore", env = "MAXLOFS_IGNORE", value_name = "GLOB")]
     pub ignore: Vec<String>,
+    /// A default ignore rule to drop, so that the names it matches are sent (repeatable; `all`
+    /// drops every default; the environment variable holds one name).
+    #[arg(
+        long = "no-default-ignore",
+        env = "MAXLOFS_NO_DEFAULT_IGNORE",
+        value_name = "NAME",
+        value_parser = crate::sync::ignore::default_names(),
+    )]
+    pub no_default_ignore: Vec<String>,
     /// Never send deletes.
     #[arg(long, env = "MAXLOFS_NO_DELETE")]
     pub no_delete: bool,
@@ -257,7 +267,7 @@ pub fn main() -> i32 {
         Command::Emulator(args) => crate::emulator::run(&args),
         Command::Grants(args) => crate::grants::run(&args),
         Command::Hash { files } => return crate::hash::run_cli(&files),
-        Command::Mount(mount) => run_mount(mount),
+        Command::Mount(mount) => run_mount(*mount),
         Command::Status(args) => crate::status::run(&args),
     };
     match result {

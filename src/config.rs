@@ -353,7 +353,7 @@ fn from_file<'a>(
 }
 
 /// Records `flag` for `arg`. A later -o option replaces an earlier one, as in mount(8), except
-/// for the repeatable `ignore`, which adds.
+/// for the repeatable `ignore` and `no_default_ignore`, which add.
 fn choose<'a>(chosen: &mut Chosen<'a>, arg: &'a Arg, flag: OsString) {
     match chosen
         .iter_mut()
@@ -469,6 +469,8 @@ mod tests {
             "--prefix=",
             "--ignore=*.tmp",
             "--ignore=*.{a,b}",
+            "--no-default-ignore=trash",
+            "--no-default-ignore=rsync-temp",
             "--settle-ms=7",
             "--log-level=debug",
             "--state-dir=/s",

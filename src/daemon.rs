@@ -183,7 +183,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
             args.mountpoint.display()
         );
     }
-    let ignore = IgnoreRules::new(&args.ignore)?;
+    let ignore = IgnoreRules::new(&args.ignore, &args.no_default_ignore)?;
     let key_source = KeySource::new(args.device_key_file.clone(), args.user_key_file.clone());
     let keys = key_source.load()?;
     let sync_nice = sync_threads_nice();

@@ -79,6 +79,7 @@ fn defaults_apply_when_nothing_is_configured_and_paths_become_absolute() {
             "concurrency": 8,
             "cache_entries": 100000,
             "ignore": [],
+            "no_default_ignore": [],
             "no_delete": false,
             "drain_timeout": 30,
             "threads": 4,

@@ -101,7 +101,7 @@ impl Rig {
             settle: options.settle,
             concurrency: 4,
             no_delete: options.no_delete,
-            ignore: IgnoreRules::new(&options.ignore).unwrap(),
+            ignore: IgnoreRules::new(&options.ignore, &[]).unwrap(),
         };
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
         let backing = Backing::open(&dir.path().join("b")).unwrap();

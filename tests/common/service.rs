@@ -455,7 +455,7 @@ pub fn expected_catalog(backing: &Path, ignored: &dyn Fn(&Path) -> bool) -> Cata
 
 /// Asserts the emulator's live catalog is exactly what the backing tree implies.
 pub fn assert_catalog_matches(emulator: &Emulator, backing: &Path) {
-    let rules = maxlofs::sync::ignore::IgnoreRules::new(&[]).unwrap();
+    let rules = maxlofs::sync::ignore::IgnoreRules::new(&[], &[]).unwrap();
     let expected = expected_catalog(backing, &|p| rules.is_ignored(p));
     let actual = live_catalog(emulator);
     assert_eq!(
@@ -542,7 +542,7 @@ pub fn check_catalog_then(
     backing: &Path,
     tally: impl FnOnce(&CatalogDiff),
 ) -> CatalogDiff {
-    let rules = maxlofs::sync::ignore::IgnoreRules::new(&[]).unwrap();
+    let rules = maxlofs::sync::ignore::IgnoreRules::new(&[], &[]).unwrap();
     let expected = expected_catalog(backing, &|p| rules.is_ignored(p));
     let actual = live_catalog(emulator);
     let diff = diff_catalog(&expected, &actual);
