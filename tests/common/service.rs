@@ -377,8 +377,9 @@ impl Mount {
         let out = Command::new("umount").arg(&self.mnt).output().unwrap();
         assert!(
             out.status.success(),
-            "umount: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "umount: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log_text()
         );
         self.child.take().expect("mounted").wait().unwrap()
     }
