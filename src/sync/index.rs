@@ -367,4 +367,65 @@ mod tests {
         let index = Index::open(&db, "grant-2", 8).unwrap();
         assert_eq!(index.get("x").unwrap(), None);
     }
+
+    fn media(path: &str) -> NewMedia {
+        NewMedia {
+            media_path: path.into(),
+            state: crate::api::MediaState {
+                file_hash: "ab".repeat(32),
+                file_size: 3,
+                ctime: "2026-01-01T00:00:00.000Z".into(),
+                mtime: "2026-01-01T00:00:00.000Z".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn an_unsure_note_keeps_the_id_once_learned() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db"), "id", 4).unwrap();
+        index.mark_unsure("a", &media("a")).unwrap();
+        assert_eq!(
+            index.unsure("a").unwrap(),
+            Some(Unsure {
+                media: Some(media("a")),
+                media_id: None
+            })
+        );
+        index.learn_unsure_id("a", 7).unwrap();
+        // A create sent again for the path keeps the id.
+        index.mark_unsure("a", &media("a")).unwrap();
+        assert_eq!(index.unsure("a").unwrap().unwrap().media_id, Some(7));
+        index.put("b", &entry(9, 1)).unwrap();
+        index.remove_as_unsure("b", &media("b"), 9).unwrap();
+        assert_eq!(index.get("b").unwrap(), None);
+        assert_eq!(index.unsure("b").unwrap().unwrap().media_id, Some(9));
+        index.clear_unsure("b").unwrap();
+        assert_eq!(index.unsure("b").unwrap(), None);
+    }
+
+    #[test]
+    fn an_index_made_before_notes_had_ids_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('identity', 'id');
+                 CREATE TABLE unsure (path TEXT PRIMARY KEY, state TEXT NOT NULL);
+                 INSERT INTO unsure VALUES ('old', 'not json');",
+            )
+            .unwrap();
+        }
+        let index = Index::open(&path, "id", 4).unwrap();
+        assert_eq!(index.unsure_paths().unwrap(), ["old"]);
+        assert_eq!(
+            index.unsure("old").unwrap(),
+            Some(Unsure {
+                media: None,
+                media_id: None
+            })
+        );
+    }
 }
