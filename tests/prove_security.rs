@@ -338,3 +338,47 @@ fn keys_never_appear_in_logs_status_debug_output_or_the_state_folder() {
     let display = format!("{}", maxlofs::api::SecretKey::new(device_key));
     scan_for("Display of SecretKey", display.as_bytes(), &keys);
 }
+
+/// Names, attributes and link targets of a private mount stay private even while the kernel has
+/// them cached: root lists the whole tree (every entry and attribute cached for the TTL), then
+/// another user asks for cached and uncached entries alike and is refused by the kernel itself.
+#[test]
+fn another_user_sees_nothing_of_a_private_mount_cached_or_not() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(mount.path("priv")).unwrap();
+    std::fs::set_permissions(mount.path("priv"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(mount.path("priv/secret.txt"), b"secret").unwrap();
+    std::fs::write(mount.path("open.txt"), b"open").unwrap();
+    std::os::unix::fs::symlink("priv/secret.txt", mount.path("link")).unwrap();
+    let listed = Command::new("ls")
+        .arg("-laR")
+        .arg(&mount.mnt)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    // Made behind the mount's back after the listing: never looked up, so not cached.
+    std::fs::write(mount.backing.join("uncached.txt"), b"new").unwrap();
+    let mnt = mount.mnt.to_str().unwrap();
+    let path = |rel: &str| mount.path(rel).to_str().unwrap().to_string();
+    let attempts = [
+        vec!["stat".to_string(), path("priv/secret.txt")],
+        vec!["stat".to_string(), path("open.txt")],
+        vec!["readlink".to_string(), "-v".to_string(), path("link")],
+        vec!["ls".to_string(), mnt.to_string()],
+        vec!["stat".to_string(), mnt.to_string()],
+        vec!["stat".to_string(), path("uncached.txt")],
+        vec!["cat".to_string(), path("uncached.txt")],
+    ];
+    for attempt in &attempts {
+        let args: Vec<&str> = attempt.iter().map(String::as_str).collect();
+        let output = as_nobody(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains("Permission denied"),
+            "{attempt:?} as nobody: {output:?}"
+        );
+        assert!(output.stdout.is_empty(), "{attempt:?} printed {output:?}");
+    }
+}

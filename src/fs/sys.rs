@@ -45,8 +45,11 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
 
 const EMPTY: &CStr = c"";
 
-fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: `fd` was just returned by a successful open call and is owned by no one else.
+/// # Safety
+/// `fd` must be an open descriptor that nothing else owns or will close (one a call just
+/// returned).
+unsafe fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller hands over sole ownership of an open descriptor.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
@@ -59,7 +62,8 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) 
             mode as libc::c_uint,
         )
     })?;
-    Ok(owned(fd))
+    // SAFETY: a successful open returned `fd`, which nothing else holds.
+    Ok(unsafe { owned(fd) })
 }
 
 /// Opens `path` (any number of components) below `dir` with `openat2`: the kernel refuses to
@@ -78,7 +82,8 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> Result<Owne
             std::mem::size_of::<libc::open_how>(),
         )
     })?;
-    Ok(owned(fd as RawFd))
+    // SAFETY: a successful openat2 returned `fd`, which nothing else holds.
+    Ok(unsafe { owned(fd as RawFd) })
 }
 
 /// An `O_PATH` descriptor for `name` in `dir`, never following a symlink at `name`.
@@ -90,7 +95,8 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
     let path = proc_fd_path(fd);
     let fd = retry(|| unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    Ok(owned(fd))
+    // SAFETY: a successful open returned `fd`, which nothing else holds.
+    Ok(unsafe { owned(fd) })
 }
 
 pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<libc::stat> {
@@ -563,4 +569,49 @@ pub fn raise_nofile_limit() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// Receives one descriptor passed with `SCM_RIGHTS` over the Unix socket `socket` (blocking).
+/// `None` if the peer closed the socket without sending one.
+pub fn recv_fd(socket: BorrowedFd<'_>) -> std::io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // Room for one control message carrying one descriptor, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is "no name, no buffers" until filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let received = loop {
+        // SAFETY: `msg` points at `iov` and `control`, which live across the call and whose
+        // lengths are given; recvmsg writes only within them.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match check(n) {
+            Err(e) if e == Errno::EINTR => continue,
+            Err(e) => return Err(std::io::Error::from_raw_os_error(e.code())),
+            Ok(n) => break n,
+        }
+    };
+    if received == 0 {
+        return Ok(None);
+    }
+    // SAFETY: recvmsg filled `msg`; CMSG_FIRSTHDR reads only its control fields.
+    let header = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    // SAFETY: a non-null header lies within `control`, which recvmsg filled.
+    if header.is_null()
+        || unsafe {
+            (*header).cmsg_level != libc::SOL_SOCKET || (*header).cmsg_type != libc::SCM_RIGHTS
+        }
+    {
+        return Ok(None);
+    }
+    // SAFETY: an SCM_RIGHTS message's data is at least one descriptor, possibly unaligned.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>()) };
+    // SAFETY: the kernel just installed `fd` in our table for us; nothing else owns it.
+    Ok(Some(unsafe { owned(fd) }))
 }
