@@ -7,6 +7,7 @@ mod common;
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -380,5 +381,49 @@ fn another_user_sees_nothing_of_a_private_mount_cached_or_not() {
             "{attempt:?} as nobody: {output:?}"
         );
         assert!(output.stdout.is_empty(), "{attempt:?} printed {output:?}");
+    }
+}
+
+/// On an --allow-other mount, status names paths anywhere in the tree: another user asking for
+/// it is refused, so a name inside root's 0700 folder (here a file kept local because its name is
+/// not UTF-8, which status lists) does not reach them; the owner still gets it.
+#[test]
+fn status_answers_only_the_owner_and_root() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20", "--allow-other"]);
+    std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&mount.mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(mount.path("priv")).unwrap();
+    std::fs::set_permissions(mount.path("priv"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"secret-name-\xff.jpg");
+    std::fs::write(mount.path("priv").join(name), b"x").unwrap();
+    let mnt = mount.mnt.to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owner = Command::new(common::service::BIN)
+            .args(["status", mnt])
+            .output()
+            .unwrap();
+        assert!(owner.status.success(), "{owner:?}");
+        if String::from_utf8_lossy(&owner.stdout).contains("priv/secret-name") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never listed: {owner:?}");
+        sleep(Duration::from_millis(50));
+    }
+    // Control: the mount lets them in (they can list its root).
+    let control = as_nobody(&["ls", mnt]);
+    assert!(control.status.success(), "{control:?}");
+    let other = as_nobody(&[common::service::BIN, "status", mnt]);
+    assert!(!other.status.success(), "{other:?}");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("Permission denied"),
+        "{other:?}"
+    );
+    for output in [&other.stdout, &other.stderr] {
+        assert!(
+            !String::from_utf8_lossy(output).contains("secret-name"),
+            "{other:?}"
+        );
     }
 }

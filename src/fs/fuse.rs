@@ -461,9 +461,9 @@ impl Filesystem for FuseAdapter {
         reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         debug!(ino = ino.0, ?name, size, "getxattr");
-        reply_xattr(reply, self.fs.getxattr(ino.0, name, size));
+        reply_xattr(reply, self.fs.getxattr(caller(req), ino.0, name, size));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
