@@ -85,7 +85,7 @@ impl MountHandle {
 impl Drop for MountHandle {
     fn drop(&mut self) {
         if let Err(e) = self.unmount_and_join() {
-            tracing::warn!(mountpoint = ?self.mountpoint, "unmount failed: {e}");
+            tracing::warn!(mountpoint = ?self.mountpoint, error = ?e.to_string(), "unmount failed");
         }
     }
 }
@@ -133,9 +133,11 @@ pub fn spawn_mount(mut cfg: MountConfig) -> io::Result<MountHandle> {
     let (session, end, auto_unmount) = match new_session(&cfg, true) {
         Ok(mounted) => mounted,
         Err(e) => {
+            // fusermount3's message quotes the mountpoint: Debug keeps its characters escaped.
             tracing::warn!(
-                "auto_unmount mount failed ({e}); mounting without it, so a killed daemon \
-                 leaves a dead mount behind"
+                error = ?e.to_string(),
+                "auto_unmount mount failed; mounting without it, so a killed daemon leaves a \
+                 dead mount behind"
             );
             new_session(&cfg, false)?
         }
