@@ -10,6 +10,7 @@ pub mod emulator;
 pub mod fs;
 pub mod grants;
 pub mod hash;
+pub mod log_limit;
 pub mod progress;
 pub mod status;
 pub mod sync;

@@ -427,3 +427,35 @@ fn status_answers_only_the_owner_and_root() {
         );
     }
 }
+
+/// A client keeps asking about a directory that was moved out of the backing folder (each
+/// request refused): the log gets a few lines and a count of those left out, not one per request.
+#[test]
+fn refusals_of_an_inode_moved_out_are_rate_limited_in_the_log() {
+    const REQUESTS: usize = 2000;
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    std::fs::create_dir(mount.path("d")).unwrap();
+    let held = std::fs::File::open(mount.path("d")).unwrap();
+    std::fs::rename(
+        mount.backing.join("d"),
+        mount.backing.parent().unwrap().join("away"),
+    )
+    .unwrap();
+    let mut refused = 0;
+    for _ in 0..REQUESTS {
+        if held
+            .set_permissions(std::fs::Permissions::from_mode(0o700))
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, REQUESTS);
+    let log = mount.log_text();
+    let lines = log
+        .lines()
+        .filter(|line| line.contains("moved out of the backing folder"))
+        .count();
+    assert!((1..=20).contains(&lines), "{lines} lines:\n{log}");
+}
