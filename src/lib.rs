@@ -1,5 +1,7 @@
 //! maxlofs: a FUSE passthrough filesystem that keeps a Maxlo media catalog in step.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -94,6 +94,7 @@ impl Drop for MountHandle {
 /// Non-root users go through the setuid fusermount3.
 fn unmount_path(mountpoint: &Path) -> io::Result<()> {
     let path = CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
     if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
         return Ok(());
     }
@@ -101,6 +102,7 @@ fn unmount_path(mountpoint: &Path) -> io::Result<()> {
     match err.raw_os_error() {
         Some(libc::EBUSY) => {
             tracing::warn!(?mountpoint, "mount busy; detaching it lazily");
+            // SAFETY: as above.
             if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
                 Ok(())
             } else {

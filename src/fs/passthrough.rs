@@ -76,9 +76,7 @@ impl Passthrough {
         status: Option<Arc<dyn StatusSource>>,
     ) -> io::Result<Passthrough> {
         let path = CString::new(backing.as_os_str().as_bytes())?;
-        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
-        let root = sys::openat(cwd, &path, libc::O_PATH | libc::O_DIRECTORY, 0)
-            .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        let root = sys::open_dir_path(&path).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
         let st = sys::stat_fd(root.as_fd()).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
         // SAFETY: geteuid has no preconditions and cannot fail.
         let daemon_uid = unsafe { libc::geteuid() };
