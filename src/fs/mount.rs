@@ -7,32 +7,30 @@
 //! requests that reach the daemon, while the kernel answers cached names, attributes and link
 //! targets by itself, so that check alone would leak them.
 //!
-//! The mount never outlives the process: it is made through `fusermount3 -o auto_unmount`, which
-//! hands us the /dev/fuse descriptor over a socket and stays behind to unmount once our end of
-//! that socket closes and the mount no longer answers, both of which the kernel does for us when
-//! the process dies, even on SIGKILL. We talk to fusermount3 ourselves (fuser would add
-//! `allow_other` to any auto_unmount mount). Its helper checks the dead mount as root, which a
-//! mount without `allow_other` refuses unless root owns it: so after a SIGKILL a root daemon's
-//! mount goes, a non-root daemon's private mount stays dead until `fusermount3 -u` (fuse 3.14).
-//! It leaves a mount that still answers alone, so a clean unmount is done by us: `umount2`, or
-//! `fusermount3 -u` for non-root users. If that mount fails (no fusermount3, or a non-root user
-//! asking `--allow-other` without `user_allow_other` in /etc/fuse.conf), we mount directly and
-//! say so in a warning: then only a clean exit or panic unmounts, and a SIGKILLed daemon leaves a
-//! dead mount behind.
+//! The mount never outlives the process. A watchdog process started at mount waits on a pipe
+//! only the daemon holds; the kernel closes it when the daemon ends however it ends (SIGKILL
+//! included), and the watchdog then unmounts the mount if it is dead (ENOTCONN), as the daemon's
+//! user: `umount -l` for root, `fusermount3 -u -z` otherwise. (fusermount3's own `auto_unmount`
+//! helper cannot serve here: it checks the dead mount as root, which a mount without
+//! `allow_other` refuses unless root owns it, and fuser adds `allow_other` to any auto_unmount
+//! mount.) A mount that still answers is left alone, so a clean unmount is done by us: `umount2`,
+//! or `fusermount3 -u` for non-root users. We mount ourselves too (mount(2) for root,
+//! fusermount3 for others) and hand fuser the descriptor, so that fuser never unmounts.
 
 use super::fuse::FuseAdapter;
 use super::passthrough::Passthrough;
 use super::sys;
 use super::MountConfig;
-use fuser::{BackgroundSession, MountOption, Session, SessionACL};
+use fuser::{BackgroundSession, Session, SessionACL};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// A live mount served by background threads. Dropping it unmounts too (ignoring errors).
@@ -40,7 +38,7 @@ pub struct MountHandle {
     session: Option<BackgroundSession>,
     end: Arc<SessionEnd>,
     mountpoint: PathBuf,
-    auto_unmount: Option<AutoUnmount>,
+    watchdog: Option<UnmountWatchdog>,
 }
 
 impl MountHandle {
@@ -74,10 +72,8 @@ impl MountHandle {
         if self.is_mounted() {
             unmount_path(&self.mountpoint)?;
         }
-        let joined = session.umount_and_join();
-        if let Some(auto_unmount) = self.auto_unmount.take() {
-            auto_unmount.release();
-        }
+        let joined = session.join();
+        drop(self.watchdog.take());
         joined
     }
 }
@@ -132,23 +128,22 @@ pub fn spawn_mount(mut cfg: MountConfig) -> io::Result<MountHandle> {
     sys::raise_nofile_limit();
     // Unmounting later must name the same place whatever the working directory is then.
     cfg.mountpoint = cfg.mountpoint.canonicalize()?;
-    let (session, end, auto_unmount) = match new_session(&cfg, true) {
-        Ok(mounted) => mounted,
+    let watchdog = match UnmountWatchdog::spawn(&cfg.mountpoint) {
+        Ok(watchdog) => Some(watchdog),
         Err(e) => {
-            // fusermount3's message quotes the mountpoint: Debug keeps its characters escaped.
             tracing::warn!(
                 error = ?e.to_string(),
-                "auto_unmount mount failed; mounting without it, so a killed daemon leaves a \
-                 dead mount behind"
+                "no unmount watchdog, so a killed daemon leaves a dead mount behind"
             );
-            new_session(&cfg, false)?
+            None
         }
     };
+    let (session, end) = new_session(&cfg)?;
     Ok(MountHandle {
         session: Some(session.spawn()?),
         end,
         mountpoint: cfg.mountpoint,
-        auto_unmount,
+        watchdog,
     })
 }
 
@@ -176,9 +171,7 @@ pub fn run_until_unmounted(cfg: MountConfig, on_ready: impl FnOnce()) -> io::Res
     handle.unmount()
 }
 
-type NewSession = (Session<FuseAdapter>, Arc<SessionEnd>, Option<AutoUnmount>);
-
-fn new_session(cfg: &MountConfig, auto_unmount: bool) -> io::Result<NewSession> {
+fn new_session(cfg: &MountConfig) -> io::Result<(Session<FuseAdapter>, Arc<SessionEnd>)> {
     let end = Arc::new(SessionEnd::default());
     let fs = Passthrough::new(&cfg.backing, cfg.events.clone(), cfg.status.clone())?;
     let adapter = FuseAdapter::new(
@@ -187,73 +180,84 @@ fn new_session(cfg: &MountConfig, auto_unmount: bool) -> io::Result<NewSession> 
         cfg.allow_other,
         SessionEndGuard(end.clone()),
     );
-    let options = mount_options(cfg);
+    let device = mount_fuse(cfg)?;
     let mut config = fuser::Config::default();
-    // fuser checks each request's user too (a second line behind the kernel's), or lets all in.
-    config.acl = if cfg.allow_other {
+    config.n_threads = Some(cfg.threads.max(1));
+    // One /dev/fuse descriptor per thread, so threads do not contend on one queue.
+    config.clone_fd = true;
+    // fuser's own check of each request's user, a second line behind the kernel's.
+    let acl = if cfg.allow_other {
         SessionACL::All
     } else {
         SessionACL::Owner
     };
-    config.n_threads = Some(cfg.threads.max(1));
-    // One /dev/fuse descriptor per thread, so threads do not contend on one queue.
-    config.clone_fd = true;
-    if auto_unmount {
-        let (device, helper) = mount_with_auto_unmount(&cfg.mountpoint, &options, cfg.allow_other)?;
-        let acl = config.acl;
-        let session = Session::from_fd(adapter, device, acl, config)?;
-        Ok((session, end, Some(helper)))
-    } else {
-        config.mount_options = options;
-        let session = Session::new(adapter, &cfg.mountpoint, &config)?;
-        Ok((session, end, None))
-    }
+    // We mount and unmount ourselves: fuser's unmount, given a mount of its own, would run
+    // after ours and could hit whatever is mounted at the place by then.
+    let session = Session::from_fd(adapter, device, acl, config)?;
+    Ok((session, end))
 }
 
-/// The kernel mount's options but `allow_other` (fuser adds that from the ACL on a direct mount).
-/// With `allow_other`, `default_permissions`: others get in, so the kernel checks permissions
-/// against the backing modes.
-fn mount_options(cfg: &MountConfig) -> Vec<MountOption> {
-    let mut options = vec![
-        MountOption::FSName("maxlofs".into()),
-        MountOption::Subtype("maxlofs".into()),
-    ];
-    if cfg.read_only {
-        options.push(MountOption::RO);
-    }
+/// Mounts a FUSE filesystem at `cfg.mountpoint` and answers the /dev/fuse descriptor that serves
+/// it: root with mount(2), other users through the setuid `fusermount3`.
+///
+/// `allow_other` only when asked, and then `default_permissions`: others get in, so the kernel
+/// checks permissions against the backing modes. Without it the kernel lets no one but the
+/// mounting user in.
+fn mount_fuse(cfg: &MountConfig) -> io::Result<OwnedFd> {
+    let mut options = Vec::new();
     if cfg.allow_other {
-        options.push(MountOption::DefaultPermissions);
+        options.extend(["default_permissions", "allow_other"]);
     }
-    options
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        if cfg.read_only {
+            options.push("ro");
+        }
+        return mount_with_fusermount(&cfg.mountpoint, &options);
+    }
+    let device: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?
+        .into();
+    let root_mode = std::fs::metadata(&cfg.mountpoint)?.mode() & libc::S_IFMT;
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id=0,group_id={}",
+        device.as_raw_fd(),
+        // SAFETY: getegid has no preconditions and cannot fail.
+        unsafe { libc::getegid() }
+    );
+    for option in options {
+        data.push(',');
+        data.push_str(option);
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if cfg.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let target = CString::new(cfg.mountpoint.as_os_str().as_bytes())?;
+    let data = CString::new(data)?;
+    // SAFETY: all four strings are NUL-terminated and outlive the call.
+    let mounted = unsafe {
+        libc::mount(
+            c"maxlofs".as_ptr(),
+            target.as_ptr(),
+            c"fuse.maxlofs".as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if mounted != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(device)
 }
 
-/// fusermount3's helper process, which unmounts once `socket` closes and the mount is dead.
-struct AutoUnmount {
-    socket: UnixStream,
-    helper: Child,
-}
-
-impl AutoUnmount {
-    /// Lets the helper go (call once the mount is gone) and reaps it.
-    fn release(self) {
-        let AutoUnmount { socket, mut helper } = self;
-        drop(socket);
-        let _ = helper.wait();
-    }
-}
-
-/// Mounts through `fusermount3 -o auto_unmount,...`, which passes the /dev/fuse descriptor back
-/// over the socket named in `_FUSE_COMMFD` and keeps running to unmount once that socket closes.
-fn mount_with_auto_unmount(
-    mountpoint: &Path,
-    options: &[MountOption],
-    allow_other: bool,
-) -> io::Result<(OwnedFd, AutoUnmount)> {
-    let mut words = vec!["auto_unmount".to_string()];
-    words.extend(options.iter().map(fusermount_option));
-    if allow_other {
-        words.push("allow_other".into());
-    }
+/// `fusermount3 -o OPTIONS -- MOUNTPOINT`, which mounts and passes the /dev/fuse descriptor back
+/// over the socket named in `_FUSE_COMMFD`.
+fn mount_with_fusermount(mountpoint: &Path, options: &[&str]) -> io::Result<OwnedFd> {
+    let mut words = vec!["fsname=maxlofs", "subtype=maxlofs"];
+    words.extend(options);
     let (ours, theirs) = UnixStream::pair()?;
     let theirs_fd = theirs.as_raw_fd();
     let mut command = Command::new("fusermount3");
@@ -279,34 +283,61 @@ fn mount_with_auto_unmount(
     unsafe { command.pre_exec(keep_open_across_exec) };
     let helper = command.spawn()?;
     drop(theirs);
-    match sys::recv_fd(ours.as_fd()) {
-        Ok(Some(device)) => Ok((
-            device,
-            AutoUnmount {
-                socket: ours,
-                helper,
-            },
-        )),
-        failed => {
-            drop(ours);
-            let output = helper.wait_with_output()?;
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            Err(match failed {
-                Err(e) => e,
-                _ => io::Error::other(format!("fusermount3: {}", stderr.trim())),
-            })
-        }
+    let received = sys::recv_fd(ours.as_fd());
+    drop(ours);
+    let output = helper.wait_with_output()?;
+    match received? {
+        Some(device) => Ok(device),
+        None => Err(io::Error::other(format!(
+            "fusermount3: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))),
     }
 }
 
-/// One mount option as fusermount3 spells it (only those `mount_options` uses).
-fn fusermount_option(option: &MountOption) -> String {
-    match option {
-        MountOption::FSName(name) => format!("fsname={name}"),
-        MountOption::Subtype(subtype) => format!("subtype={subtype}"),
-        MountOption::RO => "ro".into(),
-        MountOption::DefaultPermissions => "default_permissions".into(),
-        other => unreachable!("mount_options does not use {other:?}"),
+/// A process that unmounts the mount at a place if the daemon dies with it still there.
+/// Dropping it (once the mount is gone: it then finds nothing to unmount) lets it go and reaps
+/// it.
+struct UnmountWatchdog {
+    /// Its stdin, which no other process holds: closed by us, or by the kernel when the daemon
+    /// dies, it wakes the watchdog.
+    alive: Option<ChildStdin>,
+    child: Child,
+}
+
+/// The watchdog: waits for the end of stdin, then unmounts `$1` if it is a dead FUSE mount
+/// (ENOTCONN, whose message `LC_ALL=C` fixes), as the daemon's user: root directly, others
+/// through the setuid fusermount3, which only unmounts their own mounts. A live mount (ours
+/// after a clean unmount is gone; someone else's) is left alone.
+const WATCHDOG_SCRIPT: &str = r#"cat >/dev/null
+if LC_ALL=C stat -- "$1" 2>&1 >/dev/null | grep -q ': Transport endpoint is not connected$'; then
+  if [ "$(id -u)" = 0 ]; then exec umount -l -- "$1"; else exec fusermount3 -u -z -- "$1"; fi
+fi"#;
+
+impl UnmountWatchdog {
+    fn spawn(mountpoint: &Path) -> io::Result<UnmountWatchdog> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG_SCRIPT)
+            .arg("maxlofs-unmount-watchdog")
+            .arg(mountpoint)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: Ctrl-C or a signal to the daemon's group leaves it alone.
+            .process_group(0)
+            .spawn()?;
+        Ok(UnmountWatchdog {
+            alive: child.stdin.take(),
+            child,
+        })
+    }
+}
+
+impl Drop for UnmountWatchdog {
+    fn drop(&mut self) {
+        drop(self.alive.take());
+        let _ = self.child.wait();
     }
 }
 
