@@ -186,3 +186,34 @@ fn ioctl_probes_answer_enotty_without_a_log_line() {
     assert!(log.contains("mounted"), "the log is the daemon's: {log}");
     assert!(!log.contains("ioctl"), "{log}");
 }
+
+/// The fs layer's log lines show names escaped: a name holding newlines, made, renamed and
+/// removed through the mount with its debug logging on, forges no line of the daemon's log.
+#[test]
+fn names_cannot_forge_lines_of_the_fs_layers_log() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    mount
+        .env
+        .push(("RUST_LOG".into(), "error,maxlofs::fs=debug".into()));
+    if !mount.mount() {
+        return;
+    }
+    let forged = "x\nFORGED line\r\n\u{1b}[2K";
+    std::fs::create_dir(mount.path(forged)).unwrap();
+    let inside = mount.path(forged).join(format!("{forged}.jpg"));
+    std::fs::write(&inside, b"x").unwrap();
+    let moved = mount.path(&format!("{forged}-moved.jpg"));
+    std::fs::rename(&inside, &moved).unwrap();
+    std::fs::remove_file(&moved).unwrap();
+    std::fs::remove_dir(mount.path(forged)).unwrap();
+    assert!(mount.unmount().success());
+    let log = mount.log_text();
+    assert!(
+        log.contains(r#"FORGED line\r\n\u{1b}[2K"#),
+        "names are logged: {log}"
+    );
+    assert!(!log.contains('\u{1b}') && !log.contains('\r'), "{log:?}");
+    assert!(!log.lines().any(|line| line.starts_with("FORGED")), "{log}");
+}
