@@ -414,6 +414,14 @@ fn status_answers_only_the_owner_and_root() {
     // Control: the mount lets them in (they can list its root).
     let control = as_nobody(&["ls", mnt]);
     assert!(control.status.success(), "{control:?}");
+    // The folder itself is closed to them, cached or not (default_permissions).
+    let listed = Command::new("ls").arg("-laR").arg(mnt).output().unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let inside = as_nobody(&["ls", mount.path("priv").to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&inside.stderr).contains("Permission denied"),
+        "{inside:?}"
+    );
     let other = as_nobody(&[common::service::BIN, "status", mnt]);
     assert!(!other.status.success(), "{other:?}");
     assert!(
