@@ -1,5 +1,7 @@
 //! maxlofs: a FUSE passthrough filesystem that keeps a Maxlo media catalog in step.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod api;
 pub mod cli;
 pub mod config;
@@ -10,6 +12,7 @@ pub mod emulator;
 pub mod fs;
 pub mod grants;
 pub mod hash;
+pub mod log_limit;
 pub mod progress;
 pub mod status;
 pub mod sync;

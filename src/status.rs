@@ -2,6 +2,7 @@
 //! so it needs nothing but the mountpoint.
 
 use std::ffi::CString;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -41,28 +42,109 @@ pub struct PathReason {
     pub reason: String,
 }
 
+/// What `encode_bounded` keeps the JSON under: well below the 64 KiB (`XATTR_SIZE_MAX`) an
+/// extended attribute can carry, which is the status channel.
+pub const STATUS_JSON_BUDGET: usize = 48 * 1024;
+/// Longest server message or reason kept in status (in bytes, cut at a character boundary).
+const MESSAGE_MAX: usize = 1024;
+
+/// The report as JSON of at most `STATUS_JSON_BUDGET` bytes, whatever the number and length of
+/// its paths: messages longer than `MESSAGE_MAX` are cut, and the lists (`writing`, then
+/// `failed`, then `local_only`) keep the entries that fit; `open_for_writing`, `failed_count` and
+/// `local_only_count` still count them all, so the reader can say how many were left out.
+pub fn encode_bounded(report: &StatusReport) -> String {
+    let mut bounded = StatusReport {
+        writing: Vec::new(),
+        failed: Vec::new(),
+        local_only: Vec::new(),
+        paused: report.paused.as_deref().map(cut),
+        last_error: report.last_error.as_deref().map(cut),
+        ..report.clone()
+    };
+    let mut room = STATUS_JSON_BUDGET.saturating_sub(json_len(&bounded));
+    bounded.writing = fitting(report.writing.iter().cloned(), &mut room);
+    let cut_reason = |entry: &PathReason| PathReason {
+        path: entry.path.clone(),
+        reason: cut(&entry.reason),
+    };
+    bounded.failed = fitting(report.failed.iter().map(cut_reason), &mut room);
+    bounded.local_only = fitting(report.local_only.iter().map(cut_reason), &mut room);
+    serde_json::to_string(&bounded).expect("a report serializes")
+}
+
+fn json_len(value: &impl Serialize) -> usize {
+    serde_json::to_string(value)
+        .expect("a report serializes")
+        .len()
+}
+
+/// The leading entries whose JSON (and a separating comma each) fit in `room`, which shrinks.
+fn fitting<T: Serialize>(entries: impl Iterator<Item = T>, room: &mut usize) -> Vec<T> {
+    let mut kept = Vec::new();
+    for entry in entries {
+        let cost = json_len(&entry) + 1;
+        if cost > *room {
+            break;
+        }
+        *room -= cost;
+        kept.push(entry);
+    }
+    kept
+}
+
+fn cut(message: &str) -> String {
+    if message.len() <= MESSAGE_MAX {
+        return message.to_string();
+    }
+    let mut end = MESSAGE_MAX;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
 /// Reads the daemon's status from the mount at `mountpoint`.
 pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
     let path = CString::new(mountpoint.as_os_str().as_bytes())?;
     let name = CString::new(STATUS_XATTR).expect("no NUL");
-    let mut buf = vec![0u8; 1 << 16];
-    // SAFETY: the pointers are valid for the given lengths for the duration of the call.
-    let len = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if len < 0 {
-        let err = std::io::Error::last_os_error();
-        bail!(
+    let not_ours = |err: std::io::Error| {
+        anyhow::anyhow!(
             "{} is not a maxlofs mount, or its daemon does not answer ({err})",
             mountpoint.display()
-        );
+        )
+    };
+    let mut buf = Vec::new();
+    loop {
+        // SAFETY: a null buffer of size 0 asks only for the value's size.
+        let size = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
+        if size < 0 {
+            return Err(not_ours(std::io::Error::last_os_error()));
+        }
+        buf.resize(size as usize, 0);
+        // SAFETY: the pointers are valid for the given lengths for the duration of the call.
+        let len = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if len >= 0 {
+            buf.truncate(len as usize);
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            // It grew between the two calls: ask its size again.
+            Some(libc::ERANGE) => continue,
+            Some(libc::E2BIG) => bail!(
+                "the status of {} is larger than an extended attribute can carry ({err})",
+                mountpoint.display()
+            ),
+            _ => return Err(not_ours(err)),
+        }
     }
-    buf.truncate(len as usize);
     serde_json::from_slice(&buf).context("the daemon's status is not valid JSON")
 }
 
@@ -73,39 +155,89 @@ fn is_settled(status: &StatusReport) -> bool {
         && status.open_for_writing == 0
 }
 
-fn print_text(status: &StatusReport) {
-    println!("pending:    {}", status.pending);
-    println!("in flight:  {}", status.in_flight);
-    println!("open for writing: {}", status.open_for_writing);
-    for path in &status.writing {
-        println!("  {path}");
+/// A name or server message made safe for a terminal or a log: control characters (escape
+/// sequences start with one), backslashes, and the invisible characters that reorder or hide
+/// text (bidi controls, zero-width marks) come out as Rust escapes (`\n`, `\u{1b}`,
+/// `\u{202e}`), so what is shown is what it contains. Everything else, quotes and accents
+/// included, is shown as is.
+pub fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}' | '\u{061c}' | '\u{feff}');
+        if c.is_control() || c == '\\' || invisible {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
     }
-    println!(
+    out
+}
+
+fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()> {
+    writeln!(out, "pending:    {}", status.pending)?;
+    writeln!(out, "in flight:  {}", status.in_flight)?;
+    writeln!(out, "open for writing: {}", status.open_for_writing)?;
+    for path in &status.writing {
+        writeln!(out, "  {}", escaped(path))?;
+    }
+    write_left_out(out, status.open_for_writing, status.writing.len())?;
+    writeln!(
+        out,
         "sent:       {} created, {} updated, {} deleted",
         status.created, status.updated, status.deleted
-    );
-    println!("indexed:    {}", status.indexed);
-    println!(
+    )?;
+    writeln!(out, "indexed:    {}", status.indexed)?;
+    writeln!(
+        out,
         "reconcile:  {}",
         if status.reconciled { "done" } else { "running" }
-    );
+    )?;
     if let Some(why) = &status.paused {
-        println!("PAUSED:     {why}");
+        writeln!(out, "PAUSED:     {}", escaped(why))?;
     }
     if let Some(err) = &status.last_error {
-        println!("last error: {err}");
+        writeln!(out, "last error: {}", escaped(err))?;
     }
-    if status.failed_count > 0 {
-        println!("failed ({}):", status.failed_count);
-        for failed in &status.failed {
-            println!("  {}: {}", failed.path, failed.reason);
+    for (title, count, list) in [
+        ("failed", status.failed_count, &status.failed),
+        ("local only", status.local_only_count, &status.local_only),
+    ] {
+        if count > 0 {
+            writeln!(out, "{title} ({count}):")?;
+            for entry in list {
+                writeln!(
+                    out,
+                    "  {}: {}",
+                    escaped(&entry.path),
+                    escaped(&entry.reason)
+                )?;
+            }
+            write_left_out(out, count, list.len())?;
         }
     }
-    if status.local_only_count > 0 {
-        println!("local only ({}):", status.local_only_count);
-        for local in &status.local_only {
-            println!("  {}: {}", local.path, local.reason);
-        }
+    Ok(())
+}
+
+fn write_left_out(out: &mut impl Write, count: usize, listed: usize) -> std::io::Result<()> {
+    if count > listed && listed > 0 {
+        writeln!(out, "  … and {} more", count - listed)?;
+    }
+    Ok(())
+}
+
+fn write_status(status: &StatusReport, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        writeln!(out, "{}", serde_json::to_string(status)?)
+    } else {
+        write_text(&mut out, status)
+    }
+    .and_then(|()| out.flush());
+    match written {
+        // The reader went away (`maxlofs status MNT | head -1`): nothing left to tell it.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }
 
@@ -115,11 +247,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
     if args.wait {
         while !is_settled(&status) {
             if Instant::now() >= deadline {
-                if args.json {
-                    println!("{}", serde_json::to_string(&status)?);
-                } else {
-                    print_text(&status);
-                }
+                write_status(&status, args.json)?;
                 bail!(
                     "still {} pending and {} in flight after {} s",
                     status.pending,
@@ -131,10 +259,58 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             status = read(&args.mountpoint)?;
         }
     }
-    if args.json {
-        println!("{}", serde_json::to_string(&status)?);
-    } else {
-        print_text(&status);
+    write_status(&status, args.json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_shows_controls_escapes_and_invisible_marks_but_keeps_the_rest() {
+        assert_eq!(
+            escaped("a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"),
+            r"a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"
+        );
+        assert_eq!(escaped("Café \"1\" l'été.jpg"), "Café \"1\" l'été.jpg");
     }
-    Ok(())
+
+    #[test]
+    fn encode_bounded_stays_within_budget_whatever_the_paths() {
+        // Control characters cost six bytes each in JSON: the worst case for a path.
+        let path = "\u{1}".repeat(4000);
+        let entry = PathReason {
+            path: path.clone(),
+            reason: "\u{1}".repeat(100_000),
+        };
+        let report = StatusReport {
+            writing: vec![path; 100],
+            failed: vec![entry.clone(); 100],
+            failed_count: 100,
+            local_only: vec![entry; 100],
+            local_only_count: 100,
+            paused: Some("\u{1}".repeat(1 << 20)),
+            last_error: Some("e".repeat(1 << 20)),
+            ..StatusReport::default()
+        };
+        let json = encode_bounded(&report);
+        assert!(json.len() <= STATUS_JSON_BUDGET, "{}", json.len());
+        let back: StatusReport = serde_json::from_str(&json).unwrap();
+        assert_eq!((back.failed_count, back.local_only_count), (100, 100));
+        assert!(back.writing.len() < 100);
+        assert!(back.last_error.unwrap().ends_with('…'));
+        // A small report goes through whole.
+        let small = StatusReport {
+            failed: vec![PathReason {
+                path: "a.jpg".into(),
+                reason: "refused".into(),
+            }],
+            failed_count: 1,
+            ..StatusReport::default()
+        };
+        assert_eq!(
+            encode_bounded(&small),
+            serde_json::to_string(&small).unwrap()
+        );
+    }
 }

@@ -7,6 +7,7 @@ mod common;
 
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -337,4 +338,132 @@ fn keys_never_appear_in_logs_status_debug_output_or_the_state_folder() {
     scan_for("Debug of Keys", debug.as_bytes(), &keys);
     let display = format!("{}", maxlofs::api::SecretKey::new(device_key));
     scan_for("Display of SecretKey", display.as_bytes(), &keys);
+}
+
+/// Names, attributes and link targets of a private mount stay private even while the kernel has
+/// them cached: root lists the whole tree (every entry and attribute cached for the TTL), then
+/// another user asks for cached and uncached entries alike and is refused by the kernel itself.
+#[test]
+fn another_user_sees_nothing_of_a_private_mount_cached_or_not() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(mount.path("priv")).unwrap();
+    std::fs::set_permissions(mount.path("priv"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(mount.path("priv/secret.txt"), b"secret").unwrap();
+    std::fs::write(mount.path("open.txt"), b"open").unwrap();
+    std::os::unix::fs::symlink("priv/secret.txt", mount.path("link")).unwrap();
+    let listed = Command::new("ls")
+        .arg("-laR")
+        .arg(&mount.mnt)
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    // Made behind the mount's back after the listing: never looked up, so not cached.
+    std::fs::write(mount.backing.join("uncached.txt"), b"new").unwrap();
+    let mnt = mount.mnt.to_str().unwrap();
+    let path = |rel: &str| mount.path(rel).to_str().unwrap().to_string();
+    let attempts = [
+        vec!["stat".to_string(), path("priv/secret.txt")],
+        vec!["stat".to_string(), path("open.txt")],
+        vec!["readlink".to_string(), "-v".to_string(), path("link")],
+        vec!["ls".to_string(), mnt.to_string()],
+        vec!["stat".to_string(), mnt.to_string()],
+        vec!["stat".to_string(), path("uncached.txt")],
+        vec!["cat".to_string(), path("uncached.txt")],
+    ];
+    for attempt in &attempts {
+        let args: Vec<&str> = attempt.iter().map(String::as_str).collect();
+        let output = as_nobody(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains("Permission denied"),
+            "{attempt:?} as nobody: {output:?}"
+        );
+        assert!(output.stdout.is_empty(), "{attempt:?} printed {output:?}");
+    }
+}
+
+/// On an --allow-other mount, status names paths anywhere in the tree: another user asking for
+/// it is refused, so a name inside root's 0700 folder (here a file kept local because its name is
+/// not UTF-8, which status lists) does not reach them; the owner still gets it.
+#[test]
+fn status_answers_only_the_owner_and_root() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20", "--allow-other"]);
+    std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&mount.mnt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(mount.path("priv")).unwrap();
+    std::fs::set_permissions(mount.path("priv"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"secret-name-\xff.jpg");
+    std::fs::write(mount.path("priv").join(name), b"x").unwrap();
+    let mnt = mount.mnt.to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let owner = Command::new(common::service::BIN)
+            .args(["status", mnt])
+            .output()
+            .unwrap();
+        assert!(owner.status.success(), "{owner:?}");
+        if String::from_utf8_lossy(&owner.stdout).contains("priv/secret-name") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never listed: {owner:?}");
+        sleep(Duration::from_millis(50));
+    }
+    // Control: the mount lets them in (they can list its root).
+    let control = as_nobody(&["ls", mnt]);
+    assert!(control.status.success(), "{control:?}");
+    // The folder itself is closed to them, cached or not (default_permissions).
+    let listed = Command::new("ls").arg("-laR").arg(mnt).output().unwrap();
+    assert!(listed.status.success(), "{listed:?}");
+    let inside = as_nobody(&["ls", mount.path("priv").to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&inside.stderr).contains("Permission denied"),
+        "{inside:?}"
+    );
+    let other = as_nobody(&[common::service::BIN, "status", mnt]);
+    assert!(!other.status.success(), "{other:?}");
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("Permission denied"),
+        "{other:?}"
+    );
+    for output in [&other.stdout, &other.stderr] {
+        assert!(
+            !String::from_utf8_lossy(output).contains("secret-name"),
+            "{other:?}"
+        );
+    }
+}
+
+/// A client keeps asking about a directory that was moved out of the backing folder (each
+/// request refused): the log gets a few lines and a count of those left out, not one per request.
+#[test]
+fn refusals_of_an_inode_moved_out_are_rate_limited_in_the_log() {
+    const REQUESTS: usize = 2000;
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20"]);
+    std::fs::create_dir(mount.path("d")).unwrap();
+    let held = std::fs::File::open(mount.path("d")).unwrap();
+    std::fs::rename(
+        mount.backing.join("d"),
+        mount.backing.parent().unwrap().join("away"),
+    )
+    .unwrap();
+    let mut refused = 0;
+    for _ in 0..REQUESTS {
+        if held
+            .set_permissions(std::fs::Permissions::from_mode(0o700))
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, REQUESTS);
+    let log = mount.log_text();
+    let lines = log
+        .lines()
+        .filter(|line| line.contains("moved out of the backing folder"))
+        .count();
+    assert!((1..=20).contains(&lines), "{lines} lines:\n{log}");
 }

@@ -5,10 +5,10 @@ use super::passthrough::{bare_attr, AttrChanges, Caller, Opened, Passthrough, Re
 use super::sys::{TimeSpec, XattrValue};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
-    WriteFlags,
+    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::fd::BorrowedFd;
@@ -461,9 +461,9 @@ impl Filesystem for FuseAdapter {
         reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags));
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         debug!(ino = ino.0, ?name, size, "getxattr");
-        reply_xattr(reply, self.fs.getxattr(ino.0, name, size));
+        reply_xattr(reply, self.fs.getxattr(caller(req), ino.0, name, size));
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -576,5 +576,23 @@ impl Filesystem for FuseAdapter {
             Ok(copied) => reply.written(copied),
             Err(e) => reply.error(e),
         }
+    }
+
+    /// No ioctl is passed through (the backing file's ioctls would act outside the mount's
+    /// rules). Callers probe with them all the time (isatty's TCGETS on every Python open), so
+    /// the answer is the usual "not a terminal / not supported here", without a log line.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        debug!(ino = ino.0, cmd, "ioctl");
+        reply.error(Errno::ENOTTY);
     }
 }

@@ -17,6 +17,7 @@
 //! from the root under one of its names (`still_beneath`) before the daemon acts on it.
 
 use super::sys;
+use crate::log_limit::LogLimit;
 use fuser::{BackingId, Errno};
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
@@ -26,6 +27,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -205,7 +207,16 @@ impl InodeTable {
             Some(fd) => {
                 let inode = Inode { data, fd };
                 if ino != ROOT_INO && !self.still_beneath(ino, &inode, renames_held) {
-                    tracing::warn!(ino, "inode moved out of the backing folder; refused");
+                    // Each request on such an inode is refused again: a client retrying, or
+                    // a tree moved away under a busy client, would flood the log.
+                    static MOVED_OUT: LogLimit = LogLimit::new(10, Duration::from_secs(60));
+                    if let Some(left_out) = MOVED_OUT.allow() {
+                        tracing::warn!(
+                            ino,
+                            similar_left_out = left_out,
+                            "inode moved out of the backing folder; refused"
+                        );
+                    }
                     return Err(Errno::ESTALE);
                 }
                 Ok(inode)

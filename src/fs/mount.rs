@@ -1,24 +1,36 @@
 //! Mounting: a live mount served on background threads (`spawn_mount`), or in the foreground
 //! until unmounted or signalled (`run_until_unmounted`).
 //!
-//! The mount never outlives the process: it is made through `fusermount3 -o auto_unmount`, whose
-//! helper process unmounts once our end of its socket closes and the mount no longer answers,
-//! both of which the kernel does for us when the process dies, even on SIGKILL. (It leaves a
-//! mount that still answers alone, so a clean unmount is done by us: `umount2`, or
-//! `fusermount3 -u` for non-root users.) If that mount fails (no fusermount3, or a non-root user without
-//! `user_allow_other` in /etc/fuse.conf), we mount directly and say so in a warning: then only a
-//! clean exit or panic unmounts, and a SIGKILLed daemon leaves a dead mount behind.
+//! Privacy is the kernel's: a mount without `--allow-other` does not carry the `allow_other`
+//! option, so the kernel refuses every other user (root included, unless root mounted it) before
+//! anything is looked up, served from its caches or sent to us. fuser's own user check only sees
+//! requests that reach the daemon, while the kernel answers cached names, attributes and link
+//! targets by itself, so that check alone would leak them.
+//!
+//! The mount never outlives the process. A watchdog process started at mount waits on a pipe
+//! only the daemon holds; the kernel closes it when the daemon ends however it ends (SIGKILL
+//! included), and the watchdog then unmounts the mount if it is dead (ENOTCONN), as the daemon's
+//! user: `umount -l` for root, `fusermount3 -u -z` otherwise. (fusermount3's own `auto_unmount`
+//! helper cannot serve here: it checks the dead mount as root, which a mount without
+//! `allow_other` refuses unless root owns it, and fuser adds `allow_other` to any auto_unmount
+//! mount.) A mount that still answers is left alone, so a clean unmount is done by us: `umount2`,
+//! or `fusermount3 -u` for non-root users. We mount ourselves too (mount(2) for root,
+//! fusermount3 for others) and hand fuser the descriptor, so that fuser never unmounts.
 
 use super::fuse::FuseAdapter;
 use super::passthrough::Passthrough;
 use super::sys;
 use super::MountConfig;
-use fuser::{BackgroundSession, MountOption, Session, SessionACL};
+use fuser::{BackgroundSession, Session, SessionACL};
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 
 /// A live mount served by background threads. Dropping it unmounts too (ignoring errors).
@@ -26,6 +38,7 @@ pub struct MountHandle {
     session: Option<BackgroundSession>,
     end: Arc<SessionEnd>,
     mountpoint: PathBuf,
+    watchdog: Option<UnmountWatchdog>,
 }
 
 impl MountHandle {
@@ -59,14 +72,16 @@ impl MountHandle {
         if self.is_mounted() {
             unmount_path(&self.mountpoint)?;
         }
-        session.umount_and_join()
+        let joined = session.join();
+        drop(self.watchdog.take());
+        joined
     }
 }
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
         if let Err(e) = self.unmount_and_join() {
-            tracing::warn!(mountpoint = ?self.mountpoint, "unmount failed: {e}");
+            tracing::warn!(mountpoint = ?self.mountpoint, error = ?e.to_string(), "unmount failed");
         }
     }
 }
@@ -75,6 +90,7 @@ impl Drop for MountHandle {
 /// Non-root users go through the setuid fusermount3.
 fn unmount_path(mountpoint: &Path) -> io::Result<()> {
     let path = CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
     if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
         return Ok(());
     }
@@ -82,6 +98,7 @@ fn unmount_path(mountpoint: &Path) -> io::Result<()> {
     match err.raw_os_error() {
         Some(libc::EBUSY) => {
             tracing::warn!(?mountpoint, "mount busy; detaching it lazily");
+            // SAFETY: as above.
             if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
                 Ok(())
             } else {
@@ -111,20 +128,22 @@ pub fn spawn_mount(mut cfg: MountConfig) -> io::Result<MountHandle> {
     sys::raise_nofile_limit();
     // Unmounting later must name the same place whatever the working directory is then.
     cfg.mountpoint = cfg.mountpoint.canonicalize()?;
-    let (session, end) = match new_session(&cfg, true) {
-        Ok(mounted) => mounted,
+    let watchdog = match UnmountWatchdog::spawn(&cfg.mountpoint) {
+        Ok(watchdog) => Some(watchdog),
         Err(e) => {
             tracing::warn!(
-                "auto_unmount mount failed ({e}); mounting without it, so a killed daemon \
-                 leaves a dead mount behind"
+                error = ?e.to_string(),
+                "no unmount watchdog, so a killed daemon leaves a dead mount behind"
             );
-            new_session(&cfg, false)?
+            None
         }
     };
+    let (session, end) = new_session(&cfg)?;
     Ok(MountHandle {
         session: Some(session.spawn()?),
         end,
         mountpoint: cfg.mountpoint,
+        watchdog,
     })
 }
 
@@ -152,10 +171,7 @@ pub fn run_until_unmounted(cfg: MountConfig, on_ready: impl FnOnce()) -> io::Res
     handle.unmount()
 }
 
-fn new_session(
-    cfg: &MountConfig,
-    auto_unmount: bool,
-) -> io::Result<(Session<FuseAdapter>, Arc<SessionEnd>)> {
+fn new_session(cfg: &MountConfig) -> io::Result<(Session<FuseAdapter>, Arc<SessionEnd>)> {
     let end = Arc::new(SessionEnd::default());
     let fs = Passthrough::new(
         &cfg.backing,
@@ -169,37 +185,165 @@ fn new_session(
         cfg.allow_other,
         SessionEndGuard(end.clone()),
     );
-    let session = Session::new(adapter, &cfg.mountpoint, &fuser_config(cfg, auto_unmount))?;
-    Ok((session, end))
-}
-
-fn fuser_config(cfg: &MountConfig, auto_unmount: bool) -> fuser::Config {
+    let device = mount_fuse(cfg)?;
     let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("maxlofs".into()),
-        MountOption::Subtype("maxlofs".into()),
-    ];
-    if cfg.read_only {
-        config.mount_options.push(MountOption::RO);
-    }
-    config.acl = if cfg.allow_other {
-        // Others get in, so the kernel checks permissions against the backing modes.
-        config.mount_options.push(MountOption::DefaultPermissions);
-        SessionACL::All
-    } else if auto_unmount {
-        // fusermount needs allow_other for auto_unmount; fuser then still answers only the
-        // mounting user (and root) and refuses everyone else.
-        SessionACL::RootAndOwner
-    } else {
-        SessionACL::Owner
-    };
-    if auto_unmount {
-        config.mount_options.push(MountOption::AutoUnmount);
-    }
     config.n_threads = Some(cfg.threads.max(1));
     // One /dev/fuse descriptor per thread, so threads do not contend on one queue.
     config.clone_fd = true;
-    config
+    // fuser's own check of each request's user, a second line behind the kernel's.
+    let acl = if cfg.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    // We mount and unmount ourselves: fuser's unmount, given a mount of its own, would run
+    // after ours and could hit whatever is mounted at the place by then.
+    let session = Session::from_fd(adapter, device, acl, config)?;
+    Ok((session, end))
+}
+
+/// Mounts a FUSE filesystem at `cfg.mountpoint` and answers the /dev/fuse descriptor that serves
+/// it: root with mount(2), other users through the setuid `fusermount3`.
+///
+/// `allow_other` only when asked, and then `default_permissions`: others get in, so the kernel
+/// checks permissions against the backing modes. Without it the kernel lets no one but the
+/// mounting user in.
+fn mount_fuse(cfg: &MountConfig) -> io::Result<OwnedFd> {
+    let mut options = Vec::new();
+    if cfg.allow_other {
+        options.extend(["default_permissions", "allow_other"]);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        if cfg.read_only {
+            options.push("ro");
+        }
+        return mount_with_fusermount(&cfg.mountpoint, &options);
+    }
+    let device: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")?
+        .into();
+    let root_mode = std::fs::metadata(&cfg.mountpoint)?.mode() & libc::S_IFMT;
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id=0,group_id={}",
+        device.as_raw_fd(),
+        // SAFETY: getegid has no preconditions and cannot fail.
+        unsafe { libc::getegid() }
+    );
+    for option in options {
+        data.push(',');
+        data.push_str(option);
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if cfg.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let target = CString::new(cfg.mountpoint.as_os_str().as_bytes())?;
+    let data = CString::new(data)?;
+    // SAFETY: all four strings are NUL-terminated and outlive the call.
+    let mounted = unsafe {
+        libc::mount(
+            c"maxlofs".as_ptr(),
+            target.as_ptr(),
+            c"fuse.maxlofs".as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if mounted != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(device)
+}
+
+/// `fusermount3 -o OPTIONS -- MOUNTPOINT`, which mounts and passes the /dev/fuse descriptor back
+/// over the socket named in `_FUSE_COMMFD`.
+fn mount_with_fusermount(mountpoint: &Path, options: &[&str]) -> io::Result<OwnedFd> {
+    let mut words = vec!["fsname=maxlofs", "subtype=maxlofs"];
+    words.extend(options);
+    let (ours, theirs) = UnixStream::pair()?;
+    let theirs_fd = theirs.as_raw_fd();
+    let mut command = Command::new("fusermount3");
+    command
+        .arg("-o")
+        .arg(words.join(","))
+        .arg("--")
+        .arg(mountpoint)
+        .env("_FUSE_COMMFD", theirs_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let keep_open_across_exec = move || {
+        // SAFETY: fcntl is async-signal-safe and only changes the flags of a descriptor the child
+        // inherited from us.
+        if unsafe { libc::fcntl(theirs_fd, libc::F_SETFD, 0) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the hook runs between fork and exec and does nothing but one fcntl (see above).
+    unsafe { command.pre_exec(keep_open_across_exec) };
+    let helper = command.spawn()?;
+    drop(theirs);
+    let received = sys::recv_fd(ours.as_fd());
+    drop(ours);
+    let output = helper.wait_with_output()?;
+    match received? {
+        Some(device) => Ok(device),
+        None => Err(io::Error::other(format!(
+            "fusermount3: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))),
+    }
+}
+
+/// A process that unmounts the mount at a place if the daemon dies with it still there.
+/// Dropping it (once the mount is gone: it then finds nothing to unmount) lets it go and reaps
+/// it.
+struct UnmountWatchdog {
+    /// Its stdin, which no other process holds: closed by us, or by the kernel when the daemon
+    /// dies, it wakes the watchdog.
+    alive: Option<ChildStdin>,
+    child: Child,
+}
+
+/// The watchdog: waits for the end of stdin, then unmounts `$1` if it is a dead FUSE mount
+/// (ENOTCONN, whose message `LC_ALL=C` fixes), as the daemon's user: root directly, others
+/// through the setuid fusermount3, which only unmounts their own mounts. A live mount (ours
+/// after a clean unmount is gone; someone else's) is left alone.
+const WATCHDOG_SCRIPT: &str = r#"cat >/dev/null
+if LC_ALL=C stat -- "$1" 2>&1 >/dev/null | grep -q ': Transport endpoint is not connected$'; then
+  if [ "$(id -u)" = 0 ]; then exec umount -l -- "$1"; else exec fusermount3 -u -z -- "$1"; fi
+fi"#;
+
+impl UnmountWatchdog {
+    fn spawn(mountpoint: &Path) -> io::Result<UnmountWatchdog> {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG_SCRIPT)
+            .arg("maxlofs-unmount-watchdog")
+            .arg(mountpoint)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: Ctrl-C or a signal to the daemon's group leaves it alone.
+            .process_group(0)
+            .spawn()?;
+        Ok(UnmountWatchdog {
+            alive: child.stdin.take(),
+            child,
+        })
+    }
+}
+
+impl Drop for UnmountWatchdog {
+    fn drop(&mut self) {
+        drop(self.alive.take());
+        let _ = self.child.wait();
+    }
 }
 
 #[derive(Debug, Default)]

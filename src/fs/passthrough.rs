@@ -64,6 +64,8 @@ pub struct Passthrough {
     /// Whether to hand file data to the kernel (FUSE passthrough); cleared if the kernel refuses.
     kernel_passthrough: AtomicBool,
     daemon_is_root: bool,
+    /// The mount's owner.
+    daemon_uid: u32,
     /// Files open for writing, shared with the sync engine, which sends none of them until its
     /// last writer has closed it.
     writers: Arc<OpenWriters>,
@@ -79,10 +81,10 @@ impl Passthrough {
         writers: Arc<OpenWriters>,
     ) -> io::Result<Passthrough> {
         let path = CString::new(backing.as_os_str().as_bytes())?;
-        let cwd = unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) };
-        let root = sys::openat(cwd, &path, libc::O_PATH | libc::O_DIRECTORY, 0)
-            .map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        let root = sys::open_dir_path(&path).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
         let st = sys::stat_fd(root.as_fd()).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let daemon_uid = unsafe { libc::geteuid() };
         Ok(Passthrough {
             inodes: InodeTable::new(root, &st, sys::nofile_limit() / 2),
             files: HandleMap::default(),
@@ -90,7 +92,8 @@ impl Passthrough {
             events,
             status,
             kernel_passthrough: AtomicBool::new(false),
-            daemon_is_root: unsafe { libc::geteuid() } == 0,
+            daemon_is_root: daemon_uid == 0,
+            daemon_uid,
             writers,
         })
     }
@@ -496,8 +499,19 @@ impl Passthrough {
     }
 
     /// `size` 0 asks for the value's size (getxattr(2) semantics, ERANGE if too small).
-    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> Result<XattrValue> {
+    pub fn getxattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        name: &OsStr,
+        size: u32,
+    ) -> Result<XattrValue> {
         if is_status_xattr(ino, name) {
+            // Status names paths anywhere in the tree, so on an allow_other mount it would show
+            // others what lies in folders they may not enter: only the owner and root may ask.
+            if caller.uid != self.daemon_uid && caller.uid != 0 {
+                return Err(Errno::EACCES);
+            }
             let status = self.status.as_ref().ok_or(Errno::NO_XATTR)?;
             let writing = self.paths_open_for_writing(WRITING_LISTED);
             let json = status.status_json(self.writers.count(), &writing);

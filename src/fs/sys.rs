@@ -45,12 +45,16 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
 
 const EMPTY: &CStr = c"";
 
-fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: `fd` was just returned by a successful open call and is owned by no one else.
+/// # Safety
+/// `fd` must be an open descriptor that nothing else owns or will close (one a call just
+/// returned).
+unsafe fn owned(fd: RawFd) -> OwnedFd {
+    // SAFETY: the caller hands over sole ownership of an open descriptor.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) -> Result<OwnedFd> {
+    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
     let fd = retry(|| unsafe {
         libc::openat(
             dir.as_raw_fd(),
@@ -59,7 +63,24 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) 
             mode as libc::c_uint,
         )
     })?;
-    Ok(owned(fd))
+    // SAFETY: a successful open returned `fd`, which nothing else holds.
+    Ok(unsafe { owned(fd) })
+}
+
+/// An `O_PATH` descriptor for the directory at `path`, absolute or relative to the working
+/// directory: only for the user's own name of BACKING, whose symlinks are followed this once.
+/// (A descriptor standing for the working directory is never made, so no `*at` helper here can
+/// be handed one and act on a path outside BACKING.)
+pub fn open_dir_path(path: &CStr) -> Result<OwnedFd> {
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
+    let fd = retry(|| unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: a successful open returned `fd`, which nothing else holds.
+    Ok(unsafe { owned(fd) })
 }
 
 /// Opens `path` (any number of components) below `dir` with `openat2`: the kernel refuses to
@@ -69,6 +90,7 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> Result<Owne
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
     how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+    // SAFETY: the descriptor is borrowed, the path NUL-terminated, and `how` is a valid open_how whose size is passed; all outlive the call.
     let fd = retry(|| unsafe {
         libc::syscall(
             libc::SYS_openat2,
@@ -78,7 +100,8 @@ pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> Result<Owne
             std::mem::size_of::<libc::open_how>(),
         )
     })?;
-    Ok(owned(fd as RawFd))
+    // SAFETY: a successful openat2 returned `fd`, which nothing else holds.
+    Ok(unsafe { owned(fd as RawFd) })
 }
 
 /// An `O_PATH` descriptor for `name` in `dir`, never following a symlink at `name`.
@@ -89,8 +112,10 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
 /// Opens the inode behind an `O_PATH` (or any) descriptor with real access `flags`.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
     let path = proc_fd_path(fd);
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
     let fd = retry(|| unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    Ok(owned(fd))
+    // SAFETY: a successful open returned `fd`, which nothing else holds.
+    Ok(unsafe { owned(fd) })
 }
 
 pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<libc::stat> {
@@ -99,6 +124,7 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<libc::stat> {
 
 pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it. `st` has room for the stat the call writes.
     check(unsafe {
         libc::fstatat(
             dir.as_raw_fd(),
@@ -112,18 +138,22 @@ pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<libc::sta
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> Result<()> {
+    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
 }
 
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t, rdev: u64) -> Result<()> {
+    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
     check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
+    // SAFETY: the descriptor is borrowed (open for the call); target and name are NUL-terminated strings that outlive it.
     check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<()> {
+    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
 }
 
@@ -134,6 +164,7 @@ pub fn renameat2(
     new_name: &CStr,
     flags: u32,
 ) -> Result<()> {
+    // SAFETY: both descriptors are borrowed (open for the call); both names are NUL-terminated strings that outlive it.
     check(unsafe {
         libc::renameat2(
             old_dir.as_raw_fd(),
@@ -150,6 +181,7 @@ pub fn renameat2(
 /// `AT_EMPTY_PATH`, and `AT_SYMLINK_FOLLOW` only resolves the magic link, never a symlink's target.
 pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new_name: &CStr) -> Result<()> {
     let path = proc_fd_path(fd);
+    // SAFETY: the procfs path and the new name are NUL-terminated strings and `new_dir` is borrowed; all outlive the call.
     check(unsafe {
         libc::linkat(
             libc::AT_FDCWD,
@@ -164,6 +196,7 @@ pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new_name: &CStr) -> 
 
 pub fn readlink_fd(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: the descriptor is borrowed, EMPTY is NUL-terminated, and readlinkat writes at most `buf.len()` bytes into `buf`.
     let len = check(unsafe {
         libc::readlinkat(
             fd.as_raw_fd(),
@@ -178,10 +211,12 @@ pub fn readlink_fd(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
 
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: libc::mode_t) -> Result<()> {
     let path = proc_fd_path(fd);
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
     check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
 }
 
 pub fn fchmod(fd: BorrowedFd<'_>, mode: libc::mode_t) -> Result<()> {
+    // SAFETY: the descriptor is borrowed, so open for the call.
     check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
 }
 
@@ -198,6 +233,7 @@ pub fn chown_at(
         } else {
             0
         };
+    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
     check(unsafe {
         libc::fchownat(
             dir.as_raw_fd(),
@@ -216,10 +252,12 @@ pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Resul
 
 pub fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
     let path = proc_fd_path(fd);
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
     retry(|| unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) }).map(drop)
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
+    // SAFETY: the descriptor is borrowed, so open for the call.
     retry(|| unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
 }
 
@@ -265,6 +303,7 @@ pub fn set_times(
     mtime: Option<TimeSpec>,
 ) -> Result<()> {
     let times = [timespec(atime), timespec(mtime)];
+    // SAFETY: the descriptor is borrowed, EMPTY is NUL-terminated, and `times` holds the two timespecs utimensat reads.
     check(unsafe {
         libc::utimensat(
             fd.as_raw_fd(),
@@ -287,6 +326,7 @@ pub fn system_time(sec: i64, nsec: i64) -> SystemTime {
 
 pub fn pread(fd: BorrowedFd<'_>, size: usize, offset: u64) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; size];
+    // SAFETY: the descriptor is borrowed and pread writes at most `buf.len()` bytes into `buf`.
     let len = retry(|| unsafe {
         libc::pread(
             fd.as_raw_fd(),
@@ -300,6 +340,7 @@ pub fn pread(fd: BorrowedFd<'_>, size: usize, offset: u64) -> Result<Vec<u8>> {
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> Result<usize> {
+    // SAFETY: the descriptor is borrowed and pwrite reads at most `data.len()` bytes from `data`.
     retry(|| unsafe {
         libc::pwrite(
             fd.as_raw_fd(),
@@ -312,6 +353,7 @@ pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> Result<usize> {
 }
 
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
+    // SAFETY: the descriptor is borrowed, so open for the call.
     retry(|| unsafe {
         if datasync {
             libc::fdatasync(fd.as_raw_fd())
@@ -323,6 +365,7 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
 }
 
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<()> {
+    // SAFETY: the descriptor is borrowed, so open for the call.
     retry(|| unsafe {
         libc::fallocate(
             fd.as_raw_fd(),
@@ -335,6 +378,7 @@ pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result
 }
 
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> Result<i64> {
+    // SAFETY: the descriptor is borrowed, so open for the call.
     check(unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) })
 }
 
@@ -347,6 +391,7 @@ pub fn copy_file_range(
 ) -> Result<usize> {
     let mut off_in = offset_in as libc::loff_t;
     let mut off_out = offset_out as libc::loff_t;
+    // SAFETY: both descriptors are borrowed; the offsets are live locals the call updates.
     retry(|| unsafe {
         libc::copy_file_range(
             fd_in.as_raw_fd(),
@@ -362,6 +407,7 @@ pub fn copy_file_range(
 
 pub fn statfs(fd: BorrowedFd<'_>) -> Result<libc::statfs> {
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: the descriptor is borrowed and `st` has room for the statfs the call writes.
     check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
     // SAFETY: fstatfs succeeded and filled the struct.
     Ok(unsafe { st.assume_init() })
@@ -369,6 +415,7 @@ pub fn statfs(fd: BorrowedFd<'_>) -> Result<libc::statfs> {
 
 pub fn access_fd(fd: BorrowedFd<'_>, mask: i32) -> Result<()> {
     let path = proc_fd_path(fd);
+    // SAFETY: `path` is a NUL-terminated string that outlives the call.
     check(unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask, 0) }).map(drop)
 }
 
@@ -390,6 +437,7 @@ pub fn read_dir_batch(
     mut each: impl FnMut(RawDirEntry<'_>) -> bool,
 ) -> Result<()> {
     lseek(fd, offset, libc::SEEK_SET)?;
+    // SAFETY: the descriptor is borrowed and getdents64 writes at most `buf.len()` bytes into `buf`.
     let len = check(unsafe {
         libc::syscall(
             libc::SYS_getdents64,
@@ -430,12 +478,14 @@ pub fn read_dir_batch(
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> Result<XattrValue> {
     let path = proc_fd_path(fd);
     if size == 0 {
+        // SAFETY: the strings are NUL-terminated and outlive the call; a null buffer of size 0 only asks the size.
         let len = check(unsafe {
             libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0)
         })?;
         return Ok(XattrValue::Size(len as u32));
     }
     let mut buf = vec![0u8; size];
+    // SAFETY: the strings are NUL-terminated and outlive the call; getxattr writes at most `size` (= `buf.len()`) bytes into `buf`.
     let len = check(unsafe {
         libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), size)
     })?;
@@ -445,6 +495,7 @@ pub fn get_xattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> Result<XattrVa
 
 pub fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> Result<()> {
     let path = proc_fd_path(fd);
+    // SAFETY: the strings are NUL-terminated and outlive the call; setxattr reads `value.len()` bytes from `value`.
     check(unsafe {
         libc::setxattr(
             path.as_ptr(),
@@ -459,6 +510,7 @@ pub fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> R
 
 pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     let path = proc_fd_path(fd);
+    // SAFETY: the strings are NUL-terminated and outlive the call.
     check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
 }
 
@@ -466,8 +518,10 @@ pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<()> {
 pub fn list_xattr(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
     let path = proc_fd_path(fd);
     loop {
+        // SAFETY: `path` is NUL-terminated and outlives the call; a null buffer of size 0 only asks the size.
         let len = check(unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
         let mut buf = vec![0u8; len as usize];
+        // SAFETY: `path` is NUL-terminated and outlives the call; listxattr writes at most `buf.len()` bytes into `buf`.
         match check(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }) {
             Ok(len) => {
                 buf.truncate(len as usize);
@@ -501,12 +555,19 @@ impl XattrValue {
 
 /// Gives the calling thread its own umask of 0, once: the kernel has already applied the
 /// caller's umask to the modes it sends, and the daemon's must not apply a second time.
+///
+/// The umask belongs to the process's fs block (cwd, root, umask), shared by all threads, so
+/// setting it for the FUSE threads alone needs `unshare(CLONE_FS)` first: each serving thread
+/// gets its own copy, and the sync engine and everything else keep the process's umask (files
+/// the daemon itself writes, its state folder, stay as private as the umask makes them). The
+/// thread's own cwd is never used: the fs layer names nothing relative to it.
 pub fn clear_thread_umask() {
     thread_local!(static CLEARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     CLEARED.with(|cleared| {
         if !cleared.get() {
-            // CLONE_FS makes umask (and cwd) per thread, so the rest of the process keeps its own.
+            // SAFETY: unshare(CLONE_FS) only gives this thread its own copy of the fs block.
             if unsafe { libc::unshare(libc::CLONE_FS) } == 0 {
+                // SAFETY: umask has no preconditions; after the unshare it is this thread's.
                 unsafe { libc::umask(0) };
             } else {
                 tracing::warn!(
@@ -563,4 +624,49 @@ pub fn raise_nofile_limit() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// Receives one descriptor passed with `SCM_RIGHTS` over the Unix socket `socket` (blocking).
+/// `None` if the peer closed the socket without sending one.
+pub fn recv_fd(socket: BorrowedFd<'_>) -> std::io::Result<Option<OwnedFd>> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: byte.len(),
+    };
+    // Room for one control message carrying one descriptor, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    // SAFETY: msghdr is plain data; all-zero is "no name, no buffers" until filled in below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    let received = loop {
+        // SAFETY: `msg` points at `iov` and `control`, which live across the call and whose
+        // lengths are given; recvmsg writes only within them.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match check(n) {
+            Err(e) if e == Errno::EINTR => continue,
+            Err(e) => return Err(std::io::Error::from_raw_os_error(e.code())),
+            Ok(n) => break n,
+        }
+    };
+    if received == 0 {
+        return Ok(None);
+    }
+    // SAFETY: recvmsg filled `msg`; CMSG_FIRSTHDR reads only its control fields.
+    let header = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    if header.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: a non-null first header lies within `control`, which recvmsg filled.
+    let (level, kind) = unsafe { ((*header).cmsg_level, (*header).cmsg_type) };
+    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
+        return Ok(None);
+    }
+    // SAFETY: an SCM_RIGHTS message's data is at least one descriptor, possibly unaligned.
+    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>()) };
+    // SAFETY: the kernel just installed `fd` in our table for us; nothing else owns it.
+    Ok(Some(unsafe { owned(fd) }))
 }

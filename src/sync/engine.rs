@@ -102,7 +102,7 @@ impl StatusSource for Engine {
             writing: writing.to_vec(),
             ..self.status()
         };
-        serde_json::to_string(&status).expect("status serializes")
+        crate::status::encode_bounded(&status)
     }
 }
 
