@@ -61,7 +61,7 @@ impl Emulator {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             // The port may linger briefly after the kill.
-            let attempt = std::panic::catch_unwind(|| Emulator::start_at(&listen, &args));
+            let attempt = std::panic::catch_unwind(|| Emulator::start_at(&listen, args));
             match attempt {
                 Ok(started) => {
                     *self = started;
