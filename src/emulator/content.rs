@@ -283,14 +283,8 @@ async fn put_part(
     }
 }
 
-fn stored(etag: &str) -> Response {
-    (StatusCode::OK, [(ETAG, etag)]).into_response()
-}
-
-/// Checks a PUT's signed URL and Content-Length, then streams its body into a temp file in the
-/// data folder, never past the signed length, and checks its SHA-256. Answers the file and the
-/// body's ETag.
-async fn receive(app: &App, request: Request) -> Result<(NamedTempFile, String), S3Error> {
+/// The signed length and SHA-256 of a PUT whose URL and Content-Length are right.
+fn check_put(app: &App, request: &Request) -> Result<(u64, String), S3Error> {
     let permit = app
         .objects
         .verify("PUT", request.uri().path(), request.uri().query())?;
@@ -317,6 +311,35 @@ async fn receive(app: &App, request: Request) -> Result<(NamedTempFile, String),
     if length != signed_length {
         return Err(S3Error::signature());
     }
+    Ok((signed_length, signed_sha256))
+}
+
+/// Reads a refused request's body to its Content-Length and drops it, so that the client, which
+/// sends it before reading the answer, gets the answer rather than a broken pipe. A body without
+/// a length (chunked) is not read: the connection is closed after the answer.
+pub(super) async fn discard_body(request: Request) {
+    if !request.headers().contains_key(CONTENT_LENGTH) {
+        return;
+    }
+    let mut body = request.into_body().into_data_stream();
+    while let Some(Ok(_)) = body.next().await {}
+}
+
+fn stored(etag: &str) -> Response {
+    (StatusCode::OK, [(ETAG, etag)]).into_response()
+}
+
+/// Checks a PUT's signed URL and Content-Length, then streams its body into a temp file in the
+/// data folder, never past the signed length, and checks its SHA-256. Answers the file and the
+/// body's ETag.
+async fn receive(app: &App, request: Request) -> Result<(NamedTempFile, String), S3Error> {
+    let (signed_length, signed_sha256) = match check_put(app, &request) {
+        Ok(signed) => signed,
+        Err(err) => {
+            discard_body(request).await;
+            return Err(err);
+        }
+    };
     let temp = app.objects.temp_file().map_err(internal)?;
     let file = temp.as_file().try_clone().map_err(internal)?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));

@@ -40,6 +40,8 @@ const EXPIRES: &str = "X-Maxlo-Expires";
 const CONTENT_LENGTH: &str = "X-Maxlo-Content-Length";
 const CONTENT_SHA256: &str = "X-Maxlo-Content-Sha256";
 const SIGNATURE: &str = "X-Maxlo-Signature";
+/// Temporary data folders are `<TEMP_PREFIX><pid>-<random>` in the system's temp folder.
+const TEMP_PREFIX: &str = "maxlofs-emulator-objects-";
 
 /// How the object store is set up and the switches of the content calls.
 #[derive(Clone, Debug, Default)]
@@ -129,9 +131,11 @@ impl ObjectStore {
         let (root, temp) = match &config.dir {
             Some(dir) => (dir.clone(), None),
             None => {
+                let tmp = std::env::temp_dir();
+                remove_abandoned(&tmp);
                 let temp = tempfile::Builder::new()
-                    .prefix("maxlofs-emulator-objects")
-                    .tempdir()?;
+                    .prefix(&format!("{TEMP_PREFIX}{}-", std::process::id()))
+                    .tempdir_in(tmp)?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
@@ -593,6 +597,29 @@ fn copy_part(
         .into());
     }
     Ok(())
+}
+
+/// Removes the temporary data folders of emulators that are gone: one that was killed could not
+/// remove its own. A folder whose process still runs (or whose pid was reused) is left alone.
+fn remove_abandoned(tmp: &Path) {
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|name| name.strip_prefix(TEMP_PREFIX))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<libc::pid_t>().ok());
+        let Some(pid) = pid else { continue };
+        // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The signing key in `path`, made (random, owner-only) when absent.

@@ -206,6 +206,7 @@ async fn inject_faults(
     let (response, outcome) = if fail {
         const INJECTED: &str = "injected failure (--fail-rate)";
         let response = if call.is_object_transfer() {
+            content::discard_body(request).await;
             S3Error::new(503, "ServiceUnavailable", INJECTED).into_response()
         } else {
             error_response(StatusCode::SERVICE_UNAVAILABLE, INJECTED)
