@@ -394,8 +394,11 @@ impl ObjectStore {
         assembled
             .persist(self.object_path(&request.file_hash))
             .map_err(io::Error::from)?;
-        fs::remove_dir_all(dir)?;
-        Ok(())
+        match fs::remove_dir_all(dir) {
+            // A completion of the same upload at the same time removed it first.
+            Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err.into()),
+            _ => Ok(()),
+        }
     }
 
     /// A file in the data folder for a body while it arrives.
@@ -694,5 +697,110 @@ fn check_size(claimed: u64, held: u64) -> Result<(), Invalid> {
             "file_size",
             format!("the uploaded object has {held} bytes"),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> ObjectStore {
+        ObjectStore::open(ObjectsConfig {
+            dir: Some(dir.to_path_buf()),
+            url_ttl: Duration::from_secs(60),
+            ..ObjectsConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn split(signed: &str) -> (&str, &str) {
+        signed.split_once('?').unwrap()
+    }
+
+    #[test]
+    fn a_signed_url_verifies_only_unchanged_and_with_its_method() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = store(dir.path());
+        let file = FileRef {
+            file_hash: "ab".repeat(32),
+            file_size: 7,
+        };
+        let item = objects.upload_item(&file, "http://127.0.0.1:1").unwrap();
+        let signed = item.signed_opts.unwrap().path;
+        let (path, query) = split(&signed);
+        let permit = objects.verify("PUT", path, Some(query)).unwrap();
+        assert_eq!(permit.content_length, Some(7));
+        assert_eq!(
+            permit.content_sha256.as_deref(),
+            Some(file.file_hash.as_str())
+        );
+
+        let refused = |method: &str, path: &str, query: &str| {
+            objects.verify(method, path, Some(query)).unwrap_err().code
+        };
+        assert_eq!(refused("GET", path, query), "SignatureDoesNotMatch");
+        assert_eq!(
+            refused("PUT", &format!("{path}0"), query),
+            "SignatureDoesNotMatch"
+        );
+        let longer = query.replace("Content-Length=7", "Content-Length=8");
+        assert_eq!(refused("PUT", path, &longer), "SignatureDoesNotMatch");
+        let repeated = format!("{query}&{CONTENT_LENGTH}=7");
+        assert_eq!(refused("PUT", path, &repeated), "SignatureDoesNotMatch");
+        let unsigned = &query[..query.find(SIGNATURE).unwrap() - 1];
+        assert_eq!(refused("PUT", path, unsigned), "AccessDenied");
+
+        // The key is kept in the data folder: a URL survives reopening, not another folder.
+        assert!(store(dir.path()).verify("PUT", path, Some(query)).is_ok());
+        let other = tempfile::tempdir().unwrap();
+        assert!(store(other.path())
+            .verify("PUT", path, Some(query))
+            .is_err());
+    }
+
+    #[test]
+    fn an_expired_url_is_refused_after_its_signature_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects = store(dir.path());
+        let params = BTreeMap::from([(EXPIRES, "1000")]);
+        let query = canonical(&params);
+        let signature = hex::encode(
+            objects
+                .signature("GET", "/_s3/b/h", &query)
+                .finalize()
+                .into_bytes(),
+        );
+        let signed = format!("{query}&{SIGNATURE}={signature}");
+        let err = objects
+            .verify("GET", "/_s3/b/h", Some(&signed))
+            .unwrap_err();
+        assert_eq!(
+            (err.status, err.message.as_str()),
+            (403, "Request has expired")
+        );
+        let extended = signed.replace("=1000", "=99999999999");
+        let err = objects
+            .verify("GET", "/_s3/b/h", Some(&extended))
+            .unwrap_err();
+        assert_eq!(err.code, "SignatureDoesNotMatch");
+    }
+
+    #[test]
+    fn folders_of_emulators_that_are_gone_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let gone = tmp.path().join(format!("{TEMP_PREFIX}{dead}-x"));
+        let alive = tmp
+            .path()
+            .join(format!("{TEMP_PREFIX}{}-y", std::process::id()));
+        let unrelated = tmp.path().join("something-else-1");
+        for dir in [&gone, &alive, &unrelated] {
+            fs::create_dir(dir).unwrap();
+        }
+        remove_abandoned(tmp.path());
+        assert!(!gone.exists());
+        assert!(alive.exists() && unrelated.exists());
     }
 }
