@@ -468,6 +468,35 @@ fn a_large_file_goes_up_in_parts_in_any_order_and_is_assembled() {
     assert_eq!(body["download_list"][0]["file_size"], file.content.len());
     let url = body["download_list"][0]["url"].as_str().unwrap();
     assert!(get(url).body == file.content);
+    // Chunk by chunk, each checked against its part hash, as a verifying client may fetch it.
+    let client = reqwest::blocking::Client::new();
+    let chunk = 8 * MIB as u64;
+    let size = file.content.len() as u64;
+    for part in &file.parts {
+        let first = (part.part_num - 1) * chunk;
+        let last = (first + chunk).min(size) - 1;
+        let answer = send(
+            client
+                .get(url)
+                .header("range", format!("bytes={first}-{last}")),
+        );
+        assert_eq!(answer.status, 206);
+        assert_eq!(sha256_hex(&answer.body), part.part_hash);
+    }
+    let response = client.get(url).header("range", "bytes=-10").send().unwrap();
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes {}-{}/{size}", size - 10, size - 1).as_str()
+    );
+    assert_eq!(
+        response.bytes().unwrap(),
+        file.content[size as usize - 10..]
+    );
+    let beyond = send(client.get(url).header("range", format!("bytes={size}-")));
+    assert_eq!(
+        (beyond.status, beyond.code().as_str()),
+        (416, "InvalidRange")
+    );
 }
 
 #[test]

@@ -14,8 +14,8 @@ use crate::api::content::{
 use crate::contract;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, ETAG};
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, RANGE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::io;
 use tempfile::NamedTempFile;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// The content routes; `api` wraps a route in the fault injection and counting of `call`.
 pub(super) fn routes(api: &dyn Fn(Call, MethodRouter<App>) -> MethodRouter<App>) -> Router<App> {
@@ -197,8 +197,9 @@ async fn multipart(
 ) -> Result<Response, ContentError> {
     let request: MultipartRequest = authorized(&app, &grant, payload)?;
     Ok(match app.objects.start_multipart(&request)? {
-        MultipartStart::Started { upload_id, parts } => {
-            let signed_url_list = parts
+        MultipartStart::Started { upload_id } => {
+            let signed_url_list = request
+                .part_list
                 .iter()
                 .map(|part| SignedPartUrl {
                     part_num: part.part_num,
@@ -379,7 +380,7 @@ async fn receive(app: &App, request: Request) -> Result<(NamedTempFile, String),
     Ok((temp, etag))
 }
 
-/// A signed download.
+/// A signed download, whole or one `Range`, as S3 serves it.
 async fn get_object(
     State(app): State<App>,
     Path((_bucket, file_hash)): Path<(String, String)>,
@@ -387,31 +388,96 @@ async fn get_object(
 ) -> Result<Response, S3Error> {
     app.objects
         .verify("GET", request.uri().path(), request.uri().query())?;
-    object_bytes(&app, &file_hash)
+    let range = request
+        .headers()
+        .get(RANGE)
+        .and_then(|value| value.to_str().ok());
+    object_bytes(&app, &file_hash, range)
         .await
         .map_err(internal)?
-        .ok_or_else(|| S3Error::new(404, "NoSuchKey", "The specified key does not exist."))
+        .ok_or_else(|| S3Error::new(404, "NoSuchKey", "The specified key does not exist."))?
 }
 
-/// The held object's bytes, streamed from its file; None when not held.
-async fn object_bytes(app: &App, file_hash: &str) -> io::Result<Option<Response>> {
-    let file = match tokio::fs::File::open(app.objects.object_path(file_hash)).await {
+/// The part of an object a `Range` header asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum ByteRange {
+    Whole,
+    /// First and last byte, inclusive.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// Reads `bytes=FIRST-LAST`, `bytes=FIRST-` and `bytes=-SUFFIX` (RFC 9110). Like S3, anything
+/// else, several ranges included, is ignored: the whole object is answered.
+fn byte_range(header: Option<&str>, size: u64) -> ByteRange {
+    let Some((first, last)) = header
+        .and_then(|value| value.strip_prefix("bytes="))
+        .filter(|spec| !spec.contains(','))
+        .and_then(|spec| spec.split_once('-'))
+    else {
+        return ByteRange::Whole;
+    };
+    let (first, last) = match (first.trim(), last.trim()) {
+        ("", suffix) => match suffix.parse::<u64>() {
+            Ok(0) => return ByteRange::Unsatisfiable,
+            Ok(suffix) => (size.saturating_sub(suffix), u64::MAX),
+            Err(_) => return ByteRange::Whole,
+        },
+        (first, last) => match (first.parse::<u64>(), last.parse::<u64>()) {
+            (Ok(first), Ok(last)) if first <= last => (first, last),
+            (Ok(first), _) if last.is_empty() => (first, u64::MAX),
+            _ => return ByteRange::Whole,
+        },
+    };
+    if first >= size {
+        ByteRange::Unsatisfiable
+    } else {
+        ByteRange::Part(first, last.min(size - 1))
+    }
+}
+
+/// The held object's bytes (those `range` asks for), streamed from its file; None when not held.
+async fn object_bytes(
+    app: &App,
+    file_hash: &str,
+    range: Option<&str>,
+) -> io::Result<Option<Result<Response, S3Error>>> {
+    let mut file = match tokio::fs::File::open(app.objects.object_path(file_hash)).await {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(err),
     };
-    let length = file.metadata().await?.len();
-    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 20));
-    Ok(Some(
-        (
-            [
-                (CONTENT_TYPE, "application/octet-stream".to_string()),
-                (CONTENT_LENGTH, length.to_string()),
-            ],
-            body,
-        )
-            .into_response(),
-    ))
+    let size = file.metadata().await?.len();
+    let (status, first, last) = match byte_range(range, size) {
+        ByteRange::Whole => (StatusCode::OK, 0, size),
+        ByteRange::Part(first, last) => (StatusCode::PARTIAL_CONTENT, first, last + 1),
+        ByteRange::Unsatisfiable => {
+            return Ok(Some(Err(S3Error::new(
+                416,
+                "InvalidRange",
+                "The requested range is not satisfiable",
+            ))))
+        }
+    };
+    file.seek(io::SeekFrom::Start(first)).await?;
+    let length = last - first;
+    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(length), 1 << 20);
+    let mut response = (
+        status,
+        [
+            (CONTENT_TYPE, "application/octet-stream".to_string()),
+            (CONTENT_LENGTH, length.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response();
+    if status == StatusCode::PARTIAL_CONTENT {
+        let content_range = format!("bytes {first}-{}/{size}", last - 1);
+        response
+            .headers_mut()
+            .insert(CONTENT_RANGE, content_range.parse().expect("ASCII"));
+    }
+    Ok(Some(Ok(response)))
 }
 
 async fn list_objects(State(app): State<App>) -> Result<Response, ContentError> {
@@ -422,16 +488,20 @@ fn not_held() -> Response {
     error_response(StatusCode::NOT_FOUND, "no such object")
 }
 
+/// The held bytes, whole or one `Range` as a signed GET serves them.
 async fn read_object(
     State(app): State<App>,
     Path(file_hash): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ContentError> {
     if !contract::is_hex_digest(&file_hash) {
         return Ok(not_held());
     }
-    Ok(object_bytes(&app, &file_hash)
-        .await?
-        .unwrap_or_else(not_held))
+    let range = headers.get(RANGE).and_then(|value| value.to_str().ok());
+    Ok(match object_bytes(&app, &file_hash, range).await? {
+        Some(answer) => answer.into_response(),
+        None => not_held(),
+    })
 }
 
 async fn delete_object(
@@ -456,4 +526,32 @@ async fn corrupt_object(
     } else {
         not_held()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_read_as_s3_reads_them() {
+        let range = |header: &str| byte_range(Some(header), 100);
+        assert_eq!(byte_range(None, 100), ByteRange::Whole);
+        assert_eq!(range("bytes=0-9"), ByteRange::Part(0, 9));
+        assert_eq!(range("bytes=90-200"), ByteRange::Part(90, 99));
+        assert_eq!(range("bytes=95-"), ByteRange::Part(95, 99));
+        assert_eq!(range("bytes=-10"), ByteRange::Part(90, 99));
+        assert_eq!(range("bytes=-1000"), ByteRange::Part(0, 99));
+        assert_eq!(range("bytes=100-"), ByteRange::Unsatisfiable);
+        assert_eq!(range("bytes=-0"), ByteRange::Unsatisfiable);
+        assert_eq!(byte_range(Some("bytes=0-0"), 0), ByteRange::Unsatisfiable);
+        for ignored in [
+            "bytes=0-1,5-6",
+            "bytes=9-1",
+            "items=0-1",
+            "bytes=a-b",
+            "bytes=5",
+        ] {
+            assert_eq!(range(ignored), ByteRange::Whole, "{ignored}");
+        }
+    }
 }

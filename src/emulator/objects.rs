@@ -94,10 +94,7 @@ pub struct Permit {
 /// A `multipart` outcome.
 #[derive(Debug)]
 pub enum MultipartStart {
-    Started {
-        upload_id: String,
-        parts: Vec<PartSpec>,
-    },
+    Started { upload_id: String },
     Conflict(MultipartConflict),
 }
 
@@ -242,11 +239,15 @@ impl ObjectStore {
     pub fn register(&self, request: &S3ObjectRequest) -> Result<bool, CompleteError> {
         check_bucket(&request.s3_bucket_id)?;
         check_hash("file_hash", &request.file_hash)?;
+        let pending = self.root.join("pending").join(&request.file_hash);
         if let Some(size) = self.held(&request.file_hash) {
             check_size(request.file_size, size)?;
-            return Ok(false);
+            // A PUT of content held already has nothing to add.
+            match fs::remove_file(&pending) {
+                Err(err) if err.kind() != io::ErrorKind::NotFound => return Err(err.into()),
+                _ => return Ok(false),
+            }
         }
-        let pending = self.root.join("pending").join(&request.file_hash);
         let size = match fs::metadata(&pending) {
             Ok(metadata) => metadata.len(),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -319,10 +320,7 @@ impl ObjectStore {
         manifest
             .persist(dir.join("manifest.json"))
             .map_err(io::Error::from)?;
-        Ok(MultipartStart::Started {
-            upload_id,
-            parts: request.part_list.clone(),
-        })
+        Ok(MultipartStart::Started { upload_id })
     }
 
     /// The path and query of a signed part PUT.
