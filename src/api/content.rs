@@ -124,7 +124,7 @@ pub struct DownloadRequest {
 }
 
 /// One answer of `download_list`. For content the service does not hold, `is_deleted` is true
-/// and there is no `url`.
+/// and `url` is null.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadItem {
     pub file_hash: String,

@@ -1,7 +1,8 @@
 //! `maxlofs emulator`: a local, persistent, faithful Maxlo device API.
 //!
 //! `store` holds the service's rules (shared with `api::memory::MemoryApi`), `server` its HTTP
-//! face with fault injection, `stats` the call counts. See docs/emulator.md.
+//! face with fault injection, `stats` the call counts; `objects` holds the uploaded content and
+//! signs its URLs, `content` is the HTTP face of the content calls. See docs/emulator.md.
 
 mod content;
 pub mod objects;
