@@ -69,6 +69,22 @@ pub struct EmulatorArgs {
     /// Added latency per API call, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// Folder of the uploaded objects [default: DB.objects next to --db; a temporary folder when
+    /// in memory].
+    #[arg(long, value_name = "DIR")]
+    pub objects: Option<PathBuf>,
+    /// How long a signed upload or download URL stays valid, in seconds.
+    #[arg(long, default_value_t = 900)]
+    pub url_ttl_secs: u64,
+    /// `upload` answers upload_disabled: true (uploads off by policy).
+    #[arg(long)]
+    pub upload_disabled: bool,
+    /// The device record says is_upload_disabled: true.
+    #[arg(long)]
+    pub device_upload_disabled: bool,
+    /// `multipart` answers 409 no_active_file: true for content not held.
+    #[arg(long)]
+    pub multipart_no_active_file: bool,
 }
 
 /// Which config file to read settings from (see `config`).

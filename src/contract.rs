@@ -62,6 +62,15 @@ pub fn is_valid_media_path(path: &str) -> bool {
             .all(|part| !part.is_empty() && part != ".." && part != ".")
 }
 
+/// Whether `text` is written as the API writes a file hash (or a part hash): 64 lowercase hex
+/// characters.
+pub fn is_hex_digest(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -665,7 +665,15 @@ async fn stats_count_calls_by_endpoint_and_status_and_reset() {
                 "update": {"200": 1, "404": 1},
                 "delete": {"403": 1},
                 "current": {},
-                "media_grant": {"200": 1}
+                "media_grant": {"200": 1},
+                "upload": {},
+                "s3_object": {},
+                "multipart": {},
+                "multipart_complete": {},
+                "download": {},
+                "object_put": {},
+                "part_put": {},
+                "object_get": {}
             },
             "dropped": 0
         })

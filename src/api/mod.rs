@@ -1,6 +1,7 @@
 //! The Maxlo device API as the rest of maxlofs sees it: typed requests and outcomes, a trait for the
 //! calls, a real HTTP client and an in-memory implementation for unit tests.
 
+pub mod content;
 pub mod http;
 pub mod memory;
 

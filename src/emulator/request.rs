@@ -107,6 +107,13 @@ impl Body {
         })
     }
 
+    /// The body as one of the typed content requests (`api::content`); serde's message names
+    /// the field that is missing or mistyped.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, Invalid> {
+        serde_json::from_value(Value::Object(self.fields.clone()))
+            .map_err(|err| Invalid::new("body", err.to_string()))
+    }
+
     pub fn string(&self, field: &'static str) -> Result<String, Invalid> {
         match self.fields.get(field) {
             None | Some(Value::Null) => Err(Invalid::new(field, "is missing")),

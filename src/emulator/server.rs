@@ -1,5 +1,7 @@
 //! The HTTP face of the emulator: routes, answers, fault injection and the connection loop.
 
+use super::content;
+use super::objects::{ObjectStore, S3Error};
 use super::request::Payload;
 use super::stats::{Call, Outcome, Stats};
 use super::store::{Store, StoreError};
@@ -18,6 +20,7 @@ use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
 use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -55,10 +58,13 @@ impl Faults {
 }
 
 #[derive(Clone)]
-struct App {
-    store: Arc<Store>,
+pub(super) struct App {
+    pub(super) store: Arc<Store>,
+    pub(super) objects: Arc<ObjectStore>,
     stats: Arc<Stats>,
     faults: Faults,
+    /// `http://IP:PORT` of this emulator, where its signed URLs point.
+    pub(super) origin: String,
 }
 
 /// Marks a response that must not be sent: the connection loop closes the connection instead.
@@ -71,15 +77,22 @@ struct Dropped;
 
 /// Binds `listen`, prints `listening on http://IP:PORT` to stdout and serves until SIGINT or
 /// SIGTERM.
-pub async fn serve(listen: &str, store: Store, faults: Faults) -> anyhow::Result<()> {
+pub async fn serve(
+    listen: &str,
+    store: Store,
+    objects: ObjectStore,
+    faults: Faults,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let address = listener.local_addr()?;
     let router = router(App {
         store: Arc::new(store),
+        objects: Arc::new(objects),
         stats: Arc::default(),
         faults,
+        origin: origin(address),
     });
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "listening on http://{address}")?;
@@ -105,6 +118,17 @@ pub async fn serve(listen: &str, store: Store, faults: Faults) -> anyhow::Result
     }
     tracing::info!("emulator stopping");
     Ok(())
+}
+
+/// The URL clients reach this emulator at: an unspecified listening address (0.0.0.0, ::) is
+/// reached on loopback.
+fn origin(address: SocketAddr) -> String {
+    let ip = match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    format!("http://{}", SocketAddr::new(ip, address.port()))
 }
 
 /// Serves one connection with hyper directly (not `axum::serve`): a service error makes hyper
@@ -154,6 +178,7 @@ fn router(app: App) -> Router {
         )
         .route("/device/1/current", api(Call::Current, post(current)))
         .route("/device/1/media_grant", api(Call::MediaGrant, post(grants)))
+        .merge(content::routes(&api))
         .route("/_emulator/media_grant/:grant/media", get(list_media))
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/stats/reset", post(reset_stats))
@@ -179,10 +204,13 @@ async fn inject_faults(
         )
     };
     let (response, outcome) = if fail {
-        let response = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "injected failure (--fail-rate)",
-        );
+        const INJECTED: &str = "injected failure (--fail-rate)";
+        let response = if call.is_object_transfer() {
+            content::discard_body(request).await;
+            S3Error::new(503, "ServiceUnavailable", INJECTED).into_response()
+        } else {
+            error_response(StatusCode::SERVICE_UNAVAILABLE, INJECTED)
+        };
         (response, Outcome::Status(503))
     } else {
         let response = next.run(request).await;
@@ -221,7 +249,7 @@ fn ok<T: Serialize>(value: T) -> Response {
     Json(value).into_response()
 }
 
-fn error_response(status: StatusCode, message: &str) -> Response {
+pub(super) fn error_response(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
 }
 

@@ -15,16 +15,38 @@ pub enum Call {
     Delete,
     Current,
     MediaGrant,
+    Upload,
+    S3Object,
+    Multipart,
+    MultipartComplete,
+    Download,
+    /// The signed URLs' requests to the object store (`/_s3/...`).
+    ObjectPut,
+    PartPut,
+    ObjectGet,
 }
 
 impl Call {
-    pub const ALL: [Call; 5] = [
+    pub const ALL: [Call; 13] = [
         Call::Create,
         Call::Update,
         Call::Delete,
         Call::Current,
         Call::MediaGrant,
+        Call::Upload,
+        Call::S3Object,
+        Call::Multipart,
+        Call::MultipartComplete,
+        Call::Download,
+        Call::ObjectPut,
+        Call::PartPut,
+        Call::ObjectGet,
     ];
+
+    /// Whether the call is made to the object store, which answers errors in S3's XML.
+    pub fn is_object_transfer(self) -> bool {
+        matches!(self, Call::ObjectPut | Call::PartPut | Call::ObjectGet)
+    }
 }
 
 /// How a call ended: an answered status, or a connection closed without one.
@@ -121,7 +143,15 @@ mod tests {
                     "update": {},
                     "delete": {"dropped": 1},
                     "current": {},
-                    "media_grant": {}
+                    "media_grant": {},
+                    "upload": {},
+                    "s3_object": {},
+                    "multipart": {},
+                    "multipart_complete": {},
+                    "download": {},
+                    "object_put": {},
+                    "part_put": {},
+                    "object_get": {}
                 },
                 "dropped": 1
             })

@@ -31,6 +31,8 @@ pub struct StoreConfig {
     pub merge_parallel_creates: bool,
     /// DELETE accepts only a user key (otherwise a device key too).
     pub strict_delete_auth: bool,
+    /// Every device's record says `is_upload_disabled: true`.
+    pub device_upload_disabled: bool,
 }
 
 impl From<&EmulatorArgs> for StoreConfig {
@@ -41,6 +43,7 @@ impl From<&EmulatorArgs> for StoreConfig {
             user_keys: args.user_keys.clone(),
             merge_parallel_creates: args.merge_parallel_creates,
             strict_delete_auth: args.strict_delete_auth,
+            device_upload_disabled: args.device_upload_disabled,
         }
     }
 }
@@ -292,7 +295,7 @@ impl Store {
             user_name: format!("user-{}", caller.user_id),
             upload_priority: 0,
             is_disabled: false,
-            is_upload_disabled: false,
+            is_upload_disabled: self.config.device_upload_disabled,
             is_download_disabled: false,
         })
     }
@@ -317,6 +320,17 @@ impl Store {
             is_device_disabled: false,
             media_grant_list,
         })
+    }
+
+    /// The checks a content call starts with, as the media calls: the device key (403), then the
+    /// grant (404).
+    pub fn check_device_grant(
+        &self,
+        credentials: &Credentials,
+        grant: GrantId,
+    ) -> Result<(), StoreError> {
+        self.device(credentials)?;
+        self.check_grant(grant)
     }
 
     /// Every record of a grant, deleted ones included, by media_id. For inspection: no key.
@@ -406,12 +420,7 @@ fn now() -> String {
 
 /// Checks the content fields and writes timestamps in the contract's form.
 fn validated(state: &MediaState) -> Result<MediaState, Invalid> {
-    let is_hash = state.file_hash.len() == 64
-        && state
-            .file_hash
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !is_hash {
+    if !contract::is_hex_digest(&state.file_hash) {
         return Err(Invalid::new(
             "file_hash",
             "must be 64 lowercase hexadecimal characters",
@@ -503,6 +512,7 @@ mod tests {
             user_keys: vec!["user-a".into()],
             merge_parallel_creates: false,
             strict_delete_auth: false,
+            device_upload_disabled: false,
         }
     }
 

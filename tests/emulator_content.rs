@@ -1,0 +1,954 @@
+//! The emulator's content calls and its object store, driven over loopback: the real binary, real
+//! HTTP, checked on the answers and on the bytes the emulator holds.
+
+mod common;
+
+use common::service::Emulator;
+use maxlofs::api::content::{DownloadAnswer, MultipartAnswer, PartSpec, UploadAnswer, UploadItem};
+use md5::Md5;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::ops::Deref;
+use std::time::Duration;
+
+const BUCKET: &str = "maxlo-emulator";
+const MIB: usize = 1024 * 1024;
+
+/// An emulator whose objects are in a temp folder removed with it: a killed emulator cannot
+/// remove the temporary folder it makes without `--objects`.
+struct Running {
+    emulator: Emulator,
+    _objects: tempfile::TempDir,
+}
+
+impl Deref for Running {
+    type Target = Emulator;
+    fn deref(&self) -> &Emulator {
+        &self.emulator
+    }
+}
+
+fn start(args: &[&str]) -> Running {
+    let objects = tempfile::tempdir().unwrap();
+    let mut args = args.to_vec();
+    args.extend(["--objects", objects.path().to_str().unwrap()]);
+    Running {
+        emulator: Emulator::start(&args),
+        _objects: objects,
+    }
+}
+
+/// Byte i is i % 251, as in the NOTES.md hash vectors.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// S3's ETag of a body: its MD5 in hex, in quotes.
+fn etag_of(bytes: &[u8]) -> String {
+    format!("\"{}\"", hex::encode(Md5::digest(bytes)))
+}
+
+/// A content call in grant 1 with the default device key.
+fn call(emulator: &Emulator, name: &str, mut body: Value) -> (u16, Value) {
+    body["device_session_key"] = json!("demo-device-key");
+    emulator.post(&format!("/device/1/media_grant/1/{name}"), &body)
+}
+
+/// An answer of the object store.
+struct S3Answer {
+    status: u16,
+    etag: Option<String>,
+    body: Vec<u8>,
+}
+
+impl S3Answer {
+    /// The `<Code>` of an XML error body.
+    fn code(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        assert!(text.starts_with("<?xml"), "not an XML error: {text}");
+        let start = text.find("<Code>").expect("a Code") + "<Code>".len();
+        let end = text.find("</Code>").expect("a Code");
+        text[start..end].to_string()
+    }
+
+    fn message(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let start = text.find("<Message>").expect("a Message") + "<Message>".len();
+        let end = text.find("</Message>").expect("a Message");
+        text[start..end].to_string()
+    }
+}
+
+fn send(request: reqwest::blocking::RequestBuilder) -> S3Answer {
+    let response = request.send().expect("an answer");
+    S3Answer {
+        status: response.status().as_u16(),
+        etag: response
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_string()),
+        body: response.bytes().unwrap().to_vec(),
+    }
+}
+
+fn put(url: &str, body: &[u8]) -> S3Answer {
+    send(
+        reqwest::blocking::Client::new()
+            .put(url)
+            .body(body.to_vec()),
+    )
+}
+
+fn get(url: &str) -> S3Answer {
+    send(reqwest::blocking::Client::new().get(url))
+}
+
+/// `upload` for one file; its one answer.
+fn upload(emulator: &Emulator, content: &[u8]) -> UploadItem {
+    let (status, body) = call(
+        emulator,
+        "upload",
+        json!({"file_list": [{"file_hash": sha256_hex(content), "file_size": content.len()}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut answer: UploadAnswer = serde_json::from_value(body).unwrap();
+    assert_eq!(answer.upload_disabled, None);
+    assert_eq!(answer.upload_list.len(), 1);
+    answer.upload_list.remove(0)
+}
+
+/// The signed PUT URL `upload` answers for content not held.
+fn put_url(emulator: &Emulator, content: &[u8]) -> String {
+    upload(emulator, content)
+        .signed_opts
+        .expect("signed_opts for content not held")
+        .url
+}
+
+fn register(emulator: &Emulator, content: &[u8]) -> u16 {
+    let (status, body) = call(
+        emulator,
+        "s3_object",
+        json!({"s3_bucket_id": BUCKET, "file_hash": sha256_hex(content),
+               "file_size": content.len()}),
+    );
+    assert!(matches!(status, 200 | 201 | 400), "{status} {body}");
+    status
+}
+
+/// Upload, PUT and register: the whole path of a small file.
+fn store_whole(emulator: &Emulator, content: &[u8]) -> String {
+    let answer = put(&put_url(emulator, content), content);
+    assert_eq!(answer.status, 200);
+    assert_eq!(register(emulator, content), 201);
+    sha256_hex(content)
+}
+
+/// `(file_hash, file_size)` of every held object.
+fn held(emulator: &Emulator) -> Vec<(String, u64)> {
+    emulator.get("/_emulator/objects")["object_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            assert_eq!(o["s3_bucket_id"], BUCKET);
+            (
+                o["file_hash"].as_str().unwrap().to_string(),
+                o["file_size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The bytes the emulator holds for a hash, or None (404).
+fn held_bytes(emulator: &Emulator, file_hash: &str) -> Option<Vec<u8>> {
+    let answer = get(&format!("{}/_emulator/objects/{file_hash}", emulator.url));
+    match answer.status {
+        200 => Some(answer.body),
+        404 => None,
+        other => panic!("GET object: {other}"),
+    }
+}
+
+fn stats_of(emulator: &Emulator, call: &str) -> Value {
+    emulator.stats()["calls"][call].clone()
+}
+
+/// A file uploaded in parts: its content, Maxlo hash and File Hashing parts.
+struct Multipart {
+    content: Vec<u8>,
+    file_hash: String,
+    parts: Vec<PartSpec>,
+}
+
+impl Multipart {
+    fn new(len: usize) -> Multipart {
+        let content = pattern(len);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("file");
+        std::fs::write(&path, &content).unwrap();
+        let file_hash = maxlofs::hash::hash_file(&path).unwrap().to_hex();
+        let part_size = maxlofs::hash::part_size(len as u64).expect("a multipart size") as usize;
+        let parts = content
+            .chunks(part_size)
+            .zip(1..)
+            .map(|(bytes, part_num)| PartSpec {
+                part_num,
+                part_size: bytes.len() as u64,
+                part_hash: sha256_hex(bytes),
+            })
+            .collect();
+        Multipart {
+            content,
+            file_hash,
+            parts,
+        }
+    }
+
+    fn part(&self, part_num: u64) -> &[u8] {
+        let size = self.parts[0].part_size as usize;
+        let start = (part_num as usize - 1) * size;
+        &self.content[start..(start + size).min(self.content.len())]
+    }
+
+    fn request(&self) -> Value {
+        json!({"file_size": self.content.len(), "file_hash": self.file_hash,
+               "part_list": self.parts})
+    }
+
+    fn start(&self, emulator: &Emulator) -> MultipartAnswer {
+        let (status, body) = call(emulator, "multipart", self.request());
+        assert_eq!(status, 200, "{body}");
+        let answer: MultipartAnswer = serde_json::from_value(body).unwrap();
+        let numbers: Vec<_> = answer.signed_url_list.iter().map(|u| u.part_num).collect();
+        assert_eq!(numbers, (1..=self.parts.len() as u64).collect::<Vec<_>>());
+        answer
+    }
+
+    /// PUTs part `part_num` to its URL; answers its ETag.
+    fn put_part(&self, answer: &MultipartAnswer, part_num: u64) -> String {
+        let url = &answer.signed_url_list[part_num as usize - 1].url;
+        let put = put(url, self.part(part_num));
+        assert_eq!(put.status, 200, "{}", String::from_utf8_lossy(&put.body));
+        let etag = put.etag.expect("an ETag");
+        assert_eq!(etag, etag_of(self.part(part_num)));
+        etag
+    }
+
+    fn complete(&self, emulator: &Emulator, upload_id: &str, part_list: Value) -> (u16, Value) {
+        call(
+            emulator,
+            "multipart_complete",
+            json!({"file_size": self.content.len(), "file_hash": self.file_hash,
+                   "s3_bucket_id": BUCKET, "upload_id": upload_id, "part_list": part_list}),
+        )
+    }
+}
+
+fn part_list(etags: &[String]) -> Value {
+    json!(etags
+        .iter()
+        .zip(1..)
+        .map(|(etag, part_num)| json!({"part_num": part_num, "etag": etag}))
+        .collect::<Vec<_>>())
+}
+
+#[test]
+fn a_small_file_goes_up_whole_is_registered_and_downloads() {
+    let emulator = start(&[]);
+    let content = pattern(1000);
+    let file_hash = sha256_hex(&content);
+
+    let item = upload(&emulator, &content);
+    assert_eq!(
+        (item.file_hash.as_str(), item.file_size),
+        (file_hash.as_str(), 1000)
+    );
+    assert_eq!(item.skip_upload, None);
+    assert_eq!(item.s3_bucket_id.as_deref(), Some(BUCKET));
+    let opts = item.signed_opts.expect("signed_opts");
+    assert_eq!(opts.method, "PUT");
+    assert_eq!(opts.url, format!("{}{}", emulator.url, opts.path));
+    assert_eq!(format!("http://{}", opts.host), emulator.url);
+    assert_eq!(opts.headers["Content-Length"], "1000");
+
+    let answer = put(&opts.url, &content);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.etag.as_deref(), Some(etag_of(&content).as_str()));
+    // Not held until registered.
+    assert!(held(&emulator).is_empty());
+    assert_eq!(register(&emulator, &content), 201);
+    assert_eq!(register(&emulator, &content), 200, "registered again");
+    assert_eq!(held(&emulator), [(file_hash.clone(), 1000)]);
+    assert_eq!(held_bytes(&emulator, &file_hash).unwrap(), content);
+
+    // Held content is skipped.
+    let again = upload(&emulator, &content);
+    assert_eq!(again.skip_upload, Some(true));
+    assert!(again.signed_opts.is_none());
+
+    let absent = sha256_hex(b"never uploaded");
+    let (status, body) = call(
+        &emulator,
+        "download",
+        json!({"hash_list": [file_hash, absent]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: DownloadAnswer = serde_json::from_value(body).unwrap();
+    let [present, missing] = &answer.download_list[..] else {
+        panic!("two answers: {answer:?}");
+    };
+    assert_eq!(
+        (
+            present.file_hash.as_str(),
+            present.file_size,
+            present.chunk_size,
+            present.is_deleted
+        ),
+        (file_hash.as_str(), 1000, 1000, false)
+    );
+    assert_eq!(get(present.url.as_ref().unwrap()).body, content);
+    assert!(missing.is_deleted && missing.url.is_none());
+    assert_eq!(missing.file_hash, absent);
+}
+
+#[test]
+fn whole_put_refusals_are_s3_errors_and_store_nothing() {
+    let emulator = start(&[]);
+    let content = pattern(5000);
+    let url = put_url(&emulator, &content);
+    let refused = |answer: S3Answer, status: u16, code: &str| {
+        assert_eq!((answer.status, answer.code().as_str()), (status, code));
+    };
+
+    // A changed URL: another hash in the path, a longer expiry, another length, no signature,
+    // an added parameter, a changed signature.
+    let other_hash = sha256_hex(b"other");
+    let changed = [
+        url.replace(&sha256_hex(&content), &other_hash),
+        url.replace("X-Maxlo-Expires=", "X-Maxlo-Expires=9"),
+        url.replace("X-Maxlo-Content-Length=5000", "X-Maxlo-Content-Length=4999"),
+        url[..url.find("&X-Maxlo-Signature").unwrap()].to_string(),
+        format!("{url}&extra=1"),
+        {
+            let mut tampered = url.clone();
+            let last = tampered.pop().unwrap();
+            tampered.push(if last == '0' { '1' } else { '0' });
+            tampered
+        },
+    ];
+    for changed in &changed {
+        let answer = put(changed, &content[..]);
+        assert_eq!(answer.status, 403, "{changed}");
+        assert!(
+            ["SignatureDoesNotMatch", "AccessDenied"].contains(&answer.code().as_str()),
+            "{changed}"
+        );
+    }
+    refused(put(&changed[0], &content), 403, "SignatureDoesNotMatch");
+    // Another method.
+    refused(get(&url), 403, "SignatureDoesNotMatch");
+    // Another Content-Length (the length is signed).
+    refused(put(&url, &content[..4999]), 403, "SignatureDoesNotMatch");
+    let mut longer = content.clone();
+    longer.push(0);
+    refused(put(&url, &longer), 403, "SignatureDoesNotMatch");
+    // No Content-Length at all: a chunked body.
+    let chunked = reqwest::blocking::Body::new(std::io::Cursor::new(content.clone()));
+    refused(
+        send(reqwest::blocking::Client::new().put(&url).body(chunked)),
+        411,
+        "MissingContentLength",
+    );
+    // The right length, other bytes.
+    let mut wrong = content.clone();
+    wrong[17] ^= 1;
+    refused(put(&url, &wrong), 400, "BadDigest");
+
+    assert_eq!(register(&emulator, &content), 400, "nothing was stored");
+    assert!(held(&emulator).is_empty());
+    assert_eq!(
+        stats_of(&emulator, "object_put"),
+        json!({"403": changed.len() + 3, "411": 1, "400": 1})
+    );
+    // The untouched URL still works.
+    assert_eq!(put(&url, &content).status, 200);
+    assert_eq!(register(&emulator, &content), 201);
+}
+
+#[test]
+fn signed_urls_expire() {
+    let emulator = start(&["--url-ttl-secs", "1"]);
+    let stored = pattern(10);
+    store_whole(&emulator, &stored);
+    let (_, body) = call(
+        &emulator,
+        "download",
+        json!({"hash_list": [sha256_hex(&stored)]}),
+    );
+    let download_url = body["download_list"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let content = pattern(20);
+    let url = put_url(&emulator, &content);
+    // Expiry is in whole seconds: after 2 s a 1 s link is past it.
+    std::thread::sleep(Duration::from_millis(2100));
+    for answer in [put(&url, &content), get(&download_url)] {
+        assert_eq!(answer.status, 403);
+        assert_eq!(answer.code(), "AccessDenied");
+        assert_eq!(answer.message(), "Request has expired");
+    }
+    assert_eq!(register(&emulator, &content), 400);
+    // A fresh link works.
+    assert_eq!(put(&put_url(&emulator, &content), &content).status, 200);
+}
+
+#[test]
+fn a_large_file_goes_up_in_parts_in_any_order_and_is_assembled() {
+    let emulator = start(&[]);
+    // 3 parts of 8 MiB, 8 MiB and 1000 bytes.
+    let file = Multipart::new(16 * MIB + 1000);
+    assert_eq!(file.parts.len(), 3);
+
+    // Over 16 MiB: no whole PUT, but the bucket for multipart_complete.
+    let (status, body) = call(
+        &emulator,
+        "upload",
+        json!({"file_list": [{"file_hash": file.file_hash, "file_size": file.content.len()}]}),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["upload_list"][0],
+        json!({"file_hash": file.file_hash, "file_size": file.content.len(),
+               "s3_bucket_id": BUCKET}),
+        "no skip_upload and no signed_opts"
+    );
+
+    let answer = file.start(&emulator);
+    let mut etags = vec![String::new(); 3];
+    for part_num in [3, 1, 2] {
+        etags[part_num as usize - 1] = file.put_part(&answer, part_num);
+    }
+    // Putting a part again replaces it.
+    file.put_part(&answer, 2);
+    assert!(held(&emulator).is_empty(), "not held before completion");
+    let (status, body) = file.complete(&emulator, &answer.upload_id, part_list(&etags));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        held(&emulator),
+        [(file.file_hash.clone(), file.content.len() as u64)]
+    );
+    assert!(held_bytes(&emulator, &file.file_hash).unwrap() == file.content);
+
+    // Held now: multipart and upload say skip.
+    let (status, body) = call(&emulator, "multipart", file.request());
+    assert_eq!((status, body), (409, json!({"skip_upload": true})));
+    let (_, body) = call(
+        &emulator,
+        "upload",
+        json!({"file_list": [{"file_hash": file.file_hash, "file_size": file.content.len()}]}),
+    );
+    assert_eq!(body["upload_list"][0]["skip_upload"], true);
+    // The upload is over: its part URLs name nothing.
+    let late = put(&answer.signed_url_list[0].url, file.part(1));
+    assert_eq!((late.status, late.code().as_str()), (404, "NoSuchUpload"));
+
+    let (_, body) = call(
+        &emulator,
+        "download",
+        json!({"hash_list": [file.file_hash]}),
+    );
+    assert_eq!(body["download_list"][0]["chunk_size"], 8 * MIB);
+    assert_eq!(body["download_list"][0]["file_size"], file.content.len());
+    let url = body["download_list"][0]["url"].as_str().unwrap();
+    assert!(get(url).body == file.content);
+    // Chunk by chunk, each checked against its part hash, as a verifying client may fetch it.
+    let client = reqwest::blocking::Client::new();
+    let chunk = 8 * MIB as u64;
+    let size = file.content.len() as u64;
+    for part in &file.parts {
+        let first = (part.part_num - 1) * chunk;
+        let last = (first + chunk).min(size) - 1;
+        let answer = send(
+            client
+                .get(url)
+                .header("range", format!("bytes={first}-{last}")),
+        );
+        assert_eq!(answer.status, 206);
+        assert_eq!(sha256_hex(&answer.body), part.part_hash);
+    }
+    let response = client.get(url).header("range", "bytes=-10").send().unwrap();
+    assert_eq!(
+        response.headers()["content-range"],
+        format!("bytes {}-{}/{size}", size - 10, size - 1).as_str()
+    );
+    assert_eq!(
+        response.bytes().unwrap(),
+        file.content[size as usize - 10..]
+    );
+    let beyond = send(client.get(url).header("range", format!("bytes={size}-")));
+    assert_eq!(
+        (beyond.status, beyond.code().as_str()),
+        (416, "InvalidRange")
+    );
+}
+
+#[test]
+fn multipart_part_lists_must_be_the_file_hashing_parts() {
+    let emulator = start(&[]);
+    let file = Multipart::new(16 * MIB + 1000);
+    let refused = |request: Value| {
+        let (status, body) = call(&emulator, "multipart", request);
+        assert_eq!(status, 400, "{body}");
+        body["field"].as_str().unwrap().to_string()
+    };
+    let with_parts = |change: &dyn Fn(&mut Vec<Value>)| {
+        let mut request = file.request();
+        let parts = request["part_list"].as_array_mut().unwrap();
+        change(parts);
+        request
+    };
+    // At most 16 MiB goes up whole.
+    let small = Multipart::new(16 * MIB + 1);
+    let mut request = small.request();
+    request["file_size"] = json!(16 * MIB);
+    assert_eq!(refused(request), "file_size");
+    assert_eq!(refused(with_parts(&|parts| drop(parts.pop()))), "part_list");
+    assert_eq!(
+        refused(with_parts(&|parts| parts
+            .push(json!({"part_num": 4, "part_size": 0,
+            "part_hash": sha256_hex(b"")})))),
+        "part_list"
+    );
+    assert_eq!(refused(with_parts(&|parts| parts.swap(0, 1))), "part_list");
+    assert_eq!(
+        refused(with_parts(&|parts| {
+            for part in parts.iter_mut() {
+                part["part_num"] = json!(part["part_num"].as_u64().unwrap() - 1);
+            }
+        })),
+        "part_list",
+        "part_num starts at 1"
+    );
+    assert_eq!(
+        refused(with_parts(&|parts| {
+            // 4 MiB parts: sizes that add up, but not the File Hashing ones.
+            *parts = (1..=5)
+                .map(|n| {
+                    json!({"part_num": n, "part_size": if n < 5 { 4 * MIB } else { 1000 },
+                    "part_hash": sha256_hex(b"")})
+                })
+                .collect();
+        })),
+        "part_list"
+    );
+    assert_eq!(
+        refused(with_parts(&|parts| parts[1]["part_hash"] = json!("ABC"))),
+        "part_list: part_hash"
+    );
+    let mut request = file.request();
+    request["file_hash"] = json!("nothex");
+    assert_eq!(refused(request), "file_hash");
+    assert_eq!(refused(json!({"file_size": 1})), "body");
+    assert_eq!(stats_of(&emulator, "multipart"), json!({"400": 9}));
+}
+
+#[test]
+fn part_puts_and_completion_are_checked() {
+    let emulator = start(&[]);
+    let file = Multipart::new(16 * MIB + 1000);
+    let answer = file.start(&emulator);
+
+    // A part's bytes and length are checked against its part_hash and part_size.
+    let url = &answer.signed_url_list[2].url;
+    let mut wrong = file.part(3).to_vec();
+    wrong[0] ^= 1;
+    let bad = put(url, &wrong);
+    assert_eq!((bad.status, bad.code().as_str()), (400, "BadDigest"));
+    let short = put(url, &file.part(3)[1..]);
+    assert_eq!(
+        (short.status, short.code().as_str()),
+        (403, "SignatureDoesNotMatch")
+    );
+    // A refused 8 MiB body is read and dropped: the client gets the answer, not a broken pipe.
+    let tampered = answer.signed_url_list[0]
+        .url
+        .replace("X-Maxlo-Expires=", "X-Maxlo-Expires=1");
+    let refused = put(&tampered, file.part(1));
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (403, "SignatureDoesNotMatch")
+    );
+    // Another part's URL does not take this part.
+    let swapped = put(&answer.signed_url_list[1].url, file.part(3));
+    assert_eq!(swapped.status, 403);
+
+    let etag1 = file.put_part(&answer, 1);
+    let etag3 = file.put_part(&answer, 3);
+    let complete = |parts: Value| {
+        let (status, body) = file.complete(&emulator, &answer.upload_id, parts);
+        assert_eq!(status, 400, "{body}");
+        body["error"].as_str().unwrap().to_string()
+    };
+    let etag2 = etag_of(file.part(2));
+    // Part 2 was never PUT.
+    let missing = complete(part_list(&[etag1.clone(), etag2.clone(), etag3.clone()]));
+    assert!(missing.contains("part 2 was not uploaded"), "{missing}");
+    let etag2 = file.put_part(&answer, 2);
+    let etags = [etag1.clone(), etag2.clone(), etag3.clone()];
+    // Out of order, missing from the list, a wrong ETag, an unknown upload, another bucket.
+    let mut out_of_order = part_list(&etags);
+    out_of_order.as_array_mut().unwrap().swap(0, 1);
+    assert!(complete(out_of_order).contains("ascending part_num"));
+    assert!(complete(part_list(&etags[..2])).contains("all 3 parts"));
+    let wrong_etag = complete(part_list(&[etag1.clone(), etag3.clone(), etag3.clone()]));
+    assert!(wrong_etag.contains("part 2: the etag"), "{wrong_etag}");
+    let (status, body) = file.complete(&emulator, &"0".repeat(32), part_list(&etags));
+    assert_eq!((status, body["field"].as_str()), (400, Some("upload_id")));
+    let (status, body) = call(
+        &emulator,
+        "multipart_complete",
+        json!({"file_size": file.content.len(), "file_hash": file.file_hash,
+               "s3_bucket_id": "another", "upload_id": answer.upload_id,
+               "part_list": part_list(&etags)}),
+    );
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("s3_bucket_id"))
+    );
+    assert!(held(&emulator).is_empty());
+
+    // ETags are taken with or without their quotes.
+    let bare: Vec<String> = etags
+        .iter()
+        .map(|e| e.trim_matches('"').to_string())
+        .collect();
+    let (status, body) = file.complete(&emulator, &answer.upload_id, part_list(&bare));
+    assert_eq!(status, 201, "{body}");
+    assert!(held_bytes(&emulator, &file.file_hash).unwrap() == file.content);
+    assert_eq!(
+        stats_of(&emulator, "multipart_complete"),
+        json!({"400": 6, "201": 1})
+    );
+}
+
+/// Parts that each match their part_hash but do not make file_hash: the assembled object is
+/// refused and not held.
+#[test]
+fn completion_refuses_parts_that_do_not_make_the_file_hash() {
+    let emulator = start(&[]);
+    let mut file = Multipart::new(16 * MIB + 1000);
+    file.file_hash = sha256_hex(b"some other file");
+    let answer = file.start(&emulator);
+    let etags: Vec<String> = (1..=3).map(|n| file.put_part(&answer, n)).collect();
+    let (status, body) = file.complete(&emulator, &answer.upload_id, part_list(&etags));
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("file_hash")),
+        "{body}"
+    );
+    assert!(held(&emulator).is_empty());
+    assert_eq!(held_bytes(&emulator, &file.file_hash), None);
+}
+
+#[test]
+fn uploads_disabled_by_policy_and_on_the_device_record() {
+    let emulator = start(&["--upload-disabled"]);
+    let (status, body) = call(
+        &emulator,
+        "upload",
+        json!({"file_list": [{"file_hash": sha256_hex(b"x"), "file_size": 1}]}),
+    );
+    assert_eq!(
+        (status, body),
+        (200, json!({"upload_list": [], "upload_disabled": true}))
+    );
+
+    let current = |emulator: &Emulator| {
+        let (status, body) = emulator.post(
+            "/device/1/current",
+            &json!({"device_session_key": "demo-device-key"}),
+        );
+        assert_eq!(status, 200);
+        body
+    };
+    assert_eq!(current(&emulator)["is_upload_disabled"], false);
+    let device_disabled = start(&["--device-upload-disabled"]);
+    assert_eq!(current(&device_disabled)["is_upload_disabled"], true);
+    assert_eq!(current(&device_disabled)["upload_priority"], 0);
+}
+
+#[test]
+fn no_active_file_is_answered_only_when_asked_for() {
+    let emulator = start(&["--multipart-no-active-file"]);
+    let file = Multipart::new(16 * MIB + 1000);
+    let (status, body) = call(&emulator, "multipart", file.request());
+    assert_eq!((status, body), (409, json!({"no_active_file": true})));
+}
+
+#[test]
+fn content_calls_check_the_key_then_the_grant_then_the_body() {
+    let emulator = start(&[]);
+    let bodies = [
+        ("upload", json!({"file_list": []})),
+        (
+            "s3_object",
+            json!({"s3_bucket_id": BUCKET, "file_hash": sha256_hex(b""), "file_size": 0}),
+        ),
+        ("multipart", Multipart::new(16 * MIB + 1).request()),
+        (
+            "multipart_complete",
+            json!({"file_size": 1, "file_hash": sha256_hex(b""), "s3_bucket_id": BUCKET,
+                   "upload_id": "0".repeat(32), "part_list": []}),
+        ),
+        ("download", json!({"hash_list": []})),
+    ];
+    for (name, body) in &bodies {
+        let path = |grant: &str| format!("/device/1/media_grant/{grant}/{name}");
+        let (status, _) = emulator.post(&path("1"), body);
+        assert_eq!(status, 403, "{name} without a key");
+        let mut with_key = body.clone();
+        with_key["device_session_key"] = json!("demo-user-key");
+        assert_eq!(
+            emulator.post(&path("1"), &with_key).0,
+            403,
+            "{name}, user key"
+        );
+        with_key["device_session_key"] = json!("demo-device-key");
+        assert_eq!(emulator.post(&path("9"), &with_key).0, 404, "{name}");
+        assert_eq!(emulator.post(&path("x"), &with_key).0, 404, "{name}");
+        let (status, answer) = emulator.post(
+            &path("9"),
+            &json!({"device_session_key": "wrong", "nonsense": true}),
+        );
+        assert_eq!(status, 403, "{name}: the key first: {answer}");
+        let (status, answer) = emulator.post(
+            &path("1"),
+            &json!({"device_session_key": "demo-device-key"}),
+        );
+        assert_eq!(
+            (status, answer["field"].as_str()),
+            (400, Some("body")),
+            "{name}"
+        );
+    }
+    // Answers of the empty lists.
+    assert_eq!(
+        call(&emulator, "upload", json!({"file_list": []})),
+        (200, json!({"upload_list": []}))
+    );
+    assert_eq!(
+        call(&emulator, "download", json!({"hash_list": []})),
+        (200, json!({"download_list": []}))
+    );
+    for (name, body) in [
+        (
+            "upload",
+            json!({"file_list": [{"file_hash": "A".repeat(64), "file_size": 1}]}),
+        ),
+        ("download", json!({"hash_list": ["../x"]})),
+        (
+            "s3_object",
+            json!({"s3_bucket_id": BUCKET, "file_hash": "zz", "file_size": 1}),
+        ),
+    ] {
+        assert_eq!(call(&emulator, name, body).0, 400, "{name}");
+    }
+}
+
+#[test]
+fn objects_uploads_and_signed_urls_survive_a_restart_with_db() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("emulator.db");
+    let db_arg = db.to_str().unwrap();
+    let mut emulator = Emulator::start(&["--db", db_arg]);
+    let small = pattern(300);
+    let small_hash = store_whole(&emulator, &small);
+    let file = Multipart::new(16 * MIB + 1000);
+    let answer = file.start(&emulator);
+    let etag1 = file.put_part(&answer, 1);
+    let pending = pattern(77);
+    assert_eq!(put(&put_url(&emulator, &pending), &pending).status, 200);
+    assert!(dir.path().join("emulator.db.objects/objects").is_dir());
+
+    emulator.restart();
+    assert_eq!(held(&emulator), [(small_hash.clone(), 300)]);
+    assert_eq!(held_bytes(&emulator, &small_hash).unwrap(), small);
+    assert_eq!(upload(&emulator, &small).skip_upload, Some(true));
+    // A PUT before the restart is registered after it.
+    assert_eq!(register(&emulator, &pending), 201);
+    // The URLs handed out before the restart still work: the upload resumes.
+    let etag2 = file.put_part(&answer, 2);
+    let etag3 = file.put_part(&answer, 3);
+    let (status, body) = file.complete(
+        &emulator,
+        &answer.upload_id,
+        part_list(&[etag1, etag2, etag3]),
+    );
+    assert_eq!(status, 201, "{body}");
+    emulator.restart();
+    assert_eq!(held(&emulator).len(), 3);
+    assert!(held_bytes(&emulator, &file.file_hash).unwrap() == file.content);
+
+    // --objects puts them elsewhere; without --db or --objects nothing is kept.
+    let elsewhere = dir.path().join("elsewhere");
+    let other = Emulator::start(&["--db", db_arg, "--objects", elsewhere.to_str().unwrap()]);
+    assert!(held(&other).is_empty());
+    store_whole(&other, &small);
+    assert!(elsewhere.join("objects").join(&small_hash).is_file());
+    let mut in_memory = Emulator::start(&[]);
+    store_whole(&in_memory, &small);
+    in_memory.restart();
+    assert!(held(&in_memory).is_empty());
+}
+
+#[test]
+fn stats_count_the_content_calls_by_name() {
+    let emulator = start(&[]);
+    let content = pattern(64);
+    store_whole(&emulator, &content);
+    let file = Multipart::new(16 * MIB + 1000);
+    let answer = file.start(&emulator);
+    let etags: Vec<String> = (1..=3).map(|n| file.put_part(&answer, n)).collect();
+    assert_eq!(
+        file.complete(&emulator, &answer.upload_id, part_list(&etags))
+            .0,
+        201
+    );
+    let (_, body) = call(
+        &emulator,
+        "download",
+        json!({"hash_list": [sha256_hex(&content)]}),
+    );
+    assert_eq!(
+        get(body["download_list"][0]["url"].as_str().unwrap()).status,
+        200
+    );
+    // Inspection is not counted.
+    held_bytes(&emulator, &file.file_hash);
+    let stats = emulator.stats();
+    assert_eq!(
+        stats["calls"],
+        json!({
+            "create": {}, "update": {}, "delete": {}, "current": {}, "media_grant": {},
+            "upload": {"200": 1}, "s3_object": {"201": 1}, "multipart": {"200": 1},
+            "multipart_complete": {"201": 1}, "download": {"200": 1},
+            "object_put": {"200": 1}, "part_put": {"200": 3}, "object_get": {"200": 1}
+        })
+    );
+}
+
+/// URLs signed by a healthy emulator, then PUT to the same data folder under faults (the
+/// signing key is kept there).
+#[test]
+fn faults_apply_to_object_and_part_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("emulator.db");
+    let db_arg = db.to_str().unwrap();
+    let mut emulator = Emulator::start(&["--db", db_arg]);
+    let content = pattern(4096);
+    let url = put_url(&emulator, &content);
+    let file = Multipart::new(16 * MIB + 1000);
+    let answer = file.start(&emulator);
+
+    emulator.restart_with(&["--db", db_arg, "--fail-rate", "1"]);
+    let failed = put(&url, &content);
+    assert_eq!(
+        (failed.status, failed.code().as_str()),
+        (503, "ServiceUnavailable")
+    );
+    let failed_part = put(&answer.signed_url_list[0].url, file.part(1));
+    assert_eq!(failed_part.status, 503);
+    assert_eq!(stats_of(&emulator, "object_put"), json!({"503": 1}));
+    assert_eq!(stats_of(&emulator, "part_put"), json!({"503": 1}));
+
+    // A drop comes after the write: the client sees no answer, the bytes are kept.
+    emulator.restart_with(&["--db", db_arg, "--drop-rate", "1"]);
+    let client = reqwest::blocking::Client::new();
+    assert!(client.put(&url).body(content.clone()).send().is_err());
+    assert!(client
+        .put(&answer.signed_url_list[0].url)
+        .body(file.part(1).to_vec())
+        .send()
+        .is_err());
+    assert_eq!(stats_of(&emulator, "object_put"), json!({"dropped": 1}));
+    assert_eq!(emulator.stats()["dropped"], 2);
+
+    emulator.restart_with(&["--db", db_arg, "--latency-ms", "300"]);
+    let started = std::time::Instant::now();
+    assert_eq!(
+        register(&emulator, &content),
+        201,
+        "the dropped PUT was stored"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        held_bytes(&emulator, &sha256_hex(&content)).unwrap(),
+        content
+    );
+    // The dropped part was kept too: completing needs only the two others.
+    let etags = [
+        etag_of(file.part(1)),
+        file.put_part(&answer, 2),
+        file.put_part(&answer, 3),
+    ];
+    assert_eq!(
+        file.complete(&emulator, &answer.upload_id, part_list(&etags))
+            .0,
+        201
+    );
+}
+
+#[test]
+fn held_objects_can_be_corrupted_and_deleted_for_tests() {
+    let emulator = start(&[]);
+    let content = pattern(100);
+    let file_hash = store_whole(&emulator, &content);
+    let client = reqwest::blocking::Client::new();
+    let object = format!("{}/_emulator/objects/{file_hash}", emulator.url);
+
+    assert_eq!(
+        client
+            .post(format!("{object}/corrupt"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let corrupted = held_bytes(&emulator, &file_hash).unwrap();
+    assert_eq!(corrupted.len(), content.len());
+    assert_eq!(corrupted[0], content[0] ^ 0xff);
+    assert_eq!(corrupted[1..], content[1..]);
+    // Still held: download names it, and serves the corrupted bytes.
+    let (_, body) = call(&emulator, "download", json!({"hash_list": [file_hash]}));
+    assert_eq!(body["download_list"][0]["is_deleted"], false);
+    let mut downloaded = Vec::new();
+    reqwest::blocking::get(body["download_list"][0]["url"].as_str().unwrap())
+        .unwrap()
+        .read_to_end(&mut downloaded)
+        .unwrap();
+    assert_eq!(downloaded, corrupted);
+
+    assert_eq!(client.delete(&object).send().unwrap().status(), 200);
+    assert_eq!(held_bytes(&emulator, &file_hash), None);
+    assert_eq!(client.delete(&object).send().unwrap().status(), 404);
+    assert_eq!(
+        client
+            .post(format!("{object}/corrupt"))
+            .send()
+            .unwrap()
+            .status(),
+        404
+    );
+    let (_, body) = call(&emulator, "download", json!({"hash_list": [file_hash]}));
+    assert_eq!(body["download_list"][0]["is_deleted"], true);
+    // Not held any more: upload asks for it again.
+    assert!(upload(&emulator, &content).signed_opts.is_some());
+    assert_eq!(held_bytes(&emulator, "not-a-hash"), None);
+}
