@@ -274,6 +274,12 @@ pub fn main() -> i32 {
         Command::Mount(mount) => mount.settings.log_level,
         _ => None,
     });
+    if matches!(
+        cli.command,
+        Command::Completions { .. } | Command::Hash { .. }
+    ) {
+        end_quietly_on_closed_pipe();
+    }
     let result = match cli.command {
         Command::Completions { shell } => {
             let mut command = crate::config::command();
@@ -292,6 +298,16 @@ pub fn main() -> i32 {
             eprintln!("maxlofs: {err:#}");
             1
         }
+    }
+}
+
+/// A command whose output is a stream of lines ends quietly when its reader goes away (`| head`,
+/// `| true`), as Unix tools do: the default action of SIGPIPE, which Rust's runtime sets aside
+/// (writes then fail with EPIPE, and `println!` panics).
+fn end_quietly_on_closed_pipe() {
+    // SAFETY: restores a signal's default disposition; no handler of ours is involved.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -47,6 +47,9 @@ pub struct PathReason {
 pub const STATUS_JSON_BUDGET: usize = 48 * 1024;
 /// Longest server message or reason kept in status (in bytes, cut at a character boundary).
 const MESSAGE_MAX: usize = 1024;
+/// Longest path shown whole in status; a longer one keeps its start and its end (the file's
+/// name), so many long paths still fit.
+const PATH_SHOWN_MAX: usize = 512;
 
 /// The report as JSON of at most `STATUS_JSON_BUDGET` bytes, whatever the number and length of
 /// its paths: messages longer than `MESSAGE_MAX` are cut, and the lists (`writing`, then
@@ -62,9 +65,9 @@ pub fn encode_bounded(report: &StatusReport) -> String {
         ..report.clone()
     };
     let mut room = STATUS_JSON_BUDGET.saturating_sub(json_len(&bounded));
-    bounded.writing = fitting(report.writing.iter().cloned(), &mut room);
+    bounded.writing = fitting(report.writing.iter().map(|p| shortened(p)), &mut room);
     let cut_reason = |entry: &PathReason| PathReason {
-        path: entry.path.clone(),
+        path: shortened(&entry.path),
         reason: cut(&entry.reason),
     };
     bounded.failed = fitting(report.failed.iter().map(cut_reason), &mut room);
@@ -90,6 +93,22 @@ fn fitting<T: Serialize>(entries: impl Iterator<Item = T>, room: &mut usize) -> 
         kept.push(entry);
     }
     kept
+}
+
+/// `path` whole if it is short, else its first 64 bytes, "…" and its last bytes.
+fn shortened(path: &str) -> String {
+    if path.len() <= PATH_SHOWN_MAX {
+        return path.to_string();
+    }
+    let mut head = 64;
+    while !path.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = path.len() - (PATH_SHOWN_MAX - 64);
+    while !path.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{}", &path[..head], &path[tail..])
 }
 
 fn cut(message: &str) -> String {
@@ -273,6 +292,32 @@ mod tests {
             r"a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"
         );
         assert_eq!(escaped("Café \"1\" l'été.jpg"), "Café \"1\" l'été.jpg");
+    }
+
+    /// Eleven paths of 4 KiB each (deeper than PATH_MAX, say) all show, with their file names.
+    #[test]
+    fn long_paths_keep_their_start_and_their_name() {
+        let local_only: Vec<PathReason> = (0..11)
+            .map(|i| PathReason {
+                path: format!("{}/f{i}.jpg", "é".repeat(2100)),
+                reason: "too long".into(),
+            })
+            .collect();
+        let report = StatusReport {
+            local_only_count: local_only.len(),
+            local_only,
+            ..StatusReport::default()
+        };
+        let back: StatusReport = serde_json::from_str(&encode_bounded(&report)).unwrap();
+        assert_eq!(back.local_only.len(), 11);
+        for (i, entry) in back.local_only.iter().enumerate() {
+            assert!(
+                entry.path.len() <= PATH_SHOWN_MAX + "…".len(),
+                "{}",
+                entry.path.len()
+            );
+            assert!(entry.path.starts_with("éé") && entry.path.ends_with(&format!("/f{i}.jpg")));
+        }
     }
 
     #[test]

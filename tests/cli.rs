@@ -536,3 +536,31 @@ fn daemon_mode_fails_with_the_daemons_own_error() {
     assert!(last.starts_with("maxlofs: "), "{logged}");
     assert!(stderr.contains(last), "{stderr}");
 }
+
+/// `maxlofs completions bash | true` and `maxlofs hash ... | head -0`: the reader is gone before
+/// the first line, and the command ends without a word on stderr (it used to panic or print
+/// "Broken pipe").
+#[test]
+fn printing_commands_end_quietly_when_the_reader_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<String> = (0..2000)
+        .map(|i| {
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, i.to_string()).unwrap();
+            path.to_str().unwrap().to_string()
+        })
+        .collect();
+    let mut hash = vec!["hash"];
+    hash.extend(files.iter().map(String::as_str));
+    for args in [vec!["completions", "bash"], hash] {
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(text(&out.stderr), "", "maxlofs {}", args[0]);
+    }
+}
