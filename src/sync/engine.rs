@@ -183,9 +183,9 @@ impl Engine {
         }
     }
 
-    /// Hands out due paths, one at a time. Each look runs as a task of its own holding an
-    /// `InFlight` guard: a panic in it ends that task, never this worker, and the guard puts the
-    /// path back to be tried again.
+    /// Hands out due paths, one at a time. Each look runs on the blocking pool (it reads and
+    /// writes the index and hashes) holding an `InFlight` guard: a panic in it ends that look,
+    /// never this worker, and the guard puts the path back to be tried again.
     async fn run_worker(self: Arc<Self>) {
         loop {
             let (path, hint, attempts) = self.queue.next().await;
@@ -196,9 +196,9 @@ impl Engine {
                 attempts,
                 finished: false,
             };
-            let look = tokio::spawn(async move {
+            let look = tokio::task::spawn_blocking(move || {
                 let mut guard = guard;
-                let outcome = guard.engine.sync_path(&guard.path, guard.hint).await;
+                let outcome = guard.engine.sync_path(&guard.path, guard.hint);
                 guard.finish(outcome);
             });
             if let Err(err) = look.await {

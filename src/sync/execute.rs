@@ -1,11 +1,11 @@
 //! The executor: looks at one path (file, index entry, unsure note, writers), asks `decide` what
 //! to do, and carries the action out: hashing, the service's calls, the index writes. Every error
-//! goes through `failure::verdict`. Index reads and writes run on the blocking pool, never on
-//! the async workers that drive the service's calls.
+//! goes through `failure::verdict`. A look runs whole on the blocking pool (index reads and
+//! writes, hashing), waiting there for the service's calls, which the async runtime drives: one
+//! hand-off per path, and nothing blocking on the async workers.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use super::decide::{decide, Action, Facts, Local};
 use super::engine::{Engine, Outcome};
@@ -21,8 +21,8 @@ use crate::contract;
 /// Why a path too long to name stays local.
 const TOO_LONG: &str = "path longer than PATH_MAX (4096 bytes)";
 
-/// Files up to this size are hashed on the worker itself rather than on the blocking pool.
-const INLINE_HASH_MAX: u64 = 64 * 1024;
+/// Files up to this size are hashed without waiting for the hashing budget.
+const SMALL_HASH_MAX: u64 = 64 * 1024;
 
 /// What a look at a path found.
 struct Look {
@@ -67,18 +67,18 @@ const UNVERIFIED_CTIME: i64 = i64::MIN;
 
 impl Engine {
     /// Brings the record of one path in line with the backing tree.
-    pub(super) async fn sync_path(self: &Arc<Self>, path: &Path, hint: Hint) -> Outcome {
-        let owned = path.to_path_buf();
-        let look = match self.off_runtime(move |engine| engine.look(&owned)).await {
-            Ok(Ok(Some(look))) => look,
-            Ok(Ok(None)) => return Outcome::Done,
-            Ok(Err(failure)) | Err(failure) => {
+    /// Runs on the blocking pool.
+    pub(super) fn sync_path(&self, path: &Path, hint: Hint) -> Outcome {
+        let look = match self.look(path) {
+            Ok(Some(look)) => look,
+            Ok(None) => return Outcome::Done,
+            Err(failure) => {
                 let key = path.to_string_lossy();
                 return self.apply(&key, verdict(Step::Local, &failure, self.config.grant));
             }
         };
         let key = look.key.clone();
-        match self.carry_out(path, look, hint).await {
+        match self.carry_out(path, look, hint) {
             Ok(()) => {
                 self.report.lock().unwrap().failed.remove(&key);
                 Outcome::Done
@@ -99,26 +99,9 @@ impl Engine {
         }
     }
 
-    /// Index work on the blocking pool.
-    async fn on_index<T: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&Engine) -> anyhow::Result<T> + Send + 'static,
-    ) -> Result<T, Failed> {
-        self.off_runtime(work)
-            .await
-            .and_then(|done| done.map_err(Failure::index))
-            .at(Step::Local)
-    }
-
-    /// Runs blocking work (the index, the backing tree) on the blocking pool.
-    async fn off_runtime<T: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&Engine) -> T + Send + 'static,
-    ) -> Result<T, Failure> {
-        let engine = self.clone();
-        tokio::task::spawn_blocking(move || work(&engine))
-            .await
-            .map_err(|err| Failure::Local(format!("blocking task: {err}")))
+    /// Waits, on the blocking pool, for a call the async runtime carries out.
+    fn wait<F: std::future::Future>(&self, call: F) -> F::Output {
+        tokio::runtime::Handle::current().block_on(call)
     }
 
     /// The facts of `path`, or `None` when its name stays local (reported in status).
@@ -161,12 +144,7 @@ impl Engine {
         }))
     }
 
-    async fn carry_out(
-        self: &Arc<Self>,
-        path: &Path,
-        look: Look,
-        hint: Hint,
-    ) -> Result<(), Failed> {
+    fn carry_out(&self, path: &Path, look: Look, hint: Hint) -> Result<(), Failed> {
         let Look {
             key,
             mut local,
@@ -186,7 +164,7 @@ impl Engine {
             });
             tracing::trace!("{key:?}: {action:?}");
             let Local::File { stat, hash } = &local else {
-                return self.carry_out_removal(&key, action, entry, unsure).await;
+                return self.carry_out_removal(&key, action, entry, unsure);
             };
             let media_id = match action {
                 Action::Nothing => return Ok(()),
@@ -198,7 +176,7 @@ impl Engine {
                     // Taken before the hash: a change reported from now on is not in what we send.
                     let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
                     let Some((hash, stat, verified)) =
-                        self.file_hash(path, *stat, hint).await.at(Step::Local)?
+                        self.file_hash(path, *stat, hint).at(Step::Local)?
                     else {
                         // It kept changing while read: look again later.
                         return Err(Failed(
@@ -219,7 +197,8 @@ impl Engine {
                 Action::Remember { media_id } => media_id,
                 Action::Update { media_id } => {
                     let state = self.state_of(stat, hash);
-                    match self.call(self.api.update(self.config.grant, media_id, &state).await) {
+                    match self.call(self.wait(self.api.update(self.config.grant, media_id, &state)))
+                    {
                         Ok(()) => {
                             self.report.lock().unwrap().totals.updated += 1;
                             media_id
@@ -228,7 +207,7 @@ impl Engine {
                         Err(err) => {
                             self.judge(Step::Update, err)?;
                             let media_path = self.media_path(path).at(Step::Local)?;
-                            self.create(&key, NewMedia { media_path, state }).await?
+                            self.create(&key, NewMedia { media_path, state })?
                         }
                     }
                 }
@@ -237,30 +216,26 @@ impl Engine {
                         media_path: self.media_path(path).at(Step::Local)?,
                         state: self.state_of(stat, hash),
                     };
-                    self.create(&key, media).await?
+                    self.create(&key, media)?
                 }
                 other => unreachable!("{other:?} for a file"),
             };
             let (stat, hash) = (*stat, hash.clone().expect("hashed before any call"));
             let checked = checked.expect("hashed before any call");
-            let path = path.to_path_buf();
             return self
-                .off_runtime(move |engine| {
-                    engine.remember_checked(&path, &key, media_id, hash, stat, checked)
-                })
-                .await
-                .and_then(|written| written)
+                .remember_checked(path, &key, media_id, hash, stat, checked)
                 .at(Step::Local);
         }
     }
 
     /// Sends a create for `key` (noted unsure until its answer is recorded) and answers the id
     /// of the record that now shows the file.
-    async fn create(self: &Arc<Self>, key: &str, media: NewMedia) -> Result<MediaId, Failed> {
-        let note = (key.to_string(), media.clone());
-        self.on_index(move |engine| engine.index.mark_unsure(&note.0, &note.1))
-            .await?;
-        let answer = self.api.create(self.config.grant, &media).await;
+    fn create(&self, key: &str, media: NewMedia) -> Result<MediaId, Failed> {
+        self.index
+            .mark_unsure(key, &media)
+            .map_err(Failure::index)
+            .at(Step::Local)?;
+        let answer = self.wait(self.api.create(self.config.grant, &media));
         match self.call(answer).at(Step::Create)? {
             CreateOutcome::Created(id) => {
                 self.report.lock().unwrap().totals.created += 1;
@@ -270,10 +245,11 @@ impl Engine {
                 // The path already has a record (another device, or our own earlier send whose
                 // acknowledgement was lost): adopt it, and make it show the local file.
                 if record.is_deleted || record.state() != media.state {
-                    let answer = self
-                        .api
-                        .update(self.config.grant, record.media_id, &media.state)
-                        .await;
+                    let answer = self.wait(self.api.update(
+                        self.config.grant,
+                        record.media_id,
+                        &media.state,
+                    ));
                     self.call(answer).at(Step::Update)?;
                     self.report.lock().unwrap().totals.updated += 1;
                 }
@@ -284,28 +260,25 @@ impl Engine {
 
     /// The path shows nothing the catalog keeps: its record (known by the entry or an unsure
     /// note) goes, unless `--no-delete`.
-    async fn carry_out_removal(
-        self: &Arc<Self>,
+    fn carry_out_removal(
+        &self,
         key: &str,
         action: Action,
         entry: Option<IndexEntry>,
         unsure: Option<Unsure>,
     ) -> Result<(), Failed> {
-        let owned = key.to_string();
         let media_id = match action {
             Action::Nothing => return Ok(()),
             Action::Forget => {
-                let had_entry = entry.is_some();
-                return self
-                    .on_index(move |engine| {
-                        engine.index.remove(&owned)?;
-                        engine.index.clear_unsure(&owned)?;
-                        if had_entry {
-                            engine.indexed.fetch_sub(1, Ordering::Relaxed);
-                        }
-                        Ok(())
-                    })
-                    .await;
+                let forgotten = self
+                    .index
+                    .remove(key)
+                    .and_then(|()| self.index.clear_unsure(key));
+                forgotten.map_err(Failure::index).at(Step::Local)?;
+                if entry.is_some() {
+                    self.indexed.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Ok(());
             }
             Action::Delete { media_id } => {
                 if let Some(entry) = entry {
@@ -322,43 +295,38 @@ impl Engine {
                             entry.mtime_ns,
                         ),
                     };
-                    self.on_index(move |engine| {
-                        engine.index.remove_as_unsure(&owned, &media, media_id)?;
-                        engine.indexed.fetch_sub(1, Ordering::Relaxed);
-                        Ok(())
-                    })
-                    .await?;
+                    self.index
+                        .remove_as_unsure(key, &media, media_id)
+                        .map_err(Failure::index)
+                        .at(Step::Local)?;
+                    self.indexed.fetch_sub(1, Ordering::Relaxed);
                 }
                 media_id
             }
             Action::FindAndDelete => {
                 let Some(media) = unsure.and_then(|u| u.media) else {
                     tracing::warn!("{key:?}: an unreadable unsure note is dropped");
-                    return self.clear_unsure(key).await;
+                    return self.clear_unsure(key);
                 };
-                match self.find(key, &media).await? {
+                match self.find(key, &media)? {
                     Some(media_id) => media_id,
-                    None => return self.clear_unsure(key).await,
+                    None => return self.clear_unsure(key),
                 }
             }
             other => unreachable!("{other:?} for an absent path"),
         };
-        match self.call(self.api.delete(self.config.grant, media_id).await) {
+        match self.call(self.wait(self.api.delete(self.config.grant, media_id))) {
             Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
             // Already gone.
             Err(err) => drop(self.judge(Step::Delete, err)?),
         }
-        self.clear_unsure(key).await
+        self.clear_unsure(key)
     }
 
     /// Creates `media` again to learn the id of the record a lost create answer named; the id
     /// is stored at once, so a retry deletes by id. `None`: no live record has the path.
-    async fn find(
-        self: &Arc<Self>,
-        key: &str,
-        media: &NewMedia,
-    ) -> Result<Option<MediaId>, Failed> {
-        let media_id = match self.call(self.api.create(self.config.grant, media).await) {
+    fn find(&self, key: &str, media: &NewMedia) -> Result<Option<MediaId>, Failed> {
+        let media_id = match self.call(self.wait(self.api.create(self.config.grant, media))) {
             Ok(CreateOutcome::Created(id)) => id,
             Ok(CreateOutcome::Conflict(record)) if record.is_deleted => return Ok(None),
             Ok(CreateOutcome::Conflict(record)) => record.media_id,
@@ -367,16 +335,18 @@ impl Engine {
                 return Ok(None);
             }
         };
-        let owned = key.to_string();
-        self.on_index(move |engine| engine.index.learn_unsure_id(&owned, media_id))
-            .await?;
+        self.index
+            .learn_unsure_id(key, media_id)
+            .map_err(Failure::index)
+            .at(Step::Local)?;
         Ok(Some(media_id))
     }
 
-    async fn clear_unsure(self: &Arc<Self>, key: &str) -> Result<(), Failed> {
-        let owned = key.to_string();
-        self.on_index(move |engine| engine.index.clear_unsure(&owned))
-            .await
+    fn clear_unsure(&self, key: &str) -> Result<(), Failed> {
+        self.index
+            .clear_unsure(key)
+            .map_err(Failure::index)
+            .at(Step::Local)
     }
 
     /// Notes whether the service answers: the first answer after a transient failure wakes every
@@ -458,16 +428,14 @@ impl Engine {
     /// with the same size and mtime (a rename or link), or the inode's last hash if no content
     /// change was reported since it was taken (times set). Otherwise the file is hashed, and
     /// hashed again if it changed meanwhile. `None`: it kept changing.
-    async fn file_hash(
-        self: &Arc<Self>,
+    fn file_hash(
+        &self,
         path: &Path,
         stat: FileStat,
         hint: Hint,
     ) -> Result<Option<(String, FileStat, bool)>, Failure> {
         if hint == Hint::Meta {
-            let links = self
-                .off_runtime(move |engine| engine.index.find_by_ino(stat.ino))
-                .await??;
+            let links = self.index.find_by_ino(stat.ino)?;
             if let Some((_, entry)) = links
                 .into_iter()
                 .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
@@ -479,19 +447,12 @@ impl Engine {
             }
         }
         let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
-        let hashed = if stat.size <= INLINE_HASH_MAX {
-            // Microseconds of work: a hand-off to another thread would cost more than it saves.
+        // Small files are microseconds of work; larger ones wait for threads of the one budget.
+        let hashed = if stat.size <= SMALL_HASH_MAX {
             hasher::hash_stable(&self.backing, path, std::num::NonZeroUsize::MIN)
         } else {
-            let threads = self.hash_budget.take(useful_threads(stat.size)).await;
-            let backing = self.backing.clone();
-            let path: PathBuf = path.to_path_buf();
-            // Hashing is CPU and disk work: it runs on the blocking pool, never on a FUSE thread.
-            tokio::task::spawn_blocking(move || {
-                hasher::hash_stable(&backing, &path, threads.count())
-            })
-            .await
-            .map_err(|err| Failure::Local(format!("hashing task: {err}")))?
+            let threads = self.wait(self.hash_budget.take(useful_threads(stat.size)));
+            hasher::hash_stable(&self.backing, path, threads.count())
         };
         match hashed {
             Ok(Some((hash, stat))) => {
