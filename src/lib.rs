@@ -10,6 +10,7 @@ pub mod emulator;
 pub mod fs;
 pub mod grants;
 pub mod hash;
+pub mod mutex;
 pub mod progress;
 pub mod status;
 pub mod sync;
