@@ -142,35 +142,29 @@ fn refuse_state_inside_backing(state_dir: &Path, backing: &Path) -> anyhow::Resu
 
 /// The state folder holds what was sent where, and the grant's prefix: 0700, and everything in
 /// it 0600 (folders 0700), whatever an older version, a restore or an editor left there. What
-/// belongs to another user is refused: it could widen the modes again.
+/// belongs to another user is refused, before any mode is changed: that user could widen the
+/// modes again.
 fn secure_state_dir(state_dir: &Path) -> anyhow::Result<()> {
-    let meta = std::fs::metadata(state_dir)
-        .with_context(|| format!("state folder {}", state_dir.display()))?;
-    restrict(state_dir, &meta, 0o700)?;
-    let entries = std::fs::read_dir(state_dir)
-        .with_context(|| format!("reading state folder {}", state_dir.display()))?;
-    for entry in entries {
-        let entry =
-            entry.with_context(|| format!("reading state folder {}", state_dir.display()))?;
-        let path = entry.path();
+    let reading = || format!("reading state folder {}", state_dir.display());
+    let mut private = vec![(
+        state_dir.to_path_buf(),
+        std::fs::metadata(state_dir).with_context(reading)?,
+        0o700,
+    )];
+    for entry in std::fs::read_dir(state_dir).with_context(reading)? {
+        let entry = entry.with_context(reading)?;
         // Not following symlinks: what a link points at is not ours to change.
-        let meta = entry
-            .metadata()
-            .with_context(|| format!("{}", path.display()))?;
-        if meta.is_dir() {
-            restrict(&path, &meta, 0o700)?;
-        } else if meta.is_file() {
-            restrict(&path, &meta, 0o600)?;
-        }
+        let meta = entry.metadata().with_context(reading)?;
+        let mode = match meta.file_type() {
+            kind if kind.is_dir() => 0o700,
+            kind if kind.is_file() => 0o600,
+            _ => continue,
+        };
+        private.push((entry.path(), meta, mode));
     }
-    Ok(())
-}
-
-/// Sets `path` to exactly `mode`, refusing it if it belongs to another user.
-fn restrict(path: &Path, meta: &std::fs::Metadata, mode: u32) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    if meta.uid() != me {
+    if let Some((path, meta, _)) = private.iter().find(|(_, meta, _)| meta.uid() != me) {
         bail!(
             "{} in the state folder belongs to uid {}, but maxlofs runs as uid {me}: give it to \
              this user (chown) or choose another --state-dir",
@@ -178,9 +172,12 @@ fn restrict(path: &Path, meta: &std::fs::Metadata, mode: u32) -> anyhow::Result<
             meta.uid()
         );
     }
-    if meta.mode() & 0o7777 != mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot make {} private (mode {mode:o})", path.display()))?;
+    for (path, meta, mode) in private {
+        if meta.mode() & 0o7777 != mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).with_context(
+                || format!("cannot make {} private (mode {mode:o})", path.display()),
+            )?;
+        }
     }
     Ok(())
 }

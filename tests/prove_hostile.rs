@@ -664,6 +664,23 @@ fn the_state_folder_is_made_private() {
     assert!(mount.unmount().success());
 }
 
+/// A state folder holding another user's file is refused with what to do, and nothing in it is
+/// changed (that user could widen the modes again).
+#[test]
+fn a_state_folder_with_another_users_file_is_refused_untouched() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Mount::prepare(dir.path(), &emulator, &[]);
+    std::fs::create_dir(&mount.state).unwrap();
+    std::fs::set_permissions(&mount.state, PermissionsExt::from_mode(0o755)).unwrap();
+    let foreign = mount.state.join("index.db");
+    std::fs::write(&foreign, "").unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let said = refused_mount(mount.command_for(&mount.backing, &mount.mnt), &mount.mnt);
+    assert!(said.contains("belongs to uid 65534"), "{said}");
+    assert_eq!(mode(&mount.state), 0o755);
+}
+
 /// Runs a `maxlofs mount` that must refuse to start, and answers what it said. One that mounts
 /// instead is unmounted and fails the test.
 fn refused_mount(mut command: Command, mnt: &Path) -> String {

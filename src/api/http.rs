@@ -1,8 +1,8 @@
 //! The real HTTP client: `MediaApi` over the Maxlo device API (or `maxlofs emulator`).
 //!
-//! Wire format (docs/contract.md, "Keys"): POST calls carry
-//! `device_session_key` in the JSON body; DELETE carries `user_session_key` (when configured, else
-//! `device_session_key`) in the query string. Keys never reach logs, errors or Debug output.
+//! Wire format (docs/contract.md, "Keys"): POST calls carry `device_session_key` in the JSON body;
+//! DELETE carries `user_session_key` (when configured, else `device_session_key`) in the query
+//! string. Keys never reach logs, errors or Debug output. Answers are read by `api::answer`.
 
 use super::answer::{body_too_large, check_create, classify, decode, Answer, BODY_MAX_BYTES};
 use super::{
@@ -99,7 +99,7 @@ impl HttpApi {
         url
     }
 
-    /// Sends a request and reads the whole answer, then gives it its meaning.
+    /// Sends a request and reads its answer (up to `BODY_MAX_BYTES`), then gives it its meaning.
     async fn call(&self, request: RequestBuilder) -> Result<Answer, ApiError> {
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
@@ -308,7 +308,8 @@ mod tests {
 
     /// Answers `count` connections with `response`, one request each, and hands back the
     /// requests as received.
-    fn raw_server(count: usize, response: &'static str) -> (String, JoinHandle<Vec<String>>) {
+    fn raw_server(count: usize, response: impl Into<String>) -> (String, JoinHandle<Vec<String>>) {
+        let response = response.into();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = std::thread::spawn(move || {
@@ -449,39 +450,41 @@ mod tests {
     /// Answers outside the contract, each to the create of `photos/a.jpg`.
     #[tokio::test]
     async fn answers_outside_the_contract_are_transient_and_name_the_fault() {
-        let victim = r#"{"media_id":4,"media_path":"victim.jpg","file_hash":"00","file_size":1,"ctime":"2026-11-26T18:20:00.000Z","mtime":"2026-11-26T18:20:00.000Z","last_updated_user_id":1,"last_updated_device_id":1,"last_updated":"2026-11-26T18:20:00.000Z","is_deleted":false}"#;
+        let answer = |status: &str, body: &str| {
+            format!("HTTP/1.1 {status}\r\nConnection: close\r\n\r\n{body}")
+        };
+        let record = |media_id: MediaId, media_path: &str| {
+            let time = "2026-11-26T18:20:00.000Z";
+            serde_json::json!({
+                "media_id": media_id, "media_path": media_path, "file_hash": "00".repeat(32),
+                "file_size": 1, "ctime": time, "mtime": time, "last_updated_user_id": 1,
+                "last_updated_device_id": 1, "last_updated": time, "is_deleted": false,
+            })
+            .to_string()
+        };
+        let too_long = format!(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            BODY_MAX_BYTES + 1
+        );
         let cases = [
             (
-                format!("409 Conflict\r\n\r\n{victim}"),
+                answer("409 Conflict", &record(4, "victim.jpg")),
                 "409 names another path",
             ),
-            ("200 OK\r\n\r\n{\"media_id\":0}".to_string(), "media_id 0"),
-            ("200 OK\r\n\r\n{\"media_id\":-5}".to_string(), "media_id -5"),
+            (answer("200 OK", r#"{"media_id":0}"#), "media_id 0"),
+            (answer("200 OK", r#"{"media_id":-5}"#), "media_id -5"),
             (
-                format!(
-                    "409 Conflict\r\n\r\n{}",
-                    victim
-                        .replace("victim.jpg", "photos/a.jpg")
-                        .replace(":4,", ":0,")
-                ),
+                answer("409 Conflict", &record(0, "photos/a.jpg")),
                 "media_id 0",
             ),
-            (
-                format!("200 OK\r\nContent-Length: {}\r\n\r\n", BODY_MAX_BYTES + 1),
-                "larger than 1 MiB",
-            ),
+            (too_long, "larger than 1 MiB"),
         ];
-        for (answer, fault) in cases {
-            let response: &'static str = format!(
-                "HTTP/1.1 {}",
-                answer.replacen("\r\n", "\r\nConnection: close\r\n", 1)
-            )
-            .leak();
-            let (url, server) = raw_server(1, response);
+        for (response, fault) in cases {
+            let (url, server) = raw_server(1, response.clone());
             let err = api(&url, false).create(1, &new_media()).await.unwrap_err();
             assert!(
                 matches!(&err, ApiError::Transient(message) if message.contains(fault)),
-                "{answer:?}: {err:?}"
+                "{response:?}: {err:?}"
             );
             server.join().unwrap();
         }
