@@ -137,7 +137,7 @@ pub struct Store {
     /// transaction under a UNIQUE (grant_id, media_path), so parallel creates of a path can
     /// never make two records.
     conn: Mutex<Connection>,
-    /// Keys refused from now on although configured. Not persisted: the command line is the
+    /// Keys refused from now on although configured. Not persisted: the configuration is the
     /// source of the accepted keys at each start.
     revoked: Mutex<HashSet<String>>,
 }
