@@ -12,7 +12,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -738,4 +739,89 @@ fn a_state_folder_inside_the_backing_folder_is_refused_by_any_name() {
         let left: Vec<_> = std::fs::read_dir(&sub).unwrap().collect();
         assert!(left.is_empty(), "{left:?}");
     }
+}
+
+/// A service that answers every request with a 200 whose body does not end (it stops after
+/// `per_answer` bytes, or when the client hangs up). Answers how many requests it answered.
+fn endless_service(per_answer: usize) -> (String, Arc<AtomicUsize>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                // Requests are small: one read takes the head and the body.
+                let mut request = [0; 8192];
+                if stream.read(&mut request).unwrap_or(0) == 0 {
+                    return;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n";
+                let block = vec![b' '; 64 << 10];
+                let mut sent = 0;
+                let mut ok = stream.write_all(head).is_ok();
+                while ok && sent < per_answer {
+                    ok = stream.write_all(&block).is_ok();
+                    sent += block.len();
+                }
+            });
+        }
+    });
+    (url, answered)
+}
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+/// A service whose answers never end: the daemon reads at most 1 MiB of each (it once buffered
+/// them whole, up to 1 GB resident), mounts offline, keeps the work pending with the reason, and
+/// unmounts on request.
+#[test]
+fn a_service_answering_without_end_costs_the_daemon_no_memory() {
+    let (url, answered) = endless_service(256 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare_api(
+        dir.path(),
+        &url,
+        &["--settle-ms", "20", "--drain-timeout", "1"],
+    );
+    if !mount.mount() {
+        return;
+    }
+    for i in 0..8 {
+        std::fs::write(mount.path(&format!("f{i}.jpg")), format!("file {i}")).unwrap();
+    }
+    // The start-up check's first call, then a create for each file.
+    let calls = 1 + 8;
+    eventually("the creates were answered", || {
+        answered.load(Ordering::SeqCst) >= calls
+    });
+    assert!(mount.is_alive(), "{}", mount.log_text());
+    let peak = peak_resident_bytes(mount.pid().unwrap());
+    assert!(
+        peak < 150 << 20,
+        "the daemon's peak resident memory: {peak} bytes"
+    );
+    let status = mount.status();
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("larger than 1 MiB")),
+        "{status}"
+    );
+    assert!(mount.unmount().success(), "{}", mount.log_text());
 }
