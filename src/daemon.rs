@@ -374,3 +374,39 @@ fn yield_to_filesystem_threads() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_folder_is_inside_the_backing_folder_by_what_the_kernel_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let backing = root.join("backing");
+        std::fs::create_dir_all(backing.join("sub")).unwrap();
+        std::fs::create_dir(root.join("other")).unwrap();
+        std::os::unix::fs::symlink(&backing, root.join("to-backing")).unwrap();
+        let inside = [
+            "backing/state",
+            "backing/sub",
+            "backing",
+            "other/../backing/new/state",
+            "to-backing/state",
+            "backing/missing/../state",
+        ];
+        for state in inside {
+            let err = refuse_state_inside_backing(&root.join(state), &backing).unwrap_err();
+            assert!(
+                err.to_string().contains("is inside the backing folder"),
+                "{state}: {err:#}"
+            );
+        }
+        // `..` leads out of the backing folder here, though the path starts inside it.
+        let outside = ["other/state", "backing/sub/../../other/state", "state"];
+        for state in outside {
+            refuse_state_inside_backing(&root.join(state), &backing)
+                .unwrap_or_else(|err| panic!("{state}: {err:#}"));
+        }
+    }
+}
