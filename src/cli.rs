@@ -45,14 +45,24 @@ pub struct EmulatorArgs {
     /// SQLite database file; in memory when absent.
     #[arg(long)]
     pub db: Option<PathBuf>,
-    /// Accepted device_session_key (repeatable).
-    #[arg(long = "device-key", default_values_t = vec!["demo-device-key".to_string()])]
+    /// Accepted device_session_key (repeatable) [default: demo-device-key, unless a key file is
+    /// given].
+    #[arg(long = "device-key")]
     pub device_keys: Vec<String>,
-    /// Accepted user_session_key (repeatable).
-    #[arg(long = "user-key", default_values_t = vec!["demo-user-key".to_string()])]
+    /// File of accepted device_session_keys, one per line (repeatable); they follow the
+    /// --device-key ones. Keeps the keys out of `ps`.
+    #[arg(long = "device-key-file", value_name = "FILE")]
+    pub device_key_files: Vec<PathBuf>,
+    /// Accepted user_session_key (repeatable) [default: demo-user-key, unless a key file is
+    /// given].
+    #[arg(long = "user-key")]
     pub user_keys: Vec<String>,
-    /// Media grant id that exists (repeatable).
-    #[arg(long = "grant", default_values_t = vec![1u64])]
+    /// File of accepted user_session_keys, one per line (repeatable); they follow the
+    /// --user-key ones.
+    #[arg(long = "user-key-file", value_name = "FILE")]
+    pub user_key_files: Vec<PathBuf>,
+    /// Media grant id that exists (repeatable) [default: 1].
+    #[arg(long = "grant")]
     pub grants: Vec<u64>,
     /// A create on an existing path answers 200 with the same media_id and updates the record.
     #[arg(long)]

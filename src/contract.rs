@@ -1,4 +1,4 @@
-//! The readings of the Maxlo API pages that NOTES.md fixes as the contract, each in one place.
+//! The readings of the Maxlo API pages that the project fixes as its contract, each in one place.
 //! See docs/contract.md.
 
 use chrono::{DateTime, SecondsFormat, Utc};

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use std::os::unix::fs::DirBuilderExt;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 
 use crate::api::http::{HttpApi, Timeouts};
 use crate::api::{ApiError, GrantId, Keys, MediaApi, SecretKey};
@@ -86,7 +88,8 @@ fn grant_prefix(state_dir: &Path, fresh: Option<String>) -> anyhow::Result<Strin
     let file = state_dir.join("grant-prefix-path");
     match fresh {
         Some(prefix) => {
-            std::fs::write(&file, &prefix)
+            private_file(&file, true)
+                .and_then(|mut out| out.write_all(prefix.as_bytes()))
                 .with_context(|| format!("recording {}", file.display()))?;
             Ok(prefix)
         }
@@ -94,54 +97,135 @@ fn grant_prefix(state_dir: &Path, fresh: Option<String>) -> anyhow::Result<Strin
     }
 }
 
-/// Checks key and grant before anything is mounted: a refused key or an unknown grant is an error;
-/// a service that cannot be reached is only a warning (the mount works offline and catches up).
-async fn check_service(api: &dyn MediaApi, grant: GrantId) -> anyhow::Result<()> {
-    let offline = |err: &ApiError| {
-        tracing::warn!("the service cannot be reached ({err}); mounting offline, changes will be sent when it is back");
-    };
-    match api.current_device().await {
-        Ok(device) if device.is_disabled => bail!("device {} is disabled", device.device_name),
-        Ok(device) => tracing::info!("device {} ({})", device.device_name, device.device_id),
-        Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
-        Err(err @ ApiError::Transient(_)) => {
-            offline(&err);
-            return Ok(());
+/// Opens `path` for writing, created 0600 if absent (emptied first if `truncate`).
+fn private_file(path: &Path, truncate: bool) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(truncate)
+        .mode(0o600)
+        .open(path)
+}
+
+/// (st_dev, st_ino): what a folder is, whatever path names it.
+fn file_id(path: &Path) -> anyhow::Result<(u64, u64)> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Refuses a state folder inside the backing folder (it would be synced as media, and each
+/// index write would change the tree again), whatever path names it: symlinks and `..` are
+/// resolved, and each folder on the way up is compared by (st_dev, st_ino), which a bind mount
+/// of the backing folder shares with it.
+fn refuse_state_inside_backing(state_dir: &Path, backing: &Path) -> anyhow::Result<()> {
+    let backing_id = file_id(backing)?;
+    // The deepest part of the path that exists, resolved by the kernel. The parts below it do
+    // not exist yet, so none of them can be the backing folder.
+    let mut existing = std::path::absolute(state_dir)
+        .with_context(|| format!("state folder {}", state_dir.display()))?;
+    while !existing.exists() && existing.pop() {}
+    let resolved = std::fs::canonicalize(&existing)
+        .with_context(|| format!("state folder {}", state_dir.display()))?;
+    for folder in resolved.ancestors() {
+        if file_id(folder)? == backing_id {
+            bail!(
+                "the state folder {} is inside the backing folder {} (as {}): it would be synced \
+                 as media; choose a --state-dir outside it",
+                state_dir.display(),
+                backing.display(),
+                folder.display()
+            );
         }
-        Err(err) => bail!("checking the device: {err}"),
     }
-    match api.media_grants().await {
-        Ok(list) => {
-            if list.is_device_disabled {
-                bail!("this device is disabled");
-            }
-            let wanted = grant.to_string();
-            let Some(found) = list
-                .media_grant_list
-                .iter()
-                .find(|g| g.media_grant_id == wanted)
-            else {
-                let known: Vec<_> = list
-                    .media_grant_list
-                    .iter()
-                    .map(|g| format!("{} ({})", g.media_grant_id, g.grant_name))
-                    .collect();
-                bail!(
-                    "grant {grant} is not one this device can see; it sees: {}",
-                    known.join(", ")
-                );
-            };
-            if found.is_disabled {
-                bail!("grant {grant} ({}) is disabled", found.grant_name);
-            }
-            Ok(())
+    Ok(())
+}
+
+/// The state folder holds what was sent where, and the grant's prefix: 0700, and everything in
+/// it 0600 (folders 0700), whatever an older version, a restore or an editor left there. What
+/// belongs to another user is refused, before any mode is changed: that user could widen the
+/// modes again.
+fn secure_state_dir(state_dir: &Path) -> anyhow::Result<()> {
+    let reading = || format!("reading state folder {}", state_dir.display());
+    let mut private = vec![(
+        state_dir.to_path_buf(),
+        std::fs::metadata(state_dir).with_context(reading)?,
+        0o700,
+    )];
+    for entry in std::fs::read_dir(state_dir).with_context(reading)? {
+        let entry = entry.with_context(reading)?;
+        // Not following symlinks: what a link points at is not ours to change.
+        let meta = entry.metadata().with_context(reading)?;
+        let mode = match meta.file_type() {
+            kind if kind.is_dir() => 0o700,
+            kind if kind.is_file() => 0o600,
+            _ => continue,
+        };
+        private.push((entry.path(), meta, mode));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if let Some((path, meta, _)) = private.iter().find(|(_, meta, _)| meta.uid() != me) {
+        bail!(
+            "{} in the state folder belongs to uid {}, but maxlofs runs as uid {me}: give it to \
+             this user (chown) or choose another --state-dir",
+            path.display(),
+            meta.uid()
+        );
+    }
+    for (path, meta, mode) in private {
+        if meta.mode() & 0o7777 != mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).with_context(
+                || format!("cannot make {} private (mode {mode:o})", path.display()),
+            )?;
         }
-        Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
-        Err(err @ ApiError::Transient(_)) => {
-            offline(&err);
-            Ok(())
+    }
+    Ok(())
+}
+
+/// How long the start-up check of key and grant may take in all. A service that accepts
+/// connections but never answers would otherwise hold `mount` for a request timeout per call.
+const SERVICE_CHECK_BUDGET: Duration = Duration::from_secs(15);
+
+/// What the start-up check found out.
+enum ServiceCheck {
+    /// The key is accepted and the grant can be mounted: its id and prefix_path.
+    Online { grant: GrantId, prefix_path: String },
+    /// The service did not answer (in time): the mount works offline and catches up later.
+    Offline,
+}
+
+/// Checks key and grant before anything is mounted, within `SERVICE_CHECK_BUDGET`: a refused
+/// key, a disabled device, or a grant that cannot be mounted is an error; a service that cannot
+/// be reached is only a warning.
+async fn check_service(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<ServiceCheck> {
+    let offline = |why: &dyn std::fmt::Display| {
+        tracing::warn!(
+            "the service cannot be reached ({why}); mounting offline, changes will be sent when it is back"
+        );
+        ServiceCheck::Offline
+    };
+    let check = async {
+        match api.current_device().await {
+            Ok(device) if device.is_disabled => bail!("device {} is disabled", device.device_name),
+            Ok(device) => tracing::info!("device {} ({})", device.device_name, device.device_id),
+            Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
+            Err(err @ ApiError::Transient(_)) => return Ok(offline(&err)),
+            Err(err) => bail!("checking the device: {err}"),
         }
-        Err(err) => bail!("listing media grants: {err}"),
+        match crate::grants::resolve_grant(api, wanted).await {
+            Ok((grant, prefix_path)) => Ok(ServiceCheck::Online { grant, prefix_path }),
+            Err(err) => match err.downcast_ref::<ApiError>() {
+                Some(api_err) if api_err.is_transient() => Ok(offline(api_err)),
+                _ => Err(err),
+            },
+        }
+    };
+    match tokio::time::timeout(SERVICE_CHECK_BUDGET, check).await {
+        Ok(checked) => checked,
+        Err(_) => Ok(offline(&format_args!(
+            "no answer within {} s",
+            SERVICE_CHECK_BUDGET.as_secs()
+        ))),
     }
 }
 
@@ -194,48 +278,42 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         .on_thread_start(move || yield_to_filesystem_threads(sync_nice))
         .build()?;
     let api = Arc::new(HttpApi::new(&args.api, keys.clone(), Timeouts::default())?);
-    let (grant, fresh_prefix) =
-        match runtime.block_on(crate::grants::resolve_grant(api.as_ref(), &args.grant)) {
-            Ok((grant, prefix_path)) => (grant, Some(prefix_path)),
-            // Offline, a grant id still mounts (check_service warns), with the prefix_path
-            // recorded at its last mount; a name cannot be looked up.
-            Err(err) if err.downcast_ref::<ApiError>().is_some_and(ApiError::is_transient) => {
-                match args.grant.parse() {
-                    Ok(grant) => (grant, None),
-                    Err(_) => {
-                        return Err(err.context(
-                            "a grant name is looked up in the service; give the grant id to mount while it is unreachable",
-                        ))
-                    }
-                }
-            }
-            Err(err) => return Err(err),
-        };
+    let (grant, fresh_prefix) = match runtime.block_on(check_service(api.as_ref(), &args.grant))? {
+        ServiceCheck::Online { grant, prefix_path } => (grant, Some(prefix_path)),
+        // Offline, a grant id still mounts, with the prefix_path recorded at its last mount; a
+        // name cannot be looked up.
+        ServiceCheck::Offline => match args.grant.parse() {
+            Ok(grant) => (grant, None),
+            Err(_) => bail!(
+                "the service cannot be reached, and a grant name is looked up in it; give the grant id to mount while it is unreachable"
+            ),
+        },
+    };
     let state_dir = match &args.state_dir {
         Some(dir) => dir.clone(),
         None => default_state_dir(&backing_path, grant)?,
     };
+    refuse_state_inside_backing(&state_dir, &backing_path)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&state_dir)
         .with_context(|| format!("creating state folder {}", state_dir.display()))?;
-    if state_dir.starts_with(&backing_path) {
-        bail!("the state folder must not be inside the backing folder");
-    }
+    secure_state_dir(&state_dir)?;
     let grant_prefix = grant_prefix(&state_dir, fresh_prefix)?;
     let prefix = crate::grants::join_prefix(&grant_prefix, &args.prefix);
 
-    runtime.block_on(check_service(api.as_ref(), grant))?;
-
     let identity = format!("{} grant {} prefix {:?}", args.api, grant, prefix);
-    let index = Index::open(&state_dir.join("index.db"), &identity, args.cache_entries)
-        .with_context(|| {
-            format!(
-                "cannot open the index in {} (is another maxlofs mount using this state folder?)",
-                state_dir.display()
-            )
-        })?;
+    let index_file = state_dir.join("index.db");
+    // Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
+    private_file(&index_file, false)
+        .with_context(|| format!("creating {}", index_file.display()))?;
+    let index = Index::open(&index_file, &identity, args.cache_entries).with_context(|| {
+        format!(
+            "cannot open the index in {} (is another maxlofs mount using this state folder?)",
+            state_dir.display()
+        )
+    })?;
     let config = SyncConfig {
         grant,
         prefix,
@@ -302,5 +380,41 @@ fn yield_to_filesystem_threads(nice: libc::c_int) {
             "could not lower the sync threads' priority: {}",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_folder_is_inside_the_backing_folder_by_what_the_kernel_resolves() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let backing = root.join("backing");
+        std::fs::create_dir_all(backing.join("sub")).unwrap();
+        std::fs::create_dir(root.join("other")).unwrap();
+        std::os::unix::fs::symlink(&backing, root.join("to-backing")).unwrap();
+        let inside = [
+            "backing/state",
+            "backing/sub",
+            "backing",
+            "other/../backing/new/state",
+            "to-backing/state",
+            "backing/missing/../state",
+        ];
+        for state in inside {
+            let err = refuse_state_inside_backing(&root.join(state), &backing).unwrap_err();
+            assert!(
+                err.to_string().contains("is inside the backing folder"),
+                "{state}: {err:#}"
+            );
+        }
+        // `..` leads out of the backing folder here, though the path starts inside it.
+        let outside = ["other/state", "backing/sub/../../other/state", "state"];
+        for state in outside {
+            refuse_state_inside_backing(&root.join(state), &backing)
+                .unwrap_or_else(|err| panic!("{state}: {err:#}"));
+        }
     }
 }

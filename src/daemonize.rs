@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Context};
 
 use crate::cli::MountArgs;
-use crate::emulator::lock;
+use crate::mutex::lock;
 
 pub const READY_FD_ENV: &str = "MAXLOFS_READY_FD";
 

@@ -1,4 +1,4 @@
-//! The Maxlo file hash (NOTES.md, "File hashing"; docs/contract.md).
+//! The Maxlo file hash (docs/contract.md, "File hash").
 //!
 //! A file of at most 16 MiB hashes as the SHA-256 of its content. A larger file is cut into parts
 //! of `part_size` bytes (the last one shorter); its hash is the SHA-256 of the concatenated raw
@@ -242,8 +242,8 @@ pub fn run_cli(files: &[PathBuf]) -> i32 {
 mod tests {
     use super::*;
 
-    /// The NOTES.md test content: byte i is i % 251. Generated on the fly, so 100 MiB costs no
-    /// memory.
+    /// The content of the test vectors (docs/contract.md): byte i is i % 251. Generated on the
+    /// fly, so 100 MiB costs no memory.
     struct Pattern {
         len: u64,
     }

@@ -13,6 +13,7 @@ pub mod fs;
 pub mod grants;
 pub mod hash;
 pub mod log_limit;
+pub mod mutex;
 pub mod progress;
 pub mod status;
 pub mod sync;

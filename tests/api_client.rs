@@ -289,3 +289,67 @@ async fn a_slow_answer_times_out_as_transient() {
     let err = api.current_device().await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
 }
+
+/// The process's resident memory, from /proc/self/status.
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
+
+/// Answers one request with a 200 whose body (no Content-Length: it ends at close) goes on for
+/// `total` bytes of JSON white space, or until the client hangs up. Hands back the bytes sent.
+fn endless_answer(total: usize) -> (String, std::thread::JoinHandle<usize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        // The request's head and small JSON body arrive in one read or few; the answer does not
+        // depend on them.
+        let mut request = [0; 4096];
+        let _ = stream.read(&mut request).unwrap();
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",
+            )
+            .unwrap();
+        // A client that neither reads nor hangs up ends the answer too.
+        stream
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let block = vec![b' '; 64 << 10];
+        let mut sent = 0;
+        while sent < total && stream.write_all(&block).is_ok() {
+            sent += block.len();
+        }
+        sent
+    });
+    (url, server)
+}
+
+// Multi-threaded: the client's connection task must run (and hang up) while this thread waits
+// for the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_end_is_cut_off_at_1_mib() {
+    // 512 MiB: read whole, as the client once did, it would take the time and memory this test
+    // forbids.
+    let (url, server) = endless_answer(512 << 20);
+    let api = HttpApi::new(&url, device_keys(), Timeouts::default()).unwrap();
+    let before = resident_bytes();
+    let started = std::time::Instant::now();
+    let err = api.current_device().await.unwrap_err();
+    let elapsed = started.elapsed();
+    let grown = resident_bytes().saturating_sub(before);
+    assert_eq!(err, ApiError::Transient("answer larger than 1 MiB".into()));
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    assert!(grown < 50 << 20, "resident memory grew by {grown} bytes");
+    drop(api);
+    let sent = server.join().unwrap();
+    assert!(sent < 512 << 20, "the client read all {sent} bytes");
+}

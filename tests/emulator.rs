@@ -741,3 +741,74 @@ fn bad_flags_are_refused() {
     assert!(output.stdout.is_empty());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--fail-rate"));
 }
+
+/// Keys read from files are the accepted ones (in order: device 1, device 2), the demo keys are
+/// not, and no key shows on the emulator's command line (`ps`).
+#[tokio::test]
+async fn keys_from_files_are_accepted_and_stay_off_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let devices = dir.path().join("device.keys");
+    let users = dir.path().join("user.keys");
+    std::fs::write(&devices, "file-dev-one\nfile-dev-two\n").unwrap();
+    std::fs::write(&users, "file-user-one\n").unwrap();
+    let emulator = Emulator::start(&[
+        "--device-key-file",
+        devices.to_str().unwrap(),
+        "--user-key-file",
+        users.to_str().unwrap(),
+    ]);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", emulator.child.id())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(
+        !cmdline.contains("file-dev") && !cmdline.contains("file-user"),
+        "{cmdline}"
+    );
+
+    let (status, _) = emulator.post(CREATE, create_body("demo", 1)).await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the demo key is still accepted"
+    );
+    let (status, body) = emulator
+        .post(
+            CREATE,
+            with(
+                create_body("x", 1),
+                "device_session_key",
+                json!("file-dev-two"),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let id = body["media_id"].as_i64().unwrap();
+    let (status, _) = emulator
+        .delete(&media(id), json!({"user_session_key": "file-user-one"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let record = &emulator.records(1).await[0];
+    assert_eq!(record["is_deleted"], true);
+    assert_eq!(record["last_updated_user_id"], 1);
+}
+
+#[test]
+fn an_unreadable_or_empty_key_file_stops_the_emulator_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.keys");
+    std::fs::write(&empty, "\n").unwrap();
+    let missing = dir.path().join("missing.keys");
+    for (file, reason) in [
+        (&empty, "holds no key"),
+        (&missing, "cannot read the key file"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_maxlofs"))
+            .args(["emulator", "--listen", "127.0.0.1:0", "--device-key-file"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(reason), "{stderr}");
+    }
+}

@@ -39,7 +39,7 @@ fn start(args: &[&str]) -> Running {
     }
 }
 
-/// Byte i is i % 251, as in the NOTES.md hash vectors.
+/// Byte i is i % 251, as in the hash test vectors of docs/contract.md.
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8).collect()
 }

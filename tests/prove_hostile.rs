@@ -9,14 +9,15 @@ mod common;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::proxy::{is_media_call, response, Action, Proxy, Rule};
+use common::proxy::{is_create, is_media_call, response, Action, Proxy, Rule};
 use common::service::{check_catalog, live_catalog, run, sh, Emulator, Mount, BIN};
 
 /// Polls `condition` every 50 ms for up to 60 s.
@@ -522,4 +523,305 @@ fn a_key_revoked_mid_run_pauses_with_a_reason_and_a_new_key_loses_nothing() {
         !log.contains("key-one-4711") && !log.contains("key-two-0815"),
         "{log}"
     );
+}
+
+/// A service whose 409 to a create names another path (here a record another client made): the
+/// client must not take that record for its own (it would overwrite it with its content, and
+/// delete it with its file). The create stays pending with a protocol error, and goes through
+/// once the service answers sense.
+#[test]
+fn a_409_naming_another_path_leaves_that_record_alone() {
+    let emulator = Emulator::start(&[]);
+    let (status, _) = emulator.post(
+        "/device/1/media_grant/1/media",
+        &serde_json::json!({
+            "device_session_key": "demo-device-key", "media_path": "victim.jpg",
+            "file_hash": "00".repeat(32), "file_size": 1,
+            "ctime": "2026-11-26T18:20:00.000Z", "mtime": "2026-11-26T18:20:00.000Z",
+        }),
+    );
+    assert_eq!(status, 200);
+    let victim = emulator.records().remove(0);
+    let proxy = Proxy::start(&emulator.url);
+    proxy.add_rule(Rule {
+        matches: is_create,
+        action: Action::Answer(response("409 Conflict", victim.to_string().as_bytes())),
+        times: None,
+    });
+    let mut mount = match Mount::start_api(&proxy.url, &["--settle-ms", "20"]) {
+        Some(mount) => mount,
+        None => return,
+    };
+    std::fs::write(mount.path("mine.jpg"), b"my own content").unwrap();
+    eventually(
+        "the create was answered the other path's record twice",
+        || {
+            proxy
+                .seen()
+                .iter()
+                .filter(|seen| seen.ends_with("/media answer"))
+                .count()
+                >= 2
+        },
+    );
+    let status = mount.status();
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("409 names another path")),
+        "{status}"
+    );
+    assert_eq!(emulator.records(), std::slice::from_ref(&victim));
+
+    proxy.clear_rules();
+    mount.wait_synced();
+    let records = emulator.records();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0], victim);
+    assert_eq!(records[1]["media_path"], "mine.jpg");
+    std::fs::remove_file(mount.path("mine.jpg")).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.live()["victim.jpg"], victim);
+    assert!(mount.unmount().success());
+}
+
+/// A service that accepts connections but never answers: `mount` gives up on the start-up
+/// check of key and grant within its 15 s budget (it once waited out two 60 s request
+/// timeouts), mounts offline, and the mount works.
+#[test]
+fn a_service_that_never_answers_still_mounts_offline_within_the_start_up_budget() {
+    // Never accepted: the kernel completes the connections, and nothing ever answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare_api(dir.path(), &url, &["--drain-timeout", "1"]);
+    let started = Instant::now();
+    if !mount.mount_within(Duration::from_secs(40)) {
+        return;
+    }
+    let took = started.elapsed();
+    let log = mount.log_text();
+    assert!(
+        log.contains("no answer within 15 s") && log.contains("mounting offline"),
+        "{log}"
+    );
+    assert!(took < Duration::from_secs(30), "mounting took {took:?}");
+    std::fs::write(mount.path("offline.jpg"), b"kept until the service answers").unwrap();
+    assert_eq!(
+        std::fs::read(mount.backing.join("offline.jpg")).unwrap(),
+        b"kept until the service answers"
+    );
+    let status = mount.status();
+    assert!(
+        status["pending"].as_u64().unwrap() + status["in_flight"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    assert!(mount.unmount().success(), "{}", mount.log_text());
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// The state folder and what is in it are private whatever was there before: a folder left
+/// 0755 and files left 0644 (by an older version, a restore, a user) are made 0700 and 0600,
+/// and the files a mount creates (the index and its WAL) are 0600.
+#[test]
+fn the_state_folder_is_made_private() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    std::fs::create_dir(&mount.state).unwrap();
+    std::fs::set_permissions(&mount.state, PermissionsExt::from_mode(0o755)).unwrap();
+    for (name, content) in [
+        ("grant-prefix-path", ""),
+        ("index.db", ""),
+        ("notes.txt", "left here by hand"),
+    ] {
+        let file = mount.state.join(name);
+        std::fs::write(&file, content).unwrap();
+        std::fs::set_permissions(&file, PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("a.jpg"), b"a").unwrap();
+    mount.wait_synced();
+    assert_eq!(mode(&mount.state), 0o700);
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&mount.state).unwrap() {
+        let path = entry.unwrap().path();
+        names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    for name in ["grant-prefix-path", "index.db", "index.db-wal", "notes.txt"] {
+        assert!(names.iter().any(|seen| seen == name), "{name}: {names:?}");
+    }
+    assert!(mount.unmount().success());
+}
+
+/// A state folder holding another user's file is refused with what to do, and nothing in it is
+/// changed (that user could widen the modes again).
+#[test]
+fn a_state_folder_with_another_users_file_is_refused_untouched() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Mount::prepare(dir.path(), &emulator, &[]);
+    std::fs::create_dir(&mount.state).unwrap();
+    std::fs::set_permissions(&mount.state, PermissionsExt::from_mode(0o755)).unwrap();
+    let foreign = mount.state.join("index.db");
+    std::fs::write(&foreign, "").unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let said = refused_mount(mount.command_for(&mount.backing, &mount.mnt), &mount.mnt);
+    assert!(said.contains("belongs to uid 65534"), "{said}");
+    assert_eq!(mode(&mount.state), 0o755);
+}
+
+/// Runs a `maxlofs mount` that must refuse to start, and answers what it said. One that mounts
+/// instead is unmounted and fails the test.
+fn refused_mount(mut command: Command, mnt: &Path) -> String {
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline || common::service::is_mounted(mnt) {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = Command::new("umount").arg("-l").arg(mnt).status();
+            panic!("maxlofs mount started instead of refusing");
+        }
+        sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8(out.stderr).unwrap()
+}
+
+/// Unmounts a bind mount when dropped.
+struct BindMount(PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A state folder inside the backing folder is refused also when a symlink or a bind mount of
+/// the backing folder names it (only the plain path was refused: its index was then synced as
+/// media, and each sync wrote the index again). Nothing is created inside the backing folder.
+#[test]
+fn a_state_folder_inside_the_backing_folder_is_refused_by_any_name() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mount = Mount::prepare(dir.path(), &emulator, &[]);
+    let alias = dir.path().join("alias");
+    std::fs::create_dir(&alias).unwrap();
+    run(Command::new("mount")
+        .arg("--bind")
+        .arg(&mount.backing)
+        .arg(&alias));
+    let _alias = BindMount(alias.clone());
+    let sub = mount.backing.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    for target in [sub.clone(), alias.join("sub")] {
+        let _ = std::fs::remove_file(&mount.state);
+        std::os::unix::fs::symlink(&target, &mount.state).unwrap();
+        let said = refused_mount(mount.command_for(&mount.backing, &mount.mnt), &mount.mnt);
+        assert!(said.contains("is inside the backing folder"), "{said}");
+        let left: Vec<_> = std::fs::read_dir(&sub).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+}
+
+/// A service that answers every request with a 200 whose body does not end (it stops after
+/// `per_answer` bytes, or when the client hangs up). Answers how many requests it answered.
+fn endless_service(per_answer: usize) -> (String, Arc<AtomicUsize>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counter = counter.clone();
+            std::thread::spawn(move || {
+                // Requests are small: one read takes the head and the body.
+                let mut request = [0; 8192];
+                if stream.read(&mut request).unwrap_or(0) == 0 {
+                    return;
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
+                let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n";
+                let block = vec![b' '; 64 << 10];
+                let mut sent = 0;
+                let mut ok = stream.write_all(head).is_ok();
+                while ok && sent < per_answer {
+                    ok = stream.write_all(&block).is_ok();
+                    sent += block.len();
+                }
+            });
+        }
+    });
+    (url, answered)
+}
+
+/// The peak resident memory of process `pid` (VmHWM), in bytes.
+fn peak_resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().strip_suffix("kB"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    kib * 1024
+}
+
+/// A service whose answers never end: the daemon reads at most 1 MiB of each (it once buffered
+/// them whole, up to 1 GB resident), mounts offline, keeps the work pending with the reason, and
+/// unmounts on request.
+#[test]
+fn a_service_answering_without_end_costs_the_daemon_no_memory() {
+    let (url, answered) = endless_service(256 << 20);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare_api(
+        dir.path(),
+        &url,
+        &["--settle-ms", "20", "--drain-timeout", "1"],
+    );
+    if !mount.mount() {
+        return;
+    }
+    for i in 0..8 {
+        std::fs::write(mount.path(&format!("f{i}.jpg")), format!("file {i}")).unwrap();
+    }
+    // The start-up check's first call, then a create for each file.
+    let calls = 1 + 8;
+    eventually("the creates were answered", || {
+        answered.load(Ordering::SeqCst) >= calls
+    });
+    assert!(mount.is_alive(), "{}", mount.log_text());
+    let peak = peak_resident_bytes(mount.pid().unwrap());
+    assert!(
+        peak < 150 << 20,
+        "the daemon's peak resident memory: {peak} bytes"
+    );
+    let status = mount.status();
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|error| error.contains("larger than 1 MiB")),
+        "{status}"
+    );
+    assert!(mount.unmount().success(), "{}", mount.log_text());
 }

@@ -1,4 +1,4 @@
-//! The wire form of the content calls (NOTES.md, "Content: Upload, Multipart Upload, Download"):
+//! The wire form of the content calls (docs/contract.md, "Content calls"):
 //! what a device sends to `upload`, `s3_object`, `multipart`, `multipart_complete` and `download`
 //! under `/device/1/media_grant/<grant>/`, and what the service answers. Shared by the emulator
 //! and the client. Optional answer fields are left out when absent, as the pages mark them.

@@ -1,15 +1,15 @@
 //! The real HTTP client: `MediaApi` over the Maxlo device API (or `maxlofs emulator`).
 //!
-//! Wire format (NOTES.md, decision "keys"; docs/contract.md): POST calls carry
-//! `device_session_key` in the JSON body; DELETE carries `user_session_key` (when configured, else
-//! `device_session_key`) in the query string. Keys never reach logs, errors or Debug output.
+//! Wire format (docs/contract.md, "Keys"): POST calls carry `device_session_key` in the JSON body;
+//! DELETE carries `user_session_key` (when configured, else `device_session_key`) in the query
+//! string. Keys never reach logs, errors or Debug output. Answers are read by `api::answer`.
 
+use super::answer::{body_too_large, check_create, classify, decode, Answer, BODY_MAX_BYTES};
 use super::{
     ApiError, CreateOutcome, DeviceInfo, GrantId, Keys, MediaApi, MediaGrantList, MediaId,
     MediaRecord, MediaState, NewMedia, SecretKey,
 };
-use reqwest::{redirect, Client, Method, RequestBuilder, StatusCode, Url};
-use serde::de::DeserializeOwned;
+use reqwest::{redirect, Client, Method, RequestBuilder, Response, Url};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::sync::{PoisonError, RwLock};
@@ -99,14 +99,13 @@ impl HttpApi {
         url
     }
 
-    /// Sends a request and reads the whole answer, then gives it its meaning.
+    /// Sends a request and reads its answer (up to `BODY_MAX_BYTES`), then gives it its meaning.
     async fn call(&self, request: RequestBuilder) -> Result<Answer, ApiError> {
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         // The path only: a DELETE's query holds the key.
         tracing::debug!(%status, path = response.url().path(), "API answer");
-        let body: Vec<u8> = response.bytes().await.map_err(transport_error)?.into();
-        classify(status, body)
+        classify(status.as_u16(), read_capped(response).await?)
     }
 }
 
@@ -135,75 +134,23 @@ struct Created {
     media_id: MediaId,
 }
 
-/// A non-error answer, body included.
-#[derive(Debug, PartialEq, Eq)]
-enum Answer {
-    Success(Vec<u8>),
-    /// 409: only a create documents it (its body is the path's current record).
-    Conflict(Vec<u8>),
-}
-
-impl Answer {
-    /// For calls that do not document a 409: it is a rejection like any other 4xx.
-    fn success(self) -> Result<Vec<u8>, ApiError> {
-        match self {
-            Answer::Success(body) => Ok(body),
-            Answer::Conflict(body) => Err(ApiError::BadRequest {
-                status: StatusCode::CONFLICT.as_u16(),
-                message: service_message(&body),
-            }),
+/// The answer's body, read as it arrives and given up on past `BODY_MAX_BYTES`, so that a
+/// service sending without end costs at most that much memory.
+async fn read_capped(mut response: Response) -> Result<Vec<u8>, ApiError> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > BODY_MAX_BYTES as u64)
+    {
+        return Err(body_too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > BODY_MAX_BYTES {
+            return Err(body_too_large());
         }
+        body.extend_from_slice(&chunk);
     }
-}
-
-/// The one place an HTTP status gets its meaning (see `ApiError`'s classes).
-fn classify(status: StatusCode, body: Vec<u8>) -> Result<Answer, ApiError> {
-    match status.as_u16() {
-        200..=299 => Ok(Answer::Success(body)),
-        409 => Ok(Answer::Conflict(body)),
-        403 => Err(ApiError::Unauthorized),
-        404 => Err(ApiError::NotFound),
-        // Request Timeout and Too Many Requests say "later", not "never".
-        408 | 429 | 500..=599 => Err(ApiError::Transient(format!(
-            "HTTP {status}: {}",
-            service_message(&body)
-        ))),
-        // Other 4xx, and 1xx/3xx that a client without redirects should never see.
-        code => Err(ApiError::BadRequest {
-            status: code,
-            message: service_message(&body),
-        }),
-    }
-}
-
-/// A success or conflict body that does not parse as what the call answers: most likely cut
-/// short, so worth retrying.
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|err| ApiError::Transient(format!("malformed answer: {err}")))
-}
-
-/// Longest service message kept in an error.
-const MESSAGE_MAX_CHARS: usize = 200;
-
-/// What the service said: the JSON `error` field when there is one, else the body's text, cut
-/// to a length fit for a log line.
-fn service_message(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct ErrorBody {
-        error: String,
-    }
-    let text = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(parsed) => parsed.error,
-        Err(_) => String::from_utf8_lossy(body).trim().to_string(),
-    };
-    if text.is_empty() {
-        return "(no message)".to_string();
-    }
-    match text.char_indices().nth(MESSAGE_MAX_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text,
-    }
+    Ok(body)
 }
 
 /// A failure to get an answer at all: timeouts, refused or dropped connections, a body cut short.
@@ -226,10 +173,11 @@ fn transport_error(mut err: reqwest::Error) -> ApiError {
 impl MediaApi for HttpApi {
     async fn create(&self, grant: GrantId, media: &NewMedia) -> Result<CreateOutcome, ApiError> {
         let request = self.post(&format!("/device/1/media_grant/{grant}/media"), media);
-        match self.call(request).await? {
-            Answer::Success(body) => Ok(CreateOutcome::Created(decode::<Created>(&body)?.media_id)),
-            Answer::Conflict(body) => Ok(CreateOutcome::Conflict(decode::<MediaRecord>(&body)?)),
-        }
+        let outcome = match self.call(request).await? {
+            Answer::Success(body) => CreateOutcome::Created(decode::<Created>(&body)?.media_id),
+            Answer::Conflict(body) => CreateOutcome::Conflict(decode::<MediaRecord>(&body)?),
+        };
+        check_create(media, outcome)
     }
 
     async fn update(
@@ -301,67 +249,6 @@ mod tests {
         HttpApi::new(base_url, keys(user_key), Timeouts::default()).unwrap()
     }
 
-    fn status(code: u16) -> StatusCode {
-        StatusCode::from_u16(code).unwrap()
-    }
-
-    #[test]
-    fn classification_by_status() {
-        let body = || br#"{"error":"media_path is invalid"}"#.to_vec();
-        for code in [200, 201, 204] {
-            assert_eq!(classify(status(code), body()), Ok(Answer::Success(body())));
-        }
-        assert_eq!(classify(status(409), body()), Ok(Answer::Conflict(body())));
-        assert_eq!(classify(status(403), body()), Err(ApiError::Unauthorized));
-        assert_eq!(classify(status(404), body()), Err(ApiError::NotFound));
-        for code in [400, 412, 422, 302] {
-            assert_eq!(
-                classify(status(code), body()),
-                Err(ApiError::BadRequest {
-                    status: code,
-                    message: "media_path is invalid".into()
-                })
-            );
-        }
-        for code in [408, 429, 500, 502, 503, 504] {
-            let err = classify(status(code), body()).unwrap_err();
-            assert!(err.is_transient(), "{code}: {err:?}");
-        }
-    }
-
-    #[test]
-    fn a_conflict_is_a_rejection_where_it_is_not_documented() {
-        assert_eq!(
-            Answer::Conflict(b"busy".to_vec()).success(),
-            Err(ApiError::BadRequest {
-                status: 409,
-                message: "busy".into()
-            })
-        );
-    }
-
-    #[test]
-    fn service_messages_are_the_error_field_or_the_cut_text() {
-        assert_eq!(
-            service_message(br#"{"error":"no such grant"}"#),
-            "no such grant"
-        );
-        assert_eq!(service_message(b"  plain text\n"), "plain text");
-        assert_eq!(service_message(br#"{"other":1}"#), r#"{"other":1}"#);
-        assert_eq!(service_message(b""), "(no message)");
-        let long = "é".repeat(1000);
-        let cut = service_message(long.as_bytes());
-        assert_eq!(cut, format!("{}…", "é".repeat(MESSAGE_MAX_CHARS)));
-    }
-
-    #[test]
-    fn malformed_or_truncated_json_is_transient() {
-        for body in [&b"{\"media_id\": 1"[..], b"", b"<html>"] {
-            let err = decode::<Created>(body).err().unwrap();
-            assert!(err.is_transient(), "{err:?}");
-        }
-    }
-
     #[test]
     fn base_urls() {
         assert_eq!(
@@ -421,7 +308,8 @@ mod tests {
 
     /// Answers `count` connections with `response`, one request each, and hands back the
     /// requests as received.
-    fn raw_server(count: usize, response: &'static str) -> (String, JoinHandle<Vec<String>>) {
+    fn raw_server(count: usize, response: impl Into<String>) -> (String, JoinHandle<Vec<String>>) {
+        let response = response.into();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let server = std::thread::spawn(move || {
@@ -556,6 +444,49 @@ mod tests {
                 ctime: "2026-11-26T18:20:00.123Z".into(),
                 mtime: "2026-11-26T18:20:00.456Z".into(),
             },
+        }
+    }
+
+    /// Answers outside the contract, each to the create of `photos/a.jpg`.
+    #[tokio::test]
+    async fn answers_outside_the_contract_are_transient_and_name_the_fault() {
+        let answer = |status: &str, body: &str| {
+            format!("HTTP/1.1 {status}\r\nConnection: close\r\n\r\n{body}")
+        };
+        let record = |media_id: MediaId, media_path: &str| {
+            let time = "2026-11-26T18:20:00.000Z";
+            serde_json::json!({
+                "media_id": media_id, "media_path": media_path, "file_hash": "00".repeat(32),
+                "file_size": 1, "ctime": time, "mtime": time, "last_updated_user_id": 1,
+                "last_updated_device_id": 1, "last_updated": time, "is_deleted": false,
+            })
+            .to_string()
+        };
+        let too_long = format!(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            BODY_MAX_BYTES + 1
+        );
+        let cases = [
+            (
+                answer("409 Conflict", &record(4, "victim.jpg")),
+                "409 names another path",
+            ),
+            (answer("200 OK", r#"{"media_id":0}"#), "media_id 0"),
+            (answer("200 OK", r#"{"media_id":-5}"#), "media_id -5"),
+            (
+                answer("409 Conflict", &record(0, "photos/a.jpg")),
+                "media_id 0",
+            ),
+            (too_long, "larger than 1 MiB"),
+        ];
+        for (response, fault) in cases {
+            let (url, server) = raw_server(1, response.clone());
+            let err = api(&url, false).create(1, &new_media()).await.unwrap_err();
+            assert!(
+                matches!(&err, ApiError::Transient(message) if message.contains(fault)),
+                "{response:?}: {err:?}"
+            );
+            server.join().unwrap();
         }
     }
 

@@ -13,13 +13,14 @@
 //! });
 //! ```
 
+use super::answer::{check_create, classify};
 use super::{
     ApiError, CreateOutcome, DeviceInfo, GrantId, Keys, MediaApi, MediaGrantList, MediaId,
     MediaRecord, MediaState, NewMedia, SecretKey,
 };
-use crate::emulator::lock;
 use crate::emulator::stats::{Call, Outcome, Stats, StatsSnapshot};
 use crate::emulator::store::{Credentials, Store, StoreConfig, StoreError};
+use crate::mutex::lock;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;
@@ -47,17 +48,13 @@ struct Faults {
     random: Option<(f64, StdRng)>,
 }
 
-impl From<StoreError> for ApiError {
-    fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::Forbidden => ApiError::Unauthorized,
-            StoreError::GrantNotFound | StoreError::MediaNotFound => ApiError::NotFound,
-            StoreError::Invalid(_) => ApiError::BadRequest {
-                status: err.status(),
-                message: err.to_string(),
-            },
-            StoreError::Database(_) => ApiError::Transient(err.to_string()),
-        }
+/// A store error as the HTTP client meets it: the emulator's status and body for it, read by the
+/// same `classify`, so that both clients give an answer one meaning.
+fn as_answered(err: &StoreError) -> ApiError {
+    let body = serde_json::to_vec(&err.body()).expect("a JSON value serializes");
+    match classify(err.status(), body) {
+        Err(api_error) => api_error,
+        Ok(answer) => unreachable!("a store error answers an error status, not {answer:?}"),
     }
 }
 
@@ -191,7 +188,7 @@ impl MemoryApi {
             Err(err) => err.status(),
         };
         self.stats.record(call, Outcome::Status(status));
-        result.map_err(ApiError::from)
+        result.map_err(|err| as_answered(&err))
     }
 }
 
@@ -208,14 +205,15 @@ fn status_of(error: &ApiError) -> u16 {
 #[async_trait::async_trait]
 impl MediaApi for MemoryApi {
     async fn create(&self, grant: GrantId, media: &NewMedia) -> Result<CreateOutcome, ApiError> {
-        self.call(
+        let outcome = self.call(
             Call::Create,
             |store, credentials| store.create(credentials, grant, Ok(media.clone())),
             |outcome| match outcome {
                 CreateOutcome::Created(_) => 200,
                 CreateOutcome::Conflict(_) => 409,
             },
-        )
+        )?;
+        check_create(media, outcome)
     }
 
     async fn update(

@@ -1,8 +1,10 @@
 //! The Maxlo device API as the rest of maxlofs sees it: typed requests and outcomes, a trait for the
 //! calls, a real HTTP client and an in-memory implementation for unit tests.
 
+pub mod answer;
 pub mod content;
 pub mod http;
+#[cfg(any(test, feature = "memory-api"))]
 pub mod memory;
 
 use serde::{Deserialize, Serialize};
@@ -142,7 +144,7 @@ impl fmt::Display for SecretKey {
     }
 }
 
-/// The keys a client authenticates with (NOTES.md, decision "keys").
+/// The keys a client authenticates with (docs/contract.md, "Keys").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keys {
     pub device: SecretKey,

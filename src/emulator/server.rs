@@ -6,7 +6,6 @@ use super::request::Payload;
 use super::stats::{Call, Outcome, Stats};
 use super::store::{Store, StoreError};
 use crate::api::{CreateOutcome, MediaRecord};
-use crate::cli::EmulatorArgs;
 use anyhow::Context;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -39,20 +38,18 @@ pub struct Faults {
 }
 
 impl Faults {
-    pub fn from_args(args: &EmulatorArgs) -> anyhow::Result<Self> {
-        for (flag, rate) in [
-            ("--fail-rate", args.fail_rate),
-            ("--drop-rate", args.drop_rate),
-        ] {
+    /// Rates are chances between 0 and 1.
+    pub fn new(fail_rate: f64, drop_rate: f64, latency: Duration) -> anyhow::Result<Self> {
+        for (flag, rate) in [("--fail-rate", fail_rate), ("--drop-rate", drop_rate)] {
             anyhow::ensure!(
                 (0.0..=1.0).contains(&rate),
                 "{flag} must be between 0 and 1, not {rate}"
             );
         }
         Ok(Faults {
-            fail_rate: args.fail_rate,
-            drop_rate: args.drop_rate,
-            latency: Duration::from_millis(args.latency_ms),
+            fail_rate,
+            drop_rate,
+            latency,
         })
     }
 }
@@ -255,20 +252,12 @@ pub(super) fn error_response(status: StatusCode, message: &str) -> Response {
 
 impl IntoResponse for StoreError {
     fn into_response(self) -> Response {
+        if let StoreError::Database(err) = &self {
+            tracing::error!(%err, "database error");
+        }
         let status =
             StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        match self {
-            StoreError::Invalid(invalid) => (
-                status,
-                Json(json!({ "error": invalid.to_string(), "field": invalid.field })),
-            )
-                .into_response(),
-            StoreError::Database(err) => {
-                tracing::error!(%err, "database error");
-                error_response(status, "database error")
-            }
-            other => error_response(status, &other.to_string()),
-        }
+        (status, Json(self.body())).into_response()
     }
 }
 

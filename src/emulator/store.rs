@@ -5,14 +5,12 @@
 //! Every call checks, in this order: the key (403), the grant and the media_id (404), then the
 //! request's fields (400). See docs/emulator.md.
 
-use super::lock;
 use crate::api::{
     CreateOutcome, DeviceInfo, GrantId, MediaGrant, MediaGrantList, MediaId, MediaRecord,
     MediaState, NewMedia, SecretKey,
 };
-use crate::cli::{Cli, Command, EmulatorArgs};
 use crate::contract;
-use clap::Parser;
+use crate::mutex::lock;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::collections::HashSet;
 use std::path::Path;
@@ -35,26 +33,24 @@ pub struct StoreConfig {
     pub device_upload_disabled: bool,
 }
 
-impl From<&EmulatorArgs> for StoreConfig {
-    fn from(args: &EmulatorArgs) -> Self {
-        StoreConfig {
-            grants: args.grants.clone(),
-            device_keys: args.device_keys.clone(),
-            user_keys: args.user_keys.clone(),
-            merge_parallel_creates: args.merge_parallel_creates,
-            strict_delete_auth: args.strict_delete_auth,
-            device_upload_disabled: args.device_upload_disabled,
-        }
-    }
-}
+/// The grant that exists when none is configured.
+pub const DEFAULT_GRANT: GrantId = 1;
+/// The device key accepted when none is configured.
+pub const DEFAULT_DEVICE_KEY: &str = "demo-device-key";
+/// The user key accepted when none is configured.
+pub const DEFAULT_USER_KEY: &str = "demo-user-key";
 
 impl Default for StoreConfig {
-    /// The defaults of `maxlofs emulator` (grant 1, `demo-device-key`, `demo-user-key`), taken
-    /// from the command line definition so that they cannot drift apart.
+    /// Grant 1, `demo-device-key`, `demo-user-key`, 409 on an existing path, any key deletes:
+    /// what `maxlofs emulator` runs with when given no flags.
     fn default() -> Self {
-        match Cli::parse_from(["maxlofs", "emulator"]).command {
-            Command::Emulator(args) => StoreConfig::from(&args),
-            _ => unreachable!("parsed the emulator subcommand"),
+        StoreConfig {
+            grants: vec![DEFAULT_GRANT],
+            device_keys: vec![DEFAULT_DEVICE_KEY.to_string()],
+            user_keys: vec![DEFAULT_USER_KEY.to_string()],
+            merge_parallel_creates: false,
+            strict_delete_auth: false,
+            device_upload_disabled: false,
         }
     }
 }
@@ -107,6 +103,18 @@ impl StoreError {
             StoreError::Database(_) => 500,
         }
     }
+
+    /// The JSON body the emulated service answers for this error: `{"error": ...}`, with the
+    /// field for a 400. A database error's detail is for the emulator's log, not the client.
+    pub fn body(&self) -> serde_json::Value {
+        match self {
+            StoreError::Invalid(invalid) => {
+                serde_json::json!({ "error": invalid.to_string(), "field": invalid.field })
+            }
+            StoreError::Database(_) => serde_json::json!({ "error": "database error" }),
+            other => serde_json::json!({ "error": other.to_string() }),
+        }
+    }
 }
 
 /// Who made a call, as recorded in last_updated_device_id and last_updated_user_id.
@@ -132,7 +140,7 @@ pub struct Store {
     /// transaction under a UNIQUE (grant_id, media_path), so parallel creates of a path can
     /// never make two records.
     conn: Mutex<Connection>,
-    /// Keys refused from now on although configured. Not persisted: the command line is the
+    /// Keys refused from now on although configured. Not persisted: the configuration is the
     /// source of the accepted keys at each start.
     revoked: Mutex<HashSet<String>>,
 }
@@ -561,15 +569,6 @@ mod tests {
         let mut records = store.records(grant).unwrap();
         assert_eq!(records.len(), 1, "{records:?}");
         records.remove(0)
-    }
-
-    #[test]
-    fn defaults_are_the_command_line_defaults() {
-        let config = StoreConfig::default();
-        assert_eq!(config.grants, vec![1]);
-        assert_eq!(config.device_keys, vec!["demo-device-key"]);
-        assert_eq!(config.user_keys, vec!["demo-user-key"]);
-        assert!(!config.merge_parallel_creates && !config.strict_delete_auth);
     }
 
     #[test]

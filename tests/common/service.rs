@@ -277,6 +277,11 @@ impl Mount {
     /// Starts the daemon and waits for the mount. False (after saying why) when FUSE is not
     /// available and not required; panics when it is required.
     pub fn mount(&mut self) -> bool {
+        self.mount_within(Duration::from_secs(20))
+    }
+
+    /// `mount`, waiting up to `limit` for the mount to appear.
+    pub fn mount_within(&mut self, limit: Duration) -> bool {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -293,7 +298,7 @@ impl Mount {
             .stderr(log)
             .spawn()
             .expect("maxlofs mount starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + limit;
         while !is_mounted(&self.mnt) {
             if let Some(status) = child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -303,7 +308,10 @@ impl Mount {
                 eprintln!("SKIPPED: cannot mount FUSE here ({status}):\n{log}");
                 return false;
             }
-            assert!(Instant::now() < deadline, "mount did not appear in 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "mount did not appear in {limit:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         self.child = Some(child);
