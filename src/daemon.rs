@@ -206,8 +206,11 @@ async fn check_service(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<Servi
     };
     let check = async {
         match api.current_device().await {
-            Ok(device) if device.is_disabled => bail!("device {} is disabled", device.device_name),
-            Ok(device) => tracing::info!("device {} ({})", device.device_name, device.device_id),
+            // The device's name is the service's text: shown escaped.
+            Ok(device) if device.is_disabled => {
+                bail!("device {:?} is disabled", device.device_name)
+            }
+            Ok(device) => tracing::info!("device {:?} ({})", device.device_name, device.device_id),
             Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
             Err(err @ ApiError::Transient(_)) => return Ok(offline(&err)),
             Err(err) => bail!("checking the device: {err}"),
@@ -336,11 +339,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     mount.threads = args.threads.max(1);
     mount.status = Some(engine.clone());
     mount.writers = writers;
-    tracing::info!(
-        "mounted {} at {}",
-        args.backing.display(),
-        args.mountpoint.display()
-    );
+    tracing::info!("mounted {:?} at {:?}", args.backing, args.mountpoint);
     crate::fs::run_until_unmounted(mount, crate::daemonize::notify_ready)
         .context("serving the mount")?;
 
