@@ -53,23 +53,28 @@ pub fn run(args: &GrantsArgs) -> anyhow::Result<()> {
     if list.is_device_disabled {
         println!("this device is disabled: no grant can be mounted");
     }
-    // Each column as wide as its header or its widest value.
-    let width = |header: &str, len: fn(&GrantRow<'_>) -> usize| {
-        rows.iter().map(len).fold(header.len(), usize::max)
+    // The service's text, shown escaped (no control sequence reaches the terminal); each column
+    // as wide as its header or its widest value.
+    use crate::status::escaped;
+    let shown: Vec<[String; 3]> = rows
+        .iter()
+        .map(|r| [escaped(r.id), escaped(r.name), escaped(r.prefix_path)])
+        .collect();
+    let width = |header: &str, column: usize| {
+        shown
+            .iter()
+            .map(|r| r[column].chars().count())
+            .fold(header.len(), usize::max)
     };
-    let id_width = width("ID", |r| r.id.len());
-    let name_width = width("NAME", |r| r.name.len());
-    let prefix_width = width("PREFIX", |r| r.prefix_path.len());
+    let (id_width, name_width, prefix_width) =
+        (width("ID", 0), width("NAME", 1), width("PREFIX", 2));
     println!(
         "{:id_width$}  {:name_width$}  {:prefix_width$}  DISABLED",
         "ID", "NAME", "PREFIX"
     );
-    for row in &rows {
+    for (row, [id, name, prefix]) in rows.iter().zip(&shown) {
         let disabled = if row.disabled { "yes" } else { "no" };
-        println!(
-            "{:id_width$}  {:name_width$}  {:prefix_width$}  {disabled}",
-            row.id, row.name, row.prefix_path
-        );
+        println!("{id:id_width$}  {name:name_width$}  {prefix:prefix_width$}  {disabled}");
     }
     Ok(())
 }
@@ -110,7 +115,7 @@ pub async fn resolve_grant(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<(
     };
     if grant.is_disabled {
         bail!(
-            "grant {} ({}) is disabled",
+            "grant {} ({:?}) is disabled",
             grant.media_grant_id,
             grant.grant_name
         );
@@ -246,7 +251,7 @@ mod tests {
         assert_eq!(resolve_grant(&api, "1").await.unwrap(), (1, String::new()));
         assert!(error(&api, "old")
             .await
-            .contains("grant 9 (old) is disabled"));
+            .contains("grant 9 (\"old\") is disabled"));
         assert!(error(&api, "twin").await.contains("several grants"));
         assert_eq!(resolve_grant(&api, "10").await.unwrap().0, 10);
         assert!(error(&api, "2")
