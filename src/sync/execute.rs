@@ -135,9 +135,15 @@ impl Engine {
             _ => Local::Absent,
         };
         let writing = matches!(&local, Local::File { stat, .. } if self.writers.is_open(stat.ino));
+        let entry = self.index.get(&key)?;
+        // A path with an entry has no unsure note that could change the decision.
+        let unsure = match entry {
+            Some(_) => None,
+            None => self.index.unsure(&key)?,
+        };
         Ok(Some(Look {
-            entry: self.index.get(&key)?,
-            unsure: self.index.unsure(&key)?,
+            entry,
+            unsure,
             key,
             local,
             writing,
@@ -203,9 +209,18 @@ impl Engine {
                             self.report.lock().unwrap().totals.updated += 1;
                             media_id
                         }
-                        // Gone from the service (a 404): a new record is made.
+                        // Gone from the service (a 404): a new record is made. The entry of the
+                        // gone one goes first, so that the create's unsure note is all that
+                        // names the path should its answer be lost.
                         Err(err) => {
                             self.judge(Step::Update, err)?;
+                            if entry.is_some() {
+                                self.index
+                                    .remove(&key)
+                                    .map_err(Failure::index)
+                                    .at(Step::Local)?;
+                                self.indexed.fetch_sub(1, Ordering::Relaxed);
+                            }
                             let media_path = self.media_path(path).at(Step::Local)?;
                             self.create(&key, NewMedia { media_path, state })?
                         }

@@ -137,10 +137,9 @@ impl Index {
         self.db
             .lock()
             .unwrap()
-            .prepare_cached(
-                "INSERT INTO unsure (path, state) VALUES (?1, ?2)
-                 ON CONFLICT (path) DO UPDATE SET state = excluded.state",
-            )?
+            // A create is sent only when no live record's id is known for the path (an id of
+            // an earlier note belongs to a record found gone): the note starts without one.
+            .prepare_cached("INSERT OR REPLACE INTO unsure (path, state) VALUES (?1, ?2)")?
             .execute(params![path, serde_json::to_string(media)?])?;
         Ok(())
     }
@@ -393,9 +392,10 @@ mod tests {
             })
         );
         index.learn_unsure_id("a", 7).unwrap();
-        // A create sent again for the path keeps the id.
-        index.mark_unsure("a", &media("a")).unwrap();
         assert_eq!(index.unsure("a").unwrap().unwrap().media_id, Some(7));
+        // A create sent again for the path is for another record.
+        index.mark_unsure("a", &media("a")).unwrap();
+        assert_eq!(index.unsure("a").unwrap().unwrap().media_id, None);
         index.put("b", &entry(9, 1)).unwrap();
         index.remove_as_unsure("b", &media("b"), 9).unwrap();
         assert_eq!(index.get("b").unwrap(), None);
