@@ -163,6 +163,9 @@ for round in $(seq "$REPEAT"); do
   for target in $TARGETS; do
     start "$target" "$round"
     echo "round $round: $target ($DIR), load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    # Every writing run starts from the same state: nothing dirty left to flush from before (a
+    # previous target's writes would otherwise be charged to, or spared from, this one's fsync).
+    drop_caches
     secs=$(elapsed dd if=/dev/zero of="$DIR/big" bs=1M count="$SIZE_MIB" conv=fsync status=none)
     best "$target,write" "$(echo "$SIZE_MIB / $secs" | bc -l)"
     settle "$target"
@@ -173,13 +176,16 @@ for round in $(seq "$REPEAT"); do
     best "$target,readwarm" "$(echo "$SIZE_MIB / $secs" | bc -l)"
     rm "$DIR/big"
     settle "$target"
+    drop_caches
     while read -r metric secs; do
       best "$target,$metric" "$(echo "$FILES / $secs" | bc -l)"
     done < <("$work/smallfiles" "$DIR/small" "$FILES")
     settle "$target"
+    drop_caches
     secs=$(elapsed extract "$DIR/tree")
     best "$target,tar" "$(echo "$tree_entries / $secs" | bc -l)"
     settle "$target"
+    drop_caches
     secs=$(elapsed cp -r "$DIR/tree" "$DIR/tree2")
     best "$target,cp" "$(echo "$tree_entries / $secs" | bc -l)"
     settle "$target"
