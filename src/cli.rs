@@ -178,6 +178,17 @@ pub struct MountArgs {
     /// Never send deletes.
     #[arg(long, env = "MAXLOFS_NO_DELETE")]
     pub no_delete: bool,
+    /// Send records only, never the files' content (what maxlofs did before it uploaded).
+    #[arg(long, env = "MAXLOFS_NO_UPLOAD")]
+    pub no_upload: bool,
+    /// Content PUTs under way at once (whole files and parts, over all files).
+    #[arg(long, env = "MAXLOFS_UPLOAD_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub upload_concurrency: u16,
+    /// Upload rate limit over all uploads, in bytes per second: a number with an optional K, M
+    /// or G (KiB, MiB, GiB), e.g. 20M [default: no limit].
+    #[arg(long, env = "MAXLOFS_UPLOAD_LIMIT", value_name = "RATE", value_parser = parse_rate)]
+    pub upload_limit: Option<u64>,
     /// Seconds to keep sending queued work after unmount or SIGTERM.
     #[arg(long, env = "MAXLOFS_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
@@ -191,6 +202,32 @@ pub struct MountArgs {
     /// foreground, logs go to stderr.
     #[arg(long, env = "MAXLOFS_LOG_FILE")]
     pub log_file: Option<PathBuf>,
+}
+
+/// A rate in bytes per second: digits, then optionally K, M or G (powers of 1024), any case.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, scale) = match text.char_indices().last() {
+        Some((at, unit)) if unit.is_ascii_alphabetic() => {
+            let scale = match unit.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{text:?}: the unit is K, M or G")),
+            };
+            (&text[..at], scale)
+        }
+        _ => (text, 1),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate (e.g. 500K, 20M, 1G)"))?;
+    match number.checked_mul(scale) {
+        Some(0) | None => Err(format!(
+            "{text:?}: the rate must be above 0 and fit 64 bits"
+        )),
+        Some(rate) => Ok(rate),
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -96,17 +96,22 @@ fn grant_prefix(state_dir: &Path, fresh: Option<String>) -> anyhow::Result<Strin
 
 /// Checks key and grant before anything is mounted: a refused key or an unknown grant is an error;
 /// a service that cannot be reached is only a warning (the mount works offline and catches up).
-async fn check_service(api: &dyn MediaApi, grant: GrantId) -> anyhow::Result<()> {
+/// Answers what it learned of uploads (`None` where the service could not be reached).
+async fn check_service(api: &dyn MediaApi, grant: GrantId) -> anyhow::Result<ServiceFacts> {
+    let mut facts = ServiceFacts::default();
     let offline = |err: &ApiError| {
         tracing::warn!("the service cannot be reached ({err}); mounting offline, changes will be sent when it is back");
     };
     match api.current_device().await {
         Ok(device) if device.is_disabled => bail!("device {} is disabled", device.device_name),
-        Ok(device) => tracing::info!("device {} ({})", device.device_name, device.device_id),
+        Ok(device) => {
+            tracing::info!("device {} ({})", device.device_name, device.device_id);
+            facts.device_upload_disabled = Some(device.is_upload_disabled);
+        }
         Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
         Err(err @ ApiError::Transient(_)) => {
             offline(&err);
-            return Ok(());
+            return Ok(facts);
         }
         Err(err) => bail!("checking the device: {err}"),
     }
@@ -134,15 +139,66 @@ async fn check_service(api: &dyn MediaApi, grant: GrantId) -> anyhow::Result<()>
             if found.is_disabled {
                 bail!("grant {grant} ({}) is disabled", found.grant_name);
             }
-            Ok(())
+            facts.encrypted = Some(found.volume_encryption_key.is_some());
+            Ok(facts)
         }
         Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
         Err(err @ ApiError::Transient(_)) => {
             offline(&err);
-            Ok(())
+            Ok(facts)
         }
         Err(err) => bail!("listing media grants: {err}"),
     }
+}
+
+/// What the mount-time checks learned of uploads.
+#[derive(Default)]
+struct ServiceFacts {
+    device_upload_disabled: Option<bool>,
+    encrypted: Option<bool>,
+}
+
+/// How this mount sends content. Whether the grant's volume is encrypted is recorded in the
+/// state folder when the service says, and read back while it cannot be reached; never known, it
+/// counts as encrypted (records only), as plaintext must not reach an encrypted volume.
+fn upload_config(
+    args: &MountArgs,
+    api: &Arc<HttpApi>,
+    facts: &ServiceFacts,
+    state_dir: &Path,
+) -> anyhow::Result<crate::sync::UploadConfig> {
+    use crate::sync::UploadConfig;
+    let file = state_dir.join("grant-encrypted");
+    let encrypted = match facts.encrypted {
+        Some(encrypted) => {
+            std::fs::write(&file, if encrypted { "yes" } else { "no" })
+                .with_context(|| format!("recording {}", file.display()))?;
+            encrypted
+        }
+        None => std::fs::read_to_string(&file).map_or(true, |known| known.trim() != "no"),
+    };
+    let why = if args.no_upload {
+        Some("--no-upload")
+    } else if encrypted {
+        Some(
+            "the grant's volume is encrypted (volume_encryption_key) and the API does not say \
+             how content is encrypted, or the grant could not be checked",
+        )
+    } else if facts.device_upload_disabled == Some(true) {
+        Some("uploads are disabled by the service (the device's is_upload_disabled)")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Ok(UploadConfig::records_only(why));
+    }
+    let client = crate::api::content_client::ContentClient::new(api.clone())?;
+    Ok(UploadConfig {
+        api: Some(Arc::new(client)),
+        records_only: None,
+        concurrency: args.upload_concurrency.into(),
+        limit: args.upload_limit,
+    })
 }
 
 /// While sending is paused by a refused key, re-reads the keys every second and resumes as soon as
@@ -226,7 +282,8 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     let grant_prefix = grant_prefix(&state_dir, fresh_prefix)?;
     let prefix = crate::grants::join_prefix(&grant_prefix, &args.prefix);
 
-    runtime.block_on(check_service(api.as_ref(), grant))?;
+    let facts = runtime.block_on(check_service(api.as_ref(), grant))?;
+    let upload = upload_config(args, &api, &facts, &state_dir)?;
 
     let identity = format!("{} grant {} prefix {:?}", args.api, grant, prefix);
     let index = Index::open(&state_dir.join("index.db"), &identity, args.cache_entries)
@@ -243,6 +300,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         no_delete: args.no_delete,
         ignore,
+        upload,
     };
     let writers = Arc::new(OpenWriters::default());
     let engine = Engine::new(config, api.clone(), index, backing, writers.clone());

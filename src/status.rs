@@ -34,6 +34,22 @@ pub struct StatusReport {
     pub deleted: u64,
     pub reconciled: bool,
     pub indexed: u64,
+    /// Bytes of the content uploads under way still to be sent.
+    #[serde(default)]
+    pub upload_bytes_left: u64,
+    /// Bytes of content sent since the mount started.
+    #[serde(default)]
+    pub uploaded_bytes: u64,
+    /// Bytes per second lately.
+    #[serde(default)]
+    pub upload_rate: u64,
+    /// Seconds until the uploads under way are sent, at that rate.
+    #[serde(default)]
+    pub upload_eta_secs: Option<u64>,
+    /// Why no content is uploaded (records only): `--no-upload`, an encrypted grant, or
+    /// uploads disabled by the service.
+    #[serde(default)]
+    pub uploads_off: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -188,6 +204,24 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
         status.created, status.updated, status.deleted
     )?;
     writeln!(out, "indexed:    {}", status.indexed)?;
+    match &status.uploads_off {
+        Some(why) => writeln!(out, "uploads:    off: {}", escaped(why))?,
+        None => {
+            write!(
+                out,
+                "uploads:    {} sent, {} to send, {}/s",
+                bytes(status.uploaded_bytes),
+                bytes(status.upload_bytes_left),
+                bytes(status.upload_rate)
+            )?;
+            match status.upload_eta_secs {
+                Some(secs) if status.upload_bytes_left > 0 => {
+                    writeln!(out, ", about {secs} s left")?
+                }
+                _ => writeln!(out)?,
+            }
+        }
+    }
     writeln!(
         out,
         "reconcile:  {}",
@@ -217,6 +251,21 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
         }
     }
     Ok(())
+}
+
+/// A byte count for people: 1.5 MiB.
+fn bytes(count: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{count} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
 }
 
 fn write_left_out(out: &mut impl Write, count: usize, listed: usize) -> std::io::Result<()> {

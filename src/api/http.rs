@@ -81,7 +81,7 @@ impl HttpApi {
     }
 
     /// A POST to `path` whose JSON body is `fields` plus `device_session_key`.
-    fn post<T: Serialize + ?Sized>(&self, path: &str, fields: &T) -> RequestBuilder {
+    pub(super) fn post<T: Serialize + ?Sized>(&self, path: &str, fields: &T) -> RequestBuilder {
         let key = self.keys().device;
         let body = WithDeviceKey {
             device_session_key: key.expose(),
@@ -100,7 +100,7 @@ impl HttpApi {
     }
 
     /// Sends a request and reads the whole answer, then gives it its meaning.
-    async fn call(&self, request: RequestBuilder) -> Result<Answer, ApiError> {
+    pub(super) async fn call(&self, request: RequestBuilder) -> Result<Answer, ApiError> {
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         // The path only: a DELETE's query holds the key.
@@ -137,7 +137,7 @@ struct Created {
 
 /// A non-error answer, body included.
 #[derive(Debug, PartialEq, Eq)]
-enum Answer {
+pub(super) enum Answer {
     Success(Vec<u8>),
     /// 409: only a create documents it (its body is the path's current record).
     Conflict(Vec<u8>),
@@ -145,7 +145,7 @@ enum Answer {
 
 impl Answer {
     /// For calls that do not document a 409: it is a rejection like any other 4xx.
-    fn success(self) -> Result<Vec<u8>, ApiError> {
+    pub(super) fn success(self) -> Result<Vec<u8>, ApiError> {
         match self {
             Answer::Success(body) => Ok(body),
             Answer::Conflict(body) => Err(ApiError::BadRequest {
@@ -157,7 +157,7 @@ impl Answer {
 }
 
 /// The one place an HTTP status gets its meaning (see `ApiError`'s classes).
-fn classify(status: StatusCode, body: Vec<u8>) -> Result<Answer, ApiError> {
+pub(super) fn classify(status: StatusCode, body: Vec<u8>) -> Result<Answer, ApiError> {
     match status.as_u16() {
         200..=299 => Ok(Answer::Success(body)),
         409 => Ok(Answer::Conflict(body)),
@@ -178,7 +178,7 @@ fn classify(status: StatusCode, body: Vec<u8>) -> Result<Answer, ApiError> {
 
 /// A success or conflict body that does not parse as what the call answers: most likely cut
 /// short, so worth retrying.
-fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(super) fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|err| ApiError::Transient(format!("malformed answer: {err}")))
 }
@@ -207,7 +207,7 @@ fn service_message(body: &[u8]) -> String {
 }
 
 /// A failure to get an answer at all: timeouts, refused or dropped connections, a body cut short.
-fn transport_error(mut err: reqwest::Error) -> ApiError {
+pub(super) fn transport_error(mut err: reqwest::Error) -> ApiError {
     // A DELETE URL holds the key in its query; the path is worth keeping.
     if let Some(url) = err.url_mut() {
         url.set_query(None);

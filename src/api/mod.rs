@@ -2,6 +2,7 @@
 //! calls, a real HTTP client and an in-memory implementation for unit tests.
 
 pub mod content;
+pub mod content_client;
 pub mod http;
 pub mod memory;
 

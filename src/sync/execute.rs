@@ -11,7 +11,7 @@ use super::decide::{decide, Action, Facts, Local};
 use super::engine::{Engine, Outcome};
 use super::failure::{verdict, Failure, Step, Verdict};
 use super::hash_cache::Stamp;
-use super::hasher;
+use super::hasher::{self, Hashed};
 use super::index::{IndexEntry, Unsure};
 use super::local::{FileStat, Observed};
 use super::queue::Hint;
@@ -44,9 +44,9 @@ struct Checked {
 }
 
 /// A failed step of an action.
-struct Failed(Step, Failure);
+pub(super) struct Failed(pub Step, pub Failure);
 
-trait At<T> {
+pub(super) trait At<T> {
     fn at(self, step: Step) -> Result<T, Failed>;
 }
 
@@ -100,7 +100,7 @@ impl Engine {
     }
 
     /// Index work on the blocking pool.
-    async fn on_index<T: Send + 'static>(
+    pub(super) async fn on_index<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&Engine) -> anyhow::Result<T> + Send + 'static,
     ) -> Result<T, Failed> {
@@ -111,7 +111,7 @@ impl Engine {
     }
 
     /// Runs blocking work (the index, the backing tree) on the blocking pool.
-    async fn off_runtime<T: Send + 'static>(
+    pub(super) async fn off_runtime<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&Engine) -> T + Send + 'static,
     ) -> Result<T, Failure> {
@@ -175,6 +175,9 @@ impl Engine {
             writing,
         } = look;
         let mut checked = None;
+        let mut content = self.uploads.initial();
+        // The part digests of a multipart file, when this look hashed it.
+        let mut parts = None;
         loop {
             let action = decide(Facts {
                 local: &local,
@@ -183,6 +186,7 @@ impl Engine {
                 hint,
                 writing,
                 no_delete: self.config.no_delete,
+                content,
             });
             tracing::trace!("{key:?}: {action:?}");
             let Local::File { stat, hash } = &local else {
@@ -197,7 +201,7 @@ impl Engine {
                 Action::Hash => {
                     // Taken before the hash: a change reported from now on is not in what we send.
                     let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
-                    let Some((hash, stat, verified)) =
+                    let Some((hash, stat, verified, hashed_parts)) =
                         self.file_hash(path, *stat, hint).await.at(Step::Local)?
                     else {
                         // It kept changing while read: look again later.
@@ -210,10 +214,16 @@ impl Engine {
                         stamp,
                         hash_verified: verified,
                     });
+                    parts = hashed_parts;
                     local = Local::File {
                         stat,
                         hash: Some(hash),
                     };
+                    continue;
+                }
+                Action::Upload => {
+                    let hash = hash.as_deref().expect("hashed before an upload");
+                    content = self.upload(path, *stat, hash, parts.take()).await?;
                     continue;
                 }
                 Action::Remember { media_id } => media_id,
@@ -381,7 +391,7 @@ impl Engine {
 
     /// Notes whether the service answers: the first answer after a transient failure wakes every
     /// path waiting out a retry.
-    fn call<T>(&self, answer: Result<T, ApiError>) -> Result<T, ApiError> {
+    pub(super) fn call<T>(&self, answer: Result<T, ApiError>) -> Result<T, ApiError> {
         match &answer {
             Err(ApiError::Transient(_)) => self.service_answers.store(false, Ordering::Relaxed),
             _ => {
@@ -457,13 +467,14 @@ impl Engine {
     /// reuses a hash known to be the inode's content now: that of an indexed name of the inode
     /// with the same size and mtime (a rename or link), or the inode's last hash if no content
     /// change was reported since it was taken (times set). Otherwise the file is hashed, and
-    /// hashed again if it changed meanwhile. `None`: it kept changing.
+    /// hashed again if it changed meanwhile. `None`: it kept changing. The part digests come
+    /// with a hash that was computed.
     async fn file_hash(
         self: &Arc<Self>,
         path: &Path,
         stat: FileStat,
         hint: Hint,
-    ) -> Result<Option<(String, FileStat, bool)>, Failure> {
+    ) -> Result<Option<HashFound>, Failure> {
         if hint == Hint::Meta {
             let links = self
                 .off_runtime(move |engine| engine.index.find_by_ino(stat.ino))
@@ -472,13 +483,29 @@ impl Engine {
                 .into_iter()
                 .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
             {
-                return Ok(Some((entry.hash, stat, true)));
+                return Ok(Some((entry.hash, stat, true, None)));
             }
             if let Some(hash) = self.hashes.lock().unwrap().known_hash(&stat) {
-                return Ok(Some((hash, stat, false)));
+                return Ok(Some((hash, stat, false, None)));
             }
         }
         let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
+        let hashed = self.hash_now(path, stat).await?;
+        if let Some(hashed) = &hashed {
+            self.hashes
+                .lock()
+                .unwrap()
+                .hashed(&hashed.stat, &hashed.hash, stamp);
+        }
+        Ok(hashed.map(|hashed| (hashed.hash, hashed.stat, true, Some(hashed.parts))))
+    }
+
+    /// Reads and hashes the file now (`stat`: as last seen), within the hashing budget.
+    pub(super) async fn hash_now(
+        self: &Arc<Self>,
+        path: &Path,
+        stat: FileStat,
+    ) -> Result<Option<Hashed>, Failure> {
         let hashed = if stat.size <= INLINE_HASH_MAX {
             // Microseconds of work: a hand-off to another thread would cost more than it saves.
             hasher::hash_stable(&self.backing, path, std::num::NonZeroUsize::MIN)
@@ -494,11 +521,7 @@ impl Engine {
             .map_err(|err| Failure::Local(format!("hashing task: {err}")))?
         };
         match hashed {
-            Ok(Some((hash, stat))) => {
-                self.hashes.lock().unwrap().hashed(&stat, &hash, stamp);
-                Ok(Some((hash, stat, true)))
-            }
-            Ok(None) => Ok(None),
+            Ok(found) => Ok(found),
             // Gone or replaced while we looked: the event that did it marks it again.
             Err(err)
                 if matches!(
@@ -513,6 +536,10 @@ impl Engine {
     }
 }
 
+/// A hash, the stat it belongs to, whether it was verified against the content, and the part
+/// digests when it was just computed.
+type HashFound = (String, FileStat, bool, Option<Vec<[u8; 32]>>);
+
 /// How many threads hashing a file of `size` bytes can use: one per part.
 fn useful_threads(size: u64) -> std::num::NonZeroUsize {
     let parts = crate::hash::part_size(size).map_or(1, |part| size.div_ceil(part));
@@ -521,7 +548,7 @@ fn useful_threads(size: u64) -> std::num::NonZeroUsize {
 }
 
 /// What identifies a file's content state: inode, size, mtime.
-fn content_key(stat: &FileStat) -> (u64, u64, i64) {
+pub(super) fn content_key(stat: &FileStat) -> (u64, u64, i64) {
     (stat.ino, stat.size, stat.mtime_ns)
 }
 
