@@ -15,6 +15,7 @@ use crate::fs::{MountConfig, OpenWriters};
 use crate::sync::ignore::IgnoreRules;
 use crate::sync::index::Index;
 use crate::sync::local::Backing;
+use crate::sync::upload::ENCRYPTED_GRANT;
 use crate::sync::{Engine, SyncConfig};
 
 /// Where the keys come from: files (re-read when they change) or the environment.
@@ -158,32 +159,18 @@ struct ServiceFacts {
     encrypted: Option<bool>,
 }
 
-/// How this mount sends content. Whether the grant's volume is encrypted is recorded in the
-/// state folder when the service says, and read back while it cannot be reached; never known, it
-/// counts as encrypted (records only), as plaintext must not reach an encrypted volume.
+/// How this mount sends content. A grant whose encryption could not be checked at mount (the
+/// service was unreachable) is checked before its first upload.
 fn upload_config(
     args: &MountArgs,
     api: &Arc<HttpApi>,
     facts: &ServiceFacts,
-    state_dir: &Path,
 ) -> anyhow::Result<crate::sync::UploadConfig> {
     use crate::sync::UploadConfig;
-    let file = state_dir.join("grant-encrypted");
-    let encrypted = match facts.encrypted {
-        Some(encrypted) => {
-            std::fs::write(&file, if encrypted { "yes" } else { "no" })
-                .with_context(|| format!("recording {}", file.display()))?;
-            encrypted
-        }
-        None => std::fs::read_to_string(&file).map_or(true, |known| known.trim() != "no"),
-    };
     let why = if args.no_upload {
         Some("--no-upload")
-    } else if encrypted {
-        Some(
-            "the grant's volume is encrypted (volume_encryption_key) and the API does not say \
-             how content is encrypted, or the grant could not be checked",
-        )
+    } else if facts.encrypted == Some(true) {
+        Some(ENCRYPTED_GRANT)
     } else if facts.device_upload_disabled == Some(true) {
         Some("uploads are disabled by the service (the device's is_upload_disabled)")
     } else {
@@ -198,6 +185,7 @@ fn upload_config(
         records_only: None,
         concurrency: args.upload_concurrency.into(),
         limit: args.upload_limit,
+        grant_unchecked: facts.encrypted.is_none(),
     })
 }
 
@@ -283,7 +271,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     let prefix = crate::grants::join_prefix(&grant_prefix, &args.prefix);
 
     let facts = runtime.block_on(check_service(api.as_ref(), grant))?;
-    let upload = upload_config(args, &api, &facts, &state_dir)?;
+    let upload = upload_config(args, &api, &facts)?;
 
     let identity = format!("{} grant {} prefix {:?}", args.api, grant, prefix);
     let index = Index::open(&state_dir.join("index.db"), &identity, args.cache_entries)

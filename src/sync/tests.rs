@@ -59,6 +59,8 @@ struct Options {
     engine_api: Option<Arc<dyn MediaApi>>,
     /// Where content goes; `None`: records only.
     content: Option<Arc<dyn ContentApi>>,
+    /// The grant is checked for encryption before the first upload.
+    grant_unchecked: bool,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             store: store_config(),
             engine_api: None,
             content: None,
+            grant_unchecked: false,
         }
     }
 }
@@ -114,6 +117,7 @@ impl Rig {
                     records_only: None,
                     concurrency: 2,
                     limit: None,
+                    grant_unchecked: options.grant_unchecked,
                 },
                 None => UploadConfig::records_only("unit test without content"),
             },

@@ -43,7 +43,14 @@ pub struct UploadConfig {
     pub concurrency: usize,
     /// Bytes per second over all uploads; `None`: no limit.
     pub limit: Option<u64>,
+    /// Whether the grant's volume is encrypted is not known yet (the service could not be
+    /// reached at mount): it is asked before the first upload.
+    pub grant_unchecked: bool,
 }
+
+/// Why an encrypted grant gets records only.
+pub const ENCRYPTED_GRANT: &str = "the grant's volume is encrypted (volume_encryption_key) and \
+    the API does not say how content is to be encrypted: records only";
 
 impl UploadConfig {
     pub fn records_only(why: &str) -> UploadConfig {
@@ -52,6 +59,7 @@ impl UploadConfig {
             records_only: Some(why.to_string()),
             concurrency: 1,
             limit: None,
+            grant_unchecked: false,
         }
     }
 }
@@ -67,6 +75,9 @@ type FlightResult = Option<Result<Content, String>>;
 pub(super) struct Uploads {
     api: Option<Arc<dyn ContentApi>>,
     records_only: Option<String>,
+    /// `Some(None)`: the grant is still to be checked for encryption; `Some(Some(why))`: it was,
+    /// and is encrypted; `None`: nothing in the way.
+    grant: Mutex<Option<Option<String>>>,
     /// Set while the service answers `upload_disabled`.
     service_off: AtomicBool,
     puts: Arc<Semaphore>,
@@ -85,6 +96,7 @@ impl Uploads {
         Uploads {
             api: config.api.clone(),
             records_only: config.records_only.clone(),
+            grant: Mutex::new(config.grant_unchecked.then_some(None)),
             service_off: AtomicBool::new(false),
             puts: Arc::new(Semaphore::new(config.concurrency.max(1))),
             limit: config.limit.filter(|&rate| rate > 0).map(RateLimit::new),
@@ -103,7 +115,8 @@ impl Uploads {
 
     /// Why no content is sent, if none is: the mount's choice, or the service's.
     pub(super) fn off(&self) -> Option<String> {
-        self.records_only.clone().or_else(|| {
+        let learned = self.grant.lock().unwrap().clone().flatten();
+        self.records_only.clone().or(learned).or_else(|| {
             self.service_off.load(Ordering::Relaxed).then(|| {
                 "uploads are disabled by the service (upload_disabled): records only".to_string()
             })
@@ -325,6 +338,9 @@ impl Engine {
         let Some(api) = self.uploads.api.clone() else {
             return Ok(Content::NotSent);
         };
+        if !self.grant_allows_uploads().await? {
+            return Ok(Content::NotSent);
+        }
         let waiting = {
             let mut flights = self.uploads.flights.lock().unwrap();
             match flights.get(hash) {
@@ -372,6 +388,33 @@ impl Engine {
         flight.result.send_replace(Some(shared));
         drop(flight);
         sent
+    }
+
+    /// Whether the grant takes plaintext uploads: asked of the service once, when the mount
+    /// could not (an encrypted grant gets records only).
+    async fn grant_allows_uploads(self: &Arc<Self>) -> Result<bool, Failed> {
+        if let Some(known) = self.uploads.grant.lock().unwrap().clone() {
+            if known.is_some() {
+                return Ok(false);
+            }
+        } else {
+            return Ok(true);
+        }
+        let list = self.call(self.api.media_grants().await).at(Step::Upload)?;
+        let wanted = self.config.grant.to_string();
+        let encrypted = list
+            .media_grant_list
+            .iter()
+            .find(|grant| grant.media_grant_id == wanted)
+            .is_some_and(|grant| grant.volume_encryption_key.is_some());
+        let mut grant = self.uploads.grant.lock().unwrap();
+        if encrypted {
+            tracing::warn!("{ENCRYPTED_GRANT}");
+            *grant = Some(Some(ENCRYPTED_GRANT.to_string()));
+        } else {
+            *grant = None;
+        }
+        Ok(!encrypted)
     }
 
     async fn send_content(

@@ -242,6 +242,8 @@ struct Checked {
     api: Arc<MemoryApi>,
     objects: Arc<Objects>,
     violations: Mutex<Vec<String>>,
+    /// The grant list says grant 1's volume is encrypted.
+    encrypted: bool,
 }
 
 impl Checked {
@@ -277,7 +279,13 @@ impl MediaApi for Checked {
         self.api.current_device().await
     }
     async fn media_grants(&self) -> Result<MediaGrantList, ApiError> {
-        self.api.media_grants().await
+        let mut list = self.api.media_grants().await?;
+        if self.encrypted {
+            for grant in &mut list.media_grant_list {
+                grant.volume_encryption_key = Some("a key".into());
+            }
+        }
+        Ok(list)
     }
     fn set_keys(&self, keys: Keys) {
         self.api.set_keys(keys)
@@ -292,6 +300,11 @@ struct ContentRig {
 
 impl ContentRig {
     fn new() -> ContentRig {
+        ContentRig::with(false, false)
+    }
+
+    /// `grant_unchecked`: the mount could not check the grant; `encrypted`: it is encrypted.
+    fn with(grant_unchecked: bool, encrypted: bool) -> ContentRig {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("b")).unwrap();
         let api = Arc::new(MemoryApi::new(store_config(), keys("k1")));
@@ -300,6 +313,7 @@ impl ContentRig {
             api: api.clone(),
             objects: objects.clone(),
             violations: Mutex::default(),
+            encrypted,
         });
         let rig = Rig::start(
             dir,
@@ -307,6 +321,7 @@ impl ContentRig {
             Options {
                 engine_api: Some(checked.clone()),
                 content: Some(objects.clone()),
+                grant_unchecked,
                 ..Options::default()
             },
         );
@@ -457,4 +472,27 @@ async fn records_only_sends_no_content() {
     rig.settled().await;
     assert_eq!(rig.live()["a"].file_hash, maxlo_hash(b"content"));
     assert!(rig.engine.status().uploads_off.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_found_encrypted_before_the_first_upload_gets_records_only() {
+    let rig = ContentRig::with(true, true);
+    rig.rig.write("a", b"content");
+    rig.rig.write("b", b"other");
+    rig.rig.settled().await;
+    assert_eq!(rig.rig.live().len(), 2);
+    assert_eq!(rig.objects.puts(), 0);
+    assert_eq!(rig.rig.calls(Call::MediaGrant), 1, "asked once");
+    let off = rig.rig.engine.status().uploads_off.unwrap();
+    assert!(off.contains("encrypted"), "{off}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_found_plain_before_the_first_upload_takes_content() {
+    let rig = ContentRig::with(true, false);
+    rig.rig.write("a", b"content");
+    rig.rig.settled().await;
+    assert!(rig.objects.holds(&maxlo_hash(b"content")));
+    assert_eq!(rig.rig.engine.status().uploads_off, None);
+    rig.no_violations();
 }
