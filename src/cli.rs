@@ -35,6 +35,34 @@ pub enum Command {
     Mount(Box<MountCommand>),
     /// Show what a mount's sync engine is doing.
     Status(StatusArgs),
+    /// Check that the service holds the content of every synced record (of an unmounted
+    /// BACKING folder, from its index); exit status 0 when all is well, 1 when content is
+    /// missing or corrupted, 2 when it could not check.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// The backing folder of a mount (not mounted: the mount holds its index).
+    pub backing: PathBuf,
+    /// Base URL of the Maxlo API (or the emulator).
+    #[arg(long, env = "MAXLOFS_API", default_value = "http://127.0.0.1:8700")]
+    pub api: String,
+    /// Media grant: its id or its name.
+    #[arg(long, env = "MAXLOFS_GRANT", default_value = "1")]
+    pub grant: String,
+    /// File holding the device session key (else MAXLO_DEVICE_SESSION_KEY).
+    #[arg(long, env = "MAXLOFS_DEVICE_KEY_FILE")]
+    pub device_key_file: Option<PathBuf>,
+    /// Where the mount's index lives (default: as for `mount`).
+    #[arg(long, env = "MAXLOFS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Also download each content and check its hash.
+    #[arg(long)]
+    pub deep: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -322,6 +350,7 @@ pub fn main() -> i32 {
         Command::Hash { files } => return crate::hash::run_cli(&files),
         Command::Mount(mount) => run_mount(*mount),
         Command::Status(args) => crate::status::run(&args),
+        Command::Verify(args) => return crate::verify::run(&args),
     };
     match result {
         Ok(()) => 0,

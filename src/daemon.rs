@@ -63,7 +63,7 @@ impl KeySource {
 }
 
 /// Default state folder: `$XDG_STATE_HOME/maxlofs/<backing path>-g<grant>`.
-fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathBuf> {
+pub fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathBuf> {
     let base = crate::config::xdg_dir("XDG_STATE_HOME", ".local/state")
         .context("neither XDG_STATE_HOME nor HOME is set")?;
     let name: String = backing

@@ -199,6 +199,63 @@ fn hash_parts<F: FileExt + Sync>(
     Ok(digests)
 }
 
+/// The Maxlo hash of content that arrives in order, a chunk at a time (a download), for content
+/// said to be `size` bytes long.
+pub struct StreamHasher {
+    size: u64,
+    part: Option<u64>,
+    fed: u64,
+    current: Sha256,
+    /// Bytes of the current part fed so far.
+    in_part: u64,
+    parts: Vec<u8>,
+}
+
+impl StreamHasher {
+    pub fn new(size: u64) -> StreamHasher {
+        StreamHasher {
+            size,
+            part: part_size(size),
+            fed: 0,
+            current: Sha256::new(),
+            in_part: 0,
+            parts: Vec::new(),
+        }
+    }
+
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.fed += bytes.len() as u64;
+        let Some(part) = self.part else {
+            self.current.update(bytes);
+            return;
+        };
+        while !bytes.is_empty() {
+            let take = ((part - self.in_part) as usize).min(bytes.len());
+            self.current.update(&bytes[..take]);
+            self.in_part += take as u64;
+            if self.in_part == part {
+                self.parts.extend_from_slice(&self.current.finalize_reset());
+                self.in_part = 0;
+            }
+            bytes = &bytes[take..];
+        }
+    }
+
+    /// The hash, or `None` when other than `size` bytes were fed.
+    pub fn finish(mut self) -> Option<FileHash> {
+        if self.fed != self.size {
+            return None;
+        }
+        if self.part.is_none() {
+            return Some(FileHash(self.current.finalize().into()));
+        }
+        if self.in_part > 0 {
+            self.parts.extend_from_slice(&self.current.finalize_reset());
+        }
+        Some(FileHash(Sha256::digest(&self.parts).into()))
+    }
+}
+
 /// SHA-256 of `len` bytes from `start`, read with positioned reads so threads can share a file.
 fn hash_range<F: FileExt>(
     file: &F,
@@ -382,6 +439,26 @@ mod tests {
         assert!(whole.is_empty());
         assert_eq!(parts(10), [(0, 10)]);
         assert_eq!(parts(0), [(0, 0)]);
+    }
+
+    #[test]
+    fn a_stream_hashes_as_the_file_whatever_its_chunks() {
+        for len in [0, 1000, 16 * MIB, 16 * MIB + 1, 3 * 8 * MIB + 77] {
+            let mut bytes = vec![0; len as usize];
+            Pattern { len }.read_exact_at(&mut bytes, 0).unwrap();
+            let mut stream = StreamHasher::new(len);
+            for chunk in bytes.chunks(3 * 1024 * 1024 + 7) {
+                stream.update(chunk);
+            }
+            assert_eq!(
+                stream.finish().map(|h| h.to_hex()),
+                Some(pattern_hash(len, 2)),
+                "{len}"
+            );
+        }
+        let mut short = StreamHasher::new(10);
+        short.update(b"12345");
+        assert!(short.finish().is_none());
     }
 
     #[test]

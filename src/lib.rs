@@ -16,3 +16,4 @@ pub mod log_limit;
 pub mod progress;
 pub mod status;
 pub mod sync;
+pub mod verify;

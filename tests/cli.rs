@@ -81,6 +81,9 @@ fn defaults_apply_when_nothing_is_configured_and_paths_become_absolute() {
             "ignore": [],
             "no_default_ignore": [],
             "no_delete": false,
+            "no_upload": false,
+            "upload_concurrency": 4,
+            "upload_limit": null,
             "drain_timeout": 30,
             "threads": 4,
             "log_level": null,
@@ -535,4 +538,27 @@ fn daemon_mode_fails_with_the_daemons_own_error() {
     let last = logged.lines().last().expect("a logged error");
     assert!(last.starts_with("maxlofs: "), "{logged}");
     assert!(stderr.contains(last), "{stderr}");
+}
+
+#[test]
+fn upload_limits_take_k_m_g_suffixes_and_refuse_nonsense() {
+    let dir = tempfile::tempdir().unwrap();
+    for (given, rate) in [
+        ("500K", 512_000),
+        ("20m", 20 << 20),
+        ("1G", 1 << 30),
+        ("1000", 1000),
+    ] {
+        let got = settings(&mut maxlofs(
+            dir.path(),
+            &["mount", "b", "m", "--print-config", "--upload-limit", given],
+        ));
+        assert_eq!(got["upload_limit"], rate, "{given}");
+    }
+    for bad in ["0", "20X", "M", "1.5M", "99999999999G"] {
+        let out = maxlofs(dir.path(), &["mount", "b", "m", "--upload-limit", bad])
+            .output()
+            .unwrap();
+        assert_usage_error(&out, &["--upload-limit"]);
+    }
 }

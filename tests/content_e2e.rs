@@ -219,3 +219,104 @@ fn a_multipart_upload_killed_midway_resumes_with_the_missing_parts() {
     assert_eq!(emulator.calls("multipart"), 1, "the same upload went on");
     assert_eq!(emulator.calls("multipart_complete"), 1);
 }
+
+#[test]
+fn multipart_urls_expired_while_unmounted_start_the_upload_over() {
+    let emulator = Emulator::start(&["--url-ttl-secs", "3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--upload-limit", "4M"]);
+    if !mount.mount() {
+        return;
+    }
+    // 40 MiB: five parts, ten seconds at 4 MiB/s.
+    std::fs::write(mount.path("a.mov"), bytes(40 * MIB, 70)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while emulator.calls("part_put") < 2 {
+        assert!(Instant::now() < deadline, "the parts did not go up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    mount.kill();
+    std::thread::sleep(Duration::from_secs(4));
+    // Unlimited now, so the new URLs outlive the upload.
+    let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
+    assert!(mount.mount(), "mounts again");
+    mount.wait_synced_within(120);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(emulator.calls("multipart"), 2, "a new upload with new URLs");
+    assert_eq!(emulator.calls("multipart_complete"), 1);
+}
+
+/// `maxlofs verify BACKING` for `mount` (unmounted), as (exit code, stdout).
+fn verify(emulator: &Emulator, mount: &Mount, deep: bool) -> (i32, String) {
+    let mut command = Command::new(BIN);
+    command
+        .arg("verify")
+        .arg(&mount.backing)
+        .args(["--api", &emulator.url, "--device-key-file"])
+        .arg(&mount.key_file)
+        .arg("--state-dir")
+        .arg(&mount.state);
+    if deep {
+        command.arg("--deep");
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn verify_finds_missing_and_deep_finds_corrupted_content() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("gone.jpg"), bytes(5000, 80)).unwrap();
+    std::fs::write(mount.path("bad.mov"), bytes(17 * MIB, 81)).unwrap();
+    std::fs::write(mount.path("fine.jpg"), bytes(7000, 82)).unwrap();
+    mount.wait_synced();
+    assert!(mount.unmount().success());
+    let (code, out) = verify(&emulator, &mount, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("3 records, 3 contents checked (downloaded): all held"),
+        "{out}"
+    );
+
+    let gone = maxlo_hash(&mount.backing.join("gone.jpg"));
+    let bad = maxlo_hash(&mount.backing.join("bad.mov"));
+    let client = reqwest::blocking::Client::new();
+    let url = |hash: &str| format!("{}/_emulator/objects/{hash}", emulator.url);
+    assert!(client
+        .delete(url(&gone))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
+    let corrupt = client
+        .post(format!("{}/corrupt", url(&bad)))
+        .send()
+        .unwrap();
+    assert!(corrupt.status().is_success());
+
+    let (code, out) = verify(&emulator, &mount, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("missing   gone.jpg ({gone})")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("bad.mov"),
+        "a shallow check cannot see corruption: {out}"
+    );
+    let (code, out) = verify(&emulator, &mount, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("corrupted bad.mov ({bad})")), "{out}");
+    assert!(
+        out.contains("gone.jpg") && !out.contains("fine.jpg"),
+        "{out}"
+    );
+}

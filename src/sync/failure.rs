@@ -70,7 +70,12 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
             why: message.clone(),
         },
         Failure::Api(err) if starts_over(step, err) => Verdict::Retry {
-            why: format!("{err}; the multipart upload starts over"),
+            why: match err {
+                ApiError::Unauthorized => "the store refused a part's signed URL (403, expired?)",
+                _ => "the store no longer takes this multipart upload",
+            }
+            .to_string()
+                + &format!(" ({err}); it starts over"),
         },
         Failure::Api(err) => match (err, step) {
             (ApiError::Transient(message), _) => Verdict::Retry {

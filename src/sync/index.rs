@@ -398,10 +398,11 @@ impl Index {
         Ok(())
     }
 
-    /// Every (path, hash) of a synced record.
-    pub fn hashes(&self) -> anyhow::Result<Vec<(String, String)>> {
-        let db = self.db.lock().unwrap();
-        let mut stmt = db.prepare_cached("SELECT path, hash FROM synced ORDER BY path")?;
+    /// Every (path, hash) of a synced record in the index at `path`, read without changing it
+    /// (`maxlofs verify`). Fails while a mount holds it.
+    pub fn synced_hashes(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+        let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = db.prepare("SELECT path, hash FROM synced ORDER BY path")?;
         let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

@@ -64,6 +64,11 @@ impl UploadConfig {
     }
 }
 
+/// The API gives no expiry with its signed URLs: a URL refused as expired (403) starts the
+/// upload over. URLs older than this are not even tried: an S3 presigned URL is valid for at
+/// most seven days.
+const URLS_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
+
 /// Bytes read from the file per chunk of a PUT's body.
 const CHUNK: u64 = 256 * 1024;
 
@@ -593,6 +598,7 @@ impl Engine {
             .filter(|upload| {
                 upload.size == stat.size
                     && (1..=spans.len() as u64).all(|num| upload.urls.contains_key(&num))
+                    && chrono::Utc::now().timestamp() - upload.started_at < URLS_MAX_AGE_SECS
             });
         let mut upload = match resumed {
             Some(upload) => {
