@@ -70,7 +70,7 @@ impl UploadConfig {
 const URLS_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
 
 /// Bytes read from the file per chunk of a PUT's body.
-const CHUNK: u64 = 256 * 1024;
+const CHUNK: u64 = 1024 * 1024;
 
 /// What the answer of one content upload was, shared with the paths waiting on it.
 type FlightResult = Option<Result<Content, String>>;
