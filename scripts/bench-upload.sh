@@ -46,33 +46,38 @@ import os
 for i in range($files):
     open(os.path.join('$work/small', f'f{i:04d}.jpg'), 'wb').write(os.urandom($small_kib * 1024))"
 
-# One round of each: the time of the curl PUTs and of the mount, each against a fresh emulator.
+# One round of each: `took` is set to the seconds of the curl PUTs or of the mount, each against a
+# fresh emulator (run in this shell, not in $(...): the emulator must stay this shell's child).
 big_curl() {
   start_emulator
   post multipart "$(cat "$work/multipart.json")" >"$work/urls.json"
-  rm -rf "$work/headers"; mkdir -p "$work/headers"
-  python3 - "$work/urls.json" "$work/parts" "$work/headers" >"$work/curl-big.cfg" <<'PY'
+  python3 - "$work/urls.json" "$work/parts" >"$work/curl-big.cfg" <<'PY'
 import json, sys
 for part in json.load(open(sys.argv[1]))["signed_url_list"]:
     n = part["part_num"]
-    print(f'upload-file = "{sys.argv[2]}/{n}"\nurl = "{part["url"]}"\noutput = "/dev/null"\n'
-          f'dump-header = "{sys.argv[3]}/{n}"')
+    print(f'upload-file = "{sys.argv[2]}/{n}"\nurl = "{part["url"]}"\noutput = "/dev/null"')
 PY
   local t0 t1
   t0=$(now)
-  nice -n 10 curl -fsS --parallel --parallel-max "$concurrency" -K "$work/curl-big.cfg"
+  # Each part's ETag, by the part number that ends its URL's path.
+  nice -n 10 curl -sS --fail --no-progress-meter --parallel --parallel-max "$concurrency" \
+    -K "$work/curl-big.cfg" -w '%{url} %header{etag}\n' >"$work/etags"
+  echo "curl: PUTs took $(python3 -c "print(f'{$(now) - $t0:.2f}')") s"
   # The ETags, and the assembly maxlofs also waits for.
-  post multipart_complete "$(python3 - "$work/multipart.json" "$work/urls.json" "$work/headers" <<'PY'
-import json, os, re, sys
-spec, urls, headers = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
-etag = lambda n: re.search(r'(?im)^etag:\s*(.+?)\s*$', open(os.path.join(headers, str(n))).read()).group(1)
+  post multipart_complete "$(python3 - "$work/multipart.json" "$work/urls.json" "$work/etags" <<'PY'
+import json, sys
+spec, urls = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+etags = {}
+for line in open(sys.argv[3]):
+    url, etag = line.split(" ", 1)
+    etags[int(url.split("?")[0].rsplit("/", 1)[1])] = etag.strip()
 print(json.dumps({"file_size": spec["file_size"], "file_hash": spec["file_hash"],
                   "s3_bucket_id": "maxlo-emulator", "upload_id": urls["upload_id"],
-                  "part_list": [{"part_num": p["part_num"], "etag": etag(p["part_num"])} for p in spec["part_list"]]}))
+                  "part_list": [{"part_num": p["part_num"], "etag": etags[p["part_num"]]} for p in spec["part_list"]]}))
 PY
 )" >/dev/null
   t1=$(now)
-  python3 -c "print($t1 - $t0)"
+  took=$(python3 -c "print($t1 - $t0)")
 }
 mount_once() { # mount_once FOLDER: seconds from the mount command to all sent
   start_emulator
@@ -83,7 +88,7 @@ mount_once() { # mount_once FOLDER: seconds from the mount command to all sent
   "$bin" status "$work/mnt" --wait --timeout 1200 >/dev/null
   t1=$(now)
   umount "$work/mnt"; wait "$mount_pid"
-  python3 -c "print($t1 - $t0)"
+  took=$(python3 -c "print($t1 - $t0)")
 }
 small_curl() {
   start_emulator
@@ -96,9 +101,9 @@ for item in json.load(open(sys.argv[2]))["upload_list"]:
 PY
   local t0 t1
   t0=$(now)
-  nice -n 10 curl -fsS --parallel --parallel-max "$concurrency" -K "$work/curl-small.cfg"
+  nice -n 10 curl -sS --fail --no-progress-meter --parallel --parallel-max "$concurrency" -K "$work/curl-small.cfg"
   t1=$(now)
-  python3 -c "print($t1 - $t0)"
+  took=$(python3 -c "print($t1 - $t0)")
 }
 best() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:]))" "$@"; }
 
@@ -133,10 +138,10 @@ PY
 # Interleaved, best of ROUNDS: the machine's other load moves single runs by 2x.
 curl_big=(); mount_big=(); curl_small=(); mount_small=()
 for round in $(seq "$rounds"); do
-  curl_big+=("$(big_curl 2>/dev/null)")
-  mount_big+=("$(mount_once "$work/big")")
-  curl_small+=("$(small_curl 2>/dev/null)")
-  mount_small+=("$(mount_once "$work/small")")
+  big_curl; curl_big+=("$took")
+  mount_once "$work/big"; mount_big+=("$took")
+  small_curl; curl_small+=("$took")
+  mount_once "$work/small"; mount_small+=("$took")
   echo "round $round: big curl ${curl_big[-1]} s, mount ${mount_big[-1]} s; small curl ${curl_small[-1]} s, mount ${mount_small[-1]} s"
 done
 big_bytes=$((size_mib << 20))
