@@ -164,6 +164,20 @@ pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
     serde_json::from_slice(&buf).context("the daemon's status is not valid JSON")
 }
 
+/// `status --wait` on a terminal: a bar of the bytes uploaded while it waits.
+fn upload_bar(json: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    Some(indicatif::ProgressBar::new(0).with_style(style))
+}
+
 fn is_settled(status: &StatusReport) -> bool {
     status.reconciled
         && status.pending == 0
@@ -294,8 +308,17 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut status = read(&args.mountpoint)?;
     if args.wait {
+        let bar = upload_bar(args.json);
         while !is_settled(&status) {
+            if let Some(bar) = &bar {
+                // Sent so far of what is known to be sent: the total grows as uploads start.
+                bar.set_length(status.uploaded_bytes + status.upload_bytes_left);
+                bar.set_position(status.uploaded_bytes);
+            }
             if Instant::now() >= deadline {
+                if let Some(bar) = &bar {
+                    bar.finish_and_clear();
+                }
                 write_status(&status, args.json)?;
                 bail!(
                     "still {} pending and {} in flight after {} s",
@@ -306,6 +329,9 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(50));
             status = read(&args.mountpoint)?;
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
         }
     }
     write_status(&status, args.json)
@@ -322,6 +348,42 @@ mod tests {
             r"a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"
         );
         assert_eq!(escaped("Café \"1\" l'été.jpg"), "Café \"1\" l'été.jpg");
+    }
+
+    #[test]
+    fn the_text_says_how_uploads_go_or_why_there_are_none() {
+        let text = |report: &StatusReport| {
+            let mut out = Vec::new();
+            write_text(&mut out, report).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let going = StatusReport {
+            uploaded_bytes: 3 << 20,
+            upload_bytes_left: 1 << 30,
+            upload_rate: 10 << 20,
+            upload_eta_secs: Some(103),
+            ..StatusReport::default()
+        };
+        assert!(
+            text(&going).contains(
+                "uploads:    3.0 MiB sent, 1.0 GiB to send, 10.0 MiB/s, about 103 s left\n"
+            ),
+            "{}",
+            text(&going)
+        );
+        let off = StatusReport {
+            uploads_off: Some("uploads are disabled by the service".into()),
+            ..StatusReport::default()
+        };
+        assert!(text(&off).contains("uploads:    off: uploads are disabled by the service\n"));
+        // A report from a daemon that predates uploads still reads.
+        let old: StatusReport = serde_json::from_str(
+            r#"{"pending":0,"open_for_writing":0,"in_flight":0,"failed":[],"failed_count":0,
+                "local_only":[],"local_only_count":0,"paused":null,"last_error":null,
+                "created":0,"updated":0,"deleted":0,"reconciled":true,"indexed":0}"#,
+        )
+        .unwrap();
+        assert_eq!(old.uploads_off, None);
     }
 
     #[test]

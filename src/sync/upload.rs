@@ -465,6 +465,12 @@ impl Engine {
             .ok_or_else(|| malformed("no s3_bucket_id"))?;
         let open = self.open_unchanged(path, stat).await?;
         let Some(opts) = item.signed_opts else {
+            if crate::hash::part_size(stat.size).is_none() {
+                // A file hashed whole has no parts to send in a multipart upload.
+                return Err(malformed(
+                    "neither signed_opts nor skip_upload for a small file",
+                ));
+            }
             return self
                 .multipart(api, path, open, stat, hash, bucket, parts)
                 .await;
