@@ -35,16 +35,16 @@ pub enum Command {
     Mount(Box<MountCommand>),
     /// Show what a mount's sync engine is doing.
     Status(StatusArgs),
-    /// Check that the service holds the content of every synced record (of an unmounted
-    /// BACKING folder, from its index); exit status 0 when all is well, 1 when content is
-    /// missing or corrupted, 2 when it could not check.
+    /// Check that the service holds the content of every synced record (asked of the daemon of
+    /// a mount, or read from the index of an unmounted backing folder); exit status 0 when all
+    /// is well, 1 when content is missing or corrupted, 2 when it could not check.
     Verify(VerifyArgs),
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct VerifyArgs {
-    /// The backing folder of a mount (not mounted: the mount holds its index).
-    pub backing: PathBuf,
+    /// A maxlofs mount point, or the backing folder of a mount that is not mounted.
+    pub folder: PathBuf,
     /// Base URL of the Maxlo API (or the emulator).
     #[arg(long, env = "MAXLOFS_API", default_value = "http://127.0.0.1:8700")]
     pub api: String,

@@ -88,6 +88,26 @@ pub fn encode_bounded(report: &StatusReport) -> String {
     serde_json::to_string(&bounded).expect("a report serializes")
 }
 
+/// A page of synced records (see `fs::StatusSource::synced_page`).
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct SyncedPage {
+    pub entries: Vec<(String, String)>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<u64>,
+}
+
+/// The page of `rows` (read from the `from`-th record on, `asked` at most) that fits the status
+/// budget; the rest come with the next page. At least one row goes, so paging always advances:
+/// a path is at most PATH_MAX bytes, well under the budget even escaped.
+pub fn encode_synced_page(from: u64, rows: Vec<(String, String)>, asked: u64) -> String {
+    let read = rows.len() as u64;
+    let mut room = STATUS_JSON_BUDGET - 64;
+    let entries = fitting(rows.into_iter(), &mut room);
+    let kept = entries.len() as u64;
+    let next = (kept < read || read == asked).then_some(from + kept);
+    serde_json::to_string(&SyncedPage { entries, next }).expect("a page serializes")
+}
+
 fn json_len(value: &impl Serialize) -> usize {
     serde_json::to_string(value)
         .expect("a report serializes")
@@ -121,8 +141,14 @@ fn cut(message: &str) -> String {
 
 /// Reads the daemon's status from the mount at `mountpoint`.
 pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
+    let buf = read_xattr(mountpoint, STATUS_XATTR)?;
+    serde_json::from_slice(&buf).context("the daemon's status is not valid JSON")
+}
+
+/// The value of the daemon's extended attribute `name` on the mount root.
+pub fn read_xattr(mountpoint: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
     let path = CString::new(mountpoint.as_os_str().as_bytes())?;
-    let name = CString::new(STATUS_XATTR).expect("no NUL");
+    let name = CString::new(name)?;
     let not_ours = |err: std::io::Error| {
         anyhow::anyhow!(
             "{} is not a maxlofs mount, or its daemon does not answer ({err})",
@@ -161,7 +187,7 @@ pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
             _ => return Err(not_ours(err)),
         }
     }
-    serde_json::from_slice(&buf).context("the daemon's status is not valid JSON")
+    Ok(buf)
 }
 
 /// `status --wait` on a terminal: a bar of the bytes uploaded while it waits.
@@ -348,6 +374,26 @@ mod tests {
             r"a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"
         );
         assert_eq!(escaped("Café \"1\" l'été.jpg"), "Café \"1\" l'été.jpg");
+    }
+
+    #[test]
+    fn synced_pages_fit_the_budget_and_say_where_the_next_starts() {
+        let row = |i: u64| (format!("{i:04}/{}", "p".repeat(3000)), "h".repeat(64));
+        let rows: Vec<_> = (0..20).map(row).collect();
+        let page: SyncedPage =
+            serde_json::from_str(&encode_synced_page(40, rows.clone(), 20)).unwrap();
+        assert!(page.entries.len() < 20 && !page.entries.is_empty());
+        assert_eq!(page.entries[..], rows[..page.entries.len()]);
+        assert_eq!(page.next, Some(40 + page.entries.len() as u64));
+        // A short read is the last page; a full one may have more.
+        let last: SyncedPage =
+            serde_json::from_str(&encode_synced_page(7, vec![row(1)], 500)).unwrap();
+        assert_eq!(last.next, None);
+        let full: SyncedPage =
+            serde_json::from_str(&encode_synced_page(7, vec![row(1)], 1)).unwrap();
+        assert_eq!(full.next, Some(8));
+        let empty: SyncedPage = serde_json::from_str(&encode_synced_page(9, vec![], 5)).unwrap();
+        assert_eq!((empty.entries.len(), empty.next), (0, None));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! `maxlofs verify BACKING`: asks the service (`download`) for the content of every record the
-//! index says was synced, and reports records whose content it lacks or marks deleted; with
+//! `maxlofs verify MNT` (or an unmounted BACKING folder): asks the service (`download`) for the
+//! content of every record the index says was synced (a mount's daemon lists them through an
+//! extended attribute; an unmounted folder's index is read), and reports records whose content it lacks or marks deleted; with
 //! `--deep`, downloads each content and checks its Maxlo hash.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,9 @@ use crate::api::http::{HttpApi, Timeouts};
 use crate::api::GrantId;
 use crate::cli::VerifyArgs;
 use crate::daemon::KeySource;
+use crate::fs::SYNCED_XATTR_PREFIX;
 use crate::hash::StreamHasher;
+use crate::status::{read_xattr, SyncedPage};
 use crate::sync::index::Index;
 
 /// Hashes per `download` call.
@@ -75,22 +78,11 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<Report> {
                 .0
         }
     };
-    let backing = std::fs::canonicalize(&args.backing)
-        .with_context(|| format!("backing folder {}", args.backing.display()))?;
-    let state_dir = match &args.state_dir {
-        Some(dir) => dir.clone(),
-        None => crate::daemon::default_state_dir(&backing, grant)?,
+    let records = match crate::status::read(&args.folder) {
+        // A live mount: its daemon holds the index, and lists it.
+        Ok(_) => synced_of_mount(&args.folder)?,
+        Err(_) => synced_of_backing(args, grant)?,
     };
-    let index = state_dir.join("index.db");
-    if !index.exists() {
-        anyhow::bail!("no index at {}: nothing was synced here", index.display());
-    }
-    let records = Index::synced_hashes(&index).with_context(|| {
-        format!(
-            "reading the index {} (is the folder mounted? a mount holds its index)",
-            index.display()
-        )
-    })?;
     let mut paths_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (path, hash) in &records {
         paths_of.entry(hash.clone()).or_default().push(path.clone());
@@ -117,6 +109,39 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<Report> {
         deep: args.deep,
         findings,
     })
+}
+
+/// The synced records a mount's daemon lists, page by page.
+fn synced_of_mount(mountpoint: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut records = Vec::new();
+    let mut from = Some(0);
+    while let Some(at) = from {
+        let name = format!("{SYNCED_XATTR_PREFIX}{at}");
+        let page: SyncedPage = serde_json::from_slice(&read_xattr(mountpoint, &name)?)
+            .context("the daemon's list of synced records is not valid JSON")?;
+        records.extend(page.entries);
+        from = page.next;
+    }
+    Ok(records)
+}
+
+/// The synced records in the index of the backing folder `args.folder` (not mounted).
+fn synced_of_backing(args: &VerifyArgs, grant: GrantId) -> anyhow::Result<Vec<(String, String)>> {
+    let backing = std::fs::canonicalize(&args.folder)
+        .with_context(|| format!("folder {}", args.folder.display()))?;
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => crate::daemon::default_state_dir(&backing, grant)?,
+    };
+    let index = state_dir.join("index.db");
+    if !index.exists() {
+        anyhow::bail!(
+            "{} is neither a maxlofs mount nor a backing folder with an index ({} is missing)",
+            args.folder.display(),
+            index.display()
+        );
+    }
+    Index::synced_hashes(&index).with_context(|| format!("reading the index {}", index.display()))
 }
 
 /// The problem of each content that has one.

@@ -246,16 +246,27 @@ fn multipart_urls_expired_while_unmounted_start_the_upload_over() {
     assert_eq!(emulator.calls("multipart_complete"), 1);
 }
 
-/// `maxlofs verify BACKING` for `mount` (unmounted), as (exit code, stdout).
+/// `maxlofs verify` of `mount`'s backing folder (unmounted: its index is read), as (exit code,
+/// stdout).
 fn verify(emulator: &Emulator, mount: &Mount, deep: bool) -> (i32, String) {
+    let state = ["--state-dir", mount.state.to_str().unwrap()];
+    verify_folder(emulator, mount, &mount.backing, &state, deep)
+}
+
+fn verify_folder(
+    emulator: &Emulator,
+    mount: &Mount,
+    folder: &Path,
+    extra: &[&str],
+    deep: bool,
+) -> (i32, String) {
     let mut command = Command::new(BIN);
     command
         .arg("verify")
-        .arg(&mount.backing)
+        .arg(folder)
         .args(["--api", &emulator.url, "--device-key-file"])
         .arg(&mount.key_file)
-        .arg("--state-dir")
-        .arg(&mount.state);
+        .args(extra);
     if deep {
         command.arg("--deep");
     }
@@ -278,6 +289,13 @@ fn verify_finds_missing_and_deep_finds_corrupted_content() {
     std::fs::write(mount.path("bad.mov"), bytes(17 * MIB, 81)).unwrap();
     std::fs::write(mount.path("fine.jpg"), bytes(7000, 82)).unwrap();
     mount.wait_synced();
+    // Mounted: the daemon lists its synced records.
+    let (code, out) = verify_folder(&emulator, &mount, &mount.mnt, &[], false);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("3 records, 3 contents checked: all held"),
+        "{out}"
+    );
     assert!(mount.unmount().success());
     let (code, out) = verify(&emulator, &mount, true);
     assert_eq!(code, 0, "{out}");

@@ -107,7 +107,25 @@ impl StatusSource for Engine {
         };
         crate::status::encode_bounded(&status)
     }
+
+    fn synced_page(&self, from: u64) -> Option<String> {
+        let rows = match self.index.hashes_page(from, SYNCED_PAGE_ROWS) {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!("listing synced records: {err:#}");
+                return None;
+            }
+        };
+        Some(crate::status::encode_synced_page(
+            from,
+            rows,
+            SYNCED_PAGE_ROWS,
+        ))
+    }
 }
+
+/// Rows read per page of synced records; as many as fit are sent.
+const SYNCED_PAGE_ROWS: u64 = 500;
 
 /// How a look at a path ended.
 pub(super) enum Outcome {

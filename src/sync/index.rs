@@ -407,6 +407,17 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Up to `limit` (path, hash) of synced records from the `from`-th on, by path.
+    pub fn hashes_page(&self, from: u64, limit: u64) -> anyhow::Result<Vec<(String, String)>> {
+        let db = self.db.lock().unwrap();
+        let mut stmt =
+            db.prepare_cached("SELECT path, hash FROM synced ORDER BY path LIMIT ?1 OFFSET ?2")?;
+        let rows = stmt.query_map([limit as i64, from as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn count(&self) -> anyhow::Result<u64> {
         let count: i64 =
             self.db
