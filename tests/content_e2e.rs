@@ -204,6 +204,18 @@ fn a_multipart_upload_killed_midway_resumes_with_the_missing_parts() {
         assert!(Instant::now() < deadline, "the parts did not go up");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Streamed: the daemon never holds the file, only a few chunks per PUT under way.
+    let pid = mount.pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        peak_kib < 100 * 1024,
+        "peak RSS {peak_kib} KiB uploading 160 MiB"
+    );
     mount.kill();
     let before = emulator.calls("part_put");
     assert!(before < parts, "killed too late: {before} parts sent");
