@@ -34,7 +34,7 @@ pub struct StatusReport {
     pub deleted: u64,
     pub reconciled: bool,
     pub indexed: u64,
-    /// Bytes of the content uploads under way still to be sent.
+    /// Bytes of the uploads under way still to be sent (whole files, or the parts they miss).
     #[serde(default)]
     pub upload_bytes_left: u64,
     /// Bytes of content sent since the mount started.

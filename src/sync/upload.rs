@@ -208,19 +208,35 @@ impl Meter {
     }
 }
 
-/// A PUT's bytes not sent yet, counted in `to_send` until sent or given up.
+/// An upload's bytes not sent yet (the whole object, or the parts still missing), counted in
+/// `to_send` until sent or given up.
 struct Tally {
     meter: Arc<Meter>,
-    left: Arc<AtomicU64>,
+    left: AtomicU64,
 }
 
 impl Tally {
-    fn new(meter: &Arc<Meter>, len: u64) -> Tally {
+    fn new(meter: &Arc<Meter>, len: u64) -> Arc<Tally> {
         meter.to_send.fetch_add(len, Ordering::Relaxed);
-        Tally {
+        Arc::new(Tally {
             meter: meter.clone(),
-            left: Arc::new(AtomicU64::new(len)),
-        }
+            left: AtomicU64::new(len),
+        })
+    }
+
+    fn sent(&self, bytes: u64) {
+        self.meter.sent.fetch_add(bytes, Ordering::Relaxed);
+        // Never below zero: the bytes of a PUT that failed and is sent again count twice as
+        // sent, once as left.
+        let before = self
+            .left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                Some(left.saturating_sub(bytes))
+            })
+            .expect("always Some");
+        self.meter
+            .to_send
+            .fetch_sub(before.min(bytes), Ordering::Relaxed);
     }
 }
 
@@ -241,8 +257,7 @@ struct Source {
     checks: VecDeque<(u64, [u8; 32])>,
     hasher: Sha256,
     limit: Option<Arc<RateLimit>>,
-    meter: Arc<Meter>,
-    left: Arc<AtomicU64>,
+    tally: Arc<Tally>,
     /// Set when the bytes are not those that were hashed: the file changed.
     changed: Arc<AtomicBool>,
     finished: bool,
@@ -287,9 +302,7 @@ fn file_body(source: Source) -> PutBody {
             if let Some(limit) = &source.limit {
                 limit.take(want).await;
             }
-            source.meter.sent.fetch_add(want, Ordering::Relaxed);
-            source.meter.to_send.fetch_sub(want, Ordering::Relaxed);
-            source.left.fetch_sub(want, Ordering::Relaxed);
+            source.tally.sent(want);
             Ok(Some((chunk, source)))
         },
     ))
@@ -491,7 +504,9 @@ impl Engine {
             url: opts.url,
             headers: opts.headers,
         };
-        self.put(api, &target, &open, 0, stat.size, checks, Step::ObjectPut)
+        let tally = Tally::new(&self.uploads.meter, stat.size);
+        let (size, step) = (stat.size, Step::ObjectPut);
+        self.put(api, &target, &open, 0, size, checks, &tally, step)
             .await?;
         let register = S3ObjectRequest {
             s3_bucket_id: bucket,
@@ -553,6 +568,7 @@ impl Engine {
         offset: u64,
         len: u64,
         checks: Vec<(u64, [u8; 32])>,
+        tally: &Arc<Tally>,
         step: Step,
     ) -> Result<String, Failed> {
         let _slot = self
@@ -562,7 +578,6 @@ impl Engine {
             .acquire_owned()
             .await
             .expect("never closed");
-        let tally = Tally::new(&self.uploads.meter, len);
         let changed_meanwhile = Arc::new(AtomicBool::new(false));
         let body = file_body(Source {
             file: file.clone(),
@@ -571,8 +586,7 @@ impl Engine {
             checks: checks.into(),
             hasher: Sha256::new(),
             limit: self.uploads.limit.clone(),
-            meter: self.uploads.meter.clone(),
-            left: tally.left.clone(),
+            tally: tally.clone(),
             changed: changed_meanwhile.clone(),
             finished: false,
         });
@@ -672,6 +686,12 @@ impl Engine {
                 upload
             }
         };
+        let missing: u64 = (1..)
+            .zip(&spans)
+            .filter(|(num, _)| !upload.etags.contains_key(num))
+            .map(|(_, &(_, len))| len)
+            .sum();
+        let tally = Tally::new(&self.uploads.meter, missing);
         let mut sending: FuturesUnordered<_> = spans
             .iter()
             .zip(&digests)
@@ -684,11 +704,20 @@ impl Engine {
                     url: upload.urls[&num].clone(),
                     headers: BTreeMap::new(),
                 };
-                let file = file.clone();
+                let (file, tally) = (file.clone(), tally.clone());
                 async move {
                     let checks = vec![(offset + len, digest)];
                     let etag = self
-                        .put(api, &target, &file, offset, len, checks, Step::PartPut)
+                        .put(
+                            api,
+                            &target,
+                            &file,
+                            offset,
+                            len,
+                            checks,
+                            &tally,
+                            Step::PartPut,
+                        )
                         .await?;
                     let (key, kept) = (hash.to_string(), etag.clone());
                     // Kept the moment the store acknowledged it: a restart skips this part.
@@ -755,6 +784,24 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bytes_left_count_down_as_sent_and_go_when_an_upload_ends() {
+        let meter = Arc::new(Meter::default());
+        let whole = Tally::new(&meter, 100);
+        let other = Tally::new(&meter, 50);
+        whole.sent(60);
+        assert_eq!(meter.snapshot().0, 90);
+        // A PUT sent again after a failure: sent counts it, left stays at zero.
+        whole.sent(60);
+        assert_eq!((meter.snapshot().0, meter.snapshot().1), (50, 120));
+        drop(whole);
+        other.sent(10);
+        assert_eq!(meter.snapshot().0, 40);
+        // Given up: its rest is no longer to be sent.
+        drop(other);
+        assert_eq!(meter.snapshot().0, 0);
+    }
 
     #[test]
     fn the_rate_limit_holds_over_many_takers() {
