@@ -35,6 +35,34 @@ pub enum Command {
     Mount(Box<MountCommand>),
     /// Show what a mount's sync engine is doing.
     Status(StatusArgs),
+    /// Check that the service holds the content of every synced record (asked of the daemon of
+    /// a mount, or read from the index of an unmounted backing folder); exit status 0 when all
+    /// is well, 1 when content is missing or corrupted, 2 when it could not check.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// A maxlofs mount point, or the backing folder of a mount that is not mounted.
+    pub folder: PathBuf,
+    /// Base URL of the Maxlo API (or the emulator).
+    #[arg(long, env = "MAXLOFS_API", default_value = "http://127.0.0.1:8700")]
+    pub api: String,
+    /// Media grant: its id or its name.
+    #[arg(long, env = "MAXLOFS_GRANT", default_value = "1")]
+    pub grant: String,
+    /// File holding the device session key (else MAXLO_DEVICE_SESSION_KEY).
+    #[arg(long, env = "MAXLOFS_DEVICE_KEY_FILE")]
+    pub device_key_file: Option<PathBuf>,
+    /// Where the mount's index lives (default: as for `mount`).
+    #[arg(long, env = "MAXLOFS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Also download each content and check its hash.
+    #[arg(long)]
+    pub deep: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -188,6 +216,17 @@ pub struct MountArgs {
     /// Never send deletes.
     #[arg(long, env = "MAXLOFS_NO_DELETE")]
     pub no_delete: bool,
+    /// Send records only, never the files' content (what maxlofs did before it uploaded).
+    #[arg(long, env = "MAXLOFS_NO_UPLOAD")]
+    pub no_upload: bool,
+    /// Content PUTs under way at once (whole files and parts, over all files).
+    #[arg(long, env = "MAXLOFS_UPLOAD_CONCURRENCY", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub upload_concurrency: u16,
+    /// Upload rate limit over all uploads, in bytes per second: a number with an optional K, M
+    /// or G (KiB, MiB, GiB), e.g. 20M [default: no limit].
+    #[arg(long, env = "MAXLOFS_UPLOAD_LIMIT", value_name = "RATE", value_parser = parse_rate)]
+    pub upload_limit: Option<u64>,
     /// Seconds to keep sending queued work after unmount or SIGTERM.
     #[arg(long, env = "MAXLOFS_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
@@ -201,6 +240,32 @@ pub struct MountArgs {
     /// foreground, logs go to stderr.
     #[arg(long, env = "MAXLOFS_LOG_FILE")]
     pub log_file: Option<PathBuf>,
+}
+
+/// A rate in bytes per second: digits, then optionally K, M or G (powers of 1024), any case.
+pub fn parse_rate(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, scale) = match text.char_indices().last() {
+        Some((at, unit)) if unit.is_ascii_alphabetic() => {
+            let scale = match unit.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{text:?}: the unit is K, M or G")),
+            };
+            (&text[..at], scale)
+        }
+        _ => (text, 1),
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate (e.g. 500K, 20M, 1G)"))?;
+    match number.checked_mul(scale) {
+        Some(0) | None => Err(format!(
+            "{text:?}: the rate must be above 0 and fit 64 bits"
+        )),
+        Some(rate) => Ok(rate),
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -301,6 +366,7 @@ pub fn main() -> i32 {
         Command::Hash { files } => return crate::hash::run_cli(&files),
         Command::Mount(mount) => run_mount(*mount),
         Command::Status(args) => crate::status::run(&args),
+        Command::Verify(args) => return crate::verify::run(&args),
     };
     match result {
         Ok(()) => 0,

@@ -17,6 +17,7 @@ use crate::fs::{MountConfig, OpenWriters};
 use crate::sync::ignore::IgnoreRules;
 use crate::sync::index::Index;
 use crate::sync::local::Backing;
+use crate::sync::upload::ENCRYPTED_GRANT;
 use crate::sync::{Engine, SyncConfig};
 
 /// Where the keys come from: files (re-read when they change) or the environment.
@@ -64,7 +65,7 @@ impl KeySource {
 }
 
 /// Default state folder: `$XDG_STATE_HOME/maxlofs/<backing path>-g<grant>`.
-fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathBuf> {
+pub fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathBuf> {
     let base = crate::config::xdg_dir("XDG_STATE_HOME", ".local/state")
         .context("neither XDG_STATE_HOME nor HOME is set")?;
     let name: String = backing
@@ -188,8 +189,13 @@ const SERVICE_CHECK_BUDGET: Duration = Duration::from_secs(15);
 
 /// What the start-up check found out.
 enum ServiceCheck {
-    /// The key is accepted and the grant can be mounted: its id and prefix_path.
-    Online { grant: GrantId, prefix_path: String },
+    /// The key is accepted and the grant can be mounted: its id and prefix_path, and what the
+    /// service says of uploads.
+    Online {
+        grant: GrantId,
+        prefix_path: String,
+        uploads: UploadFacts,
+    },
     /// The service did not answer (in time): the mount works offline and catches up later.
     Offline,
 }
@@ -205,18 +211,28 @@ async fn check_service(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<Servi
         ServiceCheck::Offline
     };
     let check = async {
-        match api.current_device().await {
+        let device_upload_disabled = match api.current_device().await {
             // The device's name is the service's text: shown escaped.
             Ok(device) if device.is_disabled => {
                 bail!("device {:?} is disabled", device.device_name)
             }
-            Ok(device) => tracing::info!("device {:?} ({})", device.device_name, device.device_id),
+            Ok(device) => {
+                tracing::info!("device {:?} ({})", device.device_name, device.device_id);
+                device.is_upload_disabled
+            }
             Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
             Err(err @ ApiError::Transient(_)) => return Ok(offline(&err)),
             Err(err) => bail!("checking the device: {err}"),
-        }
-        match crate::grants::resolve_grant(api, wanted).await {
-            Ok((grant, prefix_path)) => Ok(ServiceCheck::Online { grant, prefix_path }),
+        };
+        match crate::grants::resolve_grant_record(api, wanted).await {
+            Ok((grant, record)) => Ok(ServiceCheck::Online {
+                grant,
+                prefix_path: record.prefix_path,
+                uploads: UploadFacts {
+                    device_upload_disabled,
+                    encrypted: record.volume_encryption_key.is_some(),
+                },
+            }),
             Err(err) => match err.downcast_ref::<ApiError>() {
                 Some(api_err) if api_err.is_transient() => Ok(offline(api_err)),
                 _ => Err(err),
@@ -230,6 +246,42 @@ async fn check_service(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<Servi
             SERVICE_CHECK_BUDGET.as_secs()
         ))),
     }
+}
+
+/// What the start-up check learned of uploads.
+struct UploadFacts {
+    device_upload_disabled: bool,
+    encrypted: bool,
+}
+
+/// How this mount sends content. `facts` is `None` when the service could not be checked at
+/// mount: then a grant's encryption is checked before its first upload.
+fn upload_config(
+    args: &MountArgs,
+    api: &Arc<HttpApi>,
+    facts: Option<&UploadFacts>,
+) -> anyhow::Result<crate::sync::UploadConfig> {
+    use crate::sync::UploadConfig;
+    let why = if args.no_upload {
+        Some("--no-upload")
+    } else if facts.is_some_and(|f| f.encrypted) {
+        Some(ENCRYPTED_GRANT)
+    } else if facts.is_some_and(|f| f.device_upload_disabled) {
+        Some("uploads are disabled by the service (the device's is_upload_disabled)")
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        return Ok(UploadConfig::records_only(why));
+    }
+    let client = crate::api::content_client::ContentClient::new(api.clone())?;
+    Ok(UploadConfig {
+        api: Some(Arc::new(client)),
+        records_only: None,
+        concurrency: args.upload_concurrency.into(),
+        limit: args.upload_limit,
+        grant_unchecked: facts.is_none(),
+    })
 }
 
 /// While sending is paused by a refused key, re-reads the keys every second and resumes as soon as
@@ -281,12 +333,17 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         .on_thread_start(move || yield_to_filesystem_threads(sync_nice))
         .build()?;
     let api = Arc::new(HttpApi::new(&args.api, keys.clone(), Timeouts::default())?);
-    let (grant, fresh_prefix) = match runtime.block_on(check_service(api.as_ref(), &args.grant))? {
-        ServiceCheck::Online { grant, prefix_path } => (grant, Some(prefix_path)),
+    let checked = runtime.block_on(check_service(api.as_ref(), &args.grant))?;
+    let (grant, fresh_prefix, upload_facts) = match checked {
+        ServiceCheck::Online {
+            grant,
+            prefix_path,
+            uploads,
+        } => (grant, Some(prefix_path), Some(uploads)),
         // Offline, a grant id still mounts, with the prefix_path recorded at its last mount; a
         // name cannot be looked up.
         ServiceCheck::Offline => match args.grant.parse() {
-            Ok(grant) => (grant, None),
+            Ok(grant) => (grant, None, None),
             Err(_) => bail!(
                 "the service cannot be reached, and a grant name is looked up in it; give the grant id to mount while it is unreachable"
             ),
@@ -324,6 +381,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         concurrency: args.concurrency,
         no_delete: args.no_delete,
         ignore,
+        upload: upload_config(args, &api, upload_facts.as_ref())?,
     };
     let writers = Arc::new(OpenWriters::default());
     let engine = Engine::new(config, api.clone(), index, backing, writers.clone());

@@ -84,6 +84,15 @@ pub fn run(args: &GrantsArgs) -> anyhow::Result<()> {
 /// an error that says what the device sees. Errors from the service keep their `ApiError`
 /// (`err.downcast_ref::<ApiError>()`), so a caller can tell an unreachable service apart.
 pub async fn resolve_grant(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<(GrantId, String)> {
+    let (id, grant) = resolve_grant_record(api, wanted).await?;
+    Ok((id, grant.prefix_path))
+}
+
+/// `resolve_grant`, answering the grant's whole record (its encryption key, for one).
+pub async fn resolve_grant_record(
+    api: &dyn MediaApi,
+    wanted: &str,
+) -> anyhow::Result<(GrantId, MediaGrant)> {
     let list = list_grants(api).await?;
     if list.is_device_disabled {
         bail!("this device is disabled");
@@ -126,7 +135,7 @@ pub async fn resolve_grant(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<(
             grant.grant_name
         )
     })?;
-    Ok((id, grant.prefix_path.clone()))
+    Ok((id, grant.clone()))
 }
 
 /// The media_path prefix of a mount: the grant's prefix_path, then the mount's own `--prefix`.

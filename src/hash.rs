@@ -114,18 +114,42 @@ pub fn hash_open_file<F: FileExt + Sync>(
     workers: NonZeroUsize,
     progress: Option<&Progress>,
 ) -> io::Result<FileHash> {
-    let digest = match part_size(size) {
+    hash_with_parts(file, size, workers, progress).map(|(hash, _)| hash)
+}
+
+/// `hash_open_file`, and the SHA-256 of each File Hashing part of a multipart file (empty for a
+/// file hashed whole): the multipart upload names its parts by these, so a file is read once for
+/// both.
+pub fn hash_with_parts<F: FileExt + Sync>(
+    file: &F,
+    size: u64,
+    workers: NonZeroUsize,
+    progress: Option<&Progress>,
+) -> io::Result<(FileHash, Vec<[u8; 32]>)> {
+    match part_size(size) {
         None => {
             // Small files are the common case: don't zero a full buffer for a few KiB.
             let mut buffer = vec![0; READ_BUFFER.min(size.max(1) as usize)];
-            hash_range(file, 0, size, &mut buffer, progress)?
+            let digest = hash_range(file, 0, size, &mut buffer, progress)?;
+            Ok((FileHash(digest), Vec::new()))
         }
         Some(part) => {
             let part_digests = hash_parts(file, size, part, workers, progress)?;
-            Sha256::digest(part_digests.concat()).into()
+            let digest = Sha256::digest(part_digests.concat()).into();
+            Ok((FileHash(digest), part_digests))
         }
-    };
-    Ok(FileHash(digest))
+    }
+}
+
+/// The File Hashing parts of a file of `size` bytes as (offset, length), in order; one part for
+/// a file hashed whole.
+pub fn parts(size: u64) -> Vec<(u64, u64)> {
+    match part_size(size) {
+        None => vec![(0, size)],
+        Some(part) => (0..size.div_ceil(part))
+            .map(|index| (index * part, part.min(size - index * part)))
+            .collect(),
+    }
 }
 
 /// The SHA-256 of each part, in order, computed by `workers` threads that take parts in turn.
@@ -173,6 +197,63 @@ fn hash_parts<F: FileExt + Sync>(
         }
     }
     Ok(digests)
+}
+
+/// The Maxlo hash of content that arrives in order, a chunk at a time (a download), for content
+/// said to be `size` bytes long.
+pub struct StreamHasher {
+    size: u64,
+    part: Option<u64>,
+    fed: u64,
+    current: Sha256,
+    /// Bytes of the current part fed so far.
+    in_part: u64,
+    parts: Vec<u8>,
+}
+
+impl StreamHasher {
+    pub fn new(size: u64) -> StreamHasher {
+        StreamHasher {
+            size,
+            part: part_size(size),
+            fed: 0,
+            current: Sha256::new(),
+            in_part: 0,
+            parts: Vec::new(),
+        }
+    }
+
+    pub fn update(&mut self, mut bytes: &[u8]) {
+        self.fed += bytes.len() as u64;
+        let Some(part) = self.part else {
+            self.current.update(bytes);
+            return;
+        };
+        while !bytes.is_empty() {
+            let take = ((part - self.in_part) as usize).min(bytes.len());
+            self.current.update(&bytes[..take]);
+            self.in_part += take as u64;
+            if self.in_part == part {
+                self.parts.extend_from_slice(&self.current.finalize_reset());
+                self.in_part = 0;
+            }
+            bytes = &bytes[take..];
+        }
+    }
+
+    /// The hash, or `None` when other than `size` bytes were fed.
+    pub fn finish(mut self) -> Option<FileHash> {
+        if self.fed != self.size {
+            return None;
+        }
+        if self.part.is_none() {
+            return Some(FileHash(self.current.finalize().into()));
+        }
+        if self.in_part > 0 {
+            self.parts.extend_from_slice(&self.current.finalize_reset());
+        }
+        Some(FileHash(Sha256::digest(&self.parts).into()))
+    }
 }
 
 /// SHA-256 of `len` bytes from `start`, read with positioned reads so threads can share a file.
@@ -338,6 +419,46 @@ mod tests {
         for workers in [2, 3, 8] {
             assert_eq!(pattern_hash(len, workers), one, "{workers} workers");
         }
+    }
+
+    #[test]
+    fn part_digests_are_the_sha256_of_each_part_and_make_the_hash() {
+        let len = 2 * 8 * MIB + 1000;
+        let workers = NonZeroUsize::new(2).unwrap();
+        let (hash, digests) = hash_with_parts(&Pattern { len }, len, workers, None).unwrap();
+        assert_eq!(hash.to_hex(), pattern_hash(len, 1));
+        let spans = parts(len);
+        assert_eq!(spans, [(0, 8 * MIB), (8 * MIB, 8 * MIB), (16 * MIB, 1000)]);
+        assert_eq!(digests.len(), spans.len());
+        for ((offset, size), digest) in spans.into_iter().zip(&digests) {
+            let mut bytes = vec![0; size as usize];
+            Pattern { len }.read_exact_at(&mut bytes, offset).unwrap();
+            assert_eq!(&Sha256::digest(&bytes)[..], &digest[..]);
+        }
+        let (_, whole) = hash_with_parts(&Pattern { len: 10 }, 10, workers, None).unwrap();
+        assert!(whole.is_empty());
+        assert_eq!(parts(10), [(0, 10)]);
+        assert_eq!(parts(0), [(0, 0)]);
+    }
+
+    #[test]
+    fn a_stream_hashes_as_the_file_whatever_its_chunks() {
+        for len in [0, 1000, 16 * MIB, 16 * MIB + 1, 3 * 8 * MIB + 77] {
+            let mut bytes = vec![0; len as usize];
+            Pattern { len }.read_exact_at(&mut bytes, 0).unwrap();
+            let mut stream = StreamHasher::new(len);
+            for chunk in bytes.chunks(3 * 1024 * 1024 + 7) {
+                stream.update(chunk);
+            }
+            assert_eq!(
+                stream.finish().map(|h| h.to_hex()),
+                Some(pattern_hash(len, 2)),
+                "{len}"
+            );
+        }
+        let mut short = StreamHasher::new(10);
+        short.update(b"12345");
+        assert!(short.finish().is_none());
     }
 
     #[test]

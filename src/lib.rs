@@ -17,3 +17,4 @@ pub mod mutex;
 pub mod progress;
 pub mod status;
 pub mod sync;
+pub mod verify;

@@ -34,6 +34,22 @@ pub struct StatusReport {
     pub deleted: u64,
     pub reconciled: bool,
     pub indexed: u64,
+    /// Bytes of the uploads under way still to be sent (whole files, or the parts they miss).
+    #[serde(default)]
+    pub upload_bytes_left: u64,
+    /// Bytes of content sent since the mount started.
+    #[serde(default)]
+    pub uploaded_bytes: u64,
+    /// Bytes per second lately.
+    #[serde(default)]
+    pub upload_rate: u64,
+    /// Seconds until the uploads under way are sent, at that rate.
+    #[serde(default)]
+    pub upload_eta_secs: Option<u64>,
+    /// Why no content is uploaded (records only): `--no-upload`, an encrypted grant, or
+    /// uploads disabled by the service.
+    #[serde(default)]
+    pub uploads_off: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -73,6 +89,26 @@ pub fn encode_bounded(report: &StatusReport) -> String {
     bounded.failed = fitting(report.failed.iter().map(cut_reason), &mut room);
     bounded.local_only = fitting(report.local_only.iter().map(cut_reason), &mut room);
     serde_json::to_string(&bounded).expect("a report serializes")
+}
+
+/// A page of synced records (see `fs::StatusSource::synced_page`).
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+pub struct SyncedPage {
+    pub entries: Vec<(String, String)>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<u64>,
+}
+
+/// The page of `rows` (read from the `from`-th record on, `asked` at most) that fits the status
+/// budget; the rest come with the next page. At least one row goes, so paging always advances:
+/// a path is at most PATH_MAX bytes, well under the budget even escaped.
+pub fn encode_synced_page(from: u64, rows: Vec<(String, String)>, asked: u64) -> String {
+    let read = rows.len() as u64;
+    let mut room = STATUS_JSON_BUDGET - 64;
+    let entries = fitting(rows.into_iter(), &mut room);
+    let kept = entries.len() as u64;
+    let next = (kept < read || read == asked).then_some(from + kept);
+    serde_json::to_string(&SyncedPage { entries, next }).expect("a page serializes")
 }
 
 fn json_len(value: &impl Serialize) -> usize {
@@ -124,8 +160,14 @@ fn cut(message: &str) -> String {
 
 /// Reads the daemon's status from the mount at `mountpoint`.
 pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
+    let buf = read_xattr(mountpoint, STATUS_XATTR)?;
+    serde_json::from_slice(&buf).context("the daemon's status is not valid JSON")
+}
+
+/// The value of the daemon's extended attribute `name` on the mount root.
+pub fn read_xattr(mountpoint: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
     let path = CString::new(mountpoint.as_os_str().as_bytes())?;
-    let name = CString::new(STATUS_XATTR).expect("no NUL");
+    let name = CString::new(name)?;
     let not_ours = |err: std::io::Error| {
         anyhow::anyhow!(
             "{} is not a maxlofs mount, or its daemon does not answer ({err})",
@@ -164,7 +206,21 @@ pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
             _ => return Err(not_ours(err)),
         }
     }
-    serde_json::from_slice(&buf).context("the daemon's status is not valid JSON")
+    Ok(buf)
+}
+
+/// `status --wait` on a terminal: a bar of the bytes uploaded while it waits.
+fn upload_bar(json: bool) -> Option<indicatif::ProgressBar> {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let style = indicatif::ProgressStyle::with_template(
+        "uploading [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ");
+    Some(indicatif::ProgressBar::new(0).with_style(style))
 }
 
 fn is_settled(status: &StatusReport) -> bool {
@@ -207,6 +263,24 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
         status.created, status.updated, status.deleted
     )?;
     writeln!(out, "indexed:    {}", status.indexed)?;
+    match &status.uploads_off {
+        Some(why) => writeln!(out, "uploads:    off: {}", escaped(why))?,
+        None => {
+            write!(
+                out,
+                "uploads:    {} sent, {} to send, {}/s",
+                bytes(status.uploaded_bytes),
+                bytes(status.upload_bytes_left),
+                bytes(status.upload_rate)
+            )?;
+            match status.upload_eta_secs {
+                Some(secs) if status.upload_bytes_left > 0 => {
+                    writeln!(out, ", about {secs} s left")?
+                }
+                _ => writeln!(out)?,
+            }
+        }
+    }
     writeln!(
         out,
         "reconcile:  {}",
@@ -238,6 +312,21 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
     Ok(())
 }
 
+/// A byte count for people: 1.5 MiB.
+fn bytes(count: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{count} B"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
 fn write_left_out(out: &mut impl Write, count: usize, listed: usize) -> std::io::Result<()> {
     if count > listed && listed > 0 {
         writeln!(out, "  … and {} more", count - listed)?;
@@ -264,8 +353,17 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut status = read(&args.mountpoint)?;
     if args.wait {
+        let bar = upload_bar(args.json);
         while !is_settled(&status) {
+            if let Some(bar) = &bar {
+                // Sent so far of what is known to be sent: the total grows as uploads start.
+                bar.set_length(status.uploaded_bytes + status.upload_bytes_left);
+                bar.set_position(status.uploaded_bytes);
+            }
             if Instant::now() >= deadline {
+                if let Some(bar) = &bar {
+                    bar.finish_and_clear();
+                }
                 write_status(&status, args.json)?;
                 bail!(
                     "still {} pending and {} in flight after {} s",
@@ -276,6 +374,9 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             }
             std::thread::sleep(Duration::from_millis(50));
             status = read(&args.mountpoint)?;
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
         }
     }
     write_status(&status, args.json)
@@ -318,6 +419,62 @@ mod tests {
             );
             assert!(entry.path.starts_with("éé") && entry.path.ends_with(&format!("/f{i}.jpg")));
         }
+    }
+
+    #[test]
+    fn synced_pages_fit_the_budget_and_say_where_the_next_starts() {
+        let row = |i: u64| (format!("{i:04}/{}", "p".repeat(3000)), "h".repeat(64));
+        let rows: Vec<_> = (0..20).map(row).collect();
+        let page: SyncedPage =
+            serde_json::from_str(&encode_synced_page(40, rows.clone(), 20)).unwrap();
+        assert!(page.entries.len() < 20 && !page.entries.is_empty());
+        assert_eq!(page.entries[..], rows[..page.entries.len()]);
+        assert_eq!(page.next, Some(40 + page.entries.len() as u64));
+        // A short read is the last page; a full one may have more.
+        let last: SyncedPage =
+            serde_json::from_str(&encode_synced_page(7, vec![row(1)], 500)).unwrap();
+        assert_eq!(last.next, None);
+        let full: SyncedPage =
+            serde_json::from_str(&encode_synced_page(7, vec![row(1)], 1)).unwrap();
+        assert_eq!(full.next, Some(8));
+        let empty: SyncedPage = serde_json::from_str(&encode_synced_page(9, vec![], 5)).unwrap();
+        assert_eq!((empty.entries.len(), empty.next), (0, None));
+    }
+
+    #[test]
+    fn the_text_says_how_uploads_go_or_why_there_are_none() {
+        let text = |report: &StatusReport| {
+            let mut out = Vec::new();
+            write_text(&mut out, report).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        let going = StatusReport {
+            uploaded_bytes: 3 << 20,
+            upload_bytes_left: 1 << 30,
+            upload_rate: 10 << 20,
+            upload_eta_secs: Some(103),
+            ..StatusReport::default()
+        };
+        assert!(
+            text(&going).contains(
+                "uploads:    3.0 MiB sent, 1.0 GiB to send, 10.0 MiB/s, about 103 s left\n"
+            ),
+            "{}",
+            text(&going)
+        );
+        let off = StatusReport {
+            uploads_off: Some("uploads are disabled by the service".into()),
+            ..StatusReport::default()
+        };
+        assert!(text(&off).contains("uploads:    off: uploads are disabled by the service\n"));
+        // A report from a daemon that predates uploads still reads.
+        let old: StatusReport = serde_json::from_str(
+            r#"{"pending":0,"open_for_writing":0,"in_flight":0,"failed":[],"failed_count":0,
+                "local_only":[],"local_only_count":0,"paused":null,"last_error":null,
+                "created":0,"updated":0,"deleted":0,"reconciled":true,"indexed":0}"#,
+        )
+        .unwrap();
+        assert_eq!(old.uploads_off, None);
     }
 
     #[test]

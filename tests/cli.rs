@@ -81,6 +81,9 @@ fn defaults_apply_when_nothing_is_configured_and_paths_become_absolute() {
             "ignore": [],
             "no_default_ignore": [],
             "no_delete": false,
+            "no_upload": false,
+            "upload_concurrency": 4,
+            "upload_limit": null,
             "drain_timeout": 30,
             "threads": 4,
             "log_level": null,
@@ -562,5 +565,28 @@ fn printing_commands_end_quietly_when_the_reader_goes_away() {
         drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
         assert_eq!(text(&out.stderr), "", "maxlofs {}", args[0]);
+    }
+}
+
+#[test]
+fn upload_limits_take_k_m_g_suffixes_and_refuse_nonsense() {
+    let dir = tempfile::tempdir().unwrap();
+    for (given, rate) in [
+        ("500K", 512_000),
+        ("20m", 20 << 20),
+        ("1G", 1 << 30),
+        ("1000", 1000),
+    ] {
+        let got = settings(&mut maxlofs(
+            dir.path(),
+            &["mount", "b", "m", "--print-config", "--upload-limit", given],
+        ));
+        assert_eq!(got["upload_limit"], rate, "{given}");
+    }
+    for bad in ["0", "20X", "M", "1.5M", "99999999999G"] {
+        let out = maxlofs(dir.path(), &["mount", "b", "m", "--upload-limit", bad])
+            .output()
+            .unwrap();
+        assert_usage_error(&out, &["--upload-limit"]);
     }
 }

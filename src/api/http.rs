@@ -81,7 +81,7 @@ impl HttpApi {
     }
 
     /// A POST to `path` whose JSON body is `fields` plus `device_session_key`.
-    fn post<T: Serialize + ?Sized>(&self, path: &str, fields: &T) -> RequestBuilder {
+    pub(super) fn post<T: Serialize + ?Sized>(&self, path: &str, fields: &T) -> RequestBuilder {
         let key = self.keys().device;
         let body = WithDeviceKey {
             device_session_key: key.expose(),
@@ -100,7 +100,7 @@ impl HttpApi {
     }
 
     /// Sends a request and reads its answer (up to `BODY_MAX_BYTES`), then gives it its meaning.
-    async fn call(&self, request: RequestBuilder) -> Result<Answer, ApiError> {
+    pub(super) async fn call(&self, request: RequestBuilder) -> Result<Answer, ApiError> {
         let response = request.send().await.map_err(transport_error)?;
         let status = response.status();
         // The path only: a DELETE's query holds the key.
@@ -136,7 +136,7 @@ struct Created {
 
 /// The answer's body, read as it arrives and given up on past `BODY_MAX_BYTES`, so that a
 /// service sending without end costs at most that much memory.
-async fn read_capped(mut response: Response) -> Result<Vec<u8>, ApiError> {
+pub(super) async fn read_capped(mut response: Response) -> Result<Vec<u8>, ApiError> {
     if response
         .content_length()
         .is_some_and(|length| length > BODY_MAX_BYTES as u64)
@@ -154,7 +154,7 @@ async fn read_capped(mut response: Response) -> Result<Vec<u8>, ApiError> {
 }
 
 /// A failure to get an answer at all: timeouts, refused or dropped connections, a body cut short.
-fn transport_error(mut err: reqwest::Error) -> ApiError {
+pub(super) fn transport_error(mut err: reqwest::Error) -> ApiError {
     // A DELETE URL holds the key in its query; the path is worth keeping.
     if let Some(url) = err.url_mut() {
         url.set_query(None);

@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod content;
+pub mod content_client;
 pub mod http;
 #[cfg(any(test, feature = "memory-api"))]
 pub mod memory;

@@ -56,7 +56,18 @@ pub trait StatusSource: Send + Sync {
     /// `open_for_writing`: files open for writing, which are sent once closed; `writing`: the
     /// first few of their paths.
     fn status_json(&self, open_for_writing: usize, writing: &[String]) -> String;
+
+    /// `getxattr(MOUNTPOINT, SYNCED_XATTR_PREFIX + FROM)`: the synced records from the FROM-th
+    /// on, as JSON `{"entries": [[path, hash], ...], "next": FROM or null}` small enough for an
+    /// extended attribute (`maxlofs verify MNT`). `None`: not answered.
+    fn synced_page(&self, _from: u64) -> Option<String> {
+        None
+    }
 }
+
+/// Extended attributes on the mount root named this and a number page through the synced
+/// records (see `StatusSource::synced_page`).
+pub const SYNCED_XATTR_PREFIX: &str = "user.maxlofs.synced.";
 
 /// The extended attribute on the mount root that carries the daemon's status as JSON.
 pub const STATUS_XATTR: &str = "user.maxlofs.status";

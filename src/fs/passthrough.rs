@@ -6,7 +6,7 @@ use super::handles::{ChangeTracker, Fingerprint, HandleMap, OpenDir, OpenFile};
 use super::inodes::{Inode, InodeTable, ROOT_INO};
 use super::sys::{self, TimeSpec, XattrValue};
 use super::writers::OpenWriters;
-use super::{Event, EventSink, StatusSource, STATUS_XATTR};
+use super::{Event, EventSink, StatusSource, STATUS_XATTR, SYNCED_XATTR_PREFIX};
 use fuser::{BackingId, Errno, FileAttr, FileType, INodeNo};
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -517,6 +517,17 @@ impl Passthrough {
             let json = status.status_json(self.writers.count(), &writing);
             return XattrValue::sized(json.into_bytes(), size);
         }
+        if let Some(from) = synced_page_asked(ino, name) {
+            // Names every synced path: the owner and root only, as for status.
+            if caller.uid != self.daemon_uid && caller.uid != 0 {
+                return Err(Errno::EACCES);
+            }
+            let page = self
+                .status
+                .as_ref()
+                .and_then(|status| status.synced_page(from));
+            return XattrValue::sized(page.ok_or(Errno::NO_XATTR)?.into_bytes(), size);
+        }
         let name = sys::c_name(name)?;
         sys::get_xattr(self.inodes.get(ino)?.fd(), &name, size as usize)
     }
@@ -850,6 +861,12 @@ fn daemon_open_flags(flags: i32) -> i32 {
 
 fn is_status_xattr(ino: u64, name: &OsStr) -> bool {
     ino == ROOT_INO && name == STATUS_XATTR
+}
+
+/// The page of synced records a getxattr on the root asks for, if it asks for one.
+fn synced_page_asked(ino: u64, name: &OsStr) -> Option<u64> {
+    let from = name.to_str()?.strip_prefix(SYNCED_XATTR_PREFIX)?;
+    (ino == ROOT_INO).then(|| from.parse().ok()).flatten()
 }
 
 fn mode_type(mode: libc::mode_t) -> FileType {

@@ -20,6 +20,17 @@ pub enum Local {
     },
 }
 
+/// Whether the service holds the content of a file's hash, as far as this look knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Not known: it goes up before any record names it.
+    Unknown,
+    /// The service holds it (uploaded, or it answered `skip_upload`).
+    Held,
+    /// Records only: `--no-upload`, an encrypted grant, or uploads disabled by the service.
+    NotSent,
+}
+
 /// Everything a decision depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct Facts<'a> {
@@ -31,6 +42,8 @@ pub struct Facts<'a> {
     pub writing: bool,
     /// `--no-delete`: records of vanished files stay on the service.
     pub no_delete: bool,
+    /// Whether the content of the file's hash is on the service.
+    pub content: Content,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +59,8 @@ pub enum Action {
     Remember {
         media_id: MediaId,
     },
+    /// The file's content goes up first: a record never names content the service lacks.
+    Upload,
     Update {
         media_id: MediaId,
     },
@@ -86,6 +101,11 @@ pub fn decide(facts: Facts<'_>) -> Action {
             let Some(hash) = hash else {
                 return Action::Hash;
             };
+            // A record about to name `hash` where it named `before`: the content goes up first.
+            // An update that keeps the hash (times only) needs nothing more: the record already
+            // names it, and keeps naming the old content until the new one is up.
+            let upload_first =
+                |before: Option<&str>| facts.content == Content::Unknown && before != Some(hash);
             match facts.entry {
                 Some(entry)
                     if entry.hash == *hash
@@ -96,9 +116,11 @@ pub fn decide(facts: Facts<'_>) -> Action {
                         media_id: entry.media_id,
                     }
                 }
+                Some(entry) if upload_first(Some(&entry.hash)) => Action::Upload,
                 Some(entry) => Action::Update {
                     media_id: entry.media_id,
                 },
+                None if upload_first(None) => Action::Upload,
                 // A delete of this path's record is not acknowledged yet and the file is back:
                 // the record is updated (undeleted if the delete went through), keeping its id.
                 None => match facts.unsure.and_then(|u| u.media_id) {
@@ -167,7 +189,49 @@ mod tests {
             hint: Hint::Content,
             writing: false,
             no_delete: false,
+            content: Content::Held,
         }
+    }
+
+    #[test]
+    fn new_content_goes_up_before_a_create_or_an_update_names_it() {
+        let entry = entry();
+        let note = unsure(Some(4));
+        let new = file(Some("bb"));
+        for (entry, unsure) in [(Some(&entry), None), (None, None), (None, Some(&note))] {
+            let mut f = facts(&new, entry, unsure);
+            f.content = Content::Unknown;
+            assert_eq!(decide(f), Action::Upload, "{entry:?} {unsure:?}");
+            // Once it is held, or when records only are sent, the record follows.
+            f.content = Content::Held;
+            assert_ne!(decide(f), Action::Upload);
+            f.content = Content::NotSent;
+            assert_ne!(decide(f), Action::Upload);
+        }
+    }
+
+    #[test]
+    fn a_record_that_keeps_its_hash_needs_no_upload() {
+        let entry = entry();
+        let touched = Local::File {
+            stat: FileStat {
+                mtime_ns: 101,
+                ..stat()
+            },
+            hash: Some(HASH.into()),
+        };
+        let mut f = facts(&touched, Some(&entry), None);
+        f.content = Content::Unknown;
+        assert_eq!(decide(f), Action::Update { media_id: 9 });
+        let same = file(Some(HASH));
+        let mut f = facts(&same, Some(&entry), None);
+        f.content = Content::Unknown;
+        assert_eq!(decide(f), Action::Remember { media_id: 9 });
+        // Nothing is read before the hash is known, whatever the content's state.
+        let unhashed = file(None);
+        let mut f = facts(&unhashed, None, None);
+        f.content = Content::Unknown;
+        assert_eq!(decide(f), Action::Hash);
     }
 
     #[test]

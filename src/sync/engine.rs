@@ -24,6 +24,7 @@ use super::ignore::IgnoreRules;
 use super::index::Index;
 use super::local::{Backing, Observed};
 use super::queue::{Finish, Hint, WorkQueue};
+use super::upload::{UploadConfig, Uploads};
 use crate::api::{GrantId, MediaApi};
 use crate::fs::{Event, EventSink, OpenWriters, StatusSource};
 use crate::status::{PathReason, StatusReport};
@@ -35,6 +36,7 @@ pub struct SyncConfig {
     pub concurrency: usize,
     pub no_delete: bool,
     pub ignore: IgnoreRules,
+    pub upload: UploadConfig,
 }
 
 /// Local-only and failed lists in status are capped so status stays small.
@@ -67,6 +69,7 @@ pub struct Engine {
     /// Content changes per inode, and the hash of each inode's content as of its last hash.
     pub(super) hashes: Mutex<HashCache>,
     pub(super) hash_budget: HashBudget,
+    pub(super) uploads: Uploads,
     /// Files open for writing through the mount (shared with the filesystem): none is sent.
     pub(super) writers: Arc<OpenWriters>,
     /// Cleared by a transient failure, set again by the next answer: its return wakes the
@@ -104,7 +107,25 @@ impl StatusSource for Engine {
         };
         crate::status::encode_bounded(&status)
     }
+
+    fn synced_page(&self, from: u64) -> Option<String> {
+        let rows = match self.index.hashes_page(from, SYNCED_PAGE_ROWS) {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!("listing synced records: {err:#}");
+                return None;
+            }
+        };
+        Some(crate::status::encode_synced_page(
+            from,
+            rows,
+            SYNCED_PAGE_ROWS,
+        ))
+    }
 }
+
+/// Rows read per page of synced records; as many as fit are sent.
+const SYNCED_PAGE_ROWS: u64 = 500;
 
 /// How a look at a path ended.
 pub(super) enum Outcome {
@@ -123,6 +144,7 @@ impl Engine {
         let (events, intake) = mpsc::unbounded_channel();
         Arc::new(Engine {
             queue: WorkQueue::new(config.settle),
+            uploads: Uploads::new(&config.upload),
             config,
             api,
             index: Arc::new(index),
@@ -243,6 +265,7 @@ impl Engine {
         let open_for_writing = self.writers.count();
         let unmarked = self.unmarked_events.load(Ordering::SeqCst);
         let (pending, in_flight) = self.queue.counts();
+        let (upload_bytes_left, uploaded_bytes, upload_rate) = self.uploads.progress();
         let report = self.report.lock().unwrap();
         let list = |map: &BTreeMap<String, String>| {
             map.iter()
@@ -269,6 +292,11 @@ impl Engine {
             deleted: report.totals.deleted,
             reconciled: report.reconciled,
             indexed: self.indexed.load(Ordering::Relaxed),
+            upload_bytes_left,
+            uploaded_bytes,
+            upload_rate,
+            upload_eta_secs: (upload_rate > 0).then(|| upload_bytes_left.div_ceil(upload_rate)),
+            uploads_off: self.uploads.off(),
         }
     }
 

@@ -6,12 +6,13 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::decide::{decide, Action, Facts, Local};
 use super::engine::{Engine, Outcome};
 use super::failure::{verdict, Failure, Step, Verdict};
 use super::hash_cache::Stamp;
-use super::hasher;
+use super::hasher::{self, Hashed};
 use super::index::{IndexEntry, Unsure};
 use super::local::{FileStat, Observed};
 use super::queue::Hint;
@@ -44,9 +45,9 @@ struct Checked {
 }
 
 /// A failed step of an action.
-struct Failed(Step, Failure);
+pub(super) struct Failed(pub Step, pub Failure);
 
-trait At<T> {
+pub(super) trait At<T> {
     fn at(self, step: Step) -> Result<T, Failed>;
 }
 
@@ -68,7 +69,7 @@ const UNVERIFIED_CTIME: i64 = i64::MIN;
 impl Engine {
     /// Brings the record of one path in line with the backing tree.
     /// Runs on the blocking pool.
-    pub(super) fn sync_path(&self, path: &Path, hint: Hint) -> Outcome {
+    pub(super) fn sync_path(self: &Arc<Self>, path: &Path, hint: Hint) -> Outcome {
         let look = match self.look(path) {
             Ok(Some(look)) => look,
             Ok(None) => return Outcome::Done,
@@ -102,6 +103,28 @@ impl Engine {
     /// Waits, on the blocking pool, for a call the async runtime carries out.
     fn wait<F: std::future::Future>(&self, call: F) -> F::Output {
         tokio::runtime::Handle::current().block_on(call)
+    }
+
+    /// Index work, from the async part of a look (uploads), on the blocking pool.
+    pub(super) async fn on_index<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Engine) -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, Failed> {
+        self.off_runtime(work)
+            .await
+            .and_then(|done| done.map_err(Failure::index))
+            .at(Step::Local)
+    }
+
+    /// Runs blocking work (the index, the backing tree) on the blocking pool.
+    pub(super) async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Engine) -> T + Send + 'static,
+    ) -> Result<T, Failure> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || work(&engine))
+            .await
+            .map_err(|err| Failure::Local(format!("blocking task: {err}")))
     }
 
     /// The facts of `path`, or `None` when its name stays local (reported in status).
@@ -150,7 +173,7 @@ impl Engine {
         }))
     }
 
-    fn carry_out(&self, path: &Path, look: Look, hint: Hint) -> Result<(), Failed> {
+    fn carry_out(self: &Arc<Self>, path: &Path, look: Look, hint: Hint) -> Result<(), Failed> {
         let Look {
             key,
             mut local,
@@ -159,6 +182,9 @@ impl Engine {
             writing,
         } = look;
         let mut checked = None;
+        let mut content = self.uploads.initial();
+        // The part digests of a multipart file, when this look hashed it.
+        let mut parts = None;
         loop {
             let action = decide(Facts {
                 local: &local,
@@ -167,6 +193,7 @@ impl Engine {
                 hint,
                 writing,
                 no_delete: self.config.no_delete,
+                content,
             });
             tracing::trace!("{key:?}: {action:?}");
             let Local::File { stat, hash } = &local else {
@@ -181,7 +208,7 @@ impl Engine {
                 Action::Hash => {
                     // Taken before the hash: a change reported from now on is not in what we send.
                     let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
-                    let Some((hash, stat, verified)) =
+                    let Some((hash, stat, verified, hashed_parts)) =
                         self.file_hash(path, *stat, hint).at(Step::Local)?
                     else {
                         // It kept changing while read: look again later.
@@ -194,10 +221,16 @@ impl Engine {
                         stamp,
                         hash_verified: verified,
                     });
+                    parts = hashed_parts;
                     local = Local::File {
                         stat,
                         hash: Some(hash),
                     };
+                    continue;
+                }
+                Action::Upload => {
+                    let hash = hash.as_deref().expect("hashed before an upload");
+                    content = self.wait(self.upload(path, *stat, hash, parts.take()))?;
                     continue;
                 }
                 Action::Remember { media_id } => media_id,
@@ -366,7 +399,7 @@ impl Engine {
 
     /// Notes whether the service answers: the first answer after a transient failure wakes every
     /// path waiting out a retry.
-    fn call<T>(&self, answer: Result<T, ApiError>) -> Result<T, ApiError> {
+    pub(super) fn call<T>(&self, answer: Result<T, ApiError>) -> Result<T, ApiError> {
         match &answer {
             Err(ApiError::Transient(_)) => self.service_answers.store(false, Ordering::Relaxed),
             _ => {
@@ -442,39 +475,53 @@ impl Engine {
     /// reuses a hash known to be the inode's content now: that of an indexed name of the inode
     /// with the same size and mtime (a rename or link), or the inode's last hash if no content
     /// change was reported since it was taken (times set). Otherwise the file is hashed, and
-    /// hashed again if it changed meanwhile. `None`: it kept changing.
+    /// hashed again if it changed meanwhile. `None`: it kept changing. The part digests come
+    /// with a hash that was computed.
     fn file_hash(
-        &self,
+        self: &Arc<Self>,
         path: &Path,
         stat: FileStat,
         hint: Hint,
-    ) -> Result<Option<(String, FileStat, bool)>, Failure> {
+    ) -> Result<Option<HashFound>, Failure> {
         if hint == Hint::Meta {
             let links = self.index.find_by_ino(stat.ino)?;
             if let Some((_, entry)) = links
                 .into_iter()
                 .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
             {
-                return Ok(Some((entry.hash, stat, true)));
+                return Ok(Some((entry.hash, stat, true, None)));
             }
             if let Some(hash) = self.hashes.lock().unwrap().known_hash(&stat) {
-                return Ok(Some((hash, stat, false)));
+                return Ok(Some((hash, stat, false, None)));
             }
         }
         let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
+        let hashed = self.wait(self.hash_now(path, stat))?;
+        if let Some(hashed) = &hashed {
+            self.hashes
+                .lock()
+                .unwrap()
+                .hashed(&hashed.stat, &hashed.hash, stamp);
+        }
+        Ok(hashed.map(|hashed| (hashed.hash, hashed.stat, true, Some(hashed.parts))))
+    }
+
+    /// Reads and hashes the file now (`stat`: as last seen), within the hashing budget. Async for
+    /// the upload's checks; a look waits for it where it has no runtime context of its own.
+    pub(super) async fn hash_now(
+        self: &Arc<Self>,
+        path: &Path,
+        stat: FileStat,
+    ) -> Result<Option<Hashed>, Failure> {
         // Small files are microseconds of work; larger ones wait for threads of the one budget.
         let hashed = if stat.size <= SMALL_HASH_MAX {
             hasher::hash_stable(&self.backing, path, std::num::NonZeroUsize::MIN)
         } else {
-            let threads = self.wait(self.hash_budget.take(useful_threads(stat.size)));
+            let threads = self.hash_budget.take(useful_threads(stat.size)).await;
             hasher::hash_stable(&self.backing, path, threads.count())
         };
         match hashed {
-            Ok(Some((hash, stat))) => {
-                self.hashes.lock().unwrap().hashed(&stat, &hash, stamp);
-                Ok(Some((hash, stat, true)))
-            }
-            Ok(None) => Ok(None),
+            Ok(found) => Ok(found),
             // Gone or replaced while we looked: the event that did it marks it again.
             Err(err)
                 if matches!(
@@ -489,6 +536,10 @@ impl Engine {
     }
 }
 
+/// A hash, the stat it belongs to, whether it was verified against the content, and the part
+/// digests when it was just computed.
+type HashFound = (String, FileStat, bool, Option<Vec<[u8; 32]>>);
+
 /// How many threads hashing a file of `size` bytes can use: one per part.
 fn useful_threads(size: u64) -> std::num::NonZeroUsize {
     let parts = crate::hash::part_size(size).map_or(1, |part| size.div_ceil(part));
@@ -497,7 +548,7 @@ fn useful_threads(size: u64) -> std::num::NonZeroUsize {
 }
 
 /// What identifies a file's content state: inode, size, mtime.
-fn content_key(stat: &FileStat) -> (u64, u64, i64) {
+pub(super) fn content_key(stat: &FileStat) -> (u64, u64, i64) {
     (stat.ino, stat.size, stat.mtime_ns)
 }
 

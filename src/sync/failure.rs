@@ -35,6 +35,17 @@ pub enum Step {
     Delete,
     /// The create sent only to learn the id of a record whose create answer was lost.
     Find,
+    /// `upload`: asking whether and where the content goes.
+    Upload,
+    /// The PUT of a whole object to its signed URL.
+    ObjectPut,
+    /// `s3_object` after a whole-object PUT.
+    S3Object,
+    /// `multipart`: starting a multipart upload.
+    Multipart,
+    /// The PUT of one part to its signed URL.
+    PartPut,
+    MultipartComplete,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,9 +69,27 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
         Failure::Local(message) => Verdict::Retry {
             why: message.clone(),
         },
+        Failure::Api(err) if starts_over(step, err) => Verdict::Retry {
+            why: match err {
+                ApiError::Unauthorized => "the store refused a part's signed URL (403, expired?)",
+                _ => "the store no longer takes this multipart upload",
+            }
+            .to_string()
+                + &format!(" ({err}); it starts over"),
+        },
         Failure::Api(err) => match (err, step) {
             (ApiError::Transient(message), _) => Verdict::Retry {
                 why: message.clone(),
+            },
+            // The signed URL, not the key, was refused: it expired, and a new one is asked for.
+            (ApiError::Unauthorized, Step::ObjectPut) => Verdict::Retry {
+                why: "the store refused the signed URL (403, expired?); asking for a new one"
+                    .into(),
+            },
+            // `no_active_file`: the service will not take this content now. The record waits
+            // for it (a record never names content the service lacks).
+            (ApiError::BadRequest { status: 409, .. }, Step::Multipart) => Verdict::Retry {
+                why: format!("{err}; the service takes no upload of it now"),
             },
             (ApiError::Unauthorized, _) => Verdict::Pause,
             (ApiError::NotFound, Step::Update) => Verdict::CreateInstead,
@@ -74,6 +103,19 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
                 why: err.to_string(),
             },
         },
+    }
+}
+
+/// Whether a failed call of a multipart upload means its upload_id and signed URLs are of no
+/// more use (a URL refused or gone, or the assembly refused): it then starts over with a new
+/// `multipart`, never resumed.
+pub fn starts_over(step: Step, err: &ApiError) -> bool {
+    match step {
+        Step::PartPut => matches!(err, ApiError::Unauthorized | ApiError::NotFound),
+        Step::MultipartComplete => {
+            matches!(err, ApiError::NotFound | ApiError::BadRequest { .. })
+        }
+        _ => false,
     }
 }
 
@@ -128,6 +170,51 @@ mod tests {
                 why: "grant 7 not found (404)".into()
             }
         );
+    }
+
+    #[test]
+    fn a_refused_signed_url_is_asked_again_never_a_pause() {
+        let refused = api(ApiError::Unauthorized);
+        for step in [Step::ObjectPut, Step::PartPut] {
+            assert!(matches!(verdict(step, &refused, 1), Verdict::Retry { .. }));
+        }
+        for step in [
+            Step::Upload,
+            Step::S3Object,
+            Step::Multipart,
+            Step::MultipartComplete,
+        ] {
+            assert_eq!(verdict(step, &refused, 1), Verdict::Pause);
+        }
+        assert!(starts_over(Step::PartPut, &ApiError::Unauthorized));
+        assert!(starts_over(Step::MultipartComplete, &rejected()));
+        assert!(!starts_over(
+            Step::PartPut,
+            &ApiError::Transient("x".into())
+        ));
+        assert!(!starts_over(Step::ObjectPut, &ApiError::Unauthorized));
+        assert!(matches!(
+            verdict(Step::MultipartComplete, &api(rejected()), 1),
+            Verdict::Retry { .. }
+        ));
+    }
+
+    #[test]
+    fn no_active_file_waits_and_other_refusals_fail() {
+        let no_active = api(ApiError::BadRequest {
+            status: 409,
+            message: "no_active_file".into(),
+        });
+        assert!(matches!(
+            verdict(Step::Multipart, &no_active, 1),
+            Verdict::Retry { .. }
+        ));
+        for step in [Step::Upload, Step::ObjectPut, Step::S3Object] {
+            assert!(matches!(
+                verdict(step, &api(rejected()), 1),
+                Verdict::Fail { .. }
+            ));
+        }
     }
 
     #[test]

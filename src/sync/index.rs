@@ -4,6 +4,7 @@
 
 use lru::LruCache;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::Mutex;
@@ -40,7 +41,35 @@ CREATE TABLE IF NOT EXISTS synced (
 );
 CREATE INDEX IF NOT EXISTS synced_ino ON synced (ino);
 CREATE TABLE IF NOT EXISTS unsure (path TEXT PRIMARY KEY, state TEXT NOT NULL, media_id INTEGER);
+CREATE TABLE IF NOT EXISTS multipart (
+    hash TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    upload_id TEXT NOT NULL,
+    s3_bucket_id TEXT NOT NULL,
+    urls TEXT NOT NULL,
+    started_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS multipart_part (
+    hash TEXT NOT NULL,
+    part_num INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    PRIMARY KEY (hash, part_num)
+);
 ";
+
+/// A multipart upload under way, kept so that a restart sends only the parts still missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MultipartUpload {
+    pub size: u64,
+    pub upload_id: String,
+    pub s3_bucket_id: String,
+    /// Signed URL of each part, by part_num.
+    pub urls: BTreeMap<u64, String>,
+    /// ETag of each part the store acknowledged, by part_num.
+    pub etags: BTreeMap<u64, String>,
+    /// When the service answered `multipart` (seconds since the epoch).
+    pub started_at: i64,
+}
 
 /// A path whose record the service may hold live although no entry names it: a create was sent
 /// and its answer never came, or a delete was sent and not yet acknowledged.
@@ -97,6 +126,8 @@ impl Index {
             }
             db.execute("DELETE FROM synced", [])?;
             db.execute("DELETE FROM unsure", [])?;
+            db.execute("DELETE FROM multipart", [])?;
+            db.execute("DELETE FROM multipart_part", [])?;
         }
         // Written on every open: the first write takes the exclusive lock, held from now on.
         db.execute(
@@ -279,6 +310,113 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The multipart upload of `hash` under way, if any.
+    pub fn multipart(&self, hash: &str) -> anyhow::Result<Option<MultipartUpload>> {
+        let db = self.db.lock().unwrap();
+        let Some((size, upload_id, s3_bucket_id, urls, started_at)) = db
+            .prepare_cached(
+                "SELECT size, upload_id, s3_bucket_id, urls, started_at FROM multipart
+                 WHERE hash = ?1",
+            )?
+            .query_row([hash], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get(4)?,
+                ))
+            })
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let mut stmt =
+            db.prepare_cached("SELECT part_num, etag FROM multipart_part WHERE hash = ?1")?;
+        let etags = stmt
+            .query_map([hash], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(Some(MultipartUpload {
+            size,
+            upload_id,
+            s3_bucket_id,
+            urls: serde_json::from_str(&urls)?,
+            etags,
+            started_at,
+        }))
+    }
+
+    /// Records a multipart upload the service just started (no part sent yet), replacing any
+    /// earlier one of the same content.
+    pub fn start_multipart(&self, hash: &str, upload: &MultipartUpload) -> anyhow::Result<()> {
+        let urls = serde_json::to_string(&upload.urls)?;
+        let db = self.db.lock().unwrap();
+        in_transaction(&db, |db| {
+            db.prepare_cached("DELETE FROM multipart_part WHERE hash = ?1")?
+                .execute([hash])?;
+            db.prepare_cached(
+                "INSERT OR REPLACE INTO multipart
+                 (hash, size, upload_id, s3_bucket_id, urls, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                hash,
+                upload.size as i64,
+                upload.upload_id,
+                upload.s3_bucket_id,
+                urls,
+                upload.started_at
+            ])?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Records a part the store acknowledged, the moment it did.
+    pub fn part_done(&self, hash: &str, part_num: u64, etag: &str) -> anyhow::Result<()> {
+        self.db
+            .lock()
+            .unwrap()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO multipart_part (hash, part_num, etag) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![hash, part_num as i64, etag])?;
+        Ok(())
+    }
+
+    /// Forgets the multipart upload of `hash`: completed, or not to be resumed.
+    pub fn forget_multipart(&self, hash: &str) -> anyhow::Result<()> {
+        let db = self.db.lock().unwrap();
+        in_transaction(&db, |db| {
+            db.prepare_cached("DELETE FROM multipart_part WHERE hash = ?1")?
+                .execute([hash])?;
+            db.prepare_cached("DELETE FROM multipart WHERE hash = ?1")?
+                .execute([hash])?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Every (path, hash) of a synced record in the index at `path`, read without changing it
+    /// (`maxlofs verify`). Fails while a mount holds it.
+    pub fn synced_hashes(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+        let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = db.prepare("SELECT path, hash FROM synced ORDER BY path")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` (path, hash) of synced records from the `from`-th on, by path.
+    pub fn hashes_page(&self, from: u64, limit: u64) -> anyhow::Result<Vec<(String, String)>> {
+        let db = self.db.lock().unwrap();
+        let mut stmt =
+            db.prepare_cached("SELECT path, hash FROM synced ORDER BY path LIMIT ?1 OFFSET ?2")?;
+        let rows = stmt.query_map([limit as i64, from as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn count(&self) -> anyhow::Result<u64> {
         let count: i64 =
             self.db
@@ -402,6 +540,38 @@ mod tests {
         assert_eq!(index.unsure("b").unwrap().unwrap().media_id, Some(9));
         index.clear_unsure("b").unwrap();
         assert_eq!(index.unsure("b").unwrap(), None);
+    }
+
+    #[test]
+    fn a_multipart_upload_keeps_its_urls_and_each_finished_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        let upload = MultipartUpload {
+            size: 20,
+            upload_id: "u1".into(),
+            s3_bucket_id: "b".into(),
+            urls: BTreeMap::from([(1, "http://s/1?sig".into()), (2, "http://s/2?sig".into())]),
+            etags: BTreeMap::new(),
+            started_at: 1000,
+        };
+        {
+            let index = Index::open(&path, "id", 4).unwrap();
+            assert_eq!(index.multipart("h").unwrap(), None);
+            index.start_multipart("h", &upload).unwrap();
+            index.part_done("h", 2, "\"e2\"").unwrap();
+        }
+        let index = Index::open(&path, "id", 4).unwrap();
+        let resumed = index.multipart("h").unwrap().unwrap();
+        assert_eq!(resumed.etags, BTreeMap::from([(2, "\"e2\"".to_string())]));
+        assert_eq!(resumed.urls, upload.urls);
+        // A new upload of the same content starts with no part done.
+        index.start_multipart("h", &upload).unwrap();
+        assert!(index.multipart("h").unwrap().unwrap().etags.is_empty());
+        index.part_done("h", 1, "e1").unwrap();
+        index.forget_multipart("h").unwrap();
+        assert_eq!(index.multipart("h").unwrap(), None);
+        index.start_multipart("h", &upload).unwrap();
+        assert!(index.multipart("h").unwrap().unwrap().etags.is_empty());
     }
 
     #[test]

@@ -15,5 +15,7 @@ pub mod queue;
 mod reconcile;
 #[cfg(test)]
 mod tests;
+pub mod upload;
 
 pub use engine::{Engine, SyncConfig};
+pub use upload::UploadConfig;

@@ -9,12 +9,15 @@ use std::time::Duration;
 use super::ignore::IgnoreRules;
 use super::index::Index;
 use super::local::Backing;
-use super::{Engine, SyncConfig};
+use super::{Engine, SyncConfig, UploadConfig};
+use crate::api::content_client::ContentApi;
 use crate::api::memory::MemoryApi;
 use crate::api::{ApiError, Keys, MediaApi, MediaRecord, MediaState, NewMedia, SecretKey};
 use crate::emulator::stats::Call;
 use crate::emulator::store::StoreConfig;
 use crate::fs::{Event, EventSink, OpenWriters};
+
+mod upload;
 
 const SETTLE: Duration = Duration::from_millis(30);
 
@@ -54,6 +57,10 @@ struct Options {
     store: StoreConfig,
     /// What the engine calls, if not the rig's `MemoryApi` itself.
     engine_api: Option<Arc<dyn MediaApi>>,
+    /// Where content goes; `None`: records only.
+    content: Option<Arc<dyn ContentApi>>,
+    /// The grant is checked for encryption before the first upload.
+    grant_unchecked: bool,
 }
 
 impl Default for Options {
@@ -64,6 +71,8 @@ impl Default for Options {
             ignore: Vec::new(),
             store: store_config(),
             engine_api: None,
+            content: None,
+            grant_unchecked: false,
         }
     }
 }
@@ -102,6 +111,16 @@ impl Rig {
             concurrency: 4,
             no_delete: options.no_delete,
             ignore: IgnoreRules::new(&options.ignore, &[]).unwrap(),
+            upload: match options.content {
+                Some(api) => UploadConfig {
+                    api: Some(api),
+                    records_only: None,
+                    concurrency: 2,
+                    limit: None,
+                    grant_unchecked: options.grant_unchecked,
+                },
+                None => UploadConfig::records_only("unit test without content"),
+            },
         };
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
         let backing = Backing::open(&dir.path().join("b")).unwrap();

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Upload throughput against the emulator on loopback: the same bytes sent by `curl -T` to the
+# same emulator's signed URLs (the baseline: the PUTs, and for the large file the
+# multipart_complete that assembles it; URLs and part hashes fetched beforehand, not timed) and
+# through a maxlofs mount (the files already in BACKING when the mount starts;
+# timed from the mount command until `status --wait` says all is sent, so the mount's figure
+# includes hashing every byte, the `upload`/`multipart`/`s3_object` calls and the records).
+#  1. one file of SIZE_MIB (default 1024): multipart, 8 MiB parts;
+#  2. FILES small files (default 1000) of SMALL_KIB (default 256): whole-object PUTs.
+# Both sides send with the same concurrency (4, maxlofs's default --upload-concurrency) and at the
+# same CPU priority: curl runs at nice 10, as maxlofs's sync threads do (and the emulator).
+# Prints each side's MiB/s and the ratio maxlofs/curl (target >= 0.9).
+# Usage: [SIZE_MIB=1024] [FILES=1000] [SMALL_KIB=256] [ROUNDS=3] scripts/bench-upload.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+size_mib=${SIZE_MIB:-1024}
+files=${FILES:-1000}
+small_kib=${SMALL_KIB:-256}
+rounds=${ROUNDS:-3}
+concurrency=4
+command -v curl >/dev/null || apt-get install -y curl >/dev/null
+cargo build --release --quiet --bin maxlofs
+bin=$PWD/target/release/maxlofs
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/maxlofs-bench-upload.XXXXXX")
+cleanup() {
+  for m in "$work"/mnt*; do mountpoint -q "$m" && umount "$m"; done 2>/dev/null || true
+  [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+. scripts/bench-lib.sh
+now() { date +%s.%N; }
+post() { # post CALL JSON: a content call of grant 1 with the demo key
+  curl -fsS "$api/device/1/media_grant/1/$1" -H 'content-type: application/json' \
+    -d "$(python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["device_session_key"]="demo-device-key"; print(json.dumps(d))' "$2")"
+}
+rate() { # rate LABEL BYTES SECONDS
+  python3 -c "print(f'$1: {$2/1048576/($3):.0f} MiB/s ({$3:.2f} s)')"
+}
+
+mkdir -p "$work/big" "$work/small"
+head -c "$((size_mib << 20))" /dev/urandom >"$work/big/big.bin"
+python3 -c "
+import os
+for i in range($files):
+    open(os.path.join('$work/small', f'f{i:04d}.jpg'), 'wb').write(os.urandom($small_kib * 1024))"
+
+# One round of each: `took` is set to the seconds of the curl PUTs or of the mount, each against a
+# fresh emulator (run in this shell, not in $(...): the emulator must stay this shell's child).
+big_curl() {
+  start_emulator
+  post multipart "$(cat "$work/multipart.json")" >"$work/urls.json"
+  python3 - "$work/urls.json" "$work/parts" >"$work/curl-big.cfg" <<'PY'
+import json, sys
+for part in json.load(open(sys.argv[1]))["signed_url_list"]:
+    n = part["part_num"]
+    print(f'upload-file = "{sys.argv[2]}/{n}"\nurl = "{part["url"]}"\noutput = "/dev/null"')
+PY
+  local t0 t1
+  t0=$(now)
+  # Each part's ETag, by the part number that ends its URL's path.
+  nice -n 10 curl -sS --fail --no-progress-meter --parallel --parallel-max "$concurrency" \
+    -K "$work/curl-big.cfg" -w '%{url} %header{etag}\n' >"$work/etags"
+  echo "curl: PUTs took $(python3 -c "print(f'{$(now) - $t0:.2f}')") s"
+  # The ETags, and the assembly maxlofs also waits for.
+  post multipart_complete "$(python3 - "$work/multipart.json" "$work/urls.json" "$work/etags" <<'PY'
+import json, sys
+spec, urls = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+etags = {}
+for line in open(sys.argv[3]):
+    url, etag = line.split(" ", 1)
+    etags[int(url.split("?")[0].rsplit("/", 1)[1])] = etag.strip()
+print(json.dumps({"file_size": spec["file_size"], "file_hash": spec["file_hash"],
+                  "s3_bucket_id": "maxlo-emulator", "upload_id": urls["upload_id"],
+                  "part_list": [{"part_num": p["part_num"], "etag": etags[p["part_num"]]} for p in spec["part_list"]]}))
+PY
+)" >/dev/null
+  t1=$(now)
+  took=$(python3 -c "print($t1 - $t0)")
+}
+mount_once() { # mount_once FOLDER: seconds from the mount command to all sent
+  start_emulator
+  rm -rf "$work/state"
+  local t0 t1
+  t0=$(now)
+  mount_maxlofs "$1" "$work/mnt" "$work/state" --settle-ms 0 --upload-concurrency "$concurrency"
+  "$bin" status "$work/mnt" --wait --timeout 1200 >/dev/null
+  t1=$(now)
+  umount "$work/mnt"; wait "$mount_pid"
+  took=$(python3 -c "print($t1 - $t0)")
+}
+small_curl() {
+  start_emulator
+  post upload "$(python3 -c "import json; d=json.load(open('$work/files.json')); print(json.dumps({'file_list': [{k: f[k] for k in ('file_hash','file_size')} for f in d['file_list']]}))")" >"$work/upload.json"
+  python3 - "$work/files.json" "$work/upload.json" "$work/small" >"$work/curl-small.cfg" <<'PY'
+import json, sys
+names = {f["file_hash"]: f["name"] for f in json.load(open(sys.argv[1]))["file_list"]}
+for item in json.load(open(sys.argv[2]))["upload_list"]:
+    print(f'upload-file = "{sys.argv[3]}/{names[item["file_hash"]]}"\nurl = "{item["signed_opts"]["url"]}"\noutput = "/dev/null"')
+PY
+  local t0 t1
+  t0=$(now)
+  nice -n 10 curl -sS --fail --no-progress-meter --parallel --parallel-max "$concurrency" -K "$work/curl-small.cfg"
+  t1=$(now)
+  took=$(python3 -c "print($t1 - $t0)")
+}
+best() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:]))" "$@"; }
+
+# The parts and their hashes as maxlofs would send them; the part files are the curl inputs.
+python3 - "$work/big/big.bin" "$work/parts" >"$work/multipart.json" <<'PY'
+import hashlib, json, os, sys
+path, out = sys.argv[1], sys.argv[2]
+size = os.path.getsize(path)
+part = 8 << 20
+while -(-size // part) > 900:
+    part *= 2
+os.makedirs(out)
+parts, digests = [], b""
+with open(path, "rb") as f:
+    n = 0
+    while chunk := f.read(part):
+        n += 1
+        open(os.path.join(out, str(n)), "wb").write(chunk)
+        d = hashlib.sha256(chunk).digest()
+        digests += d
+        parts.append({"part_num": n, "part_size": len(chunk), "part_hash": d.hex()})
+print(json.dumps({"file_size": size, "file_hash": hashlib.sha256(digests).hexdigest(), "part_list": parts}))
+PY
+python3 - "$work/small" >"$work/files.json" <<'PY'
+import hashlib, json, os, sys
+d = sys.argv[1]
+print(json.dumps({"file_list": [
+    {"file_hash": hashlib.sha256(open(os.path.join(d, n), "rb").read()).hexdigest(),
+     "file_size": os.path.getsize(os.path.join(d, n)), "name": n} for n in sorted(os.listdir(d))]}))
+PY
+
+# Interleaved, best of ROUNDS: the machine's other load moves single runs by 2x.
+curl_big=(); mount_big=(); curl_small=(); mount_small=()
+for round in $(seq "$rounds"); do
+  big_curl; curl_big+=("$took")
+  mount_once "$work/big"; mount_big+=("$took")
+  small_curl; curl_small+=("$took")
+  mount_once "$work/small"; mount_small+=("$took")
+  echo "round $round: big curl ${curl_big[-1]} s, mount ${mount_big[-1]} s; small curl ${curl_small[-1]} s, mount ${mount_small[-1]} s"
+done
+big_bytes=$((size_mib << 20))
+small_bytes=$((files * small_kib * 1024))
+cb=$(best "${curl_big[@]}"); mb=$(best "${mount_big[@]}")
+cs=$(best "${curl_small[@]}"); ms=$(best "${mount_small[@]}")
+echo "== one file of $size_mib MiB (best of $rounds)"
+rate "curl -T, $concurrency parallel part PUTs + multipart_complete" "$big_bytes" "$cb"
+rate "maxlofs mount (hash + multipart + record)" "$big_bytes" "$mb"
+python3 -c "print(f'ratio maxlofs/curl: {$cb/$mb:.2f}')"
+echo "== $files files of $small_kib KiB (best of $rounds)"
+rate "curl -T, $concurrency parallel PUTs" "$small_bytes" "$cs"
+rate "maxlofs mount (hash + upload + PUT + s3_object + create, each file)" "$small_bytes" "$ms"
+python3 -c "print(f'ratio maxlofs/curl: {$cs/$ms:.2f}')"

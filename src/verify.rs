@@ -1,0 +1,224 @@
+//! `maxlofs verify MNT` (or an unmounted BACKING folder): asks the service (`download`) for the
+//! content of every record the index says was synced (a mount's daemon lists them through an
+//! extended attribute; an unmounted folder's index is read), and reports records whose content it lacks or marks deleted; with
+//! `--deep`, downloads each content and checks its Maxlo hash.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::api::content_client::{ContentApi, ContentClient};
+use crate::api::http::{HttpApi, Timeouts};
+use crate::api::GrantId;
+use crate::cli::VerifyArgs;
+use crate::daemon::KeySource;
+use crate::fs::SYNCED_XATTR_PREFIX;
+use crate::hash::StreamHasher;
+use crate::status::{read_xattr, SyncedPage};
+use crate::sync::index::Index;
+
+/// Hashes per `download` call.
+const BATCH: usize = 100;
+
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Problem {
+    /// The service does not hold it, or marks it deleted.
+    Missing,
+    /// `--deep`: what it serves does not hash to the record's hash.
+    Corrupted,
+}
+
+#[derive(Serialize)]
+struct Finding {
+    path: String,
+    file_hash: String,
+    problem: Problem,
+}
+
+#[derive(Serialize)]
+struct Report {
+    records: usize,
+    contents: usize,
+    deep: bool,
+    findings: Vec<Finding>,
+}
+
+/// Exit status: 0 all content is held (and, deep, intact), 1 some is not, 2 it could not check.
+pub fn run(args: &VerifyArgs) -> i32 {
+    match verify(args) {
+        Ok(report) => {
+            if let Err(err) = print(&report, args.json) {
+                eprintln!("maxlofs: verify: {err:#}");
+                return 2;
+            }
+            i32::from(!report.findings.is_empty())
+        }
+        Err(err) => {
+            eprintln!("maxlofs: verify: {err:#}");
+            2
+        }
+    }
+}
+
+fn verify(args: &VerifyArgs) -> anyhow::Result<Report> {
+    let keys = KeySource::new(args.device_key_file.clone(), None).load()?;
+    let api = Arc::new(HttpApi::new(&args.api, keys, Timeouts::default())?);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let grant: GrantId = match args.grant.parse() {
+        Ok(id) => id,
+        Err(_) => {
+            runtime
+                .block_on(crate::grants::resolve_grant(api.as_ref(), &args.grant))?
+                .0
+        }
+    };
+    let records = match crate::status::read(&args.folder) {
+        // A live mount: its daemon holds the index, and lists it.
+        Ok(_) => synced_of_mount(&args.folder)?,
+        Err(_) => synced_of_backing(args, grant)?,
+    };
+    let mut paths_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (path, hash) in &records {
+        paths_of.entry(hash.clone()).or_default().push(path.clone());
+    }
+    let content = ContentClient::new(api)?;
+    let hashes: Vec<String> = paths_of.keys().cloned().collect();
+    let problems = runtime.block_on(check(&content, grant, &hashes, args.deep))?;
+    let findings = problems
+        .into_iter()
+        .flat_map(|(hash, problem)| {
+            paths_of[&hash]
+                .iter()
+                .map(|path| Finding {
+                    path: path.clone(),
+                    file_hash: hash.clone(),
+                    problem,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(Report {
+        records: records.len(),
+        contents: hashes.len(),
+        deep: args.deep,
+        findings,
+    })
+}
+
+/// The synced records a mount's daemon lists, page by page.
+fn synced_of_mount(mountpoint: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+    let mut records = Vec::new();
+    let mut from = Some(0);
+    while let Some(at) = from {
+        let name = format!("{SYNCED_XATTR_PREFIX}{at}");
+        let page: SyncedPage = serde_json::from_slice(&read_xattr(mountpoint, &name)?)
+            .context("the daemon's list of synced records is not valid JSON")?;
+        records.extend(page.entries);
+        from = page.next;
+    }
+    Ok(records)
+}
+
+/// The synced records in the index of the backing folder `args.folder` (not mounted).
+fn synced_of_backing(args: &VerifyArgs, grant: GrantId) -> anyhow::Result<Vec<(String, String)>> {
+    let backing = std::fs::canonicalize(&args.folder)
+        .with_context(|| format!("folder {}", args.folder.display()))?;
+    let state_dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => crate::daemon::default_state_dir(&backing, grant)?,
+    };
+    let index = state_dir.join("index.db");
+    if !index.exists() {
+        anyhow::bail!(
+            "{} is neither a maxlofs mount nor a backing folder with an index ({} is missing)",
+            args.folder.display(),
+            index.display()
+        );
+    }
+    Index::synced_hashes(&index).with_context(|| format!("reading the index {}", index.display()))
+}
+
+/// The problem of each content that has one.
+async fn check(
+    content: &dyn ContentApi,
+    grant: GrantId,
+    hashes: &[String],
+    deep: bool,
+) -> anyhow::Result<Vec<(String, Problem)>> {
+    let mut problems = Vec::new();
+    for batch in hashes.chunks(BATCH) {
+        let answer = content
+            .download(grant, batch)
+            .await
+            .context("asking the service for the content (download)")?;
+        let items: BTreeMap<&str, _> = answer
+            .download_list
+            .iter()
+            .map(|item| (item.file_hash.as_str(), item))
+            .collect();
+        for hash in batch {
+            let item = match items.get(hash.as_str()) {
+                Some(item) if !item.is_deleted => item,
+                _ => {
+                    problems.push((hash.clone(), Problem::Missing));
+                    continue;
+                }
+            };
+            if !deep {
+                continue;
+            }
+            let Some(url) = &item.url else {
+                problems.push((hash.clone(), Problem::Missing));
+                continue;
+            };
+            let mut body = content
+                .get(url)
+                .await
+                .with_context(|| format!("downloading {hash}"))?;
+            let mut hasher = StreamHasher::new(item.file_size);
+            while let Some(chunk) = body.next().await {
+                hasher.update(&chunk.with_context(|| format!("downloading {hash}"))?);
+            }
+            if hasher.finish().map(|found| found.to_hex()).as_ref() != Some(hash) {
+                problems.push((hash.clone(), Problem::Corrupted));
+            }
+        }
+    }
+    Ok(problems)
+}
+
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+        return Ok(());
+    }
+    for finding in &report.findings {
+        let what = match finding.problem {
+            Problem::Missing => "missing  ",
+            Problem::Corrupted => "corrupted",
+        };
+        println!(
+            "{what} {} ({})",
+            crate::status::escaped(&finding.path),
+            finding.file_hash
+        );
+    }
+    println!(
+        "{} records, {} contents checked{}: {}",
+        report.records,
+        report.contents,
+        if report.deep { " (downloaded)" } else { "" },
+        if report.findings.is_empty() {
+            "all held".to_string()
+        } else {
+            format!("{} records lack their content", report.findings.len())
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! End to end: files written through a real mount reach the emulator's object store, byte for
+//! byte, before their records; asserted on the store (`/_emulator/objects`) and the calls it
+//! counted (`/_emulator/stats`).
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::service::{run, Emulator, Mount, BIN};
+
+const MIB: usize = 1024 * 1024;
+
+/// Pseudo-random bytes (xorshift), different per seed: no two parts alike.
+fn bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn maxlo_hash(path: &Path) -> String {
+    maxlofs::hash::hash_file(path).unwrap().to_hex()
+}
+
+/// The bytes the store holds for `hash`, if it holds it.
+fn try_object(emulator: &Emulator, hash: &str) -> Option<Vec<u8>> {
+    let response =
+        reqwest::blocking::get(format!("{}/_emulator/objects/{hash}", emulator.url)).unwrap();
+    match response.status().as_u16() {
+        404 => None,
+        200 => Some(response.bytes().unwrap().to_vec()),
+        other => panic!("object {hash}: {other}"),
+    }
+}
+
+fn object(emulator: &Emulator, hash: &str) -> Vec<u8> {
+    try_object(emulator, hash).unwrap_or_else(|| panic!("the store lacks {hash}"))
+}
+
+fn object_count(emulator: &Emulator) -> usize {
+    emulator.get("/_emulator/objects")["object_list"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// Every live record names content the store holds, with the backing file's bytes.
+fn assert_content_matches(emulator: &Emulator, mount: &Mount) {
+    let live = emulator.live();
+    assert!(!live.is_empty());
+    for (path, record) in live {
+        let file = mount.backing.join(&path);
+        let hash = record["file_hash"].as_str().unwrap();
+        assert_eq!(hash, maxlo_hash(&file), "{path}: record");
+        let stored = try_object(emulator, hash).unwrap_or_else(|| {
+            panic!(
+                "{path}: the store lacks {hash}\nstats: {}\nlog:\n{}",
+                emulator.stats(),
+                mount.log_text()
+            )
+        });
+        assert!(
+            stored == std::fs::read(&file).unwrap(),
+            "{path}: the stored object differs from the file"
+        );
+    }
+}
+
+#[test]
+fn small_exactly_16_mib_and_multipart_files_reach_the_store() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator);
+    std::fs::write(mount.path("small.jpg"), bytes(100_000, 1)).unwrap();
+    std::fs::write(mount.path("edge.mov"), bytes(16 * MIB, 2)).unwrap();
+    std::fs::write(mount.path("big.mov"), bytes(40 * MIB + 3, 3)).unwrap();
+    mount.wait_synced_within(120);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(object_count(&emulator), 3);
+    // Two whole objects, one multipart upload of five 8 MiB parts (the last short).
+    assert_eq!(emulator.calls("object_put"), 2);
+    assert_eq!(emulator.calls("s3_object"), 2);
+    assert_eq!(emulator.calls("multipart"), 1);
+    assert_eq!(emulator.calls("part_put"), 6);
+    assert_eq!(emulator.calls("multipart_complete"), 1);
+    let status = mount.status();
+    assert!(status["uploaded_bytes"].as_u64().unwrap() >= (56 * MIB + 100_003) as u64);
+    assert_eq!(status["uploads_off"], serde_json::Value::Null);
+}
+
+#[test]
+fn identical_content_in_two_places_goes_up_once() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator);
+    let content = bytes(3 * MIB, 4);
+    std::fs::create_dir(mount.path("copy")).unwrap();
+    std::fs::write(mount.path("a.jpg"), &content).unwrap();
+    std::fs::write(mount.path("copy/a.jpg"), &content).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.live().len(), 2);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(object_count(&emulator), 1);
+    assert_eq!(emulator.calls("object_put"), 1);
+}
+
+#[test]
+fn failed_and_dropped_puts_are_retried_until_the_content_is_up() {
+    let emulator = Emulator::start(&["--fail-rate", "0.3", "--drop-rate", "0.2"]);
+    let mount = mount!(emulator);
+    for i in 0..6 {
+        std::fs::write(
+            mount.path(&format!("f{i}")),
+            bytes(300_000 + i, 10 + i as u64),
+        )
+        .unwrap();
+    }
+    std::fs::write(mount.path("big"), bytes(20 * MIB, 20)).unwrap();
+    mount.wait_synced_within(240);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(emulator.live().len(), 7);
+    let (failed, dropped) = emulator.faults();
+    assert!(failed + dropped > 0, "no fault was injected");
+}
+
+#[test]
+fn a_file_changed_while_it_is_uploaded_ends_with_its_final_content() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--upload-limit", "1M"]);
+    std::fs::write(mount.path("a.mov"), bytes(4 * MIB, 30)).unwrap();
+    // Mid-way through its upload (at 1 MiB/s, four seconds), it is written again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mount.status()["uploaded_bytes"].as_u64().unwrap() < MIB as u64 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let last = bytes(4 * MIB, 31);
+    std::fs::write(mount.path("a.mov"), &last).unwrap();
+    mount.wait_synced_within(60);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(
+        object(&emulator, &maxlo_hash(&mount.backing.join("a.mov"))),
+        last
+    );
+    assert_eq!(
+        object_count(&emulator),
+        1,
+        "the first content never completed"
+    );
+}
+
+#[test]
+fn uploads_disabled_by_the_service_still_send_records_and_status_says_so() {
+    let emulator = Emulator::start(&["--upload-disabled"]);
+    let mount = mount!(emulator);
+    std::fs::write(mount.path("a.jpg"), bytes(1000, 40)).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.live().len(), 1);
+    assert_eq!(object_count(&emulator), 0);
+    assert_eq!(emulator.calls("object_put"), 0);
+    let off = mount.status()["uploads_off"].as_str().unwrap().to_string();
+    assert!(off.contains("disabled by the service"), "{off}");
+    let text = run(Command::new(BIN).arg("status").arg(&mount.mnt));
+    assert!(String::from_utf8_lossy(&text.stdout)
+        .contains("uploads:    off: uploads are disabled by the service"));
+}
+
+#[test]
+fn no_upload_sends_records_and_no_content_call() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--no-upload"]);
+    std::fs::write(mount.path("a.jpg"), bytes(1000, 50)).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.live().len(), 1);
+    for call in ["upload", "object_put", "s3_object", "multipart", "part_put"] {
+        assert_eq!(emulator.calls(call), 0, "{call}");
+    }
+    assert_eq!(mount.status()["uploads_off"], "--no-upload");
+}
+
+#[test]
+fn a_multipart_upload_killed_midway_resumes_with_the_missing_parts() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--upload-limit", "16M"]);
+    if !mount.mount() {
+        return;
+    }
+    // 160 MiB: 20 parts of 8 MiB, ten seconds at 16 MiB/s.
+    let size = 160 * MIB;
+    let parts = 20;
+    let source = dir.path().join("source");
+    std::fs::write(&source, bytes(size, 60)).unwrap();
+    std::fs::copy(&source, mount.path("long.mov")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while emulator.calls("part_put") < parts / 2 {
+        assert!(Instant::now() < deadline, "the parts did not go up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Streamed: the daemon never holds the file, only a few chunks per PUT under way.
+    let pid = mount.pid().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        peak_kib < 100 * 1024,
+        "peak RSS {peak_kib} KiB uploading 160 MiB"
+    );
+    mount.kill();
+    let before = emulator.calls("part_put");
+    assert!(before < parts, "killed too late: {before} parts sent");
+    assert!(mount.mount(), "mounts again");
+    mount.wait_synced_within(120);
+    assert_content_matches(&emulator, &mount);
+    let sent = emulator.calls("part_put");
+    // Only the missing parts (and those on the wire at the kill) are sent again.
+    assert!(
+        sent < parts + parts / 2 + 2,
+        "{sent} part PUTs for {parts} parts"
+    );
+    assert_eq!(emulator.calls("multipart"), 1, "the same upload went on");
+    assert_eq!(emulator.calls("multipart_complete"), 1);
+}
+
+#[test]
+fn multipart_urls_expired_while_unmounted_start_the_upload_over() {
+    let emulator = Emulator::start(&["--url-ttl-secs", "3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--upload-limit", "4M"]);
+    if !mount.mount() {
+        return;
+    }
+    // 40 MiB: five parts, ten seconds at 4 MiB/s.
+    std::fs::write(mount.path("a.mov"), bytes(40 * MIB, 70)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while emulator.calls("part_put") < 2 {
+        assert!(Instant::now() < deadline, "the parts did not go up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    mount.kill();
+    std::thread::sleep(Duration::from_secs(4));
+    // Unlimited now, so the new URLs outlive the upload.
+    let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
+    assert!(mount.mount(), "mounts again");
+    mount.wait_synced_within(120);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(emulator.calls("multipart"), 2, "a new upload with new URLs");
+    assert_eq!(emulator.calls("multipart_complete"), 1);
+}
+
+/// `maxlofs verify` of `mount`'s backing folder (unmounted: its index is read), as (exit code,
+/// stdout).
+fn verify(emulator: &Emulator, mount: &Mount, deep: bool) -> (i32, String) {
+    let state = ["--state-dir", mount.state.to_str().unwrap()];
+    verify_folder(emulator, mount, &mount.backing, &state, deep)
+}
+
+fn verify_folder(
+    emulator: &Emulator,
+    mount: &Mount,
+    folder: &Path,
+    extra: &[&str],
+    deep: bool,
+) -> (i32, String) {
+    let mut command = Command::new(BIN);
+    command
+        .arg("verify")
+        .arg(folder)
+        .args(["--api", &emulator.url, "--device-key-file"])
+        .arg(&mount.key_file)
+        .args(extra);
+    if deep {
+        command.arg("--deep");
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn verify_finds_missing_and_deep_finds_corrupted_content() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("gone.jpg"), bytes(5000, 80)).unwrap();
+    std::fs::write(mount.path("bad.mov"), bytes(17 * MIB, 81)).unwrap();
+    std::fs::write(mount.path("fine.jpg"), bytes(7000, 82)).unwrap();
+    mount.wait_synced();
+    // Mounted: the daemon lists its synced records.
+    let (code, out) = verify_folder(&emulator, &mount, &mount.mnt, &[], false);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("3 records, 3 contents checked: all held"),
+        "{out}"
+    );
+    assert!(mount.unmount().success());
+    let (code, out) = verify(&emulator, &mount, true);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("3 records, 3 contents checked (downloaded): all held"),
+        "{out}"
+    );
+
+    let gone = maxlo_hash(&mount.backing.join("gone.jpg"));
+    let bad = maxlo_hash(&mount.backing.join("bad.mov"));
+    let client = reqwest::blocking::Client::new();
+    let url = |hash: &str| format!("{}/_emulator/objects/{hash}", emulator.url);
+    assert!(client
+        .delete(url(&gone))
+        .send()
+        .unwrap()
+        .status()
+        .is_success());
+    let corrupt = client
+        .post(format!("{}/corrupt", url(&bad)))
+        .send()
+        .unwrap();
+    assert!(corrupt.status().is_success());
+
+    let (code, out) = verify(&emulator, &mount, false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("missing   gone.jpg ({gone})")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("bad.mov"),
+        "a shallow check cannot see corruption: {out}"
+    );
+    let (code, out) = verify(&emulator, &mount, true);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("corrupted bad.mov ({bad})")), "{out}");
+    assert!(
+        out.contains("gone.jpg") && !out.contains("fine.jpg"),
+        "{out}"
+    );
+}
