@@ -35,21 +35,27 @@ pub struct StatusReport {
     pub reconciled: bool,
     pub indexed: u64,
     /// Bytes of the uploads under way still to be sent (whole files, or the parts they miss).
-    #[serde(default)]
+    /// (These fields are left out when empty: status shares one extended attribute's room with
+    /// the path lists.)
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub upload_bytes_left: u64,
     /// Bytes of content sent since the mount started.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub uploaded_bytes: u64,
     /// Bytes per second lately.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub upload_rate: u64,
     /// Seconds until the uploads under way are sent, at that rate.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upload_eta_secs: Option<u64>,
     /// Why no content is uploaded (records only): `--no-upload`, an encrypted grant, or
     /// uploads disabled by the service.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploads_off: Option<String>,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
