@@ -83,6 +83,8 @@ pub(super) struct Uploads {
     /// `Some(None)`: the grant is still to be checked for encryption; `Some(Some(why))`: it was,
     /// and is encrypted; `None`: nothing in the way.
     grant: Mutex<Option<Option<String>>>,
+    /// Held while the grant is asked about, so that looks running side by side ask once.
+    grant_check: tokio::sync::Mutex<()>,
     /// Set while the service answers `upload_disabled`.
     service_off: AtomicBool,
     puts: Arc<Semaphore>,
@@ -102,6 +104,7 @@ impl Uploads {
             api: config.api.clone(),
             records_only: config.records_only.clone(),
             grant: Mutex::new(config.grant_unchecked.then_some(None)),
+            grant_check: tokio::sync::Mutex::const_new(()),
             service_off: AtomicBool::new(false),
             puts: Arc::new(Semaphore::new(config.concurrency.max(1))),
             limit: config.limit.filter(|&rate| rate > 0).map(RateLimit::new),
@@ -411,12 +414,18 @@ impl Engine {
     /// Whether the grant takes plaintext uploads: asked of the service once, when the mount
     /// could not (an encrypted grant gets records only).
     async fn grant_allows_uploads(self: &Arc<Self>) -> Result<bool, Failed> {
-        if let Some(known) = self.uploads.grant.lock().unwrap().clone() {
-            if known.is_some() {
-                return Ok(false);
-            }
-        } else {
-            return Ok(true);
+        let known = |engine: &Engine| match engine.uploads.grant.lock().unwrap().clone() {
+            Some(Some(_)) => Some(false),
+            Some(None) => None,
+            None => Some(true),
+        };
+        if let Some(allows) = known(self) {
+            return Ok(allows);
+        }
+        let _asking = self.uploads.grant_check.lock().await;
+        // Another look may have asked while this one waited.
+        if let Some(allows) = known(self) {
+            return Ok(allows);
         }
         let list = self.call(self.api.media_grants().await).at(Step::Upload)?;
         let wanted = self.config.grant.to_string();
