@@ -14,16 +14,8 @@ scripts/setup.sh
 cargo build --release --quiet --bin maxlofs --example direct_creates
 bin=$PWD/target/release/maxlofs
 direct=$PWD/target/release/examples/direct_creates
-work=$(mktemp -d /tmp/maxlofs-bench-catalog.XXXXXX)
-cleanup() {
-  for m in "$work"/mnt*; do mountpoint -q "$m" && umount "$m"; done 2>/dev/null || true
-  # The emulator first: `wait` would otherwise wait for it forever.
-  [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 . scripts/bench-lib.sh
+bench_work catalog
 mount_at() { # backing mnt state settle
   mount_maxlofs "$1" "$2" "$3" --settle-ms "$4" --concurrency "$concurrency"
 }

@@ -1,5 +1,19 @@
 # Shared helpers of scripts/bench*.sh (sourced, not run). The caller sets `bin` (the release
-# maxlofs binary) and `work` (a scratch directory).
+# maxlofs binary) and `work` (a scratch directory; `bench_work` makes one).
+
+# bench_work NAME: a scratch directory in $work, removed on exit with whatever is mounted at
+# $work/mnt* and the emulator started here.
+bench_work() {
+  work=$(mktemp -d "${BENCH_DIR:-/tmp}/maxlofs-bench-$1.XXXXXX")
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for m in "$work"/mnt*; do mountpoint -q "$m" && umount "$m"; done 2>/dev/null || true
+  # The emulator first: `wait` would otherwise wait for it forever.
+  [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 
 # Starts (or restarts) an emulator on a free loopback port; sets emulator_pid and api. It runs at
 # nice 10: it stands in for a remote service, whose work is not done on the user's CPUs, so it

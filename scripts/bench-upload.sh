@@ -21,15 +21,8 @@ concurrency=4
 command -v curl >/dev/null || apt-get install -y curl >/dev/null
 cargo build --release --quiet --bin maxlofs
 bin=$PWD/target/release/maxlofs
-work=$(mktemp -d "${BENCH_DIR:-/tmp}/maxlofs-bench-upload.XXXXXX")
-cleanup() {
-  for m in "$work"/mnt*; do mountpoint -q "$m" && umount "$m"; done 2>/dev/null || true
-  [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null || true
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
 . scripts/bench-lib.sh
+bench_work upload
 now() { date +%s.%N; }
 post() { # post CALL JSON: a content call of grant 1 with the demo key
   curl -fsS "$api/device/1/media_grant/1/$1" -H 'content-type: application/json' \
