@@ -16,8 +16,10 @@ bin=$PWD/target/release/maxlofs
 direct=$PWD/target/release/examples/direct_creates
 . scripts/bench-lib.sh
 bench_work catalog
+# Records only: this bench weighs the record path against direct creates; the content's way up
+# is scripts/bench-upload.sh's.
 mount_at() { # backing mnt state settle
-  mount_maxlofs "$1" "$2" "$3" --settle-ms "$4" --concurrency "$concurrency"
+  mount_maxlofs "$1" "$2" "$3" --settle-ms "$4" --concurrency "$concurrency" --no-upload
 }
 
 echo "== $files files: direct creates vs through the mount (concurrency $concurrency)"
