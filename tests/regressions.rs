@@ -429,3 +429,27 @@ fn soak_case_links_renamed_back_then_kill() {
         run_case(&[], 0, &ops, &Tally::default());
     }
 }
+
+/// From the model run (two subtrees at once): a hard link made while its file was held open for
+/// writing waited for the writer like the file's first name, but the close was reported under
+/// the first name only, and the link, never indexed, was not looked at again: it had no record
+/// until the next start. Every path that waited for a writer is marked at the close.
+#[test]
+fn a_hard_link_made_while_its_file_is_held_open_is_sent_at_the_close() {
+    use std::io::Write;
+    let emulator = Emulator::start(&[]);
+    let Some(mount) = Mount::start(&emulator, &["--settle-ms", "20"]) else {
+        return;
+    };
+    let mut held = std::fs::File::create(mount.path("e")).unwrap();
+    held.write_all(b"written while held").unwrap();
+    std::fs::create_dir(mount.path("a")).unwrap();
+    std::fs::hard_link(mount.path("e"), mount.path("a/b.jpg")).unwrap();
+    // Many settle windows: both names are looked at, and both wait for the writer.
+    sleep(Duration::from_millis(400));
+    assert_eq!(emulator.calls("create"), 0, "sent while open");
+    drop(held);
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert_eq!(emulator.live().len(), 2);
+}

@@ -9,7 +9,7 @@
 //! safe-save an update of the original record, and makes a crash at any instant recoverable by
 //! looking at every path again (reconcile).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,6 +72,10 @@ pub struct Engine {
     pub(super) uploads: Uploads,
     /// Files open for writing through the mount (shared with the filesystem): none is sent.
     pub(super) writers: Arc<OpenWriters>,
+    /// Paths whose look found their file held by a writer, by inode: the next content change or
+    /// close of that inode marks them, whichever of its names the event carries (a hard link
+    /// made while the file was open has no index entry that would name it).
+    waiting_for_writers: Mutex<HashMap<u64, HashSet<PathBuf>>>,
     /// Cleared by a transient failure, set again by the next answer: its return wakes the
     /// paths waiting out a retry.
     pub(super) service_answers: AtomicBool,
@@ -153,6 +157,7 @@ impl Engine {
             hashes: Mutex::default(),
             hash_budget: HashBudget::new(crate::hash::default_workers()),
             writers,
+            waiting_for_writers: Mutex::default(),
             service_answers: AtomicBool::new(true),
             events,
             intake: Mutex::new(Some(intake)),
@@ -309,11 +314,17 @@ impl Engine {
             Event::ContentChanged { path, ino } => {
                 self.hashes.lock().unwrap().changed(ino);
                 self.mark_other_links(ino, Hint::Content);
+                self.mark_waiting(ino, Hint::Content);
                 self.queue.mark(&path, Hint::Content);
             }
             // The last writer closed without a change since the last report: the look it was
             // waiting for may reuse the hash of a content change reported before.
-            Event::WriterClosed { path, ino } | Event::TimesSet { path, ino } => {
+            Event::WriterClosed { path, ino } => {
+                self.mark_other_links(ino, Hint::Meta);
+                self.mark_waiting(ino, Hint::Meta);
+                self.queue.mark(&path, Hint::Meta);
+            }
+            Event::TimesSet { path, ino } => {
                 self.mark_other_links(ino, Hint::Meta);
                 self.queue.mark(&path, Hint::Meta);
             }
@@ -335,6 +346,38 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// Marks the paths that waited for a writer of `ino`. A path still held is noted again by
+    /// its next look.
+    fn mark_waiting(&self, ino: u64, hint: Hint) {
+        let waiting = self.waiting_for_writers.lock().unwrap().remove(&ino);
+        for path in waiting.into_iter().flatten() {
+            self.queue.mark(&path, hint);
+        }
+    }
+
+    /// Whether a writer holds inode `ino`; if so, `path` is marked again at its next change or
+    /// close. The path is noted before the writers are asked: a close in between marks it once
+    /// more than needed, never not at all.
+    pub(super) fn held_by_writer(&self, ino: u64, path: &Path) -> bool {
+        self.waiting_for_writers
+            .lock()
+            .unwrap()
+            .entry(ino)
+            .or_default()
+            .insert(path.to_path_buf());
+        if self.writers.is_open(ino) {
+            return true;
+        }
+        let mut waiting = self.waiting_for_writers.lock().unwrap();
+        if let Some(paths) = waiting.get_mut(&ino) {
+            paths.remove(path);
+            if paths.is_empty() {
+                waiting.remove(&ino);
+            }
+        }
+        false
     }
 
     fn mark_other_links(&self, ino: u64, hint: Hint) {

@@ -157,7 +157,8 @@ impl Engine {
             }
             _ => Local::Absent,
         };
-        let writing = matches!(&local, Local::File { stat, .. } if self.writers.is_open(stat.ino));
+        let writing =
+            matches!(&local, Local::File { stat, .. } if self.held_by_writer(stat.ino, path));
         let entry = self.index.get(&key)?;
         // A path with an entry has no unsure note that could change the decision.
         let unsure = match entry {
