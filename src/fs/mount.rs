@@ -276,8 +276,8 @@ fn mount_with_fusermount(mountpoint: &Path, options: &[&str]) -> io::Result<Owne
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let keep_open_across_exec = move || {
-        // SAFETY: fcntl is async-signal-safe and only changes the flags of a descriptor the child
-        // inherited from us.
+        // The descriptor is one the child inherited from us; only its flags change.
+        // SAFETY: fcntl is async-signal-safe, and no memory is touched.
         if unsafe { libc::fcntl(theirs_fd, libc::F_SETFD, 0) } == 0 {
             Ok(())
         } else {
