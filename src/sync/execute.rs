@@ -105,28 +105,6 @@ impl Engine {
         tokio::runtime::Handle::current().block_on(call)
     }
 
-    /// Index work, from the async part of a look (uploads), on the blocking pool.
-    pub(super) async fn on_index<T: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&Engine) -> anyhow::Result<T> + Send + 'static,
-    ) -> Result<T, Failed> {
-        self.off_runtime(work)
-            .await
-            .and_then(|done| done.map_err(Failure::index))
-            .at(Step::Local)
-    }
-
-    /// Runs blocking work (the index, the backing tree) on the blocking pool.
-    pub(super) async fn off_runtime<T: Send + 'static>(
-        self: &Arc<Self>,
-        work: impl FnOnce(&Engine) -> T + Send + 'static,
-    ) -> Result<T, Failure> {
-        let engine = self.clone();
-        tokio::task::spawn_blocking(move || work(&engine))
-            .await
-            .map_err(|err| Failure::Local(format!("blocking task: {err}")))
-    }
-
     /// The facts of `path`, or `None` when its name stays local (reported in status).
     fn look(&self, path: &Path) -> Result<Option<Look>, Failure> {
         let Some(key) = path.to_str().map(str::to_string) else {

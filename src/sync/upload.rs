@@ -7,6 +7,10 @@
 //! Bytes are streamed from the open backing file a chunk at a time and checked against the
 //! digests the hasher computed as they go: the last chunk of a part is not sent unless the part's
 //! SHA-256 matches, so the store never completes an object whose bytes are not the hash's.
+//!
+//! Like the rest of a look, this runs on the blocking pool (the executor waits for it there), so
+//! it uses the index and opens files directly; only the chunks a request body streams are read
+//! off the async workers that poll it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
@@ -533,11 +537,9 @@ impl Engine {
         path: &Path,
         stat: FileStat,
     ) -> Result<Arc<File>, Failed> {
-        let owned = path.to_path_buf();
         let (file, now) = self
-            .off_runtime(move |engine| engine.backing.open_file(&owned))
-            .await
-            .at(Step::Local)?
+            .backing
+            .open_file(path)
             .map_err(|err| Failed(Step::Local, Failure::Local(format!("opening: {err}"))))?;
         if content_key(&now) != content_key(&stat) {
             return Err(changed());
@@ -620,10 +622,10 @@ impl Engine {
         let grant = self.config.grant;
         let digests = self.part_digests(path, stat, hash, parts).await?;
         let spans = crate::hash::parts(stat.size);
-        let key = hash.to_string();
         let resumed = self
-            .on_index(move |engine| engine.index.multipart(&key))
-            .await?
+            .index
+            .multipart(hash)
+            .at(Step::Local)?
             .filter(|upload| {
                 upload.size == stat.size
                     && (1..=spans.len() as u64).all(|num| upload.urls.contains_key(&num))
@@ -689,9 +691,7 @@ impl Engine {
                         )),
                     ));
                 }
-                let (key, kept) = (hash.to_string(), upload.clone());
-                self.on_index(move |engine| engine.index.start_multipart(&key, &kept))
-                    .await?;
+                self.index.start_multipart(hash, &upload).at(Step::Local)?;
                 upload
             }
         };
@@ -728,10 +728,8 @@ impl Engine {
                             Step::PartPut,
                         )
                         .await?;
-                    let (key, kept) = (hash.to_string(), etag.clone());
                     // Kept the moment the store acknowledged it: a restart skips this part.
-                    self.on_index(move |engine| engine.index.part_done(&key, num, &kept))
-                        .await?;
+                    self.index.part_done(hash, num, &etag).at(Step::Local)?;
                     Ok::<_, Failed>((num, etag))
                 }
             })
@@ -766,9 +764,7 @@ impl Engine {
             let failed = Failed(Step::MultipartComplete, Failure::Api(err));
             return Err(self.maybe_start_over(hash, failed).await);
         }
-        let key = hash.to_string();
-        self.on_index(move |engine| engine.index.forget_multipart(&key))
-            .await?;
+        self.index.forget_multipart(hash).at(Step::Local)?;
         Ok(Content::Held)
     }
 
@@ -777,11 +773,7 @@ impl Engine {
     async fn maybe_start_over(self: &Arc<Self>, hash: &str, failed: Failed) -> Failed {
         if let Failed(step, Failure::Api(err)) = &failed {
             if starts_over(*step, err) {
-                let key = hash.to_string();
-                if let Err(forgetting) = self
-                    .on_index(move |engine| engine.index.forget_multipart(&key))
-                    .await
-                {
+                if let Err(forgetting) = self.index.forget_multipart(hash).at(Step::Local) {
                     return forgetting;
                 }
             }
