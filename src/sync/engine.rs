@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,7 +83,6 @@ pub struct Engine {
     intake: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     /// Events sent but not yet turned into marks: they count as pending work.
     unmarked_events: Arc<AtomicUsize>,
-    pub(super) indexed: AtomicU64,
 }
 
 /// The filesystem's handle on the engine: queues the event and returns at once.
@@ -162,7 +161,6 @@ impl Engine {
             events,
             intake: Mutex::new(Some(intake)),
             unmarked_events: Arc::default(),
-            indexed: AtomicU64::new(0),
         })
     }
 
@@ -181,9 +179,6 @@ impl Engine {
             tokio::spawn(self.clone().run_worker());
         }
         self.start_reconcile();
-        if let Ok(count) = self.index.count() {
-            self.indexed.store(count, Ordering::Relaxed);
-        }
     }
 
     /// Turns events into marks, a batch at a time, off the async workers (index lookups and
@@ -296,7 +291,7 @@ impl Engine {
             updated: report.totals.updated,
             deleted: report.totals.deleted,
             reconciled: report.reconciled,
-            indexed: self.indexed.load(Ordering::Relaxed),
+            indexed: self.index.count(),
             upload_bytes_left,
             uploaded_bytes,
             upload_rate,

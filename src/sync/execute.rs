@@ -227,11 +227,7 @@ impl Engine {
                         Err(err) => {
                             self.judge(Step::Update, err)?;
                             if entry.is_some() {
-                                self.index
-                                    .remove(&key)
-                                    .map_err(Failure::index)
-                                    .at(Step::Local)?;
-                                self.indexed.fetch_sub(1, Ordering::Relaxed);
+                                self.index.remove(&key).at(Step::Local)?;
                             }
                             let media_path = self.media_path(path).at(Step::Local)?;
                             self.create(&key, NewMedia { media_path, state })?
@@ -258,10 +254,7 @@ impl Engine {
     /// Sends a create for `key` (noted unsure until its answer is recorded) and answers the id
     /// of the record that now shows the file.
     fn create(&self, key: &str, media: NewMedia) -> Result<MediaId, Failed> {
-        self.index
-            .mark_unsure(key, &media)
-            .map_err(Failure::index)
-            .at(Step::Local)?;
+        self.index.mark_unsure(key, &media).at(Step::Local)?;
         let answer = self.wait(self.api.create(self.config.grant, &media));
         match self.call(answer).at(Step::Create)? {
             CreateOutcome::Created(id) => {
@@ -297,15 +290,8 @@ impl Engine {
         let media_id = match action {
             Action::Nothing => return Ok(()),
             Action::Forget => {
-                let forgotten = self
-                    .index
-                    .remove(key)
-                    .and_then(|()| self.index.clear_unsure(key));
-                forgotten.map_err(Failure::index).at(Step::Local)?;
-                if entry.is_some() {
-                    self.indexed.fetch_sub(1, Ordering::Relaxed);
-                }
-                return Ok(());
+                self.index.remove(key).at(Step::Local)?;
+                return self.clear_unsure(key);
             }
             Action::Delete { media_id } => {
                 if let Some(entry) = entry {
@@ -324,9 +310,7 @@ impl Engine {
                     };
                     self.index
                         .remove_as_unsure(key, &media, media_id)
-                        .map_err(Failure::index)
                         .at(Step::Local)?;
-                    self.indexed.fetch_sub(1, Ordering::Relaxed);
                 }
                 media_id
             }
@@ -362,18 +346,12 @@ impl Engine {
                 return Ok(None);
             }
         };
-        self.index
-            .learn_unsure_id(key, media_id)
-            .map_err(Failure::index)
-            .at(Step::Local)?;
+        self.index.learn_unsure_id(key, media_id).at(Step::Local)?;
         Ok(Some(media_id))
     }
 
     fn clear_unsure(&self, key: &str) -> Result<(), Failed> {
-        self.index
-            .clear_unsure(key)
-            .map_err(Failure::index)
-            .at(Step::Local)
+        self.index.clear_unsure(key).at(Step::Local)
     }
 
     /// Notes whether the service answers: the first answer after a transient failure wakes every
@@ -434,11 +412,7 @@ impl Engine {
             },
             ino: stat.ino,
         };
-        let existed = self.index.get(key)?.is_some();
         self.index.put(key, &entry)?;
-        if !existed {
-            self.indexed.fetch_add(1, Ordering::Relaxed);
-        }
         let unchanged = matches!(
             self.backing.observe(path),
             Ok(Observed::File(now)) if content_key(&now) == content_key(&stat)

@@ -7,6 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::api::{MediaId, NewMedia};
@@ -26,6 +27,8 @@ pub struct Index {
     db: Mutex<Connection>,
     /// `None` caches "no entry", which is the common answer for new files.
     cache: Mutex<LruCache<String, Option<IndexEntry>>>,
+    /// Rows of `synced`, kept with each write so that status need not count them.
+    entries: AtomicU64,
 }
 
 const SCHEMA: &str = "
@@ -135,9 +138,11 @@ impl Index {
             [identity],
         )?;
         let capacity = NonZeroUsize::new(cache_entries.max(1)).expect("at least one");
+        let entries: i64 = db.query_row("SELECT COUNT(*) FROM synced", [], |r| r.get(0))?;
         Ok(Index {
             db: Mutex::new(db),
             cache: Mutex::new(LruCache::new(capacity)),
+            entries: AtomicU64::new(entries as u64),
         })
     }
 
@@ -221,8 +226,12 @@ impl Index {
     /// Records what the service acknowledged for `path` (and that no create for it is unsure).
     pub fn put(&self, path: &str, entry: &IndexEntry) -> anyhow::Result<()> {
         let db = self.db.lock().unwrap();
+        let mut added = false;
         // One transaction: a crash must not leave the unsure row gone and the entry not written.
         in_transaction(&db, |db| {
+            added = !db
+                .prepare_cached("SELECT 1 FROM synced WHERE path = ?1")?
+                .exists([path])?;
             db.prepare_cached(
                 "INSERT OR REPLACE INTO synced (path, media_id, hash, size, mtime_ns, ctime_ns, ino)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -240,6 +249,9 @@ impl Index {
                 .execute([path])?;
             Ok(())
         })?;
+        if added {
+            self.entries.fetch_add(1, Ordering::Relaxed);
+        }
         self.cache
             .lock()
             .unwrap()
@@ -259,8 +271,10 @@ impl Index {
     ) -> anyhow::Result<()> {
         let media_json = serde_json::to_string(media)?;
         let db = self.db.lock().unwrap();
+        let mut removed = 0;
         in_transaction(&db, |db| {
-            db.prepare_cached("DELETE FROM synced WHERE path = ?1")?
+            removed = db
+                .prepare_cached("DELETE FROM synced WHERE path = ?1")?
                 .execute([path])?;
             db.prepare_cached(
                 "INSERT OR REPLACE INTO unsure (path, state, media_id) VALUES (?1, ?2, ?3)",
@@ -268,6 +282,7 @@ impl Index {
             .execute(params![path, media_json, media_id])?;
             Ok(())
         })?;
+        self.entries.fetch_sub(removed as u64, Ordering::Relaxed);
         self.cache.lock().unwrap().put(path.to_string(), None);
         drop(db);
         Ok(())
@@ -275,8 +290,10 @@ impl Index {
 
     pub fn remove(&self, path: &str) -> anyhow::Result<()> {
         let db = self.db.lock().unwrap();
-        db.prepare_cached("DELETE FROM synced WHERE path = ?1")?
+        let removed = db
+            .prepare_cached("DELETE FROM synced WHERE path = ?1")?
             .execute([path])?;
+        self.entries.fetch_sub(removed as u64, Ordering::Relaxed);
         self.cache.lock().unwrap().put(path.to_string(), None);
         drop(db);
         Ok(())
@@ -417,13 +434,9 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    pub fn count(&self) -> anyhow::Result<u64> {
-        let count: i64 =
-            self.db
-                .lock()
-                .unwrap()
-                .query_row("SELECT COUNT(*) FROM synced", [], |r| r.get(0))?;
-        Ok(count as u64)
+    /// How many paths have an entry.
+    pub fn count(&self) -> u64 {
+        self.entries.load(Ordering::Relaxed)
     }
 }
 
@@ -482,6 +495,10 @@ mod tests {
             index.put("ab/x", &entry(4, 12)).unwrap();
             index.remove("ab/x").unwrap();
             assert_eq!(index.get("ab/x").unwrap(), None);
+            // Counted as written: a replaced entry is not a new one, a removed one goes.
+            index.put("a/b", &entry(1, 10)).unwrap();
+            index.remove("no/such").unwrap();
+            assert_eq!(index.count(), 3);
         }
         let index = Index::open(&db, "grant-1", 2).unwrap();
         assert_eq!(index.get("a/b").unwrap(), Some(entry(1, 10)));
@@ -489,7 +506,7 @@ mod tests {
         under.sort();
         assert_eq!(under, ["a/b", "a/c"]);
         assert_eq!(index.find_by_ino(10).unwrap().len(), 2);
-        assert_eq!(index.count().unwrap(), 3);
+        assert_eq!(index.count(), 3);
         assert_eq!(index.paths_under("").unwrap().len(), 3);
     }
 
