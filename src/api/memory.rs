@@ -39,6 +39,8 @@ enum Injected {
     Fail(ApiError),
     /// Carry the call out, then answer a transient error (the emulator's `--drop-rate`).
     LoseAnswer,
+    /// Panic in the caller's task, as a bug in the code under test would.
+    Panic,
 }
 
 #[derive(Default)]
@@ -97,6 +99,11 @@ impl MemoryApi {
     pub fn lose_next_answers(&self, n: usize) {
         let mut faults = lock(&self.faults);
         faults.queued.extend((0..n).map(|_| Injected::LoseAnswer));
+    }
+
+    /// The next call panics instead of answering (after the faults queued before it).
+    pub fn panic_next(&self) {
+        lock(&self.faults).queued.push_back(Injected::Panic);
     }
 
     /// From now on each call (after the queued faults) fails with `ApiError::Transient` and
@@ -165,6 +172,9 @@ impl MemoryApi {
         ok_status: impl FnOnce(&T) -> u16,
     ) -> Result<T, ApiError> {
         let injected = self.next_fault();
+        if let Some(Injected::Panic) = injected {
+            panic!("injected panic in a {call:?} call");
+        }
         if let Some(Injected::Fail(error)) = injected {
             self.stats.record(call, Outcome::Status(status_of(&error)));
             return Err(error);

@@ -684,66 +684,10 @@ async fn a_record_of_a_name_now_ignored_is_deleted_at_the_next_start() {
     assert!(rig.path("scratch.tmp").exists(), "the file itself stays");
 }
 
-/// Panics in the first create it is asked for, then passes every call on.
-struct PanicsOnce {
-    inner: Arc<MemoryApi>,
-    armed: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait::async_trait]
-impl MediaApi for PanicsOnce {
-    async fn create(
-        &self,
-        grant: crate::api::GrantId,
-        media: &NewMedia,
-    ) -> Result<crate::api::CreateOutcome, ApiError> {
-        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            panic!("injected panic in a create");
-        }
-        self.inner.create(grant, media).await
-    }
-    async fn update(
-        &self,
-        grant: crate::api::GrantId,
-        media_id: crate::api::MediaId,
-        state: &MediaState,
-    ) -> Result<(), ApiError> {
-        self.inner.update(grant, media_id, state).await
-    }
-    async fn delete(
-        &self,
-        grant: crate::api::GrantId,
-        media_id: crate::api::MediaId,
-    ) -> Result<(), ApiError> {
-        self.inner.delete(grant, media_id).await
-    }
-    async fn current_device(&self) -> Result<crate::api::DeviceInfo, ApiError> {
-        self.inner.current_device().await
-    }
-    async fn media_grants(&self) -> Result<crate::api::MediaGrantList, ApiError> {
-        self.inner.media_grants().await
-    }
-    fn set_keys(&self, keys: Keys) {
-        self.inner.set_keys(keys)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_in_one_look_leaves_no_path_in_flight_and_the_path_is_sent_later() {
-    let api = Arc::new(MemoryApi::new(store_config(), keys("k1")));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("b")).unwrap();
-    let rig = Rig::start(
-        dir,
-        api.clone(),
-        Options {
-            engine_api: Some(Arc::new(PanicsOnce {
-                inner: api,
-                armed: true.into(),
-            })),
-            ..Options::default()
-        },
-    );
+    let rig = Rig::new();
+    rig.api.panic_next();
     rig.write("p", b"panics first");
     rig.settled().await;
     assert_eq!(rig.live().len(), 1);
