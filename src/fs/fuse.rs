@@ -1,5 +1,6 @@
 //! The fuser adapter: decodes each request, calls `Passthrough`, replies. No policy lives here.
 
+use super::backing::FuseDevice;
 use super::mount::SessionEndGuard;
 use super::passthrough::{bare_attr, AttrChanges, Caller, Opened, Passthrough, Result, TTL};
 use super::sys::{TimeSpec, XattrValue};
@@ -11,14 +12,15 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
-use std::os::fd::BorrowedFd;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
 use tracing::debug;
 
 pub(crate) struct FuseAdapter {
     fs: Passthrough,
-    want_kernel_passthrough: bool,
+    /// Where backing files are registered, when kernel passthrough is wanted.
+    kernel_passthrough: Option<Arc<FuseDevice>>,
     allow_other: bool,
     _session_end: SessionEndGuard,
 }
@@ -26,13 +28,13 @@ pub(crate) struct FuseAdapter {
 impl FuseAdapter {
     pub(crate) fn new(
         fs: Passthrough,
-        want_kernel_passthrough: bool,
+        kernel_passthrough: Option<Arc<FuseDevice>>,
         allow_other: bool,
         session_end: SessionEndGuard,
     ) -> FuseAdapter {
         FuseAdapter {
             fs,
-            want_kernel_passthrough,
+            kernel_passthrough,
             allow_other,
             _session_end: session_end,
         }
@@ -108,10 +110,11 @@ impl Filesystem for FuseAdapter {
             // the kernel a getxattr(security.capability) round trip on each first write.
             let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
         }
-        let passthrough = self.want_kernel_passthrough
-            && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-            && config.set_max_stack_depth(1).is_ok();
-        debug!(passthrough, "init");
+        let passthrough = self.kernel_passthrough.take().filter(|_| {
+            config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok()
+        });
+        debug!(passthrough = passthrough.is_some(), "init");
         self.fs.set_kernel_passthrough(passthrough);
         Ok(())
     }
@@ -273,12 +276,18 @@ impl Filesystem for FuseAdapter {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         debug!(ino = ino.0, flags = flags.0, "open");
-        let register = |fd: BorrowedFd<'_>| reply.open_backing(fd);
-        match self.fs.open(ino.0, flags.0, &register) {
+        match self.fs.open(ino.0, flags.0) {
             Ok(Opened {
                 fh,
                 backing_id: Some(id),
-            }) => reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_OPEN_FLAGS, &id),
+            }) => {
+                // fuser's own handle on our registration: used for the reply, never closed by it.
+                // SAFETY: `id` stays registered while the handle is open; the wrapper is
+                // disarmed with `into_raw` before it could end the registration.
+                let wrapped = unsafe { reply.wrap_backing(id.raw()) };
+                reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_OPEN_FLAGS, &wrapped);
+                wrapped.into_raw();
+            }
             Ok(Opened {
                 fh,
                 backing_id: None,
@@ -492,20 +501,22 @@ impl Filesystem for FuseAdapter {
         reply: ReplyCreate,
     ) {
         debug!(parent = parent.0, ?name, mode, flags, "create");
-        let register = |fd: BorrowedFd<'_>| reply.open_backing(fd);
-        let result = self
-            .fs
-            .create(caller(req), parent.0, name, mode, flags, &register);
+        let result = self.fs.create(caller(req), parent.0, name, mode, flags);
         match result {
             Ok((attr, Opened { fh, backing_id })) => match backing_id {
-                Some(id) => reply.created_passthrough(
-                    &TTL,
-                    &attr,
-                    Generation(0),
-                    FileHandle(fh),
-                    PASSTHROUGH_OPEN_FLAGS,
-                    &id,
-                ),
+                Some(id) => {
+                    // SAFETY: as in `open`.
+                    let wrapped = unsafe { reply.wrap_backing(id.raw()) };
+                    reply.created_passthrough(
+                        &TTL,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        PASSTHROUGH_OPEN_FLAGS,
+                        &wrapped,
+                    );
+                    wrapped.into_raw();
+                }
                 None => reply.created(
                     &TTL,
                     &attr,

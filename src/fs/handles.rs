@@ -1,6 +1,7 @@
 //! Open file and directory handles, and the rule that decides whether a handle changed content.
 
-use fuser::{BackingId, Errno};
+use super::backing::BackingId;
+use fuser::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};

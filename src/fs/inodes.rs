@@ -16,9 +16,10 @@
 //! can move a directory out of BACKING; so each use checks that the inode is still reachable
 //! from the root under one of its names (`still_beneath`) before the daemon acts on it.
 
+use super::backing::BackingId;
 use super::sys;
 use crate::log_limit::LogLimit;
-use fuser::{BackingId, Errno};
+use fuser::Errno;
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::ops::Deref;

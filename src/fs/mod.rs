@@ -2,6 +2,7 @@
 //! `Result<_, Errno>`) behind a thin fuser adapter. It reports every change that matters to the
 //! catalog as an `Event`; it never calls the service and never blocks on the sync layer.
 
+mod backing;
 mod fuse;
 mod handles;
 mod inodes;
@@ -10,8 +11,9 @@ mod passthrough;
 pub(crate) mod sys;
 mod writers;
 
+pub use backing::{BackingId, FuseDevice};
 pub use mount::{run_until_unmounted, spawn_mount, MountHandle};
-pub use passthrough::{AttrChanges, Caller, Opened, Passthrough, RegisterBacking, TTL};
+pub use passthrough::{AttrChanges, Caller, Opened, Passthrough, TTL};
 pub use sys::{TimeSpec, XattrValue};
 pub use writers::OpenWriters;
 

@@ -17,6 +17,7 @@
 //! or `fusermount3 -u` for non-root users. We mount ourselves too (mount(2) for root,
 //! fusermount3 for others) and hand fuser the descriptor, so that fuser never unmounts.
 
+use super::backing::FuseDevice;
 use super::fuse::FuseAdapter;
 use super::passthrough::Passthrough;
 use super::sys;
@@ -179,13 +180,18 @@ fn new_session(cfg: &MountConfig) -> io::Result<(Session<FuseAdapter>, Arc<Sessi
         cfg.status.clone(),
         cfg.writers.clone(),
     )?;
+    let device = mount_fuse(cfg)?;
+    let kernel_passthrough = if cfg.kernel_passthrough {
+        Some(FuseDevice::new(device.try_clone()?))
+    } else {
+        None
+    };
     let adapter = FuseAdapter::new(
         fs,
-        cfg.kernel_passthrough,
+        kernel_passthrough,
         cfg.allow_other,
         SessionEndGuard(end.clone()),
     );
-    let device = mount_fuse(cfg)?;
     let mut config = fuser::Config::default();
     config.n_threads = Some(cfg.threads.max(1));
     // One /dev/fuse descriptor per thread, so threads do not contend on one queue.

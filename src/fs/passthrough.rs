@@ -2,19 +2,19 @@
 //! through `O_PATH` descriptors and `*at` calls that never follow a symlink, returns the backing
 //! call's result or errno, and reports catalog-relevant changes as `Event`s.
 
+use super::backing::{BackingId, FuseDevice};
 use super::handles::{ChangeTracker, Fingerprint, HandleMap, OpenDir, OpenFile};
 use super::inodes::{Inode, InodeTable, ROOT_INO};
 use super::sys::{self, TimeSpec, XattrValue};
 use super::writers::OpenWriters;
 use super::{Event, EventSink, StatusSource, STATUS_XATTR, SYNCED_XATTR_PREFIX};
-use fuser::{BackingId, Errno, FileAttr, FileType, INodeNo};
+use fuser::{Errno, FileAttr, FileType, INodeNo};
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 pub type Result<T> = std::result::Result<T, Errno>;
@@ -26,9 +26,6 @@ const WRITING_LISTED: usize = 20;
 /// backing tree is expected to come through the mount, which updates or invalidates the kernel's
 /// copy; a change made to BACKING directly may take this long to show through the mount.
 pub const TTL: Duration = Duration::from_secs(10);
-
-/// Registers a backing file with the kernel for FUSE passthrough (only the adapter can).
-pub type RegisterBacking<'a> = &'a dyn Fn(BorrowedFd<'_>) -> io::Result<BackingId>;
 
 /// Who asked, for ownership of what they create on a shared (`allow_other`) mount.
 #[derive(Clone, Copy, Debug)]
@@ -61,8 +58,9 @@ pub struct Passthrough {
     dirs: HandleMap<OpenDir>,
     events: Arc<dyn EventSink>,
     status: Option<Arc<dyn StatusSource>>,
-    /// Whether to hand file data to the kernel (FUSE passthrough); cleared if the kernel refuses.
-    kernel_passthrough: AtomicBool,
+    /// Where to register backing files when file data goes to the kernel (FUSE passthrough):
+    /// set once the kernel has agreed at INIT, cleared if it then refuses a registration.
+    kernel_passthrough: Mutex<Option<Arc<FuseDevice>>>,
     daemon_is_root: bool,
     /// The mount's owner.
     daemon_uid: u32,
@@ -91,16 +89,17 @@ impl Passthrough {
             dirs: HandleMap::default(),
             events,
             status,
-            kernel_passthrough: AtomicBool::new(false),
+            kernel_passthrough: Mutex::new(None),
             daemon_is_root: daemon_uid == 0,
             daemon_uid,
             writers,
         })
     }
 
-    /// Enables or disables kernel passthrough of file data for handles opened from now on.
-    pub fn set_kernel_passthrough(&self, enabled: bool) {
-        self.kernel_passthrough.store(enabled, Ordering::Relaxed);
+    /// Hands the data of files opened from now on to the kernel, registered on `device`
+    /// (`None`: the daemon serves reads and writes).
+    pub fn set_kernel_passthrough(&self, device: Option<Arc<FuseDevice>>) {
+        *self.kernel_passthrough.lock().expect("passthrough lock") = device;
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
@@ -278,11 +277,11 @@ impl Passthrough {
         Ok(attr)
     }
 
-    pub fn open(&self, ino: u64, flags: i32, register: RegisterBacking<'_>) -> Result<Opened> {
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
         let inode = self.inodes.get(ino)?;
         let fd = sys::reopen(inode.fd(), daemon_open_flags(flags))?;
         let truncated = flags & libc::O_TRUNC != 0;
-        self.open_handle(ino, &inode, fd, flags, None, truncated, register)
+        self.open_handle(ino, &inode, fd, flags, None, truncated)
     }
 
     /// Creates and opens `name`. Creation is tried exclusively first so that opening a file that
@@ -294,7 +293,6 @@ impl Passthrough {
         name: &OsStr,
         mode: u32,
         flags: i32,
-        register: RegisterBacking<'_>,
     ) -> Result<(FileAttr, Opened)> {
         sys::clear_thread_umask();
         let (dir, c_name) = self.entry(parent, name)?;
@@ -327,15 +325,7 @@ impl Passthrough {
         let truncated = !created && flags & libc::O_TRUNC != 0;
         // `st` is the handle's own fstat, taken after any truncation: its change baseline.
         let opened = self.inodes.get(ino).and_then(|inode| {
-            self.open_handle(
-                ino,
-                &inode,
-                fd,
-                handle_flags,
-                Some(&st),
-                truncated,
-                register,
-            )
+            self.open_handle(ino, &inode, fd, handle_flags, Some(&st), truncated)
         });
         match opened {
             Ok(opened) => {
@@ -693,7 +683,6 @@ impl Passthrough {
         flags: i32,
         st: Option<&libc::stat>,
         truncated: bool,
-        register: RegisterBacking<'_>,
     ) -> Result<Opened> {
         let own_st;
         let st = match st {
@@ -706,7 +695,7 @@ impl Passthrough {
         let tracker = (flags & libc::O_ACCMODE != libc::O_RDONLY)
             .then(|| std::sync::Mutex::new(ChangeTracker::new(Fingerprint::of(st), truncated)));
         let backing_id = if inode.is_regular() {
-            self.backing_id(inode, fd.as_fd(), flags, register)
+            self.backing_id(inode, fd.as_fd(), flags)
         } else {
             None
         };
@@ -730,15 +719,16 @@ impl Passthrough {
         inode: &Inode,
         handle_fd: BorrowedFd<'_>,
         handle_flags: i32,
-        register: RegisterBacking<'_>,
     ) -> Option<Arc<BackingId>> {
         let mut shared = inode.backing_id.lock().expect("backing id lock");
         if let Some(id) = shared.upgrade() {
             return Some(id);
         }
-        if !self.kernel_passthrough.load(Ordering::Relaxed) {
-            return None;
-        }
+        let device = self
+            .kernel_passthrough
+            .lock()
+            .expect("passthrough lock")
+            .clone()?;
         // The kernel does I/O with the registered file's own flags too: a plain O_RDWR handle
         // can serve; otherwise open one (falling back to the handle if O_RDWR is refused).
         let read_write = if handle_flags & SHARED_FLAGS == libc::O_RDWR {
@@ -747,7 +737,7 @@ impl Passthrough {
             sys::reopen(inode.fd(), libc::O_RDWR).ok()
         };
         let backing_fd = read_write.as_ref().map_or(handle_fd, |fd| fd.as_fd());
-        match register(backing_fd) {
+        match device.register(backing_fd) {
             Ok(id) => {
                 let id = Arc::new(id);
                 *shared = Arc::downgrade(&id);
@@ -757,7 +747,7 @@ impl Passthrough {
                 tracing::warn!(
                     "kernel passthrough refused ({e}); file data goes through the daemon"
                 );
-                self.kernel_passthrough.store(false, Ordering::Relaxed);
+                self.set_kernel_passthrough(None);
                 None
             }
         }
