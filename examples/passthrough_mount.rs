@@ -2,8 +2,10 @@
 //! dropped), until unmounted or SIGTERM/SIGINT. Used by scripts/bench.sh (TARGETS=fsonly).
 //!
 //!     cargo run --release --example passthrough_mount -- BACKING MOUNTPOINT [--threads N] [--daemon-io]
+//!         [--transport auto|io-uring|dev-fuse]
 
-use maxlofs::fs::{run_until_unmounted, Event, EventSink, MountConfig};
+use clap::ValueEnum;
+use maxlofs::fs::{run_until_unmounted, Event, EventSink, MountConfig, TransportChoice};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -18,7 +20,8 @@ fn main() -> std::io::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let mut args = std::env::args_os().skip(1);
-    let usage = "usage: passthrough_mount BACKING MOUNTPOINT [--threads N] [--daemon-io]";
+    let usage = "usage: passthrough_mount BACKING MOUNTPOINT [--threads N] [--daemon-io] \
+                 [--transport auto|io-uring|dev-fuse]";
     let (Some(backing), Some(mountpoint)) = (args.next(), args.next()) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -37,6 +40,12 @@ fn main() -> std::io::Result<()> {
                     .unwrap_or_else(|| panic!("{usage}"));
             }
             Some("--daemon-io") => cfg.kernel_passthrough = false,
+            Some("--transport") => {
+                cfg.transport = args
+                    .next()
+                    .and_then(|t| TransportChoice::from_str(t.to_str()?, false).ok())
+                    .unwrap_or_else(|| panic!("{usage}"));
+            }
             _ => {
                 eprintln!("{usage}");
                 std::process::exit(2);

@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use std::path::PathBuf;
+use crate::fs::TransportChoice;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -233,6 +234,11 @@ pub struct MountArgs {
     /// Threads serving FUSE requests.
     #[arg(long, env = "MAXLOFS_THREADS", default_value_t = 4)]
     pub threads: usize,
+    /// How the kernel's requests reach the daemon: per-CPU io_uring queues (FUSE over io_uring,
+    /// which the administrator turns on; see docs/operations.md) or /dev/fuse. `auto` takes
+    /// io_uring when the kernel has it on.
+    #[arg(long, env = "MAXLOFS_TRANSPORT", value_enum, default_value_t = TransportChoice::Auto)]
+    pub transport: TransportChoice,
     /// Log level [default: RUST_LOG when set, else info].
     #[arg(long, env = "MAXLOFS_LOG_LEVEL", value_enum)]
     pub log_level: Option<LogLevel>,

@@ -395,6 +395,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     mount.read_only = args.read_only;
     mount.allow_other = args.allow_other;
     mount.threads = args.threads.max(1);
+    mount.transport = args.transport;
     mount.status = Some(engine.clone());
     mount.writers = writers;
     tracing::info!("mounted {:?} at {:?}", args.backing, args.mountpoint);

@@ -52,6 +52,9 @@ pub struct StatusReport {
     /// uploads disabled by the service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uploads_off: Option<String>,
+    /// How the kernel's requests reach the daemon: "io_uring" or "dev_fuse".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -292,6 +295,9 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
         "reconcile:  {}",
         if status.reconciled { "done" } else { "running" }
     )?;
+    if let Some(transport) = &status.transport {
+        writeln!(out, "transport:  {}", escaped(transport))?;
+    }
     if let Some(why) = &status.paused {
         writeln!(out, "PAUSED:     {}", escaped(why))?;
     }
@@ -481,6 +487,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(old.uploads_off, None);
+        assert_eq!(old.transport, None);
+        let ring = StatusReport {
+            transport: Some("io_uring".into()),
+            ..StatusReport::default()
+        };
+        assert!(text(&ring).contains("transport:  io_uring\n"), "{}", text(&ring));
     }
 
     #[test]

@@ -8,7 +8,9 @@ mod common;
 use common::posix::{self, snapshot, Fd, Outcome};
 use common::service::run;
 use common::{mount_or_skip, mount_or_skip_with, DataPath};
-use maxlofs::fs::{Caller, Event, EventSink, Passthrough, StatusSource, STATUS_XATTR};
+use maxlofs::fs::{
+    Caller, Event, EventSink, MountStatus, Passthrough, StatusSource, STATUS_XATTR,
+};
 use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::os::unix::ffi::OsStrExt;
@@ -661,7 +663,8 @@ fn inode_numbers_are_the_backing_ones() {
 struct CountingStatus;
 
 impl StatusSource for CountingStatus {
-    fn status_json(&self, open_for_writing: usize, writing: &[String]) -> String {
+    fn status_json(&self, mount: &MountStatus<'_>) -> String {
+        let (open_for_writing, writing) = (mount.open_for_writing, mount.writing);
         format!(r#"{{"open_for_writing":{open_for_writing},"writing":{writing:?}}}"#)
     }
 }

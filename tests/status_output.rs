@@ -13,7 +13,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::service::{Emulator, BIN};
-use maxlofs::fs::StatusSource;
+use maxlofs::fs::{MountStatus, StatusSource};
 use maxlofs::status::{encode_bounded, PathReason, StatusReport};
 
 /// A pipe whose reading end is already closed: writing to the other end fails with EPIPE.
@@ -95,7 +95,7 @@ fn status_shows_names_escaped() {
 struct BigStatus(StatusReport, bool);
 
 impl StatusSource for BigStatus {
-    fn status_json(&self, _open_for_writing: usize, _writing: &[String]) -> String {
+    fn status_json(&self, _mount: &MountStatus<'_>) -> String {
         if self.1 {
             encode_bounded(&self.0)
         } else {

@@ -9,6 +9,7 @@ mod inodes;
 mod mount;
 mod passthrough;
 pub(crate) mod sys;
+mod uring;
 mod writers;
 
 pub use backing::{BackingId, FuseDevice};
@@ -53,11 +54,51 @@ pub trait EventSink: Send + Sync {
     fn send(&self, event: Event);
 }
 
+/// How the kernel's requests reach the daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Per-CPU io_uring queues (FUSE over io_uring).
+    IoUring,
+    /// Reading and writing /dev/fuse.
+    DevFuse,
+}
+
+impl Transport {
+    /// The name `status --json` reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::IoUring => "io_uring",
+            Transport::DevFuse => "dev_fuse",
+        }
+    }
+}
+
+/// Which transport to use (`--transport`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransportChoice {
+    /// io_uring when the administrator has enabled it (`enable_uring`), else /dev/fuse.
+    #[default]
+    Auto,
+    /// io_uring, or no mount.
+    IoUring,
+    /// /dev/fuse.
+    DevFuse,
+}
+
+/// What the filesystem side knows for a status answer.
+#[derive(Clone, Copy, Debug)]
+pub struct MountStatus<'a> {
+    /// Files open for writing, which are sent once closed.
+    pub open_for_writing: usize,
+    /// The first few of their paths.
+    pub writing: &'a [String],
+    pub transport: Transport,
+}
+
 /// Answers `getxattr(MOUNTPOINT, STATUS_XATTR)` so `maxlofs status MOUNTPOINT` can ask the daemon.
 pub trait StatusSource: Send + Sync {
-    /// `open_for_writing`: files open for writing, which are sent once closed; `writing`: the
-    /// first few of their paths.
-    fn status_json(&self, open_for_writing: usize, writing: &[String]) -> String;
+    fn status_json(&self, mount: &MountStatus<'_>) -> String;
 
     /// `getxattr(MOUNTPOINT, SYNCED_XATTR_PREFIX + FROM)`: the synced records from the FROM-th
     /// on, as JSON `{"entries": [[path, hash], ...], "next": FROM or null}` small enough for an
@@ -88,6 +129,7 @@ pub struct MountConfig {
     /// Hand file data to the kernel (FUSE passthrough, native speed) when the kernel and our
     /// privileges allow; `false` serves reads and writes in the daemon.
     pub kernel_passthrough: bool,
+    pub transport: TransportChoice,
 }
 
 impl MountConfig {
@@ -103,6 +145,7 @@ impl MountConfig {
             status: None,
             writers: Arc::default(),
             kernel_passthrough: true,
+            transport: TransportChoice::Auto,
         }
     }
 }

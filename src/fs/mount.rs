@@ -21,7 +21,9 @@ use super::backing::FuseDevice;
 use super::fuse::FuseAdapter;
 use super::passthrough::Passthrough;
 use super::sys;
-use super::MountConfig;
+use super::uring::dispatch::Dispatcher;
+use super::uring::session::{self, OwnSession};
+use super::{MountConfig, Transport, TransportChoice};
 use fuser::{BackgroundSession, Session, SessionACL};
 use std::ffi::CString;
 use std::io;
@@ -36,7 +38,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 /// A live mount served by background threads. Dropping it unmounts too (ignoring errors).
 pub struct MountHandle {
-    session: Option<BackgroundSession>,
+    session: Option<Serving>,
     end: Arc<SessionEnd>,
     mountpoint: PathBuf,
     watchdog: Option<UnmountWatchdog>,
@@ -139,9 +141,9 @@ pub fn spawn_mount(mut cfg: MountConfig) -> io::Result<MountHandle> {
             None
         }
     };
-    let (session, end) = new_session(&cfg)?;
+    let (session, end) = serve(&cfg)?;
     Ok(MountHandle {
-        session: Some(session.spawn()?),
+        session: Some(session),
         end,
         mountpoint: cfg.mountpoint,
         watchdog,
@@ -172,7 +174,45 @@ pub fn run_until_unmounted(cfg: MountConfig, on_ready: impl FnOnce()) -> io::Res
     handle.unmount()
 }
 
-fn new_session(cfg: &MountConfig) -> io::Result<(Session<FuseAdapter>, Arc<SessionEnd>)> {
+/// The threads serving a mount: fuser's (/dev/fuse) or our own session (io_uring).
+enum Serving {
+    Fuser(BackgroundSession),
+    Own(OwnSession),
+}
+
+impl Serving {
+    fn join(self) -> io::Result<()> {
+        match self {
+            Serving::Fuser(session) => session.join(),
+            Serving::Own(session) => {
+                session.join();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where the administrator turns FUSE over io_uring on (root only, global; see
+/// docs/operations.md). maxlofs only reads it.
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+fn uring_enabled() -> bool {
+    std::fs::read_to_string(ENABLE_URING).is_ok_and(|value| value.trim() == "Y")
+}
+
+/// Mounts and starts serving on the transport `cfg.transport` asks for.
+fn serve(cfg: &MountConfig) -> io::Result<(Serving, Arc<SessionEnd>)> {
+    let want_io_uring = match cfg.transport {
+        TransportChoice::DevFuse => false,
+        TransportChoice::Auto => uring_enabled(),
+        TransportChoice::IoUring if uring_enabled() => true,
+        TransportChoice::IoUring => {
+            return Err(io::Error::other(format!(
+                "--transport io-uring: the kernel has FUSE over io_uring off ({ENABLE_URING} is \
+                 not Y; see docs/operations.md)"
+            )))
+        }
+    };
     let end = Arc::new(SessionEnd::default());
     let fs = Passthrough::new(
         &cfg.backing,
@@ -186,26 +226,55 @@ fn new_session(cfg: &MountConfig) -> io::Result<(Session<FuseAdapter>, Arc<Sessi
     } else {
         None
     };
-    let adapter = FuseAdapter::new(
-        fs,
-        kernel_passthrough,
-        cfg.allow_other,
+    if !want_io_uring {
+        fs.set_transport(Transport::DevFuse);
+        let adapter = FuseAdapter::new(
+            fs,
+            kernel_passthrough,
+            cfg.allow_other,
+            SessionEndGuard(end.clone()),
+        );
+        let mut config = fuser::Config::default();
+        config.n_threads = Some(cfg.threads.max(1));
+        // One /dev/fuse descriptor per thread, so threads do not contend on one queue.
+        config.clone_fd = true;
+        // fuser's own check of each request's user, a second line behind the kernel's.
+        let acl = if cfg.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
+        // We mount and unmount ourselves: fuser's unmount, given a mount of its own, would run
+        // after ours and could hit whatever is mounted at the place by then.
+        let session = Session::from_fd(adapter, device, acl, config)?;
+        return Ok((Serving::Fuser(session.spawn()?), end));
+    }
+    let dispatcher = Arc::new(Dispatcher::new(fs, cfg.allow_other, kernel_passthrough));
+    let started = session::start(
+        device,
+        dispatcher.clone(),
+        true,
+        cfg.threads,
         SessionEndGuard(end.clone()),
     );
-    let mut config = fuser::Config::default();
-    config.n_threads = Some(cfg.threads.max(1));
-    // One /dev/fuse descriptor per thread, so threads do not contend on one queue.
-    config.clone_fd = true;
-    // fuser's own check of each request's user, a second line behind the kernel's.
-    let acl = if cfg.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
+    let session = match started {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = unmount_path(&cfg.mountpoint);
+            return Err(e);
+        }
     };
-    // We mount and unmount ourselves: fuser's unmount, given a mount of its own, would run
-    // after ours and could hit whatever is mounted at the place by then.
-    let session = Session::from_fd(adapter, device, acl, config)?;
-    Ok((session, end))
+    let transport = session.transport();
+    dispatcher.fs().set_transport(transport);
+    tracing::info!(transport = transport.name(), "serving");
+    if transport != Transport::IoUring && cfg.transport == TransportChoice::IoUring {
+        let _ = unmount_path(&cfg.mountpoint);
+        session.join();
+        return Err(io::Error::other(
+            "--transport io-uring: the kernel did not take the io_uring queues (see the log)",
+        ));
+    }
+    Ok((Serving::Own(session), end))
 }
 
 /// Mounts a FUSE filesystem at `cfg.mountpoint` and answers the /dev/fuse descriptor that serves

@@ -7,7 +7,9 @@ use super::handles::{ChangeTracker, Fingerprint, HandleMap, OpenDir, OpenFile};
 use super::inodes::{Inode, InodeTable, ROOT_INO};
 use super::sys::{self, TimeSpec, XattrValue};
 use super::writers::OpenWriters;
-use super::{Event, EventSink, StatusSource, STATUS_XATTR, SYNCED_XATTR_PREFIX};
+use super::{
+    Event, EventSink, MountStatus, StatusSource, Transport, STATUS_XATTR, SYNCED_XATTR_PREFIX,
+};
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -67,6 +69,8 @@ pub struct Passthrough {
     /// Files open for writing, shared with the sync engine, which sends none of them until its
     /// last writer has closed it.
     writers: Arc<OpenWriters>,
+    /// How requests reach us, for status.
+    transport: Mutex<Transport>,
 }
 
 impl Passthrough {
@@ -93,7 +97,13 @@ impl Passthrough {
             daemon_is_root: daemon_uid == 0,
             daemon_uid,
             writers,
+            transport: Mutex::new(Transport::DevFuse),
         })
+    }
+
+    /// Records how requests reach us (for status).
+    pub fn set_transport(&self, transport: Transport) {
+        *self.transport.lock().expect("transport lock") = transport;
     }
 
     /// Hands the data of files opened from now on to the kernel, registered on `device`
@@ -504,7 +514,11 @@ impl Passthrough {
             }
             let status = self.status.as_ref().ok_or(Errno::NO_XATTR)?;
             let writing = self.paths_open_for_writing(WRITING_LISTED);
-            let json = status.status_json(self.writers.count(), &writing);
+            let json = status.status_json(&MountStatus {
+                open_for_writing: self.writers.count(),
+                writing: &writing,
+                transport: *self.transport.lock().expect("transport lock"),
+            });
             return XattrValue::sized(json.into_bytes(), size);
         }
         if let Some(from) = synced_page_asked(ino, name) {

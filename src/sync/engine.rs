@@ -26,7 +26,7 @@ use super::local::{Backing, Observed};
 use super::queue::{Finish, Hint, WorkQueue};
 use super::upload::{UploadConfig, Uploads};
 use crate::api::{GrantId, MediaApi};
-use crate::fs::{Event, EventSink, OpenWriters, StatusSource};
+use crate::fs::{Event, EventSink, MountStatus, OpenWriters, StatusSource};
 use crate::status::{PathReason, StatusReport};
 
 pub struct SyncConfig {
@@ -102,10 +102,11 @@ impl EventSink for EngineSink {
 }
 
 impl StatusSource for Engine {
-    fn status_json(&self, open_for_writing: usize, writing: &[String]) -> String {
+    fn status_json(&self, mount: &MountStatus<'_>) -> String {
         let status = StatusReport {
-            open_for_writing,
-            writing: writing.to_vec(),
+            open_for_writing: mount.open_for_writing,
+            writing: mount.writing.to_vec(),
+            transport: Some(mount.transport.name().to_string()),
             ..self.status()
         };
         crate::status::encode_bounded(&status)
@@ -297,6 +298,8 @@ impl Engine {
             upload_rate,
             upload_eta_secs: (upload_rate > 0).then(|| upload_bytes_left.div_ceil(upload_rate)),
             uploads_off: self.uploads.off(),
+            // Known to the filesystem side, which adds it (`status_json`).
+            transport: None,
         }
     }
 

@@ -107,6 +107,11 @@ pub fn mount_or_skip_with(
     std::fs::create_dir(&mountpoint).expect("mountpoint");
     let events = Arc::new(CollectingSink::default());
     let mut cfg = MountConfig::new(backing.clone(), mountpoint.clone(), events.clone());
+    // scripts/test.sh runs the suite once per transport; the `maxlofs mount` daemons of the
+    // other tests read the same variable themselves.
+    if let Ok(transport) = std::env::var("MAXLOFS_TRANSPORT") {
+        cfg.transport = clap::ValueEnum::from_str(&transport, false).expect("MAXLOFS_TRANSPORT");
+    }
     configure(&mut cfg);
     match spawn_mount(cfg) {
         Ok(handle) => Some(TestMount {

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# pjdfstest (the POSIX conformance suite) through a real `maxlofs mount`, syncing to the
+# emulator, on one transport. pjdfstest is not in the package registries this project may use, so
+# build it from its sources first (github.com/pjd/pjdfstest: autoreconf -ifs && ./configure &&
+# make pjdfstest) and point PJDFSTEST at that folder. Root only (pjdfstest changes owners).
+#   sudo PJDFSTEST=/path/to/pjdfstest [TRANSPORT=auto|io-uring|dev-fuse] scripts/pjdfstest.sh
+# For io-uring, the kernel's switch is turned on for the run and put back after.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+suite=${PJDFSTEST:?set PJDFSTEST to a built pjdfstest source folder}
+transport=${TRANSPORT:-auto}
+cargo build --release --quiet --bin maxlofs
+bin=$PWD/target/release/maxlofs
+. scripts/bench-lib.sh
+bench_work pjdfstest
+switch=/sys/module/fuse/parameters/enable_uring
+if [ "$transport" = io-uring ]; then
+  was=$(cat "$switch")
+  trap 'echo "$was" >"$switch"; bench_cleanup' EXIT
+  echo 1 >"$switch"
+fi
+start_emulator
+mount_maxlofs "$work/backing" "$work/mnt" "$work/state" --transport "$transport"
+"$bin" status --json "$work/mnt" | python3 -c 'import json,sys; print("transport:", json.load(sys.stdin)["transport"])'
+cd "$work/mnt"
+prove -r "$suite/tests" 2>&1 | tail -25

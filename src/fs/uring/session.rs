@@ -1,0 +1,224 @@
+//! Our own FUSE session, for the io_uring transport. fuser cannot offer FUSE_OVER_IO_URING, so
+//! INIT is answered here; then one ring queue per possible CPU serves requests (`ring`), each on
+//! a thread pinned to its CPU. /dev/fuse is still read: the kernel sends FORGET and INTERRUPT
+//! there, and everything until every queue is registered. When the kernel does not take the
+//! rings, /dev/fuse readers serve it all, through the same `Dispatcher`.
+
+use super::abi::{fuse_in_header, fuse_out_header, read_struct, struct_bytes, FUSE_INIT};
+use super::dispatch::{Dispatcher, Reply};
+use super::ring;
+use crate::fs::Transport;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Room for a request's header and fixed argument ahead of its payload on /dev/fuse.
+const HEADER_ROOM: usize = 4096;
+
+/// How long the queues may take to register before the session does without them.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The threads of a running session; they end when the connection does.
+pub(crate) struct OwnSession {
+    threads: Vec<JoinHandle<()>>,
+    transport: Transport,
+}
+
+impl OwnSession {
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    pub(crate) fn join(self) {
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Answers INIT on `device` (a fresh mount's /dev/fuse descriptor), then starts serving: on
+/// rings when `want_io_uring` and the kernel takes them, else on `readers` /dev/fuse threads.
+/// `on_end` is dropped when the last serving thread ends.
+pub(crate) fn start<G: Send + Sync + 'static>(
+    device: OwnedFd,
+    dispatcher: Arc<Dispatcher>,
+    want_io_uring: bool,
+    readers: usize,
+    on_end: G,
+) -> io::Result<OwnSession> {
+    let device = Arc::new(device);
+    let on_end = Arc::new(on_end);
+    // The kernel refuses reads into less than it may send: 8 KiB, or more after INIT.
+    let mut buffer = vec![0u8; (1 << 20) + HEADER_ROOM];
+    let len = read_request(&device, &mut buffer)?;
+    let header: fuse_in_header = read_struct(&buffer[..len])
+        .filter(|header: &fuse_in_header| header.opcode == FUSE_INIT)
+        .ok_or_else(|| io::Error::other("the kernel's first request was not INIT"))?;
+    let op_in = &buffer[size_of::<fuse_in_header>()..len];
+    let init = match dispatcher.init(op_in, want_io_uring) {
+        Ok(init) => init,
+        Err(errno) => {
+            send_reply(&device, header.unique, Reply::Error(errno), &[])?;
+            return Err(io::Error::other(format!(
+                "the kernel's FUSE protocol cannot be served (INIT: errno {errno})"
+            )));
+        }
+    };
+    let reply = struct_bytes(&init.reply).to_vec();
+    send_reply(&device, header.unique, Reply::Data(reply.len()), &reply)?;
+    // Room for the largest payload either way: the kernel refuses ring entries with less than
+    // max_write or max_pages pages.
+    let payload_len = (init.max_write as usize)
+        .max(usize::from(init.reply.max_pages) * 4096)
+        .max(64 * 1024)
+        + HEADER_ROOM;
+
+    let mut threads = Vec::new();
+    let mut transport = Transport::DevFuse;
+    if init.io_uring {
+        let (registered, outcomes) = mpsc::channel();
+        for qid in 0..possible_cpus()? {
+            let (device, dispatcher, registered, on_end) = (
+                device.clone(),
+                dispatcher.clone(),
+                registered.clone(),
+                on_end.clone(),
+            );
+            threads.push(spawn(format!("maxlofs-ring-{qid}"), move || {
+                let served =
+                    ring::serve_queue(device.as_raw_fd(), qid, payload_len, &dispatcher, registered);
+                if let Err(e) = served {
+                    tracing::error!(qid, "ring queue ended: {e}");
+                }
+                drop(on_end);
+            })?);
+        }
+        drop(registered);
+        transport = Transport::IoUring;
+        for _ in 0..threads.len() {
+            match outcomes.recv_timeout(REGISTER_TIMEOUT) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("io_uring queue not registered ({e}); serving /dev/fuse");
+                    transport = Transport::DevFuse;
+                }
+                Err(_) => {
+                    tracing::warn!("io_uring queues did not register in time; serving /dev/fuse");
+                    transport = Transport::DevFuse;
+                    break;
+                }
+            }
+        }
+    }
+    // With rings, /dev/fuse carries little (FORGET, INTERRUPT): one reader serves it.
+    let readers = if transport == Transport::IoUring { 1 } else { readers.max(1) };
+    for n in 0..readers {
+        let (device, dispatcher, on_end) = (device.clone(), dispatcher.clone(), on_end.clone());
+        threads.push(spawn(format!("maxlofs-fuse-{n}"), move || {
+            if let Err(e) = serve_device(&device, &dispatcher, payload_len) {
+                tracing::error!("/dev/fuse reader ended: {e}");
+            }
+            drop(on_end);
+        })?);
+    }
+    Ok(OwnSession { threads, transport })
+}
+
+fn spawn(name: String, serve: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(serve)
+}
+
+/// Reads and serves /dev/fuse requests until the connection ends.
+fn serve_device(device: &OwnedFd, dispatcher: &Dispatcher, payload_len: usize) -> io::Result<()> {
+    let mut buffer = vec![0u8; payload_len + HEADER_ROOM];
+    let mut out = vec![0u8; payload_len];
+    loop {
+        let len = match read_request(device, &mut buffer) {
+            Ok(len) => len,
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let request = &buffer[..len];
+        let Some(header) = read_struct::<fuse_in_header>(request) else {
+            tracing::warn!(len, "short request on /dev/fuse");
+            continue;
+        };
+        let args = &request[size_of::<fuse_in_header>()..];
+        let split = Dispatcher::op_in_size(header.opcode).min(args.len());
+        let (op_in, payload) = args.split_at(split);
+        let reply = dispatcher.dispatch(&header, op_in, payload, &mut out);
+        match send_reply(device, header.unique, reply, &out) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One request from /dev/fuse; retried while the kernel says it was interrupted or not ready.
+fn read_request(device: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `buffer` is valid for writes of its length for the duration of the call.
+        let len = unsafe { libc::read(device.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        if len >= 0 {
+            return Ok(len as usize);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // ENOENT: the request was interrupted before we read it.
+            Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT) => continue,
+            _ => return Err(err),
+        }
+    }
+}
+
+/// Writes the answer to request `unique` (none for `Reply::None`); `out` holds its data.
+fn send_reply(device: &OwnedFd, unique: u64, reply: Reply, out: &[u8]) -> io::Result<()> {
+    let (error, data) = match reply {
+        Reply::None => return Ok(()),
+        Reply::Error(errno) => (-errno, &[][..]),
+        Reply::Data(len) => (0, &out[..len]),
+    };
+    let header = fuse_out_header {
+        len: (size_of::<fuse_out_header>() + data.len()) as u32,
+        error,
+        unique,
+    };
+    let header = struct_bytes(&header);
+    let parts = [
+        libc::iovec {
+            iov_base: header.as_ptr() as *mut _,
+            iov_len: header.len(),
+        },
+        libc::iovec {
+            iov_base: data.as_ptr() as *mut _,
+            iov_len: data.len(),
+        },
+    ];
+    // SAFETY: both iovecs name live buffers of their lengths, which writev only reads.
+    let written = unsafe { libc::writev(device.as_raw_fd(), parts.as_ptr(), 2) };
+    if written >= 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // The request was interrupted and its answer is no longer wanted.
+        Some(libc::ENOENT) => Ok(()),
+        _ => Err(err),
+    }
+}
+
+/// How many CPUs the kernel may ever have (it keeps one queue per possible CPU): one more than
+/// the highest number in /sys/devices/system/cpu/possible ("0-1", "0,2-3").
+fn possible_cpus() -> io::Result<u16> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    text.trim()
+        .split([',', '-'])
+        .filter_map(|n| n.parse::<u16>().ok())
+        .max()
+        .map(|highest| highest + 1)
+        .ok_or_else(|| io::Error::other(format!("unreadable possible CPUs: {text:?}")))
+}
