@@ -6,6 +6,7 @@ mod backing;
 mod fuse;
 mod handles;
 mod inodes;
+mod kernel;
 mod mount;
 mod passthrough;
 pub(crate) mod sys;
