@@ -10,6 +10,11 @@ mod kernel;
 mod mount;
 mod passthrough;
 pub(crate) mod sys;
+#[expect(
+    dead_code,
+    reason = "the io_uring transport that calls it is being written"
+)]
+pub(crate) mod uring;
 mod writers;
 
 pub use backing::{BackingId, FuseDevice};
