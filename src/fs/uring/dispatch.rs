@@ -32,7 +32,9 @@ pub(crate) struct InitOutcome {
     pub reply: fuse_init_out,
     /// Both sides agreed to FUSE_OVER_IO_URING.
     pub io_uring: bool,
-    /// The largest write the kernel may send: payload buffers must hold it.
+    /// The largest write the kernel may send. A ring entry's payload buffer must hold it: the
+    /// kernel refuses REGISTER with a smaller one (it asks for max(8 KiB, max_write,
+    /// max_pages × page size)).
     pub max_write: u32,
 }
 
