@@ -1,9 +1,9 @@
 //! Command line: one binary, one subcommand per job.
 
+use crate::fs::TransportChoice;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 use std::path::PathBuf;
-use crate::fs::TransportChoice;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -492,7 +492,11 @@ mod tests {
             transport: Some("io_uring".into()),
             ..StatusReport::default()
         };
-        assert!(text(&ring).contains("transport:  io_uring\n"), "{}", text(&ring));
+        assert!(
+            text(&ring).contains("transport:  io_uring\n"),
+            "{}",
+            text(&ring)
+        );
     }
 
     #[test]

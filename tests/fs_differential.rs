@@ -8,9 +8,7 @@ mod common;
 use common::posix::{self, snapshot, Fd, Outcome};
 use common::service::run;
 use common::{mount_or_skip, mount_or_skip_with, DataPath};
-use maxlofs::fs::{
-    Caller, Event, EventSink, MountStatus, Passthrough, StatusSource, STATUS_XATTR,
-};
+use maxlofs::fs::{Caller, Event, EventSink, MountStatus, Passthrough, StatusSource, STATUS_XATTR};
 use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::os::unix::ffi::OsStrExt;

@@ -10,6 +10,7 @@
 mod common;
 
 use common::service::{sh, Emulator, Mount};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 
@@ -66,7 +67,12 @@ fn written_by(pid: u32) -> u64 {
 /// bypasses the daemon (kernel passthrough: 64 MiB written through the mount is not written by
 /// the daemon), and status names the transport.
 fn serves_with_passthrough(mount: &Mount, emulator: &Emulator, transport: &str) {
-    assert_eq!(mount.status()["transport"], transport, "{}", mount.log_text());
+    assert_eq!(
+        mount.status()["transport"],
+        transport,
+        "{}",
+        mount.log_text()
+    );
     let pid = mount.pid().expect("daemon running");
     let before = written_by(pid);
     sh(
@@ -147,19 +153,26 @@ fn with_the_switch_off_auto_takes_dev_fuse_and_io_uring_refuses() {
 }
 
 /// Aborting the connection (/sys/fs/fuse/connections/N/abort, as an administrator unsticks a
-/// hung mount) ends the ring threads and the daemon, and the dead mount is taken away.
-#[test]
-fn io_uring_session_ends_cleanly_on_abort() {
-    let Some(_switch) = UringSwitch::set(true, "io_uring_session_ends_cleanly_on_abort") else {
+/// hung mount) ends the serving threads and the daemon, and the dead mount is taken away (its
+/// attributes still in the kernel's cache, so the watchdog must ask with statfs, not stat).
+fn session_ends_cleanly_on_abort(transport: &str, name: &str) {
+    let Some(_switch) = UringSwitch::set(true, "session_ends_cleanly_on_abort") else {
         return;
     };
     let emulator = Emulator::start(&[]);
-    let mut mount = mount!(emulator, &["--transport", "io-uring"]);
-    assert_eq!(mount.status()["transport"], "io_uring");
-    sh("echo x > f.txt", &mount.mnt);
+    let mut mount = mount!(emulator, &["--transport", transport]);
+    assert_eq!(mount.status()["transport"], name);
+    sh("echo x > f.txt && stat . >/dev/null", &mount.mnt);
+    let connections = Path::new("/sys/fs/fuse/connections");
+    if !common::service::is_mounted(connections) {
+        sh(
+            "mount -t fusectl fusectl /sys/fs/fuse/connections",
+            Path::new("/"),
+        );
+    }
     let device = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&mount.mnt).unwrap());
     let minor = (device & 0xff) | ((device >> 12) & !0xff);
-    std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1").unwrap();
+    std::fs::write(connections.join(format!("{minor}/abort")), "1").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while mount.is_alive() {
         assert!(
@@ -171,7 +184,21 @@ fn io_uring_session_ends_cleanly_on_abort() {
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while common::service::is_mounted(&mount.mnt) {
-        assert!(std::time::Instant::now() < deadline, "the dead mount stayed");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead mount stayed: {}",
+            mount.log_text()
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+#[test]
+fn io_uring_session_ends_cleanly_on_abort() {
+    session_ends_cleanly_on_abort("io-uring", "io_uring");
+}
+
+#[test]
+fn dev_fuse_session_ends_cleanly_on_abort() {
+    session_ends_cleanly_on_abort("dev-fuse", "dev_fuse");
 }

@@ -1,15 +1,16 @@
 //! The fuser adapter: decodes each request, calls `Passthrough`, replies. No policy lives here.
 
 use super::backing::FuseDevice;
+use super::kernel;
 use super::mount::SessionEndGuard;
-use super::passthrough::{bare_attr, AttrChanges, Caller, Opened, Passthrough, Result, TTL};
+use super::passthrough::{AttrChanges, Caller, Opened, Passthrough, Result, TTL};
 use super::sys::{TimeSpec, XattrValue};
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType,
-    Filesystem, FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno, FileAttr, FileHandle, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::path::Path;
@@ -84,35 +85,17 @@ fn reply_xattr(reply: ReplyXattr, result: Result<XattrValue>) {
     }
 }
 
-/// No FLUSH on close(2): it would cost a round trip per close, and content changes are reported
-/// at release, once the last descriptor and mapping of the handle are gone.
-const PASSTHROUGH_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
-/// In daemon-I/O mode the page cache is also kept across opens: every write goes through the
-/// mount.
-const DAEMON_IO_OPEN_FLAGS: FopenFlags =
-    FopenFlags::FOPEN_NOFLUSH.union(FopenFlags::FOPEN_KEEP_CACHE);
-
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Optional speedups; an older kernel without one simply goes without.
-        for flag in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_READDIRPLUS_AUTO,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ATOMIC_O_TRUNC,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-        ] {
+        for flag in kernel::optional_capabilities(self.allow_other).iter() {
             let _ = config.add_capabilities(flag);
         }
-        if !self.allow_other {
-            // The backing filesystem clears set-user-ID bits on write, truncate and chown, with
-            // the daemon's credentials, which on a private mount are the caller's. This spares
-            // the kernel a getxattr(security.capability) round trip on each first write.
-            let _ = config.add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
-        }
+        let _ = config.set_max_write(kernel::MAX_WRITE);
         let passthrough = self.kernel_passthrough.take().filter(|_| {
             config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
-                && config.set_max_stack_depth(1).is_ok()
+                && config
+                    .set_max_stack_depth(kernel::PASSTHROUGH_MAX_STACK_DEPTH)
+                    .is_ok()
         });
         debug!(passthrough = passthrough.is_some(), "init");
         self.fs.set_kernel_passthrough(passthrough);
@@ -121,14 +104,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         debug!(parent = parent.0, ?name, "lookup");
-        match self.fs.lookup(parent.0, name) {
-            // Node id 0 with a timeout: the kernel caches that the name does not exist (a
-            // create through the mount replaces that knowledge).
-            Err(Errno::ENOENT) => {
-                reply.entry(&TTL, &bare_attr(0, FileType::RegularFile), Generation(0))
-            }
-            result => reply_entry(reply, result),
-        }
+        reply_entry(reply, kernel::lookup_entry(self.fs.lookup(parent.0, name)));
     }
 
     // batch_forget: fuser's default calls this once per node, with each node's exact count.
@@ -285,13 +261,13 @@ impl Filesystem for FuseAdapter {
                 // SAFETY: `id` stays registered while the handle is open; the wrapper is
                 // disarmed with `into_raw` before it could end the registration.
                 let wrapped = unsafe { reply.wrap_backing(id.raw()) };
-                reply.opened_passthrough(FileHandle(fh), PASSTHROUGH_OPEN_FLAGS, &wrapped);
+                reply.opened_passthrough(FileHandle(fh), kernel::PASSTHROUGH_OPEN_FLAGS, &wrapped);
                 wrapped.into_raw();
             }
             Ok(Opened {
                 fh,
                 backing_id: None,
-            }) => reply.opened(FileHandle(fh), DAEMON_IO_OPEN_FLAGS),
+            }) => reply.opened(FileHandle(fh), kernel::DAEMON_IO_OPEN_FLAGS),
             Err(e) => reply.error(e),
         }
     }
@@ -512,7 +488,7 @@ impl Filesystem for FuseAdapter {
                         &attr,
                         Generation(0),
                         FileHandle(fh),
-                        PASSTHROUGH_OPEN_FLAGS,
+                        kernel::PASSTHROUGH_OPEN_FLAGS,
                         &wrapped,
                     );
                     wrapped.into_raw();
@@ -522,7 +498,7 @@ impl Filesystem for FuseAdapter {
                     &attr,
                     Generation(0),
                     FileHandle(fh),
-                    DAEMON_IO_OPEN_FLAGS,
+                    kernel::DAEMON_IO_OPEN_FLAGS,
                 ),
             },
             Err(e) => reply.error(e),

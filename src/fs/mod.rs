@@ -1,11 +1,13 @@
 //! The filesystem half: a passthrough of a backing directory (`Passthrough`, plain Rust returning
-//! `Result<_, Errno>`) behind a thin fuser adapter. It reports every change that matters to the
+//! `Result<_, Errno>`) behind two thin adapters: fuser's (/dev/fuse) and our own (`uring`, FUSE
+//! over io_uring). It reports every change that matters to the
 //! catalog as an `Event`; it never calls the service and never blocks on the sync layer.
 
 mod backing;
 mod fuse;
 mod handles;
 mod inodes;
+mod kernel;
 mod mount;
 mod passthrough;
 pub(crate) mod sys;

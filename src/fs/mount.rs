@@ -252,7 +252,7 @@ fn serve(cfg: &MountConfig) -> io::Result<(Serving, Arc<SessionEnd>)> {
     let dispatcher = Arc::new(Dispatcher::new(fs, cfg.allow_other, kernel_passthrough));
     let started = session::start(
         device,
-        dispatcher.clone(),
+        dispatcher,
         true,
         cfg.threads,
         SessionEndGuard(end.clone()),
@@ -265,7 +265,6 @@ fn serve(cfg: &MountConfig) -> io::Result<(Serving, Arc<SessionEnd>)> {
         }
     };
     let transport = session.transport();
-    dispatcher.fs().set_transport(transport);
     tracing::info!(transport = transport.name(), "serving");
     if transport != Transport::IoUring && cfg.transport == TransportChoice::IoUring {
         let _ = unmount_path(&cfg.mountpoint);
@@ -386,11 +385,13 @@ struct UnmountWatchdog {
 }
 
 /// The watchdog: waits for the end of stdin, then unmounts `$1` if it is a dead FUSE mount
-/// (ENOTCONN, whose message `LC_ALL=C` fixes), as the daemon's user: root directly, others
+/// (ENOTCONN, whose message `LC_ALL=C` fixes; asked with statfs, which always goes to the
+/// connection, where a plain stat may be answered from the kernel's attribute cache), as the
+/// daemon's user: root directly, others
 /// through the setuid fusermount3, which only unmounts their own mounts. A live mount (ours
 /// after a clean unmount is gone; someone else's) is left alone.
 const WATCHDOG_SCRIPT: &str = r#"cat >/dev/null
-if LC_ALL=C stat -- "$1" 2>&1 >/dev/null | grep -q ': Transport endpoint is not connected$'; then
+if LC_ALL=C stat -f -- "$1" 2>&1 >/dev/null | grep -q ': Transport endpoint is not connected$'; then
   if [ "$(id -u)" = 0 ]; then exec umount -l -- "$1"; else exec fusermount3 -u -z -- "$1"; fi
 fi"#;
 

@@ -133,7 +133,9 @@ pub(crate) fn serve_queue(
             return Ok(());
         }
     };
-    let entries: Vec<RingEntry> = (0..QUEUE_DEPTH).map(|_| RingEntry::new(payload_len)).collect();
+    let entries: Vec<RingEntry> = (0..QUEUE_DEPTH)
+        .map(|_| RingEntry::new(payload_len))
+        .collect();
     let iovecs: Vec<[libc::iovec; 2]> = entries
         .iter()
         .map(|entry| {

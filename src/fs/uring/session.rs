@@ -76,10 +76,25 @@ pub(crate) fn start<G: Send + Sync + 'static>(
         .max(64 * 1024)
         + HEADER_ROOM;
 
-    let mut threads = Vec::new();
+    let spawn_reader = |n: usize| {
+        let (device, dispatcher, on_end) = (device.clone(), dispatcher.clone(), on_end.clone());
+        spawn(format!("maxlofs-fuse-{n}"), move || {
+            if let Err(e) = serve_device(&device, &dispatcher, payload_len) {
+                tracing::error!("/dev/fuse reader ended: {e}");
+            }
+            drop(on_end);
+        })
+    };
+    // /dev/fuse is served from the start: with rings it carries what they do not (FORGET,
+    // INTERRUPT, requests made before every queue is registered), and one reader is enough.
+    let mut threads = vec![spawn_reader(0)?];
     let mut transport = Transport::DevFuse;
     if init.io_uring {
+        transport = Transport::IoUring;
+        // Said before any ring can answer a status request.
+        dispatcher.fs().set_transport(transport);
         let (registered, outcomes) = mpsc::channel();
+        let mut queues = 0;
         for qid in 0..possible_cpus()? {
             let (device, dispatcher, registered, on_end) = (
                 device.clone(),
@@ -88,41 +103,37 @@ pub(crate) fn start<G: Send + Sync + 'static>(
                 on_end.clone(),
             );
             threads.push(spawn(format!("maxlofs-ring-{qid}"), move || {
-                let served =
-                    ring::serve_queue(device.as_raw_fd(), qid, payload_len, &dispatcher, registered);
+                let served = ring::serve_queue(
+                    device.as_raw_fd(),
+                    qid,
+                    payload_len,
+                    &dispatcher,
+                    registered,
+                );
                 if let Err(e) = served {
                     tracing::error!(qid, "ring queue ended: {e}");
                 }
                 drop(on_end);
             })?);
+            queues += 1;
         }
         drop(registered);
-        transport = Transport::IoUring;
-        for _ in 0..threads.len() {
-            match outcomes.recv_timeout(REGISTER_TIMEOUT) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!("io_uring queue not registered ({e}); serving /dev/fuse");
-                    transport = Transport::DevFuse;
-                }
-                Err(_) => {
-                    tracing::warn!("io_uring queues did not register in time; serving /dev/fuse");
-                    transport = Transport::DevFuse;
-                    break;
-                }
-            }
+        for _ in 0..queues {
+            let why = match outcomes.recv_timeout(REGISTER_TIMEOUT) {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer in time".to_string(),
+            };
+            tracing::warn!("io_uring queue not registered ({why}); serving /dev/fuse");
+            transport = Transport::DevFuse;
+            break;
         }
     }
-    // With rings, /dev/fuse carries little (FORGET, INTERRUPT): one reader serves it.
-    let readers = if transport == Transport::IoUring { 1 } else { readers.max(1) };
-    for n in 0..readers {
-        let (device, dispatcher, on_end) = (device.clone(), dispatcher.clone(), on_end.clone());
-        threads.push(spawn(format!("maxlofs-fuse-{n}"), move || {
-            if let Err(e) = serve_device(&device, &dispatcher, payload_len) {
-                tracing::error!("/dev/fuse reader ended: {e}");
-            }
-            drop(on_end);
-        })?);
+    dispatcher.fs().set_transport(transport);
+    if transport == Transport::DevFuse {
+        for n in 1..readers.max(1) {
+            threads.push(spawn_reader(n)?);
+        }
     }
     Ok(OwnSession { threads, transport })
 }
@@ -162,7 +173,8 @@ fn serve_device(device: &OwnedFd, dispatcher: &Dispatcher, payload_len: usize) -
 fn read_request(device: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
     loop {
         // SAFETY: `buffer` is valid for writes of its length for the duration of the call.
-        let len = unsafe { libc::read(device.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        let len =
+            unsafe { libc::read(device.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
         if len >= 0 {
             return Ok(len as usize);
         }
