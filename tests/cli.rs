@@ -86,6 +86,7 @@ fn defaults_apply_when_nothing_is_configured_and_paths_become_absolute() {
             "upload_limit": null,
             "drain_timeout": 30,
             "threads": 4,
+            "transport": "auto",
             "log_level": null,
             "log_file": null,
         })

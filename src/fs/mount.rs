@@ -385,15 +385,23 @@ struct UnmountWatchdog {
 }
 
 /// The watchdog: waits for the end of stdin, then unmounts `$1` if it is a dead FUSE mount
-/// (ENOTCONN, whose message `LC_ALL=C` fixes; asked with statfs, which always goes to the
-/// connection, where a plain stat may be answered from the kernel's attribute cache), as the
-/// daemon's user: root directly, others
-/// through the setuid fusermount3, which only unmounts their own mounts. A live mount (ours
-/// after a clean unmount is gone; someone else's) is left alone.
+/// (ENOTCONN, or ECONNABORTED for a request caught in the teardown; `LC_ALL=C` fixes their
+/// messages), as the daemon's user: root directly, others
+/// through the setuid fusermount3, which only unmounts their own mounts. It asks with statfs,
+/// which always goes to the connection (a plain stat may be answered from the kernel's attribute
+/// cache). A killed daemon's connection can take a moment to end (its io_uring queues are
+/// cancelled after it exits), so while the place still answers as a FUSE mount (type
+/// 0x65735546) it asks again, for up to 10 s. A place that is no FUSE mount (ours after a clean
+/// unmount) is left at once; a FUSE mount that keeps answering (someone else's) in the end too.
 const WATCHDOG_SCRIPT: &str = r#"cat >/dev/null
-if LC_ALL=C stat -f -- "$1" 2>&1 >/dev/null | grep -q ': Transport endpoint is not connected$'; then
-  if [ "$(id -u)" = 0 ]; then exec umount -l -- "$1"; else exec fusermount3 -u -z -- "$1"; fi
-fi"#;
+for _ in $(seq 50); do
+  case $(LC_ALL=C stat -f -c %t -- "$1" 2>&1) in
+  *': Transport endpoint is not connected' | *': Software caused connection abort')
+    if [ "$(id -u)" = 0 ]; then exec umount -l -- "$1"; else exec fusermount3 -u -z -- "$1"; fi ;;
+  65735546) sleep 0.2 ;;
+  *) exit 0 ;;
+  esac
+done"#;
 
 impl UnmountWatchdog {
     fn spawn(mountpoint: &Path) -> io::Result<UnmountWatchdog> {

@@ -123,7 +123,8 @@ pub fn run_case(emulator_args: &[&str], settle_ms: u64, ops: &[Op], tally: &Tall
         context()
     );
     tally.check_catalog(&emulator, &mount.backing);
-    assert!(mount.unmount().success());
+    let exit = mount.unmount();
+    assert!(exit.success(), "daemon exit {exit}\n{}", context());
     tally.faults_of(&emulator);
     Tally::add(&tally.cases, 1);
 }

@@ -121,6 +121,15 @@ pub(crate) fn start<G: Send + Sync + 'static>(
         for _ in 0..queues {
             let why = match outcomes.recv_timeout(REGISTER_TIMEOUT) {
                 Ok(Ok(())) => continue,
+                // Unmounted (or aborted) while starting: every thread ends with the connection.
+                Ok(Err(e))
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV)
+                    ) =>
+                {
+                    continue
+                }
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no answer in time".to_string(),
             };
