@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::decide::{decide, Action, Facts, Local};
+use super::decide::{decide, Action, Content, Facts, Local};
 use super::engine::{Engine, Outcome};
 use super::failure::{verdict, Failure, Step, Verdict};
 use super::hash_cache::Stamp;
@@ -245,8 +245,12 @@ impl Engine {
             };
             let (stat, hash) = (*stat, hash.clone().expect("hashed before any call"));
             let checked = checked.expect("hashed before any call");
+            let content_up = content == Content::Held
+                || entry
+                    .as_ref()
+                    .is_some_and(|e| e.hash == hash && e.content_up);
             return self
-                .remember_checked(path, &key, media_id, hash, stat, checked)
+                .remember_checked(path, &key, media_id, hash, content_up, stat, checked)
                 .at(Step::Local);
         }
     }
@@ -390,19 +394,23 @@ impl Engine {
     ///
     /// A hash that was reused without being verified against the content is recorded with a
     /// ctime no file has, so that the next start's reconcile hashes the file again rather than
-    /// trust it (a crash may have lost the event that would have).
+    /// trust it (a crash may have lost the event that would have). `content_up`: whether the
+    /// service is known to hold the hash's content.
+    #[allow(clippy::too_many_arguments)]
     fn remember_checked(
         &self,
         path: &Path,
         key: &str,
         media_id: MediaId,
         hash: String,
+        content_up: bool,
         stat: FileStat,
         checked: Checked,
     ) -> Result<(), Failure> {
         let entry = IndexEntry {
             media_id,
             hash,
+            content_up,
             size: stat.size,
             mtime_ns: stat.mtime_ns,
             ctime_ns: if checked.hash_verified {

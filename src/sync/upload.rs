@@ -153,6 +153,12 @@ impl Uploads {
         }
     }
 
+    /// Whether content may be sent: the mount did not choose records only (the grant or the
+    /// service may still say no).
+    pub(super) fn may_send(&self) -> bool {
+        self.api.is_some()
+    }
+
     /// Why no content is sent, if none is: the mount's choice, or the service's.
     pub(super) fn off(&self) -> Option<String> {
         let learned = self.grant.lock().unwrap().clone().flatten();
