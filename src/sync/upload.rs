@@ -607,15 +607,18 @@ impl Engine {
         let questions = &self.uploads.questions;
         let (answer, mut answered) = oneshot::channel();
         questions.waiting.lock().unwrap().push((file, answer));
+        let given_up =
+            || ApiError::Transient("the upload call that carried the question was given up".into());
         loop {
-            let _asking = questions.asking.lock().await;
+            // The answer may come in another look's call while this one waits for its turn.
+            let _asking = tokio::select! {
+                biased;
+                answer = &mut answered => return answer.unwrap_or_else(|_| Err(given_up())),
+                asking = questions.asking.lock() => asking,
+            };
             match answered.try_recv() {
                 Ok(answer) => return answer,
-                Err(TryRecvError::Closed) => {
-                    return Err(ApiError::Transient(
-                        "the upload call that carried the question was given up".into(),
-                    ))
-                }
+                Err(TryRecvError::Closed) => return Err(given_up()),
                 Err(TryRecvError::Empty) => {}
             }
             let batch: Vec<_> = {
