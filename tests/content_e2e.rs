@@ -186,6 +186,74 @@ fn no_upload_sends_records_and_no_content_call() {
     assert_eq!(mount.status()["uploads_off"], "--no-upload");
 }
 
+/// (mtime, ctime) of a backing file, in nanoseconds: what touching it would move.
+fn times(path: &Path) -> (i128, i128) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    let ns = |secs: i64, nanos: i64| secs as i128 * 1_000_000_000 + nanos as i128;
+    (
+        ns(meta.mtime(), meta.mtime_nsec()),
+        ns(meta.ctime(), meta.ctime_nsec()),
+    )
+}
+
+#[test]
+fn records_sent_without_content_get_it_at_the_next_mount_with_uploads_on() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--no-upload"]);
+    if !mount.mount() {
+        return;
+    }
+    std::fs::create_dir(mount.path("sub")).unwrap();
+    // Small, streamed, and multipart: each way content goes up.
+    let files = [
+        ("a.jpg", bytes(1000, 80)),
+        ("sub/b.mov", bytes(2 * MIB, 81)),
+        ("sub/c.mov", bytes(17 * MIB, 82)),
+    ];
+    for (name, content) in &files {
+        std::fs::write(mount.path(name), content).unwrap();
+    }
+    mount.wait_synced();
+    assert_eq!(emulator.live().len(), files.len());
+    assert_eq!(object_count(&emulator), 0);
+    assert!(mount.unmount().success());
+    let records = (emulator.calls("create"), emulator.calls("update"));
+    let untouched: Vec<_> = files
+        .iter()
+        .map(|(name, _)| times(&mount.backing.join(name)))
+        .collect();
+
+    let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
+    assert!(mount.mount(), "mounts again with uploads on");
+    mount.wait_synced_within(60);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(object_count(&emulator), files.len());
+    assert_eq!(
+        (emulator.calls("create"), emulator.calls("update")),
+        records,
+        "the records already named this content"
+    );
+    let now: Vec<_> = files
+        .iter()
+        .map(|(name, _)| times(&mount.backing.join(name)))
+        .collect();
+    assert_eq!(now, untouched);
+    assert!(mount.unmount().success());
+
+    // Known to be up now: the next start asks about none of it.
+    let asked = emulator.calls("upload");
+    let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
+    assert!(mount.mount(), "mounts a third time");
+    mount.wait_synced();
+    assert_eq!(emulator.calls("upload"), asked);
+    assert_eq!(
+        (emulator.calls("create"), emulator.calls("update")),
+        records
+    );
+}
+
 #[test]
 fn a_multipart_upload_killed_midway_resumes_with_the_missing_parts() {
     let emulator = Emulator::start(&[]);

@@ -47,7 +47,8 @@ pub enum MultipartStart {
 /// in-memory one of the engine's unit tests.
 #[async_trait::async_trait]
 pub trait ContentApi: Send + Sync {
-    async fn upload(&self, grant: GrantId, file: &FileRef) -> Result<UploadAnswer, ApiError>;
+    /// Asks where each of `files` goes (one call for many).
+    async fn upload(&self, grant: GrantId, files: &[FileRef]) -> Result<UploadAnswer, ApiError>;
     async fn s3_object(&self, grant: GrantId, request: &S3ObjectRequest) -> Result<(), ApiError>;
     async fn multipart(
         &self,
@@ -105,9 +106,9 @@ impl ContentClient {
 
 #[async_trait::async_trait]
 impl ContentApi for ContentClient {
-    async fn upload(&self, grant: GrantId, file: &FileRef) -> Result<UploadAnswer, ApiError> {
+    async fn upload(&self, grant: GrantId, files: &[FileRef]) -> Result<UploadAnswer, ApiError> {
         let request = UploadRequest {
-            file_list: vec![file.clone()],
+            file_list: files.to_vec(),
         };
         let body = self
             .post_for(&Self::grant_path(grant, "upload"), &request)

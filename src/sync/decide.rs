@@ -94,18 +94,27 @@ pub fn decide(facts: Facts<'_>) -> Action {
             }
             if let Some(entry) = facts.entry {
                 // Only ctime moved (rename, chmod, link): nothing the record shows has changed.
-                if facts.hint == Hint::Meta && same_content(entry, stat) {
+                // Unless its content is not known to be up (sent with no content: records only
+                // then, or made before uploads existed) and uploads are on: it goes up now, and
+                // the entry then says so.
+                let backfill = !entry.content_up && facts.content != Content::NotSent;
+                if facts.hint == Hint::Meta && same_content(entry, stat) && !backfill {
                     return Action::Nothing;
                 }
             }
             let Some(hash) = hash else {
                 return Action::Hash;
             };
-            // A record about to name `hash` where it named `before`: the content goes up first.
-            // An update that keeps the hash (times only) needs nothing more: the record already
-            // names it, and keeps naming the old content until the new one is up.
-            let upload_first =
-                |before: Option<&str>| facts.content == Content::Unknown && before != Some(hash);
+            // The content goes up before a record names it: before a create, before an update
+            // to another hash, and for a record whose content is not known to be up. An update
+            // that keeps a hash known to be up (times only) needs nothing more; the record
+            // keeps naming the old content until the new one is up.
+            let known_up = facts
+                .entry
+                .is_some_and(|entry| entry.hash == *hash && entry.content_up);
+            if facts.content == Content::Unknown && !known_up {
+                return Action::Upload;
+            }
             match facts.entry {
                 Some(entry)
                     if entry.hash == *hash
@@ -116,11 +125,9 @@ pub fn decide(facts: Facts<'_>) -> Action {
                         media_id: entry.media_id,
                     }
                 }
-                Some(entry) if upload_first(Some(&entry.hash)) => Action::Upload,
                 Some(entry) => Action::Update {
                     media_id: entry.media_id,
                 },
-                None if upload_first(None) => Action::Upload,
                 // A delete of this path's record is not acknowledged yet and the file is back:
                 // the record is updated (undeleted if the delete went through), keeping its id.
                 None => match facts.unsure.and_then(|u| u.media_id) {
@@ -160,6 +167,7 @@ mod tests {
             mtime_ns: 100,
             ctime_ns: 200,
             ino: 5,
+            content_up: true,
         }
     }
 
@@ -232,6 +240,35 @@ mod tests {
         let mut f = facts(&unhashed, None, None);
         f.content = Content::Unknown;
         assert_eq!(decide(f), Action::Hash);
+    }
+
+    #[test]
+    fn a_record_whose_content_is_not_known_up_gets_it_once_uploads_are_on() {
+        let entry = IndexEntry {
+            content_up: false,
+            ..entry()
+        };
+        // A metadata mark on unchanged content looks on, to the hash and the upload.
+        let unhashed = file(None);
+        let mut f = facts(&unhashed, Some(&entry), None);
+        f.hint = Hint::Meta;
+        f.content = Content::Unknown;
+        assert_eq!(decide(f), Action::Hash);
+        let same = file(Some(HASH));
+        let mut f = facts(&same, Some(&entry), None);
+        f.hint = Hint::Meta;
+        f.content = Content::Unknown;
+        assert_eq!(decide(f), Action::Upload);
+        // Once it is up, only the index entry is written (to say so).
+        f.content = Content::Held;
+        assert_eq!(decide(f), Action::Remember { media_id: 9 });
+        // Records only: nothing is read or sent.
+        for local in [&unhashed, &same] {
+            let mut f = facts(local, Some(&entry), None);
+            f.hint = Hint::Meta;
+            f.content = Content::NotSent;
+            assert_eq!(decide(f), Action::Nothing);
+        }
     }
 
     #[test]

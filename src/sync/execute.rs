@@ -8,11 +8,11 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::decide::{decide, Action, Facts, Local};
+use super::decide::{decide, Action, Content, Facts, Local};
 use super::engine::{Engine, Outcome};
 use super::failure::{verdict, Failure, Step, Verdict};
 use super::hash_cache::Stamp;
-use super::hasher::{self, Hashed};
+use super::hasher::{self, HashRead, Hashed};
 use super::index::{IndexEntry, Unsure};
 use super::local::{FileStat, Observed};
 use super::queue::Hint;
@@ -162,8 +162,8 @@ impl Engine {
         } = look;
         let mut checked = None;
         let mut content = self.uploads.initial();
-        // The part digests of a multipart file, when this look hashed it.
-        let mut parts = None;
+        // What hashing the file read for its upload, when this look hashed it.
+        let mut read = None;
         loop {
             let action = decide(Facts {
                 local: &local,
@@ -187,7 +187,7 @@ impl Engine {
                 Action::Hash => {
                     // Taken before the hash: a change reported from now on is not in what we send.
                     let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
-                    let Some((hash, stat, verified, hashed_parts)) =
+                    let Some((hash, stat, verified, hash_read)) =
                         self.file_hash(path, *stat, hint).at(Step::Local)?
                     else {
                         // It kept changing while read: look again later.
@@ -200,7 +200,7 @@ impl Engine {
                         stamp,
                         hash_verified: verified,
                     });
-                    parts = hashed_parts;
+                    read = hash_read;
                     local = Local::File {
                         stat,
                         hash: Some(hash),
@@ -209,7 +209,7 @@ impl Engine {
                 }
                 Action::Upload => {
                     let hash = hash.as_deref().expect("hashed before an upload");
-                    content = self.wait(self.upload(path, *stat, hash, parts.take()))?;
+                    content = self.wait(self.upload(path, *stat, hash, read.take()))?;
                     continue;
                 }
                 Action::Remember { media_id } => media_id,
@@ -245,8 +245,12 @@ impl Engine {
             };
             let (stat, hash) = (*stat, hash.clone().expect("hashed before any call"));
             let checked = checked.expect("hashed before any call");
+            let content_up = content == Content::Held
+                || entry
+                    .as_ref()
+                    .is_some_and(|e| e.hash == hash && e.content_up);
             return self
-                .remember_checked(path, &key, media_id, hash, stat, checked)
+                .remember_checked(path, &key, media_id, hash, content_up, stat, checked)
                 .at(Step::Local);
         }
     }
@@ -390,19 +394,23 @@ impl Engine {
     ///
     /// A hash that was reused without being verified against the content is recorded with a
     /// ctime no file has, so that the next start's reconcile hashes the file again rather than
-    /// trust it (a crash may have lost the event that would have).
+    /// trust it (a crash may have lost the event that would have). `content_up`: whether the
+    /// service is known to hold the hash's content.
+    #[allow(clippy::too_many_arguments)]
     fn remember_checked(
         &self,
         path: &Path,
         key: &str,
         media_id: MediaId,
         hash: String,
+        content_up: bool,
         stat: FileStat,
         checked: Checked,
     ) -> Result<(), Failure> {
         let entry = IndexEntry {
             media_id,
             hash,
+            content_up,
             size: stat.size,
             mtime_ns: stat.mtime_ns,
             ctime_ns: if checked.hash_verified {
@@ -428,8 +436,8 @@ impl Engine {
     /// reuses a hash known to be the inode's content now: that of an indexed name of the inode
     /// with the same size and mtime (a rename or link), or the inode's last hash if no content
     /// change was reported since it was taken (times set). Otherwise the file is hashed, and
-    /// hashed again if it changed meanwhile. `None`: it kept changing. The part digests come
-    /// with a hash that was computed.
+    /// hashed again if it changed meanwhile. `None`: it kept changing. What the read left for
+    /// the upload (part digests, a small file's bytes) comes with a hash that was computed.
     fn file_hash(
         self: &Arc<Self>,
         path: &Path,
@@ -456,7 +464,7 @@ impl Engine {
                 .unwrap()
                 .hashed(&hashed.stat, &hashed.hash, stamp);
         }
-        Ok(hashed.map(|hashed| (hashed.hash, hashed.stat, true, Some(hashed.parts))))
+        Ok(hashed.map(|hashed| (hashed.hash, hashed.stat, true, Some(hashed.read))))
     }
 
     /// Reads and hashes the file now (`stat`: as last seen), within the hashing budget. Async for
@@ -489,9 +497,9 @@ impl Engine {
     }
 }
 
-/// A hash, the stat it belongs to, whether it was verified against the content, and the part
-/// digests when it was just computed.
-type HashFound = (String, FileStat, bool, Option<Vec<[u8; 32]>>);
+/// A hash, the stat it belongs to, whether it was verified against the content, and what the
+/// read left for the upload when it was just computed.
+type HashFound = (String, FileStat, bool, Option<HashRead>);
 
 /// How many threads hashing a file of `size` bytes can use: one per part.
 fn useful_threads(size: u64) -> std::num::NonZeroUsize {

@@ -21,6 +21,10 @@ pub struct IndexEntry {
     pub mtime_ns: i64,
     pub ctime_ns: i64,
     pub ino: u64,
+    /// The service is known to hold the content of `hash` (it took the upload or answered
+    /// `skip_upload`). False for records sent with no content: `--no-upload`, uploads disabled,
+    /// or made before uploads existed; those are sent once uploads are on (docs/semantics.md).
+    pub content_up: bool,
 }
 
 pub struct Index {
@@ -40,9 +44,11 @@ CREATE TABLE IF NOT EXISTS synced (
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,
-    ino INTEGER NOT NULL
+    ino INTEGER NOT NULL,
+    content_up INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS synced_ino ON synced (ino);
+CREATE INDEX IF NOT EXISTS synced_content_up ON synced (content_up);
 CREATE TABLE IF NOT EXISTS unsure (path TEXT PRIMARY KEY, state TEXT NOT NULL, media_id INTEGER);
 CREATE TABLE IF NOT EXISTS multipart (
     hash TEXT PRIMARY KEY,
@@ -92,6 +98,7 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexEntry> {
         mtime_ns: row.get("mtime_ns")?,
         ctime_ns: row.get("ctime_ns")?,
         ino: row.get::<_, i64>("ino")? as u64,
+        content_up: row.get("content_up")?,
     })
 }
 
@@ -108,6 +115,19 @@ impl Index {
         // One daemon owns a state folder: holding the file lock for the connection's life spares
         // two fcntl calls per transaction, and a second daemon on the same folder is refused.
         db.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        // Indexes made before uploads existed: whether their records' content is up is not
+        // known (0), so it is sent once uploads are on. Before the schema, which indexes it.
+        let has_table: bool = db
+            .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'synced'")?
+            .exists([])?;
+        let has_content_up: bool = db
+            .prepare("SELECT 1 FROM pragma_table_info('synced') WHERE name = 'content_up'")?
+            .exists([])?;
+        if has_table && !has_content_up {
+            db.execute_batch(
+                "ALTER TABLE synced ADD COLUMN content_up INTEGER NOT NULL DEFAULT 0",
+            )?;
+        }
         db.execute_batch(SCHEMA)?;
         // Indexes made before unsure notes carried an id.
         let has_media_id: bool = db
@@ -233,8 +253,9 @@ impl Index {
                 .prepare_cached("SELECT 1 FROM synced WHERE path = ?1")?
                 .exists([path])?;
             db.prepare_cached(
-                "INSERT OR REPLACE INTO synced (path, media_id, hash, size, mtime_ns, ctime_ns, ino)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT OR REPLACE INTO synced
+                 (path, media_id, hash, size, mtime_ns, ctime_ns, ino, content_up)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?
             .execute(params![
                 path,
@@ -243,7 +264,8 @@ impl Index {
                 entry.size as i64,
                 entry.mtime_ns,
                 entry.ctime_ns,
-                entry.ino as i64
+                entry.ino as i64,
+                entry.content_up
             ])?;
             db.prepare_cached("DELETE FROM unsure WHERE path = ?1")?
                 .execute([path])?;
@@ -307,6 +329,14 @@ impl Index {
         let rows = stmt.query_map([ino as i64], |row| {
             Ok((row.get("path")?, entry_from_row(row)?))
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Paths of entries whose content is not known to be on the service.
+    pub fn paths_not_up(&self) -> anyhow::Result<Vec<String>> {
+        let db = self.db.lock().unwrap();
+        let mut stmt = db.prepare_cached("SELECT path FROM synced WHERE content_up = 0")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -466,6 +496,7 @@ mod tests {
             mtime_ns: 1,
             ctime_ns: 2,
             ino,
+            content_up: true,
         }
     }
 
@@ -589,6 +620,38 @@ mod tests {
         assert_eq!(index.multipart("h").unwrap(), None);
         index.start_multipart("h", &upload).unwrap();
         assert!(index.multipart("h").unwrap().unwrap().etags.is_empty());
+    }
+
+    #[test]
+    fn entries_made_before_uploads_existed_count_as_content_not_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 INSERT INTO meta VALUES ('identity', 'id');
+                 CREATE TABLE synced (path TEXT PRIMARY KEY, media_id INTEGER NOT NULL,
+                     hash TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                     ctime_ns INTEGER NOT NULL, ino INTEGER NOT NULL);
+                 INSERT INTO synced VALUES ('old', 1, 'ab', 3, 1, 2, 10);",
+            )
+            .unwrap();
+        }
+        let index = Index::open(&path, "id", 4).unwrap();
+        assert!(!index.get("old").unwrap().unwrap().content_up);
+        index.put("new", &entry(2, 11)).unwrap();
+        assert_eq!(index.paths_not_up().unwrap(), ["old"]);
+        index
+            .put(
+                "old",
+                &IndexEntry {
+                    content_up: true,
+                    ..index.get("old").unwrap().unwrap()
+                },
+            )
+            .unwrap();
+        assert!(index.paths_not_up().unwrap().is_empty());
     }
 
     #[test]

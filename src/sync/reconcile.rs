@@ -77,6 +77,19 @@ impl Engine {
             }
         }
         drop(checked);
+        // Records whose content is not known to be up (sent with no content, or before uploads
+        // existed) get it once uploads are on; `upload` answers skip_upload for what the
+        // service holds already, so this costs little. Their look reuses the entry's hash.
+        if self.uploads.may_send() {
+            let not_up = self.index.paths_not_up()?;
+            if !not_up.is_empty() {
+                tracing::info!("{} records whose content may not be up", not_up.len());
+            }
+            for path in not_up {
+                self.queue.mark(Path::new(&path), Hint::Meta);
+                marked += 1;
+            }
+        }
         tracing::info!(
             "reconcile: {marked} paths to look at, found in {:.1}s",
             started.elapsed().as_secs_f64()

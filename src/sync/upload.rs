@@ -6,7 +6,8 @@
 //!
 //! Bytes are streamed from the open backing file a chunk at a time and checked against the
 //! digests the hasher computed as they go: the last chunk of a part is not sent unless the part's
-//! SHA-256 matches, so the store never completes an object whose bytes are not the hash's.
+//! SHA-256 matches, so the store never completes an object whose bytes are not the hash's. A
+//! small file's bytes kept by the hasher are sent as they are: they are the bytes hashed.
 //!
 //! Like the rest of a look, this runs on the blocking pool (the executor waits for it there), so
 //! it uses the index and opens files directly; only the chunks a request body streams are read
@@ -23,16 +24,19 @@ use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
+use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio::sync::{watch, Semaphore};
 
 use super::decide::Content;
 use super::engine::Engine;
 use super::execute::{content_key, At, Failed};
 use super::failure::{starts_over, Failure, Step};
+use super::hasher::HashRead;
 use super::index::MultipartUpload;
-use super::local::FileStat;
+use super::local::{FileStat, Observed};
 use crate::api::content::{
     CompletedPart, FileRef, MultipartCompleteRequest, MultipartRequest, PartSpec, S3ObjectRequest,
+    UploadItem,
 };
 use crate::api::content_client::{ContentApi, MultipartStart, PutBody, SignedPut};
 use crate::api::ApiError;
@@ -79,6 +83,28 @@ const CHUNK: u64 = 1024 * 1024;
 /// What the answer of one content upload was, shared with the paths waiting on it.
 type FlightResult = Option<Result<Content, String>>;
 
+/// Most files asked about in one `upload` call: its answer, a signed request per file, stays
+/// far below the 1 MiB answer cap.
+const ASK_MAX: usize = 100;
+
+/// What `upload` answered about one file: whether the service takes uploads at all, and the
+/// file's item (`None`: the answer did not name it).
+struct Answered {
+    disabled: bool,
+    item: Option<UploadItem>,
+}
+
+/// A question waiting to be asked, and where its answer goes.
+type Question = (FileRef, oneshot::Sender<Result<Answered, ApiError>>);
+
+/// The `upload` questions of the looks under way, asked together (`Engine::ask`).
+#[derive(Default)]
+struct Questions {
+    waiting: Mutex<Vec<Question>>,
+    /// Held by the look whose call is out.
+    asking: tokio::sync::Mutex<()>,
+}
+
 /// The engine's uploads: the content API, the PUT slots, the rate limit, the progress, and the
 /// uploads under way by hash.
 pub(super) struct Uploads {
@@ -97,6 +123,7 @@ pub(super) struct Uploads {
     /// One upload per content at a time: a second path with the same hash waits for the first's
     /// result.
     flights: Mutex<HashMap<String, watch::Receiver<FlightResult>>>,
+    questions: Questions,
 }
 
 impl Uploads {
@@ -114,6 +141,7 @@ impl Uploads {
             limit: config.limit.filter(|&rate| rate > 0).map(RateLimit::new),
             meter: Arc::default(),
             flights: Mutex::default(),
+            questions: Questions::default(),
         }
     }
 
@@ -123,6 +151,12 @@ impl Uploads {
             Some(_) => Content::Unknown,
             None => Content::NotSent,
         }
+    }
+
+    /// Whether content may be sent: the mount did not choose records only (the grant or the
+    /// service may still say no).
+    pub(super) fn may_send(&self) -> bool {
+        self.api.is_some()
     }
 
     /// Why no content is sent, if none is: the mount's choice, or the service's.
@@ -254,10 +288,18 @@ impl Drop for Tally {
     }
 }
 
+/// Where the bytes of a PUT come from.
+enum Origin {
+    /// Read a chunk at a time, and checked.
+    File(Arc<File>),
+    /// The bytes the hasher kept: sent whole, with nothing to check.
+    Kept(Vec<u8>),
+}
+
 /// The bytes of one PUT, `[offset, end)` of the file, checked against the SHA-256 of each range
 /// that ends at a checkpoint before the chunk that ends it is sent.
 struct Source {
-    file: Arc<File>,
+    origin: Origin,
     offset: u64,
     end: u64,
     /// (end offset, SHA-256 of the bytes from the previous checkpoint or `offset`), in order.
@@ -277,42 +319,53 @@ fn file_body(source: Source) -> PutBody {
             if source.finished {
                 return Ok(None);
             }
-            let checkpoint = source.checks.front().map_or(source.end, |&(end, _)| end);
-            let want = CHUNK.min(checkpoint - source.offset);
-            let (file, at) = (source.file.clone(), source.offset);
-            let read = tokio::task::spawn_blocking(move || {
-                let mut chunk = vec![0; want as usize];
-                file.read_exact_at(&mut chunk, at).map(|()| chunk)
-            })
-            .await
-            .map_err(io::Error::other)?;
-            let chunk = match read {
-                Ok(chunk) => chunk,
-                Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
-                    source.changed.store(true, Ordering::Relaxed);
-                    return Err(io::Error::new(err.kind(), "the file shrank while sent"));
-                }
-                Err(err) => return Err(err),
+            let chunk = match &mut source.origin {
+                Origin::Kept(bytes) => std::mem::take(bytes),
+                Origin::File(file) => read_checked(file.clone(), &mut source).await?,
             };
-            source.hasher.update(&chunk);
-            source.offset += want;
-            if source.offset == checkpoint {
-                if let Some((_, expected)) = source.checks.pop_front() {
-                    let digest: [u8; 32] = source.hasher.finalize_reset().into();
-                    if digest != expected {
-                        source.changed.store(true, Ordering::Relaxed);
-                        return Err(io::Error::other("the file changed since it was hashed"));
-                    }
-                }
-            }
+            let sent = chunk.len() as u64;
+            source.offset += sent;
             source.finished = source.offset == source.end;
             if let Some(limit) = &source.limit {
-                limit.take(want).await;
+                limit.take(sent).await;
             }
-            source.tally.sent(want);
+            source.tally.sent(sent);
             Ok(Some((chunk, source)))
         },
     ))
+}
+
+/// The next chunk of `file` from `source.offset`, up to the next checkpoint; the chunk that
+/// ends at a checkpoint only if the range's SHA-256 is the one expected.
+async fn read_checked(file: Arc<File>, source: &mut Source) -> io::Result<Vec<u8>> {
+    let checkpoint = source.checks.front().map_or(source.end, |&(end, _)| end);
+    let want = CHUNK.min(checkpoint - source.offset);
+    let at = source.offset;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut chunk = vec![0; want as usize];
+        file.read_exact_at(&mut chunk, at).map(|()| chunk)
+    })
+    .await
+    .map_err(io::Error::other)?;
+    let chunk = match read {
+        Ok(chunk) => chunk,
+        Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+            source.changed.store(true, Ordering::Relaxed);
+            return Err(io::Error::new(err.kind(), "the file shrank while sent"));
+        }
+        Err(err) => return Err(err),
+    };
+    source.hasher.update(&chunk);
+    if at + want == checkpoint {
+        if let Some((_, expected)) = source.checks.pop_front() {
+            let digest: [u8; 32] = source.hasher.finalize_reset().into();
+            if digest != expected {
+                source.changed.store(true, Ordering::Relaxed);
+                return Err(io::Error::other("the file changed since it was hashed"));
+            }
+        }
+    }
+    Ok(chunk)
 }
 
 /// Why a path waits: its file changed while its content was read or sent.
@@ -351,14 +404,14 @@ impl Drop for Flight {
 }
 
 impl Engine {
-    /// Makes sure the service holds the content of `hash`, the file at `path` as `stat` and (for
-    /// a multipart file, when known) `parts` describe it. One upload per content at a time.
+    /// Makes sure the service holds the content of `hash`, the file at `path` as `stat` and
+    /// (when this look hashed it) `read` describe it. One upload per content at a time.
     pub(super) async fn upload(
         self: &Arc<Self>,
         path: &Path,
         stat: FileStat,
         hash: &str,
-        parts: Option<Vec<[u8; 32]>>,
+        read: Option<HashRead>,
     ) -> Result<Content, Failed> {
         let Some(api) = self.uploads.api.clone() else {
             return Ok(Content::NotSent);
@@ -404,7 +457,7 @@ impl Engine {
             result,
         };
         let sent = self
-            .send_content(api.as_ref(), path, stat, hash, parts)
+            .send_content(api.as_ref(), path, stat, hash, read.unwrap_or_default())
             .await;
         let shared = match &sent {
             Ok(content) => Ok(*content),
@@ -454,15 +507,15 @@ impl Engine {
         path: &Path,
         stat: FileStat,
         hash: &str,
-        parts: Option<Vec<[u8; 32]>>,
+        read: HashRead,
     ) -> Result<Content, Failed> {
         let grant = self.config.grant;
         let file = FileRef {
             file_hash: hash.to_string(),
             file_size: stat.size,
         };
-        let answer = self.call(api.upload(grant, &file).await).at(Step::Upload)?;
-        let disabled = answer.upload_disabled == Some(true);
+        let answered = self.ask(api, file).await.at(Step::Upload)?;
+        let disabled = answered.disabled;
         if self.uploads.service_off.swap(disabled, Ordering::Relaxed) != disabled {
             match disabled {
                 true => tracing::warn!("the service disabled uploads: records only"),
@@ -478,10 +531,8 @@ impl Engine {
                 Failure::Api(ApiError::Transient(format!("malformed answer: {why}"))),
             )
         };
-        let item = answer
-            .upload_list
-            .into_iter()
-            .find(|item| item.file_hash == hash)
+        let item = answered
+            .item
             .ok_or_else(|| malformed("upload_list does not name the file"))?;
         if item.skip_upload == Some(true) {
             return Ok(Content::Held);
@@ -489,7 +540,6 @@ impl Engine {
         let bucket = item
             .s3_bucket_id
             .ok_or_else(|| malformed("no s3_bucket_id"))?;
-        let open = self.open_unchanged(path, stat).await?;
         let Some(opts) = item.signed_opts else {
             if crate::hash::part_size(stat.size).is_none() {
                 // A file hashed whole has no parts to send in a multipart upload.
@@ -497,20 +547,10 @@ impl Engine {
                     "neither signed_opts nor skip_upload for a small file",
                 ));
             }
+            let open = self.open_unchanged(path, stat).await?;
             return self
-                .multipart(api, path, open, stat, hash, bucket, parts)
+                .multipart(api, path, open, stat, hash, bucket, read.parts)
                 .await;
-        };
-        // Checked part by part for a file hashed in parts, whole otherwise.
-        let checks = match crate::hash::part_size(stat.size) {
-            None => vec![(stat.size, digest_of(hash)?)],
-            Some(_) => {
-                let digests = self.part_digests(path, stat, hash, parts).await?;
-                let ends = crate::hash::parts(stat.size)
-                    .into_iter()
-                    .map(|(offset, len)| offset + len);
-                ends.zip(digests).collect()
-            }
         };
         let target = SignedPut {
             method: opts.method,
@@ -519,8 +559,37 @@ impl Engine {
         };
         let tally = Tally::new(&self.uploads.meter, stat.size);
         let (size, step) = (stat.size, Step::ObjectPut);
-        self.put(api, &target, &open, 0, size, checks, &tally, step)
-            .await?;
+        match read.bytes {
+            Some(bytes) => {
+                let kept = Origin::Kept(bytes);
+                self.put(api, &target, kept, 0, size, Vec::new(), &tally, step)
+                    .await?;
+                // The bytes sent are those hashed; a file changed since is not registered
+                // but looked at again, as one changed while read would be.
+                let now = self.backing.observe(path);
+                if !matches!(now, Ok(Observed::File(now)) if content_key(&now) == content_key(&stat))
+                {
+                    return Err(changed());
+                }
+            }
+            None => {
+                let open = self.open_unchanged(path, stat).await?;
+                // Checked part by part for a file hashed in parts, whole otherwise.
+                let checks = match crate::hash::part_size(stat.size) {
+                    None => vec![(stat.size, digest_of(hash)?)],
+                    Some(_) => {
+                        let digests = self.part_digests(path, stat, hash, read.parts).await?;
+                        let ends = crate::hash::parts(stat.size)
+                            .into_iter()
+                            .map(|(offset, len)| offset + len);
+                        ends.zip(digests).collect()
+                    }
+                };
+                let file = Origin::File(open);
+                self.put(api, &target, file, 0, size, checks, &tally, step)
+                    .await?;
+            }
+        }
         let register = S3ObjectRequest {
             s3_bucket_id: bucket,
             file_hash: hash.to_string(),
@@ -529,6 +598,56 @@ impl Engine {
         self.call(api.s3_object(grant, &register).await)
             .at(Step::S3Object)?;
         Ok(Content::Held)
+    }
+
+    /// Asks `upload` about `file`, in one call with the questions of other looks: while a call
+    /// is out, the questions that come meanwhile gather for the next one, so a lone question
+    /// waits for nothing and many looks share few calls.
+    async fn ask(&self, api: &dyn ContentApi, file: FileRef) -> Result<Answered, ApiError> {
+        let questions = &self.uploads.questions;
+        let (answer, mut answered) = oneshot::channel();
+        questions.waiting.lock().unwrap().push((file, answer));
+        let given_up =
+            || ApiError::Transient("the upload call that carried the question was given up".into());
+        loop {
+            // The answer may come in another look's call while this one waits for its turn.
+            let _asking = tokio::select! {
+                biased;
+                answer = &mut answered => return answer.unwrap_or_else(|_| Err(given_up())),
+                asking = questions.asking.lock() => asking,
+            };
+            match answered.try_recv() {
+                Ok(answer) => return answer,
+                Err(TryRecvError::Closed) => return Err(given_up()),
+                Err(TryRecvError::Empty) => {}
+            }
+            let batch: Vec<_> = {
+                let mut waiting = questions.waiting.lock().unwrap();
+                let taken = waiting.len().min(ASK_MAX);
+                waiting.drain(..taken).collect()
+            };
+            let files: Vec<FileRef> = batch.iter().map(|(file, _)| file.clone()).collect();
+            match self.call(api.upload(self.config.grant, &files).await) {
+                Ok(answer) => {
+                    let disabled = answer.upload_disabled == Some(true);
+                    let mut items: HashMap<String, UploadItem> = answer
+                        .upload_list
+                        .into_iter()
+                        .map(|item| (item.file_hash.clone(), item))
+                        .collect();
+                    for (file, answer) in batch {
+                        let item = items.remove(&file.file_hash);
+                        // A receiver gone is a look given up: nothing to tell it.
+                        let _ = answer.send(Ok(Answered { disabled, item }));
+                    }
+                }
+                Err(err) => {
+                    for (_, answer) in batch {
+                        let _ = answer.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// Opens the file and checks it is still the one that was hashed.
@@ -554,28 +673,28 @@ impl Engine {
         path: &Path,
         stat: FileStat,
         hash: &str,
-        known: Option<Vec<[u8; 32]>>,
+        known: Vec<[u8; 32]>,
     ) -> Result<Vec<[u8; 32]>, Failed> {
-        if let Some(digests) = known.filter(|digests| !digests.is_empty()) {
-            return Ok(digests);
+        if !known.is_empty() {
+            return Ok(known);
         }
         match self.hash_now(path, stat).await.at(Step::Local)? {
             Some(hashed)
                 if hashed.hash == hash && content_key(&hashed.stat) == content_key(&stat) =>
             {
-                Ok(hashed.parts)
+                Ok(hashed.read.parts)
             }
             _ => Err(changed()),
         }
     }
 
-    /// PUTs `[offset, offset + len)` of `file` in one of the PUT slots, within the rate limit.
+    /// PUTs `[offset, offset + len)` of the file in one of the PUT slots, within the rate limit.
     #[allow(clippy::too_many_arguments)]
     async fn put(
         self: &Arc<Self>,
         api: &dyn ContentApi,
         target: &SignedPut,
-        file: &Arc<File>,
+        origin: Origin,
         offset: u64,
         len: u64,
         checks: Vec<(u64, [u8; 32])>,
@@ -591,7 +710,7 @@ impl Engine {
             .expect("never closed");
         let changed_meanwhile = Arc::new(AtomicBool::new(false));
         let body = file_body(Source {
-            file: file.clone(),
+            origin,
             offset,
             end: offset + len,
             checks: checks.into(),
@@ -617,7 +736,7 @@ impl Engine {
         stat: FileStat,
         hash: &str,
         bucket: String,
-        parts: Option<Vec<[u8; 32]>>,
+        parts: Vec<[u8; 32]>,
     ) -> Result<Content, Failed> {
         let grant = self.config.grant;
         let digests = self.part_digests(path, stat, hash, parts).await?;
@@ -720,7 +839,7 @@ impl Engine {
                         .put(
                             api,
                             &target,
-                            &file,
+                            Origin::File(file),
                             offset,
                             len,
                             checks,

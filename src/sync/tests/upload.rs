@@ -33,6 +33,12 @@ struct Objects {
     /// PUTs still to fail with a 503.
     failing_puts: AtomicUsize,
     disabled: AtomicBool,
+    /// How many files each `upload` call asked about.
+    asked: Mutex<Vec<usize>>,
+    /// `upload` calls still to fail with a 503.
+    failing_asks: AtomicUsize,
+    /// `upload` answers take this long (questions asked meanwhile gather).
+    ask_delay: Mutex<Duration>,
     /// Runs once, before the next PUT reads its body.
     before_put: Mutex<Option<Hook>>,
 }
@@ -60,17 +66,27 @@ fn refused(message: &str) -> ApiError {
 
 #[async_trait::async_trait]
 impl ContentApi for Objects {
-    async fn upload(&self, _: GrantId, file: &FileRef) -> Result<UploadAnswer, ApiError> {
+    async fn upload(&self, _: GrantId, files: &[FileRef]) -> Result<UploadAnswer, ApiError> {
+        self.asked.lock().unwrap().push(files.len());
+        let delay = *self.ask_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        if self
+            .failing_asks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(ApiError::Transient("HTTP 503".into()));
+        }
         if self.disabled.load(Ordering::SeqCst) {
             return Ok(UploadAnswer {
                 upload_list: Vec::new(),
                 upload_disabled: Some(true),
             });
         }
-        let held = self.holds(&file.file_hash);
-        let whole = !held && file.file_size <= crate::hash::SINGLE_PART_MAX;
-        Ok(UploadAnswer {
-            upload_list: vec![UploadItem {
+        let item = |file: &FileRef| {
+            let held = self.holds(&file.file_hash);
+            let whole = !held && file.file_size <= crate::hash::SINGLE_PART_MAX;
+            UploadItem {
                 file_hash: file.file_hash.clone(),
                 file_size: file.file_size,
                 skip_upload: held.then_some(true),
@@ -85,7 +101,10 @@ impl ContentApi for Objects {
                     )]),
                 }),
                 s3_bucket_id: Some("bucket".into()),
-            }],
+            }
+        };
+        Ok(UploadAnswer {
+            upload_list: files.iter().map(item).collect(),
             upload_disabled: None,
         })
     }
@@ -402,6 +421,28 @@ async fn a_failed_put_holds_the_record_back_until_the_content_is_up() {
     assert_eq!(rig.objects.object_puts.load(Ordering::SeqCst), 3);
     assert_eq!(rig.rig.live()["a"].file_hash, maxlo_hash(b"content"));
     assert_eq!(rig.rig.calls(Call::Create), 1);
+    rig.no_violations();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_questions_of_looks_side_by_side_share_upload_calls() {
+    let rig = ContentRig::new();
+    *rig.objects.ask_delay.lock().unwrap() = Duration::from_millis(100);
+    // The first call fails: every file it asked about is asked again.
+    rig.objects.failing_asks.store(1, Ordering::SeqCst);
+    let files: Vec<_> = (0..12).map(|seed| pattern(1000, seed)).collect();
+    for (seed, bytes) in files.iter().enumerate() {
+        rig.rig.write(&format!("f{seed}"), bytes);
+    }
+    rig.rig.settled().await;
+    for bytes in &files {
+        assert!(rig.objects.holds(&maxlo_hash(bytes)));
+    }
+    assert_eq!(rig.rig.live().len(), 12);
+    let asked = rig.objects.asked.lock().unwrap().clone();
+    let first = asked[0];
+    assert_eq!(asked.iter().sum::<usize>(), 12 + first, "{asked:?}");
+    assert!(asked.len() < 12, "one call per file: {asked:?}");
     rig.no_violations();
 }
 
