@@ -7,6 +7,10 @@
 # the ratio to native (higher is better; targets with io_uring: create >= 0.25, stat >= 0.15,
 # rename >= 0.45, unlink >= 0.35).
 #
+# PASSTHROUGH_HP=/path/to/libfuse/build/example/passthrough_hp adds libfuse's high-performance
+# passthrough example on both transports (targets hp-dev-fuse and hp-io-uring), built from
+# libfuse's sources (meson with liburing), as the reference the targets were set from.
+#
 # FUSE over io_uring is a global, root-only switch (/sys/module/fuse/parameters/enable_uring):
 # this script turns it on for its own run and puts back what it found on exit.
 #   sudo [FILES=3000] [ROUNDS=20] [TARGETS="native maxlofs-dev-fuse maxlofs-io-uring
@@ -16,6 +20,12 @@ cd "$(dirname "$0")/.."
 files=${FILES:-3000}
 rounds=${ROUNDS:-20}
 targets=${TARGETS:-native maxlofs-dev-fuse maxlofs-io-uring fsonly-dev-fuse fsonly-io-uring}
+hp=${PASSTHROUGH_HP:-}
+[ -z "$hp" ] || targets="$targets hp-dev-fuse hp-io-uring"
+# BASELINE=/path/to/an/older/target/release adds that build's passthrough_mount (target
+# baseline-dev-fuse): whether /dev/fuse got slower.
+baseline=${BASELINE:-}
+[ -z "$baseline" ] || targets="$targets baseline-dev-fuse"
 switch=/sys/module/fuse/parameters/enable_uring
 [ -w "$switch" ] || { echo "needs root and a kernel with $switch" >&2; exit 2; }
 cargo build --release --quiet --bin maxlofs --example passthrough_mount
@@ -28,6 +38,12 @@ restore() { echo "$was" >"$switch"; bench_cleanup; }
 trap restore EXIT
 echo Y >"$switch"
 cc -O2 -o "$work/smallfiles" scripts/smallfiles.c
+serve_in_background() { # serve_in_background DAEMON ARGS...: a FUSE daemon that stays in the foreground
+  "$@" 2>"$work/mount.log" &
+  mount_pid=$!
+  wait_mounted "$mnt"
+  dir=$mnt
+}
 : >"$work/results"
 
 for round in $(seq "$rounds"); do
@@ -43,12 +59,10 @@ for round in $(seq "$rounds"); do
       mount_maxlofs "$back" "$mnt" "$work/state-$round-$transport" --transport "$transport"
       dir=$mnt
       ;;
-    fsonly-*)
-      "$fsonly_bin" "$back" "$mnt" --transport "$transport" 2>"$work/mount.log" &
-      mount_pid=$!
-      wait_mounted "$mnt"
-      dir=$mnt
-      ;;
+    fsonly-*) serve_in_background "$fsonly_bin" "$back" "$mnt" --transport "$transport" ;;
+    baseline-dev-fuse) serve_in_background "$baseline/examples/passthrough_mount" "$back" "$mnt" ;;
+    hp-dev-fuse) serve_in_background "$hp" --foreground "$back" "$mnt" ;;
+    hp-io-uring) serve_in_background "$hp" --foreground -o io_uring "$back" "$mnt" ;;
     esac
     sync
     while read -r phase secs; do
