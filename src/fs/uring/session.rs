@@ -10,6 +10,7 @@ use super::ring;
 use crate::fs::Transport;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -17,6 +18,12 @@ use std::time::Duration;
 
 /// Room for a request's header and fixed argument ahead of its payload on /dev/fuse.
 const HEADER_ROOM: usize = 4096;
+
+/// With the rings serving, /dev/fuse carries almost only FORGETs, one per inode the kernel
+/// drops (each unlink): the reader pauses this long after each request, so that the kernel
+/// gathers them into BATCH_FORGETs instead of waking the reader, often on the other CPU, for
+/// each.
+const FORGET_PAUSE: Duration = Duration::from_millis(10);
 
 /// How long the queues may take to register before the session does without them.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -76,10 +83,12 @@ pub(crate) fn start<G: Send + Sync + 'static>(
         .max(64 * 1024)
         + HEADER_ROOM;
 
+    let rings_serve = Arc::new(AtomicBool::new(false));
     let spawn_reader = |n: usize| {
         let (device, dispatcher, on_end) = (device.clone(), dispatcher.clone(), on_end.clone());
+        let rings_serve = rings_serve.clone();
         spawn(format!("maxlofs-fuse-{n}"), move || {
-            if let Err(e) = serve_device(&device, &dispatcher, payload_len) {
+            if let Err(e) = serve_device(&device, &dispatcher, payload_len, &rings_serve) {
                 tracing::error!("/dev/fuse reader ended: {e}");
             }
             drop(on_end);
@@ -139,6 +148,7 @@ pub(crate) fn start<G: Send + Sync + 'static>(
         }
     }
     dispatcher.fs().set_transport(transport);
+    rings_serve.store(transport == Transport::IoUring, Ordering::Relaxed);
     if transport == Transport::DevFuse {
         for n in 1..readers.max(1) {
             threads.push(spawn_reader(n)?);
@@ -152,7 +162,12 @@ fn spawn(name: String, serve: impl FnOnce() + Send + 'static) -> io::Result<Join
 }
 
 /// Reads and serves /dev/fuse requests until the connection ends.
-fn serve_device(device: &OwnedFd, dispatcher: &Dispatcher, payload_len: usize) -> io::Result<()> {
+fn serve_device(
+    device: &OwnedFd,
+    dispatcher: &Dispatcher,
+    payload_len: usize,
+    rings_serve: &AtomicBool,
+) -> io::Result<()> {
     let mut buffer = vec![0u8; payload_len + HEADER_ROOM];
     let mut out = vec![0u8; payload_len];
     loop {
@@ -174,6 +189,9 @@ fn serve_device(device: &OwnedFd, dispatcher: &Dispatcher, payload_len: usize) -
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
             Err(e) => return Err(e),
+        }
+        if rings_serve.load(Ordering::Relaxed) {
+            std::thread::sleep(FORGET_PAUSE);
         }
     }
 }
