@@ -66,7 +66,13 @@ fn written_by(pid: u32) -> u64 {
 /// Files made, renamed, touched and removed through the mount reach the catalog, file data
 /// bypasses the daemon (kernel passthrough: 64 MiB written through the mount is not written by
 /// the daemon), and status names the transport.
-fn serves_with_passthrough(mount: &Mount, emulator: &Emulator, transport: &str) {
+/// The rings are on for both transports: `dev-fuse` must not take them.
+fn serves_with_passthrough(flag: &str, transport: &str) {
+    let Some(_switch) = UringSwitch::set(true, transport) else {
+        return;
+    };
+    let emulator = Emulator::start(&[]);
+    let mut mount = mount!(emulator, &["--transport", flag]);
     assert_eq!(
         mount.status()["transport"],
         transport,
@@ -93,28 +99,17 @@ fn serves_with_passthrough(mount: &Mount, emulator: &Emulator, transport: &str) 
     let live = emulator.live();
     let paths: Vec<&String> = live.keys().collect();
     assert_eq!(paths, ["d/a.txt", "d/c.txt"], "{}", mount.log_text());
+    assert!(mount.unmount().success(), "{}", mount.log_text());
 }
 
 #[test]
 fn io_uring_transport_serves_the_mount() {
-    let Some(_switch) = UringSwitch::set(true, "io_uring_transport_serves_the_mount") else {
-        return;
-    };
-    let emulator = Emulator::start(&[]);
-    let mut mount = mount!(emulator, &["--transport", "io-uring"]);
-    serves_with_passthrough(&mount, &emulator, "io_uring");
-    assert!(mount.unmount().success(), "{}", mount.log_text());
+    serves_with_passthrough("io-uring", "io_uring");
 }
 
 #[test]
 fn dev_fuse_transport_serves_the_mount_with_the_rings_on() {
-    let Some(_switch) = UringSwitch::set(true, "dev_fuse_transport_serves_the_mount") else {
-        return;
-    };
-    let emulator = Emulator::start(&[]);
-    let mut mount = mount!(emulator, &["--transport", "dev-fuse"]);
-    serves_with_passthrough(&mount, &emulator, "dev_fuse");
-    assert!(mount.unmount().success(), "{}", mount.log_text());
+    serves_with_passthrough("dev-fuse", "dev_fuse");
 }
 
 /// `auto` takes /dev/fuse when the switch is off, and `io-uring` then refuses, saying why,

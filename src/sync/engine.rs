@@ -86,6 +86,10 @@ pub struct Engine {
 }
 
 /// The filesystem's handle on the engine: queues the event and returns at once.
+/// How long the intake lets events gather after the first of a burst (they are only marked,
+/// then settle for `settle_ms`, so this adds nothing a user sees).
+const INTAKE_GATHER: Duration = Duration::from_millis(5);
+
 struct EngineSink {
     events: mpsc::UnboundedSender<Event>,
     unmarked_events: Arc<AtomicUsize>,
@@ -187,6 +191,14 @@ impl Engine {
     async fn run_intake(self: Arc<Self>, mut intake: mpsc::UnboundedReceiver<Event>) {
         let mut batch = Vec::new();
         while intake.recv_many(&mut batch, 1024).await > 0 {
+            // Events come in bursts (a cp -r, an rm -rf). Waiting a moment lets a burst's events
+            // gather and be taken as one batch. Otherwise each event wakes this task, and the
+            // blocking pool after it, often on the other CPU, while the FUSE request that sent
+            // it waits.
+            tokio::time::sleep(INTAKE_GATHER).await;
+            if !intake.is_empty() {
+                intake.recv_many(&mut batch, 4096).await;
+            }
             let events = std::mem::take(&mut batch);
             let count = events.len();
             let engine = self.clone();

@@ -622,23 +622,30 @@ mod tests {
         assert!(index.multipart("h").unwrap().unwrap().etags.is_empty());
     }
 
-    #[test]
-    fn entries_made_before_uploads_existed_count_as_content_not_up() {
+    /// An index of identity "id" written by an older version: its meta table, then `tables`.
+    fn older_index(tables: &str) -> (tempfile::TempDir, Index) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.db");
-        {
-            let db = Connection::open(&path).unwrap();
-            db.execute_batch(
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!(
                 "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
                  INSERT INTO meta VALUES ('identity', 'id');
-                 CREATE TABLE synced (path TEXT PRIMARY KEY, media_id INTEGER NOT NULL,
-                     hash TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-                     ctime_ns INTEGER NOT NULL, ino INTEGER NOT NULL);
-                 INSERT INTO synced VALUES ('old', 1, 'ab', 3, 1, 2, 10);",
-            )
+                 {tables}"
+            ))
             .unwrap();
-        }
         let index = Index::open(&path, "id", 4).unwrap();
+        (dir, index)
+    }
+
+    #[test]
+    fn entries_made_before_uploads_existed_count_as_content_not_up() {
+        let (_dir, index) = older_index(
+            "CREATE TABLE synced (path TEXT PRIMARY KEY, media_id INTEGER NOT NULL,
+                 hash TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                 ctime_ns INTEGER NOT NULL, ino INTEGER NOT NULL);
+             INSERT INTO synced VALUES ('old', 1, 'ab', 3, 1, 2, 10);",
+        );
         assert!(!index.get("old").unwrap().unwrap().content_up);
         index.put("new", &entry(2, 11)).unwrap();
         assert_eq!(index.paths_not_up().unwrap(), ["old"]);
@@ -656,19 +663,10 @@ mod tests {
 
     #[test]
     fn an_index_made_before_notes_had_ids_is_upgraded() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("index.db");
-        {
-            let db = Connection::open(&path).unwrap();
-            db.execute_batch(
-                "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                 INSERT INTO meta VALUES ('identity', 'id');
-                 CREATE TABLE unsure (path TEXT PRIMARY KEY, state TEXT NOT NULL);
-                 INSERT INTO unsure VALUES ('old', 'not json');",
-            )
-            .unwrap();
-        }
-        let index = Index::open(&path, "id", 4).unwrap();
+        let (_dir, index) = older_index(
+            "CREATE TABLE unsure (path TEXT PRIMARY KEY, state TEXT NOT NULL);
+             INSERT INTO unsure VALUES ('old', 'not json');",
+        );
         assert_eq!(index.unsure_paths().unwrap(), ["old"]);
         assert_eq!(
             index.unsure("old").unwrap(),
