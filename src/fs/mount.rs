@@ -101,7 +101,7 @@ fn unmount_path(mountpoint: &Path) -> io::Result<()> {
     match err.raw_os_error() {
         Some(libc::EBUSY) => {
             tracing::warn!(?mountpoint, "mount busy; detaching it lazily");
-            // SAFETY: as above.
+            // SAFETY: `path` is a NUL-terminated string that outlives the call.
             if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
                 Ok(())
             } else {
@@ -350,8 +350,8 @@ fn mount_with_fusermount(mountpoint: &Path, options: &[&str]) -> io::Result<Owne
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let keep_open_across_exec = move || {
-        // The descriptor is one the child inherited from us; only its flags change.
-        // SAFETY: fcntl is async-signal-safe, and no memory is touched.
+        // SAFETY: fcntl is async-signal-safe, and no memory is touched: the descriptor is one
+        // the child inherited from us, and only its flags change.
         if unsafe { libc::fcntl(theirs_fd, libc::F_SETFD, 0) } == 0 {
             Ok(())
         } else {

@@ -91,7 +91,8 @@ fn register_command(device: RawFd, qid: u16, iovecs: *const libc::iovec) -> sque
     // pattern is valid for both. `len` is the u32 at offset 24 of `io_uring_sqe`.
     let mut bytes: [u8; 128] = unsafe { std::mem::transmute(entry) };
     bytes[24..28].copy_from_slice(&2u32.to_ne_bytes());
-    // SAFETY: as above.
+    // SAFETY: the bytes are an `Entry128` with only its `len` changed, and any bit pattern is a
+    // valid `Entry128` (a `#[repr(C)]` of plain integers, 128 bytes like the array).
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(bytes) }
 }
 

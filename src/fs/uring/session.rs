@@ -199,9 +199,9 @@ fn serve_device(
 /// One request from /dev/fuse; retried while the kernel says it was interrupted or not ready.
 fn read_request(device: &OwnedFd, buffer: &mut [u8]) -> io::Result<usize> {
     loop {
+        let fd = device.as_raw_fd();
         // SAFETY: `buffer` is valid for writes of its length for the duration of the call.
-        let len =
-            unsafe { libc::read(device.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        let len = unsafe { libc::read(fd, buffer.as_mut_ptr().cast(), buffer.len()) };
         if len >= 0 {
             return Ok(len as usize);
         }
