@@ -13,6 +13,16 @@ bench_cleanup() {
   [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   rm -rf "$work"
+  [ -z "${uring_was:-}" ] || echo "$uring_was" >"$URING_SWITCH"
+}
+
+# FUSE over io_uring is a global, root-only kernel switch. `uring_on_for_this_run` turns it on
+# (after `bench_work`); bench_cleanup puts back what it found.
+URING_SWITCH=/sys/module/fuse/parameters/enable_uring
+uring_on_for_this_run() {
+  [ -w "$URING_SWITCH" ] || { echo "needs root and a kernel with $URING_SWITCH" >&2; exit 2; }
+  uring_was=$(cat "$URING_SWITCH")
+  echo 1 >"$URING_SWITCH"
 }
 
 # Starts (or restarts) an emulator on a free loopback port; sets emulator_pid and api. It runs at

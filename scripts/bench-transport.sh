@@ -26,17 +26,12 @@ hp=${PASSTHROUGH_HP:-}
 # baseline-dev-fuse): whether /dev/fuse got slower.
 baseline=${BASELINE:-}
 [ -z "$baseline" ] || targets="$targets baseline-dev-fuse"
-switch=/sys/module/fuse/parameters/enable_uring
-[ -w "$switch" ] || { echo "needs root and a kernel with $switch" >&2; exit 2; }
 cargo build --release --quiet --bin maxlofs --example passthrough_mount
 bin=$PWD/target/release/maxlofs
 fsonly_bin=$PWD/target/release/examples/passthrough_mount
 . scripts/bench-lib.sh
 bench_work transport
-was=$(cat "$switch")
-restore() { echo "$was" >"$switch"; bench_cleanup; }
-trap restore EXIT
-echo Y >"$switch"
+uring_on_for_this_run
 cc -O2 -o "$work/smallfiles" scripts/smallfiles.c
 serve_in_background() { # serve_in_background DAEMON ARGS...: a FUSE daemon that stays in the foreground
   "$@" 2>"$work/mount.log" &

@@ -13,12 +13,7 @@ cargo build --release --quiet --bin maxlofs
 bin=$PWD/target/release/maxlofs
 . scripts/bench-lib.sh
 bench_work pjdfstest
-switch=/sys/module/fuse/parameters/enable_uring
-if [ "$transport" = io-uring ]; then
-  was=$(cat "$switch")
-  trap 'echo "$was" >"$switch"; bench_cleanup' EXIT
-  echo 1 >"$switch"
-fi
+[ "$transport" != io-uring ] || uring_on_for_this_run
 start_emulator
 # pjdfstest acts as other users too, which a private mount refuses by design.
 mount_maxlofs "$work/backing" "$work/mnt" "$work/state" --transport "$transport" --allow-other

@@ -253,7 +253,6 @@ fn serve(cfg: &MountConfig) -> io::Result<(Serving, Arc<SessionEnd>)> {
     let started = session::start(
         device,
         dispatcher,
-        true,
         cfg.threads,
         SessionEndGuard(end.clone()),
     );

@@ -32,10 +32,9 @@ pub(crate) struct InitOutcome {
     pub reply: fuse_init_out,
     /// Both sides agreed to FUSE_OVER_IO_URING.
     pub io_uring: bool,
-    /// The largest write the kernel may send. A ring entry's payload buffer must hold it: the
-    /// kernel refuses REGISTER with a smaller one (it asks for max(8 KiB, max_write,
-    /// max_pages × page size)).
-    pub max_write: u32,
+    /// The smallest payload buffer the kernel takes for a ring entry: max(8 KiB, max_write,
+    /// max_pages × page size); it refuses REGISTER with a smaller one.
+    pub ring_payload: usize,
 }
 
 pub(crate) struct Dispatcher {
@@ -116,6 +115,8 @@ impl Dispatcher {
         debug!(passthrough = passthrough.is_some(), agreed, "init");
         self.fs.set_kernel_passthrough(passthrough);
         let max_write = kernel::MAX_WRITE;
+        let page = page_size();
+        let max_pages = max_pages(max_write.max(arg.max_readahead), page);
         let reply = fuse_init_out {
             major: FUSE_KERNEL_VERSION,
             minor: FUSE_KERNEL_MINOR_VERSION,
@@ -126,14 +127,16 @@ impl Dispatcher {
             congestion_threshold: CONGESTION_THRESHOLD,
             max_write,
             time_gran: TIME_GRAN_NS,
-            max_pages: max_pages(max_write.max(arg.max_readahead)),
+            max_pages,
             max_stack_depth,
             ..Default::default()
         };
         Ok(InitOutcome {
             reply,
             io_uring: agreed & FUSE_OVER_IO_URING != 0,
-            max_write,
+            ring_payload: (max_write as usize)
+                .max(usize::from(max_pages) * page as usize)
+                .max(FUSE_MIN_READ_BUFFER),
         })
     }
 
@@ -629,11 +632,17 @@ fn file_type_bits(kind: FileType) -> u32 {
     }
 }
 
-/// Pages a request may span, enough for `largest` bytes (what fuser answers).
-fn max_pages(largest: u32) -> u16 {
+/// The kernel's smallest read buffer for a request (`FUSE_MIN_READ_BUFFER`).
+const FUSE_MIN_READ_BUFFER: usize = 8192;
+
+fn page_size() -> u32 {
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let page = u32::try_from(page).unwrap_or(4096).max(1);
+    u32::try_from(page).unwrap_or(4096).max(1)
+}
+
+/// Pages of `page` bytes a request may span, enough for `largest` bytes (what fuser answers).
+fn max_pages(largest: u32, page: u32) -> u16 {
     u16::try_from(largest.saturating_sub(1) / page + 1).unwrap_or(u16::MAX)
 }
 
@@ -815,7 +824,8 @@ mod tests {
         assert!(outcome.io_uring);
         assert_eq!((reply.major, reply.minor), (7, FUSE_KERNEL_MINOR_VERSION));
         assert_eq!(reply.max_write, kernel::MAX_WRITE);
-        assert_eq!(outcome.max_write, kernel::MAX_WRITE);
+        assert!(outcome.ring_payload >= kernel::MAX_WRITE as usize);
+        assert!(outcome.ring_payload >= usize::from(reply.max_pages) * page_size() as usize);
         assert_eq!(reply.max_readahead, 128 * 1024);
         assert!(reply.max_pages >= 1);
     }

@@ -10,7 +10,7 @@
 use super::abi::{
     fuse_in_header, fuse_out_header, fuse_uring_cmd_req, fuse_uring_ent_in_out,
     fuse_uring_req_header, read_struct, struct_bytes, FUSE_IO_URING_CMD_COMMIT_AND_FETCH,
-    FUSE_IO_URING_CMD_REGISTER, FUSE_URING_IN_OUT_HEADER_SZ,
+    FUSE_IO_URING_CMD_REGISTER,
 };
 use super::dispatch::{Dispatcher, Reply};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -122,18 +122,6 @@ pub(crate) fn serve_queue(
     registered: Sender<io::Result<()>>,
 ) -> io::Result<()> {
     pin_to(qid as usize);
-    let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_coop_taskrun()
-        .build(QUEUE_DEPTH as u32);
-    let mut ring = match ring {
-        Ok(ring) => ring,
-        Err(e) => {
-            let _ = registered.send(Err(io::Error::new(e.kind(), format!("io_uring: {e}"))));
-            return Ok(());
-        }
-    };
     let entries: Vec<RingEntry> = (0..QUEUE_DEPTH)
         .map(|_| RingEntry::new(payload_len))
         .collect();
@@ -152,10 +140,24 @@ pub(crate) fn serve_queue(
             ]
         })
         .collect();
+    // Declared after the buffers, so dropped before them: the kernel may write into the buffers
+    // as long as the ring is open.
+    let ring = IoUring::<squeue::Entry128, cqueue::Entry>::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_coop_taskrun()
+        .build(QUEUE_DEPTH as u32);
+    let mut ring = match ring {
+        Ok(ring) => ring,
+        Err(e) => {
+            let _ = registered.send(Err(io::Error::new(e.kind(), format!("io_uring: {e}"))));
+            return Ok(());
+        }
+    };
     for (index, iovec) in iovecs.iter().enumerate() {
         let sqe = register_command(device, qid, iovec.as_ptr()).user_data(index as u64);
-        // SAFETY: the iovecs and the buffers they name live until the ring is dropped (both
-        // are dropped after it, at the end of this function).
+        // SAFETY: the iovecs and the buffers they name live until the ring is dropped (they
+        // were declared before it, so they are dropped after it).
         unsafe { ring.submission().push(&sqe) }.expect("queue depth fits the ring");
     }
     // A refused registration answers at once; an accepted one only when a request comes.
@@ -229,7 +231,7 @@ fn answer(entry: &RingEntry, dispatcher: &Dispatcher, out: &mut [u8]) -> u64 {
         unique: in_header.unique,
     };
     let bytes = struct_bytes(&out_header);
-    header.in_out[..FUSE_URING_IN_OUT_HEADER_SZ].fill(0);
+    header.in_out.fill(0);
     header.in_out[..bytes.len()].copy_from_slice(bytes);
     header.ring_ent_in_out = fuse_uring_ent_in_out {
         payload_sz: len as u32,

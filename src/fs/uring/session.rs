@@ -46,13 +46,12 @@ impl OwnSession {
     }
 }
 
-/// Answers INIT on `device` (a fresh mount's /dev/fuse descriptor), then starts serving: on
-/// rings when `want_io_uring` and the kernel takes them, else on `readers` /dev/fuse threads.
+/// Answers INIT on `device` (a fresh mount's /dev/fuse descriptor), asking for io_uring, then
+/// starts serving: on rings when the kernel takes them, else on `readers` /dev/fuse threads.
 /// `on_end` is dropped when the last serving thread ends.
 pub(crate) fn start<G: Send + Sync + 'static>(
     device: OwnedFd,
     dispatcher: Arc<Dispatcher>,
-    want_io_uring: bool,
     readers: usize,
     on_end: G,
 ) -> io::Result<OwnSession> {
@@ -65,7 +64,7 @@ pub(crate) fn start<G: Send + Sync + 'static>(
         .filter(|header: &fuse_in_header| header.opcode == FUSE_INIT)
         .ok_or_else(|| io::Error::other("the kernel's first request was not INIT"))?;
     let op_in = &buffer[size_of::<fuse_in_header>()..len];
-    let init = match dispatcher.init(op_in, want_io_uring) {
+    let init = match dispatcher.init(op_in, true) {
         Ok(init) => init,
         Err(errno) => {
             send_reply(&device, header.unique, Reply::Error(errno), &[])?;
@@ -76,12 +75,8 @@ pub(crate) fn start<G: Send + Sync + 'static>(
     };
     let reply = struct_bytes(&init.reply).to_vec();
     send_reply(&device, header.unique, Reply::Data(reply.len()), &reply)?;
-    // Room for the largest payload either way: the kernel refuses ring entries with less than
-    // max_write or max_pages pages.
-    let payload_len = (init.max_write as usize)
-        .max(usize::from(init.reply.max_pages) * 4096)
-        .max(64 * 1024)
-        + HEADER_ROOM;
+    // Room for the largest payload either way (and for the dispatcher's answers).
+    let payload_len = init.ring_payload.max(64 * 1024) + HEADER_ROOM;
 
     let rings_serve = Arc::new(AtomicBool::new(false));
     let spawn_reader = |n: usize| {
@@ -103,8 +98,8 @@ pub(crate) fn start<G: Send + Sync + 'static>(
         // Said before any ring can answer a status request.
         dispatcher.fs().set_transport(transport);
         let (registered, outcomes) = mpsc::channel();
-        let mut queues = 0;
-        for qid in 0..possible_cpus()? {
+        let queues = possible_cpus()?;
+        for qid in 0..queues {
             let (device, dispatcher, registered, on_end) = (
                 device.clone(),
                 dispatcher.clone(),
@@ -124,7 +119,6 @@ pub(crate) fn start<G: Send + Sync + 'static>(
                 }
                 drop(on_end);
             })?);
-            queues += 1;
         }
         drop(registered);
         for _ in 0..queues {
