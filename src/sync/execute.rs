@@ -421,10 +421,8 @@ impl Engine {
             ino: stat.ino,
         };
         self.index.put(key, &entry)?;
-        let unchanged = matches!(
-            self.backing.observe(path),
-            Ok(Observed::File(now)) if content_key(&now) == content_key(&stat)
-        ) && self.hashes.lock().unwrap().stamp(stat.ino) == checked.stamp;
+        let unchanged = self.still_as(path, &stat)
+            && self.hashes.lock().unwrap().stamp(stat.ino) == checked.stamp;
         if !unchanged {
             tracing::debug!("{key:?}: changed while it was sent; looking again");
             self.queue.mark(path, Hint::Content);
@@ -494,6 +492,14 @@ impl Engine {
             }
             Err(err) => Err(Failure::Local(format!("reading: {err}"))),
         }
+    }
+
+    /// Whether the file at `path` is still the one `stat` describes (same inode, size, mtime).
+    pub(super) fn still_as(&self, path: &Path, stat: &FileStat) -> bool {
+        matches!(
+            self.backing.observe(path),
+            Ok(Observed::File(now)) if content_key(&now) == content_key(stat)
+        )
     }
 }
 

@@ -33,7 +33,7 @@ use super::execute::{content_key, At, Failed};
 use super::failure::{starts_over, Failure, Step};
 use super::hasher::HashRead;
 use super::index::MultipartUpload;
-use super::local::{FileStat, Observed};
+use super::local::FileStat;
 use crate::api::content::{
     CompletedPart, FileRef, MultipartCompleteRequest, MultipartRequest, PartSpec, S3ObjectRequest,
     UploadItem,
@@ -566,9 +566,7 @@ impl Engine {
                     .await?;
                 // The bytes sent are those hashed; a file changed since is not registered
                 // but looked at again, as one changed while read would be.
-                let now = self.backing.observe(path);
-                if !matches!(now, Ok(Observed::File(now)) if content_key(&now) == content_key(&stat))
-                {
+                if !self.still_as(path, &stat) {
                     return Err(changed());
                 }
             }
