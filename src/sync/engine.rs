@@ -85,11 +85,11 @@ pub struct Engine {
     unmarked_events: Arc<AtomicUsize>,
 }
 
-/// The filesystem's handle on the engine: queues the event and returns at once.
 /// How long the intake lets events gather after the first of a burst (they are only marked,
 /// then settle for `settle_ms`, so this adds nothing a user sees).
 const INTAKE_GATHER: Duration = Duration::from_millis(5);
 
+/// The filesystem's handle on the engine: queues the event and returns at once.
 struct EngineSink {
     events: mpsc::UnboundedSender<Event>,
     unmarked_events: Arc<AtomicUsize>,
