@@ -101,6 +101,12 @@ impl Passthrough {
         })
     }
 
+    /// The mount's owner (the daemon's effective uid): on a private mount only its requests are
+    /// served.
+    pub fn owner(&self) -> u32 {
+        self.daemon_uid
+    }
+
     /// Records how requests reach us (for status).
     pub fn set_transport(&self, transport: Transport) {
         *self.transport.lock().expect("transport lock") = transport;

@@ -42,8 +42,6 @@ pub(crate) struct Dispatcher {
     allow_other: bool,
     /// Where backing files are registered, when kernel passthrough is wanted.
     kernel_passthrough: Option<Arc<FuseDevice>>,
-    /// The daemon's effective uid: on a private mount only its requests are served.
-    owner: u32,
 }
 
 /// The oldest protocol served: flags2 (passthrough, io_uring) and the argument layouts decoded
@@ -62,13 +60,10 @@ impl Dispatcher {
         allow_other: bool,
         kernel_passthrough: Option<Arc<FuseDevice>>,
     ) -> Dispatcher {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let owner = unsafe { libc::geteuid() };
         Dispatcher {
             fs,
             allow_other,
             kernel_passthrough,
-            owner,
         }
     }
 
@@ -221,7 +216,7 @@ impl Dispatcher {
     /// adapter runs under).
     fn allowed(&self, header: &fuse_in_header) -> bool {
         self.allow_other
-            || header.uid == self.owner
+            || header.uid == self.fs.owner()
             || matches!(
                 header.opcode,
                 FUSE_READ
