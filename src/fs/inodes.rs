@@ -14,10 +14,13 @@
 //!
 //! A held descriptor keeps pointing at its inode wherever it moves. Something outside the mount
 //! can move a directory out of BACKING; so each use checks that the inode is still reachable
-//! from the root under one of its names (`still_beneath`) before the daemon acts on it.
+//! from the root under one of its names (`still_beneath`) before the daemon acts on it, unless
+//! nothing that could have taken it out has happened since it was last found there
+//! (`TreeWatch`).
 
 use super::backing::BackingId;
 use super::sys;
+use super::tree_watch::TreeWatch;
 use crate::log_limit::LogLimit;
 use fuser::Errno;
 use std::collections::HashMap;
@@ -26,7 +29,7 @@ use std::ops::Deref;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -52,16 +55,26 @@ pub struct InodeData {
     /// The kernel passthrough registration shared by all open handles of this inode (the kernel
     /// refuses two different backing files for one inode). Handles hold it strongly.
     pub backing_id: Mutex<Weak<BackingId>>,
+    /// This directory's inotify watch (`TreeWatch`), if it has one.
+    watch: Option<i32>,
+    /// Every directory holding one of its names is watched, so the epoch of `TreeWatch` ends
+    /// when any of them changes.
+    names_watched: AtomicBool,
+    /// The `TreeWatch` epoch in which the full check last found it inside (0: never).
+    found_inside_in: AtomicU64,
 }
 
 impl InodeData {
-    fn new(fd: OwnedFd, st: &libc::stat) -> InodeData {
+    fn new(fd: OwnedFd, st: &libc::stat, watch: Option<i32>, names_watched: bool) -> InodeData {
         InodeData {
             fd: Mutex::new(Some(Arc::new(fd))),
             recently_used: AtomicBool::new(true),
             backing: (st.st_dev, st.st_ino),
             file_type: st.st_mode & libc::S_IFMT,
             backing_id: Mutex::new(Weak::new()),
+            watch,
+            names_watched: AtomicBool::new(names_watched),
+            found_inside_in: AtomicU64::new(0),
         }
     }
 
@@ -139,12 +152,19 @@ pub struct InodeTable {
     root_dev: u64,
     root_backing_ino: u64,
     fd_budget: usize,
+    /// Changes outside the mount that could take inodes out of the tree (none on a filesystem
+    /// inotify cannot see whole).
+    tree_watch: Option<TreeWatch>,
 }
 
 impl InodeTable {
     /// A table rooted at `root_fd` that holds at most `fd_budget` descriptors (the root's is
     /// never closed).
     pub fn new(root_fd: OwnedFd, root: &libc::stat, fd_budget: usize) -> InodeTable {
+        let (tree_watch, root_watch) = match TreeWatch::new(root_fd.as_fd()) {
+            Some((watch, root_wd)) => (Some(watch), Some(root_wd)),
+            None => (None, None),
+        };
         let mut slots = Slots {
             next_foreign: FOREIGN_INO_BASE,
             held_fds: AtomicUsize::new(1),
@@ -153,7 +173,7 @@ impl InodeTable {
         slots.by_ino.insert(
             ROOT_INO,
             Slot {
-                inode: Arc::new(InodeData::new(root_fd, root)),
+                inode: Arc::new(InodeData::new(root_fd, root, root_watch, true)),
                 lookups: 1,
                 names: Vec::new(),
                 child_names: 0,
@@ -165,6 +185,7 @@ impl InodeTable {
             root_dev: root.st_dev,
             root_backing_ino: root.st_ino,
             fd_budget: fd_budget.max(MIN_FD_BUDGET),
+            tree_watch,
         }
     }
 
@@ -207,7 +228,7 @@ impl InodeTable {
         match held {
             Some(fd) => {
                 let inode = Inode { data, fd };
-                if ino != ROOT_INO && !self.still_beneath(ino, &inode, renames_held) {
+                if ino != ROOT_INO && !self.inside(ino, &inode, renames_held) {
                     // Each request on such an inode is refused again: a client retrying, or
                     // a tree moved away under a busy client, would flood the log.
                     static MOVED_OUT: LogLimit = LogLimit::new(10, Duration::from_secs(60));
@@ -231,6 +252,24 @@ impl InodeTable {
     /// tree and the names here disagree.
     pub fn rename_guard(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.renaming.write().expect("rename lock")
+    }
+
+    /// Whether `inode` is still inside the tree: without a check while nothing happened since
+    /// the last check that found it there could have taken it out (see `TreeWatch`).
+    fn inside(&self, ino: u64, inode: &Inode, renames_held: bool) -> bool {
+        let epoch = self
+            .tree_watch
+            .as_ref()
+            .filter(|_| inode.names_watched.load(Ordering::Acquire))
+            .and_then(TreeWatch::epoch);
+        if epoch.is_some_and(|epoch| inode.found_inside_in.load(Ordering::Acquire) == epoch) {
+            return true;
+        }
+        let inside = self.still_beneath(ino, inode, renames_held);
+        if let Some(epoch) = epoch.filter(|_| inside) {
+            inode.found_inside_in.store(epoch, Ordering::Release);
+        }
+        inside
     }
 
     /// Whether `inode` can still be reached from the root by one of its names (always true for
@@ -374,7 +413,23 @@ impl InodeTable {
             }
             evicted
         } else {
-            let inode = Arc::new(InodeData::new(fd, st));
+            // A name in a watched directory; a directory is watched in turn if it is on the
+            // root's filesystem (inotify may not see all of another one).
+            let names_watched = slots
+                .by_ino
+                .get(&parent)
+                .is_some_and(|slot| slot.inode.watch.is_some());
+            let watch = match &self.tree_watch {
+                Some(tree)
+                    if names_watched
+                        && st.st_dev == self.root_dev
+                        && st.st_mode & libc::S_IFMT == libc::S_IFDIR =>
+                {
+                    tree.watch(fd.as_fd())
+                }
+                _ => None,
+            };
+            let inode = Arc::new(InodeData::new(fd, st, watch, names_watched));
             slots.by_ino.insert(
                 ino,
                 Slot {
@@ -418,7 +473,7 @@ impl InodeTable {
         let mut slots = self.slots.write().expect("inode table lock");
         if let Some(slot) = slots.by_ino.get_mut(&ino) {
             slot.lookups = slot.lookups.saturating_sub(count);
-            release_if_unused(&mut slots, ino);
+            release_if_unused(&mut slots, ino, self.tree_watch.as_ref());
         }
     }
 
@@ -431,9 +486,9 @@ impl InodeTable {
         let before = slot.names.len();
         slot.names.retain(|(p, n)| !(*p == parent && n == name));
         if slot.names.len() != before {
-            unpin(&mut slots, parent);
+            unpin(&mut slots, parent, self.tree_watch.as_ref());
         }
-        release_if_unused(&mut slots, ino);
+        release_if_unused(&mut slots, ino, self.tree_watch.as_ref());
     }
 
     /// `ino` moved from `from` to `to` (rename); its descendants' paths follow.
@@ -445,7 +500,7 @@ impl InodeTable {
         let before = slot.names.len();
         slot.names.retain(|(p, n)| !(*p == from.0 && n == from.1));
         if slot.names.len() != before {
-            unpin(&mut slots, from.0);
+            unpin(&mut slots, from.0, self.tree_watch.as_ref());
         }
         add_name(&mut slots, ino, to.0, to.1);
     }
@@ -489,9 +544,16 @@ impl InodeTable {
 }
 
 fn add_name(slots: &mut Slots, ino: u64, parent: u64, name: &OsStr) {
+    let parent_watched = slots
+        .by_ino
+        .get(&parent)
+        .is_some_and(|slot| slot.inode.watch.is_some());
     let Some(slot) = slots.by_ino.get_mut(&ino) else {
         return;
     };
+    if !parent_watched {
+        slot.inode.names_watched.store(false, Ordering::Release);
+    }
     if slot.names.iter().any(|(p, n)| *p == parent && n == name) {
         return;
     }
@@ -501,15 +563,15 @@ fn add_name(slots: &mut Slots, ino: u64, parent: u64, name: &OsStr) {
     }
 }
 
-fn unpin(slots: &mut Slots, parent: u64) {
+fn unpin(slots: &mut Slots, parent: u64, tree_watch: Option<&TreeWatch>) {
     if let Some(slot) = slots.by_ino.get_mut(&parent) {
         slot.child_names = slot.child_names.saturating_sub(1);
-        release_if_unused(slots, parent);
+        release_if_unused(slots, parent, tree_watch);
     }
 }
 
 /// Drops a slot nobody refers to any more, and then what only it kept alive.
-fn release_if_unused(slots: &mut Slots, ino: u64) {
+fn release_if_unused(slots: &mut Slots, ino: u64, tree_watch: Option<&TreeWatch>) {
     let mut pending = vec![ino];
     while let Some(ino) = pending.pop() {
         if ino == ROOT_INO {
@@ -524,6 +586,9 @@ fn release_if_unused(slots: &mut Slots, ino: u64) {
         }
         let slot = slots.by_ino.remove(&ino).expect("checked above");
         slots.close_fd(&slot.inode);
+        if let (Some(tree), Some(wd)) = (tree_watch, slot.inode.watch) {
+            tree.unwatch(wd);
+        }
         slots.foreign.retain(|_, &mut number| number != ino);
         for (parent, _) in slot.names {
             if let Some(parent_slot) = slots.by_ino.get_mut(&parent) {
@@ -624,5 +689,92 @@ mod tests {
         assert_eq!(table.lookups(d), Some(1));
         table.forget(d, 1);
         assert_eq!(table.lookups(d), None);
+    }
+
+    fn epoch(table: &InodeTable) -> u64 {
+        let watch = table
+            .tree_watch
+            .as_ref()
+            .expect("the tests' temporary folder is on a local filesystem, which is watched");
+        watch.epoch().expect("the watch is usable")
+    }
+
+    #[test]
+    fn an_inode_found_inside_is_trusted_until_a_rename_or_unlink_in_a_watched_directory() {
+        let (dir, table) = table_with_tree();
+        let d = look(&table, ROOT_INO, "d");
+        let f = look(&table, d, "f");
+        table.get(f).unwrap();
+        let trusted_in = epoch(&table);
+        assert_eq!(
+            table
+                .get(f)
+                .unwrap()
+                .found_inside_in
+                .load(Ordering::Relaxed),
+            trusted_in
+        );
+        // Creates, writes, attribute changes and links take nothing out: the epoch lasts.
+        std::fs::write(dir.path().join("d/new"), b"y").unwrap();
+        std::fs::write(dir.path().join("d/f"), b"xyz").unwrap();
+        std::fs::create_dir(dir.path().join("d/sub")).unwrap();
+        std::fs::hard_link(dir.path().join("d/f"), dir.path().join("d/f2")).unwrap();
+        std::fs::set_permissions(
+            dir.path().join("d/f"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        assert_eq!(epoch(&table), trusted_in);
+        // A rename or an unlink in any watched directory ends it, and the next use checks
+        // again.
+        std::fs::rename(dir.path().join("d/new"), dir.path().join("d/newer")).unwrap();
+        let after_rename = epoch(&table);
+        assert!(after_rename > trusted_in);
+        std::fs::remove_file(dir.path().join("d/newer")).unwrap();
+        assert!(epoch(&table) > after_rename);
+        let again = epoch(&table);
+        table.get(f).unwrap();
+        assert_eq!(
+            table
+                .get(f)
+                .unwrap()
+                .found_inside_in
+                .load(Ordering::Relaxed),
+            again
+        );
+    }
+
+    #[test]
+    fn a_trusted_inode_moved_out_with_an_ancestor_is_refused() {
+        let (dir, table) = table_with_tree();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("a/b/f"), b"x").unwrap();
+        let a = look(&table, ROOT_INO, "a");
+        let b = look(&table, a, "b");
+        let f = look(&table, b, "f");
+        table.get(f).unwrap();
+        table.get(f).unwrap();
+        let away = tempfile::tempdir().unwrap();
+        std::fs::rename(dir.path().join("a"), away.path().join("a")).unwrap();
+        for ino in [a, b, f] {
+            assert_eq!(
+                table.get(ino).map(|_| ()),
+                Err(Errno::ESTALE),
+                "inode {ino}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_trusted_file_whose_only_inside_name_is_removed_outside_is_refused() {
+        let (dir, table) = table_with_tree();
+        let d = look(&table, ROOT_INO, "d");
+        let f = look(&table, d, "f");
+        table.get(f).unwrap();
+        table.get(f).unwrap();
+        let away = tempfile::tempdir().unwrap();
+        std::fs::hard_link(dir.path().join("d/f"), away.path().join("f")).unwrap();
+        std::fs::remove_file(dir.path().join("d/f")).unwrap();
+        assert_eq!(table.get(f).map(|_| ()), Err(Errno::ESTALE));
     }
 }

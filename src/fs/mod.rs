@@ -11,6 +11,7 @@ mod kernel;
 mod mount;
 mod passthrough;
 pub(crate) mod sys;
+mod tree_watch;
 mod uring;
 mod writers;
 

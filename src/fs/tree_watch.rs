@@ -1,0 +1,146 @@
+//! Changes to the backing tree made outside the mount, seen through inotify, so that the
+//! containment check of the inode table (`InodeTable::get`) need not walk an inode's whole path
+//! on every request.
+//!
+//! An inode can only leave the backing tree by a rename or an unlink of a name in a directory
+//! the table knows: one of its own names, or the name of one of its ancestors, all of which
+//! are in the table. Every such directory is watched for `IN_MOVED_FROM`, `IN_MOVED_TO` and
+//! `IN_DELETE`; the kernel queues those events before the rename or unlink returns. Any event at
+//! all (those, an overflow, a watch dropped) starts a new epoch. An inode found inside the tree
+//! by the full check at one epoch is trusted, without a new check, while the epoch lasts;
+//! creates, writes and attribute changes do not end it.
+//!
+//! Renames and unlinks through the mount end the epoch too (each costs one full check per inode
+//! used afterwards, as every request cost before). Inotify sees only changes made on this
+//! machine, so the watch is used only when the backing root is on a local filesystem; inodes
+//! reached through another mount below the root are always checked in full.
+
+use super::sys;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Filesystems whose every change is made through this kernel, so inotify sees it all.
+const LOCAL_FILESYSTEMS: [libc::c_long; 5] = [
+    0xEF53,      // ext2/3/4
+    0x5846_5342, // xfs
+    0x9123_683E, // btrfs
+    0x0102_1994, // tmpfs
+    0xF2F5_2010, // f2fs
+];
+
+const WATCHED: u32 = libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_ONLYDIR;
+
+#[derive(Debug)]
+pub struct TreeWatch {
+    inotify: OwnedFd,
+    /// Ends (goes up by one) whenever an event was read. Starts at 1: 0 means "never checked".
+    epoch: AtomicU64,
+    /// Held while events are read and the epoch ended, so that a thread that finds no event
+    /// to read also finds the epoch another thread ended for the events it read.
+    reading: Mutex<()>,
+    /// Cleared for good when a directory cannot be watched (the user's watch limit): from then
+    /// on every check is a full one.
+    usable: AtomicBool,
+}
+
+impl TreeWatch {
+    /// A watch of the tree at `root` and the root's watch descriptor, if its filesystem is
+    /// local and inotify is available.
+    pub fn new(root: BorrowedFd<'_>) -> Option<(TreeWatch, i32)> {
+        let fs_type = sys::statfs(root).ok()?.f_type;
+        if !LOCAL_FILESYSTEMS.contains(&fs_type) {
+            tracing::info!(
+                fs_type = format_args!("{fs_type:#x}"),
+                "backing filesystem not known to be local: every request checks its inode's whole path"
+            );
+            return None;
+        }
+        // SAFETY: inotify_init1 takes only flags.
+        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if fd < 0 {
+            tracing::warn!(error = ?sys::last_errno(), "no inotify: every request checks its inode's whole path");
+            return None;
+        }
+        let watch = TreeWatch {
+            // SAFETY: a successful inotify_init1 returned `fd`, which nothing else holds.
+            inotify: unsafe { OwnedFd::from_raw_fd(fd) },
+            epoch: AtomicU64::new(1),
+            reading: Mutex::new(()),
+            usable: AtomicBool::new(true),
+        };
+        let root_wd = watch.watch(root)?;
+        Some((watch, root_wd))
+    }
+
+    /// Watches the directory open at `dir`; its watch descriptor. On failure the watch stops
+    /// being used (a directory nobody watches could lose an inode unseen).
+    pub fn watch(&self, dir: BorrowedFd<'_>) -> Option<i32> {
+        let path = sys::proc_fd_path(dir);
+        // SAFETY: the descriptor is open and `path` a NUL-terminated string; both outlive the call.
+        let wd =
+            unsafe { libc::inotify_add_watch(self.inotify.as_raw_fd(), path.as_ptr(), WATCHED) };
+        if wd < 0 {
+            if self.usable.swap(false, Ordering::AcqRel) {
+                tracing::warn!(
+                    error = ?sys::last_errno(),
+                    "cannot watch another backing directory (fs.inotify.max_user_watches?): \
+                     from now on every request checks its inode's whole path"
+                );
+            }
+            return None;
+        }
+        Some(wd)
+    }
+
+    /// Stops watching a directory the table let go of (its `IN_IGNORED` ends an epoch, which
+    /// costs a full check per inode and nothing else).
+    pub fn unwatch(&self, wd: i32) {
+        // SAFETY: plain integers; a descriptor already gone only gives EINVAL.
+        unsafe { libc::inotify_rm_watch(self.inotify.as_raw_fd(), wd) };
+    }
+
+    /// The current epoch, after reading every event queued so far; `None` when the watch is
+    /// no longer usable.
+    pub fn epoch(&self) -> Option<u64> {
+        if !self.usable.load(Ordering::Acquire) {
+            return None;
+        }
+        let _reading = self.reading.lock().expect("tree watch lock");
+        // Room for at least one event with the longest name.
+        let mut events = [0u8; 4096];
+        let mut changed = false;
+        loop {
+            // SAFETY: the descriptor is ours and `events` is writable for its whole length.
+            let n = unsafe {
+                libc::read(
+                    self.inotify.as_raw_fd(),
+                    events.as_mut_ptr().cast(),
+                    events.len(),
+                )
+            };
+            if n > 0 {
+                changed = true;
+                continue;
+            }
+            let error = sys::last_errno();
+            if n < 0 && error == fuser::Errno::EINTR {
+                continue;
+            }
+            if n == 0 || error == fuser::Errno::EAGAIN {
+                break;
+            }
+            tracing::warn!(
+                ?error,
+                "inotify read failed: every request checks its inode's whole path"
+            );
+            self.usable.store(false, Ordering::Release);
+            return None;
+        }
+        if changed {
+            Some(self.epoch.fetch_add(1, Ordering::AcqRel) + 1)
+        } else {
+            Some(self.epoch.load(Ordering::Acquire))
+        }
+    }
+}
