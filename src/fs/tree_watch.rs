@@ -13,12 +13,16 @@
 //! Renames and unlinks through the mount end the epoch too (each costs one full check per inode
 //! used afterwards, as every request cost before). Inotify sees only changes made on this
 //! machine, so the watch is used only when the backing root is on a local filesystem; inodes
-//! reached through another mount below the root are always checked in full.
+//! reached through another mount below the root are always checked in full. So are inodes
+//! below a directory left unwatched because we already use our share (an eighth) of the
+//! user's inotify watches, which file managers and editors need too.
 
 use super::sys;
+use crate::log_limit::LogLimit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 /// Filesystems whose every change is made through this kernel, so inotify sees it all.
 const LOCAL_FILESYSTEMS: [libc::c_long; 5] = [
@@ -28,6 +32,9 @@ const LOCAL_FILESYSTEMS: [libc::c_long; 5] = [
     0x0102_1994, // tmpfs
     0xF2F5_2010, // f2fs
 ];
+
+/// Watches we allow ourselves whatever the user's limit.
+const MIN_WATCHES: usize = 1024;
 
 const WATCHED: u32 = libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_ONLYDIR;
 
@@ -39,9 +46,12 @@ pub struct TreeWatch {
     /// Held while events are read and the epoch ended, so that a thread that finds no event
     /// to read also finds the epoch another thread ended for the events it read.
     reading: Mutex<()>,
-    /// Cleared for good when a directory cannot be watched (the user's watch limit): from then
-    /// on every check is a full one.
+    /// Cleared for good if events cannot be read: from then on every check is a full one.
     usable: AtomicBool,
+    /// Directories watched now, and how many may be: inotify watches are a per-user budget
+    /// that file managers and editors need too.
+    watches: AtomicUsize,
+    max_watches: usize,
 }
 
 impl TreeWatch {
@@ -68,26 +78,38 @@ impl TreeWatch {
             epoch: AtomicU64::new(1),
             reading: Mutex::new(()),
             usable: AtomicBool::new(true),
+            watches: AtomicUsize::new(0),
+            max_watches: std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+                .ok()
+                .and_then(|limit| limit.trim().parse::<usize>().ok())
+                .map_or(MIN_WATCHES, |limit| (limit / 8).max(MIN_WATCHES)),
         };
         let root_wd = watch.watch(root)?;
         Some((watch, root_wd))
     }
 
-    /// Watches the directory open at `dir`; its watch descriptor. On failure the watch stops
-    /// being used (a directory nobody watches could lose an inode unseen).
+    /// Watches the directory open at `dir`; its watch descriptor. `None` past our share of the
+    /// user's watches or on failure: then everything below `dir` is checked in full.
     pub fn watch(&self, dir: BorrowedFd<'_>) -> Option<i32> {
+        if self.watches.fetch_add(1, Ordering::AcqRel) >= self.max_watches {
+            self.watches.fetch_sub(1, Ordering::AcqRel);
+            static AT_LIMIT: LogLimit = LogLimit::new(1, Duration::from_secs(3600));
+            if AT_LIMIT.allow().is_some() {
+                tracing::info!(
+                    max_watches = self.max_watches,
+                    "more backing directories in use than we watch: inodes below the others \
+                     are checked in full on each request"
+                );
+            }
+            return None;
+        }
         let path = sys::proc_fd_path(dir);
         // SAFETY: the descriptor is open and `path` a NUL-terminated string; both outlive the call.
         let wd =
             unsafe { libc::inotify_add_watch(self.inotify.as_raw_fd(), path.as_ptr(), WATCHED) };
         if wd < 0 {
-            if self.usable.swap(false, Ordering::AcqRel) {
-                tracing::warn!(
-                    error = ?sys::last_errno(),
-                    "cannot watch another backing directory (fs.inotify.max_user_watches?): \
-                     from now on every request checks its inode's whole path"
-                );
-            }
+            self.watches.fetch_sub(1, Ordering::AcqRel);
+            tracing::debug!(error = ?sys::last_errno(), "directory not watched");
             return None;
         }
         Some(wd)
@@ -98,6 +120,7 @@ impl TreeWatch {
     pub fn unwatch(&self, wd: i32) {
         // SAFETY: plain integers; a descriptor already gone only gives EINVAL.
         unsafe { libc::inotify_rm_watch(self.inotify.as_raw_fd(), wd) };
+        self.watches.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// The current epoch, after reading every event queued so far; `None` when the watch is
