@@ -22,7 +22,7 @@ use super::fuse::FuseAdapter;
 use super::passthrough::Passthrough;
 use super::sys;
 use super::uring::dispatch::Dispatcher;
-use super::uring::session::{self, OwnSession};
+use super::uring::session::{self, ConnectionAbort, OwnSession};
 use super::{MountConfig, Transport, TransportChoice};
 use fuser::{BackgroundSession, Session, SessionACL};
 use std::ffi::CString;
@@ -250,10 +250,12 @@ fn serve(cfg: &MountConfig) -> io::Result<(Serving, Arc<SessionEnd>)> {
         return Ok((Serving::Fuser(session.spawn()?), end));
     }
     let dispatcher = Arc::new(Dispatcher::new(fs, cfg.allow_other, kernel_passthrough));
+    let abort = Arc::new(ConnectionAbort::default());
     let started = session::start(
         device,
         dispatcher,
         cfg.threads,
+        abort.clone(),
         SessionEndGuard(end.clone()),
     );
     let session = match started {
@@ -263,6 +265,10 @@ fn serve(cfg: &MountConfig) -> io::Result<(Serving, Arc<SessionEnd>)> {
             return Err(e);
         }
     };
+    // Served by the session's threads, which now answer.
+    if let Ok(root) = std::fs::metadata(&cfg.mountpoint) {
+        abort.set_device(root.dev());
+    }
     let transport = session.transport();
     tracing::info!(transport = transport.name(), "serving");
     if transport != Transport::IoUring && cfg.transport == TransportChoice::IoUring {

@@ -10,9 +10,10 @@ use super::ring;
 use crate::fs::Transport;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,6 +28,66 @@ const FORGET_PAUSE: Duration = Duration::from_millis(10);
 
 /// How long the queues may take to register before the session does without them.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where fusectl shows each FUSE connection (`N/abort` ends connection N).
+const FUSECTL: &str = "/sys/fs/fuse/connections";
+
+/// Ends the FUSE connection when a serving thread fails (an error or a panic) while the others
+/// go on: requests queued for a ring nobody serves would wait forever, so the mount's users
+/// get ENOTCONN instead, and the daemon ends as after an administrator's abort.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionAbort {
+    /// fusectl's `abort` file of the connection, once known.
+    file: OnceLock<PathBuf>,
+}
+
+impl ConnectionAbort {
+    /// The connection is that of the mounted filesystem whose `st_dev` is `dev`.
+    pub(crate) fn set_device(&self, dev: u64) {
+        // fusectl names a connection by the kernel's dev_t, major in the bits above 20.
+        let id = (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev));
+        let _ = self
+            .file
+            .set(Path::new(FUSECTL).join(id.to_string()).join("abort"));
+    }
+
+    /// Ends the connection; if that cannot be done, the process, which ends it too.
+    fn abort(&self, why: &str) {
+        tracing::error!("{why}: ending the FUSE connection, whose requests no thread would answer");
+        let Some(file) = self.file.get() else {
+            tracing::error!("connection not known yet: exiting, which ends it");
+            std::process::exit(70);
+        };
+        let mut written = std::fs::write(file, "1");
+        if written.is_err() && !Path::new(FUSECTL).join("version").exists() {
+            // Without fusectl mounted (systemd mounts it at boot; not every system does).
+            // SAFETY: all strings are NUL-terminated literals; no data is passed.
+            unsafe {
+                libc::mount(
+                    c"fusectl".as_ptr(),
+                    c"/sys/fs/fuse/connections".as_ptr(),
+                    c"fusectl".as_ptr(),
+                    0,
+                    std::ptr::null(),
+                )
+            };
+            written = std::fs::write(file, "1");
+        }
+        if let Err(e) = written {
+            tracing::error!(?file, error = %e, "cannot abort the connection: exiting, which ends it");
+            std::process::exit(70);
+        }
+    }
+
+    /// Runs one serving thread's loop; aborts the connection if it fails.
+    fn serve(&self, thread: &str, serve: impl FnOnce() -> io::Result<()>) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.abort(&format!("{thread} failed: {e}")),
+            Err(_) => self.abort(&format!("{thread} panicked")),
+        }
+    }
+}
 
 /// The threads of a running session; they end when the connection does.
 pub(crate) struct OwnSession {
@@ -48,11 +109,13 @@ impl OwnSession {
 
 /// Answers INIT on `device` (a fresh mount's /dev/fuse descriptor), asking for io_uring, then
 /// starts serving: on rings when the kernel takes them, else on `readers` /dev/fuse threads.
-/// `on_end` is dropped when the last serving thread ends.
+/// `on_end` is dropped when the last serving thread ends; a thread that fails ends the
+/// connection through `abort`.
 pub(crate) fn start<G: Send + Sync + 'static>(
     device: OwnedFd,
     dispatcher: Arc<Dispatcher>,
     readers: usize,
+    abort: Arc<ConnectionAbort>,
     on_end: G,
 ) -> io::Result<OwnSession> {
     let device = Arc::new(device);
@@ -81,11 +144,11 @@ pub(crate) fn start<G: Send + Sync + 'static>(
     let rings_serve = Arc::new(AtomicBool::new(false));
     let spawn_reader = |n: usize| {
         let (device, dispatcher, on_end) = (device.clone(), dispatcher.clone(), on_end.clone());
-        let rings_serve = rings_serve.clone();
+        let (rings_serve, abort) = (rings_serve.clone(), abort.clone());
         spawn(format!("maxlofs-fuse-{n}"), move || {
-            if let Err(e) = serve_device(&device, &dispatcher, payload_len, &rings_serve) {
-                tracing::error!("/dev/fuse reader ended: {e}");
-            }
+            abort.serve("the /dev/fuse reader", || {
+                serve_device(&device, &dispatcher, payload_len, &rings_serve)
+            });
             drop(on_end);
         })
     };
@@ -100,23 +163,23 @@ pub(crate) fn start<G: Send + Sync + 'static>(
         let (registered, outcomes) = mpsc::channel();
         let queues = possible_cpus()?;
         for qid in 0..queues {
-            let (device, dispatcher, registered, on_end) = (
+            let (device, dispatcher, registered, on_end, abort) = (
                 device.clone(),
                 dispatcher.clone(),
                 registered.clone(),
                 on_end.clone(),
+                abort.clone(),
             );
             threads.push(spawn(format!("maxlofs-ring-{qid}"), move || {
-                let served = ring::serve_queue(
-                    device.as_raw_fd(),
-                    qid,
-                    payload_len,
-                    &dispatcher,
-                    registered,
-                );
-                if let Err(e) = served {
-                    tracing::error!(qid, "ring queue ended: {e}");
-                }
+                abort.serve(&format!("ring queue {qid}"), || {
+                    ring::serve_queue(
+                        device.as_raw_fd(),
+                        qid,
+                        payload_len,
+                        &dispatcher,
+                        registered,
+                    )
+                });
                 drop(on_end);
             })?);
         }
@@ -254,4 +317,37 @@ fn possible_cpus() -> io::Result<u16> {
         .max()
         .map(|highest| highest + 1)
         .ok_or_else(|| io::Error::other(format!("unreadable possible CPUs: {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_is_named_as_fusectl_names_it() {
+        let abort = ConnectionAbort::default();
+        abort.set_device(libc::makedev(0, 300));
+        assert_eq!(
+            abort.file.get().unwrap(),
+            Path::new("/sys/fs/fuse/connections/300/abort")
+        );
+    }
+
+    #[test]
+    fn a_serving_thread_that_fails_or_panics_aborts_the_connection_and_one_that_ends_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("abort");
+        let abort = ConnectionAbort::default();
+        abort.file.set(file.clone()).unwrap();
+        abort.serve("a queue", || Ok(()));
+        assert!(
+            !file.exists(),
+            "a thread that ends with its connection aborts nothing"
+        );
+        abort.serve("a queue", || Err(io::Error::other("unexpected")));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "1");
+        std::fs::remove_file(&file).unwrap();
+        abort.serve("a queue", || panic!("a bug in a request's handling"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "1");
+    }
 }
