@@ -27,7 +27,7 @@ struct GrantRow<'a> {
 
 pub fn run(args: &GrantsArgs) -> anyhow::Result<()> {
     let keys = KeySource::new(args.device_key_file.clone(), None).load()?;
-    let api = HttpApi::new(&args.api, keys, Timeouts::default())?;
+    let api = HttpApi::new(&args.api, keys, Timeouts::interactive())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -514,6 +514,28 @@ fn grants_reports_a_refused_key_and_a_missing_one() {
     );
 }
 
+/// A service that accepts connections and never answers: `grants` ends with an error saying so
+/// (after the interactive budget, 15 s, where a mount's calls wait a minute), and a status
+/// other than 0.
+#[test]
+fn grants_reports_a_service_that_never_answers() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    // Connections are accepted by the kernel's backlog; nothing is ever read or written.
+    let dir = tempfile::tempdir().unwrap();
+    let out = maxlofs(dir.path(), &["grants", "--api", &url])
+        .env("MAXLO_DEVICE_SESSION_KEY", "demo-device-key")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("timed out"),
+        "{}",
+        text(&out.stderr)
+    );
+    drop(silent);
+}
+
 #[test]
 fn daemon_mode_fails_with_the_daemons_own_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,6 +24,17 @@ pub struct Timeouts {
     pub request: Duration,
 }
 
+impl Timeouts {
+    /// For a command a user waits on (`grants`): a service that accepts connections but
+    /// never answers gets a clear error in 15 s rather than after a minute.
+    pub fn interactive() -> Timeouts {
+        Timeouts {
+            request: Duration::from_secs(15),
+            ..Timeouts::default()
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
