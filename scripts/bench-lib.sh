@@ -27,12 +27,15 @@ uring_on_for_this_run() {
 
 # Starts (or restarts) an emulator on a free loopback port; sets emulator_pid and api. It runs at
 # nice 10: it stands in for a remote service, whose work is not done on the user's CPUs, so it
-# takes only what the workload being measured leaves idle.
+# takes only what the workload being measured leaves idle. `service_pin` (an array, empty by
+# default) prefixes its command, and `client_pin` that of `maxlofs mount`: `taskset -c N` gives
+# each CPUs of its own.
+service_pin=() client_pin=()
 start_emulator() {
   if [ -n "${emulator_pid:-}" ]; then
     kill "$emulator_pid" 2>/dev/null && wait "$emulator_pid" 2>/dev/null || true
   fi
-  coproc EMULATOR { exec nice -n 10 "$bin" emulator --listen 127.0.0.1:0 2>/dev/null; }
+  coproc EMULATOR { exec "${service_pin[@]}" nice -n 10 "$bin" emulator --listen 127.0.0.1:0 2>/dev/null; }
   emulator_pid=$EMULATOR_PID
   local line
   read -r line <&"${EMULATOR[0]}"
@@ -45,7 +48,7 @@ mount_maxlofs() {
   local backing=$1 mnt=$2 state=$3
   shift 3
   mkdir -p "$backing" "$mnt"
-  MAXLO_DEVICE_SESSION_KEY=demo-device-key "$bin" mount "$backing" "$mnt" --foreground \
+  MAXLO_DEVICE_SESSION_KEY=demo-device-key "${client_pin[@]}" "$bin" mount "$backing" "$mnt" --foreground \
     --api "$api" --state-dir "$state" "$@" 2>"$work/mount.log" &
   mount_pid=$!
   for _ in $(seq 6000); do mountpoint -q "$mnt" && return; sleep 0.01; done

@@ -9,7 +9,12 @@
 #  2. FILES small files (default 1000) of SMALL_KIB (default 256): whole-object PUTs.
 # Both sides send with the same concurrency (4, maxlofs's default --upload-concurrency) and at the
 # same CPU priority: curl runs at nice 10, as maxlofs's sync threads do (and the emulator).
-# Prints each side's MiB/s and the ratio maxlofs/curl (target >= 0.9).
+# Each round runs both in two placements, side by side:
+#  - shared: emulator and client on all CPUs, so the emulator's work (an MD5 and a SHA-256 of
+#    every byte, the object store) competes with the client's;
+#  - own-cpu: the emulator pinned to the last CPU and the client (curl, or the mount) to the
+#    others, as with a real service, whose work is done on its own machines.
+# Prints each side's MiB/s and the ratio maxlofs/curl (target >= 0.9) per placement.
 # Usage: [SIZE_MIB=1024] [FILES=1000] [SMALL_KIB=256] [ROUNDS=3] scripts/bench-upload.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +58,7 @@ PY
   local t0 t1
   t0=$(now)
   # Each part's ETag, by the part number that ends its URL's path.
-  nice -n 10 curl -sS --fail --no-progress-meter --parallel --parallel-max "$concurrency" \
+  "${client_pin[@]}" nice -n 10 curl -sS --fail --no-progress-meter --parallel --parallel-max "$concurrency" \
     -K "$work/curl-big.cfg" -w '%{url} %header{etag}\n' >"$work/etags"
   echo "curl: PUTs took $(python3 -c "print(f'{$(now) - $t0:.2f}')") s"
   # The ETags, and the assembly maxlofs also waits for.
@@ -94,7 +99,7 @@ for item in json.load(open(sys.argv[2]))["upload_list"]:
 PY
   local t0 t1
   t0=$(now)
-  nice -n 10 curl -sS --fail --no-progress-meter --parallel --parallel-max "$concurrency" -K "$work/curl-small.cfg"
+  "${client_pin[@]}" nice -n 10 curl -sS --fail --no-progress-meter --parallel --parallel-max "$concurrency" -K "$work/curl-small.cfg"
   t1=$(now)
   took=$(python3 -c "print($t1 - $t0)")
 }
@@ -129,23 +134,39 @@ print(json.dumps({"file_list": [
 PY
 
 # Interleaved, best of ROUNDS: the machine's other load moves single runs by 2x.
-curl_big=(); mount_big=(); curl_small=(); mount_small=()
+last_cpu=$(($(nproc) - 1))
+[ "$last_cpu" -ge 1 ] || { echo "the own-cpu placement needs 2 CPUs" >&2; exit 2; }
+place() { # place shared|own-cpu: sets the pins start_emulator, mount_maxlofs and curl use
+  case $1 in
+  shared) service_pin=() client_pin=() ;;
+  own-cpu) service_pin=(taskset -c "$last_cpu") client_pin=(taskset -c "0-$((last_cpu - 1))") ;;
+  esac
+}
+declare -A results
 for round in $(seq "$rounds"); do
-  big_curl; curl_big+=("$took")
-  mount_once "$work/big"; mount_big+=("$took")
-  small_curl; curl_small+=("$took")
-  mount_once "$work/small"; mount_small+=("$took")
-  echo "round $round: big curl ${curl_big[-1]} s, mount ${mount_big[-1]} s; small curl ${curl_small[-1]} s, mount ${mount_small[-1]} s"
+  for placement in shared own-cpu; do
+    place "$placement"
+    big_curl; results[$placement-curl-big]+=" $took"
+    mount_once "$work/big"; results[$placement-mount-big]+=" $took"
+    small_curl; results[$placement-curl-small]+=" $took"
+    mount_once "$work/small"; results[$placement-mount-small]+=" $took"
+    echo "round $round, $placement: big curl ${results[$placement-curl-big]##* } s, mount ${results[$placement-mount-big]##* } s; small curl ${results[$placement-curl-small]##* } s, mount ${results[$placement-mount-small]##* } s"
+  done
 done
 big_bytes=$((size_mib << 20))
 small_bytes=$((files * small_kib * 1024))
-cb=$(best "${curl_big[@]}"); mb=$(best "${mount_big[@]}")
-cs=$(best "${curl_small[@]}"); ms=$(best "${mount_small[@]}")
-echo "== one file of $size_mib MiB (best of $rounds)"
-rate "curl -T, $concurrency parallel part PUTs + multipart_complete" "$big_bytes" "$cb"
-rate "maxlofs mount (hash + multipart + record)" "$big_bytes" "$mb"
-python3 -c "print(f'ratio maxlofs/curl: {$cb/$mb:.2f}')"
-echo "== $files files of $small_kib KiB (best of $rounds)"
-rate "curl -T, $concurrency parallel PUTs" "$small_bytes" "$cs"
-rate "maxlofs mount (hash, PUT, s3_object, create per file; upload asked for several at once)" "$small_bytes" "$ms"
-python3 -c "print(f'ratio maxlofs/curl: {$cs/$ms:.2f}')"
+for placement in shared own-cpu; do
+  # shellcheck disable=SC2086 # the lists are space-separated on purpose
+  {
+    cb=$(best ${results[$placement-curl-big]}); mb=$(best ${results[$placement-mount-big]})
+    cs=$(best ${results[$placement-curl-small]}); ms=$(best ${results[$placement-mount-small]})
+  }
+  echo "== placement $placement: one file of $size_mib MiB (best of $rounds)"
+  rate "curl -T, $concurrency parallel part PUTs + multipart_complete" "$big_bytes" "$cb"
+  rate "maxlofs mount (hash + multipart + record)" "$big_bytes" "$mb"
+  python3 -c "print(f'ratio maxlofs/curl: {$cb/$mb:.2f}')"
+  echo "== placement $placement: $files files of $small_kib KiB (best of $rounds)"
+  rate "curl -T, $concurrency parallel PUTs" "$small_bytes" "$cs"
+  rate "maxlofs mount (hash, PUT, s3_object, create per file; upload asked for several at once)" "$small_bytes" "$ms"
+  python3 -c "print(f'ratio maxlofs/curl: {$cs/$ms:.2f}')"
+done
