@@ -251,6 +251,15 @@ fn serve(cfg: &MountConfig) -> io::Result<(Serving, Arc<SessionEnd>)> {
     }
     let dispatcher = Arc::new(Dispatcher::new(fs, cfg.allow_other, kernel_passthrough));
     let abort = Arc::new(ConnectionAbort::default());
+    // Read now, while ours is the newest mount there; never by a stat of the mount, which
+    // could make a user's umount find it busy (or wait on a ring nobody serves).
+    match std::fs::read("/proc/self/mountinfo")
+        .ok()
+        .and_then(|mountinfo| fuse_connection(&mountinfo, &cfg.mountpoint))
+    {
+        Some(connection) => abort.set_connection(connection),
+        None => tracing::warn!("the new mount is not in /proc/self/mountinfo"),
+    }
     let started = session::start(
         device,
         dispatcher,
@@ -265,10 +274,6 @@ fn serve(cfg: &MountConfig) -> io::Result<(Serving, Arc<SessionEnd>)> {
             return Err(e);
         }
     };
-    // Served by the session's threads, which now answer.
-    if let Ok(root) = std::fs::metadata(&cfg.mountpoint) {
-        abort.set_device(root.dev());
-    }
     let transport = session.transport();
     tracing::info!(transport = transport.name(), "serving");
     if transport != Transport::IoUring && cfg.transport == TransportChoice::IoUring {
@@ -279,6 +284,32 @@ fn serve(cfg: &MountConfig) -> io::Result<(Serving, Arc<SessionEnd>)> {
         ));
     }
     Ok((Serving::Own(session), end))
+}
+
+/// The FUSE connection number (fusectl's name for it: the kernel's dev_t, major above bit 20)
+/// of the newest FUSE mount at `mountpoint` in `mountinfo` (proc_pid_mountinfo(5)).
+fn fuse_connection(mountinfo: &[u8], mountpoint: &Path) -> Option<u64> {
+    // mountinfo escapes space, tab, newline and backslash in paths as octal.
+    let mut wanted = Vec::new();
+    for &byte in mountpoint.as_os_str().as_bytes() {
+        match byte {
+            b' ' | b'\t' | b'\n' | b'\\' => wanted.extend(format!("\\{byte:03o}").bytes()),
+            _ => wanted.push(byte),
+        }
+    }
+    mountinfo
+        .split(|&byte| byte == b'\n')
+        .rev()
+        .find_map(|line| {
+            let separator = line.windows(3).position(|w| w == b" - ")?;
+            let fields: Vec<&[u8]> = line[..separator].split(|&byte| byte == b' ').collect();
+            let fs_type = line[separator + 3..].split(|&byte| byte == b' ').next()?;
+            if fields.get(4) != Some(&wanted.as_slice()) || !fs_type.starts_with(b"fuse") {
+                return None;
+            }
+            let (major, minor) = std::str::from_utf8(fields.get(2)?).ok()?.split_once(':')?;
+            Some((major.parse::<u64>().ok()? << 20) | minor.parse::<u64>().ok()?)
+        })
 }
 
 /// Mounts a FUSE filesystem at `cfg.mountpoint` and answers the /dev/fuse descriptor that serves
@@ -472,5 +503,31 @@ pub(crate) struct SessionEndGuard(Arc<SessionEnd>);
 impl Drop for SessionEndGuard {
     fn drop(&mut self) {
         self.0.update(|state| state.ended = true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_is_the_newest_fuse_mount_at_the_place_as_fusectl_names_it() {
+        let mountinfo = b"\
+22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+40 22 0:52 / /mnt/a\\040b rw,nosuid,nodev - fuse.maxlofs maxlofs rw,user_id=0
+41 22 0:53 / /mnt/a\\040bc rw,nosuid,nodev - fuse.maxlofs maxlofs rw,user_id=0
+42 40 8:3 / /mnt/a\\040b rw - ext4 /dev/sdb rw
+43 42 0:60 / /mnt/a\\040b rw,nosuid,nodev shared:9 - fuse.maxlofs maxlofs rw,user_id=0
+";
+        assert_eq!(fuse_connection(mountinfo, Path::new("/mnt/a b")), Some(60));
+        let non_utf8 = b"44 22 0:61 / /mnt/\xff\\134 rw - fuse.maxlofs maxlofs rw\n";
+        let path = std::ffi::OsStr::from_bytes(b"/mnt/\xff\\");
+        assert_eq!(fuse_connection(non_utf8, Path::new(path)), Some(61));
+        assert_eq!(fuse_connection(mountinfo, Path::new("/mnt/a bc")), Some(53));
+        assert_eq!(fuse_connection(mountinfo, Path::new("/")), None, "not FUSE");
+        assert_eq!(
+            fuse_connection(b"50 22 259:7 / /x rw - fuse.sshfs s rw\n", Path::new("/x")),
+            Some((259 << 20) | 7)
+        );
     }
 }

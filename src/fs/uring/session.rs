@@ -42,13 +42,13 @@ pub(crate) struct ConnectionAbort {
 }
 
 impl ConnectionAbort {
-    /// The connection is that of the mounted filesystem whose `st_dev` is `dev`.
-    pub(crate) fn set_device(&self, dev: u64) {
-        // fusectl names a connection by the kernel's dev_t, major in the bits above 20.
-        let id = (u64::from(libc::major(dev)) << 20) | u64::from(libc::minor(dev));
-        let _ = self
-            .file
-            .set(Path::new(FUSECTL).join(id.to_string()).join("abort"));
+    /// The connection's number, as fusectl names it.
+    pub(crate) fn set_connection(&self, connection: u64) {
+        let _ = self.file.set(
+            Path::new(FUSECTL)
+                .join(connection.to_string())
+                .join("abort"),
+        );
     }
 
     /// Ends the connection; if that cannot be done, the process, which ends it too.
@@ -322,16 +322,6 @@ fn possible_cpus() -> io::Result<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_connection_is_named_as_fusectl_names_it() {
-        let abort = ConnectionAbort::default();
-        abort.set_device(libc::makedev(0, 300));
-        assert_eq!(
-            abort.file.get().unwrap(),
-            Path::new("/sys/fs/fuse/connections/300/abort")
-        );
-    }
 
     #[test]
     fn a_serving_thread_that_fails_or_panics_aborts_the_connection_and_one_that_ends_does_not() {
