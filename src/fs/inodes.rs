@@ -261,7 +261,7 @@ impl InodeTable {
             .tree_watch
             .as_ref()
             .filter(|_| inode.names_watched.load(Ordering::Acquire))
-            .and_then(TreeWatch::epoch);
+            .and_then(|watch| watch.epoch(inode.file_type == libc::S_IFDIR));
         if epoch.is_some_and(|epoch| inode.found_inside_in.load(Ordering::Acquire) == epoch) {
             return true;
         }
@@ -691,12 +691,19 @@ mod tests {
         assert_eq!(table.lookups(d), None);
     }
 
+    /// The epoch a directory's check is valid in.
+    fn dir_epoch(table: &InodeTable) -> u64 {
+        let watch = table.tree_watch.as_ref().expect("watched");
+        watch.epoch(true).expect("the watch is usable")
+    }
+
+    /// The epoch a file's check is valid in.
     fn epoch(table: &InodeTable) -> u64 {
         let watch = table
             .tree_watch
             .as_ref()
             .expect("the tests' temporary folder is on a local filesystem, which is watched");
-        watch.epoch().expect("the watch is usable")
+        watch.epoch(false).expect("the watch is usable")
     }
 
     #[test]
@@ -730,8 +737,20 @@ mod tests {
         std::fs::rename(dir.path().join("d/new"), dir.path().join("d/newer")).unwrap();
         let after_rename = epoch(&table);
         assert!(after_rename > trusted_in);
+        table.get(d).unwrap();
+        let dirs_epoch = dir_epoch(&table);
+        assert_eq!(
+            table
+                .get(d)
+                .unwrap()
+                .found_inside_in
+                .load(Ordering::Relaxed),
+            dirs_epoch
+        );
+        // An unlink ends the files' epoch only: a directory has no other name to be reached by.
         std::fs::remove_file(dir.path().join("d/newer")).unwrap();
         assert!(epoch(&table) > after_rename);
+        assert_eq!(dir_epoch(&table), dirs_epoch);
         let again = epoch(&table);
         table.get(f).unwrap();
         assert_eq!(

@@ -6,16 +6,17 @@
 //! the table knows: one of its own names, or the name of one of its ancestors, all of which
 //! are in the table. Every such directory is watched for `IN_MOVED_FROM`, `IN_MOVED_TO` and
 //! `IN_DELETE`; the kernel queues those events before the rename or unlink returns. Any event at
-//! all (those, an overflow, a watch dropped) starts a new epoch. An inode found inside the tree
-//! by the full check at one epoch is trusted, without a new check, while the epoch lasts;
-//! creates, writes and attribute changes do not end it.
+//! all (those, an overflow, a watch dropped) starts a new epoch; for directories, any but an
+//! unlink's (a directory has one name, and rmdir takes only an empty one). An inode found
+//! inside the tree by the full check in one epoch is trusted, without a new check, while the
+//! epoch lasts; creates, writes and attribute changes do not end it.
 //!
 //! Renames and unlinks through the mount end the epoch too (each costs one full check per inode
-//! used afterwards, as every request cost before). Inotify sees only changes made on this
-//! machine, so the watch is used only when the backing root is on a local filesystem; inodes
-//! reached through another mount below the root are always checked in full. So are inodes
-//! below a directory left unwatched because we already use our share (an eighth) of the
-//! user's inotify watches, which file managers and editors need too.
+//! used afterwards, as every request cost before; after an unlink, per file only). Inotify sees
+//! only changes made on this machine, so the watch is used only when the backing root is on a
+//! local filesystem; inodes reached through another mount below the root are always checked in
+//! full. So are inodes below a directory left unwatched because we already use our share (an
+//! eighth) of the user's inotify watches, which file managers and editors need too.
 
 use super::sys;
 use crate::log_limit::LogLimit;
@@ -41,8 +42,11 @@ const WATCHED: u32 = libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_DELETE |
 #[derive(Debug)]
 pub struct TreeWatch {
     inotify: OwnedFd,
-    /// Ends (goes up by one) whenever an event was read. Starts at 1: 0 means "never checked".
-    epoch: AtomicU64,
+    /// Epoch counters, each ending (going up by one) when events of its kind were read: `moves`
+    /// for any event but an unlink's, `changes` for any event. Both start at 1: 0 means "never
+    /// checked".
+    moves: AtomicU64,
+    changes: AtomicU64,
     /// Held while events are read and the epoch ended, so that a thread that finds no event
     /// to read also finds the epoch another thread ended for the events it read.
     reading: Mutex<()>,
@@ -75,7 +79,8 @@ impl TreeWatch {
         let watch = TreeWatch {
             // SAFETY: a successful inotify_init1 returned `fd`, which nothing else holds.
             inotify: unsafe { OwnedFd::from_raw_fd(fd) },
-            epoch: AtomicU64::new(1),
+            moves: AtomicU64::new(1),
+            changes: AtomicU64::new(1),
             reading: Mutex::new(()),
             usable: AtomicBool::new(true),
             watches: AtomicUsize::new(0),
@@ -123,16 +128,18 @@ impl TreeWatch {
         self.watches.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// The current epoch, after reading every event queued so far; `None` when the watch is
-    /// no longer usable.
-    pub fn epoch(&self) -> Option<u64> {
+    /// The current epoch for an inode of this kind (`is_dir`), after reading every event
+    /// queued so far; `None` when the watch is no longer usable. A directory's ends only with a
+    /// move (or an overflow, a dropped watch): an unlink takes out only the name's own inode,
+    /// which for a directory has no other name (and nothing below it) to be reached by.
+    pub fn epoch(&self, is_dir: bool) -> Option<u64> {
         if !self.usable.load(Ordering::Acquire) {
             return None;
         }
         let _reading = self.reading.lock().expect("tree watch lock");
         // Room for at least one event with the longest name.
         let mut events = [0u8; 4096];
-        let mut changed = false;
+        let (mut moved, mut changed) = (false, false);
         loop {
             // SAFETY: the descriptor is ours and `events` is writable for its whole length.
             let n = unsafe {
@@ -144,6 +151,7 @@ impl TreeWatch {
             };
             if n > 0 {
                 changed = true;
+                moved |= event_masks(&events[..n as usize]).any(|mask| mask & libc::IN_DELETE == 0);
                 continue;
             }
             let error = sys::last_errno();
@@ -160,10 +168,26 @@ impl TreeWatch {
             self.usable.store(false, Ordering::Release);
             return None;
         }
-        if changed {
-            Some(self.epoch.fetch_add(1, Ordering::AcqRel) + 1)
-        } else {
-            Some(self.epoch.load(Ordering::Acquire))
+        if moved {
+            self.moves.fetch_add(1, Ordering::AcqRel);
         }
+        if changed {
+            self.changes.fetch_add(1, Ordering::AcqRel);
+        }
+        let epoch = if is_dir { &self.moves } else { &self.changes };
+        Some(epoch.load(Ordering::Acquire))
     }
+}
+
+/// The masks of the inotify events in `events` (whole events, as one read returns them).
+fn event_masks(events: &[u8]) -> impl Iterator<Item = u32> + '_ {
+    const HEADER: usize = size_of::<libc::inotify_event>();
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        let header = events.get(offset..offset + HEADER)?;
+        let field = |at: usize| u32::from_ne_bytes(header[at..at + 4].try_into().expect("4 bytes"));
+        // wd, mask, cookie, len: the name's length follows the header.
+        offset += HEADER + field(12) as usize;
+        Some(field(4))
+    })
 }
