@@ -691,36 +691,35 @@ mod tests {
         assert_eq!(table.lookups(d), None);
     }
 
-    /// The epoch a directory's check is valid in.
-    fn dir_epoch(table: &InodeTable) -> u64 {
-        let watch = table.tree_watch.as_ref().expect("watched");
-        watch.epoch(true).expect("the watch is usable")
-    }
-
-    /// The epoch a file's check is valid in.
-    fn epoch(table: &InodeTable) -> u64 {
+    /// The epoch a check of a directory (`is_dir`) or of a file is valid in.
+    fn epoch(table: &InodeTable, is_dir: bool) -> u64 {
         let watch = table
             .tree_watch
             .as_ref()
             .expect("the tests' temporary folder is on a local filesystem, which is watched");
-        watch.epoch(false).expect("the watch is usable")
+        watch.epoch(is_dir).expect("the watch is usable")
+    }
+
+    /// The epoch in which `ino` was last found inside, after a use.
+    fn found_inside_in(table: &InodeTable, ino: u64) -> u64 {
+        let inode = table.get(ino).unwrap();
+        inode.found_inside_in.load(Ordering::Relaxed)
+    }
+
+    /// d and d/f of `table_with_tree`, each used once (so found inside).
+    fn used_d_and_f(table: &InodeTable) -> (u64, u64) {
+        let d = look(table, ROOT_INO, "d");
+        let f = look(table, d, "f");
+        table.get(f).unwrap();
+        (d, f)
     }
 
     #[test]
     fn an_inode_found_inside_is_trusted_until_a_rename_or_unlink_in_a_watched_directory() {
         let (dir, table) = table_with_tree();
-        let d = look(&table, ROOT_INO, "d");
-        let f = look(&table, d, "f");
-        table.get(f).unwrap();
-        let trusted_in = epoch(&table);
-        assert_eq!(
-            table
-                .get(f)
-                .unwrap()
-                .found_inside_in
-                .load(Ordering::Relaxed),
-            trusted_in
-        );
+        let (d, f) = used_d_and_f(&table);
+        let trusted_in = epoch(&table, false);
+        assert_eq!(found_inside_in(&table, f), trusted_in);
         // Creates, writes, attribute changes and links take nothing out: the epoch lasts.
         std::fs::write(dir.path().join("d/new"), b"y").unwrap();
         std::fs::write(dir.path().join("d/f"), b"xyz").unwrap();
@@ -731,36 +730,22 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )
         .unwrap();
-        assert_eq!(epoch(&table), trusted_in);
+        assert_eq!(epoch(&table, false), trusted_in);
         // A rename or an unlink in any watched directory ends it, and the next use checks
         // again.
         std::fs::rename(dir.path().join("d/new"), dir.path().join("d/newer")).unwrap();
-        let after_rename = epoch(&table);
+        let after_rename = epoch(&table, false);
         assert!(after_rename > trusted_in);
         table.get(d).unwrap();
-        let dirs_epoch = dir_epoch(&table);
-        assert_eq!(
-            table
-                .get(d)
-                .unwrap()
-                .found_inside_in
-                .load(Ordering::Relaxed),
-            dirs_epoch
-        );
+        let dirs_epoch = epoch(&table, true);
+        assert_eq!(found_inside_in(&table, d), dirs_epoch);
         // An unlink ends the files' epoch only: a directory has no other name to be reached by.
         std::fs::remove_file(dir.path().join("d/newer")).unwrap();
-        assert!(epoch(&table) > after_rename);
-        assert_eq!(dir_epoch(&table), dirs_epoch);
-        let again = epoch(&table);
+        assert!(epoch(&table, false) > after_rename);
+        assert_eq!(epoch(&table, true), dirs_epoch);
+        let again = epoch(&table, false);
         table.get(f).unwrap();
-        assert_eq!(
-            table
-                .get(f)
-                .unwrap()
-                .found_inside_in
-                .load(Ordering::Relaxed),
-            again
-        );
+        assert_eq!(found_inside_in(&table, f), again);
     }
 
     #[test]
@@ -772,7 +757,7 @@ mod tests {
         let b = look(&table, a, "b");
         let f = look(&table, b, "f");
         table.get(f).unwrap();
-        table.get(f).unwrap();
+        assert_eq!(found_inside_in(&table, f), epoch(&table, false));
         let away = tempfile::tempdir().unwrap();
         std::fs::rename(dir.path().join("a"), away.path().join("a")).unwrap();
         for ino in [a, b, f] {
@@ -787,10 +772,8 @@ mod tests {
     #[test]
     fn a_trusted_file_whose_only_inside_name_is_removed_outside_is_refused() {
         let (dir, table) = table_with_tree();
-        let d = look(&table, ROOT_INO, "d");
-        let f = look(&table, d, "f");
-        table.get(f).unwrap();
-        table.get(f).unwrap();
+        let (_, f) = used_d_and_f(&table);
+        assert_eq!(found_inside_in(&table, f), epoch(&table, false));
         let away = tempfile::tempdir().unwrap();
         std::fs::hard_link(dir.path().join("d/f"), away.path().join("f")).unwrap();
         std::fs::remove_file(dir.path().join("d/f")).unwrap();

@@ -108,10 +108,9 @@ impl TreeWatch {
             }
             return None;
         }
-        let path = sys::proc_fd_path(dir);
-        // SAFETY: the descriptor is open and `path` a NUL-terminated string; both outlive the call.
-        let wd =
-            unsafe { libc::inotify_add_watch(self.inotify.as_raw_fd(), path.as_ptr(), WATCHED) };
+        let (inotify, path) = (self.inotify.as_raw_fd(), sys::proc_fd_path(dir));
+        // SAFETY: both descriptors are open and `path` a NUL-terminated string; all outlive the call.
+        let wd = unsafe { libc::inotify_add_watch(inotify, path.as_ptr(), WATCHED) };
         if wd < 0 {
             self.watches.fetch_sub(1, Ordering::AcqRel);
             tracing::debug!(error = ?sys::last_errno(), "directory not watched");
