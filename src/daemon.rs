@@ -431,8 +431,7 @@ fn sync_threads_nice() -> libc::c_int {
 /// cycle they leave idle. Set absolutely: a thread started by a sync thread has inherited the
 /// lowered value already, and a relative step would lower it again.
 fn yield_to_filesystem_threads(nice: libc::c_int) {
-    // SAFETY: setpriority has no memory effects. (On Linux the nice value is per thread: `who`
-    // 0 is the calling thread.)
+    // SAFETY: setpriority has no memory effects. (On Linux the nice value is per thread: `who` 0 is the calling thread.)
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
         tracing::debug!(
             "could not lower the sync threads' priority: {}",

@@ -71,8 +71,7 @@ pub fn spawn(args: &MountArgs) -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    // SAFETY: between fork and exec only async-signal-safe calls run (setsid, fcntl). Clearing
-    // FD_CLOEXEC in the child alone passes the write end to the daemon and to no other process.
+    // SAFETY: between fork and exec only async-signal-safe calls run (setsid, fcntl). Clearing FD_CLOEXEC in the child alone passes the write end to the daemon and to no other process.
     unsafe {
         command.pre_exec(move || {
             if libc::setsid() == -1 || libc::fcntl(fd, libc::F_SETFD, 0) == -1 {

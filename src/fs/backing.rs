@@ -39,8 +39,7 @@ impl FuseDevice {
             flags: 0,
             padding: 0,
         };
-        // SAFETY: the request number encodes `BackingMap`'s size and the write direction, and
-        // `map` is a valid `BackingMap` that outlives the call.
+        // SAFETY: the request number encodes `BackingMap`'s size and the write direction, and `map` is a valid `BackingMap` that outlives the call.
         let id = unsafe {
             libc::ioctl(
                 self.0.as_raw_fd(),
@@ -74,8 +73,7 @@ impl BackingId {
 
 impl Drop for BackingId {
     fn drop(&mut self) {
-        // SAFETY: the request number encodes a u32 argument and the write direction; `self.id`
-        // outlives the call.
+        // SAFETY: the request number encodes a u32 argument and the write direction; `self.id` outlives the call.
         let closed = unsafe {
             libc::ioctl(
                 self.device.0.as_raw_fd(),

@@ -257,9 +257,7 @@ impl Filesystem for FuseAdapter {
                 fh,
                 backing_id: Some(id),
             }) => {
-                // SAFETY: `id` stays registered while the handle is open, and fuser's wrapper of
-                // it (used for the reply) is disarmed with `into_raw` before it could end the
-                // registration.
+                // SAFETY: `id` stays registered while the handle is open, and fuser's wrapper of it (used for the reply) is disarmed with `into_raw` before it could end the registration.
                 let wrapped = unsafe { reply.wrap_backing(id.raw()) };
                 reply.opened_passthrough(FileHandle(fh), kernel::PASSTHROUGH_OPEN_FLAGS, &wrapped);
                 wrapped.into_raw();
@@ -481,8 +479,7 @@ impl Filesystem for FuseAdapter {
         match result {
             Ok((attr, Opened { fh, backing_id })) => match backing_id {
                 Some(id) => {
-                    // SAFETY: `id` stays registered while the handle is open, and the wrapper
-                    // is disarmed with `into_raw` before it could end the registration.
+                    // SAFETY: `id` stays registered while the handle is open, and the wrapper is disarmed with `into_raw` before it could end the registration.
                     let wrapped = unsafe { reply.wrap_backing(id.raw()) };
                     reply.created_passthrough(
                         &TTL,

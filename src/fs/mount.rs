@@ -386,8 +386,7 @@ fn mount_with_fusermount(mountpoint: &Path, options: &[&str]) -> io::Result<Owne
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let keep_open_across_exec = move || {
-        // SAFETY: fcntl is async-signal-safe, and no memory is touched: the descriptor is one
-        // the child inherited from us, and only its flags change.
+        // SAFETY: fcntl is async-signal-safe, and no memory is touched: the descriptor is one the child inherited from us, and only its flags change.
         if unsafe { libc::fcntl(theirs_fd, libc::F_SETFD, 0) } == 0 {
             Ok(())
         } else {

@@ -643,8 +643,7 @@ pub fn recv_fd(socket: BorrowedFd<'_>) -> std::io::Result<Option<OwnedFd>> {
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control);
     let received = loop {
-        // SAFETY: recvmsg writes only within the buffers `msg` describes: `iov` and `control`,
-        // which live across the call, with their lengths.
+        // SAFETY: recvmsg writes only within the buffers `msg` describes: `iov` and `control`, which live across the call, with their lengths.
         let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
         match check(n) {
             Err(e) if e == Errno::EINTR => continue,

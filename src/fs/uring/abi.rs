@@ -513,8 +513,7 @@ pub(crate) fn read_struct<T: Copy>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < size_of::<T>() {
         return None;
     }
-    // SAFETY: `bytes` holds at least size_of::<T>() bytes, read_unaligned needs no alignment,
-    // and T (a struct of integers, as documented) is valid for any bit pattern.
+    // SAFETY: `bytes` holds at least size_of::<T>() bytes, read_unaligned needs no alignment, and T (a struct of integers, as documented) is valid for any bit pattern.
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
@@ -522,8 +521,7 @@ pub(crate) fn read_struct<T: Copy>(bytes: &[u8]) -> Option<T> {
 /// have no padding the compiler adds (their layout tests check the sizes), so every byte is
 /// initialised.
 pub(crate) fn struct_bytes<T: Copy>(value: &T) -> &[u8] {
-    // SAFETY: `value` is a live reference to size_of::<T>() bytes, all initialised for the
-    // padding-free ABI structs this is used with, and u8 has no alignment requirement.
+    // SAFETY: `value` is a live reference to size_of::<T>() bytes, all initialised for the padding-free ABI structs this is used with, and u8 has no alignment requirement.
     unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
 }
 

@@ -47,8 +47,7 @@ impl RingEntry {
 
 impl Drop for RingEntry {
     fn drop(&mut self) {
-        // SAFETY: both pointers come from `Box::into_raw` in `new` with these exact types and
-        // lengths, and the ring that could write to them is dropped before its entries are.
+        // SAFETY: both pointers come from `Box::into_raw` in `new` with these exact types and lengths, and the ring that could write to them is dropped before its entries are.
         unsafe {
             drop(Box::from_raw(self.header));
             drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(
@@ -86,21 +85,17 @@ fn register_command(device: RawFd, qid: u16, iovecs: *const libc::iovec) -> sque
         .cmd(command_area(qid, 0))
         .addr(Some(iovecs as u64))
         .build();
-    // SAFETY: `Entry128` is `#[repr(C)]`: the kernel's 64-byte `io_uring_sqe` then 64 bytes of
-    // command, all plain integers, so it and `[u8; 128]` have the same size and every byte
-    // pattern is valid for both. `len` is the u32 at offset 24 of `io_uring_sqe`.
+    // SAFETY: `Entry128` is `#[repr(C)]`: the kernel's 64-byte `io_uring_sqe` then 64 bytes of command, all plain integers, so it and `[u8; 128]` have the same size and every byte pattern is valid for both. `len` is the u32 at offset 24 of `io_uring_sqe`.
     let mut bytes: [u8; 128] = unsafe { std::mem::transmute(entry) };
     bytes[24..28].copy_from_slice(&2u32.to_ne_bytes());
-    // SAFETY: the bytes are an `Entry128` with only its `len` changed, and any bit pattern is a
-    // valid `Entry128` (a `#[repr(C)]` of plain integers, 128 bytes like the array).
+    // SAFETY: the bytes are an `Entry128` with only its `len` changed, and any bit pattern is a valid `Entry128` (a `#[repr(C)]` of plain integers, 128 bytes like the array).
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(bytes) }
 }
 
 /// Pins the calling thread to `cpu`; a CPU that is offline cannot be pinned to (and makes no
 /// requests), so that is only logged.
 fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays in bounds for cpu < 1024 and
-    // sched_setaffinity reads the set we pass by reference.
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays in bounds for cpu < 1024 and sched_setaffinity reads the set we pass by reference.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         if cpu < libc::CPU_SETSIZE as usize {
@@ -156,8 +151,7 @@ pub(crate) fn serve_queue(
     };
     for (index, iovec) in iovecs.iter().enumerate() {
         let sqe = register_command(device, qid, iovec.as_ptr()).user_data(index as u64);
-        // SAFETY: the iovecs and the buffers they name live until the ring is dropped (they
-        // were declared before it, so they are dropped after it).
+        // SAFETY: the iovecs and the buffers they name live until the ring is dropped (they were declared before it, so they are dropped after it).
         unsafe { ring.submission().push(&sqe) }.expect("queue depth fits the ring");
     }
     // A refused registration answers at once; an accepted one only when a request comes.
@@ -207,8 +201,7 @@ pub(crate) fn serve_queue(
 
 /// Serves the request in `entry` and writes the answer into it; returns its commit id.
 fn answer(entry: &RingEntry, dispatcher: &Dispatcher, out: &mut [u8]) -> u64 {
-    // SAFETY: the entry's completion was taken and it is not yet committed, so the kernel does
-    // not touch its buffers; nothing else refers to them.
+    // SAFETY: the entry's completion was taken and it is not yet committed, so the kernel does not touch its buffers; nothing else refers to them.
     let (header, payload) = unsafe {
         (
             &mut *entry.header,
