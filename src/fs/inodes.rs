@@ -135,6 +135,13 @@ struct Slots {
 }
 
 impl Slots {
+    /// Whether the directory `ino` has an inotify watch (`TreeWatch`).
+    fn is_watched(&self, ino: u64) -> bool {
+        self.by_ino
+            .get(&ino)
+            .is_some_and(|slot| slot.inode.watch.is_some())
+    }
+
     /// Closes `inode`'s held descriptor, if any (a handle using it keeps it open until done).
     fn close_fd(&self, inode: &InodeData) {
         if inode.fd.lock().expect("inode fd lock").take().is_some() {
@@ -415,10 +422,7 @@ impl InodeTable {
         } else {
             // A name in a watched directory; a directory is watched in turn if it is on the
             // root's filesystem (inotify may not see all of another one).
-            let names_watched = slots
-                .by_ino
-                .get(&parent)
-                .is_some_and(|slot| slot.inode.watch.is_some());
+            let names_watched = slots.is_watched(parent);
             let watch = match &self.tree_watch {
                 Some(tree)
                     if names_watched
@@ -544,10 +548,7 @@ impl InodeTable {
 }
 
 fn add_name(slots: &mut Slots, ino: u64, parent: u64, name: &OsStr) {
-    let parent_watched = slots
-        .by_ino
-        .get(&parent)
-        .is_some_and(|slot| slot.inode.watch.is_some());
+    let parent_watched = slots.is_watched(parent);
     let Some(slot) = slots.by_ino.get_mut(&ino) else {
         return;
     };
