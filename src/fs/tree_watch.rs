@@ -34,8 +34,9 @@ const LOCAL_FILESYSTEMS: [libc::c_long; 5] = [
     0xF2F5_2010, // f2fs
 ];
 
-/// Watches we allow ourselves whatever the user's limit.
-const MIN_WATCHES: usize = 1024;
+/// The watches we take when the user's limit cannot be read (an eighth of the kernel's
+/// smallest default, 8,192).
+const WATCHES_IF_LIMIT_UNKNOWN: usize = 1024;
 
 const WATCHED: u32 = libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_ONLYDIR;
 
@@ -87,7 +88,7 @@ impl TreeWatch {
             max_watches: std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
                 .ok()
                 .and_then(|limit| limit.trim().parse::<usize>().ok())
-                .map_or(MIN_WATCHES, |limit| (limit / 8).max(MIN_WATCHES)),
+                .map_or(WATCHES_IF_LIMIT_UNKNOWN, |limit| limit / 8),
         };
         let root_wd = watch.watch(root)?;
         Some((watch, root_wd))
