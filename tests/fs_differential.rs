@@ -275,6 +275,7 @@ fn sparse_seek_fallocate_copy(root: &Path, log: &mut Log) {
     let fd = posix::open(&root.join("sparse"), O_CREAT | O_RDWR, 0o644).unwrap();
     log.rec("write far", posix::pwrite(&fd, b"data", MIB));
     log.rec("write head", posix::pwrite(&fd, b"head", 0));
+    // SAFETY: no memory is passed; the descriptor is open.
     log.rec("fsync", unsafe { libc::fsync(fd.0) });
     log.rec("data at 0", posix::lseek(&fd, 0, libc::SEEK_DATA));
     log.rec("hole after head", posix::lseek(&fd, 0, libc::SEEK_HOLE));
@@ -310,6 +311,7 @@ fn mmap_and_held_descriptors(root: &Path, log: &mut Log) {
     let p = |name: &str| root.join(name);
     write_new(&p("m"), &[b'a'; 8192]).unwrap();
     let fd = posix::open(&p("m"), O_RDWR, 0).unwrap();
+    // SAFETY: a shared mapping of the file's first 8,192 bytes (the file has that many), checked for failure, used only as a slice of that length while mapped, and unmapped once.
     unsafe {
         let map = libc::mmap(
             std::ptr::null_mut(),
@@ -346,7 +348,9 @@ fn mmap_and_held_descriptors(root: &Path, log: &mut Log) {
     log.rec("unlink held", posix::unlink(&p("dd/h")));
     log.rec("write after unlink", posix::pwrite(&fd, b"three", 6));
     log.rec("read after unlink", posix::pread(&fd, 64, 0));
+    // SAFETY: libc::stat is plain integers, for which all-zero is a valid value.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a live stat for fstat to fill; the descriptor is open.
     log.rec("fstat", unsafe { libc::fstat(fd.0, &mut st) });
     log.rec("nlink", st.st_nlink);
     drop(fd);
@@ -446,6 +450,7 @@ fn content_changes_are_reported_once_per_dirty_period() {
 
         let fd = posix::open(&f, O_WRONLY | O_APPEND, 0).unwrap();
         posix::write(&fd, b" world").unwrap();
+        // SAFETY: no memory is passed; the new descriptor is owned by the `Fd` that closes it.
         drop(Fd(unsafe { libc::dup(fd.0) }));
         posix::write(&fd, b"!").unwrap();
         drop(fd);

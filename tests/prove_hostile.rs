@@ -316,6 +316,7 @@ impl Drop for Tmpfs {
 
 fn free_bytes(dir: &Path) -> u64 {
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: libc::statvfs is plain integers, for which all-zero is a valid value.
     let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and a statvfs to fill.
     assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stat) }, 0);

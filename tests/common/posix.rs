@@ -32,11 +32,13 @@ pub struct Fd(pub i32);
 
 impl Drop for Fd {
     fn drop(&mut self) {
+        // SAFETY: the descriptor is owned by this `Fd` and closed only here, once.
         unsafe { libc::close(self.0) };
     }
 }
 
 pub fn open(path: &Path, flags: i32, mode: u32) -> Result<Fd, i32> {
+    // SAFETY: the path is a NUL-terminated string that outlives the call; the new descriptor is owned by the returned `Fd`.
     let fd = unsafe { libc::open(c(path).as_ptr(), flags | libc::O_CLOEXEC, mode) };
     if fd < 0 {
         Err(errno())
@@ -51,15 +53,18 @@ pub fn touch(path: &Path, flags: i32, mode: u32) -> Outcome {
 }
 
 pub fn pwrite(fd: &Fd, data: &[u8], offset: i64) -> Outcome {
+    // SAFETY: `data` is valid for reads of its length for the call; the descriptor is open.
     outcome(unsafe { libc::pwrite(fd.0, data.as_ptr().cast(), data.len(), offset) } as i64)
 }
 
 pub fn write(fd: &Fd, data: &[u8]) -> Outcome {
+    // SAFETY: `data` is valid for reads of its length for the call; the descriptor is open.
     outcome(unsafe { libc::write(fd.0, data.as_ptr().cast(), data.len()) } as i64)
 }
 
 pub fn pread(fd: &Fd, len: usize, offset: i64) -> Result<Vec<u8>, i32> {
     let mut buf = vec![0u8; len];
+    // SAFETY: `buf` is valid for writes of `len` bytes for the call; the descriptor is open.
     let n = unsafe { libc::pread(fd.0, buf.as_mut_ptr().cast(), len, offset) };
     if n < 0 {
         return Err(errno());
@@ -83,14 +88,17 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, i32> {
 }
 
 pub fn truncate(path: &Path, len: i64) -> Outcome {
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
     outcome(unsafe { libc::truncate(c(path).as_ptr(), len) } as i64)
 }
 
 pub fn ftruncate(fd: &Fd, len: i64) -> Outcome {
+    // SAFETY: no memory is passed; the descriptor is open.
     outcome(unsafe { libc::ftruncate(fd.0, len) } as i64)
 }
 
 pub fn rename(from: &Path, to: &Path, flags: u32) -> Outcome {
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
     let ret = unsafe {
         libc::renameat2(
             libc::AT_FDCWD,
@@ -104,11 +112,13 @@ pub fn rename(from: &Path, to: &Path, flags: u32) -> Outcome {
 }
 
 pub fn link(from: &Path, to: &Path) -> Outcome {
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
     outcome(unsafe { libc::link(c(from).as_ptr(), c(to).as_ptr()) } as i64)
 }
 
 pub fn symlink(target: &OsStr, path: &Path) -> Outcome {
     let target = CString::new(target.as_bytes()).unwrap();
+    // SAFETY: both strings are NUL-terminated and outlive the call.
     outcome(unsafe { libc::symlink(target.as_ptr(), c(path).as_ptr()) } as i64)
 }
 
@@ -119,22 +129,27 @@ pub fn readlink(path: &Path) -> Result<OsString, i32> {
 }
 
 pub fn unlink(path: &Path) -> Outcome {
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
     outcome(unsafe { libc::unlink(c(path).as_ptr()) } as i64)
 }
 
 pub fn mkdir(path: &Path, mode: u32) -> Outcome {
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
     outcome(unsafe { libc::mkdir(c(path).as_ptr(), mode) } as i64)
 }
 
 pub fn rmdir(path: &Path) -> Outcome {
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
     outcome(unsafe { libc::rmdir(c(path).as_ptr()) } as i64)
 }
 
 pub fn mkfifo(path: &Path, mode: u32) -> Outcome {
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
     outcome(unsafe { libc::mkfifo(c(path).as_ptr(), mode) } as i64)
 }
 
 pub fn chmod(path: &Path, mode: u32) -> Outcome {
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
     outcome(unsafe { libc::chmod(c(path).as_ptr(), mode) } as i64)
 }
 
@@ -155,6 +170,7 @@ pub fn set_times(path: &Path, atime: Option<i64>, mtime: Option<i64>) -> Outcome
         },
     };
     let times = [spec(atime), spec(mtime)];
+    // SAFETY: the path is a NUL-terminated string that outlives the call, and `times` holds the two timespecs utimensat reads.
     outcome(unsafe {
         libc::utimensat(
             libc::AT_FDCWD,
@@ -167,6 +183,7 @@ pub fn set_times(path: &Path, atime: Option<i64>, mtime: Option<i64>) -> Outcome
 
 pub fn setxattr(path: &Path, name: &str, value: &[u8], flags: i32) -> Outcome {
     let name = CString::new(name).unwrap();
+    // SAFETY: path and name are NUL-terminated strings and `value` is valid for reads of its length; all outlive the call.
     outcome(unsafe {
         libc::lsetxattr(
             c(path).as_ptr(),
@@ -182,6 +199,7 @@ pub fn setxattr(path: &Path, name: &str, value: &[u8], flags: i32) -> Outcome {
 pub fn getxattr(path: &Path, name: &str, size: usize) -> Result<Vec<u8>, i32> {
     let name = CString::new(name).unwrap();
     let mut buf = vec![0u8; size];
+    // SAFETY: path and name are NUL-terminated strings and `buf` is valid for writes of `size` bytes; all outlive the call.
     let n = unsafe {
         libc::lgetxattr(
             c(path).as_ptr(),
@@ -202,12 +220,14 @@ pub fn getxattr(path: &Path, name: &str, size: usize) -> Result<Vec<u8>, i32> {
 
 pub fn removexattr(path: &Path, name: &str) -> Outcome {
     let name = CString::new(name).unwrap();
+    // SAFETY: path and name are NUL-terminated strings that outlive the call.
     outcome(unsafe { libc::lremovexattr(c(path).as_ptr(), name.as_ptr()) } as i64)
 }
 
 /// The names listed by llistxattr, sorted.
 pub fn listxattr(path: &Path) -> Result<Vec<String>, i32> {
     let mut buf = vec![0u8; 64 * 1024];
+    // SAFETY: the path is NUL-terminated and `buf` valid for writes of its length; both outlive the call.
     let n = unsafe { libc::llistxattr(c(path).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         return Err(errno());
@@ -222,10 +242,12 @@ pub fn listxattr(path: &Path) -> Result<Vec<String>, i32> {
 }
 
 pub fn lseek(fd: &Fd, offset: i64, whence: i32) -> Outcome {
+    // SAFETY: no memory is passed; the descriptor is open.
     outcome(unsafe { libc::lseek(fd.0, offset, whence) })
 }
 
 pub fn fallocate(fd: &Fd, mode: i32, offset: i64, len: i64) -> Outcome {
+    // SAFETY: no memory is passed; the descriptor is open.
     outcome(unsafe { libc::fallocate(fd.0, mode, offset, len) } as i64)
 }
 
@@ -238,6 +260,7 @@ pub fn copy_file_range(
 ) -> Outcome {
     let (mut from_offset, mut to_offset) = (from_offset, to_offset);
     outcome(
+        // SAFETY: both descriptors are open and the two offsets are live locals the call may update.
         unsafe { libc::copy_file_range(from.0, &mut from_offset, to.0, &mut to_offset, len, 0) }
             as i64,
     )
