@@ -361,6 +361,10 @@ fn write_status(status: &StatusReport, json: bool) -> anyhow::Result<()> {
     }
 }
 
+/// How often `status --wait` asks the daemon: a getxattr answered from memory, so often enough
+/// that the wait ends within a few milliseconds of the last send.
+const WAIT_POLL: Duration = Duration::from_millis(5);
+
 pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut status = read(&args.mountpoint)?;
@@ -384,7 +388,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
                     args.timeout
                 );
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(WAIT_POLL);
             status = read(&args.mountpoint)?;
         }
         if let Some(bar) = bar {
