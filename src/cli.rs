@@ -194,8 +194,10 @@ pub struct MountArgs {
     /// Quiet time after the last change to a path before it is sent.
     #[arg(long, env = "MAXLOFS_SETTLE_MS", default_value_t = 500)]
     pub settle_ms: u64,
-    /// Concurrent API requests.
-    #[arg(long, env = "MAXLOFS_CONCURRENCY", default_value_t = 8)]
+    /// Paths synced at once, each making one API request at a time (content PUTs are also
+    /// limited by --upload-concurrency). More paths than PUT slots keep the slots busy while
+    /// other paths hash, ask, register and create.
+    #[arg(long, env = "MAXLOFS_CONCURRENCY", default_value_t = 16)]
     pub concurrency: usize,
     /// Entries in the media_id LRU.
     #[arg(long, env = "MAXLOFS_CACHE_ENTRIES", default_value_t = 100_000)]
