@@ -1,8 +1,8 @@
 # Shared helpers of scripts/bench*.sh (sourced, not run). The caller sets `bin` (the release
 # maxlofs binary) and `work` (a scratch directory; `bench_work` makes one).
 
-# bench_work NAME: a scratch directory in $work, removed on exit with whatever is mounted at
-# $work/mnt* and the emulator started here.
+# bench_work NAME: a scratch directory in $work, removed on exit with whatever is mounted in it
+# and the emulator started here.
 bench_work() {
   work=$(mktemp -d "${BENCH_DIR:-/tmp}/maxlofs-bench-$1.XXXXXX")
   trap bench_cleanup EXIT
@@ -12,6 +12,8 @@ bench_cleanup() {
   # The emulator first: `wait` would otherwise wait for it forever.
   [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null || true
   wait 2>/dev/null || true
+  # Then the filesystems of fresh_fs, which the emulator's objects may be on.
+  for m in "$work"/*; do mountpoint -q "$m" && umount "$m"; done 2>/dev/null || true
   rm -rf "$work"
   [ -z "${uring_was:-}" ] || echo "$uring_was" >"$URING_SWITCH"
 }
@@ -29,17 +31,20 @@ uring_on_for_this_run() {
 # nice 10: it stands in for a remote service, whose work is not done on the user's CPUs, so it
 # takes only what the workload being measured leaves idle. `service_pin` (an array, empty by
 # default) prefixes its command, and `client_pin` that of `maxlofs mount`: `taskset -c N` gives
-# each CPUs of its own.
-service_pin=() client_pin=()
+# each CPUs of its own. `service_args` (an array) are more `maxlofs emulator` options.
+service_pin=() client_pin=() service_args=()
 start_emulator() {
-  if [ -n "${emulator_pid:-}" ]; then
-    kill "$emulator_pid" 2>/dev/null && wait "$emulator_pid" 2>/dev/null || true
-  fi
-  coproc EMULATOR { exec "${service_pin[@]}" nice -n 10 "$bin" emulator --listen 127.0.0.1:0 2>/dev/null; }
+  stop_emulator
+  coproc EMULATOR { exec "${service_pin[@]}" nice -n 10 "$bin" emulator --listen 127.0.0.1:0 "${service_args[@]}" 2>/dev/null; }
   emulator_pid=$EMULATOR_PID
   local line
   read -r line <&"${EMULATOR[0]}"
   api=${line#listening on }
+}
+stop_emulator() {
+  if [ -n "${emulator_pid:-}" ]; then
+    kill "$emulator_pid" 2>/dev/null && wait "$emulator_pid" 2>/dev/null || true
+  fi
 }
 
 # mount_maxlofs BACKING MNT STATE_DIR [MOUNT OPTIONS...]: the real `maxlofs mount` in the

@@ -14,6 +14,9 @@
 #    every byte, the object store) competes with the client's;
 #  - own-cpu: the emulator pinned to the last CPU and the client (curl, or the mount) to the
 #    others, as with a real service, whose work is done on its own machines.
+# Each emulator keeps its objects on a fresh ext4 filesystem of its own: on a long-used /tmp,
+# creating a file costs ext4 a scan past recently freed inodes, a quarter of the emulator's CPU and
+# the main source of run-to-run noise (the same for both sides, but not the same in every run).
 # Prints each side's MiB/s and the ratio maxlofs/curl (target >= 0.9) per placement.
 # Usage: [SIZE_MIB=1024] [FILES=1000] [SMALL_KIB=256] [ROUNDS=3] scripts/bench-upload.sh
 set -euo pipefail
@@ -44,10 +47,19 @@ import os
 for i in range($files):
     open(os.path.join('$work/small', f'f{i:04d}.jpg'), 'wb').write(os.urandom($small_kib * 1024))"
 
+# An emulator with an empty object store on a new filesystem (see above).
+start_fresh_emulator() {
+  stop_emulator
+  drop_fs "$work/objects"
+  fresh_fs "$work/objects" $((size_mib * 3 / 1024 + 2))
+  service_args=(--objects "$work/objects")
+  start_emulator
+}
+
 # One round of each: `took` is set to the seconds of the curl PUTs or of the mount, each against a
 # fresh emulator (run in this shell, not in $(...): the emulator must stay this shell's child).
 big_curl() {
-  start_emulator
+  start_fresh_emulator
   post multipart "$(cat "$work/multipart.json")" >"$work/urls.json"
   python3 - "$work/urls.json" "$work/parts" >"$work/curl-big.cfg" <<'PY'
 import json, sys
@@ -78,7 +90,7 @@ PY
   took=$(python3 -c "print($t1 - $t0)")
 }
 mount_once() { # mount_once FOLDER: seconds from the mount command to all sent
-  start_emulator
+  start_fresh_emulator
   rm -rf "$work/state"
   local t0 t1
   t0=$(now)
@@ -89,7 +101,7 @@ mount_once() { # mount_once FOLDER: seconds from the mount command to all sent
   took=$(python3 -c "print($t1 - $t0)")
 }
 small_curl() {
-  start_emulator
+  start_fresh_emulator
   post upload "$(python3 -c "import json; d=json.load(open('$work/files.json')); print(json.dumps({'file_list': [{k: f[k] for k in ('file_hash','file_size')} for f in d['file_list']]}))")" >"$work/upload.json"
   python3 - "$work/files.json" "$work/upload.json" "$work/small" >"$work/curl-small.cfg" <<'PY'
 import json, sys
