@@ -403,6 +403,46 @@ fn a_full_state_disk_delays_but_loses_nothing() {
     );
 }
 
+/// Inode numbers repeat across filesystems. A file held open for writing on BACKING's filesystem
+/// holds back no file of a filesystem mounted inside BACKING that has the same number: that one
+/// is sent once closed, while the first is still open.
+#[test]
+fn a_writer_holds_back_no_file_of_the_same_inode_number_on_another_filesystem() {
+    use std::os::unix::fs::MetadataExt;
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    // Two fresh tmpfs: each numbers its inodes from the same start.
+    let _outer = Tmpfs::mount(&mount.backing, "16m");
+    let _inner = Tmpfs::mount(&mount.backing.join("inner"), "16m");
+    if !mount.mount() {
+        return;
+    }
+    let mut held = std::fs::File::create(mount.path("held.log")).unwrap();
+    held.write_all(b"still being written").unwrap();
+    let held_ino = std::fs::metadata(mount.backing.join("held.log"))
+        .unwrap()
+        .ino();
+    let twin = (0..64)
+        .map(|i| format!("inner/f{i}.txt"))
+        .find(|name| {
+            std::fs::write(mount.path(name), name.as_bytes()).unwrap();
+            std::fs::metadata(mount.backing.join(name)).unwrap().ino() == held_ino
+        })
+        .expect("a file of the inner tmpfs with the held file's inode number");
+    eventually(&format!("{twin} reaches the catalog"), || {
+        live_catalog(&emulator).contains_key(twin.as_str())
+    });
+    assert!(
+        !live_catalog(&emulator).contains_key("held.log"),
+        "sent while open"
+    );
+    drop(held);
+    mount.wait_synced();
+    check_catalog(&emulator, &mount.backing);
+    assert!(mount.unmount().success());
+}
+
 /// A service that answers creates with garbage (truncated JSON, HTML, a body cut short, not HTTP
 /// at all, a 409 without a record): the daemon stays up, keeps the work pending with the last
 /// error in status, and unmounts on request; when the service answers properly again (same

@@ -1,6 +1,7 @@
 //! Open file and directory handles, and the rule that decides whether a handle changed content.
 
 use super::backing::BackingId;
+use super::writers::BackingInode;
 use fuser::Errno;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -111,8 +112,8 @@ impl ChangeTracker {
 #[derive(Debug)]
 pub struct OpenFile {
     pub ino: u64,
-    /// The backing file's `st_ino`, under which the writers of the file are counted.
-    pub backing_ino: u64,
+    /// The backing file's inode, under which the writers of the file are counted.
+    pub backing_inode: BackingInode,
     /// The backing file opened with the caller's flags: daemon I/O, fsync, fallocate, lseek,
     /// copy_file_range and the fstat for change detection.
     pub fd: OwnedFd,

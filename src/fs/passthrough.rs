@@ -385,7 +385,7 @@ impl Passthrough {
         let handle = self.files.remove(fh)?;
         let changed = self.content_changed(&handle);
         if handle.tracker.is_some() {
-            self.writers.closed(handle.backing_ino, |last| {
+            self.writers.closed(handle.backing_inode, |last| {
                 if changed {
                     self.emit_for(handle.ino, |path, ino| Event::ContentChanged { path, ino });
                 } else if last {
@@ -720,11 +720,11 @@ impl Passthrough {
             None
         };
         if tracker.is_some() {
-            self.writers.opened(st.st_ino);
+            self.writers.opened((st.st_dev, st.st_ino));
         }
         let fh = self.files.insert(OpenFile {
             ino,
-            backing_ino: st.st_ino,
+            backing_inode: (st.st_dev, st.st_ino),
             fd,
             _backing_id: backing_id.clone(),
             tracker,

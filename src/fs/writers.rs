@@ -6,44 +6,48 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// A backing inode as `(st_dev, st_ino)`: inode numbers repeat across filesystems, and BACKING
+/// may hold mounts of others.
+pub type BackingInode = (u64, u64);
+
 #[derive(Default)]
 pub struct OpenWriters {
-    /// Backing `st_ino` → handles open for writing.
-    counts: Mutex<HashMap<u64, usize>>,
+    /// Backing inode → handles open for writing.
+    counts: Mutex<HashMap<BackingInode, usize>>,
 }
 
 impl OpenWriters {
-    pub fn opened(&self, backing_ino: u64) {
+    pub fn opened(&self, inode: BackingInode) {
         *self
             .counts
             .lock()
             .expect("writers lock")
-            .entry(backing_ino)
+            .entry(inode)
             .or_default() += 1;
     }
 
-    /// One writer of `backing_ino` closed; `report(last)` runs under the lock (it must only queue
-    /// an event), with `last` true when no writer is left.
-    pub fn closed(&self, backing_ino: u64, report: impl FnOnce(bool)) {
+    /// One writer of `inode` closed; `report(last)` runs under the lock (it must only queue an
+    /// event), with `last` true when no writer is left.
+    pub fn closed(&self, inode: BackingInode, report: impl FnOnce(bool)) {
         let mut counts = self.counts.lock().expect("writers lock");
-        let last = match counts.get_mut(&backing_ino) {
+        let last = match counts.get_mut(&inode) {
             Some(count) if *count > 1 => {
                 *count -= 1;
                 false
             }
             _ => {
-                counts.remove(&backing_ino);
+                counts.remove(&inode);
                 true
             }
         };
         report(last);
     }
 
-    pub fn is_open(&self, backing_ino: u64) -> bool {
+    pub fn is_open(&self, inode: BackingInode) -> bool {
         self.counts
             .lock()
             .expect("writers lock")
-            .contains_key(&backing_ino)
+            .contains_key(&inode)
     }
 
     /// How many files are open for writing.
@@ -59,15 +63,23 @@ mod tests {
     #[test]
     fn the_last_close_is_reported_as_last() {
         let writers = OpenWriters::default();
-        writers.opened(7);
-        writers.opened(7);
-        writers.opened(8);
+        writers.opened((1, 7));
+        writers.opened((1, 7));
+        writers.opened((1, 8));
         assert_eq!(writers.count(), 2);
         let mut seen = Vec::new();
-        writers.closed(7, |last| seen.push(last));
-        assert!(writers.is_open(7));
-        writers.closed(7, |last| seen.push(last));
-        assert!(!writers.is_open(7) && writers.is_open(8));
+        writers.closed((1, 7), |last| seen.push(last));
+        assert!(writers.is_open((1, 7)));
+        writers.closed((1, 7), |last| seen.push(last));
+        assert!(!writers.is_open((1, 7)) && writers.is_open((1, 8)));
         assert_eq!(seen, [false, true]);
+    }
+
+    /// The same inode number on another filesystem (a mount inside BACKING) is another file.
+    #[test]
+    fn a_writer_holds_only_its_own_filesystems_inode() {
+        let writers = OpenWriters::default();
+        writers.opened((1, 7));
+        assert!(writers.is_open((1, 7)) && !writers.is_open((2, 7)));
     }
 }

@@ -152,6 +152,7 @@ mod tests {
 
     fn stat() -> FileStat {
         FileStat {
+            dev: 1,
             ino: 5,
             size: 3,
             mtime_ns: 100,

@@ -22,7 +22,7 @@ use super::failure::Verdict;
 use super::hash_cache::{HashBudget, HashCache};
 use super::ignore::IgnoreRules;
 use super::index::Index;
-use super::local::{Backing, Observed};
+use super::local::{Backing, FileStat, Observed};
 use super::queue::{Finish, Hint, WorkQueue};
 use super::upload::{UploadConfig, Uploads};
 use crate::api::{GrantId, MediaApi};
@@ -367,17 +367,19 @@ impl Engine {
         }
     }
 
-    /// Whether a writer holds inode `ino`; if so, `path` is marked again at its next change or
-    /// close. The path is noted before the writers are asked: a close in between marks it once
-    /// more than needed, never not at all.
-    pub(super) fn held_by_writer(&self, ino: u64, path: &Path) -> bool {
+    /// Whether a writer holds the file `stat` describes; if so, `path` is marked again at the next
+    /// change or close of an inode of its number (events name no device: one of another
+    /// filesystem marks it once more than needed). The path is noted before the writers are
+    /// asked: a close in between marks it once more than needed, never not at all.
+    pub(super) fn held_by_writer(&self, stat: &FileStat, path: &Path) -> bool {
+        let ino = stat.ino;
         self.waiting_for_writers
             .lock()
             .unwrap()
             .entry(ino)
             .or_default()
             .insert(path.to_path_buf());
-        if self.writers.is_open(ino) {
+        if self.writers.is_open((stat.dev, ino)) {
             return true;
         }
         let mut waiting = self.waiting_for_writers.lock().unwrap();

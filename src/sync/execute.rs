@@ -135,8 +135,7 @@ impl Engine {
             }
             _ => Local::Absent,
         };
-        let writing =
-            matches!(&local, Local::File { stat, .. } if self.held_by_writer(stat.ino, path));
+        let writing = matches!(&local, Local::File { stat, .. } if self.held_by_writer(stat, path));
         let entry = self.index.get(&key)?;
         // A path with an entry has no unsure note that could change the decision.
         let unsure = match entry {

@@ -115,6 +115,7 @@ mod tests {
 
     fn stat(ino: u64, size: u64) -> FileStat {
         FileStat {
+            dev: 1,
             ino,
             size,
             mtime_ns: 1,

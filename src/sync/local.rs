@@ -21,6 +21,7 @@ pub struct Backing {
 /// The identity and times of a regular file, as `stat` shows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileStat {
+    pub dev: u64,
     pub ino: u64,
     pub size: u64,
     pub mtime_ns: i64,
@@ -30,6 +31,7 @@ pub struct FileStat {
 impl FileStat {
     pub fn from_metadata(meta: &std::fs::Metadata) -> Self {
         FileStat {
+            dev: meta.dev(),
             ino: meta.ino(),
             size: meta.size(),
             mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),

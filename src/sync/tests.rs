@@ -213,6 +213,11 @@ impl Rig {
         std::fs::metadata(self.path("").join(rel)).unwrap().ino()
     }
 
+    fn dev(&self, rel: impl AsRef<Path>) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.path("").join(rel)).unwrap().dev()
+    }
+
     async fn settled(&self) {
         let wait = async {
             loop {
@@ -600,8 +605,9 @@ async fn a_file_open_for_writing_is_sent_only_after_its_last_writer_closes() {
     let rig = Rig::new();
     std::fs::write(rig.path("rec.wav"), b"first second").unwrap();
     let ino = rig.ino("rec.wav");
-    rig.writers.opened(ino);
-    rig.writers.opened(ino);
+    let inode = (rig.dev("rec.wav"), ino);
+    rig.writers.opened(inode);
+    rig.writers.opened(inode);
     rig.sink.send(Event::Created {
         path: "rec.wav".into(),
     });
@@ -614,7 +620,7 @@ async fn a_file_open_for_writing_is_sent_only_after_its_last_writer_closes() {
     assert_eq!(rig.all_calls(), 0, "sent while open");
     // One of two writers closes after a change: still open.
     std::fs::write(rig.path("rec.wav"), b"first second third").unwrap();
-    rig.writers.closed(ino, |last| {
+    rig.writers.closed(inode, |last| {
         assert!(!last);
         rig.sink.send(Event::ContentChanged {
             path: "rec.wav".into(),
@@ -624,7 +630,7 @@ async fn a_file_open_for_writing_is_sent_only_after_its_last_writer_closes() {
     tokio::time::sleep(SETTLE * 5).await;
     rig.settled().await;
     assert_eq!(rig.all_calls(), 0, "sent while one writer is left");
-    rig.writers.closed(ino, |last| {
+    rig.writers.closed(inode, |last| {
         assert!(last);
         rig.sink.send(Event::WriterClosed {
             path: "rec.wav".into(),
