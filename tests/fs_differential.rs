@@ -506,6 +506,37 @@ fn content_changes_are_reported_once_per_dirty_period() {
     }
 }
 
+/// A file unlinked while open for writing: its writers' last close has no path to report, and
+/// says so by inode (`WriterGone`), written to or not, so that no wait for it is left behind.
+#[test]
+fn the_last_close_of_a_file_unlinked_while_open_is_reported_by_inode() {
+    let Some(mount) = mount_or_skip("writer_gone") else {
+        return;
+    };
+    let p = |name: &str| mount.mountpoint.join(name);
+    for (name, writes) in [("written.tmp", true), ("untouched.tmp", false)] {
+        let fd = posix::open(&p(name), O_CREAT | O_EXCL | O_RDWR, 0o600).unwrap();
+        let ino = ino_of(&p(name));
+        posix::unlink(&p(name)).unwrap();
+        if writes {
+            posix::write(&fd, b"scratch").unwrap();
+        }
+        drop(fd);
+        assert_eq!(
+            mount.events.take_settled(),
+            vec![
+                Event::Created { path: path(name) },
+                Event::Removed {
+                    path: path(name),
+                    is_dir: false
+                },
+                Event::WriterGone { ino },
+            ],
+            "{name}"
+        );
+    }
+}
+
 #[test]
 fn namespace_changes_are_reported() {
     let Some(mount) = mount_or_skip("namespace_changes") else {

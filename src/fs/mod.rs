@@ -36,6 +36,10 @@ pub enum Event {
     /// The last handle open for writing was released without a change since the last report
     /// (`ino` as for `ContentChanged`): the file may now be sent.
     WriterClosed { path: PathBuf, ino: u64 },
+    /// The last writer of backing inode `ino` (its `st_ino`) closed when the inode had no name
+    /// left (unlinked, or replaced by a rename, while open): nothing is to be sent for it, and
+    /// whatever waited for its close stops waiting.
+    WriterGone { ino: u64 },
     /// Times were set (utimensat) without a content change (`ino` as for `ContentChanged`).
     TimesSet { path: PathBuf, ino: u64 },
     /// `path` was unlinked (or removed with rmdir when `is_dir`).

@@ -386,10 +386,14 @@ impl Passthrough {
         let changed = self.content_changed(&handle);
         if handle.tracker.is_some() {
             self.writers.closed(handle.backing_inode, |last| {
-                if changed {
-                    self.emit_for(handle.ino, |path, ino| Event::ContentChanged { path, ino });
-                } else if last {
-                    self.emit_for(handle.ino, |path, ino| Event::WriterClosed { path, ino });
+                let named = if changed {
+                    self.emit_for(handle.ino, |path, ino| Event::ContentChanged { path, ino })
+                } else {
+                    last && self.emit_for(handle.ino, |path, ino| Event::WriterClosed { path, ino })
+                };
+                if last && !named {
+                    let (_, ino) = handle.backing_inode;
+                    self.emit(Event::WriterGone { ino });
                 }
             });
         }
@@ -833,11 +837,18 @@ impl Passthrough {
         }
     }
 
-    /// An event about inode `ino`, given its current path and backing `st_ino`.
-    fn emit_for(&self, ino: u64, event: impl FnOnce(PathBuf, u64) -> Event) {
+    /// An event about inode `ino`, given its current path and backing `st_ino`. False when the
+    /// inode has no known path (unlinked?) and nothing was sent.
+    fn emit_for(&self, ino: u64, event: impl FnOnce(PathBuf, u64) -> Event) -> bool {
         match self.inodes.path_and_backing_ino(ino) {
-            Some((path, backing_ino)) => self.emit(event(path, backing_ino)),
-            None => tracing::debug!(ino, "no path known (unlinked?); event dropped"),
+            Some((path, backing_ino)) => {
+                self.emit(event(path, backing_ino));
+                true
+            }
+            None => {
+                tracing::debug!(ino, "no path known (unlinked?); event dropped");
+                false
+            }
         }
     }
 }

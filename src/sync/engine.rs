@@ -334,6 +334,9 @@ impl Engine {
                 self.mark_waiting(ino, Hint::Meta);
                 self.queue.mark(&path, Hint::Meta);
             }
+            // The paths that waited for it are looked at again (they show another file now, or
+            // none): a wait that nothing would end is not kept.
+            Event::WriterGone { ino } => self.mark_waiting(ino, Hint::Meta),
             Event::TimesSet { path, ino } => {
                 self.mark_other_links(ino, Hint::Meta);
                 self.queue.mark(&path, Hint::Meta);
@@ -390,6 +393,12 @@ impl Engine {
             }
         }
         false
+    }
+
+    /// Inodes whose writers some path waits for.
+    #[cfg(test)]
+    pub(super) fn inodes_waited_for(&self) -> usize {
+        self.waiting_for_writers.lock().unwrap().len()
     }
 
     fn mark_other_links(&self, ino: u64, hint: Hint) {

@@ -645,6 +645,41 @@ async fn a_file_open_for_writing_is_sent_only_after_its_last_writer_closes() {
     );
 }
 
+/// A file unlinked while a writer holds it: the writer's close names no path, and the wait for
+/// it ends all the same (a temporary file created, unlinked and written, as many programs do,
+/// must leave nothing behind in the engine).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_a_writer_of_a_file_unlinked_while_open_ends_at_its_close() {
+    let rig = Rig::new();
+    std::fs::write(rig.path("scratch.tmp"), b"being written").unwrap();
+    let ino = rig.ino("scratch.tmp");
+    let inode = (rig.dev("scratch.tmp"), ino);
+    rig.writers.opened(inode);
+    rig.sink.send(Event::Created {
+        path: "scratch.tmp".into(),
+    });
+    tokio::time::sleep(SETTLE * 5).await;
+    rig.settled().await;
+    assert_eq!(
+        rig.engine.inodes_waited_for(),
+        1,
+        "the look waits for the writer"
+    );
+    std::fs::remove_file(rig.path("scratch.tmp")).unwrap();
+    rig.sink.send(Event::Removed {
+        path: "scratch.tmp".into(),
+        is_dir: false,
+    });
+    rig.settled().await;
+    rig.writers.closed(inode, |last| {
+        assert!(last);
+        rig.sink.send(Event::WriterGone { ino });
+    });
+    rig.settled().await;
+    assert_eq!(rig.engine.inodes_waited_for(), 0);
+    assert_eq!(rig.all_calls(), 0, "nothing to send for a file gone");
+}
+
 /// Under a service that merges parallel creates, a create of a deleted record's path undeletes
 /// it: a delete whose answer is lost must be retried as a delete, never a create.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
