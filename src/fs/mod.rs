@@ -36,9 +36,9 @@ pub enum Event {
     /// The last handle open for writing was released without a change since the last report
     /// (`ino` as for `ContentChanged`): the file may now be sent.
     WriterClosed { path: PathBuf, ino: u64 },
-    /// The last writer of backing inode `ino` (its `st_ino`) closed when the inode had no name
-    /// left (unlinked, or replaced by a rename, while open): nothing is to be sent for it, and
-    /// whatever waited for its close stops waiting.
+    /// The last writer of backing inode `ino` (its `st_ino`) closed when the mount knew no name
+    /// of it (unlinked, or replaced by a rename, while open). It may have been changed, and may
+    /// still have names the mount never saw; whatever waited for its close stops waiting.
     WriterGone { ino: u64 },
     /// Times were set (utimensat) without a content change (`ino` as for `ContentChanged`).
     TimesSet { path: PathBuf, ino: u64 },

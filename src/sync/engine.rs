@@ -334,9 +334,14 @@ impl Engine {
                 self.mark_waiting(ino, Hint::Meta);
                 self.queue.mark(&path, Hint::Meta);
             }
-            // The paths that waited for it are looked at again (they show another file now, or
-            // none): a wait that nothing would end is not kept.
-            Event::WriterGone { ino } => self.mark_waiting(ino, Hint::Meta),
+            // No name in the mount, but the inode may keep names the mount never saw (links made
+            // in BACKING directly), and its writers may have changed it: those are looked at as
+            // after a change. So are the paths that waited for it, so that no wait outlives it.
+            Event::WriterGone { ino } => {
+                self.hashes.lock().unwrap().changed(ino);
+                self.mark_other_links(ino, Hint::Content);
+                self.mark_waiting(ino, Hint::Content);
+            }
             Event::TimesSet { path, ino } => {
                 self.mark_other_links(ino, Hint::Meta);
                 self.queue.mark(&path, Hint::Meta);

@@ -680,6 +680,31 @@ async fn the_wait_for_a_writer_of_a_file_unlinked_while_open_ends_at_its_close()
     assert_eq!(rig.all_calls(), 0, "nothing to send for a file gone");
 }
 
+/// A file written through a name the mount then unlinked, while its other link (made in BACKING
+/// directly, so the mount never saw it) stays: the last close names no path, and the other
+/// link's record still follows the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_a_file_unlinked_while_open_reaches_its_other_links() {
+    let rig = Rig::new();
+    rig.write("a", b"before");
+    std::fs::hard_link(rig.path("a"), rig.path("b")).unwrap();
+    rig.sink.send(Event::Linked { path: "b".into() });
+    rig.settled().await;
+    let (ino, inode) = (rig.ino("a"), (rig.dev("a"), rig.ino("a")));
+    rig.writers.opened(inode);
+    rig.remove("a");
+    rig.settled().await;
+    std::fs::write(rig.path("b"), b"after").unwrap();
+    rig.writers.closed(inode, |last| {
+        assert!(last);
+        rig.sink.send(Event::WriterGone { ino });
+    });
+    rig.settled().await;
+    let live = rig.live();
+    assert!(!live.contains_key("a"));
+    assert_eq!(live["b"].file_hash, maxlo_hash(b"after"));
+}
+
 /// Under a service that merges parallel creates, a create of a deleted record's path undeletes
 /// it: a delete whose answer is lost must be retried as a delete, never a create.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
