@@ -213,9 +213,11 @@ impl Rig {
         std::fs::metadata(self.path("").join(rel)).unwrap().ino()
     }
 
-    fn dev(&self, rel: impl AsRef<Path>) -> u64 {
+    /// `(st_dev, st_ino)` of `rel`, as the filesystem counts its writers.
+    fn inode(&self, rel: impl AsRef<Path>) -> (u64, u64) {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(self.path("").join(rel)).unwrap().dev()
+        let meta = std::fs::metadata(self.path("").join(rel)).unwrap();
+        (meta.dev(), meta.ino())
     }
 
     async fn settled(&self) {
@@ -604,8 +606,8 @@ async fn ten_quick_saves_send_one_or_two_updates() {
 async fn a_file_open_for_writing_is_sent_only_after_its_last_writer_closes() {
     let rig = Rig::new();
     std::fs::write(rig.path("rec.wav"), b"first second").unwrap();
-    let ino = rig.ino("rec.wav");
-    let inode = (rig.dev("rec.wav"), ino);
+    let inode = rig.inode("rec.wav");
+    let ino = inode.1;
     rig.writers.opened(inode);
     rig.writers.opened(inode);
     rig.sink.send(Event::Created {
@@ -652,8 +654,8 @@ async fn a_file_open_for_writing_is_sent_only_after_its_last_writer_closes() {
 async fn the_wait_for_a_writer_of_a_file_unlinked_while_open_ends_at_its_close() {
     let rig = Rig::new();
     std::fs::write(rig.path("scratch.tmp"), b"being written").unwrap();
-    let ino = rig.ino("scratch.tmp");
-    let inode = (rig.dev("scratch.tmp"), ino);
+    let inode = rig.inode("scratch.tmp");
+    let ino = inode.1;
     rig.writers.opened(inode);
     rig.sink.send(Event::Created {
         path: "scratch.tmp".into(),
@@ -690,7 +692,8 @@ async fn a_change_to_a_file_unlinked_while_open_reaches_its_other_links() {
     std::fs::hard_link(rig.path("a"), rig.path("b")).unwrap();
     rig.sink.send(Event::Linked { path: "b".into() });
     rig.settled().await;
-    let (ino, inode) = (rig.ino("a"), (rig.dev("a"), rig.ino("a")));
+    let inode = rig.inode("a");
+    let ino = inode.1;
     rig.writers.opened(inode);
     rig.remove("a");
     rig.settled().await;
