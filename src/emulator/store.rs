@@ -215,29 +215,32 @@ impl Store {
         let state = validated(&media.state)?;
         self.write(|tx| {
             let existing = tx
-                .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM media WHERE grant_id = ?1 AND media_path = ?2"
-                ))?
-                .query_row(params![grant, media.media_path], record_from_row)
+                .query_row(
+                    &format!(
+                        "SELECT {RECORD_COLUMNS} FROM media WHERE grant_id = ?1 AND media_path = ?2"
+                    ),
+                    params![grant, media.media_path],
+                    record_from_row,
+                )
                 .optional()?;
             match existing {
                 None => {
-                    tx.prepare_cached(
+                    tx.execute(
                         "INSERT INTO media (grant_id, media_path, file_hash, file_size, ctime, \
                          mtime, last_updated_user_id, last_updated_device_id, last_updated) \
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )?
-                    .execute(params![
-                        grant,
-                        media.media_path,
-                        state.file_hash,
-                        state.file_size,
-                        state.ctime,
-                        state.mtime,
-                        caller.user_id,
-                        caller.device_id,
-                        now(),
-                    ])?;
+                        params![
+                            grant,
+                            media.media_path,
+                            state.file_hash,
+                            state.file_size,
+                            state.ctime,
+                            state.mtime,
+                            caller.user_id,
+                            caller.device_id,
+                            now(),
+                        ],
+                    )?;
                     Ok(CreateOutcome::Created(tx.last_insert_rowid()))
                 }
                 Some(record) if self.config.merge_parallel_creates => {
@@ -280,11 +283,11 @@ impl Store {
             if find_record(tx, grant, media_id)?.is_deleted {
                 return Ok(());
             }
-            tx.prepare_cached(
+            tx.execute(
                 "UPDATE media SET is_deleted = 1, last_updated = ?2, \
                  last_updated_user_id = ?3, last_updated_device_id = ?4 WHERE media_id = ?1",
-            )?
-            .execute(params![media_id, now(), caller.user_id, caller.device_id])?;
+                params![media_id, now(), caller.user_id, caller.device_id],
+            )?;
             Ok(())
         })
     }
@@ -360,8 +363,7 @@ impl Store {
         lock(&self.conn)
     }
 
-    /// Runs `body` in an immediate (write-locking) transaction, committed if it succeeds. Its
-    /// statements are `prepare_cached`: parsing the SQL anew was half of what a create cost.
+    /// Runs `body` in an immediate (write-locking) transaction, committed if it succeeds.
     fn write<T>(
         &self,
         body: impl FnOnce(&Transaction) -> Result<T, StoreError>,
@@ -454,10 +456,11 @@ fn find_record(
     grant: GrantId,
     media_id: MediaId,
 ) -> Result<MediaRecord, StoreError> {
-    tx.prepare_cached(&format!(
-        "SELECT {RECORD_COLUMNS} FROM media WHERE grant_id = ?1 AND media_id = ?2"
-    ))?
-    .query_row(params![grant, media_id], record_from_row)
+    tx.query_row(
+        &format!("SELECT {RECORD_COLUMNS} FROM media WHERE grant_id = ?1 AND media_id = ?2"),
+        params![grant, media_id],
+        record_from_row,
+    )
     .optional()?
     .ok_or(StoreError::MediaNotFound)
 }
@@ -469,21 +472,21 @@ fn write_state(
     state: &MediaState,
     caller: Caller,
 ) -> Result<(), StoreError> {
-    tx.prepare_cached(
+    tx.execute(
         "UPDATE media SET file_hash = ?2, file_size = ?3, ctime = ?4, mtime = ?5, \
          is_deleted = 0, last_updated = ?6, last_updated_user_id = ?7, \
          last_updated_device_id = ?8 WHERE media_id = ?1",
-    )?
-    .execute(params![
-        media_id,
-        state.file_hash,
-        state.file_size,
-        state.ctime,
-        state.mtime,
-        now(),
-        caller.user_id,
-        caller.device_id,
-    ])?;
+        params![
+            media_id,
+            state.file_hash,
+            state.file_size,
+            state.ctime,
+            state.mtime,
+            now(),
+            caller.user_id,
+            caller.device_id,
+        ],
+    )?;
     Ok(())
 }
 
