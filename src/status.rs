@@ -361,9 +361,19 @@ fn write_status(status: &StatusReport, json: bool) -> anyhow::Result<()> {
     }
 }
 
-/// How often `status --wait` asks the daemon: a getxattr answered from memory, so often enough
-/// that the wait ends within a few milliseconds of the last send.
-const WAIT_POLL: Duration = Duration::from_millis(5);
+/// How long `status --wait` sleeps before asking the daemon again. Each ask is a getxattr of up
+/// to `STATUS_JSON_BUDGET` of JSON: every 50 ms while much is left, so that an hours-long wait
+/// costs the daemon little, and every 5 ms once little is, so that the wait ends within a few
+/// milliseconds of the last send.
+fn wait_poll(status: &StatusReport) -> Duration {
+    const PATHS_FEW: usize = 256;
+    const BYTES_FEW: u64 = 64 << 20;
+    if status.pending + status.in_flight <= PATHS_FEW && status.upload_bytes_left <= BYTES_FEW {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(50)
+    }
+}
 
 pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
@@ -388,7 +398,7 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
                     args.timeout
                 );
             }
-            std::thread::sleep(WAIT_POLL);
+            std::thread::sleep(wait_poll(&status));
             status = read(&args.mountpoint)?;
         }
         if let Some(bar) = bar {
@@ -409,6 +419,25 @@ mod tests {
             r"a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"
         );
         assert_eq!(escaped("Café \"1\" l'été.jpg"), "Café \"1\" l'été.jpg");
+    }
+
+    #[test]
+    fn the_wait_asks_often_only_once_little_is_left() {
+        let left = |pending, in_flight, upload_bytes_left| StatusReport {
+            pending,
+            in_flight,
+            upload_bytes_left,
+            ..StatusReport::default()
+        };
+        let (often, seldom) = (Duration::from_millis(5), Duration::from_millis(50));
+        assert_eq!(wait_poll(&left(200, 16, 1 << 20)), often);
+        assert_eq!(wait_poll(&left(2_000, 16, 0)), seldom);
+        assert_eq!(
+            wait_poll(&left(0, 1, 900 << 20)),
+            seldom,
+            "one large file still going up"
+        );
+        assert_eq!(wait_poll(&left(0, 1, 10 << 20)), often);
     }
 
     /// Eleven paths of 4 KiB each (deeper than PATH_MAX, say) all show, with their file names.
