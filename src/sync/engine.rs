@@ -322,9 +322,7 @@ impl Engine {
             // `path` is where the inode was when the change was reported; it may be renamed or
             // replaced by now, so every indexed name of that inode is looked at too.
             Event::ContentChanged { path, ino } => {
-                self.hashes.lock().unwrap().changed(ino);
-                self.mark_other_links(ino, Hint::Content);
-                self.mark_waiting(ino, Hint::Content);
+                self.inode_changed(ino);
                 self.queue.mark(&path, Hint::Content);
             }
             // The last writer closed without a change since the last report: the look it was
@@ -337,11 +335,7 @@ impl Engine {
             // No name in the mount, but the inode may keep names the mount never saw (links made
             // in BACKING directly), and its writers may have changed it: those are looked at as
             // after a change. So are the paths that waited for it, so that no wait outlives it.
-            Event::WriterGone { ino } => {
-                self.hashes.lock().unwrap().changed(ino);
-                self.mark_other_links(ino, Hint::Content);
-                self.mark_waiting(ino, Hint::Content);
-            }
+            Event::WriterGone { ino } => self.inode_changed(ino),
             Event::TimesSet { path, ino } => {
                 self.mark_other_links(ino, Hint::Meta);
                 self.queue.mark(&path, Hint::Meta);
@@ -364,6 +358,14 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// The content of inode `ino` changed: its known hash is dropped, and its indexed names and
+    /// the paths that waited for its writers are marked.
+    fn inode_changed(&self, ino: u64) {
+        self.hashes.lock().unwrap().changed(ino);
+        self.mark_other_links(ino, Hint::Content);
+        self.mark_waiting(ino, Hint::Content);
     }
 
     /// Marks the paths that waited for a writer of `ino`. A path still held is noted again by
