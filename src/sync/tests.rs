@@ -209,8 +209,7 @@ impl Rig {
 
     /// The backing inode number of `rel`, as the filesystem reports it in events.
     fn ino(&self, rel: impl AsRef<Path>) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(self.path("").join(rel)).unwrap().ino()
+        self.inode(rel).1
     }
 
     /// `(st_dev, st_ino)` of `rel`, as the filesystem counts its writers.
