@@ -10,7 +10,7 @@ bench_work() {
 bench_cleanup() {
   for m in "$work"/mnt*; do mountpoint -q "$m" && umount "$m"; done 2>/dev/null || true
   # The emulator first: `wait` would otherwise wait for it forever.
-  [ -n "${emulator_pid:-}" ] && kill "$emulator_pid" 2>/dev/null || true
+  stop_emulator
   wait 2>/dev/null || true
   # Then the filesystems of fresh_fs, which the emulator's objects may be on.
   for m in "$work"/*; do mountpoint -q "$m" && umount "$m"; done 2>/dev/null || true
