@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Upload throughput against the emulator on loopback: the same bytes sent by `curl -T` to the
 # same emulator's signed URLs (the baseline: the PUTs, and for the large file the
-# multipart_complete that assembles it; URLs and part hashes fetched beforehand, not timed) and
-# through a maxlofs mount (the files already in BACKING when the mount starts;
-# timed from the mount command until `status --wait` says all is sent, so the mount's figure
+# multipart_complete that assembles it; URLs, part hashes and that call's body prepared
+# beforehand, not timed) and through a maxlofs mount (the files already in BACKING when the mount
+# starts; timed from the mount command until `status --wait` says all is sent, so the mount's figure
 # includes hashing every byte, the `upload`/`multipart`/`s3_object` calls and the records).
 #  1. one file of SIZE_MIB (default 1024): multipart, 8 MiB parts;
 #  2. FILES small files (default 1000) of SMALL_KIB (default 256): whole-object PUTs.
@@ -67,27 +67,36 @@ for part in json.load(open(sys.argv[1]))["signed_url_list"]:
     n = part["part_num"]
     print(f'upload-file = "{sys.argv[2]}/{n}"\nurl = "{part["url"]}"\noutput = "/dev/null"')
 PY
-  local t0 t1
+  # The multipart_complete body is built before the clock starts, from the ETags S3 answers
+  # (each part's MD5); after the clock, they are checked against those the PUTs returned.
+  python3 - "$work/multipart.json" "$work/urls.json" "$work/part-etags.json" >"$work/complete.json" <<'PY'
+import json, sys
+spec, urls, etags = (json.load(open(a)) for a in sys.argv[1:4])
+print(json.dumps({"device_session_key": "demo-device-key",
+                  "file_size": spec["file_size"], "file_hash": spec["file_hash"],
+                  "s3_bucket_id": "maxlo-emulator", "upload_id": urls["upload_id"],
+                  "part_list": [{"part_num": p["part_num"], "etag": etags[str(p["part_num"])]} for p in spec["part_list"]]}))
+PY
+  local t0 t_puts t1
   t0=$(now)
-  # Each part's ETag, by the part number that ends its URL's path.
   "${client_pin[@]}" nice -n 10 curl -sS --fail --no-progress-meter --parallel --parallel-max "$concurrency" \
     -K "$work/curl-big.cfg" -w '%{url} %header{etag}\n' >"$work/etags"
-  echo "curl: PUTs took $(python3 -c "print(f'{$(now) - $t0:.2f}')") s"
-  # The ETags, and the assembly maxlofs also waits for.
-  post multipart_complete "$(python3 - "$work/multipart.json" "$work/urls.json" "$work/etags" <<'PY'
-import json, sys
-spec, urls = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
-etags = {}
-for line in open(sys.argv[3]):
-    url, etag = line.split(" ", 1)
-    etags[int(url.split("?")[0].rsplit("/", 1)[1])] = etag.strip()
-print(json.dumps({"file_size": spec["file_size"], "file_hash": spec["file_hash"],
-                  "s3_bucket_id": "maxlo-emulator", "upload_id": urls["upload_id"],
-                  "part_list": [{"part_num": p["part_num"], "etag": etags[p["part_num"]]} for p in spec["part_list"]]}))
-PY
-)" >/dev/null
+  t_puts=$(now)
+  "${client_pin[@]}" nice -n 10 curl -fsS "$api/device/1/media_grant/1/multipart_complete" \
+    -H 'content-type: application/json' -d @"$work/complete.json" >/dev/null
   t1=$(now)
   took=$(python3 -c "print($t1 - $t0)")
+  echo "curl: PUTs took $(python3 -c "print(f'{$t_puts - $t0:.2f}')") s"
+  # Each part's ETag, by the part number that ends its URL's path, as the body above assumed.
+  python3 - "$work/etags" "$work/part-etags.json" <<'PY'
+import json, sys
+expected = json.load(open(sys.argv[2]))
+for line in open(sys.argv[1]):
+    url, etag = line.split(" ", 1)
+    n = url.split("?")[0].rsplit("/", 1)[1]
+    if etag.strip() != expected[n]:
+        sys.exit(f"part {n}: ETag {etag.strip()} where {expected[n]} was expected")
+PY
 }
 mount_once() { # mount_once FOLDER: seconds from the mount command to all sent
   start_fresh_emulator
@@ -118,15 +127,15 @@ PY
 best() { python3 -c "import sys; print(min(float(x) for x in sys.argv[1:]))" "$@"; }
 
 # The parts and their hashes as maxlofs would send them; the part files are the curl inputs.
-python3 - "$work/big/big.bin" "$work/parts" >"$work/multipart.json" <<'PY'
+python3 - "$work/big/big.bin" "$work/parts" "$work/part-etags.json" >"$work/multipart.json" <<'PY'
 import hashlib, json, os, sys
-path, out = sys.argv[1], sys.argv[2]
+path, out, etags_out = sys.argv[1], sys.argv[2], sys.argv[3]
 size = os.path.getsize(path)
 part = 8 << 20
 while -(-size // part) > 900:
     part *= 2
 os.makedirs(out)
-parts, digests = [], b""
+parts, digests, etags = [], b"", {}
 with open(path, "rb") as f:
     n = 0
     while chunk := f.read(part):
@@ -135,6 +144,8 @@ with open(path, "rb") as f:
         d = hashlib.sha256(chunk).digest()
         digests += d
         parts.append({"part_num": n, "part_size": len(chunk), "part_hash": d.hex()})
+        etags[n] = '"' + hashlib.md5(chunk).hexdigest() + '"'
+json.dump(etags, open(etags_out, "w"))
 print(json.dumps({"file_size": size, "file_hash": hashlib.sha256(digests).hexdigest(), "part_list": parts}))
 PY
 python3 - "$work/small" >"$work/files.json" <<'PY'
