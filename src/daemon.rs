@@ -205,9 +205,9 @@ enum ServiceCheck {
 /// be reached is only a warning.
 async fn check_service(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<ServiceCheck> {
     let offline = |why: &dyn std::fmt::Display| {
-        tracing::warn!(
+        crate::daemonize::warn_at_start(&format!(
             "the service cannot be reached ({why}); mounting offline, changes will be sent when it is back"
-        );
+        ));
         ServiceCheck::Offline
     };
     let check = async {
@@ -272,6 +272,12 @@ fn upload_config(
         None
     };
     if let Some(why) = why {
+        let records_only = format!("records only, no content is uploaded: {why}");
+        match args.no_upload {
+            true => tracing::info!("{records_only}"),
+            // Not what the user asked for: said where they look.
+            false => crate::daemonize::warn_at_start(&records_only),
+        }
         return Ok(UploadConfig::records_only(why));
     }
     let client = crate::api::content_client::ContentClient::new(api.clone())?;

@@ -5,9 +5,10 @@
 //! state inherited from the parent.
 //!
 //! The daemon reports on a pipe whose write end it inherits as the fd named by
-//! `MAXLOFS_READY_FD`: one line `ready` once mounted (`notify_ready`). End of file without that
-//! line means the daemon failed before mounting; the parent then prints what the daemon logged
-//! and fails too.
+//! `MAXLOFS_READY_FD`: one line `ready` once mounted (`notify_ready`), after any `warning: `
+//! lines (`warn_at_start`), which the parent prints on its stderr. End of file without `ready`
+//! means the daemon failed before mounting; the parent then prints what the daemon logged and
+//! fails too.
 //!
 //! Under systemd (a `Type=notify` service running `maxlofs mount --foreground`), the mount
 //! reports itself ready to systemd instead, as `READY=1` on `$NOTIFY_SOCKET`.
@@ -84,12 +85,20 @@ pub fn spawn(args: &MountArgs) -> anyhow::Result<()> {
     // Now only the daemon holds the write end: its exit is our end of file.
     drop(writer);
 
+    let mut ready = BufReader::new(ready);
     let mut line = String::new();
-    BufReader::new(ready)
-        .read_line(&mut line)
-        .context("waiting for the daemon")?;
-    if line == "ready\n" {
-        return Ok(());
+    loop {
+        line.clear();
+        ready
+            .read_line(&mut line)
+            .context("waiting for the daemon")?;
+        if line == "ready\n" {
+            return Ok(());
+        }
+        match line.strip_prefix(WARNING) {
+            Some(warning) => eprint!("maxlofs: warning: {warning}"),
+            None => break,
+        }
     }
     let status = daemon.wait()?;
     eprint!("{}", tail(&log_path, start, TAIL_LINES));
@@ -122,6 +131,27 @@ pub fn claim_ready_fd() {
     }
     // SAFETY: the fd is open, and the parent passed it to this process for this use alone.
     *lock(&READY) = Some(unsafe { File::from_raw_fd(fd) });
+}
+
+/// How a warning line on the readiness pipe starts.
+const WARNING: &str = "warning: ";
+
+/// A warning for whoever starts the mount: logged, and in daemon mode also sent to the waiting
+/// `maxlofs mount`, which prints it on its stderr, where the user looks (the log file is not).
+/// For what the user must know at once: the mount works, but not as they may expect.
+pub fn warn_at_start(message: &str) {
+    tracing::warn!("{message}");
+    claim_ready_fd();
+    if let Some(pipe) = lock(&READY).as_mut() {
+        // One line of printable text: it may quote the service's words.
+        let line: String = message
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if let Err(err) = writeln!(pipe, "{WARNING}{line}") {
+            tracing::warn!("passing a warning to `maxlofs mount`: {err}");
+        }
+    }
 }
 
 /// Reports the mount live: to the waiting parent in daemon mode (`maxlofs mount` without

@@ -225,6 +225,70 @@ fn daemon_mode_fails_with_a_refused_key() {
     assert!(daemons(&site.mnt).is_empty(), "no daemon left behind");
 }
 
+/// What the mount cannot do as expected is said on the terminal of `maxlofs mount`, not only in
+/// the daemon's log file, where nobody looks at mount time.
+#[test]
+fn daemon_mode_prints_the_start_warnings_where_the_user_looks() {
+    if !fuse_available("daemon_mode_prints_the_start_warnings_where_the_user_looks") {
+        return;
+    }
+    // A service that is not there: mounted offline, and said so once.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    };
+    let site = Site::new("demo-device-key");
+    let mut flags = site.flags(&Emulator::start(&[]));
+    let api = flags.iter().position(|flag| flag == "--api").unwrap() + 1;
+    flags[api] = dead;
+    let out = site.mount_command().args(&flags).output().unwrap();
+    site.assert_mounted_by(&out);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        stderr
+            .matches("maxlofs: warning: the service cannot be reached")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("mounting offline"), "{stderr}");
+    assert!(
+        site.log_text().contains("mounting offline"),
+        "and in the log"
+    );
+    site.unmount();
+
+    // A device whose uploads the service disabled: records only, said so.
+    let emulator = Emulator::start(&["--device-upload-disabled"]);
+    let site = Site::new("demo-device-key");
+    let out = site
+        .mount_command()
+        .args(site.flags(&emulator))
+        .output()
+        .unwrap();
+    site.assert_mounted_by(&out);
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("maxlofs: warning: records only, no content is uploaded")
+            && stderr.contains("is_upload_disabled"),
+        "{stderr}"
+    );
+    site.assert_syncs(&emulator);
+    site.unmount();
+
+    // Nothing to warn of: nothing printed.
+    let emulator = Emulator::start(&[]);
+    let site = Site::new("demo-device-key");
+    let out = site
+        .mount_command()
+        .args(site.flags(&emulator))
+        .output()
+        .unwrap();
+    site.assert_mounted_by(&out);
+    assert_eq!(text(&out.stderr), "");
+    site.unmount();
+}
+
 #[test]
 fn mount_fuse3_runs_maxlofs_as_the_fuse_maxlofs_helper() {
     if !fuse_available("mount_fuse3_runs_maxlofs_as_the_fuse_maxlofs_helper") {

@@ -128,9 +128,6 @@ pub(super) struct Uploads {
 
 impl Uploads {
     pub(super) fn new(config: &UploadConfig) -> Uploads {
-        if let Some(why) = &config.records_only {
-            tracing::warn!("records only, no content is uploaded: {why}");
-        }
         Uploads {
             api: config.api.clone(),
             records_only: config.records_only.clone(),
