@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -155,6 +156,53 @@ fn a_file_changed_while_it_is_uploaded_ends_with_its_final_content() {
         1,
         "the first content never completed"
     );
+}
+
+/// An upload takes a while; what the user does to the file meanwhile wins. A file deleted or
+/// renamed away while its content is sent never gets a record at its old path (not even one
+/// deleted right after), and the renamed file gets its record at the new path.
+#[test]
+fn a_file_deleted_or_renamed_while_it_is_uploaded_gets_no_record_at_its_old_path() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--upload-limit", "2M"]);
+    // Multipart, and whole objects: the bytes hashed and kept, and the file read again.
+    let files = [
+        ("deleted.mov", 20 * MIB),
+        ("moved.mov", 20 * MIB),
+        ("deleted.jpg", 200 * 1024),
+        ("moved.jpg", 3 * MIB),
+    ];
+    for (seed, (name, len)) in files.iter().enumerate() {
+        std::fs::write(mount.path(name), bytes(*len, 60 + seed as u64)).unwrap();
+    }
+    // At 2 MiB/s the 43 MiB take 20 s: once the first MiB is up, all are still on their way.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) < MIB as u64 {
+        assert!(Instant::now() < deadline, "the upload did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        emulator.records().is_empty(),
+        "no record before its content is up: {:?}",
+        emulator.records()
+    );
+    std::fs::remove_file(mount.path("deleted.mov")).unwrap();
+    std::fs::remove_file(mount.path("deleted.jpg")).unwrap();
+    std::fs::rename(mount.path("moved.mov"), mount.path("renamed.mov")).unwrap();
+    std::fs::rename(mount.path("moved.jpg"), mount.path("renamed.jpg")).unwrap();
+    mount.wait_synced_within(90);
+    let paths: Vec<String> = emulator
+        .records()
+        .iter()
+        .map(|record| record["media_path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        paths.iter().collect::<BTreeSet<_>>(),
+        BTreeSet::from([&"renamed.jpg".to_string(), &"renamed.mov".to_string()]),
+        "records ever made (deleted ones included)"
+    );
+    assert_eq!(emulator.calls("delete"), 0, "nothing to delete was made");
+    assert_content_matches(&emulator, &mount);
 }
 
 #[test]

@@ -209,6 +209,16 @@ impl Engine {
                 Action::Upload => {
                     let hash = hash.as_deref().expect("hashed before an upload");
                     content = self.wait(self.upload(path, *stat, hash, read.take()))?;
+                    // An upload takes seconds or hours: a file deleted, renamed away or changed
+                    // meanwhile gets no record of what it was (the content is up all the same,
+                    // and a new name of it finds it there). The event that did it has marked
+                    // the path; marking it again covers a change made outside the mount.
+                    let checked = checked.as_ref().expect("hashed before an upload");
+                    if !self.unchanged_since(path, stat, checked) {
+                        tracing::debug!("{key:?}: gone or changed while its content was sent");
+                        self.queue.mark(path, Hint::Content);
+                        return Ok(());
+                    }
                     continue;
                 }
                 Action::Remember { media_id } => media_id,
@@ -420,9 +430,7 @@ impl Engine {
             ino: stat.ino,
         };
         self.index.put(key, &entry)?;
-        let unchanged = self.still_as(path, &stat)
-            && self.hashes.lock().unwrap().stamp(stat.ino) == checked.stamp;
-        if !unchanged {
+        if !self.unchanged_since(path, &stat, &checked) {
             tracing::debug!("{key:?}: changed while it was sent; looking again");
             self.queue.mark(path, Hint::Content);
         }
@@ -491,6 +499,12 @@ impl Engine {
             }
             Err(err) => Err(Failure::Local(format!("reading: {err}"))),
         }
+    }
+
+    /// Whether the file at `path` is still the one a look hashed: as `stat` describes it, and no
+    /// content change of its inode reported since.
+    fn unchanged_since(&self, path: &Path, stat: &FileStat, checked: &Checked) -> bool {
+        self.still_as(path, stat) && self.hashes.lock().unwrap().stamp(stat.ino) == checked.stamp
     }
 
     /// Whether the file at `path` is still the one `stat` describes (same inode, size, mtime).

@@ -487,6 +487,53 @@ async fn a_file_changed_while_it_is_sent_ends_with_its_final_content() {
     rig.no_violations();
 }
 
+/// A file read again for its PUT (over the 1 MiB whose hashed bytes are kept) is removed while
+/// its content is sent: the content goes up, but no record is made of a file that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_removed_while_it_is_sent_gets_no_record() {
+    let rig = ContentRig::new();
+    let content = pattern(2_000_000, 7);
+    rig.rig.write("a", &content);
+    let (path, sink) = (rig.rig.path("a"), rig.rig.sink.clone());
+    *rig.objects.before_put.lock().unwrap() = Some(Box::new(move || {
+        std::fs::remove_file(&path).unwrap();
+        sink.send(Event::Removed {
+            path: "a".into(),
+            is_dir: false,
+        });
+    }));
+    rig.rig.settled().await;
+    assert!(rig.objects.holds(&maxlo_hash(&content)));
+    assert_eq!(rig.rig.calls(Call::Create), 0);
+    assert_eq!(rig.rig.calls(Call::Delete), 0);
+    rig.no_violations();
+}
+
+/// Renamed while its content is sent: one record, at the new name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_renamed_while_it_is_sent_gets_its_one_record_at_the_new_name() {
+    let rig = ContentRig::new();
+    let content = pattern(2_000_000, 8);
+    rig.rig.write("a", &content);
+    let (from, to, sink) = (rig.rig.path("a"), rig.rig.path("b"), rig.rig.sink.clone());
+    *rig.objects.before_put.lock().unwrap() = Some(Box::new(move || {
+        std::fs::rename(&from, &to).unwrap();
+        sink.send(Event::Renamed {
+            from: "a".into(),
+            to: "b".into(),
+            is_dir: false,
+        });
+    }));
+    rig.rig.settled().await;
+    let live = rig.rig.live();
+    assert_eq!(live.keys().collect::<Vec<_>>(), ["b"]);
+    assert_eq!(live["b"].file_hash, maxlo_hash(&content));
+    assert_eq!(rig.rig.calls(Call::Create), 1);
+    assert_eq!(rig.rig.calls(Call::Delete), 0);
+    assert_eq!(rig.objects.puts(), 1, "sent once");
+    rig.no_violations();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_disabled_by_the_service_still_send_records_and_say_so() {
     let rig = ContentRig::new();
