@@ -508,7 +508,7 @@ impl Engine {
     }
 
     /// Whether the file at `path` is still the one `stat` describes (same inode, size, mtime).
-    pub(super) fn still_as(&self, path: &Path, stat: &FileStat) -> bool {
+    fn still_as(&self, path: &Path, stat: &FileStat) -> bool {
         matches!(
             self.backing.observe(path),
             Ok(Observed::File(now)) if content_key(&now) == content_key(stat)

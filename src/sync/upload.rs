@@ -559,13 +559,11 @@ impl Engine {
         match read.bytes {
             Some(bytes) => {
                 let kept = Origin::Kept(bytes);
+                // The bytes sent are those hashed: the object is the hash's content whatever
+                // the file holds by now (renamed, it is still wanted); the look checks the
+                // file before it makes a record, as for a file read again below.
                 self.put(api, &target, kept, 0, size, Vec::new(), &tally, step)
                     .await?;
-                // The bytes sent are those hashed; a file changed since is not registered
-                // but looked at again, as one changed while read would be.
-                if !self.still_as(path, &stat) {
-                    return Err(changed());
-                }
             }
             None => {
                 let open = self.open_unchanged(path, stat).await?;
