@@ -176,11 +176,7 @@ fn a_file_deleted_or_renamed_while_it_is_uploaded_gets_no_record_at_its_old_path
         std::fs::write(mount.path(name), bytes(*len, 60 + seed as u64)).unwrap();
     }
     // At 2 MiB/s the 43 MiB take 20 s: once the first MiB is up, all are still on their way.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) < MIB as u64 {
-        assert!(Instant::now() < deadline, "the upload did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_uploaded(&mount, MIB as u64);
     assert!(
         emulator.records().is_empty(),
         "no record before its content is up: {:?}",
@@ -203,6 +199,66 @@ fn a_file_deleted_or_renamed_while_it_is_uploaded_gets_no_record_at_its_old_path
     );
     assert_eq!(emulator.calls("delete"), 0, "nothing to delete was made");
     assert_content_matches(&emulator, &mount);
+}
+
+/// Waits until `status` counts `bytes` uploaded in all.
+fn wait_uploaded(mount: &Mount, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Status leaves the upload fields out while they are zero.
+    while mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) < bytes {
+        assert!(
+            Instant::now() < deadline,
+            "{bytes} bytes were not sent in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A large file's upload stops at its next part once the file is deleted; a renamed one's goes
+/// on under its new name, without sending a part twice.
+#[test]
+fn a_multipart_upload_stops_when_its_file_is_deleted_and_goes_on_when_it_is_renamed() {
+    let emulator = Emulator::start(&[]);
+    // One part at a time, 4 MiB/s: the 5 parts of 40 MiB take 10 s.
+    let mount = mount!(
+        emulator,
+        &["--upload-limit", "4M", "--upload-concurrency", "1"]
+    );
+    std::fs::write(mount.path("gone.mov"), bytes(40 * MIB, 70)).unwrap();
+    wait_uploaded(&mount, MIB as u64);
+    std::fs::remove_file(mount.path("gone.mov")).unwrap();
+    mount.wait_synced_within(60);
+    let parts_sent = emulator.calls("part_put");
+    assert!(
+        parts_sent <= 2,
+        "{parts_sent} of 5 parts sent of a deleted file"
+    );
+    assert_eq!(emulator.calls("multipart_complete"), 0);
+    assert_eq!(emulator.records(), Vec::<serde_json::Value>::new());
+    assert_eq!(mount.status()["upload_bytes_left"].as_u64().unwrap_or(0), 0);
+
+    let content = bytes(40 * MIB, 71);
+    std::fs::write(mount.path("first.mov"), &content).unwrap();
+    let sent = mount.status()["uploaded_bytes"].as_u64().unwrap_or(0);
+    wait_uploaded(&mount, sent + MIB as u64);
+    std::fs::rename(mount.path("first.mov"), mount.path("renamed.mov")).unwrap();
+    mount.wait_synced_within(60);
+    let records = emulator.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["media_path"], "renamed.mov");
+    assert_eq!(
+        records[0]["file_hash"],
+        maxlo_hash(&mount.backing.join("renamed.mov"))
+    );
+    assert_eq!(
+        object(&emulator, &maxlo_hash(&mount.backing.join("renamed.mov"))),
+        content
+    );
+    assert_eq!(
+        emulator.calls("part_put") - parts_sent,
+        5,
+        "each part of the renamed file sent once"
+    );
 }
 
 #[test]

@@ -33,7 +33,7 @@ use super::execute::{content_key, At, Failed};
 use super::failure::{starts_over, Failure, Step};
 use super::hasher::HashRead;
 use super::index::MultipartUpload;
-use super::local::FileStat;
+use super::local::{FileStat, Observed};
 use crate::api::content::{
     CompletedPart, FileRef, MultipartCompleteRequest, MultipartRequest, PartSpec, S3ObjectRequest,
     UploadItem,
@@ -80,8 +80,17 @@ const URLS_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
 /// Bytes read from the file per chunk of a PUT's body.
 const CHUNK: u64 = 1024 * 1024;
 
-/// What the answer of one content upload was, shared with the paths waiting on it.
-type FlightResult = Option<Result<Content, String>>;
+/// How one content upload ended, shared with the paths waiting on it (`None` until it has).
+type FlightResult = Option<Flown>;
+
+#[derive(Clone, Debug)]
+enum Flown {
+    Done(Content),
+    Failed(String),
+    /// The leading path's file went away (deleted, renamed away, replaced): a waiting path's file
+    /// takes the upload over, resuming a multipart upload where it stopped.
+    Abandoned,
+}
 
 /// Most files asked about in one `upload` call: its answer, a signed request per file, stays
 /// far below the 1 MiB answer cap.
@@ -416,37 +425,39 @@ impl Engine {
         if !self.grant_allows_uploads().await? {
             return Ok(Content::NotSent);
         }
-        let waiting = {
-            let mut flights = self.uploads.flights.lock().unwrap();
-            match flights.get(hash) {
-                Some(flight) => Err(flight.clone()),
-                None => {
-                    let (result, receiver) = watch::channel(None);
-                    flights.insert(hash.to_string(), receiver);
-                    Ok(result)
+        let result = loop {
+            let waiting = {
+                let mut flights = self.uploads.flights.lock().unwrap();
+                match flights.get(hash) {
+                    Some(flight) => Err(flight.clone()),
+                    None => {
+                        let (result, receiver) = watch::channel(None);
+                        flights.insert(hash.to_string(), receiver);
+                        Ok(result)
+                    }
                 }
-            }
-        };
-        let result = match waiting {
-            Ok(result) => result,
-            Err(mut flight) => {
-                let outcome = flight
-                    .wait_for(Option::is_some)
-                    .await
-                    .ok()
-                    .and_then(|done| done.clone());
-                return match outcome {
-                    Some(Ok(content)) => Ok(content),
-                    Some(Err(why)) => Err(Failed(
-                        Step::Local,
-                        Failure::Local(format!("the same content's upload failed: {why}")),
-                    )),
-                    None => Err(Failed(
-                        Step::Local,
-                        Failure::Local("the same content's upload stopped".into()),
-                    )),
-                };
-            }
+            };
+            let mut flight = match waiting {
+                Ok(result) => break result,
+                Err(flight) => flight,
+            };
+            let outcome = flight
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|done| done.clone());
+            return match outcome {
+                Some(Flown::Done(content)) => Ok(content),
+                Some(Flown::Abandoned) => continue,
+                Some(Flown::Failed(why)) => Err(Failed(
+                    Step::Local,
+                    Failure::Local(format!("the same content's upload failed: {why}")),
+                )),
+                None => Err(Failed(
+                    Step::Local,
+                    Failure::Local("the same content's upload stopped".into()),
+                )),
+            };
         };
         let flight = Flight {
             engine: self.clone(),
@@ -457,8 +468,9 @@ impl Engine {
             .send_content(api.as_ref(), path, stat, hash, read.unwrap_or_default())
             .await;
         let shared = match &sent {
-            Ok(content) => Ok(*content),
-            Err(Failed(step, failure)) => Err(format!("{step:?}: {failure:?}")),
+            Ok(content) => Flown::Done(*content),
+            Err(Failed(_, Failure::Vanished)) => Flown::Abandoned,
+            Err(Failed(step, failure)) => Flown::Failed(format!("{step:?}: {failure:?}")),
         };
         flight.result.send_replace(Some(shared));
         drop(flight);
@@ -562,8 +574,18 @@ impl Engine {
                 // The bytes sent are those hashed: the object is the hash's content whatever
                 // the file holds by now (renamed, it is still wanted); the look checks the
                 // file before it makes a record, as for a file read again below.
-                self.put(api, &target, kept, 0, size, Vec::new(), &tally, step)
-                    .await?;
+                self.put(
+                    api,
+                    &target,
+                    (path, &stat),
+                    kept,
+                    0,
+                    size,
+                    Vec::new(),
+                    &tally,
+                    step,
+                )
+                .await?;
             }
             None => {
                 let open = self.open_unchanged(path, stat).await?;
@@ -579,8 +601,18 @@ impl Engine {
                     }
                 };
                 let file = Origin::File(open);
-                self.put(api, &target, file, 0, size, checks, &tally, step)
-                    .await?;
+                self.put(
+                    api,
+                    &target,
+                    (path, &stat),
+                    file,
+                    0,
+                    size,
+                    checks,
+                    &tally,
+                    step,
+                )
+                .await?;
             }
         }
         let register = S3ObjectRequest {
@@ -643,6 +675,24 @@ impl Engine {
         }
     }
 
+    /// Whether the file an upload reads is still at `path`: `Vanished` when the path shows
+    /// another file or none, `changed()` when it shows this one changed.
+    fn still_at(&self, path: &Path, stat: &FileStat) -> Result<(), Failed> {
+        match self.backing.observe(path) {
+            Ok(Observed::File(now)) if now.ino == stat.ino => {
+                match content_key(&now) == content_key(stat) {
+                    true => Ok(()),
+                    false => Err(changed()),
+                }
+            }
+            Ok(_) => Err(Failed(Step::Local, Failure::Vanished)),
+            Err(err) => Err(Failed(
+                Step::Local,
+                Failure::Local(format!("cannot look at it: {err}")),
+            )),
+        }
+    }
+
     /// Opens the file and checks it is still the one that was hashed.
     async fn open_unchanged(
         self: &Arc<Self>,
@@ -681,12 +731,14 @@ impl Engine {
         }
     }
 
-    /// PUTs `[offset, offset + len)` of the file in one of the PUT slots, within the rate limit.
+    /// PUTs `[offset, offset + len)` of the file at `path` (as `stat` describes it) in one of the
+    /// PUT slots, within the rate limit.
     #[allow(clippy::too_many_arguments)]
     async fn put(
         self: &Arc<Self>,
         api: &dyn ContentApi,
         target: &SignedPut,
+        (path, stat): (&Path, &FileStat),
         origin: Origin,
         offset: u64,
         len: u64,
@@ -701,6 +753,9 @@ impl Engine {
             .acquire_owned()
             .await
             .expect("never closed");
+        // The upload of a file deleted or renamed away stops at its next PUT: the content of a
+        // deleted file is not wanted, and a new name of it takes the upload over.
+        self.still_at(path, stat)?;
         let changed_meanwhile = Arc::new(AtomicBool::new(false));
         let body = file_body(Source {
             origin,
@@ -832,6 +887,7 @@ impl Engine {
                         .put(
                             api,
                             &target,
+                            (path, &stat),
                             Origin::File(file),
                             offset,
                             len,
