@@ -66,6 +66,14 @@ impl Site {
         command
     }
 
+    /// `maxlofs mount BACKING MOUNTPOINT FLAGS...` in daemon mode: asserts it mounted, and
+    /// answers what it printed.
+    fn mount_as_daemon(&self, flags: &[String]) -> Output {
+        let out = self.mount_command().args(flags).output().unwrap();
+        self.assert_mounted_by(&out);
+        out
+    }
+
     /// Waits until the mount has nothing left to send.
     fn wait_synced(&self) {
         common::service::wait_synced_at(&self.mnt, 60, || self.log_text());
@@ -185,12 +193,7 @@ fn daemon_mode_returns_once_the_mount_is_live() {
     }
     let emulator = Emulator::start(&[]);
     let site = Site::new("demo-device-key");
-    let out = site
-        .mount_command()
-        .args(site.flags(&emulator))
-        .output()
-        .unwrap();
-    site.assert_mounted_by(&out);
+    site.mount_as_daemon(&site.flags(&emulator));
     let pids = daemons(&site.mnt);
     assert_eq!(pids.len(), 1, "one daemon");
     assert_eq!(
@@ -241,8 +244,7 @@ fn daemon_mode_prints_the_start_warnings_where_the_user_looks() {
     let mut flags = site.flags(&Emulator::start(&[]));
     let api = flags.iter().position(|flag| flag == "--api").unwrap() + 1;
     flags[api] = dead;
-    let out = site.mount_command().args(&flags).output().unwrap();
-    site.assert_mounted_by(&out);
+    let out = site.mount_as_daemon(&flags);
     let stderr = text(&out.stderr);
     assert_eq!(
         stderr
@@ -261,12 +263,7 @@ fn daemon_mode_prints_the_start_warnings_where_the_user_looks() {
     // A device whose uploads the service disabled: records only, said so.
     let emulator = Emulator::start(&["--device-upload-disabled"]);
     let site = Site::new("demo-device-key");
-    let out = site
-        .mount_command()
-        .args(site.flags(&emulator))
-        .output()
-        .unwrap();
-    site.assert_mounted_by(&out);
+    let out = site.mount_as_daemon(&site.flags(&emulator));
     let stderr = text(&out.stderr);
     assert!(
         stderr.contains("maxlofs: warning: records only, no content is uploaded")
@@ -279,12 +276,7 @@ fn daemon_mode_prints_the_start_warnings_where_the_user_looks() {
     // Nothing to warn of: nothing printed.
     let emulator = Emulator::start(&[]);
     let site = Site::new("demo-device-key");
-    let out = site
-        .mount_command()
-        .args(site.flags(&emulator))
-        .output()
-        .unwrap();
-    site.assert_mounted_by(&out);
+    let out = site.mount_as_daemon(&site.flags(&emulator));
     assert_eq!(text(&out.stderr), "");
     site.unmount();
 }
