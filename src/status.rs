@@ -29,6 +29,9 @@ pub struct StatusReport {
     pub local_only_count: usize,
     pub paused: Option<String>,
     pub last_error: Option<String>,
+    /// When the last error happened, in seconds since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<i64>,
     pub created: u64,
     pub updated: u64,
     pub deleted: u64,
@@ -302,7 +305,11 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
         writeln!(out, "PAUSED:     {}", escaped(why))?;
     }
     if let Some(err) = &status.last_error {
-        writeln!(out, "last error: {}", escaped(err))?;
+        let age = status
+            .last_error_at
+            .map(|at| format!(" ({})", ago(chrono::Utc::now().timestamp() - at)))
+            .unwrap_or_default();
+        writeln!(out, "last error: {}{age}", escaped(err))?;
     }
     for (title, count, list) in [
         ("failed", status.failed_count, &status.failed),
@@ -336,6 +343,17 @@ fn bytes(count: u64) -> String {
     match unit {
         0 => format!("{count} B"),
         _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+/// How long ago, to the unit that matters: "12 s ago", "4 min ago", "3 h ago", "2 d ago".
+fn ago(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0..=119 => format!("{secs} s ago"),
+        120..=7199 => format!("{} min ago", secs / 60),
+        7200..=172_799 => format!("{} h ago", secs / 3600),
+        _ => format!("{} d ago", secs / 86_400),
     }
 }
 
@@ -486,13 +504,41 @@ mod tests {
         assert_eq!((empty.entries.len(), empty.next), (0, None));
     }
 
+    fn text(report: &StatusReport) -> String {
+        let mut out = Vec::new();
+        write_text(&mut out, report).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn the_last_error_says_how_long_ago_it_was() {
+        let now = chrono::Utc::now().timestamp();
+        let report = |at: Option<i64>| StatusReport {
+            last_error: Some("a.jpg: HTTP 503".into()),
+            last_error_at: at,
+            ..StatusReport::default()
+        };
+        let shown = text(&report(Some(now - 300)));
+        assert!(
+            shown.contains("last error: a.jpg: HTTP 503 (5 min ago)\n"),
+            "{shown}"
+        );
+        // From a daemon that does not say when: the error alone.
+        assert!(text(&report(None)).contains("last error: a.jpg: HTTP 503\n"));
+        for (secs, said) in [
+            (-3, "0 s ago"),
+            (119, "119 s ago"),
+            (120, "2 min ago"),
+            (7199, "119 min ago"),
+            (7200, "2 h ago"),
+            (172_800, "2 d ago"),
+        ] {
+            assert_eq!(ago(secs), said);
+        }
+    }
+
     #[test]
     fn the_text_says_how_uploads_go_or_why_there_are_none() {
-        let text = |report: &StatusReport| {
-            let mut out = Vec::new();
-            write_text(&mut out, report).unwrap();
-            String::from_utf8(out).unwrap()
-        };
         let going = StatusReport {
             uploaded_bytes: 3 << 20,
             upload_bytes_left: 1 << 30,

@@ -55,8 +55,19 @@ pub(super) struct Report {
     pub local_only: BTreeMap<String, String>,
     pub paused: Option<String>,
     pub last_error: Option<String>,
+    /// When `last_error` happened, in seconds since the epoch.
+    pub last_error_at: Option<i64>,
     pub totals: Totals,
     pub reconciled: bool,
+}
+
+impl Report {
+    /// Notes `why` as the last error, and when it happened: status shows its age, so that an
+    /// error long since overcome is not taken for trouble now.
+    pub fn error(&mut self, why: String) {
+        self.last_error = Some(why);
+        self.last_error_at = Some(chrono::Utc::now().timestamp());
+    }
 }
 
 pub struct Engine {
@@ -212,7 +223,7 @@ impl Engine {
             if let Err(err) = taken {
                 let why = format!("taking events failed ({err}); a reconcile pass catches up");
                 tracing::error!("{why}");
-                self.report.lock().unwrap().last_error = Some(why);
+                self.report.lock().unwrap().error(why);
                 self.start_reconcile();
             }
         }
@@ -239,7 +250,7 @@ impl Engine {
             if let Err(err) = look.await {
                 let why = format!("a look at a path failed: {err}");
                 tracing::error!("{why}");
-                self.report.lock().unwrap().last_error = Some(why);
+                self.report.lock().unwrap().error(why);
             }
         }
     }
@@ -300,6 +311,7 @@ impl Engine {
             local_only_count: report.local_only.len(),
             paused: report.paused.clone(),
             last_error: report.last_error.clone(),
+            last_error_at: report.last_error_at,
             created: report.totals.created,
             updated: report.totals.updated,
             deleted: report.totals.deleted,
@@ -462,7 +474,7 @@ impl Engine {
             Verdict::CreateInstead => Outcome::Retry,
             Verdict::Retry { why } => {
                 tracing::debug!("{key:?}: will retry: {why:?}");
-                report.last_error = Some(format!("{key}: {why}"));
+                report.error(format!("{key}: {why}"));
                 Outcome::Retry
             }
             Verdict::Pause => {
@@ -478,7 +490,7 @@ impl Engine {
             Verdict::Fail { why } => {
                 tracing::error!("{key:?}: the service rejected it: {why:?}");
                 report.failed.insert(key.to_string(), why.clone());
-                report.last_error = Some(format!("{key}: {why}"));
+                report.error(format!("{key}: {why}"));
                 Outcome::Done
             }
         }

@@ -26,7 +26,11 @@ impl Engine {
             let mut delay = Duration::from_secs(1);
             while let Err(err) = engine.reconcile() {
                 tracing::error!("reconcile failed: {err:#}; trying again in {delay:?}");
-                engine.report.lock().unwrap().last_error = Some(format!("reconcile: {err:#}"));
+                engine
+                    .report
+                    .lock()
+                    .unwrap()
+                    .error(format!("reconcile: {err:#}"));
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(RECONCILE_RETRY_MAX);
             }

@@ -766,6 +766,8 @@ async fn a_panic_in_one_look_leaves_no_path_in_flight_and_the_path_is_sent_later
             .is_some_and(|e| e.contains("injected panic")),
         "the panic is reported"
     );
+    let age = chrono::Utc::now().timestamp() - status.last_error_at.expect("with its time");
+    assert!((0..60).contains(&age), "{age} s ago");
     rig.write("q", b"and work goes on");
     rig.settled().await;
     assert_eq!(rig.live().len(), 2);
