@@ -446,18 +446,23 @@ impl Engine {
                 .await
                 .ok()
                 .and_then(|done| done.clone());
-            return match outcome {
-                Some(Flown::Done(content)) => Ok(content),
+            match outcome {
+                Some(Flown::Done(content)) => return Ok(content),
+                // Its file went away: this path's file takes the upload over.
                 Some(Flown::Abandoned) => continue,
-                Some(Flown::Failed(why)) => Err(Failed(
-                    Step::Local,
-                    Failure::Local(format!("the same content's upload failed: {why}")),
-                )),
-                None => Err(Failed(
-                    Step::Local,
-                    Failure::Local("the same content's upload stopped".into()),
-                )),
-            };
+                Some(Flown::Failed(why)) => {
+                    return Err(Failed(
+                        Step::Local,
+                        Failure::Local(format!("the same content's upload failed: {why}")),
+                    ))
+                }
+                None => {
+                    return Err(Failed(
+                        Step::Local,
+                        Failure::Local("the same content's upload stopped".into()),
+                    ))
+                }
+            }
         };
         let flight = Flight {
             engine: self.clone(),
