@@ -261,6 +261,34 @@ fn a_multipart_upload_stops_when_its_file_is_deleted_and_goes_on_when_it_is_rena
     );
 }
 
+/// Signed URLs that expire before the upload can end (a slow link, a large file): new ones are
+/// asked for the same upload, and only the parts still missing go up, so the upload ends.
+#[test]
+fn a_multipart_upload_longer_than_its_urls_live_still_completes() {
+    // 40 MiB at 4 MiB/s, one part at a time: 10 s, against URLs that live 3 s.
+    let emulator = Emulator::start(&["--url-ttl-secs", "3"]);
+    let mount = mount!(
+        emulator,
+        &["--upload-limit", "4M", "--upload-concurrency", "1"]
+    );
+    let content = bytes(40 * MIB, 80);
+    std::fs::write(mount.path("long.mov"), &content).unwrap();
+    mount.wait_synced_within(90);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(
+        object(&emulator, &maxlo_hash(&mount.backing.join("long.mov"))),
+        content
+    );
+    assert!(emulator.calls("multipart") >= 2, "new URLs were asked for");
+    assert_eq!(emulator.calls("multipart_complete"), 1);
+    let stats = emulator.stats();
+    assert_eq!(
+        stats["calls"]["part_put"]["200"].as_u64(),
+        Some(5),
+        "each part sent once: {stats}"
+    );
+}
+
 #[test]
 fn uploads_disabled_by_the_service_still_send_records_and_status_says_so() {
     let emulator = Emulator::start(&["--upload-disabled"]);

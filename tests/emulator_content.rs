@@ -499,6 +499,37 @@ fn a_large_file_goes_up_in_parts_in_any_order_and_is_assembled() {
     );
 }
 
+/// `multipart` asked again for an upload under way (its URLs expired) answers the same upload
+/// with new URLs: the parts already sent stay, and the rest completes it.
+#[test]
+fn multipart_asked_again_answers_the_same_upload_with_new_urls() {
+    let emulator = start(&["--url-ttl-secs", "1"]);
+    let file = Multipart::new(17 * 1024 * 1024 + 3);
+    let first = file.start(&emulator);
+    let one = file.put_part(&first, 1);
+    // Expiry is in whole seconds: after 2 s a 1 s link is past it.
+    std::thread::sleep(Duration::from_millis(2100));
+    let expired = put(&first.signed_url_list[1].url, file.part(2));
+    assert_eq!(expired.status, 403);
+    let again = file.start(&emulator);
+    assert_eq!(again.upload_id, first.upload_id);
+    assert_ne!(again.signed_url_list, first.signed_url_list, "new URLs");
+    let rest: Vec<String> = (2..=3).map(|num| file.put_part(&again, num)).collect();
+    let (status, body) = file.complete(
+        &emulator,
+        &again.upload_id,
+        part_list(&[vec![one], rest].concat()),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        held_bytes(&emulator, &file.file_hash).unwrap(),
+        file.content
+    );
+    // Another file, or the same one done: a new upload.
+    let other = Multipart::new(17 * 1024 * 1024 + 4);
+    assert_ne!(other.start(&emulator).upload_id, first.upload_id);
+}
+
 #[test]
 fn multipart_part_lists_must_be_the_file_hashing_parts() {
     let emulator = start(&[]);

@@ -312,6 +312,9 @@ impl ObjectStore {
                 no_active_file: Some(true),
             }));
         }
+        if let Some(upload_id) = self.upload_under_way(request)? {
+            return Ok(MultipartStart::Started { upload_id });
+        }
         let upload_id = hex::encode(rand::random::<[u8; 16]>());
         let dir = self.upload_dir(&upload_id);
         fs::create_dir(&dir)?;
@@ -321,6 +324,32 @@ impl ObjectStore {
             .persist(dir.join("manifest.json"))
             .map_err(io::Error::from)?;
         Ok(MultipartStart::Started { upload_id })
+    }
+
+    /// The upload already under way for exactly `request` (the same file, the same parts), if
+    /// any: asked again, as a client whose URLs expired does, it is answered again with new
+    /// URLs, and the parts already sent stay (docs/contract.md, "Content calls").
+    fn upload_under_way(&self, request: &MultipartRequest) -> io::Result<Option<String>> {
+        let entries = match fs::read_dir(self.root.join("uploads")) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let Some(upload_id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            // A manifest that cannot be read (a completion removing it) is no upload under way.
+            let Ok(bytes) = fs::read(entry.path().join("manifest.json")) else {
+                continue;
+            };
+            let manifest = serde_json::from_slice::<MultipartRequest>(&bytes).ok();
+            if is_upload_id(&upload_id) && manifest.as_ref() == Some(request) {
+                return Ok(Some(upload_id));
+            }
+        }
+        Ok(None)
     }
 
     /// The path and query of a signed part PUT.

@@ -71,11 +71,15 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
         },
         Failure::Api(err) if starts_over(step, err) => Verdict::Retry {
             why: match err {
-                ApiError::Unauthorized => "the store refused a part's signed URL (403, expired?)",
-                _ => "the store no longer takes this multipart upload",
-            }
-            .to_string()
-                + &format!(" ({err}); it starts over"),
+                // Not the key: the URL.
+                ApiError::Unauthorized => {
+                    "the store refused a part's signed URL (403, expired?); asking for new URLs"
+                        .to_string()
+                }
+                _ => format!(
+                    "the store no longer takes this multipart upload ({err}); it starts over"
+                ),
+            },
         },
         Failure::Api(err) => match (err, step) {
             (ApiError::Transient(message), _) => Verdict::Retry {
@@ -106,9 +110,9 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
     }
 }
 
-/// Whether a failed call of a multipart upload means its upload_id and signed URLs are of no
-/// more use (a URL refused or gone, or the assembly refused): it then starts over with a new
-/// `multipart`, never resumed.
+/// Whether a failed call of a multipart upload means its signed URLs are of no more use (a URL
+/// refused or gone, or the assembly refused): a new `multipart` is asked for. Only a refused
+/// URL keeps the parts done, should the service answer the same upload again.
 pub fn starts_over(step: Step, err: &ApiError) -> bool {
     match step {
         Step::PartPut => matches!(err, ApiError::Unauthorized | ApiError::NotFound),

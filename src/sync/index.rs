@@ -399,8 +399,12 @@ impl Index {
         let urls = serde_json::to_string(&upload.urls)?;
         let db = self.db.lock().unwrap();
         in_transaction(&db, |db| {
-            db.prepare_cached("DELETE FROM multipart_part WHERE hash = ?1")?
-                .execute([hash])?;
+            // The same upload asked again (new URLs): the parts it holds stay done.
+            db.prepare_cached(
+                "DELETE FROM multipart_part WHERE hash = ?1 AND NOT EXISTS
+                 (SELECT 1 FROM multipart WHERE hash = ?1 AND upload_id = ?2)",
+            )?
+            .execute([hash, upload.upload_id.as_str()])?;
             db.prepare_cached(
                 "INSERT OR REPLACE INTO multipart
                  (hash, size, upload_id, s3_bucket_id, urls, started_at)
@@ -428,6 +432,18 @@ impl Index {
                 "INSERT OR REPLACE INTO multipart_part (hash, part_num, etag) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![hash, part_num as i64, etag])?;
+        Ok(())
+    }
+
+    /// Forgets the signed URLs of the multipart upload of `hash` (the store refused one), keeping
+    /// its upload_id and the parts done: the next attempt asks for new URLs, and keeps those
+    /// parts if the service answers the same upload.
+    pub fn forget_urls(&self, hash: &str) -> anyhow::Result<()> {
+        self.db
+            .lock()
+            .unwrap()
+            .prepare_cached("UPDATE multipart SET urls = '{}' WHERE hash = ?1")?
+            .execute([hash])?;
         Ok(())
     }
 
@@ -612,8 +628,28 @@ mod tests {
         let resumed = index.multipart("h").unwrap().unwrap();
         assert_eq!(resumed.etags, BTreeMap::from([(2, "\"e2\"".to_string())]));
         assert_eq!(resumed.urls, upload.urls);
+        // Its URLs refused: they go, the upload and its parts stay.
+        index.forget_urls("h").unwrap();
+        let refused = index.multipart("h").unwrap().unwrap();
+        assert!(refused.urls.is_empty());
+        assert_eq!(
+            (refused.upload_id, refused.etags),
+            ("u1".into(), resumed.etags)
+        );
+        // The same upload answered again with new URLs keeps its parts.
+        let renewed = MultipartUpload {
+            urls: BTreeMap::from([(1, "http://s/1?new".into()), (2, "http://s/2?new".into())]),
+            ..upload.clone()
+        };
+        index.start_multipart("h", &renewed).unwrap();
+        let kept = index.multipart("h").unwrap().unwrap();
+        assert_eq!((kept.urls, kept.etags.len()), (renewed.urls, 1));
         // A new upload of the same content starts with no part done.
-        index.start_multipart("h", &upload).unwrap();
+        let new = MultipartUpload {
+            upload_id: "u2".into(),
+            ..upload.clone()
+        };
+        index.start_multipart("h", &new).unwrap();
         assert!(index.multipart("h").unwrap().unwrap().etags.is_empty());
         index.part_done("h", 1, "e1").unwrap();
         index.forget_multipart("h").unwrap();

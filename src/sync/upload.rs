@@ -794,15 +794,12 @@ impl Engine {
         let grant = self.config.grant;
         let digests = self.part_digests(path, stat, hash, parts).await?;
         let spans = crate::hash::parts(stat.size);
-        let resumed = self
-            .index
-            .multipart(hash)
-            .at(Step::Local)?
-            .filter(|upload| {
-                upload.size == stat.size
-                    && (1..=spans.len() as u64).all(|num| upload.urls.contains_key(&num))
-                    && chrono::Utc::now().timestamp() - upload.started_at < URLS_MAX_AGE_SECS
-            });
+        let kept = self.index.multipart(hash).at(Step::Local)?;
+        let resumed = kept.clone().filter(|upload| {
+            upload.size == stat.size
+                && (1..=spans.len() as u64).all(|num| upload.urls.contains_key(&num))
+                && chrono::Utc::now().timestamp() - upload.started_at < URLS_MAX_AGE_SECS
+        });
         let mut upload = match resumed {
             Some(upload) => {
                 tracing::info!(
@@ -843,7 +840,7 @@ impl Engine {
                     }
                     MultipartStart::Started(answer) => answer,
                 };
-                let upload = MultipartUpload {
+                let mut upload = MultipartUpload {
                     size: stat.size,
                     upload_id: answer.upload_id,
                     s3_bucket_id: bucket,
@@ -862,6 +859,12 @@ impl Engine {
                             "malformed answer: a part has no signed URL".into(),
                         )),
                     ));
+                }
+                // Asked again once its URLs were refused, the service may answer the same
+                // upload: the parts it holds need not go up again (an upload longer than a
+                // URL's lifetime would otherwise never end).
+                if let Some(old) = kept.filter(|old| old.upload_id == upload.upload_id) {
+                    upload.etags = old.etags;
                 }
                 self.index.start_multipart(hash, &upload).at(Step::Local)?;
                 upload
@@ -942,11 +945,16 @@ impl Engine {
     }
 
     /// A failure that makes the upload's URLs useless (see `failure::starts_over`) forgets
-    /// them, so the next attempt asks for new ones.
+    /// them, so the next attempt asks for new ones: a refused URL (403, expired) only its URLs,
+    /// anything else the whole upload.
     async fn maybe_start_over(self: &Arc<Self>, hash: &str, failed: Failed) -> Failed {
         if let Failed(step, Failure::Api(err)) = &failed {
             if starts_over(*step, err) {
-                if let Err(forgetting) = self.index.forget_multipart(hash).at(Step::Local) {
+                let forgotten = match (step, err) {
+                    (Step::PartPut, ApiError::Unauthorized) => self.index.forget_urls(hash),
+                    _ => self.index.forget_multipart(hash),
+                };
+                if let Err(forgetting) = forgotten.at(Step::Local) {
                     return forgetting;
                 }
             }
