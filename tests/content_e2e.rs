@@ -131,18 +131,26 @@ fn failed_and_dropped_puts_are_retried_until_the_content_is_up() {
     assert!(failed + dropped > 0, "no fault was injected");
 }
 
+/// Waits until `status` counts `bytes` uploaded in all.
+fn wait_uploaded(mount: &Mount, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Status leaves the upload fields out while they are zero.
+    while mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) < bytes {
+        assert!(
+            Instant::now() < deadline,
+            "{bytes} bytes were not sent in time"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn a_file_changed_while_it_is_uploaded_ends_with_its_final_content() {
     let emulator = Emulator::start(&[]);
     let mount = mount!(emulator, &["--upload-limit", "1M"]);
     std::fs::write(mount.path("a.mov"), bytes(4 * MIB, 30)).unwrap();
     // Mid-way through its upload (at 1 MiB/s, four seconds), it is written again.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // Status leaves the upload fields out while they are zero.
-    while mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) < MIB as u64 {
-        assert!(Instant::now() < deadline, "the upload did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_uploaded(&mount, MIB as u64);
     let last = bytes(4 * MIB, 31);
     std::fs::write(mount.path("a.mov"), &last).unwrap();
     mount.wait_synced_within(60);
@@ -199,19 +207,6 @@ fn a_file_deleted_or_renamed_while_it_is_uploaded_gets_no_record_at_its_old_path
     );
     assert_eq!(emulator.calls("delete"), 0, "nothing to delete was made");
     assert_content_matches(&emulator, &mount);
-}
-
-/// Waits until `status` counts `bytes` uploaded in all.
-fn wait_uploaded(mount: &Mount, bytes: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Status leaves the upload fields out while they are zero.
-    while mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) < bytes {
-        assert!(
-            Instant::now() < deadline,
-            "{bytes} bytes were not sent in time"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// A large file's upload stops at its next part once the file is deleted; a renamed one's goes
