@@ -337,7 +337,8 @@ impl ObjectStore {
         };
         for entry in entries {
             let entry = entry?;
-            let Some(upload_id) = entry.file_name().to_str().map(str::to_string) else {
+            let name = entry.file_name();
+            let Some(upload_id) = name.to_str().filter(|id| is_upload_id(id)) else {
                 continue;
             };
             // A manifest that cannot be read (a completion removing it) is no upload under way.
@@ -345,8 +346,8 @@ impl ObjectStore {
                 continue;
             };
             let manifest = serde_json::from_slice::<MultipartRequest>(&bytes).ok();
-            if is_upload_id(&upload_id) && manifest.as_ref() == Some(request) {
-                return Ok(Some(upload_id));
+            if manifest.as_ref() == Some(request) {
+                return Ok(Some(upload_id.to_string()));
             }
         }
         Ok(None)

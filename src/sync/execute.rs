@@ -16,6 +16,7 @@ use super::hasher::{self, HashRead, Hashed};
 use super::index::{IndexEntry, Unsure};
 use super::local::{FileStat, Observed};
 use super::queue::Hint;
+use super::upload::changed;
 use crate::api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
 use crate::contract;
 
@@ -504,15 +505,27 @@ impl Engine {
     /// Whether the file at `path` is still the one a look hashed: as `stat` describes it, and no
     /// content change of its inode reported since.
     fn unchanged_since(&self, path: &Path, stat: &FileStat, checked: &Checked) -> bool {
-        self.still_as(path, stat) && self.hashes.lock().unwrap().stamp(stat.ino) == checked.stamp
+        self.still_at(path, stat).is_ok()
+            && self.hashes.lock().unwrap().stamp(stat.ino) == checked.stamp
     }
 
-    /// Whether the file at `path` is still the one `stat` describes (same inode, size, mtime).
-    fn still_as(&self, path: &Path, stat: &FileStat) -> bool {
-        matches!(
-            self.backing.observe(path),
-            Ok(Observed::File(now)) if content_key(&now) == content_key(stat)
-        )
+    /// Whether the file at `path` is still the one `stat` describes (same inode, size, mtime):
+    /// `Vanished` when the path shows another file or none, "changed" when it shows this one
+    /// changed.
+    pub(super) fn still_at(&self, path: &Path, stat: &FileStat) -> Result<(), Failed> {
+        match self.backing.observe(path) {
+            Ok(Observed::File(now)) if now.ino == stat.ino => {
+                match content_key(&now) == content_key(stat) {
+                    true => Ok(()),
+                    false => Err(changed()),
+                }
+            }
+            Ok(_) => Err(Failed(Step::Local, Failure::Vanished)),
+            Err(err) => Err(Failed(
+                Step::Local,
+                Failure::Local(format!("cannot look at it: {err}")),
+            )),
+        }
     }
 }
 

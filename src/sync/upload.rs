@@ -33,7 +33,7 @@ use super::execute::{content_key, At, Failed};
 use super::failure::{starts_over, Failure, Step};
 use super::hasher::HashRead;
 use super::index::MultipartUpload;
-use super::local::{FileStat, Observed};
+use super::local::FileStat;
 use crate::api::content::{
     CompletedPart, FileRef, MultipartCompleteRequest, MultipartRequest, PartSpec, S3ObjectRequest,
     UploadItem,
@@ -375,7 +375,7 @@ async fn read_checked(file: Arc<File>, source: &mut Source) -> io::Result<Vec<u8
 }
 
 /// Why a path waits: its file changed while its content was read or sent.
-fn changed() -> Failed {
+pub(super) fn changed() -> Failed {
     Failed(
         Step::Local,
         Failure::Local("changed while it was uploaded; sent again once it settles".into()),
@@ -576,9 +576,10 @@ impl Engine {
         match read.bytes {
             Some(bytes) => {
                 let kept = Origin::Kept(bytes);
-                // The bytes sent are those hashed: the object is the hash's content whatever
-                // the file holds by now (renamed, it is still wanted); the look checks the
-                // file before it makes a record, as for a file read again below.
+                // The bytes sent are those hashed: once sent, the object is the hash's content
+                // and is registered whatever the file holds by then (renamed, it is still
+                // wanted); the look checks the file before it makes a record, as for a file
+                // read again below.
                 self.put(
                     api,
                     &target,
@@ -680,24 +681,6 @@ impl Engine {
         }
     }
 
-    /// Whether the file an upload reads is still at `path`: `Vanished` when the path shows
-    /// another file or none, `changed()` when it shows this one changed.
-    fn still_at(&self, path: &Path, stat: &FileStat) -> Result<(), Failed> {
-        match self.backing.observe(path) {
-            Ok(Observed::File(now)) if now.ino == stat.ino => {
-                match content_key(&now) == content_key(stat) {
-                    true => Ok(()),
-                    false => Err(changed()),
-                }
-            }
-            Ok(_) => Err(Failed(Step::Local, Failure::Vanished)),
-            Err(err) => Err(Failed(
-                Step::Local,
-                Failure::Local(format!("cannot look at it: {err}")),
-            )),
-        }
-    }
-
     /// Opens the file and checks it is still the one that was hashed.
     async fn open_unchanged(
         self: &Arc<Self>,
@@ -794,14 +777,13 @@ impl Engine {
         let grant = self.config.grant;
         let digests = self.part_digests(path, stat, hash, parts).await?;
         let spans = crate::hash::parts(stat.size);
-        let kept = self.index.multipart(hash).at(Step::Local)?;
-        let resumed = kept.clone().filter(|upload| {
+        let resumable = |upload: &MultipartUpload| {
             upload.size == stat.size
                 && (1..=spans.len() as u64).all(|num| upload.urls.contains_key(&num))
                 && chrono::Utc::now().timestamp() - upload.started_at < URLS_MAX_AGE_SECS
-        });
-        let mut upload = match resumed {
-            Some(upload) => {
+        };
+        let mut upload = match self.index.multipart(hash).at(Step::Local)? {
+            Some(upload) if resumable(&upload) => {
                 tracing::info!(
                     "{hash}: resuming its multipart upload, {} of {} parts sent",
                     upload.etags.len(),
@@ -809,7 +791,7 @@ impl Engine {
                 );
                 upload
             }
-            None => {
+            kept => {
                 let request = MultipartRequest {
                     file_size: stat.size,
                     file_hash: hash.to_string(),
