@@ -4,6 +4,7 @@ set -euo pipefail
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v rsync >/dev/null || need+=(rsync)
+command -v git >/dev/null || need+=(git)
 command -v vim >/dev/null || need+=(vim-tiny)
 command -v setfattr >/dev/null || need+=(attr)
 command -v curl >/dev/null || need+=(curl)

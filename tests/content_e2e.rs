@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::service::{run, Emulator, Mount, BIN};
+use common::service::{check_catalog, run, sh, Emulator, Mount, BIN};
 
 const MIB: usize = 1024 * 1024;
 
@@ -545,4 +545,92 @@ fn verify_finds_missing_and_deep_finds_corrupted_content() {
         out.contains("gone.jpg") && !out.contains("fine.jpg"),
         "{out}"
     );
+}
+
+/// A working session with everyday tools against a service that fails and drops calls, uploads
+/// on: `cp -a` (old times kept), git (commits, gc, a clone), SQLite in WAL and rollback-journal
+/// modes, names swapped through a third, a rename over a synced file, `dd conv=notrunc` into a
+/// multipart file while it uploads, hard links outliving their first name, a content put back to
+/// an earlier version, an mmap writer, a truncate and rewrite. The catalog ends as the tree (hash,
+/// size, mtime), the store holds every record's bytes, and SQLite's journals, which live only
+/// while their database is open, never got a record.
+#[test]
+fn everyday_tools_against_a_faulty_service_end_with_the_tree_in_the_catalog_and_store() {
+    let emulator = Emulator::start(&["--fail-rate", "0.15", "--drop-rate", "0.05"]);
+    let mount = mount!(emulator);
+    let src = tempfile::tempdir().unwrap();
+    sh(
+        "mkdir -p tree/sub
+         for i in 1 2 3 4 5 6; do
+           head -c $((i * 7000)) /dev/urandom > tree/sub/p$i.jpg
+           TZ=UTC0 touch -d \"2019-0$i-1$i 12:34:56.789\" tree/sub/p$i.jpg
+         done",
+        src.path(),
+    );
+    let script = format!(
+        "cp -a '{src}/tree' tree
+         git init -q repo
+         cd repo
+         for i in 1 2 3; do
+           head -c 3000 /dev/urandom | od -x > f$i.txt
+           git add . && git -c user.name=u -c user.email=u@example.com commit -qm c$i
+         done
+         git gc -q
+         cd ..
+         git clone -q repo clone
+         python3 -c '
+import sqlite3
+for name, mode in ((\"wal.db\", \"wal\"), (\"journal.db\", \"delete\")):
+    db = sqlite3.connect(name)
+    db.execute(\"pragma journal_mode=\" + mode)
+    db.execute(\"create table t(x)\")
+    for i in range(50):
+        db.execute(\"insert into t values (?)\", (i,))
+        db.commit()
+    db.close()
+'
+         echo aaa > a.txt; echo bbb > b.txt; echo new > new.jpg; echo old > old.jpg
+         head -c 70000 /dev/urandom > orig.jpg; ln orig.jpg link1.jpg; ln orig.jpg link2.jpg
+         echo v1 > rev.txt
+         sleep 1
+         mv a.txt t.txt; mv b.txt a.txt; mv t.txt b.txt
+         mv new.jpg old.jpg
+         rm orig.jpg; echo more >> link1.jpg
+         echo v2 > rev.txt
+         head -c {big} /dev/urandom > big.mov
+         dd if=/dev/urandom of=big.mov bs=1M seek=10 count=1 conv=notrunc status=none
+         python3 -c '
+import mmap, os
+fd = os.open(\"mapped.bin\", os.O_RDWR | os.O_CREAT, 0o644)
+os.ftruncate(fd, 1 << 20)
+m = mmap.mmap(fd, 1 << 20)
+m[:] = os.urandom(1 << 20)
+m.close()
+os.close(fd)
+'
+         head -c 300000 /dev/urandom > cut.jpg; truncate -s 0 cut.jpg; echo short >> cut.jpg
+         sleep 1
+         echo v1 > rev.txt",
+        src = src.path().display(),
+        big = 20 * MIB,
+    );
+    sh(&script, &mount.mnt);
+    mount.wait_synced_within(240);
+    check_catalog(&emulator, &mount.backing);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(
+        emulator.live()["tree/sub/p3.jpg"]["mtime"],
+        "2019-03-13T12:34:56.789Z"
+    );
+    let journals: Vec<String> = emulator
+        .records()
+        .iter()
+        .map(|record| record["media_path"].as_str().unwrap().to_string())
+        .filter(|path| {
+            path.ends_with("-wal") || path.ends_with("-shm") || path.ends_with("-journal")
+        })
+        .collect();
+    assert!(journals.is_empty(), "journals got records: {journals:?}");
+    let (failed, dropped) = emulator.faults();
+    assert!(failed + dropped > 0, "no fault was injected");
 }
