@@ -233,6 +233,73 @@ fn a_path_longer_than_path_max_does_not_stop_the_rest() {
     assert!(mount.try_wait_synced(60), "{}", mount.status());
 }
 
+/// A daemon run by a user (not root) may meet what that user may not read: a folder made 000 (a
+/// filesystem's root-owned lost+found, say) or a file made 000. Neither may stop the rest: the
+/// start's pass completes and `status --wait` returns, status says what is not looked at and
+/// why, the records below stay as they are (nothing is known to be gone), and a chmod through
+/// the mount brings the changes made meanwhile.
+#[test]
+fn what_the_daemons_user_may_not_read_is_reported_kept_and_synced_once_permitted() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    let as_nobody = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+    ];
+    mount.wrapper = as_nobody.map(String::from).to_vec();
+    mount
+        .env
+        .push(("HOME".into(), dir.path().to_str().unwrap().into()));
+    std::fs::create_dir(mount.backing.join("d")).unwrap();
+    for name in ["d/one.jpg", "d/two.jpg", "fine.jpg"] {
+        std::fs::write(mount.backing.join(name), name).unwrap();
+    }
+    let chown = |path: &Path| run(Command::new("chown").arg("-R").arg("65534:65534").arg(path));
+    chown(dir.path());
+    if !mount.mount() {
+        return;
+    }
+    mount.wait_synced();
+    mount.unmount();
+    // While unmounted: a file added below the folder, one removed, then the folder closed.
+    std::fs::write(mount.backing.join("d/three.jpg"), "three").unwrap();
+    std::fs::remove_file(mount.backing.join("d/one.jpg")).unwrap();
+    std::fs::write(mount.backing.join("secret.jpg"), "secret").unwrap();
+    chown(&mount.backing);
+    for name in ["d", "secret.jpg"] {
+        let path = mount.backing.join(name);
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o000)).unwrap();
+    }
+    assert!(mount.mount());
+    mount.wait_synced_within(30);
+    let status = mount.status();
+    let local_only: Vec<&str> = status["local_only"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| {
+            entry["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("permission denied")
+        })
+        .map(|entry| entry["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(local_only, ["d", "secret.jpg"], "{status}");
+    let live: Vec<String> = emulator.live().into_keys().collect();
+    assert_eq!(live, ["d/one.jpg", "d/two.jpg", "fine.jpg"]);
+    let mut chmod = Command::new(as_nobody[0]);
+    chmod.args(&as_nobody[1..]).args(["chmod", "755"]);
+    run(chmod.arg(mount.path("d")).arg(mount.path("secret.jpg")));
+    mount.wait_synced_within(30);
+    check_catalog(&emulator, &mount.backing);
+    assert_eq!(mount.status()["local_only_count"], 0);
+}
+
 #[test]
 fn empty_files_and_files_truncated_to_zero_have_the_empty_hash() {
     let emulator = Emulator::start(&[]);

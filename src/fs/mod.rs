@@ -42,6 +42,9 @@ pub enum Event {
     WriterGone { ino: u64 },
     /// Times were set (utimensat) without a content change (`ino` as for `ContentChanged`).
     TimesSet { path: PathBuf, ino: u64 },
+    /// The mode or owner of `path` was set (chmod, chown): it may have let the daemon's user
+    /// in, or out.
+    PermissionsChanged { path: PathBuf },
     /// `path` was unlinked (or removed with rmdir when `is_dir`).
     Removed { path: PathBuf, is_dir: bool },
     /// `from` was renamed to `to`, possibly replacing what `to` was.

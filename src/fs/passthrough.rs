@@ -177,6 +177,9 @@ impl Passthrough {
         } else if changes.atime.is_some() || changes.mtime.is_some() {
             self.emit_for(ino, |path, ino| Event::TimesSet { path, ino });
         }
+        if changes.mode.is_some() || changes.uid.is_some() || changes.gid.is_some() {
+            self.emit_for(ino, |path, _| Event::PermissionsChanged { path });
+        }
         Ok(self.attr(ino, &st))
     }
 

@@ -22,7 +22,7 @@ use super::failure::Verdict;
 use super::hash_cache::{HashBudget, HashCache};
 use super::ignore::IgnoreRules;
 use super::index::Index;
-use super::local::{Backing, FileStat, Observed};
+use super::local::{denied, Backing, FileStat, Observed, UNREADABLE};
 use super::queue::{Finish, Hint, WorkQueue};
 use super::upload::{UploadConfig, Uploads};
 use crate::api::{GrantId, MediaApi};
@@ -352,6 +352,7 @@ impl Engine {
                 self.mark_other_links(ino, Hint::Meta);
                 self.queue.mark(&path, Hint::Meta);
             }
+            Event::PermissionsChanged { path } => self.relook_unreadable(&path),
             Event::Removed { path, .. } | Event::Linked { path } => {
                 self.queue.mark(&path, Hint::Meta);
             }
@@ -431,7 +432,8 @@ impl Engine {
         }
     }
 
-    /// Marks every indexed path below `dir` and every entry below it in the backing tree.
+    /// Marks every indexed path below `dir` and every entry below it in the backing tree. A
+    /// directory the daemon may not list is reported (its records stay as they are).
     fn mark_tree(&self, dir: &Path) {
         if let Some(dir_str) = dir.to_str() {
             match self.index.paths_under(dir_str) {
@@ -441,14 +443,51 @@ impl Engine {
                 Err(err) => tracing::error!("index lookup failed: {err:#}"),
             }
         }
-        if let Ok(Observed::Directory) = self.backing.observe(dir) {
-            let walked = self.backing.walk(dir, &mut |path, observed| {
-                if observed != Observed::Directory {
-                    self.queue.mark(path, Hint::Meta);
+        let unreadable = match self.backing.observe(dir) {
+            Ok(Observed::Directory) => {
+                let walked = self.backing.walk(dir, &mut |path, observed| {
+                    if observed != Observed::Directory {
+                        self.queue.mark(path, Hint::Meta);
+                    }
+                });
+                match walked {
+                    Err(err) if denied(&err) => true,
+                    Err(err) => {
+                        tracing::warn!("walking {:?}: {err}", dir);
+                        false
+                    }
+                    Ok(()) => false,
                 }
-            });
-            if let Err(err) = walked {
-                tracing::warn!("walking {:?}: {err}", dir);
+            }
+            Ok(Observed::Unreadable) => true,
+            _ => false,
+        };
+        if unreadable {
+            self.note_local_only(dir.to_string_lossy().into_owned(), Some(UNREADABLE));
+        }
+    }
+
+    /// After a chmod or chown of `path`, what was reported unreadable at or below it is looked
+    /// at again: the change may have let the daemon in.
+    fn relook_unreadable(&self, path: &Path) {
+        let unreadable: Vec<String> = {
+            let mut report = self.report.lock().unwrap();
+            let keys: Vec<String> = report
+                .local_only
+                .iter()
+                .filter(|(key, why)| why.as_str() == UNREADABLE && Path::new(key).starts_with(path))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in &keys {
+                report.local_only.remove(key);
+            }
+            keys
+        };
+        for key in unreadable {
+            let path = Path::new(&key);
+            match self.backing.observe(path) {
+                Ok(Observed::Directory | Observed::Unreadable) => self.mark_tree(path),
+                _ => self.queue.mark(path, Hint::Meta),
             }
         }
     }
@@ -491,6 +530,13 @@ impl Engine {
                 tracing::error!("{key:?}: the service rejected it: {why:?}");
                 report.failed.insert(key.to_string(), why.clone());
                 report.error(format!("{key}: {why}"));
+                Outcome::Done
+            }
+            Verdict::Unreadable => {
+                tracing::warn!("{key:?} stays as it is: {UNREADABLE}");
+                report
+                    .local_only
+                    .insert(key.to_string(), UNREADABLE.to_string());
                 Outcome::Done
             }
         }

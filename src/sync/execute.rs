@@ -14,7 +14,7 @@ use super::failure::{verdict, Failure, Step, Verdict};
 use super::hash_cache::Stamp;
 use super::hasher::{self, HashRead, Hashed};
 use super::index::{IndexEntry, Unsure};
-use super::local::{FileStat, Observed};
+use super::local::{denied, FileStat, Observed, UNREADABLE};
 use super::queue::Hint;
 use super::upload::changed;
 use crate::api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
@@ -124,11 +124,16 @@ impl Engine {
             }
             Err(err) => return Err(Failure::Local(format!("cannot look at it: {err}"))),
         };
-        self.note_local_only(
-            key.clone(),
-            (observed == Observed::Special)
-                .then_some("not a regular file (symlink, fifo, socket or device)"),
-        );
+        let local_only = match observed {
+            Observed::Special => Some("not a regular file (symlink, fifo, socket or device)"),
+            Observed::Unreadable => Some(UNREADABLE),
+            _ => None,
+        };
+        self.note_local_only(key.clone(), local_only);
+        // Whether a file is there is unknown: its record is left as it is.
+        if observed == Observed::Unreadable {
+            return Ok(None);
+        }
         // An ignored name is local: whatever record it has should not exist.
         let local = match observed {
             Observed::File(stat) if !self.config.ignore.is_ignored(path) => {
@@ -498,6 +503,7 @@ impl Engine {
             {
                 Err(Failure::Vanished)
             }
+            Err(err) if denied(&err) => Err(Failure::Unreadable),
             Err(err) => Err(Failure::Local(format!("reading: {err}"))),
         }
     }
@@ -520,6 +526,7 @@ impl Engine {
                     false => Err(changed()),
                 }
             }
+            Ok(Observed::Unreadable) => Err(Failed(Step::Local, Failure::Unreadable)),
             Ok(_) => Err(Failed(Step::Local, Failure::Vanished)),
             Err(err) => Err(Failed(
                 Step::Local,

@@ -11,6 +11,8 @@ pub enum Failure {
     Local(String),
     /// The file went away while we looked; the event that removed it marks the path again.
     Vanished,
+    /// The daemon's user may not read the file, or look at its path (EACCES, EPERM).
+    Unreadable,
 }
 
 impl Failure {
@@ -61,11 +63,15 @@ pub enum Verdict {
     Pause,
     /// The service refuses this path as it is: reported, and tried again on its next change.
     Fail { why: String },
+    /// The daemon may not read it: reported, and looked at again when its permissions change
+    /// (retrying would not help, and would keep `status --wait` from ever returning).
+    Unreadable,
 }
 
 pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
     match failure {
         Failure::Vanished => Verdict::Settled,
+        Failure::Unreadable => Verdict::Unreadable,
         Failure::Local(message) => Verdict::Retry {
             why: message.clone(),
         },

@@ -48,7 +48,15 @@ pub enum Observed {
     Directory,
     /// A symlink, fifo, socket or device: stays local.
     Special,
+    /// Not to be looked at by the daemon's user (EACCES, EPERM): a directory it may not list,
+    /// or a path below one it may not search. What is there is unknown, so its records are
+    /// left as they are.
+    Unreadable,
 }
+
+/// Why an `Unreadable` path (or a file that cannot be read) is not sent, as status shows it.
+pub const UNREADABLE: &str = "permission denied to the daemon's user; looked at again after a \
+                              chmod or chown through the mount, or at the next mount";
 
 impl Observed {
     /// What an `lstat` shows.
@@ -95,6 +103,7 @@ impl Backing {
         let fd = match self.open_beneath(relative, libc::O_PATH) {
             Ok(fd) => fd,
             Err(err) if names_nothing(&err) => return Ok(Observed::Absent),
+            Err(err) if denied(&err) => return Ok(Observed::Unreadable),
             Err(err) => return Err(err),
         };
         Ok(Observed::of(&File::from(fd).metadata()?))
@@ -111,7 +120,8 @@ impl Backing {
     }
 
     /// Every entry below `relative` (a directory), depth first, as relative paths with what they
-    /// are. Symlinked directories are not entered.
+    /// are. Symlinked directories are not entered; one that may not be listed is visited again
+    /// as `Unreadable`, and the walk goes on.
     pub fn walk(&self, relative: &Path, visit: &mut dyn FnMut(&Path, Observed)) -> io::Result<()> {
         let fd = self.open_beneath(
             if relative.as_os_str().is_empty() {
@@ -147,6 +157,7 @@ impl Backing {
                     // since it was listed: there is nothing below this path to walk.
                     match self.walk(&child, visit) {
                         Err(err) if names_nothing(&err) => {}
+                        Err(err) if denied(&err) => visit(&child, Observed::Unreadable),
                         other => other?,
                     }
                 }
@@ -155,6 +166,11 @@ impl Backing {
         }
         Ok(())
     }
+}
+
+/// The daemon's user may not open or search it.
+pub fn denied(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM))
 }
 
 /// Resolving a path beneath the root failed because it names nothing there now: a missing

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::engine::Engine;
 use super::index::IndexEntry;
-use super::local::{FileStat, Observed};
+use super::local::{FileStat, Observed, UNREADABLE};
 use super::queue::Hint;
 use crate::progress::{Progress, Unit};
 
@@ -46,6 +46,10 @@ impl Engine {
             let differs = match observed {
                 Observed::Directory => false,
                 Observed::Absent => false,
+                Observed::Unreadable => {
+                    self.note_local_only(path.to_string_lossy().into_owned(), Some(UNREADABLE));
+                    false
+                }
                 Observed::Special => true,
                 Observed::File(stat) => match path.to_str() {
                     None => true,
@@ -69,12 +73,15 @@ impl Engine {
             Unit::Items("paths"),
         );
         // An indexed path whose file is gone, or whose name now stays local (an ignore rule
-        // added since), has a record to delete.
+        // added since), has a record to delete. One the daemon may not look at keeps it.
         for path in indexed.into_iter().chain(unsure) {
             checked.add(1);
             let path = Path::new(&path);
             if self.config.ignore.is_ignored(path)
-                || !matches!(self.backing.observe(path)?, Observed::File(_))
+                || !matches!(
+                    self.backing.observe(path)?,
+                    Observed::File(_) | Observed::Unreadable
+                )
             {
                 self.queue.mark(path, Hint::Meta);
                 marked += 1;

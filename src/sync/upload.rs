@@ -474,7 +474,7 @@ impl Engine {
             .await;
         let shared = match &sent {
             Ok(content) => Flown::Done(*content),
-            Err(Failed(_, Failure::Vanished)) => Flown::Abandoned,
+            Err(Failed(_, Failure::Vanished | Failure::Unreadable)) => Flown::Abandoned,
             Err(Failed(step, failure)) => Flown::Failed(format!("{step:?}: {failure:?}")),
         };
         flight.result.send_replace(Some(shared));

@@ -167,7 +167,17 @@ pub fn run(command: &mut Command) -> Output {
 /// `maxlofs status MNT --wait`: returns once nothing is pending or in flight; otherwise fails
 /// with the status and the daemon's log.
 pub fn wait_synced_at(mnt: &Path, timeout_secs: u64, log: impl FnOnce() -> String) {
-    let out = Command::new(BIN)
+    wait_synced_by(Command::new(BIN), mnt, timeout_secs, log);
+}
+
+/// `wait_synced_at` with `maxlofs` run as `maxlofs` says (as another user, say).
+fn wait_synced_by(
+    mut maxlofs: Command,
+    mnt: &Path,
+    timeout_secs: u64,
+    log: impl FnOnce() -> String,
+) {
+    let out = maxlofs
         .args(["status", "--wait", "--json", "--timeout"])
         .arg(timeout_secs.to_string())
         .arg(mnt)
@@ -321,16 +331,22 @@ impl Mount {
     /// `maxlofs mount BACKING MNT` with this mount's arguments and wrapper: what `mount` runs,
     /// or, given other folders, a second daemon with this one's key and state folder.
     pub fn command_for(&self, backing: &Path, mnt: &Path) -> Command {
-        let mut command = match self.wrapper.split_first() {
+        let mut command = self.maxlofs();
+        command.arg("mount").arg(backing).arg(mnt).args(&self.args);
+        command
+    }
+
+    /// `maxlofs` under this mount's wrapper: as the daemon's user, whom alone a private mount
+    /// answers.
+    fn maxlofs(&self) -> Command {
+        match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = Command::new(program);
                 command.args(args).arg(BIN);
                 command
             }
             None => Command::new(BIN),
-        };
-        command.arg("mount").arg(backing).arg(mnt).args(&self.args);
-        command
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -344,12 +360,12 @@ impl Mount {
 
     /// `wait_synced` with another deadline (retries back off up to 45 s under heavy faults).
     pub fn wait_synced_within(&self, timeout_secs: u64) {
-        wait_synced_at(&self.mnt, timeout_secs, || self.log_text());
+        wait_synced_by(self.maxlofs(), &self.mnt, timeout_secs, || self.log_text());
     }
 
     /// `maxlofs status MNT --wait` with a timeout: whether everything was sent in time.
     pub fn try_wait_synced(&self, timeout_secs: u64) -> bool {
-        Command::new(BIN)
+        self.maxlofs()
             .args(["status", "--wait", "--json", "--timeout"])
             .arg(timeout_secs.to_string())
             .arg(&self.mnt)
@@ -372,7 +388,7 @@ impl Mount {
     }
 
     pub fn status(&self) -> Value {
-        let out = run(Command::new(BIN).args(["status", "--json"]).arg(&self.mnt));
+        let out = run(self.maxlofs().args(["status", "--json"]).arg(&self.mnt));
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
