@@ -1,16 +1,18 @@
 //! The content calls as maxlofs makes them (docs/contract.md, "Content calls"): `ContentApi`,
 //! and `ContentClient`, which sends the API calls through an `HttpApi` (its keys, its base URL,
-//! its error classes) and the PUTs to signed URLs through a client of its own.
+//! its error classes) and the PUTs and GETs of signed URLs through clients of its own.
 //!
 //! Signed URLs are opaque: they are used as given, never built or changed, and never logged
 //! whole (their query is a signature).
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use reqwest::{redirect, Client, Method};
 
 use super::answer::{classify, decode, Answer};
@@ -69,26 +71,43 @@ pub trait ContentApi: Send + Sync {
     async fn get(&self, url: &str) -> Result<PutBody, ApiError>;
 }
 
-/// A stalled transfer: no byte read from the store for this long fails the PUT or GET, however
-/// long the whole transfer takes (a rate-limited 4 GiB part takes hours).
-const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// A stalled transfer: the store taking no byte of a PUT, or sending none of a GET, for this long
+/// fails it, however long the whole transfer takes (a rate-limited 4 GiB part takes hours).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct ContentClient {
     api: Arc<HttpApi>,
-    transfers: Client,
+    /// For PUTs: no read timeout, which would also run while the body is sent (the store says
+    /// nothing until it has it all) and so fail every PUT longer than it; `StallClock` instead.
+    puts: Client,
+    /// For GETs, where a read timeout is the stall check: the bytes come to us.
+    gets: Client,
+    stall_timeout: Duration,
 }
 
 impl ContentClient {
     pub fn new(api: Arc<HttpApi>) -> anyhow::Result<ContentClient> {
-        let transfers = Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(STALL_TIMEOUT)
-            // A signed URL is all the authority a PUT has: following a redirect would send the
-            // bytes where the service did not say.
-            .redirect(redirect::Policy::none())
-            .user_agent(concat!("maxlofs/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(ContentClient { api, transfers })
+        ContentClient::with_stall_timeout(api, STALL_TIMEOUT)
+    }
+
+    pub fn with_stall_timeout(
+        api: Arc<HttpApi>,
+        stall_timeout: Duration,
+    ) -> anyhow::Result<ContentClient> {
+        let builder = || {
+            Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                // A signed URL is all the authority a transfer has: following a redirect would
+                // send the bytes where the service did not say.
+                .redirect(redirect::Policy::none())
+                .user_agent(concat!("maxlofs/", env!("CARGO_PKG_VERSION")))
+        };
+        Ok(ContentClient {
+            api,
+            puts: builder().build()?,
+            gets: builder().read_timeout(stall_timeout).build()?,
+            stall_timeout,
+        })
     }
 
     fn grant_path(grant: GrantId, call: &str) -> String {
@@ -177,10 +196,11 @@ impl ContentApi for ContentClient {
                 status: 0,
                 message: format!("the service named an unusable method {:?}", target.method),
             })?;
+        let clock = StallClock::new();
         let mut request = self
-            .transfers
+            .puts
             .request(method, target.url.as_str())
-            .body(reqwest::Body::wrap_stream(body));
+            .body(reqwest::Body::wrap_stream(clock.watch(body)));
         let mut has_length = false;
         for (name, value) in &target.headers {
             if name.eq_ignore_ascii_case("content-length") {
@@ -198,27 +218,33 @@ impl ContentApi for ContentClient {
             // Without it the body would go chunked, which a signed PUT refuses.
             request = request.header(reqwest::header::CONTENT_LENGTH, len);
         }
-        let response = request.send().await.map_err(transport_error)?;
-        let status = response.status();
-        tracing::debug!(%status, path = response.url().path(), "PUT answer");
-        let etag = response
-            .headers()
-            .get(reqwest::header::ETAG)
-            .and_then(|value| value.to_str().ok())
-            .map(str::to_string);
-        let answer = read_capped(response).await?;
-        classify(status.as_u16(), answer)?.success()?;
-        etag.ok_or_else(|| ApiError::Transient("the store answered a PUT without an ETag".into()))
+        let exchange = async {
+            let response = request.send().await.map_err(transport_error)?;
+            let status = response.status();
+            tracing::debug!(%status, path = response.url().path(), "PUT answer");
+            let etag = response
+                .headers()
+                .get(reqwest::header::ETAG)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_string);
+            let answer = read_capped(response).await?;
+            classify(status.as_u16(), answer)?.success()?;
+            etag.ok_or_else(|| {
+                ApiError::Transient("the store answered a PUT without an ETag".into())
+            })
+        };
+        tokio::select! {
+            answer = exchange => answer,
+            () = clock.stalled(self.stall_timeout) => Err(ApiError::Transient(format!(
+                "the store took no bytes and gave no answer for {} s",
+                self.stall_timeout.as_secs()
+            ))),
+        }
     }
 
     async fn get(&self, url: &str) -> Result<PutBody, ApiError> {
         use futures_util::TryStreamExt;
-        let response = self
-            .transfers
-            .get(url)
-            .send()
-            .await
-            .map_err(transport_error)?;
+        let response = self.gets.get(url).send().await.map_err(transport_error)?;
         let status = response.status();
         if !status.is_success() {
             let body = read_capped(response).await?;
@@ -231,5 +257,174 @@ impl ContentApi for ContentClient {
                 .map_ok(|chunk| chunk.to_vec())
                 .map_err(io::Error::other),
         ))
+    }
+}
+
+/// Whether a PUT waits on the store, and since when. It waits from the request's start, and
+/// each time the body has handed over a chunk, until the request asks for the next one; after
+/// the last, until the answer. While the body makes a chunk (reading the file, or pacing to
+/// `--upload-limit`) the wait is ours, not the store's, and is not counted.
+#[derive(Clone)]
+struct StallClock {
+    start: Instant,
+    /// Milliseconds after `start` (plus one) the wait began; 0 while not waiting.
+    waiting_since: Arc<AtomicU64>,
+}
+
+impl StallClock {
+    fn new() -> StallClock {
+        let clock = StallClock {
+            start: Instant::now(),
+            waiting_since: Arc::new(AtomicU64::new(0)),
+        };
+        clock.wait_from_now();
+        clock
+    }
+
+    fn wait_from_now(&self) {
+        let now = self.start.elapsed().as_millis() as u64 + 1;
+        self.waiting_since.store(now, Ordering::Relaxed);
+    }
+
+    /// `body`, telling this clock when the request asks for more and when it is handed it.
+    fn watch(&self, body: PutBody) -> PutBody {
+        Box::pin(futures_util::stream::unfold(
+            (body, self.clone()),
+            |(mut body, clock)| async move {
+                clock.waiting_since.store(0, Ordering::Relaxed);
+                let next = body.next().await;
+                clock.wait_from_now();
+                next.map(|chunk| (chunk, (body, clock)))
+            },
+        ))
+    }
+
+    /// Returns once the store has kept us waiting for `limit`.
+    async fn stalled(&self, limit: Duration) {
+        loop {
+            let since = self.waiting_since.load(Ordering::Relaxed);
+            let waited = match since {
+                0 => Duration::ZERO,
+                since => self
+                    .start
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(since - 1)),
+            };
+            if waited >= limit {
+                return;
+            }
+            // Checked a few times per limit, so a stall is seen within a quarter of it.
+            let next_check = (limit - waited).min(limit / 4);
+            tokio::time::sleep(next_check.max(Duration::from_millis(50))).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::http::Timeouts;
+    use crate::api::{Keys, SecretKey};
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    fn client(stall_timeout: Duration) -> ContentClient {
+        let keys = Keys {
+            device: SecretKey::new("key"),
+            user: None,
+        };
+        let api = HttpApi::new("http://127.0.0.1:1", keys, Timeouts::default()).unwrap();
+        ContentClient::with_stall_timeout(Arc::new(api), stall_timeout).unwrap()
+    }
+
+    /// A store on loopback that serves one connection with `serve`; the PUT target for it.
+    fn store(serve: impl FnOnce(TcpStream) + Send + 'static) -> SignedPut {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/object", listener.local_addr().unwrap());
+        std::thread::spawn(move || serve(listener.accept().unwrap().0));
+        SignedPut {
+            method: "PUT".into(),
+            url,
+            headers: BTreeMap::new(),
+        }
+    }
+
+    /// Reads a request whole, as S3 does before it says anything.
+    fn read_request(stream: &TcpStream) {
+        let mut reader = BufReader::new(stream);
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = value.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        std::io::copy(&mut reader.take(length), &mut std::io::sink()).unwrap();
+    }
+
+    fn answer_etag(mut stream: TcpStream) {
+        read_request(&stream);
+        let answer = "HTTP/1.1 200 OK\r\nETag: \"e\"\r\nContent-Length: 0\r\n\r\n";
+        stream.write_all(answer.as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+
+    /// `chunks` chunks of `size` bytes, each made `pause` after the request asks for it.
+    fn paced(chunks: usize, size: usize, pause: Duration) -> PutBody {
+        Box::pin(
+            futures_util::stream::iter(0..chunks).then(move |_| async move {
+                tokio::time::sleep(pause).await;
+                Ok(vec![7; size])
+            }),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_put_longer_than_the_stall_timeout_succeeds_while_the_store_takes_its_bytes() {
+        // The store says nothing for 3 s, until it has the body; each chunk is paced longer
+        // than the timeout (as --upload-limit paces), which is our wait, not the store's.
+        let target = store(answer_etag);
+        let body = paced(2, 64 * 1024, Duration::from_millis(1500));
+        let answer = client(Duration::from_secs(1))
+            .put(&target, 2 * 64 * 1024, body)
+            .await;
+        assert_eq!(answer.unwrap(), "\"e\"");
+    }
+
+    #[tokio::test]
+    async fn a_store_that_stops_taking_bytes_fails_the_put_at_the_stall_timeout() {
+        let target = store(|stream| {
+            std::thread::sleep(Duration::from_secs(30));
+            drop(stream);
+        });
+        let started = Instant::now();
+        let body = paced(1024, 1024 * 1024, Duration::ZERO);
+        let answer = client(Duration::from_secs(1))
+            .put(&target, 1024 * 1024 * 1024, body)
+            .await;
+        assert!(
+            matches!(&answer, Err(ApiError::Transient(why)) if why.contains("no bytes")),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn a_store_that_takes_the_body_and_never_answers_fails_the_put_at_the_stall_timeout() {
+        let target = store(|stream| {
+            read_request(&stream);
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let started = Instant::now();
+        let body = paced(4, 64 * 1024, Duration::ZERO);
+        let answer = client(Duration::from_secs(1))
+            .put(&target, 4 * 64 * 1024, body)
+            .await;
+        assert!(matches!(answer, Err(ApiError::Transient(_))), "{answer:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 }
