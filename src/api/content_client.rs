@@ -75,6 +75,10 @@ pub trait ContentApi: Send + Sync {
 /// fails it, however long the whole transfer takes (a rate-limited 4 GiB part takes hours).
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The pace `multipart_complete` is given to join a file, beyond the usual call timeout (bytes
+/// per second; the emulator joins and re-hashes at several times this).
+const ASSEMBLY_RATE: u64 = 32 * 1024 * 1024;
+
 pub struct ContentClient {
     api: Arc<HttpApi>,
     /// For PUTs: no read timeout, which would also run while the body is sent (the store says
@@ -171,9 +175,14 @@ impl ContentApi for ContentClient {
         grant: GrantId,
         request: &MultipartCompleteRequest,
     ) -> Result<(), ApiError> {
-        self.post_for(&Self::grant_path(grant, "multipart_complete"), request)
-            .await
-            .map(drop)
+        // The store joins the parts (the emulator also re-hashes them) before it answers:
+        // minutes for tens of GiB. Cut short, the call would be repeated, and could be forever.
+        let assembly = Duration::from_secs(request.file_size / ASSEMBLY_RATE);
+        let call = self
+            .api
+            .post(&Self::grant_path(grant, "multipart_complete"), request)
+            .timeout(self.api.request_timeout() + assembly);
+        self.api.call(call).await?.success().map(drop)
     }
 
     async fn download(
@@ -328,23 +337,40 @@ mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
 
-    fn client(stall_timeout: Duration) -> ContentClient {
+    fn client_of(service: &str, request_timeout: Duration, stall: Duration) -> ContentClient {
         let keys = Keys {
             device: SecretKey::new("key"),
             user: None,
         };
-        let api = HttpApi::new("http://127.0.0.1:1", keys, Timeouts::default()).unwrap();
-        ContentClient::with_stall_timeout(Arc::new(api), stall_timeout).unwrap()
+        let timeouts = Timeouts {
+            request: request_timeout,
+            ..Timeouts::default()
+        };
+        let api = HttpApi::new(service, keys, timeouts).unwrap();
+        ContentClient::with_stall_timeout(Arc::new(api), stall).unwrap()
     }
 
-    /// A store on loopback that serves one connection with `serve`; the PUT target for it.
-    fn store(serve: impl FnOnce(TcpStream) + Send + 'static) -> SignedPut {
+    fn client(stall_timeout: Duration) -> ContentClient {
+        client_of(
+            "http://127.0.0.1:1",
+            Timeouts::default().request,
+            stall_timeout,
+        )
+    }
+
+    /// A server on loopback that serves one connection with `serve`; its URL.
+    fn server(serve: impl FnOnce(TcpStream) + Send + 'static) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/object", listener.local_addr().unwrap());
+        let url = format!("http://{}", listener.local_addr().unwrap());
         std::thread::spawn(move || serve(listener.accept().unwrap().0));
+        url
+    }
+
+    /// A store that serves one PUT with `serve`; the PUT target for it.
+    fn store(serve: impl FnOnce(TcpStream) + Send + 'static) -> SignedPut {
         SignedPut {
             method: "PUT".into(),
-            url,
+            url: format!("{}/object", server(serve)),
             headers: BTreeMap::new(),
         }
     }
@@ -426,5 +452,38 @@ mod tests {
             .await;
         assert!(matches!(answer, Err(ApiError::Transient(_))), "{answer:?}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A service that reads a call and answers it `after`, with an empty JSON object.
+    fn slow_service(after: Duration) -> String {
+        server(move |mut stream| {
+            read_request(&stream);
+            std::thread::sleep(after);
+            let answer = "HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n\
+                          content-length: 2\r\n\r\n{}";
+            let _ = stream.write_all(answer.as_bytes());
+        })
+    }
+
+    #[tokio::test]
+    async fn multipart_complete_waits_longer_for_a_larger_file() {
+        let complete = |file_size| MultipartCompleteRequest {
+            file_size,
+            file_hash: "0".repeat(64),
+            s3_bucket_id: "b".into(),
+            upload_id: "u".into(),
+            part_list: Vec::new(),
+        };
+        let second = Duration::from_secs(1);
+        // 3 s more for 96 MiB: a 2 s assembly is waited for.
+        let large = client_of(&slow_service(2 * second), second, second)
+            .multipart_complete(1, &complete(96 << 20))
+            .await;
+        assert!(large.is_ok(), "{large:?}");
+        // A small file gets the usual 1 s.
+        let small = client_of(&slow_service(2 * second), second, second)
+            .multipart_complete(1, &complete(20 << 20))
+            .await;
+        assert!(matches!(small, Err(ApiError::Transient(_))), "{small:?}");
     }
 }

@@ -103,6 +103,11 @@ impl HttpApi {
             .json(&body)
     }
 
+    /// How long a whole call may take.
+    pub(super) fn request_timeout(&self) -> Duration {
+        self.timeouts.request
+    }
+
     fn url(&self, path: &str) -> Url {
         let mut url = self.base_url.clone();
         let prefix = self.base_url.path().trim_end_matches('/');
