@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use reqwest::{redirect, Client, Method};
@@ -269,6 +270,9 @@ impl ContentApi for ContentClient {
     }
 }
 
+/// The most of a PUT's body handed to the HTTP client at a time (see `StallClock::watch`).
+const PIECE: usize = 64 * 1024;
+
 /// Whether a PUT waits on the store, and since when. It waits from the request's start, and
 /// each time the body has handed over a chunk, until the request asks for the next one; after
 /// the last, until the answer. While the body makes a chunk (reading the file, or pacing to
@@ -295,15 +299,28 @@ impl StallClock {
         self.waiting_since.store(now, Ordering::Relaxed);
     }
 
-    /// `body`, telling this clock when the request asks for more and when it is handed it.
-    fn watch(&self, body: PutBody) -> PutBody {
+    /// `body` in pieces of at most `PIECE` bytes, telling this clock when the request asks for
+    /// more and when it is handed it. Small pieces, because the client asks for the next only
+    /// once most of what it holds has gone out: a whole 1 MiB chunk would leave it silent for
+    /// minutes on a slow uplink (600 KiB at 10 KB/s), and that would read as a stall.
+    fn watch(&self, body: PutBody) -> BoxStream<'static, io::Result<Bytes>> {
         Box::pin(futures_util::stream::unfold(
-            (body, self.clone()),
-            |(mut body, clock)| async move {
+            (body, Bytes::new(), self.clone()),
+            |(mut body, mut rest, clock)| async move {
                 clock.waiting_since.store(0, Ordering::Relaxed);
-                let next = body.next().await;
+                if rest.is_empty() {
+                    match body.next().await {
+                        Some(Ok(chunk)) => rest = Bytes::from(chunk),
+                        other => {
+                            clock.wait_from_now();
+                            return other
+                                .map(|failed| (failed.map(Bytes::from), (body, rest, clock)));
+                        }
+                    }
+                }
+                let piece = rest.split_to(rest.len().min(PIECE));
                 clock.wait_from_now();
-                next.map(|chunk| (chunk, (body, clock)))
+                Some((Ok(piece), (body, rest, clock)))
             },
         ))
     }
@@ -485,5 +502,21 @@ mod tests {
             .multipart_complete(1, &complete(20 << 20))
             .await;
         assert!(matches!(small, Err(ApiError::Transient(_))), "{small:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_is_handed_over_in_pieces_of_at_most_64_kib() {
+        let body: PutBody = Box::pin(futures_util::stream::iter([
+            Ok(vec![1; 1024 * 1024 + 1]),
+            Ok(vec![2; 10]),
+        ]));
+        let pieces: Vec<usize> = StallClock::new()
+            .watch(body)
+            .map(|piece| piece.unwrap().len())
+            .collect()
+            .await;
+        let mut expected = vec![PIECE; 16];
+        expected.extend([1, 10]);
+        assert_eq!(pieces, expected);
     }
 }
