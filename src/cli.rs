@@ -115,6 +115,10 @@ pub struct EmulatorArgs {
     /// How long a signed upload or download URL stays valid, in seconds.
     #[arg(long, default_value_t = 900)]
     pub url_ttl_secs: u64,
+    /// A PUT whose body sends no byte for this many seconds is answered 400 RequestTimeout, as
+    /// S3 answers an idle request (0: wait for ever).
+    #[arg(long, default_value_t = 20)]
+    pub body_idle_secs: u64,
     /// `upload` answers upload_disabled: true (uploads off by policy).
     #[arg(long)]
     pub upload_disabled: bool,

@@ -131,6 +131,26 @@ fn failed_and_dropped_puts_are_retried_until_the_content_is_up() {
     assert!(failed + dropped > 0, "no fault was injected");
 }
 
+/// `--upload-limit` paces a PUT without long silences: a store gives up on a request whose body
+/// stops (S3 after about 20 s; this emulator after 2 s), so a chunk waited for whole at a low rate
+/// was refused, and sent again, for ever.
+#[test]
+fn a_paced_upload_never_stops_long_enough_for_the_store_to_give_up() {
+    let emulator = Emulator::start(&["--body-idle-secs", "2"]);
+    let mount = mount!(emulator, &["--upload-limit", "200K"]);
+    // One sent from the bytes hashed, one read from the file as it is sent.
+    std::fs::write(mount.path("kept.jpg"), bytes(600_000, 40)).unwrap();
+    std::fs::write(mount.path("read.jpg"), bytes(1_200_000, 41)).unwrap();
+    mount.wait_synced_within(60);
+    assert_content_matches(&emulator, &mount);
+    assert_eq!(
+        emulator.stats()["calls"]["object_put"],
+        serde_json::json!({"200": 2}),
+        "{}",
+        mount.log_text()
+    );
+}
+
 /// Waits until `status` counts `bytes` uploaded in all.
 fn wait_uploaded(mount: &Mount, bytes: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -381,6 +381,59 @@ fn whole_put_refusals_are_s3_errors_and_store_nothing() {
     assert_eq!(register(&emulator, &content), 201);
 }
 
+/// A body that stops for `pause` once `pause_at` of its bytes are read.
+struct PausingBody {
+    data: Vec<u8>,
+    at: usize,
+    pause_at: usize,
+    pause: Duration,
+}
+
+impl Read for PausingBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.pause_at {
+            std::thread::sleep(self.pause);
+        }
+        let end = if self.at < self.pause_at {
+            self.pause_at
+        } else {
+            self.data.len()
+        };
+        let n = buf.len().min(end - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// As S3: a PUT whose body stops for longer than `--body-idle-secs` is refused (400
+/// RequestTimeout) and stores nothing; a shorter pause is waited out.
+#[test]
+fn a_put_body_that_stops_too_long_is_refused() {
+    let emulator = start(&["--body-idle-secs", "1"]);
+    let content = pattern(300_000);
+    let paused_put = |pause: Duration| {
+        let body = PausingBody {
+            data: content.clone(),
+            at: 0,
+            pause_at: 100_000,
+            pause,
+        };
+        // The refusal may come while the rest is still being written: then the client sees the
+        // connection end instead of the answer.
+        reqwest::blocking::Client::new()
+            .put(put_url(&emulator, &content))
+            .body(reqwest::blocking::Body::sized(body, content.len() as u64))
+            .send()
+            .map(|response| response.status().as_u16())
+    };
+    assert!(!matches!(paused_put(Duration::from_millis(2500)), Ok(200)));
+    assert_eq!(stats_of(&emulator, "object_put")["400"], 1);
+    assert_eq!(register(&emulator, &content), 400, "nothing was stored");
+    assert_eq!(paused_put(Duration::from_millis(300)).unwrap(), 200);
+    assert_eq!(register(&emulator, &content), 201);
+}
+
 #[test]
 fn signed_urls_expire() {
     let emulator = start(&["--url-ttl-secs", "1"]);

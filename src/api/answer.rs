@@ -56,6 +56,23 @@ pub fn classify(status: u16, body: Vec<u8>) -> Result<Answer, ApiError> {
     }
 }
 
+/// A store's answer to a PUT. S3 refuses a body that stalled or was cut short with a 400 that
+/// means "send it again" (RequestTimeout, IncompleteBody; S3's error codes): transient, not a
+/// refusal of the file, which would leave it unsent until it changes.
+pub fn classify_store(status: u16, body: Vec<u8>) -> Result<Answer, ApiError> {
+    let code = std::str::from_utf8(&body).ok().and_then(|text| {
+        let start = text.find("<Code>")? + "<Code>".len();
+        let end = start + text[start..].find("</Code>")?;
+        Some(&text[start..end])
+    });
+    match (status, code) {
+        (400, Some(code @ ("RequestTimeout" | "IncompleteBody"))) => Err(ApiError::Transient(
+            format!("the store did not get the whole body ({code}); it is sent again"),
+        )),
+        _ => classify(status, body),
+    }
+}
+
 /// A success or conflict body that does not parse as what the call answers: most likely cut
 /// short, so worth retrying.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -240,5 +257,26 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_body_the_store_did_not_get_whole_is_sent_again_and_other_refusals_are_not() {
+        let s3_error = |code: &str| {
+            format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>")
+                .into_bytes()
+        };
+        for code in ["RequestTimeout", "IncompleteBody"] {
+            let answer = classify_store(400, s3_error(code));
+            assert!(matches!(answer, Err(ApiError::Transient(_))), "{answer:?}");
+        }
+        let answer = classify_store(400, s3_error("BadDigest"));
+        assert!(
+            matches!(answer, Err(ApiError::BadRequest { status: 400, .. })),
+            "{answer:?}"
+        );
+        assert!(matches!(
+            classify_store(200, Vec::new()),
+            Ok(Answer::Success(_))
+        ));
     }
 }

@@ -16,7 +16,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use reqwest::{redirect, Client, Method};
 
-use super::answer::{classify, decode, Answer};
+use super::answer::{classify, classify_store, decode, Answer};
 use super::content::{
     DownloadAnswer, DownloadRequest, FileRef, MultipartAnswer, MultipartCompleteRequest,
     MultipartConflict, MultipartRequest, S3ObjectRequest, UploadAnswer, UploadRequest,
@@ -238,7 +238,7 @@ impl ContentApi for ContentClient {
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_string);
             let answer = read_capped(response).await?;
-            classify(status.as_u16(), answer)?.success()?;
+            classify_store(status.as_u16(), answer)?.success()?;
             etag.ok_or_else(|| {
                 ApiError::Transient("the store answered a PUT without an ETag".into())
             })

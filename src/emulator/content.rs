@@ -353,7 +353,22 @@ async fn receive(app: &App, request: Request) -> Result<(NamedTempFile, String),
             "You did not provide the number of bytes specified by the Content-Length HTTP header.",
         )
     };
-    while let Some(chunk) = body.next().await {
+    // S3 refuses a request whose body stalls (about 20 s) with this code and message (Amazon S3
+    // error responses): a client that pauses mid-body must not pause that long.
+    let idle = app.objects.config().body_idle;
+    loop {
+        let next = match idle {
+            Some(idle) => tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                S3Error::new(
+                    400,
+                    "RequestTimeout",
+                    "Your socket connection to the server was not read from or written to \
+                     within the timeout period. Idle connections will be closed.",
+                )
+            })?,
+            None => body.next().await,
+        };
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|_| incomplete())?;
         if digest.len + chunk.len() as u64 > signed_length {
             return Err(S3Error::new(

@@ -36,6 +36,7 @@ pub fn run(args: &EmulatorArgs) -> anyhow::Result<()> {
             .clone()
             .or_else(|| args.db.as_deref().map(objects_next_to)),
         url_ttl: Duration::from_secs(args.url_ttl_secs),
+        body_idle: (args.body_idle_secs > 0).then(|| Duration::from_secs(args.body_idle_secs)),
         upload_disabled: args.upload_disabled,
         no_active_file: args.multipart_no_active_file,
     };

@@ -50,6 +50,8 @@ pub struct ObjectsConfig {
     pub dir: Option<PathBuf>,
     /// How long a signed URL stays valid.
     pub url_ttl: Duration,
+    /// How long a PUT's body may send nothing before it is refused (`None`: no limit).
+    pub body_idle: Option<Duration>,
     /// `upload` answers `upload_disabled: true` and an empty list.
     pub upload_disabled: bool,
     /// `multipart` answers 409 `no_active_file: true` for content it does not hold.

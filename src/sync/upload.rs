@@ -212,6 +212,11 @@ impl RateLimit {
         }
     }
 
+    /// The most sent at one time under this rate: an eighth of a second's worth (4 to 64 KiB).
+    fn piece(&self) -> usize {
+        ((self.rate / 8.0) as usize).clamp(4 * 1024, 64 * 1024)
+    }
+
     async fn take(&self, bytes: u64) {
         let wait = self.wait_for(bytes, Instant::now());
         if !wait.is_zero() {
@@ -320,23 +325,38 @@ struct Source {
 
 fn file_body(source: Source) -> PutBody {
     Box::pin(futures_util::stream::try_unfold(
-        source,
-        |mut source| async move {
-            if source.finished {
-                return Ok(None);
+        (source, Vec::new(), 0),
+        |(mut source, mut chunk, mut at)| async move {
+            if at == chunk.len() {
+                if source.finished {
+                    return Ok(None);
+                }
+                chunk = match &mut source.origin {
+                    Origin::Kept(bytes) => std::mem::take(bytes),
+                    Origin::File(file) => read_checked(file.clone(), &mut source).await?,
+                };
+                at = 0;
+                source.offset += chunk.len() as u64;
+                source.finished = source.offset == source.end;
             }
-            let chunk = match &mut source.origin {
-                Origin::Kept(bytes) => std::mem::take(bytes),
-                Origin::File(file) => read_checked(file.clone(), &mut source).await?,
+            // Paced, a chunk goes in pieces each sent when the rate allows it: a whole chunk
+            // waited for at a low rate would leave the request silent for longer than a store
+            // waits (S3 gives up after about 20 s).
+            let piece = match &source.limit {
+                Some(limit) => {
+                    let end = chunk.len().min(at + limit.piece());
+                    let piece = chunk[at..end].to_vec();
+                    at = end;
+                    limit.take(piece.len() as u64).await;
+                    piece
+                }
+                None => {
+                    at = 0;
+                    std::mem::take(&mut chunk)
+                }
             };
-            let sent = chunk.len() as u64;
-            source.offset += sent;
-            source.finished = source.offset == source.end;
-            if let Some(limit) = &source.limit {
-                limit.take(sent).await;
-            }
-            source.tally.sent(sent);
-            Ok(Some((chunk, source)))
+            source.tally.sent(piece.len() as u64);
+            Ok(Some((piece, (source, chunk, at))))
         },
     ))
 }
