@@ -5,13 +5,11 @@
 #[macro_use]
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::service::{is_mounted, Emulator, Mount};
+use common::service::{give_to_nobody, is_mounted, Emulator, Mount};
 
 /// The kernel options of the mount at `mnt`, from /proc/self/mountinfo (super options last).
 fn mount_options(mnt: &Path) -> String {
@@ -53,25 +51,9 @@ fn a_killed_root_daemon_leaves_no_mount_behind() {
 fn a_killed_unprivileged_daemon_leaves_no_mount_behind() {
     let emulator = Emulator::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
-    let chown = Command::new("chown")
-        .args(["-R", "65534:65534"])
-        .arg(dir.path())
-        .status()
-        .unwrap();
-    assert!(chown.success());
-    mount.wrapper = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ]
-    .map(String::from)
-    .to_vec();
-    mount
-        .env
-        .push(("HOME".into(), dir.path().to_str().unwrap().into()));
+    mount.run_as_nobody();
+    give_to_nobody(dir.path());
     if !mount.mount() {
         return;
     }

@@ -18,7 +18,9 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use common::proxy::{is_create, is_media_call, response, Action, Proxy, Rule};
-use common::service::{check_catalog, live_catalog, run, sh, Emulator, Mount, BIN};
+use common::service::{
+    check_catalog, give_to_nobody, live_catalog, run, sh, Emulator, Mount, AS_NOBODY, BIN,
+};
 
 /// Polls `condition` every 50 ms for up to 60 s.
 fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
@@ -242,24 +244,13 @@ fn a_path_longer_than_path_max_does_not_stop_the_rest() {
 fn what_the_daemons_user_may_not_read_is_reported_kept_and_synced_once_permitted() {
     let emulator = Emulator::start(&[]);
     let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
-    let as_nobody = [
-        "setpriv",
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-    ];
-    mount.wrapper = as_nobody.map(String::from).to_vec();
-    mount
-        .env
-        .push(("HOME".into(), dir.path().to_str().unwrap().into()));
+    mount.run_as_nobody();
     std::fs::create_dir(mount.backing.join("d")).unwrap();
     for name in ["d/one.jpg", "d/two.jpg", "fine.jpg"] {
         std::fs::write(mount.backing.join(name), name).unwrap();
     }
-    let chown = |path: &Path| run(Command::new("chown").arg("-R").arg("65534:65534").arg(path));
-    chown(dir.path());
+    give_to_nobody(dir.path());
     if !mount.mount() {
         return;
     }
@@ -269,7 +260,7 @@ fn what_the_daemons_user_may_not_read_is_reported_kept_and_synced_once_permitted
     std::fs::write(mount.backing.join("d/three.jpg"), "three").unwrap();
     std::fs::remove_file(mount.backing.join("d/one.jpg")).unwrap();
     std::fs::write(mount.backing.join("secret.jpg"), "secret").unwrap();
-    chown(&mount.backing);
+    give_to_nobody(&mount.backing);
     for name in ["d", "secret.jpg"] {
         let path = mount.backing.join(name);
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o000)).unwrap();
@@ -292,8 +283,8 @@ fn what_the_daemons_user_may_not_read_is_reported_kept_and_synced_once_permitted
     assert_eq!(local_only, ["d", "secret.jpg"], "{status}");
     let live: Vec<String> = emulator.live().into_keys().collect();
     assert_eq!(live, ["d/one.jpg", "d/two.jpg", "fine.jpg"]);
-    let mut chmod = Command::new(as_nobody[0]);
-    chmod.args(&as_nobody[1..]).args(["chmod", "755"]);
+    let mut chmod = Command::new(AS_NOBODY[0]);
+    chmod.args(&AS_NOBODY[1..]).args(["chmod", "755"]);
     run(chmod.arg(mount.path("d")).arg(mount.path("secret.jpg")));
     mount.wait_synced_within(30);
     check_catalog(&emulator, &mount.backing);

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -204,6 +205,19 @@ pub fn is_mounted(mountpoint: &Path) -> bool {
     })
 }
 
+/// A command's prefix that runs it as nobody (uid and gid 65534, no other groups).
+pub const AS_NOBODY: [&str; 4] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
+/// `chown -R nobody:nogroup PATH`.
+pub fn give_to_nobody(path: &Path) {
+    run(Command::new("chown").arg("-R").arg("65534:65534").arg(path));
+}
+
 /// A `maxlofs mount --foreground` daemon over a temp backing folder, against an emulator.
 pub struct Mount {
     child: Option<Child>,
@@ -334,6 +348,15 @@ impl Mount {
         let mut command = self.maxlofs();
         command.arg("mount").arg(backing).arg(mnt).args(&self.args);
         command
+    }
+
+    /// Runs the daemon (and `status`) as nobody, with `dir` (this mount's folder, made
+    /// 0755) as its home. What the daemon must reach, the caller gives to nobody (`chown`).
+    pub fn run_as_nobody(&mut self) {
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        self.wrapper = AS_NOBODY.map(String::from).to_vec();
+        let home = self.dir.to_str().unwrap().to_string();
+        self.env.push(("HOME".into(), home));
     }
 
     /// `maxlofs` under this mount's wrapper: as the daemon's user, whom alone a private mount
