@@ -370,7 +370,8 @@ fn sigterm_and_sigint_unmount_cleanly_after_draining() {
         assert!(!common::service::is_mounted(&mount.mnt));
         assert!(
             emulator.live().contains_key(name),
-            "{name} was drained before exit"
+            "{name} was drained before exit\n{}",
+            mount.log_text()
         );
     }
 }
