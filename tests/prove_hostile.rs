@@ -235,6 +235,22 @@ fn a_path_longer_than_path_max_does_not_stop_the_rest() {
     assert!(mount.try_wait_synced(60), "{}", mount.status());
 }
 
+/// The paths status lists as local-only because the daemon's user may not read them.
+fn unreadable(status: &serde_json::Value) -> Vec<&str> {
+    status["local_only"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| {
+            entry["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("permission denied")
+        })
+        .map(|entry| entry["path"].as_str().unwrap())
+        .collect()
+}
+
 /// A daemon run by a user (not root) may meet what that user may not read: a folder made 000 (a
 /// filesystem's root-owned lost+found, say) or a file made 000. Neither may stop the rest: the
 /// start's pass completes and `status --wait` returns, status says what is not looked at and
@@ -260,35 +276,33 @@ fn what_the_daemons_user_may_not_read_is_reported_kept_and_synced_once_permitted
     std::fs::write(mount.backing.join("d/three.jpg"), "three").unwrap();
     std::fs::remove_file(mount.backing.join("d/one.jpg")).unwrap();
     std::fs::write(mount.backing.join("secret.jpg"), "secret").unwrap();
+    std::fs::create_dir_all(mount.backing.join("outer/inner")).unwrap();
     give_to_nobody(&mount.backing);
-    for name in ["d", "secret.jpg"] {
+    for name in ["d", "secret.jpg", "outer/inner"] {
         let path = mount.backing.join(name);
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o000)).unwrap();
     }
     assert!(mount.mount());
     mount.wait_synced_within(30);
     let status = mount.status();
-    let local_only: Vec<&str> = status["local_only"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|entry| {
-            entry["reason"]
-                .as_str()
-                .unwrap()
-                .starts_with("permission denied")
-        })
-        .map(|entry| entry["path"].as_str().unwrap())
-        .collect();
-    assert_eq!(local_only, ["d", "secret.jpg"], "{status}");
+    assert_eq!(
+        unreadable(&status),
+        ["d", "outer/inner", "secret.jpg"],
+        "{status}"
+    );
     let live: Vec<String> = emulator.live().into_keys().collect();
     assert_eq!(live, ["d/one.jpg", "d/two.jpg", "fine.jpg"]);
     let mut chmod = Command::new(AS_NOBODY[0]);
     chmod.args(&AS_NOBODY[1..]).args(["chmod", "755"]);
     run(chmod.arg(mount.path("d")).arg(mount.path("secret.jpg")));
+    // Moved, a closed folder is listed under its new name only.
+    let mut mv = Command::new(AS_NOBODY[0]);
+    mv.args(&AS_NOBODY[1..]).arg("mv");
+    run(mv.arg(mount.path("outer")).arg(mount.path("moved")));
     mount.wait_synced_within(30);
     check_catalog(&emulator, &mount.backing);
-    assert_eq!(mount.status()["local_only_count"], 0);
+    let status = mount.status();
+    assert_eq!(unreadable(&status), ["moved/inner"], "{status}");
 }
 
 #[test]

@@ -435,6 +435,8 @@ impl Engine {
     /// Marks every indexed path below `dir` and every entry below it in the backing tree. A
     /// directory the daemon may not list is reported (its records stay as they are).
     fn mark_tree(&self, dir: &Path) {
+        // Listed again below if still so; gone from the list if moved away.
+        self.forget_unreadable(dir);
         if let Some(dir_str) = dir.to_str() {
             match self.index.paths_under(dir_str) {
                 Ok(paths) => paths
@@ -445,11 +447,14 @@ impl Engine {
         }
         let unreadable = match self.backing.observe(dir) {
             Ok(Observed::Directory) => {
-                let walked = self.backing.walk(dir, &mut |path, observed| {
-                    if observed != Observed::Directory {
-                        self.queue.mark(path, Hint::Meta);
-                    }
-                });
+                let walked = self
+                    .backing
+                    .walk(dir, &mut |path, observed| match observed {
+                        Observed::Directory => {}
+                        // A look would see only a directory there, and say nothing.
+                        Observed::Unreadable => self.note_unreadable(path),
+                        _ => self.queue.mark(path, Hint::Meta),
+                    });
                 match walked {
                     Err(err) if denied(&err) => true,
                     Err(err) => {
@@ -463,33 +468,40 @@ impl Engine {
             _ => false,
         };
         if unreadable {
-            self.note_local_only(dir.to_string_lossy().into_owned(), Some(UNREADABLE));
+            self.note_unreadable(dir);
         }
+    }
+
+    /// Lists `path` as local-only: the daemon's user may not look into it.
+    pub(super) fn note_unreadable(&self, path: &Path) {
+        self.note_local_only(path.to_string_lossy().into_owned(), Some(UNREADABLE));
     }
 
     /// After a chmod or chown of `path`, what was reported unreadable at or below it is looked
     /// at again: the change may have let the daemon in.
     fn relook_unreadable(&self, path: &Path) {
-        let unreadable: Vec<String> = {
-            let mut report = self.report.lock().unwrap();
-            let keys: Vec<String> = report
-                .local_only
-                .iter()
-                .filter(|(key, why)| why.as_str() == UNREADABLE && Path::new(key).starts_with(path))
-                .map(|(key, _)| key.clone())
-                .collect();
-            for key in &keys {
-                report.local_only.remove(key);
-            }
-            keys
-        };
-        for key in unreadable {
+        for key in self.forget_unreadable(path) {
             let path = Path::new(&key);
             match self.backing.observe(path) {
                 Ok(Observed::Directory | Observed::Unreadable) => self.mark_tree(path),
                 _ => self.queue.mark(path, Hint::Meta),
             }
         }
+    }
+
+    /// Takes the paths at or below `path` off the unreadable list, and answers them.
+    fn forget_unreadable(&self, path: &Path) -> Vec<String> {
+        let mut report = self.report.lock().unwrap();
+        let keys: Vec<String> = report
+            .local_only
+            .iter()
+            .filter(|(key, why)| why.as_str() == UNREADABLE && Path::new(key).starts_with(path))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &keys {
+            report.local_only.remove(key);
+        }
+        keys
     }
 
     pub(super) fn note_local_only(&self, key: String, reason: Option<&str>) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::engine::Engine;
 use super::index::IndexEntry;
-use super::local::{FileStat, Observed, UNREADABLE};
+use super::local::{FileStat, Observed};
 use super::queue::Hint;
 use crate::progress::{Progress, Unit};
 
@@ -47,7 +47,7 @@ impl Engine {
                 Observed::Directory => false,
                 Observed::Absent => false,
                 Observed::Unreadable => {
-                    self.note_local_only(path.to_string_lossy().into_owned(), Some(UNREADABLE));
+                    self.note_unreadable(path);
                     false
                 }
                 Observed::Special => true,
