@@ -74,7 +74,7 @@ pub trait ContentApi: Send + Sync {
 
 /// A stalled transfer: the store taking no byte of a PUT, or sending none of a GET, for this long
 /// fails it, however long the whole transfer takes (a rate-limited 4 GiB part takes hours).
-pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The pace `multipart_complete` is given to join a file, beyond the usual call timeout (bytes
 /// per second; the emulator joins and re-hashes at several times this).
@@ -95,7 +95,7 @@ impl ContentClient {
         ContentClient::with_stall_timeout(api, STALL_TIMEOUT)
     }
 
-    pub fn with_stall_timeout(
+    fn with_stall_timeout(
         api: Arc<HttpApi>,
         stall_timeout: Duration,
     ) -> anyhow::Result<ContentClient> {
