@@ -408,6 +408,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     crate::fs::run_until_unmounted(mount, crate::daemonize::notify_ready)
         .context("serving the mount")?;
 
+    engine.session_ended();
     let timeout = Duration::from_secs(args.drain_timeout);
     tracing::info!("unmounted; sending what is queued (up to {timeout:?})");
     if runtime.block_on(engine.drain(timeout)) {

@@ -355,6 +355,45 @@ fn unmount_drains_what_is_still_settling() {
     assert_catalog_matches(&emulator, &mount.backing);
 }
 
+/// A signal while a writer holds a file: the mount is busy, so the daemon detaches it and serves
+/// on until the writer lets go; that writer's close must not be lost with the session, however
+/// the kernel orders its release and the end of the connection.
+#[test]
+fn a_file_still_open_at_a_signal_is_sent_with_all_its_bytes_once_its_writer_lets_go() {
+    let emulator = Emulator::start(&[]);
+    let mut mount = mount!(emulator, &["--settle-ms", "60000"]);
+    let mut writer = std::process::Command::new("sh")
+        .args(["-c", "exec 3>held; echo first >&3; read _; echo second >&3"])
+        .current_dir(&mount.mnt)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let held = mount.backing.join("held");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read(&held).unwrap_or_default() != b"first\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never wrote"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    mount.signal(libc::SIGTERM);
+    while !mount.log_text().contains("detaching it lazily") {
+        assert!(std::time::Instant::now() < deadline, "{}", mount.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(writer.stdin.take());
+    assert!(writer.wait().unwrap().success());
+    let status = mount.wait_exit();
+    assert!(status.success(), "{status}: {}", mount.log_text());
+    let live = emulator.live();
+    let record = live
+        .get("held")
+        .unwrap_or_else(|| panic!("{}", mount.log_text()));
+    assert_eq!(record["file_size"], 13, "{record}");
+    assert_catalog_matches(&emulator, &mount.backing);
+}
+
 #[test]
 fn sigterm_and_sigint_unmount_cleanly_after_draining() {
     let emulator = Emulator::start(&[]);

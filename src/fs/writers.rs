@@ -50,6 +50,13 @@ impl OpenWriters {
             .contains_key(&inode)
     }
 
+    /// Forgets every writer, as when the session that held them ended (a lazily detached mount
+    /// can end with releases the kernel never delivered); answers the inodes they held.
+    pub fn forget_all(&self) -> Vec<BackingInode> {
+        let mut counts = self.counts.lock().expect("writers lock");
+        counts.drain().map(|(inode, _)| inode).collect()
+    }
+
     /// How many files are open for writing.
     pub fn count(&self) -> usize {
         self.counts.lock().expect("writers lock").len()

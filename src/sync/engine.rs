@@ -255,6 +255,15 @@ impl Engine {
         }
     }
 
+    /// The mount's session ended: a writer whose release never came (a lazily detached mount can
+    /// end before the kernel delivers it) is gone all the same, and its files are looked at as
+    /// after a change.
+    pub fn session_ended(&self) {
+        for (_, ino) in self.writers.forget_all() {
+            self.inode_changed(ino);
+        }
+    }
+
     /// Waits until everything queued has been sent, up to `timeout`. True when nothing is left.
     pub async fn drain(&self, timeout: Duration) -> bool {
         self.queue.start_draining();

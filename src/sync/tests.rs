@@ -646,6 +646,26 @@ async fn a_file_open_for_writing_is_sent_only_after_its_last_writer_closes() {
     );
 }
 
+/// A session that ends with a writer's release never delivered: the file is sent as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_whose_close_never_came_is_gone_when_the_session_ends() {
+    let rig = Rig::new();
+    std::fs::write(rig.path("held"), b"first").unwrap();
+    let inode = rig.inode("held");
+    rig.writers.opened(inode);
+    rig.sink.send(Event::Created {
+        path: "held".into(),
+    });
+    tokio::time::sleep(SETTLE * 5).await;
+    rig.settled().await;
+    assert_eq!(rig.all_calls(), 0, "sent while open");
+    std::fs::write(rig.path("held"), b"first second").unwrap();
+    rig.engine.session_ended();
+    rig.settled().await;
+    assert_eq!(rig.writers.count(), 0);
+    assert_eq!(rig.live()["held"].file_hash, maxlo_hash(b"first second"));
+}
+
 /// A file unlinked while a writer holds it: the writer's close names no path, and the wait for
 /// it ends all the same (a temporary file created, unlinked and written, as many programs do,
 /// must leave nothing behind in the engine).

@@ -433,10 +433,20 @@ impl Mount {
 
     /// Sends `signal` to the daemon and waits for it to exit.
     pub fn signal_and_wait(&mut self, signal: i32) -> ExitStatus {
-        let mut child = self.child.take().expect("mounted");
+        self.signal(signal);
+        self.wait_exit()
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.pid().expect("mounted");
         // SAFETY: plain kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
-        child.wait().unwrap()
+        assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0);
+    }
+
+    /// Waits for the daemon to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        self.child.take().expect("mounted").wait().unwrap()
     }
 
     /// SIGKILLs the daemon, as a crash would.
