@@ -1,23 +1,56 @@
 //! The readings of the Maxlo API pages that the project fixes as its contract, each in one place.
 //! See docs/contract.md.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
-/// Timestamps: UTC ISO 8601 with milliseconds and `Z` (what JavaScript's toISOString writes).
-pub fn iso8601(secs: i64, nanos: u32) -> String {
-    DateTime::<Utc>::from_timestamp(secs, nanos)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+/// Timestamps: UTC ISO 8601 with milliseconds and `Z`, as JavaScript's toISOString writes them:
+/// a four-digit year, or outside 0000–9999 a sign and six digits (`+010000-01-01T…`); `None`
+/// beyond ±262,143 years (chrono's range, inside JavaScript's ±8.64e15 ms from the epoch).
+pub fn iso8601(secs: i64, nanos: u32) -> Option<String> {
+    let time = DateTime::<Utc>::from_timestamp(secs, nanos)?;
+    Some(match time.year() {
+        0..=9999 => time.to_rfc3339_opts(SecondsFormat::Millis, true),
+        year => format!(
+            "{}{:06}-{}",
+            if year < 0 { '-' } else { '+' },
+            year.unsigned_abs(),
+            time.format("%m-%dT%H:%M:%S%.3fZ")
+        ),
+    })
 }
 
-/// Parses a timestamp a client sent. Any RFC 3339 form is accepted; what we send is `iso8601`'s.
+/// `iso8601` of a time in nanoseconds since the epoch.
+pub fn iso8601_ns(ns: i128) -> Option<String> {
+    let secs = i64::try_from(ns.div_euclid(1_000_000_000)).ok()?;
+    iso8601(secs, ns.rem_euclid(1_000_000_000) as u32)
+}
+
+/// Parses a timestamp a client sent: any RFC 3339 form, and `iso8601`'s six-digit years.
 pub fn parse_iso8601(text: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(text)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Some(time.with_timezone(&Utc));
+    }
+    // ±YYYYYY-MM-DD…: the rest is read under the leap year 2000, then moved to the real year
+    // (which refuses a 29 February it lacks).
+    let sign = match text.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits = text.get(1..7)?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) || text.get(7..8)? != "-" {
+        return None;
+    }
+    let year = sign * digits.parse::<i32>().ok()?;
+    let rest = DateTime::parse_from_rfc3339(&format!("2000{}", text.get(7..)?)).ok()?;
+    if year == 0 && sign < 0 || rest.offset().local_minus_utc() != 0 {
+        return None;
+    }
+    let date = chrono::NaiveDate::from_ymd_opt(year, rest.month(), rest.day())?;
+    Some(date.and_time(rest.time()).and_utc())
 }
 
 /// Why a local path has no media_path.
@@ -80,13 +113,51 @@ mod tests {
 
     #[test]
     fn timestamps_are_utc_millis_with_z() {
-        assert_eq!(iso8601(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(0, 0).unwrap(), "1970-01-01T00:00:00.000Z");
         assert_eq!(
-            iso8601(1_795_717_200, 123_456_789),
+            iso8601(1_795_717_200, 123_456_789).unwrap(),
             "2026-11-26T18:20:00.123Z"
         );
-        assert!(parse_iso8601(&iso8601(5, 0)).is_some());
+        assert!(parse_iso8601(&iso8601(5, 0).unwrap()).is_some());
         assert!(parse_iso8601("yesterday").is_none());
+    }
+
+    /// What JavaScript's `new Date(ms).toISOString()` writes, from both ends of its range.
+    #[test]
+    fn timestamps_far_from_now_are_written_as_javascript_writes_them() {
+        for (ns, text) in [
+            (-1_000_000i128, "1969-12-31T23:59:59.999Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+            (-2_208_988_800_000_000_000, "1900-01-01T00:00:00.000Z"),
+            // Past i64 nanoseconds (2262), which ext4 holds.
+            (10_413_792_000_000_000_000, "2300-01-01T00:00:00.000Z"),
+            (253_402_300_800_000_000_000, "+010000-01-01T00:00:00.000Z"),
+            (-62_198_755_200_000_000_000, "-000001-01-01T00:00:00.000Z"),
+            (3_093_527_980_800_000_000_000, "+100000-01-01T00:00:00.000Z"),
+            (
+                -3_217_862_419_200_000_000_000,
+                "-100000-01-01T00:00:00.000Z",
+            ),
+        ] {
+            let written = iso8601_ns(ns);
+            assert_eq!(written.as_deref(), Some(text), "{ns}");
+            let parsed = parse_iso8601(text).unwrap();
+            let ms = i128::from(parsed.timestamp_millis());
+            assert_eq!(ms, ns.div_euclid(1_000_000), "{text}");
+        }
+        // JavaScript's last day, +275760-09-13, is past chrono's last year (262143).
+        assert_eq!(iso8601_ns(8_640_000_000_000_000_000_000), None);
+        assert_eq!(iso8601_ns(-8_640_000_001_000_000_000_000), None);
+        assert_eq!(iso8601_ns(i128::MAX), None);
+        for refused in [
+            "+010001-02-29T00:00:00.000Z",
+            "-000000-01-01T00:00:00.000Z",
+            "+01000-01-01T00:00:00.000Z",
+            "+010000-01-01T00:00:00.000+01:00",
+        ] {
+            assert_eq!(parse_iso8601(refused), None, "{refused}");
+        }
+        assert!(parse_iso8601("+010400-02-29T12:00:00Z").is_some());
     }
 
     #[test]

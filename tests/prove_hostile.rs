@@ -6,6 +6,7 @@
 #[macro_use]
 mod common;
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -512,6 +513,70 @@ fn a_writer_holds_back_no_file_of_the_same_inode_number_on_another_filesystem() 
     drop(held);
     mount.wait_synced();
     check_catalog(&emulator, &mount.backing);
+    assert!(mount.unmount().success());
+}
+
+/// Times far from now, on a tmpfs (which keeps any 64-bit time): before 1970, past 2262 (where
+/// 64-bit nanoseconds end; ext4 goes to 2446), past 9999 (JavaScript's six-digit years), and
+/// past what the service's form can say at all, which stays local with its record as it was.
+#[test]
+fn times_far_from_now_reach_the_catalog_exactly_or_stay_local_with_a_reason() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    let _disk = Tmpfs::mount(&mount.backing, "16m");
+    if !mount.mount() {
+        return;
+    }
+    let beyond = "@10000000000000"; // about the year 316,889
+    sh(
+        &format!(
+            "for f in old far future beyond; do echo $f > $f; done && \
+             touch -d '1960-05-01 00:00:00.5 UTC' old && touch -d '2300-01-01 UTC' far && \
+             touch -d @253402300800.25 future && touch -d {beyond} beyond"
+        ),
+        &mount.mnt,
+    );
+    mount.wait_synced();
+    let mtimes = || -> BTreeMap<String, String> {
+        live_catalog(&emulator)
+            .into_iter()
+            .map(|(path, (_, _, mtime))| (path, mtime))
+            .collect()
+    };
+    let expected: BTreeMap<String, String> = [
+        ("far", "2300-01-01T00:00:00.000Z"),
+        ("future", "+010000-01-01T00:00:00.250Z"),
+        ("old", "1960-05-01T00:00:00.500Z"),
+    ]
+    .map(|(path, mtime)| (path.to_string(), mtime.to_string()))
+    .into();
+    assert_eq!(mtimes(), expected, "{}", mount.log_text());
+    let status = mount.status();
+    assert_eq!(status["local_only"][0]["path"], "beyond", "{status}");
+    assert!(status["local_only"][0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("262,143 years"));
+
+    // Back in range it is sent; a synced file taken out of range keeps its record unchanged.
+    sh(
+        &format!("touch -d '2026-01-01 UTC' beyond && touch -d {beyond} far"),
+        &mount.mnt,
+    );
+    mount.wait_synced();
+    let mut expected = expected;
+    expected.insert("beyond".into(), "2026-01-01T00:00:00.000Z".into());
+    assert_eq!(mtimes(), expected, "{}", mount.log_text());
+    assert_eq!(mount.status()["local_only"][0]["path"], "far");
+    assert!(mount.unmount().success());
+    // The index keeps times past 64-bit nanoseconds: a restart finds nothing to send.
+    let sent = || emulator.calls("create") + emulator.calls("update");
+    let before = sent();
+    assert!(mount.mount());
+    mount.wait_synced();
+    assert_eq!(mtimes(), expected);
+    assert_eq!(sent(), before);
     assert!(mount.unmount().success());
 }
 

@@ -424,6 +424,7 @@ fn now() -> String {
         i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),
         since_epoch.subsec_nanos(),
     )
+    .expect("the clock reads a time within 262,143 years of 1970")
 }
 
 /// Checks the content fields and writes timestamps in the contract's form.
@@ -440,7 +441,7 @@ fn validated(state: &MediaState) -> Result<MediaState, Invalid> {
     }
     let timestamp = |field: &'static str, text: &str| {
         contract::parse_iso8601(text)
-            .map(|t| contract::iso8601(t.timestamp(), t.timestamp_subsec_nanos()))
+            .and_then(|t| contract::iso8601(t.timestamp(), t.timestamp_subsec_nanos()))
             .ok_or_else(|| Invalid::new(field, "must be an ISO 8601 timestamp"))
     };
     Ok(MediaState {

@@ -14,7 +14,7 @@ use super::failure::{verdict, Failure, Step, Verdict};
 use super::hash_cache::Stamp;
 use super::hasher::{self, HashRead, Hashed};
 use super::index::{IndexEntry, Unsure};
-use super::local::{denied, FileStat, Observed, UNREADABLE};
+use super::local::{denied, FileStat, Observed, TIME_UNSAYABLE, UNREADABLE};
 use super::queue::Hint;
 use super::upload::changed;
 use crate::api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
@@ -65,7 +65,7 @@ impl From<anyhow::Error> for Failure {
 }
 
 /// The ctime recorded with a hash that was not verified against the content: matches no file.
-const UNVERIFIED_CTIME: i64 = i64::MIN;
+const UNVERIFIED_CTIME: i128 = i128::MIN;
 
 impl Engine {
     /// Brings the record of one path in line with the backing tree.
@@ -127,11 +127,13 @@ impl Engine {
         let local_only = match observed {
             Observed::Special => Some("not a regular file (symlink, fifo, socket or device)"),
             Observed::Unreadable => Some(UNREADABLE),
+            Observed::File(stat) if !stat.times_can_be_sent() => Some(TIME_UNSAYABLE),
             _ => None,
         };
         self.note_local_only(key.clone(), local_only);
-        // Whether a file is there is unknown: its record is left as it is.
-        if observed == Observed::Unreadable {
+        // Whether a file is there is unknown, or its state cannot be said: its record is left
+        // as it is.
+        if matches!(local_only, Some(UNREADABLE | TIME_UNSAYABLE)) {
             return Ok(None);
         }
         // An ignored name is local: whatever record it has should not exist.
@@ -229,7 +231,7 @@ impl Engine {
                 }
                 Action::Remember { media_id } => media_id,
                 Action::Update { media_id } => {
-                    let state = self.state_of(stat, hash);
+                    let state = self.state_of(stat, hash).at(Step::Local)?;
                     match self.call(self.wait(self.api.update(self.config.grant, media_id, &state)))
                     {
                         Ok(()) => {
@@ -252,7 +254,7 @@ impl Engine {
                 Action::Create => {
                     let media = NewMedia {
                         media_path: self.media_path(path).at(Step::Local)?,
-                        state: self.state_of(stat, hash),
+                        state: self.state_of(stat, hash).at(Step::Local)?,
                     };
                     self.create(&key, media)?
                 }
@@ -325,7 +327,8 @@ impl Engine {
                             entry.size,
                             entry.ctime_ns,
                             entry.mtime_ns,
-                        ),
+                        )
+                        .at(Step::Local)?,
                     };
                     self.index
                         .remove_as_unsure(key, &media, media_id)
@@ -387,7 +390,7 @@ impl Engine {
         answer
     }
 
-    fn state_of(&self, stat: &FileStat, hash: &Option<String>) -> MediaState {
+    fn state_of(&self, stat: &FileStat, hash: &Option<String>) -> Result<MediaState, Failure> {
         media_state(
             hash.clone().expect("hashed before any call"),
             stat.size,
@@ -548,23 +551,23 @@ fn useful_threads(size: u64) -> std::num::NonZeroUsize {
 }
 
 /// What identifies a file's content state: inode, size, mtime.
-pub(super) fn content_key(stat: &FileStat) -> (u64, u64, i64) {
+pub(super) fn content_key(stat: &FileStat) -> (u64, u64, i128) {
     (stat.ino, stat.size, stat.mtime_ns)
 }
 
-/// A record's state: content hash and size, and times in nanoseconds since the epoch.
-fn media_state(file_hash: String, file_size: u64, ctime_ns: i64, mtime_ns: i64) -> MediaState {
-    MediaState {
+/// A record's state: content hash and size, and times in nanoseconds since the epoch. A time
+/// the service's form cannot say (a touch since the look) waits for the look that event brings.
+fn media_state(
+    file_hash: String,
+    file_size: u64,
+    ctime_ns: i128,
+    mtime_ns: i128,
+) -> Result<MediaState, Failure> {
+    let time = |ns| contract::iso8601_ns(ns).ok_or_else(|| Failure::Local(TIME_UNSAYABLE.into()));
+    Ok(MediaState {
         file_hash,
         file_size,
-        ctime: iso8601_ns(ctime_ns),
-        mtime: iso8601_ns(mtime_ns),
-    }
-}
-
-fn iso8601_ns(ns: i64) -> String {
-    contract::iso8601(
-        ns.div_euclid(1_000_000_000),
-        ns.rem_euclid(1_000_000_000) as u32,
-    )
+        ctime: time(ctime_ns)?,
+        mtime: time(mtime_ns)?,
+    })
 }

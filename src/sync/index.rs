@@ -3,6 +3,7 @@
 //! idempotent. An LRU of path → entry sits in front of SQLite for media_id lookups.
 
 use lru::LruCache;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
@@ -18,8 +19,8 @@ pub struct IndexEntry {
     pub media_id: MediaId,
     pub hash: String,
     pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
     pub ino: u64,
     /// The service is known to hold the content of `hash` (it took the upload or answered
     /// `skip_upload`). False for records sent with no content: `--no-upload`, uploads disabled,
@@ -95,10 +96,32 @@ fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexEntry> {
         media_id: row.get("media_id")?,
         hash: row.get("hash")?,
         size: row.get::<_, i64>("size")? as u64,
-        mtime_ns: row.get("mtime_ns")?,
-        ctime_ns: row.get("ctime_ns")?,
+        mtime_ns: time_from_sql(row, "mtime_ns")?,
+        ctime_ns: time_from_sql(row, "ctime_ns")?,
         ino: row.get::<_, i64>("ino")? as u64,
         content_up: row.get("content_up")?,
+    })
+}
+
+/// Times are nanoseconds in an i128. SQLite integers are i64, so a time outside it (before
+/// 1677 or after 2262) is kept as its 16 big-endian bytes.
+fn time_to_sql(ns: i128) -> Value {
+    match i64::try_from(ns) {
+        Ok(ns) => Value::Integer(ns),
+        Err(_) => Value::Blob(ns.to_be_bytes().to_vec()),
+    }
+}
+
+fn time_from_sql(row: &rusqlite::Row<'_>, column: &str) -> rusqlite::Result<i128> {
+    let value = row.get_ref(column)?;
+    let ns = match value {
+        ValueRef::Integer(ns) => Some(i128::from(ns)),
+        ValueRef::Blob(bytes) => <[u8; 16]>::try_from(bytes).ok().map(i128::from_be_bytes),
+        _ => None,
+    };
+    ns.ok_or_else(|| {
+        let index = row.as_ref().column_index(column).unwrap_or_default();
+        rusqlite::Error::InvalidColumnType(index, column.to_string(), value.data_type())
     })
 }
 
@@ -262,8 +285,8 @@ impl Index {
                 entry.media_id,
                 entry.hash,
                 entry.size as i64,
-                entry.mtime_ns,
-                entry.ctime_ns,
+                time_to_sql(entry.mtime_ns),
+                time_to_sql(entry.ctime_ns),
                 entry.ino as i64,
                 entry.content_up
             ])?;
@@ -528,6 +551,31 @@ mod tests {
         drop(first);
         let reopened = Index::open(&path, "id", 4).unwrap();
         reopened.put("a", &entry(1, 1)).unwrap();
+    }
+
+    /// i64 nanoseconds end in 2262 and begin in 1677; ext4 keeps times from 1901 to 2446.
+    #[test]
+    fn times_past_sqlite_integers_persist_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index.db");
+        let far = IndexEntry {
+            mtime_ns: 10_413_792_000_123_456_789,
+            ctime_ns: i128::MIN,
+            ..entry(1, 10)
+        };
+        let near = IndexEntry {
+            mtime_ns: -1,
+            ctime_ns: i64::MAX.into(),
+            ..entry(2, 11)
+        };
+        {
+            let index = Index::open(&db, "grant-1", 2).unwrap();
+            index.put("far", &far).unwrap();
+            index.put("near", &near).unwrap();
+        }
+        let index = Index::open(&db, "grant-1", 2).unwrap();
+        assert_eq!(index.get("far").unwrap(), Some(far));
+        assert_eq!(index.get("near").unwrap(), Some(near));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use crate::contract;
 use crate::fs::sys;
 
 /// The backing root, held open.
@@ -24,8 +25,9 @@ pub struct FileStat {
     pub dev: u64,
     pub ino: u64,
     pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    /// Nanoseconds since the epoch: i64 ends in 2262, and ext4 keeps times to 2446.
+    pub mtime_ns: i128,
+    pub ctime_ns: i128,
 }
 
 impl FileStat {
@@ -34,11 +36,26 @@ impl FileStat {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.size(),
-            mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
-            ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+            mtime_ns: nanoseconds(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: nanoseconds(meta.ctime(), meta.ctime_nsec()),
         }
     }
+
+    /// Whether the service's timestamp form can say both times (`contract::iso8601`).
+    pub fn times_can_be_sent(&self) -> bool {
+        contract::iso8601_ns(self.mtime_ns).is_some()
+            && contract::iso8601_ns(self.ctime_ns).is_some()
+    }
 }
+
+fn nanoseconds(secs: i64, nanos: i64) -> i128 {
+    i128::from(secs) * 1_000_000_000 + i128::from(nanos)
+}
+
+/// Why a file whose times the service's form cannot say is not sent, as status shows it.
+pub const TIME_UNSAYABLE: &str = "its modification or change time is more than 262,143 years \
+                                  from 1970, past what the service's timestamps can say; its \
+                                  record is left as it was";
 
 /// What a relative path names in the backing tree right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
