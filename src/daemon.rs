@@ -374,11 +374,12 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     // Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
     private_file(&index_file, false)
         .with_context(|| format!("creating {}", index_file.display()))?;
-    let index = Index::open(&index_file, &identity, args.cache_entries).with_context(|| {
-        format!(
-            "cannot open the index in {} (is another maxlofs mount using this state folder?)",
+    let index = Index::open(&index_file, &identity, args.cache_entries).map_err(|err| {
+        let why = index_trouble(&err, &index_file);
+        err.context(format!(
+            "cannot open the index in {} ({why})",
             state_dir.display()
-        )
+        ))
     })?;
     let config = SyncConfig {
         grant,
@@ -422,6 +423,23 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// What a user can do about an index that would not open.
+fn index_trouble(err: &anyhow::Error, index_file: &Path) -> String {
+    use rusqlite::ErrorCode;
+    let code = err
+        .downcast_ref::<rusqlite::Error>()
+        .and_then(rusqlite::Error::sqlite_error_code);
+    match code {
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => format!(
+            "it is damaged; moving {} aside makes the next mount rebuild it from the tree and \
+             the service's answers, though a file removed while unmounted would then keep its \
+             record",
+            index_file.display()
+        ),
+        _ => "is another maxlofs mount using this state folder?".into(),
+    }
 }
 
 /// The nice value of the sync threads: 10 above the daemon's own, so a daemon started under `nice`

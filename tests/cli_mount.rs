@@ -558,6 +558,49 @@ fn sync_threads_yield_the_cpu_to_the_threads_serving_the_mount() {
     );
 }
 
+/// A damaged index (a disk fault, a copy cut short) is refused with what to do, not taken for a
+/// second mount; moved aside, the next mount rebuilds it and adopts the records it had.
+#[test]
+fn a_damaged_index_is_refused_with_how_to_rebuild_it() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &[]);
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("kept.jpg"), b"kept").unwrap();
+    mount.wait_synced();
+    assert!(mount.unmount().success());
+    let index = mount.state.join("index.db");
+    let whole = std::fs::read(&index).unwrap();
+    std::fs::write(&index, &whole[..whole.len() / 2]).unwrap();
+    let out = mount
+        .command_for(&mount.backing, &mount.mnt)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "mounted on a damaged index: {stderr}"
+    );
+    assert!(
+        stderr.contains("it is damaged; moving") && !stderr.contains("another maxlofs"),
+        "{stderr}"
+    );
+    assert!(!is_mounted(&mount.mnt));
+    std::fs::rename(&index, mount.state.join("index.db.damaged")).unwrap();
+    assert!(mount.mount());
+    mount.wait_synced();
+    let live = emulator.live();
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(
+        emulator.calls("update"),
+        0,
+        "the record was adopted as it is"
+    );
+    assert!(mount.unmount().success());
+}
+
 /// Two mounts cannot share a state folder: the second is refused with a reason, and the first
 /// goes on syncing.
 #[test]
