@@ -180,11 +180,14 @@ impl Index {
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('identity', ?1)",
             [identity],
         )?;
-        let capacity = NonZeroUsize::new(cache_entries.max(1)).expect("at least one");
         let entries: i64 = db.query_row("SELECT COUNT(*) FROM synced", [], |r| r.get(0))?;
+        // Grown as it fills, not allocated whole at start (`LruCache::new` would): a large
+        // --cache-entries costs only what is used.
+        let mut cache = LruCache::unbounded();
+        cache.resize(NonZeroUsize::new(cache_entries.max(1)).expect("at least one"));
         Ok(Index {
             db: Mutex::new(db),
-            cache: Mutex::new(LruCache::new(capacity)),
+            cache: Mutex::new(cache),
             entries: AtomicU64::new(entries as u64),
         })
     }
@@ -537,6 +540,23 @@ mod tests {
             ino,
             content_up: true,
         }
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_costs_only_what_it_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index.db");
+        // Allocated whole at open, this capacity would abort the daemon.
+        let index = Index::open(&db, "id", usize::MAX).unwrap();
+        index.put("a", &entry(1, 1)).unwrap();
+        assert_eq!(index.get("a").unwrap(), Some(entry(1, 1)));
+        drop(index);
+        let index = Index::open(&db, "id", 2).unwrap();
+        for path in ["a", "b", "c"] {
+            index.get(path).unwrap();
+        }
+        assert_eq!(index.cache.lock().unwrap().len(), 2);
+        assert_eq!(index.get("a").unwrap(), Some(entry(1, 1)));
     }
 
     #[test]
