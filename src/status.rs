@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::StatusArgs;
 use crate::fs::STATUS_XATTR;
+use crate::sync::index::SyncedRecord;
 use serde::{Deserialize, Serialize};
 
 /// What `maxlofs status` shows.
@@ -106,7 +107,7 @@ pub fn encode_bounded(report: &StatusReport) -> String {
 /// A page of synced records (see `fs::StatusSource::synced_page`).
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct SyncedPage {
-    pub entries: Vec<(String, String)>,
+    pub entries: Vec<SyncedRecord>,
     /// Where the next page starts; `None` after the last.
     pub next: Option<u64>,
 }
@@ -114,7 +115,7 @@ pub struct SyncedPage {
 /// The page of `rows` (read from the `from`-th record on, `asked` at most) that fits the status
 /// budget; the rest come with the next page. At least one row goes, so paging always advances:
 /// a path is at most PATH_MAX bytes, well under the budget even escaped.
-pub fn encode_synced_page(from: u64, rows: Vec<(String, String)>, asked: u64) -> String {
+pub fn encode_synced_page(from: u64, rows: Vec<SyncedRecord>, asked: u64) -> String {
     let read = rows.len() as u64;
     let mut room = STATUS_JSON_BUDGET - 64;
     let entries = fitting(rows.into_iter(), &mut room);
@@ -486,7 +487,7 @@ mod tests {
 
     #[test]
     fn synced_pages_fit_the_budget_and_say_where_the_next_starts() {
-        let row = |i: u64| (format!("{i:04}/{}", "p".repeat(3000)), "h".repeat(64));
+        let row = |i: u64| (format!("{i:04}/{}", "p".repeat(3000)), "h".repeat(64), i);
         let rows: Vec<_> = (0..20).map(row).collect();
         let page: SyncedPage =
             serde_json::from_str(&encode_synced_page(40, rows.clone(), 20)).unwrap();

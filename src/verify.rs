@@ -18,7 +18,7 @@ use crate::daemon::KeySource;
 use crate::fs::SYNCED_XATTR_PREFIX;
 use crate::hash::StreamHasher;
 use crate::status::{read_xattr, SyncedPage};
-use crate::sync::index::Index;
+use crate::sync::index::{Index, SyncedRecord};
 
 /// Hashes per `download` call.
 const BATCH: usize = 100;
@@ -28,7 +28,8 @@ const BATCH: usize = 100;
 enum Problem {
     /// The service does not hold it, or marks it deleted.
     Missing,
-    /// `--deep`: what it serves does not hash to the record's hash.
+    /// The service gives it another size than the record's, or (`--deep`) what it serves does
+    /// not hash to the record's hash.
     Corrupted,
 }
 
@@ -83,17 +84,23 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<Report> {
         Ok(_) => synced_of_mount(&args.folder)?,
         Err(_) => synced_of_backing(args, grant)?,
     };
-    let mut paths_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (path, hash) in &records {
-        paths_of.entry(hash.clone()).or_default().push(path.clone());
+    // One content, one size: the hash is of the bytes.
+    let mut paths_of: BTreeMap<String, (u64, Vec<String>)> = BTreeMap::new();
+    for (path, hash, size) in &records {
+        let (_, paths) = paths_of.entry(hash.clone()).or_insert((*size, Vec::new()));
+        paths.push(path.clone());
     }
     let content = ContentClient::new(api)?;
-    let hashes: Vec<String> = paths_of.keys().cloned().collect();
-    let problems = runtime.block_on(check(&content, grant, &hashes, args.deep))?;
+    let contents: Vec<(String, u64)> = paths_of
+        .iter()
+        .map(|(hash, (size, _))| (hash.clone(), *size))
+        .collect();
+    let problems = runtime.block_on(check(&content, grant, &contents, args.deep))?;
     let findings = problems
         .into_iter()
         .flat_map(|(hash, problem)| {
             paths_of[&hash]
+                .1
                 .iter()
                 .map(|path| Finding {
                     path: path.clone(),
@@ -105,14 +112,14 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<Report> {
         .collect();
     Ok(Report {
         records: records.len(),
-        contents: hashes.len(),
+        contents: contents.len(),
         deep: args.deep,
         findings,
     })
 }
 
 /// The synced records a mount's daemon lists, page by page.
-fn synced_of_mount(mountpoint: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
+fn synced_of_mount(mountpoint: &std::path::Path) -> anyhow::Result<Vec<SyncedRecord>> {
     let mut records = Vec::new();
     let mut from = Some(0);
     while let Some(at) = from {
@@ -126,7 +133,7 @@ fn synced_of_mount(mountpoint: &std::path::Path) -> anyhow::Result<Vec<(String, 
 }
 
 /// The synced records in the index of the backing folder `args.folder` (not mounted).
-fn synced_of_backing(args: &VerifyArgs, grant: GrantId) -> anyhow::Result<Vec<(String, String)>> {
+fn synced_of_backing(args: &VerifyArgs, grant: GrantId) -> anyhow::Result<Vec<SyncedRecord>> {
     let backing = std::fs::canonicalize(&args.folder)
         .with_context(|| format!("folder {}", args.folder.display()))?;
     let state_dir = match &args.state_dir {
@@ -141,20 +148,23 @@ fn synced_of_backing(args: &VerifyArgs, grant: GrantId) -> anyhow::Result<Vec<(S
             index.display()
         );
     }
-    Index::synced_hashes(&index).with_context(|| format!("reading the index {}", index.display()))
+    Index::synced_records(&index).with_context(|| format!("reading the index {}", index.display()))
 }
 
-/// The problem of each content that has one.
+/// The problem of each content (hash and size) that has one. What the service says or sends is
+/// held to the size the record has: a content of another size is not this one, and a download is
+/// read no further than that size (a service sending without end cannot hold verify).
 async fn check(
     content: &dyn ContentApi,
     grant: GrantId,
-    hashes: &[String],
+    contents: &[(String, u64)],
     deep: bool,
 ) -> anyhow::Result<Vec<(String, Problem)>> {
     let mut problems = Vec::new();
-    for batch in hashes.chunks(BATCH) {
+    for batch in contents.chunks(BATCH) {
+        let hashes: Vec<String> = batch.iter().map(|(hash, _)| hash.clone()).collect();
         let answer = content
-            .download(grant, batch)
+            .download(grant, &hashes)
             .await
             .context("asking the service for the content (download)")?;
         let items: BTreeMap<&str, _> = answer
@@ -162,7 +172,7 @@ async fn check(
             .iter()
             .map(|item| (item.file_hash.as_str(), item))
             .collect();
-        for hash in batch {
+        for (hash, size) in batch {
             let item = match items.get(hash.as_str()) {
                 Some(item) if !item.is_deleted => item,
                 _ => {
@@ -170,6 +180,10 @@ async fn check(
                     continue;
                 }
             };
+            if item.file_size != *size {
+                problems.push((hash.clone(), Problem::Corrupted));
+                continue;
+            }
             if !deep {
                 continue;
             }
@@ -181,11 +195,19 @@ async fn check(
                 .get(url)
                 .await
                 .with_context(|| format!("downloading {hash}"))?;
-            let mut hasher = StreamHasher::new(item.file_size);
+            let mut hasher = StreamHasher::new(*size);
+            let mut received = 0u64;
             while let Some(chunk) = body.next().await {
-                hasher.update(&chunk.with_context(|| format!("downloading {hash}"))?);
+                let chunk = chunk.with_context(|| format!("downloading {hash}"))?;
+                received += chunk.len() as u64;
+                if received > *size {
+                    break;
+                }
+                hasher.update(&chunk);
             }
-            if hasher.finish().map(|found| found.to_hex()).as_ref() != Some(hash) {
+            if received > *size
+                || hasher.finish().map(|found| found.to_hex()).as_ref() != Some(hash)
+            {
                 problems.push((hash.clone(), Problem::Corrupted));
             }
         }

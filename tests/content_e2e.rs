@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::proxy::{response, Action, Proxy, Rule};
 use common::service::{check_catalog, run, sh, Emulator, Mount, BIN};
 
 const MIB: usize = 1024 * 1024;
@@ -563,6 +564,94 @@ fn verify_finds_missing_and_deep_finds_corrupted_content() {
     assert!(out.contains(&format!("corrupted bad.mov ({bad})")), "{out}");
     assert!(
         out.contains("gone.jpg") && !out.contains("fine.jpg"),
+        "{out}"
+    );
+}
+
+/// A service that lies to `verify`: a download without end, or a content of another size than
+/// the record's, is reported as corrupted, and verify ends.
+#[test]
+fn verify_ends_and_reports_a_service_that_sends_without_end_or_names_another_size() {
+    fn is_download(method: &str, path: &str) -> bool {
+        method == "POST" && path.ends_with("/download")
+    }
+    fn is_endless(_: &str, path: &str) -> bool {
+        path == "/endless"
+    }
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("photo.jpg"), bytes(5000, 83)).unwrap();
+    mount.wait_synced();
+    assert!(mount.unmount().success());
+    let hash = maxlo_hash(&mount.backing.join("photo.jpg"));
+
+    let proxy = Proxy::start(&emulator.url);
+    let download = |size: u64| {
+        let answer = serde_json::json!({"download_list": [{
+            "file_hash": hash, "file_size": size, "chunk_size": size,
+            "url": format!("{}/endless", proxy.url), "is_deleted": false,
+        }]});
+        Action::Answer(response("200 OK", answer.to_string().as_bytes()))
+    };
+    proxy.add_rule(Rule {
+        matches: is_endless,
+        action: Action::Endless(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n".to_vec()),
+        times: None,
+    });
+    proxy.add_rule(Rule {
+        matches: is_download,
+        action: download(5000),
+        times: None,
+    });
+    let verify_via_proxy = |deep: bool| {
+        let mut command = Command::new(BIN);
+        command
+            .arg("verify")
+            .arg(&mount.backing)
+            .args(["--api", &proxy.url, "--device-key-file"])
+            .arg(&mount.key_file)
+            .arg("--state-dir")
+            .arg(&mount.state)
+            .stdout(std::process::Stdio::piped());
+        if deep {
+            command.arg("--deep");
+        }
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("verify never ended");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify_via_proxy(true);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("corrupted photo.jpg ({hash})")),
+        "{out}"
+    );
+
+    proxy.clear_rules();
+    proxy.add_rule(Rule {
+        matches: is_download,
+        action: download(5001),
+        times: None,
+    });
+    let (code, out) = verify_via_proxy(false);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("corrupted photo.jpg ({hash})")),
         "{out}"
     );
 }

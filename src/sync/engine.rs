@@ -128,7 +128,7 @@ impl StatusSource for Engine {
     }
 
     fn synced_page(&self, from: u64) -> Option<String> {
-        let rows = match self.index.hashes_page(from, SYNCED_PAGE_ROWS) {
+        let rows = match self.index.records_page(from, SYNCED_PAGE_ROWS) {
             Ok(rows) => rows,
             Err(err) => {
                 tracing::warn!("listing synced records: {err:#}");

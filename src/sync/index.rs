@@ -91,6 +91,13 @@ pub struct Unsure {
     pub media_id: Option<MediaId>,
 }
 
+/// (path, hash, size) of a synced record, as `maxlofs verify` checks it.
+pub type SyncedRecord = (String, String, u64);
+
+fn synced_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<SyncedRecord> {
+    Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64))
+}
+
 fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<IndexEntry> {
     Ok(IndexEntry {
         media_id: row.get("media_id")?,
@@ -486,23 +493,22 @@ impl Index {
         Ok(())
     }
 
-    /// Every (path, hash) of a synced record in the index at `path`, read without changing it
-    /// (`maxlofs verify`). Fails while a mount holds it.
-    pub fn synced_hashes(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    /// Every synced record in the index at `path`, read without changing it (`maxlofs
+    /// verify`). Fails while a mount holds it.
+    pub fn synced_records(path: &Path) -> anyhow::Result<Vec<SyncedRecord>> {
         let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-        let mut stmt = db.prepare("SELECT path, hash FROM synced ORDER BY path")?;
-        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        let mut stmt = db.prepare("SELECT path, hash, size FROM synced ORDER BY path")?;
+        let rows = stmt.query_map([], synced_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Up to `limit` (path, hash) of synced records from the `from`-th on, by path.
-    pub fn hashes_page(&self, from: u64, limit: u64) -> anyhow::Result<Vec<(String, String)>> {
+    /// Up to `limit` synced records from the `from`-th on, by path.
+    pub fn records_page(&self, from: u64, limit: u64) -> anyhow::Result<Vec<SyncedRecord>> {
         let db = self.db.lock().unwrap();
-        let mut stmt =
-            db.prepare_cached("SELECT path, hash FROM synced ORDER BY path LIMIT ?1 OFFSET ?2")?;
-        let rows = stmt.query_map([limit as i64, from as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?;
+        let mut stmt = db.prepare_cached(
+            "SELECT path, hash, size FROM synced ORDER BY path LIMIT ?1 OFFSET ?2",
+        )?;
+        let rows = stmt.query_map([limit as i64, from as i64], synced_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -22,6 +22,9 @@ pub enum Action {
     ForwardThenAnswer(Vec<u8>),
     /// Answer each of these in turn (without forwarding), round and round.
     Answers(Vec<Vec<u8>>),
+    /// Answer this head (status line and headers), then zero bytes without end, until the
+    /// client goes.
+    Endless(Vec<u8>),
 }
 
 /// A rule: requests for which `matches(method, path without query)` holds get `action`, for the
@@ -215,6 +218,7 @@ fn serve(mut stream: TcpStream, upstream: &str, shared: &Mutex<Shared>) {
             Action::Answer(_) => "answer",
             Action::ForwardThenAnswer(_) => "forward-then-answer",
             Action::Answers(_) => unreachable!("resolved above"),
+            Action::Endless(_) => "endless",
         };
         shared
             .seen
@@ -234,6 +238,14 @@ fn serve(mut stream: TcpStream, upstream: &str, shared: &Mutex<Shared>) {
             Some(bytes)
         }
         Action::Answers(_) => unreachable!("resolved above"),
+        Action::Endless(head) => {
+            let zeros = [0u8; 64 * 1024];
+            let mut written = stream.write_all(&head);
+            while written.is_ok() {
+                written = stream.write_all(&zeros);
+            }
+            None
+        }
     };
     if let Some(reply) = reply {
         let _ = stream.write_all(&reply);
