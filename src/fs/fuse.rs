@@ -15,7 +15,7 @@ use fuser::{
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::debug;
 
 pub(crate) struct FuseAdapter {
@@ -52,8 +52,23 @@ fn caller(req: &Request) -> Caller {
 fn time_spec(time: Option<TimeOrNow>) -> Option<TimeSpec> {
     time.map(|t| match t {
         TimeOrNow::Now => TimeSpec::Now,
-        TimeOrNow::SpecificTime(at) => TimeSpec::At(at),
+        TimeOrNow::SpecificTime(at) => TimeSpec::At(as_the_kernel_sent(at)),
     })
+}
+
+/// fuser 0.18 reads the kernel's time before 1970, `sec < 0` and `nsec > 0` (which is
+/// `sec + nsec`), as `sec - nsec` (fixed upstream by fuser pull request 705, in no release yet):
+/// `touch -d '1960-05-01 00:00:00.5'` became 23:59:59.5 the day before. What it hands us is
+/// 1970 − (|sec| + nsec), from which the kernel's (sec, nsec) is read back. (The io_uring
+/// transport decodes setattr itself.)
+fn as_the_kernel_sent(at: SystemTime) -> SystemTime {
+    match UNIX_EPOCH.duration_since(at) {
+        Ok(before) if before.subsec_nanos() > 0 => {
+            UNIX_EPOCH - Duration::from_secs(before.as_secs())
+                + Duration::from_nanos(before.subsec_nanos().into())
+        }
+        _ => at,
+    }
 }
 
 fn reply_entry(reply: ReplyEntry, result: Result<FileAttr>) {
@@ -579,5 +594,22 @@ impl Filesystem for FuseAdapter {
     ) {
         debug!(ino = ino.0, cmd, "ioctl");
         reply.error(Errno::ENOTTY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_before_1970_is_read_back_as_the_kernel_sent_it() {
+        let half = Duration::from_millis(500);
+        let secs = Duration::from_secs(305_164_800);
+        // The kernel's (-305164800, 5e8), as fuser 0.18 hands it over.
+        let from_fuser = UNIX_EPOCH - secs - half;
+        assert_eq!(as_the_kernel_sent(from_fuser), UNIX_EPOCH - secs + half);
+        for unchanged in [UNIX_EPOCH - secs, UNIX_EPOCH, UNIX_EPOCH + secs + half] {
+            assert_eq!(as_the_kernel_sent(unchanged), unchanged);
+        }
     }
 }
