@@ -119,26 +119,57 @@ fn file_id(path: &Path) -> anyhow::Result<(u64, u64)> {
 /// resolved, and each folder on the way up is compared by (st_dev, st_ino), which a bind mount
 /// of the backing folder shares with it.
 fn refuse_state_inside_backing(state_dir: &Path, backing: &Path) -> anyhow::Result<()> {
+    let within = backing_at_or_above(state_dir, backing)
+        .with_context(|| format!("state folder {}", state_dir.display()))?;
+    if let Some(folder) = within {
+        bail!(
+            "the state folder {} is inside the backing folder {} (as {}): it would be synced as \
+             media; choose a --state-dir outside it",
+            state_dir.display(),
+            backing.display(),
+            folder.display()
+        );
+    }
+    Ok(())
+}
+
+/// A mountpoint below the backing folder would put the mount inside itself: the daemon, reading
+/// the backing folder, would reach its own mount there and wait on itself for good (and its
+/// users with it). The backing folder itself may be the mountpoint: the daemon reads it through
+/// a descriptor opened before the mount covers it.
+fn refuse_mountpoint_inside_backing(mountpoint: &Path, backing: &Path) -> anyhow::Result<()> {
+    let resolved = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("mountpoint {}", mountpoint.display()))?;
+    let Some(parent) = resolved.parent() else {
+        return Ok(());
+    };
+    if let Some(folder) = backing_at_or_above(parent, backing)? {
+        bail!(
+            "the mountpoint {} is inside the backing folder {} (as {}): the mount would hold \
+             itself; choose a mountpoint outside it, or the backing folder itself",
+            mountpoint.display(),
+            backing.display(),
+            folder.display()
+        );
+    }
+    Ok(())
+}
+
+/// The folder at `path` or above it that is the backing folder, if any, as the kernel resolves
+/// the path (symlinks, `..`, bind mounts).
+fn backing_at_or_above(path: &Path, backing: &Path) -> anyhow::Result<Option<PathBuf>> {
     let backing_id = file_id(backing)?;
     // The deepest part of the path that exists, resolved by the kernel. The parts below it do
     // not exist yet, so none of them can be the backing folder.
-    let mut existing = std::path::absolute(state_dir)
-        .with_context(|| format!("state folder {}", state_dir.display()))?;
+    let mut existing = std::path::absolute(path)?;
     while !existing.exists() && existing.pop() {}
-    let resolved = std::fs::canonicalize(&existing)
-        .with_context(|| format!("state folder {}", state_dir.display()))?;
+    let resolved = std::fs::canonicalize(&existing)?;
     for folder in resolved.ancestors() {
         if file_id(folder)? == backing_id {
-            bail!(
-                "the state folder {} is inside the backing folder {} (as {}): it would be synced \
-                 as media; choose a --state-dir outside it",
-                state_dir.display(),
-                backing.display(),
-                folder.display()
-            );
+            return Ok(Some(folder.to_path_buf()));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The state folder holds what was sent where, and the grant's prefix: 0700, and everything in
@@ -328,6 +359,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
             args.mountpoint.display()
         );
     }
+    refuse_mountpoint_inside_backing(&args.mountpoint, &backing_path)?;
     let ignore = IgnoreRules::new(&args.ignore, &args.no_default_ignore)?;
     let key_source = KeySource::new(args.device_key_file.clone(), args.user_key_file.clone());
     let keys = key_source.load()?;
@@ -497,6 +529,28 @@ mod tests {
         for state in outside {
             refuse_state_inside_backing(&root.join(state), &backing)
                 .unwrap_or_else(|err| panic!("{state}: {err:#}"));
+        }
+    }
+
+    #[test]
+    fn a_mountpoint_below_the_backing_folder_is_refused_and_the_folder_itself_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let backing = root.join("backing");
+        std::fs::create_dir_all(backing.join("sub/deeper")).unwrap();
+        std::fs::create_dir(root.join("other")).unwrap();
+        std::os::unix::fs::symlink(&backing, root.join("to-backing")).unwrap();
+        for mountpoint in ["backing/sub", "backing/sub/deeper", "to-backing/sub"] {
+            let err =
+                refuse_mountpoint_inside_backing(&root.join(mountpoint), &backing).unwrap_err();
+            assert!(
+                err.to_string().contains("the mount would hold itself"),
+                "{mountpoint}: {err:#}"
+            );
+        }
+        for mountpoint in ["backing", "to-backing", "other", "backing/sub/../../other"] {
+            refuse_mountpoint_inside_backing(&root.join(mountpoint), &backing)
+                .unwrap_or_else(|err| panic!("{mountpoint}: {err:#}"));
         }
     }
 }

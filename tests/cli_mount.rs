@@ -558,6 +558,54 @@ fn sync_threads_yield_the_cpu_to_the_threads_serving_the_mount() {
     );
 }
 
+/// A mountpoint inside the backing folder would hold the mount inside itself, and the daemon
+/// would wait on itself (with every user of the mount): it is refused before anything is mounted.
+/// The backing folder itself is a mountpoint like any other.
+#[test]
+fn a_mountpoint_inside_the_backing_folder_is_refused_and_the_folder_itself_serves() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &[]);
+    let inner = mount.backing.join("view");
+    std::fs::create_dir(&inner).unwrap();
+    let mut refused = mount
+        .command_for(&mount.backing, &inner)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while refused.try_wait().unwrap().is_none() {
+        // Mounted, the daemon waits on itself: no kill can end it (abort it in fusectl).
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mounted inside its own backing folder, and hung"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = refused.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("the mount would hold itself"), "{stderr}");
+    assert!(!is_mounted(&inner));
+    std::fs::remove_dir(&inner).unwrap();
+
+    std::fs::write(mount.backing.join("before.jpg"), b"there before").unwrap();
+    mount.mnt = mount.backing.clone();
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("through.jpg"), b"written through the mount").unwrap();
+    mount.wait_synced();
+    let live = emulator.live();
+    assert_eq!(
+        live.keys().collect::<Vec<_>>(),
+        ["before.jpg", "through.jpg"],
+        "{}",
+        mount.log_text()
+    );
+    assert!(mount.unmount().success());
+}
+
 /// A damaged index (a disk fault, a copy cut short) is refused with what to do, not taken for a
 /// second mount; moved aside, the next mount rebuilds it and adopts the records it had.
 #[test]
