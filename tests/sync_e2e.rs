@@ -318,14 +318,20 @@ fn a_mount_made_while_the_service_is_down_catches_up_when_it_returns() {
 
 #[test]
 fn a_key_revoked_mid_run_pauses_sending_until_the_key_file_changes() {
-    let emulator = Emulator::start(&["--device-key", "k1", "--device-key", "k2"]);
+    // Keys that no random temporary folder name in the log can hold by chance, as it can `k1`.
+    const OLD_KEY: &str = "revoked-key-5d1e9a";
+    const NEW_KEY: &str = "fresh-key-c47b02";
+    let emulator = Emulator::start(&["--device-key", OLD_KEY, "--device-key", NEW_KEY]);
     let dir = tempfile::tempdir().unwrap();
     let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
-    std::fs::write(&mount.key_file, "k1").unwrap();
+    std::fs::write(&mount.key_file, OLD_KEY).unwrap();
     if !mount.mount() {
         return;
     }
-    let (status, _) = emulator.post("/_emulator/revoke-key", &serde_json::json!({"key": "k1"}));
+    let (status, _) = emulator.post(
+        "/_emulator/revoke-key",
+        &serde_json::json!({"key": OLD_KEY}),
+    );
     assert_eq!(status, 200);
     sh("echo waits > w", &mount.mnt);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -334,14 +340,14 @@ fn a_key_revoked_mid_run_pauses_sending_until_the_key_file_changes() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(emulator.live().is_empty());
-    std::fs::write(&mount.key_file, "k2").unwrap();
+    std::fs::write(&mount.key_file, NEW_KEY).unwrap();
     mount.wait_synced();
     assert_catalog_matches(&emulator, &mount.backing);
     assert!(mount.status()["paused"].is_null());
     let log = mount.log_text();
     assert_eq!(log.matches("refused the session key").count(), 1, "{log}");
     assert!(
-        !log.contains("k1") && !log.contains("k2"),
+        !log.contains(OLD_KEY) && !log.contains(NEW_KEY),
         "keys leaked into the log"
     );
 }
