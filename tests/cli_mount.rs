@@ -568,21 +568,11 @@ fn a_mountpoint_inside_the_backing_folder_is_refused_and_the_folder_itself_serve
     let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &[]);
     let inner = mount.backing.join("view");
     std::fs::create_dir(&inner).unwrap();
-    let mut refused = mount
-        .command_for(&mount.backing, &inner)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while refused.try_wait().unwrap().is_none() {
-        // Mounted, the daemon waits on itself: no kill can end it (abort it in fusectl).
-        assert!(
-            std::time::Instant::now() < deadline,
-            "mounted inside its own backing folder, and hung"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let out = refused.wait_with_output().unwrap();
+    // Mounted, the daemon would wait on itself, in a wait no kill ends (abort it in fusectl).
+    let out = common::service::output_within(
+        &mut mount.command_for(&mount.backing, &inner),
+        std::time::Duration::from_secs(20),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("the mount would hold itself"), "{stderr}");

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::proxy::{response, Action, Proxy, Rule};
-use common::service::{check_catalog, run, sh, Emulator, Mount, BIN};
+use common::service::{check_catalog, output_within, run, sh, Emulator, Mount, BIN};
 
 const MIB: usize = 1024 * 1024;
 
@@ -615,21 +615,11 @@ fn verify_ends_and_reports_a_service_that_sends_without_end_or_names_another_siz
             .args(["--api", &proxy.url, "--device-key-file"])
             .arg(&mount.key_file)
             .arg("--state-dir")
-            .arg(&mount.state)
-            .stdout(std::process::Stdio::piped());
+            .arg(&mount.state);
         if deep {
             command.arg("--deep");
         }
-        let mut child = command.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!("verify never ended");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let out = child.wait_with_output().unwrap();
+        let out = output_within(&mut command, Duration::from_secs(60));
         (
             out.status.code().unwrap(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -164,6 +164,25 @@ pub fn run(command: &mut Command) -> Output {
     out
 }
 
+/// Runs `command` to its end with its output captured, failing the test (and killing it, where a
+/// kill can) if it runs longer than `limit`: a command that would hang must fail instead.
+pub fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// Whether a real FUSE mount is required here (CI): then a mount that fails fails the test.
 /// `maxlofs status MNT --wait`: returns once nothing is pending or in flight; otherwise fails
 /// with the status and the daemon's log.
