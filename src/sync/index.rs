@@ -145,6 +145,14 @@ impl Index {
         // One daemon owns a state folder: holding the file lock for the connection's life spares
         // two fcntl calls per transaction, and a second daemon on the same folder is refused.
         db.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+        // A damaged page that the open reads nowhere else would fail each look that needs it,
+        // again and again: found here, the mount is refused as damaged instead (a pass over
+        // the file, milliseconds for a large index).
+        let check: String = db.query_row("PRAGMA quick_check(1)", [], |row| row.get(0))?;
+        if check != "ok" {
+            let corrupt = rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT);
+            return Err(rusqlite::Error::SqliteFailure(corrupt, Some(check)).into());
+        }
         // Indexes made before uploads existed: whether their records' content is up is not
         // known (0), so it is sent once uploads are on. Before the schema, which indexes it.
         let has_table: bool = db
