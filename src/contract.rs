@@ -10,8 +10,26 @@ use std::path::{Component, Path};
 /// a four-digit year, or outside 0000–9999 a sign and six digits (`+010000-01-01T…`); `None`
 /// beyond ±262,143 years (chrono's range, inside JavaScript's ±8.64e15 ms from the epoch).
 pub fn iso8601(secs: i64, nanos: u32) -> Option<String> {
-    let time = DateTime::<Utc>::from_timestamp(secs, nanos)?;
-    Some(match time.year() {
+    DateTime::<Utc>::from_timestamp(secs, nanos).map(written)
+}
+
+/// `iso8601` of a time in nanoseconds since the epoch.
+pub fn iso8601_ns(ns: i128) -> Option<String> {
+    utc_ns(ns).map(written)
+}
+
+/// Whether `iso8601_ns` can write `ns` (asked without writing it).
+pub fn can_write_ns(ns: i128) -> bool {
+    utc_ns(ns).is_some()
+}
+
+fn utc_ns(ns: i128) -> Option<DateTime<Utc>> {
+    let secs = i64::try_from(ns.div_euclid(1_000_000_000)).ok()?;
+    DateTime::<Utc>::from_timestamp(secs, ns.rem_euclid(1_000_000_000) as u32)
+}
+
+fn written(time: DateTime<Utc>) -> String {
+    match time.year() {
         0..=9999 => time.to_rfc3339_opts(SecondsFormat::Millis, true),
         year => format!(
             "{}{:06}-{}",
@@ -19,13 +37,7 @@ pub fn iso8601(secs: i64, nanos: u32) -> Option<String> {
             year.unsigned_abs(),
             time.format("%m-%dT%H:%M:%S%.3fZ")
         ),
-    })
-}
-
-/// `iso8601` of a time in nanoseconds since the epoch.
-pub fn iso8601_ns(ns: i128) -> Option<String> {
-    let secs = i64::try_from(ns.div_euclid(1_000_000_000)).ok()?;
-    iso8601(secs, ns.rem_euclid(1_000_000_000) as u32)
+    }
 }
 
 /// Parses a timestamp a client sent: any RFC 3339 form, and `iso8601`'s six-digit years.
@@ -149,6 +161,7 @@ mod tests {
         assert_eq!(iso8601_ns(8_640_000_000_000_000_000_000), None);
         assert_eq!(iso8601_ns(-8_640_000_001_000_000_000_000), None);
         assert_eq!(iso8601_ns(i128::MAX), None);
+        assert!(can_write_ns(3_093_527_980_800_000_000_000) && !can_write_ns(i128::MAX));
         for refused in [
             "+010001-02-29T00:00:00.000Z",
             "-000000-01-01T00:00:00.000Z",

@@ -43,8 +43,7 @@ impl FileStat {
 
     /// Whether the service's timestamp form can say both times (`contract::iso8601`).
     pub fn times_can_be_sent(&self) -> bool {
-        contract::iso8601_ns(self.mtime_ns).is_some()
-            && contract::iso8601_ns(self.ctime_ns).is_some()
+        contract::can_write_ns(self.mtime_ns) && contract::can_write_ns(self.ctime_ns)
     }
 }
 
