@@ -34,6 +34,9 @@ pub enum Command {
     /// Also run by mount(8) for fstab entries of type fuse.maxlofs, as
     /// `maxlofs BACKING MOUNTPOINT -o OPTIONS`.
     Mount(Box<MountCommand>),
+    /// Send the deletes a mount holds: records of files that went missing behind its back, most
+    /// of the library at once (see `maxlofs status`).
+    ReleaseDeletes { mountpoint: PathBuf },
     /// Show what a mount's sync engine is doing.
     Status(StatusArgs),
     /// Check that the service holds the content of every synced record (asked of the daemon of
@@ -223,6 +226,12 @@ pub struct MountArgs {
     /// Never send deletes.
     #[arg(long, env = "MAXLOFS_NO_DELETE")]
     pub no_delete: bool,
+    /// Mount a BACKING that is another filesystem than the one the index was made for, or
+    /// empty while the index holds records, and take it as the library from now on (it was
+    /// moved to a new disk, or emptied on purpose). Without it such a mount is refused: most
+    /// often the disk that holds BACKING did not mount. Deletes found stay held all the same.
+    #[arg(long, env = "MAXLOFS_NEW_BACKING")]
+    pub new_backing: bool,
     /// Send records only, never the files' content (what maxlofs did before it uploaded).
     #[arg(long, env = "MAXLOFS_NO_UPLOAD")]
     pub no_upload: bool,
@@ -377,6 +386,7 @@ pub fn main() -> i32 {
         Command::Grants(args) => crate::grants::run(&args),
         Command::Hash { files } => return crate::hash::run_cli(&files),
         Command::Mount(mount) => run_mount(*mount),
+        Command::ReleaseDeletes { mountpoint } => crate::status::release_deletes(&mountpoint),
         Command::Status(args) => crate::status::run(&args),
         Command::Verify(args) => return crate::verify::run(&args),
     };

@@ -413,6 +413,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
             state_dir.display()
         ))
     })?;
+    check_backing_identity(&backing, &index, args.new_backing)?;
     let config = SyncConfig {
         grant,
         prefix,
@@ -455,6 +456,47 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The index's note of what its backing folder is (`Backing::identity`).
+const BACKING_NOTE: &str = "backing";
+
+/// Refuses a backing folder that is not the one the index's records are of: empty while the
+/// index holds records, or on another filesystem (or another folder) than at the last mount.
+/// Mounted, either would make the start's reconcile take every record for deleted. Noted anew
+/// once accepted: an index from before this check adopts the folder it finds.
+fn check_backing_identity(
+    backing: &Backing,
+    index: &Index,
+    accept_new: bool,
+) -> anyhow::Result<()> {
+    let shown = backing.path().display();
+    let now = backing
+        .identity()
+        .with_context(|| format!("reading what filesystem {shown} is on"))?;
+    let records = index.count();
+    if records > 0 && !accept_new {
+        let how = "Nothing was deleted. If this is intended (the library moved to a new disk, or \
+                   was emptied on purpose), mount with --new-backing: deletes found at start are \
+                   still held for `maxlofs release-deletes`";
+        if backing
+            .is_empty()
+            .with_context(|| format!("listing {shown}"))?
+        {
+            bail!(
+                "the backing folder {shown} is empty, while the index holds {records} records of \
+                 its files: most often the disk or share that holds it did not mount. {how}"
+            );
+        }
+        if let Some(was) = index.note(BACKING_NOTE)?.filter(|was| *was != now) {
+            bail!(
+                "the backing folder {shown} is not the one this index was made for (it was on \
+                 {was}; it is now on {now}): most often another disk, or the folder beneath a \
+                 disk that did not mount. {how}"
+            );
+        }
+    }
+    index.set_note(BACKING_NOTE, &now)
 }
 
 /// What a user can do about an index that would not open.

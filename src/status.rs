@@ -59,6 +59,16 @@ pub struct StatusReport {
     /// How the kernel's requests reach the daemon: "io_uring" or "dev_fuse".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transport: Option<String>,
+    /// Deletes of records whose files went missing behind the mount's back, held by the
+    /// mass-deletion guard until `maxlofs release-deletes` (or the files come back).
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub held_deletes: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_deletes_why: Option<String>,
+}
+
+fn is_zero_count(value: &usize) -> bool {
+    *value == 0
 }
 
 fn is_zero(value: &u64) -> bool {
@@ -91,6 +101,7 @@ pub fn encode_bounded(report: &StatusReport) -> String {
         local_only: Vec::new(),
         paused: report.paused.as_deref().map(cut),
         last_error: report.last_error.as_deref().map(cut),
+        held_deletes_why: report.held_deletes_why.as_deref().map(cut),
         ..report.clone()
     };
     let mut room = STATUS_JSON_BUDGET.saturating_sub(json_len(&bounded));
@@ -175,6 +186,29 @@ fn cut(message: &str) -> String {
 pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
     let buf = read_xattr(mountpoint, STATUS_XATTR)?;
     serde_json::from_slice(&buf).context("the daemon's status is not valid JSON")
+}
+
+/// `maxlofs release-deletes MOUNTPOINT`: the deletes the mass-deletion guard holds go out.
+pub fn release_deletes(mountpoint: &Path) -> anyhow::Result<()> {
+    let held = read(mountpoint)?.held_deletes;
+    if held == 0 {
+        println!("no deletes are held");
+        return Ok(());
+    }
+    let root = std::fs::File::open(mountpoint)
+        .with_context(|| format!("opening {}", mountpoint.display()))?;
+    let name = CString::new(crate::fs::RELEASE_DELETES_XATTR)?;
+    crate::fs::sys::set_xattr(std::os::fd::AsFd::as_fd(&root), &name, b"", 0).map_err(|errno| {
+        anyhow::anyhow!(
+            "the daemon of {} refused to release the deletes ({})",
+            mountpoint.display(),
+            std::io::Error::from_raw_os_error(errno.code())
+        )
+    })?;
+    println!(
+        "{held} held deletes released: their records are deleted unless their files came back"
+    );
+    Ok(())
 }
 
 /// The value of the daemon's extended attribute `name` on the mount root.
@@ -304,6 +338,15 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
     }
     if let Some(why) = &status.paused {
         writeln!(out, "PAUSED:     {}", escaped(why))?;
+    }
+    if status.held_deletes > 0 {
+        let why = status.held_deletes_why.as_deref().unwrap_or_default();
+        writeln!(
+            out,
+            "DELETES HELD ({}): {}",
+            status.held_deletes,
+            escaped(why)
+        )?;
     }
     if let Some(err) = &status.last_error {
         let age = status

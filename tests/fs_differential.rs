@@ -798,7 +798,7 @@ fn daemon_never_follows_symlinks() {
     assert_eq!(created.map(|(a, _)| a.ino), enotdir);
     assert!(fs.opendir(esc).is_err());
     assert_eq!(
-        fs.setxattr(esc, OsStr::new("user.x"), b"1", 0),
+        fs.setxattr(me, esc, OsStr::new("user.x"), b"1", 0),
         Err(fuser::Errno::EPERM)
     );
 

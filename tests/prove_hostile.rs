@@ -1004,3 +1004,209 @@ fn a_service_answering_without_end_costs_the_daemon_no_memory() {
     );
     assert!(mount.unmount().success(), "{}", mount.log_text());
 }
+
+/// `n` files synced through a fresh mount under `dir`; the mount is then unmounted. `None`
+/// when FUSE is not available and not required.
+fn library_of(dir: &Path, emulator: &Emulator, n: usize) -> Option<Mount> {
+    let mut mount = Mount::prepare(dir, emulator, &["--settle-ms", "20"]);
+    if !mount.mount() {
+        return None;
+    }
+    for i in 0..n {
+        std::fs::write(
+            mount.path(&format!("photo-{i:02}.jpg")),
+            format!("photo {i}"),
+        )
+        .unwrap();
+    }
+    mount.wait_synced();
+    assert_eq!(emulator.live().len(), n);
+    assert!(mount.unmount().success());
+    Some(mount)
+}
+
+/// `maxlofs release-deletes MNT`, which must succeed.
+fn release_deletes(mnt: &Path) -> String {
+    let out = run(Command::new(BIN).arg("release-deletes").arg(mnt));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The disk that holds BACKING did not mount: its mount point is an empty folder. The mount is
+/// refused and no record is deleted (it once deleted the whole catalog); with --new-backing it
+/// mounts, and the deletes are still held until the user releases them.
+#[test]
+fn an_empty_backing_folder_is_refused_and_its_deletes_wait_for_the_user() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = library_of(dir.path(), &emulator, 12) else {
+        return;
+    };
+    let disk = dir.path().join("disk");
+    std::fs::rename(&mount.backing, &disk).unwrap();
+    std::fs::create_dir(&mount.backing).unwrap();
+
+    let said = refused_mount(mount.command_for(&mount.backing, &mount.mnt), &mount.mnt);
+    assert!(
+        said.contains("is empty") && said.contains("--new-backing"),
+        "{said}"
+    );
+    assert_eq!(emulator.live().len(), 12, "a refused mount deleted records");
+
+    let mut accepted = Mount::prepare(
+        dir.path(),
+        &emulator,
+        &["--settle-ms", "20", "--new-backing"],
+    );
+    assert!(accepted.mount());
+    accepted.wait_synced();
+    let status = accepted.status();
+    assert_eq!(status["held_deletes"], 12, "{status}");
+    let text = run(Command::new(BIN).arg("status").arg(&accepted.mnt));
+    assert!(String::from_utf8_lossy(&text.stdout).contains("DELETES HELD (12)"));
+    assert_eq!(emulator.calls("delete"), 0);
+    assert_eq!(emulator.live().len(), 12);
+
+    // The positive control: released, they go out.
+    assert!(release_deletes(&accepted.mnt).contains("12 held deletes released"));
+    accepted.wait_synced();
+    assert_eq!(emulator.live().len(), 0);
+    assert_eq!(accepted.status()["held_deletes"], serde_json::Value::Null);
+    assert!(accepted.unmount().success());
+}
+
+/// Another filesystem under the backing path (a second disk holding a copy, or the wrong disk)
+/// is refused by its identity even though it holds files; --new-backing takes it.
+#[test]
+fn a_backing_folder_on_another_filesystem_is_refused_unless_the_user_says_so() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = library_of(dir.path(), &emulator, 3) else {
+        return;
+    };
+    let copy = dir.path().join("copy");
+    std::fs::rename(&mount.backing, &copy).unwrap();
+    let _disk = Tmpfs::mount(&mount.backing, "16m");
+    std::fs::copy(
+        copy.join("photo-00.jpg"),
+        mount.backing.join("photo-00.jpg"),
+    )
+    .unwrap();
+
+    let said = refused_mount(mount.command_for(&mount.backing, &mount.mnt), &mount.mnt);
+    assert!(
+        said.contains("is not the one this index was made for"),
+        "{said}"
+    );
+    assert_eq!(emulator.live().len(), 3);
+
+    let mut accepted = Mount::prepare(
+        dir.path(),
+        &emulator,
+        &["--settle-ms", "20", "--new-backing"],
+    );
+    assert!(accepted.mount());
+    accepted.wait_synced();
+    // 2 of 3 gone is below the guard's floor: the user said this folder is the library.
+    assert_eq!(emulator.live().keys().collect::<Vec<_>>(), ["photo-00.jpg"]);
+    assert!(accepted.unmount().success());
+    // Taken as the library from now on: it mounts without the flag.
+    let mut again = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    assert!(again.mount());
+    assert!(again.unmount().success());
+}
+
+/// Most of the library gone behind the mount's back (a folder moved away while unmounted): the
+/// deletes are held; a delete the user makes through the mount goes out at once; files put back
+/// keep their records when the rest are released.
+#[test]
+fn most_files_gone_behind_the_mounts_back_are_held_and_the_users_own_deletes_are_not() {
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = library_of(dir.path(), &emulator, 20) else {
+        return;
+    };
+    let aside = dir.path().join("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for i in 0..15 {
+        let name = format!("photo-{i:02}.jpg");
+        std::fs::rename(mount.backing.join(&name), aside.join(&name)).unwrap();
+    }
+    let mut again = Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    assert!(again.mount());
+    again.wait_synced();
+    let status = again.status();
+    assert_eq!(status["held_deletes"], 15, "{status}");
+    assert!(
+        status["held_deletes_why"]
+            .as_str()
+            .unwrap()
+            .contains("15 of the 20"),
+        "{status}"
+    );
+    assert_eq!(emulator.calls("delete"), 0);
+
+    std::fs::remove_file(again.path("photo-19.jpg")).unwrap();
+    again.wait_synced();
+    assert_eq!(
+        emulator.calls("delete"),
+        1,
+        "the user's own delete goes out"
+    );
+    assert!(!emulator.live().contains_key("photo-19.jpg"));
+
+    for i in 0..3 {
+        let name = format!("photo-{i:02}.jpg");
+        std::fs::rename(aside.join(&name), again.backing.join(&name)).unwrap();
+    }
+    assert!(release_deletes(&again.mnt).contains("15 held deletes released"));
+    again.wait_synced();
+    let live: Vec<String> = emulator.live().into_keys().collect();
+    let expected: Vec<String> = (0..3)
+        .chain(15..19)
+        .map(|i| format!("photo-{i:02}.jpg"))
+        .collect();
+    assert_eq!(live, expected);
+    assert!(again.unmount().success());
+}
+
+/// A create answered 200 with the media_id of another path's record (a lying or confused
+/// service): refused and reported, never followed; that record is neither updated with this
+/// file's content nor deleted with it.
+#[test]
+fn a_create_answered_with_another_paths_id_is_refused_and_that_record_kept() {
+    let emulator = Emulator::start(&[]);
+    let proxy = Proxy::start(&emulator.url);
+    let mut mount = match Mount::start_api(&proxy.url, &["--settle-ms", "20"]) {
+        Some(mount) => mount,
+        None => return,
+    };
+    std::fs::write(mount.path("victim.jpg"), b"the victim's content").unwrap();
+    mount.wait_synced();
+    let victim = emulator.live()["victim.jpg"].clone();
+    let taken = serde_json::json!({ "media_id": victim["media_id"] }).to_string();
+    proxy.add_rule(Rule {
+        matches: is_create,
+        action: Action::Answer(response("200 OK", taken.as_bytes())),
+        times: None,
+    });
+    std::fs::write(mount.path("mine.jpg"), b"my own content").unwrap();
+    mount.wait_synced();
+    let status = mount.status();
+    let failed = status["failed"].to_string();
+    assert!(
+        failed.contains("mine.jpg") && failed.contains("is the record of \\\"victim.jpg\\\""),
+        "{status}"
+    );
+    std::fs::remove_file(mount.path("mine.jpg")).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.live()["victim.jpg"], victim);
+    assert_eq!(emulator.calls("update") + emulator.calls("delete"), 0);
+
+    // The positive control: a service answering sense gets the file's own record.
+    proxy.clear_rules();
+    std::fs::write(mount.path("mine.jpg"), b"my own content").unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.live().len(), 2);
+    assert_eq!(emulator.live()["victim.jpg"], victim);
+    assert!(mount.unmount().success());
+}

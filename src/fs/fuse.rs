@@ -447,7 +447,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -456,7 +456,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         debug!(ino = ino.0, ?name, len = value.len(), flags, "setxattr");
-        reply_empty(reply, self.fs.setxattr(ino.0, name, value, flags));
+        reply_empty(
+            reply,
+            self.fs.setxattr(caller(req), ino.0, name, value, flags),
+        );
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -116,7 +116,16 @@ pub trait StatusSource: Send + Sync {
     fn synced_page(&self, _from: u64) -> Option<String> {
         None
     }
+
+    /// `setxattr(MOUNTPOINT, RELEASE_DELETES_XATTR)`: the deletes the mass-deletion guard holds
+    /// go out (`maxlofs release-deletes MNT`). Answers how many were released.
+    fn release_held_deletes(&self) -> usize {
+        0
+    }
 }
+
+/// The extended attribute on the mount root whose setting releases the held deletes.
+pub const RELEASE_DELETES_XATTR: &str = "user.maxlofs.release-deletes";
 
 /// Extended attributes on the mount root named this and a number page through the synced
 /// records (see `StatusSource::synced_page`).

@@ -8,7 +8,8 @@ use super::inodes::{Inode, InodeTable, ROOT_INO};
 use super::sys::{self, TimeSpec, XattrValue};
 use super::writers::OpenWriters;
 use super::{
-    Event, EventSink, MountStatus, StatusSource, Transport, STATUS_XATTR, SYNCED_XATTR_PREFIX,
+    Event, EventSink, MountStatus, StatusSource, Transport, RELEASE_DELETES_XATTR, STATUS_XATTR,
+    SYNCED_XATTR_PREFIX,
 };
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use std::ffi::{CString, OsStr};
@@ -549,9 +550,25 @@ impl Passthrough {
         sys::get_xattr(self.inodes.get(ino)?.fd(), &name, size as usize)
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    pub fn setxattr(
+        &self,
+        caller: Caller,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> Result<()> {
         if is_status_xattr(ino, name) {
             return Err(Errno::EPERM);
+        }
+        if ino == ROOT_INO && name == RELEASE_DELETES_XATTR {
+            // Deletes records: the owner and root only.
+            if caller.uid != self.daemon_uid && caller.uid != 0 {
+                return Err(Errno::EACCES);
+            }
+            let status = self.status.as_ref().ok_or(Errno::EPERM)?;
+            status.release_held_deletes();
+            return Ok(());
         }
         let name = sys::c_name(name)?;
         sys::set_xattr(self.inodes.get(ino)?.fd(), &name, value, flags)

@@ -413,6 +413,16 @@ pub fn statfs(fd: BorrowedFd<'_>) -> Result<libc::statfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// The filesystem's id (`f_fsid`): on ext4, xfs and btrfs it comes from the filesystem's UUID,
+/// so it names the same disk across mounts and reboots.
+pub fn filesystem_id(fd: BorrowedFd<'_>) -> Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: the descriptor is borrowed and `st` has room for the statvfs the call writes.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded and filled the struct.
+    Ok(unsafe { st.assume_init() }.f_fsid)
+}
+
 pub fn access_fd(fd: BorrowedFd<'_>, mask: i32) -> Result<()> {
     let path = proc_fd_path(fd);
     // SAFETY: `path` is a NUL-terminated string that outlives the call.

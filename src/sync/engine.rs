@@ -24,6 +24,7 @@ use super::ignore::IgnoreRules;
 use super::index::Index;
 use super::local::{denied, Backing, FileStat, Observed, UNREADABLE};
 use super::queue::{Finish, Hint, WorkQueue};
+use super::reconcile::HeldDeletes;
 use super::upload::{UploadConfig, Uploads};
 use crate::api::{GrantId, MediaApi};
 use crate::fs::{Event, EventSink, MountStatus, OpenWriters, StatusSource};
@@ -94,6 +95,8 @@ pub struct Engine {
     intake: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     /// Events sent but not yet turned into marks: they count as pending work.
     unmarked_events: Arc<AtomicUsize>,
+    /// Deletes found behind the mount's back and held by the mass-deletion guard (`reconcile`).
+    pub(super) held_deletes: Mutex<HeldDeletes>,
 }
 
 /// How long the intake lets events gather after the first of a burst (they are only marked,
@@ -141,6 +144,10 @@ impl StatusSource for Engine {
             SYNCED_PAGE_ROWS,
         ))
     }
+
+    fn release_held_deletes(&self) -> usize {
+        Engine::release_held_deletes(self)
+    }
 }
 
 /// Rows read per page of synced records; as many as fit are sent.
@@ -177,6 +184,7 @@ impl Engine {
             events,
             intake: Mutex::new(Some(intake)),
             unmarked_events: Arc::default(),
+            held_deletes: Mutex::default(),
         })
     }
 
@@ -300,6 +308,7 @@ impl Engine {
         let (pending, in_flight) = self.queue.counts();
         let (upload_bytes_left, uploaded_bytes, upload_rate) = self.uploads.progress();
         let report = self.report.lock().unwrap();
+        let held = self.held_deletes.lock().unwrap();
         let list = |map: &BTreeMap<String, String>| {
             map.iter()
                 .take(STATUS_LIST_LIMIT)
@@ -333,6 +342,8 @@ impl Engine {
             uploads_off: self.uploads.off(),
             // Known to the filesystem side, which adds it (`status_json`).
             transport: None,
+            held_deletes: held.paths.len(),
+            held_deletes_why: held.why.clone(),
         }
     }
 
@@ -362,10 +373,13 @@ impl Engine {
                 self.queue.mark(&path, Hint::Meta);
             }
             Event::PermissionsChanged { path } => self.relook_unreadable(&path),
-            Event::Removed { path, .. } | Event::Linked { path } => {
+            Event::Removed { path, .. } => {
+                self.unhold(&path);
                 self.queue.mark(&path, Hint::Meta);
             }
+            Event::Linked { path } => self.queue.mark(&path, Hint::Meta),
             Event::Renamed { from, to, is_dir } => {
+                self.unhold(&from);
                 self.queue.mark(&from, Hint::Meta);
                 self.queue.mark(&to, Hint::Meta);
                 if is_dir {
@@ -375,6 +389,7 @@ impl Engine {
             }
             Event::Exchanged { a, b } => {
                 for path in [a, b] {
+                    self.unhold(&path);
                     self.queue.mark(&path, Hint::Meta);
                     self.mark_tree(&path);
                 }

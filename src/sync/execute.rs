@@ -13,7 +13,7 @@ use super::engine::{Engine, Outcome};
 use super::failure::{verdict, Failure, Step, Verdict};
 use super::hash_cache::Stamp;
 use super::hasher::{self, HashRead, Hashed};
-use super::index::{IndexEntry, Unsure};
+use super::index::{IdTaken, IndexEntry, Unsure};
 use super::local::{denied, FileStat, Observed, TIME_UNSAYABLE, UNREADABLE};
 use super::queue::Hint;
 use super::upload::changed;
@@ -60,8 +60,17 @@ impl<T, E: Into<Failure>> At<T> for Result<T, E> {
 
 impl From<anyhow::Error> for Failure {
     fn from(err: anyhow::Error) -> Self {
-        Failure::index(err)
+        match err.downcast_ref::<IdTaken>() {
+            Some(taken) => untrue(taken),
+            None => Failure::index(err),
+        }
     }
+}
+
+fn untrue(taken: &IdTaken) -> Failure {
+    Failure::Untrue(format!(
+        "the service named {taken} for this path; refused, the record is left as it is"
+    ))
 }
 
 /// The ctime recorded with a hash that was not verified against the content: matches no file
@@ -187,6 +196,7 @@ impl Engine {
             let Local::File { stat, hash } = &local else {
                 return self.carry_out_removal(&key, action, entry, unsure);
             };
+            self.unhold(path);
             let media_id = match action {
                 Action::Nothing => return Ok(()),
                 Action::WaitForWriter => {
@@ -281,10 +291,13 @@ impl Engine {
         let answer = self.wait(self.api.create(self.config.grant, &media));
         match self.call(answer).at(Step::Create)? {
             CreateOutcome::Created(id) => {
+                self.refuse_others_id(key, id).at(Step::Create)?;
                 self.report.lock().unwrap().totals.created += 1;
                 Ok(id)
             }
             CreateOutcome::Conflict(record) => {
+                self.refuse_others_id(key, record.media_id)
+                    .at(Step::Create)?;
                 // The path already has a record (another device, or our own earlier send whose
                 // acknowledgement was lost): adopt it, and make it show the local file.
                 if record.is_deleted || record.state() != media.state {
@@ -317,6 +330,10 @@ impl Engine {
                 return self.clear_unsure(key);
             }
             Action::Delete { media_id } => {
+                if self.holds_delete(key) {
+                    tracing::debug!("{key:?}: its delete is held (mass-deletion guard)");
+                    return Ok(());
+                }
                 if let Some(entry) = entry {
                     // The entry is traded for an unsure note with the id before the delete is
                     // sent: after a crash between the service's delete and the index write, an
@@ -370,8 +387,20 @@ impl Engine {
                 return Ok(None);
             }
         };
+        // Never learned, so never deleted: the id of another path's record.
+        self.refuse_others_id(key, media_id).at(Step::Find)?;
         self.index.learn_unsure_id(key, media_id).at(Step::Local)?;
         Ok(Some(media_id))
+    }
+
+    /// An answer naming the record the index holds for another path cannot be true (the service
+    /// keeps one record per path): followed, it would make this file's update or delete land
+    /// on that record.
+    fn refuse_others_id(&self, key: &str, media_id: MediaId) -> Result<(), Failure> {
+        match self.index.path_of(media_id)? {
+            Some(holder) if holder != key => Err(untrue(&IdTaken { media_id, holder })),
+            _ => Ok(()),
+        }
     }
 
     fn clear_unsure(&self, key: &str) -> Result<(), Failed> {

@@ -13,6 +13,9 @@ pub enum Failure {
     Vanished,
     /// The daemon's user may not read the file, or look at its path (EACCES, EPERM).
     Unreadable,
+    /// An answer that cannot be true, such as a create naming the record of another path:
+    /// refused, never followed.
+    Untrue(String),
 }
 
 impl Failure {
@@ -73,6 +76,9 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
         Failure::Vanished => Verdict::Settled,
         Failure::Unreadable => Verdict::Unreadable,
         Failure::Local(message) => Verdict::Retry {
+            why: message.clone(),
+        },
+        Failure::Untrue(message) => Verdict::Fail {
             why: message.clone(),
         },
         Failure::Api(err) if starts_over(step, err) => Verdict::Retry {
@@ -222,6 +228,16 @@ mod tests {
         for step in [Step::Upload, Step::ObjectPut, Step::S3Object] {
             assert!(matches!(
                 verdict(step, &api(rejected()), 1),
+                Verdict::Fail { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn an_untrue_answer_fails_the_path_for_every_step() {
+        for step in [Step::Create, Step::Find, Step::Update] {
+            assert!(matches!(
+                verdict(step, &Failure::Untrue("id 4 is b's".into()), 1),
                 Verdict::Fail { .. }
             ));
         }

@@ -49,6 +49,9 @@ CREATE TABLE IF NOT EXISTS synced (
     content_up INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS synced_ino ON synced (ino);
+-- One path per id: the service keeps one record per path, so an id named for a second path is
+-- an answer that cannot be true (`Index::put` refuses it before this would).
+CREATE UNIQUE INDEX IF NOT EXISTS synced_media_id ON synced (media_id);
 CREATE INDEX IF NOT EXISTS synced_content_up ON synced (content_up);
 CREATE TABLE IF NOT EXISTS unsure (path TEXT PRIMARY KEY, state TEXT NOT NULL, media_id INTEGER);
 CREATE TABLE IF NOT EXISTS multipart (
@@ -165,6 +168,9 @@ impl Index {
             db.execute_batch(
                 "ALTER TABLE synced ADD COLUMN content_up INTEGER NOT NULL DEFAULT 0",
             )?;
+        }
+        if has_table {
+            forget_shared_ids(&db)?;
         }
         db.execute_batch(SCHEMA)?;
         // Indexes made before unsure notes carried an id.
@@ -284,12 +290,34 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The path whose entry holds `media_id`, if any.
+    pub fn path_of(&self, media_id: MediaId) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .db
+            .lock()
+            .unwrap()
+            .prepare_cached("SELECT path FROM synced WHERE media_id = ?1")?
+            .query_row([media_id], |row| row.get(0))
+            .optional()?)
+    }
+
     /// Records what the service acknowledged for `path` (and that no create for it is unsure).
+    /// Refused, changing nothing, if another path's entry holds the id (`IdTaken`).
     pub fn put(&self, path: &str, entry: &IndexEntry) -> anyhow::Result<()> {
         let db = self.db.lock().unwrap();
         let mut added = false;
+        let mut taken = None;
         // One transaction: a crash must not leave the unsure row gone and the entry not written.
         in_transaction(&db, |db| {
+            // Checked here, not left to the unique index: INSERT OR REPLACE would settle that
+            // conflict by deleting the other path's entry.
+            taken = db
+                .prepare_cached("SELECT path FROM synced WHERE media_id = ?1 AND path != ?2")?
+                .query_row(params![entry.media_id, path], |row| row.get::<_, String>(0))
+                .optional()?;
+            if taken.is_some() {
+                return Ok(());
+            }
             added = !db
                 .prepare_cached("SELECT 1 FROM synced WHERE path = ?1")?
                 .exists([path])?;
@@ -312,6 +340,13 @@ impl Index {
                 .execute([path])?;
             Ok(())
         })?;
+        if let Some(holder) = taken {
+            return Err(IdTaken {
+                media_id: entry.media_id,
+                holder,
+            }
+            .into());
+        }
         if added {
             self.entries.fetch_add(1, Ordering::Relaxed);
         }
@@ -520,10 +555,56 @@ impl Index {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// What the index notes under `key` about the mount it serves (`meta`).
+    pub fn note(&self, key: &str) -> anyhow::Result<Option<String>> {
+        Ok(self
+            .db
+            .lock()
+            .unwrap()
+            .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
+            .query_row([key], |row| row.get(0))
+            .optional()?)
+    }
+
+    pub fn set_note(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        self.db
+            .lock()
+            .unwrap()
+            .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+            .execute([key, value])?;
+        Ok(())
+    }
+
     /// How many paths have an entry.
     pub fn count(&self) -> u64 {
         self.entries.load(Ordering::Relaxed)
     }
+}
+
+/// An id the service named for one path while the index holds it for another.
+#[derive(Debug, thiserror::Error)]
+#[error("media_id {media_id} is the record of {holder:?}")]
+pub struct IdTaken {
+    pub media_id: MediaId,
+    pub holder: String,
+}
+
+/// Drops the entries of ids that more than one path holds (indexes made before one path per id
+/// was enforced, which a lying answer could lead into that): which path the record is of is not
+/// known, so each such path is looked at afresh, and its create's 409 names its own record. A
+/// file among them removed meanwhile keeps its record, which is the safe side.
+fn forget_shared_ids(db: &Connection) -> rusqlite::Result<()> {
+    let forgotten = db.execute(
+        "DELETE FROM synced WHERE media_id IN
+         (SELECT media_id FROM synced GROUP BY media_id HAVING COUNT(*) > 1)",
+        [],
+    )?;
+    if forgotten > 0 {
+        tracing::warn!(
+            "{forgotten} index entries shared a media_id; their paths are looked at again"
+        );
+    }
+    Ok(())
 }
 
 /// Runs `work` in one transaction. BEGIN and COMMIT come from the statement cache: rusqlite's
@@ -585,6 +666,37 @@ mod tests {
         drop(first);
         let reopened = Index::open(&path, "id", 4).unwrap();
         reopened.put("a", &entry(1, 1)).unwrap();
+    }
+
+    #[test]
+    fn an_id_belongs_to_one_path_and_an_old_index_sharing_one_forgets_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index.db");
+        let index = Index::open(&db, "id", 4).unwrap();
+        index.put("a", &entry(7, 1)).unwrap();
+        let err = index.put("b", &entry(7, 2)).unwrap_err();
+        let taken = err.downcast_ref::<IdTaken>().expect("IdTaken");
+        assert_eq!((taken.media_id, taken.holder.as_str()), (7, "a"));
+        assert_eq!(index.get("a").unwrap(), Some(entry(7, 1)));
+        assert_eq!(index.get("b").unwrap(), None);
+        assert_eq!(index.path_of(7).unwrap().as_deref(), Some("a"));
+        // The same path again is an update of its own entry.
+        index.put("a", &entry(7, 3)).unwrap();
+        assert_eq!(index.count(), 1);
+        drop(index);
+
+        // An index from before the rule, in which two paths came to share an id.
+        let raw = Connection::open(&db).unwrap();
+        raw.execute_batch(
+            "DROP INDEX synced_media_id;
+             INSERT INTO synced (path, media_id, hash, size, mtime_ns, ctime_ns, ino)
+             VALUES ('b', 7, 'x', 1, 1, 1, 2), ('c', 8, 'x', 1, 1, 1, 4);",
+        )
+        .unwrap();
+        drop(raw);
+        let index = Index::open(&db, "id", 4).unwrap();
+        assert_eq!(index.paths_under("").unwrap(), ["c"]);
+        assert_eq!(index.count(), 1);
     }
 
     /// i64 nanoseconds end in 2262 and begin in 1677; ext4 keeps times from 1901 to 2446.

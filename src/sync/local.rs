@@ -107,6 +107,26 @@ impl Backing {
         &self.path
     }
 
+    /// What names this backing folder across mounts: its filesystem (type and id) and its
+    /// root's inode. Another disk mounted there, or the empty folder under a disk that did not
+    /// mount, answers another identity.
+    pub fn identity(&self) -> io::Result<String> {
+        let as_io = |e: fuser::Errno| io::Error::from_raw_os_error(e.code());
+        let fs = sys::statfs(self.root.as_fd()).map_err(as_io)?;
+        let id = sys::filesystem_id(self.root.as_fd()).map_err(as_io)?;
+        let root = sys::stat_fd(self.root.as_fd()).map_err(as_io)?;
+        Ok(format!(
+            "filesystem type {:#x} id {id:#x}, root inode {}",
+            fs.f_type, root.st_ino
+        ))
+    }
+
+    /// Whether the folder holds no entry at all.
+    pub fn is_empty(&self) -> io::Result<bool> {
+        let listed = std::fs::read_dir(format!("/proc/self/fd/{}", self.root.as_raw_fd()))?;
+        Ok(listed.into_iter().next().is_none())
+    }
+
     fn open_beneath(&self, relative: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
         let name = CString::new(relative.as_os_str().as_bytes())
             .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

@@ -367,7 +367,7 @@ impl Dispatcher {
                 let arg: fuse_setxattr_in = decode(op_in)?;
                 let (name, rest) = split_name(payload)?;
                 let value = rest.get(..arg.size as usize).ok_or(Errno::EINVAL)?;
-                fs.setxattr(ino, name, value, arg.flags as i32)
+                fs.setxattr(caller, ino, name, value, arg.flags as i32)
             }
             FUSE_GETXATTR => {
                 let arg: fuse_getxattr_in = decode(op_in)?;
