@@ -787,3 +787,39 @@ pub fn recv_fd(socket: BorrowedFd<'_>) -> std::io::Result<Option<OwnedFd>> {
     // SAFETY: the kernel just installed `fd` in our table for us; nothing else owns it.
     Ok(Some(unsafe { owned(fd) }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A root thread creates as another user while `CreatingAs` lives, in a folder only root may
+    /// write (its capabilities kept); once it is dropped, the thread's ids and capabilities are
+    /// its own again and what it creates is root's.
+    #[test]
+    fn creating_as_another_user_lasts_as_long_as_the_guard() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "the daemon's case: run as root");
+        let dir = tempfile::tempdir().unwrap();
+        let path = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+        // Its own thread: the ids and capabilities changed are that thread's alone.
+        std::thread::spawn(move || {
+            let dir_fd = open_dir_path(&path).unwrap();
+            let (own_ids, own_capabilities) = (thread_fs_ids(), thread_capabilities().unwrap());
+            {
+                let _creating_as = CreatingAs::switch(65534, 65534).unwrap();
+                mkdirat(dir_fd.as_fd(), c"theirs", 0o755).unwrap();
+            }
+            assert_eq!(thread_fs_ids(), own_ids);
+            assert!(thread_capabilities().unwrap() == own_capabilities);
+            mkdirat(dir_fd.as_fd(), c"mine", 0o755).unwrap();
+            for (name, owner) in [(c"theirs", (65534, 65534)), (c"mine", (0, 0))] {
+                let st = stat_at(dir_fd.as_fd(), name, 0).unwrap();
+                assert_eq!((st.st_uid, st.st_gid), owner, "{name:?}");
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
