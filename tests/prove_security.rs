@@ -467,3 +467,273 @@ fn refusals_of_an_inode_moved_out_are_rate_limited_in_the_log() {
         .count();
     assert!((1..=20).contains(&lines), "{lines} lines:\n{log}");
 }
+
+const NOBODY: u32 = 65534;
+
+/// uid, gid and mode of `path` itself (a symlink is not followed).
+fn owner_of(path: &Path) -> (u32, u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    (meta.uid(), meta.gid(), meta.mode())
+}
+
+/// `script` run by `sh` in `dir` as nobody, with `groups` as their only other groups.
+fn sh_as_nobody(dir: &Path, groups: &str, script: &str) -> std::process::Output {
+    let groups = if groups.is_empty() {
+        "--clear-groups".to_string()
+    } else {
+        format!("--groups={groups}")
+    };
+    Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            &groups,
+            "sh",
+            "-c",
+            script,
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+/// On an --allow-other mount of a root daemon, what another user creates through the mount is
+/// theirs, whatever its kind: a file, a folder, a symlink, a fifo (mknod). In a set-group-ID
+/// folder the group is the folder's, and a folder inherits the bit. A folder they may write only
+/// through a supplementary group (the kernel checks those; the daemon cannot take them on) takes
+/// their files too. Root's own creates afterwards, through the same serving threads, are root's,
+/// also in a folder only root may enter.
+#[test]
+fn what_another_user_creates_through_an_allow_other_mount_is_theirs() {
+    const GROUP: u32 = 4242;
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20", "--allow-other"]);
+    std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let backing = &mount.backing;
+    for (folder, gid, mode) in [
+        ("shared", NOBODY, 0o755),
+        ("setgid", GROUP, 0o2777),
+        ("group", GROUP, 0o770),
+        ("root-only", 0, 0o700),
+    ] {
+        let path = backing.join(folder);
+        std::fs::create_dir(&path).unwrap();
+        let uid = if folder == "shared" { NOBODY } else { 0 };
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let made = sh_as_nobody(
+        &mount.path("shared"),
+        "",
+        "set -e; echo x > f; mkdir d; ln -s f s; mkfifo p",
+    );
+    assert!(made.status.success(), "{made:?}");
+    for name in ["f", "d", "s", "p"] {
+        let (uid, gid, _) = owner_of(&backing.join("shared").join(name));
+        assert_eq!((uid, gid), (NOBODY, NOBODY), "shared/{name}");
+    }
+    let made = sh_as_nobody(&mount.path("setgid"), "", "set -e; echo x > f; mkdir d");
+    assert!(made.status.success(), "{made:?}");
+    let (uid, gid, _) = owner_of(&backing.join("setgid/f"));
+    assert_eq!((uid, gid), (NOBODY, GROUP), "setgid/f");
+    let (uid, gid, mode) = owner_of(&backing.join("setgid/d"));
+    assert_eq!((uid, gid), (NOBODY, GROUP), "setgid/d");
+    assert_ne!(
+        mode & libc::S_ISGID,
+        0,
+        "setgid/d inherits the bit: {mode:o}"
+    );
+    let made = sh_as_nobody(&mount.path("group"), &GROUP.to_string(), "echo x > f");
+    assert!(made.status.success(), "{made:?}");
+    let (uid, gid, _) = owner_of(&backing.join("group/f"));
+    assert_eq!((uid, gid), (NOBODY, NOBODY), "group/f");
+
+    std::fs::write(mount.path("root-only/r"), b"root's").unwrap();
+    std::fs::create_dir(mount.path("root-only/rd")).unwrap();
+    std::fs::write(mount.path("shared/r"), b"root's").unwrap();
+    for path in ["root-only/r", "root-only/rd", "shared/r"] {
+        let (uid, gid, _) = owner_of(&backing.join(path));
+        assert_eq!((uid, gid), (0, 0), "{path}");
+    }
+}
+
+/// The names an inotify read reports created (`IN_CREATE`), in order.
+fn created_names(buffer: &[u8]) -> Vec<Vec<u8>> {
+    const HEADER: usize = std::mem::size_of::<libc::inotify_event>();
+    let mut names = Vec::new();
+    let mut at = 0;
+    while at + HEADER <= buffer.len() {
+        let field = |offset: usize| {
+            u32::from_ne_bytes(buffer[at + offset..at + offset + 4].try_into().unwrap())
+        };
+        let (mask, len) = (field(4), field(12) as usize);
+        let name = &buffer[at + HEADER..at + HEADER + len];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(len)];
+        if mask & libc::IN_CREATE != 0 {
+            names.push(name.to_vec());
+        }
+        at += HEADER + len;
+    }
+    names
+}
+
+/// The calling thread alone becomes nobody (raw system calls: glibc's setuid family would change
+/// every thread of the test process).
+fn this_thread_becomes_nobody() {
+    let nobody = libc::c_long::from(NOBODY as i32);
+    // SAFETY: these change only the calling thread's credentials; no pointers but a null list.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+            0
+        );
+        assert_eq!(
+            libc::syscall(libc::SYS_setresgid, nobody, nobody, nobody),
+            0
+        );
+        assert_eq!(
+            libc::syscall(libc::SYS_setresuid, nobody, nobody, nobody),
+            0
+        );
+    }
+}
+
+/// Pins the thread or process `tid` (0: the calling thread) to `cpu`.
+fn pin_to_cpu(tid: libc::pid_t, cpu: usize) {
+    // SAFETY: cpu_set_t is plain data, all-zero the empty set; the call reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin {tid} to cpu {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The attack on a root daemon that gives what others create to them by name: another user with
+/// write access to BACKING swaps a name they just created through the mount for a hard link to a
+/// root-owned file, between the create and the chown, and the chown hands them that file. Here
+/// `nobody` creates files, folders, symlinks and fifos through an --allow-other mount, and a
+/// thread that is nobody too, watching the backing folder with inotify, moves each new entry
+/// aside (`.took-NAME`) and links a root-owned file (mode 0666, which `protected_hardlinks` lets
+/// anyone link) in its place. That thread runs real-time on the daemon's only CPU, so it runs the
+/// moment the entry exists, before the daemon's next system call: every round is the race won.
+/// The root file must stay root's, and every entry moved aside must be nobody's from the start.
+#[test]
+fn a_new_name_swapped_for_a_hard_link_to_a_root_file_never_gives_that_file_away() {
+    const ROUNDS: usize = 50;
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator, &["--settle-ms", "20", "--allow-other"]);
+    std::fs::set_permissions(&mount.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shared = mount.backing.join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    common::service::give_to_nobody(&shared);
+    let victim = mount.backing.join("root-file");
+    std::fs::write(&victim, b"root's").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(owner_of(&victim), (0, 0, libc::S_IFREG | 0o666));
+
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    let cpu = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        (0..libc::CPU_SETSIZE as usize)
+            .find(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .unwrap()
+    };
+    let daemon = mount.pid().expect("mounted");
+    for task in std::fs::read_dir(format!("/proc/{daemon}/task")).unwrap() {
+        let tid = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        pin_to_cpu(tid, cpu);
+    }
+
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let swaps = std::thread::scope(|scope| {
+        let racer = scope.spawn(|| {
+            pin_to_cpu(0, cpu);
+            let param = libc::sched_param { sched_priority: 10 };
+            // SAFETY: sets the calling thread's policy from a valid sched_param.
+            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+            assert_eq!(rc, 0, "SCHED_FIFO: {}", std::io::Error::last_os_error());
+            // SAFETY: inotify_init1 has no preconditions.
+            let inotify = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+            assert!(inotify >= 0);
+            let watched = CString::new(shared.as_os_str().as_bytes()).unwrap();
+            // SAFETY: a valid descriptor and C string.
+            let wd = unsafe { libc::inotify_add_watch(inotify, watched.as_ptr(), libc::IN_CREATE) };
+            assert!(wd >= 0);
+            this_thread_becomes_nobody();
+            ready_tx.send(()).unwrap();
+            let mut swapped = std::collections::HashSet::new();
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                // SAFETY: reads into a buffer of its length.
+                let n = unsafe { libc::read(inotify, buffer.as_mut_ptr().cast(), buffer.len()) };
+                assert!(n > 0, "inotify read: {}", std::io::Error::last_os_error());
+                for name in created_names(&buffer[..n as usize]) {
+                    if name == b".stop" {
+                        // SAFETY: the descriptor is ours and not used again.
+                        unsafe { libc::close(inotify) };
+                        return swapped.len();
+                    }
+                    // Its own links and moves are seen too: each name is swapped once.
+                    if name.starts_with(b".") || !swapped.insert(name.clone()) {
+                        continue;
+                    }
+                    let new = shared.join(std::ffi::OsStr::from_bytes(&name));
+                    let mut aside = b".took-".to_vec();
+                    aside.extend_from_slice(&name);
+                    let aside = shared.join(std::ffi::OsStr::from_bytes(&aside));
+                    std::fs::rename(&new, &aside).unwrap();
+                    std::fs::hard_link(&victim, &new).unwrap();
+                }
+            }
+        });
+        ready_rx.recv().unwrap();
+        // Folders and symlinks swapped for a file answer EIO through the mount: not our concern.
+        let creates = sh_as_nobody(
+            &mount.path("shared"),
+            "",
+            &format!(
+                "i=0; while [ $i -lt {ROUNDS} ]; do \
+                 true > f$i; mkdir d$i; ln -s f$i s$i; mkfifo p$i; i=$((i + 1)); \
+                 done 2>/dev/null; true"
+            ),
+        );
+        std::fs::write(shared.join(".stop"), b"").unwrap();
+        assert!(creates.status.success(), "{creates:?}");
+        racer.join().unwrap()
+    });
+
+    assert_eq!(
+        owner_of(&victim),
+        (0, 0, libc::S_IFREG | 0o666),
+        "the root-owned file was given away"
+    );
+    let mut kinds = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&shared).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let Some(created) = name.to_str().unwrap().strip_prefix(".took-") else {
+            continue;
+        };
+        kinds.insert(created.chars().next().unwrap());
+        let (uid, gid, _) = owner_of(&entry.path());
+        assert_eq!(
+            (uid, gid),
+            (NOBODY, NOBODY),
+            "{created} was created as another user"
+        );
+    }
+    println!("{swaps} names swapped for a hard link to the root file");
+    assert_eq!(swaps, 4 * ROUNDS, "every entry created was swapped");
+    assert_eq!(
+        kinds,
+        "dfps".chars().collect(),
+        "all four kinds were created and swapped"
+    );
+}

@@ -198,15 +198,17 @@ impl Passthrough {
     ) -> Result<FileAttr> {
         sys::clear_thread_umask();
         let (dir, c_name) = self.entry(parent, name)?;
-        sys::mknodat(dir.fd(), &c_name, mode, u64::from(rdev))?;
-        self.created(caller, parent, &dir, name, &c_name)
+        self.as_caller(caller, || {
+            sys::mknodat(dir.fd(), &c_name, mode, u64::from(rdev))
+        })?;
+        self.created(parent, &dir, name, &c_name)
     }
 
     pub fn mkdir(&self, caller: Caller, parent: u64, name: &OsStr, mode: u32) -> Result<FileAttr> {
         sys::clear_thread_umask();
         let (dir, c_name) = self.entry(parent, name)?;
-        sys::mkdirat(dir.fd(), &c_name, mode)?;
-        self.created(caller, parent, &dir, name, &c_name)
+        self.as_caller(caller, || sys::mkdirat(dir.fd(), &c_name, mode))?;
+        self.created(parent, &dir, name, &c_name)
     }
 
     pub fn symlink(
@@ -218,8 +220,8 @@ impl Passthrough {
     ) -> Result<FileAttr> {
         let (dir, c_name) = self.entry(parent, name)?;
         let target = CString::new(target.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-        sys::symlinkat(&target, dir.fd(), &c_name)?;
-        self.created(caller, parent, &dir, name, &c_name)
+        self.as_caller(caller, || sys::symlinkat(&target, dir.fd(), &c_name))?;
+        self.created(parent, &dir, name, &c_name)
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
@@ -328,7 +330,8 @@ impl Passthrough {
             (open_flags, flags)
         };
         let exclusive = exclusive_flags | libc::O_CREAT | libc::O_EXCL;
-        let (fd, created, handle_flags) = match sys::openat(dir.fd(), &c_name, exclusive, mode) {
+        let created_fd = self.as_caller(caller, || sys::openat(dir.fd(), &c_name, exclusive, mode));
+        let (fd, created, handle_flags) = match created_fd {
             Ok(fd) => (fd, true, handle_flags),
             Err(e) if e == Errno::EEXIST && flags & libc::O_EXCL == 0 => {
                 let fd = sys::openat(dir.fd(), &c_name, open_flags & !libc::O_CREAT, 0)?;
@@ -336,9 +339,6 @@ impl Passthrough {
             }
             Err(e) => return Err(e),
         };
-        if created {
-            self.adopt(caller, &dir, &c_name);
-        }
         let st = sys::stat_fd(fd.as_fd())?;
         let attr = self.remember(parent, name, &st, Opener::SameInode(fd.as_fd()))?;
         let ino = attr.ino.0;
@@ -675,34 +675,29 @@ impl Passthrough {
         Ok(self.attr(ino, st))
     }
 
-    /// After mknod/mkdir/symlink made `name`: its owner, its entry, the event.
+    /// After mknod/mkdir/symlink made `name`: its entry, the event.
     fn created(
         &self,
-        caller: Caller,
         parent: u64,
         dir: &Inode,
         name: &OsStr,
         c_name: &CString,
     ) -> Result<FileAttr> {
-        self.adopt(caller, dir, c_name);
         let attr = self.lookup_in(parent, dir.fd(), name, c_name)?;
         self.emit_at(parent, name, |path| Event::Created { path });
         Ok(attr)
     }
 
-    /// A root daemon creates as root; give what another user created to that user (the group
-    /// stays as created where the directory is set-group-ID).
-    fn adopt(&self, caller: Caller, dir: &Inode, c_name: &CString) {
+    /// Runs `create` so that what it creates belongs to the caller from the start: a root
+    /// daemon creates as another user with their ids (`sys::CreatingAs`), never as root with a
+    /// chown after, which a process swapping the new name for a hard link in between would turn
+    /// onto a file of its choice. A daemon run by a user creates as that user, who owns it all.
+    fn as_caller<T>(&self, caller: Caller, create: impl FnOnce() -> Result<T>) -> Result<T> {
         if !self.daemon_is_root || caller.uid == 0 {
-            return;
+            return create();
         }
-        let inherit_group = sys::stat_fd(dir.fd())
-            .map(|st| st.st_mode & libc::S_ISGID != 0)
-            .unwrap_or(false);
-        let gid = (!inherit_group).then_some(caller.gid);
-        if let Err(e) = sys::chown_at(dir.fd(), c_name, Some(caller.uid), gid) {
-            tracing::warn!(?c_name, "could not give a new entry to its creator: {e:?}");
-        }
+        let _creating_as = sys::CreatingAs::switch(caller.uid, caller.gid)?;
+        create()
     }
 
     fn remove(&self, parent: u64, name: &OsStr, is_dir: bool) -> Result<()> {

@@ -250,6 +250,124 @@ pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Resul
     chown_at(fd, EMPTY, uid, gid)
 }
 
+/// The calling thread creates as another user until this is dropped: its filesystem ids (fsuid,
+/// fsgid) are that user's, so what it creates is theirs the moment it exists, and the kernel
+/// applies the set-group-ID directory rule to their group. Only the thread that made it can drop
+/// it (it is not `Send`): the ids belong to that thread alone.
+///
+/// Changing the fsuid from 0 drops the thread's effective filesystem capabilities
+/// (CAP_DAC_OVERRIDE, CAP_FSETID...); they are raised again, so the backing call is checked as
+/// before and only the owner differs: the kernel has already checked the caller, with all of
+/// their groups, which the daemon cannot take on (`default_permissions`), and has already
+/// cleared a set-group-ID bit they may not set.
+pub struct CreatingAs {
+    /// The thread's own fsuid and fsgid, and capabilities, to put back.
+    own_ids: (u32, u32),
+    capabilities: [CapData; 2],
+    _this_thread: std::marker::PhantomData<*const ()>,
+}
+
+/// capget/capset's header and per-word data (linux/capability.h, version 3: two 32-bit words).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// The calling thread's capabilities (pid 0 is the calling thread, not the process).
+fn thread_capabilities() -> Result<[CapData; 2]> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: the header and the two data words are valid for the call to write.
+    check(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
+    Ok(data)
+}
+
+fn set_thread_capabilities(data: &[CapData; 2]) -> Result<()> {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    // SAFETY: the header and the two data words are valid for the call to read.
+    check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) }).map(drop)
+}
+
+/// The calling thread's fsuid and fsgid (an invalid id changes nothing, and both calls answer
+/// the id in force).
+fn thread_fs_ids() -> (u32, u32) {
+    // SAFETY: setfsuid/setfsgid with an invalid id only read the thread's own ids.
+    unsafe {
+        (
+            libc::setfsuid(u32::MAX) as u32,
+            libc::setfsgid(u32::MAX) as u32,
+        )
+    }
+}
+
+/// Sets the thread's fsuid and fsgid (glibc's setfsuid acts on the calling thread only, unlike
+/// its setuid family), answering whether they took.
+fn set_thread_fs_ids(uid: u32, gid: u32) -> bool {
+    // SAFETY: setfsgid/setfsuid change only the calling thread's filesystem ids.
+    unsafe {
+        libc::setfsgid(gid);
+        libc::setfsuid(uid);
+    }
+    thread_fs_ids() == (uid, gid)
+}
+
+impl CreatingAs {
+    /// Switches the calling thread (a root daemon's) to `uid` and `gid`; EPERM if the kernel
+    /// refuses (a daemon without CAP_SETUID), with the thread left as it was.
+    pub fn switch(uid: u32, gid: u32) -> Result<CreatingAs> {
+        let capabilities = thread_capabilities()?;
+        let switched = CreatingAs {
+            own_ids: thread_fs_ids(),
+            capabilities,
+            _this_thread: std::marker::PhantomData,
+        };
+        // From here on, dropping `switched` puts back whatever was changed.
+        if !set_thread_fs_ids(uid, gid) {
+            tracing::warn!(
+                uid,
+                gid,
+                "could not create as the caller: setfsuid/setfsgid refused"
+            );
+            return Err(Errno::EPERM);
+        }
+        set_thread_capabilities(&capabilities)?;
+        Ok(switched)
+    }
+}
+
+impl Drop for CreatingAs {
+    fn drop(&mut self) {
+        // Back to fsuid 0, the kernel raises the filesystem capabilities again by itself; they are
+        // set as they were all the same. A thread that stayed another user would serve the
+        // daemon's own requests as them: nothing is served rather than that.
+        let (uid, gid) = self.own_ids;
+        let restored = set_thread_fs_ids(uid, gid)
+            && set_thread_capabilities(&self.capabilities).is_ok()
+            && thread_capabilities().is_ok_and(|now| now == self.capabilities);
+        if !restored {
+            tracing::error!("could not restore the serving thread's own ids; stopping");
+            std::process::abort();
+        }
+    }
+}
+
 pub fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
     let path = proc_fd_path(fd);
     // SAFETY: `path` is a NUL-terminated string that outlives the call.
@@ -678,4 +796,40 @@ pub fn recv_fd(socket: BorrowedFd<'_>) -> std::io::Result<Option<OwnedFd>> {
     let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>()) };
     // SAFETY: the kernel just installed `fd` in our table for us; nothing else owns it.
     Ok(Some(unsafe { owned(fd) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// A root thread creates as another user while `CreatingAs` lives, in a folder only root may
+    /// write (its capabilities kept); once it is dropped, the thread's ids and capabilities are
+    /// its own again and what it creates is root's.
+    #[test]
+    fn creating_as_another_user_lasts_as_long_as_the_guard() {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "the daemon's case: run as root");
+        let dir = tempfile::tempdir().unwrap();
+        let path = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
+        // Its own thread: the ids and capabilities changed are that thread's alone.
+        std::thread::spawn(move || {
+            let dir_fd = open_dir_path(&path).unwrap();
+            let (own_ids, own_capabilities) = (thread_fs_ids(), thread_capabilities().unwrap());
+            {
+                let _creating_as = CreatingAs::switch(65534, 65534).unwrap();
+                mkdirat(dir_fd.as_fd(), c"theirs", 0o755).unwrap();
+            }
+            assert_eq!(thread_fs_ids(), own_ids);
+            assert!(thread_capabilities().unwrap() == own_capabilities);
+            mkdirat(dir_fd.as_fd(), c"mine", 0o755).unwrap();
+            for (name, owner) in [(c"theirs", (65534, 65534)), (c"mine", (0, 0))] {
+                let st = stat_at(dir_fd.as_fd(), name, 0).unwrap();
+                assert_eq!((st.st_uid, st.st_gid), owner, "{name:?}");
+            }
+        })
+        .join()
+        .unwrap();
+    }
 }
