@@ -187,7 +187,7 @@ pub struct MountArgs {
     #[arg(long, env = "MAXLOFS_GRANT", default_value = "1")]
     pub grant: String,
     /// Prefix prepended to every media_path (after the grant's own prefix_path).
-    #[arg(long, env = "MAXLOFS_PREFIX", default_value = "")]
+    #[arg(long, env = "MAXLOFS_PREFIX", default_value = "", value_parser = parse_prefix)]
     pub prefix: String,
     /// File holding the device session key (else MAXLO_DEVICE_SESSION_KEY).
     #[arg(long, env = "MAXLOFS_DEVICE_KEY_FILE")]
@@ -261,6 +261,15 @@ pub struct MountArgs {
     /// foreground, logs go to stderr.
     #[arg(long, env = "MAXLOFS_LOG_FILE")]
     pub log_file: Option<PathBuf>,
+}
+
+/// `--prefix`: refused as a usage error, before anything mounts, when no media_path the service
+/// accepts can start with it (every file would be refused, 400).
+fn parse_prefix(prefix: &str) -> Result<String, String> {
+    match crate::contract::prefix_fault(prefix) {
+        None => Ok(prefix.to_string()),
+        Some(fault) => Err(format!("no media_path can start with {prefix:?}: {fault}")),
+    }
 }
 
 /// A rate in bytes per second: digits, then optionally K, M or G (powers of 1024), any case.
@@ -363,7 +372,8 @@ fn init_logging(level: Option<LogLevel>) {
 }
 
 /// Parses arguments, runs the subcommand, and answers the process exit code. Usage and
-/// configuration errors exit with 2 (clap's convention), failures with 1.
+/// configuration errors exit with 2 (clap's convention), as does a mount refused for what it was
+/// asked to mount (`daemon::NotMounted`); failures with 1.
 pub fn main() -> i32 {
     let cli = crate::config::parse(std::env::args_os()).unwrap_or_else(|err| err.exit());
     init_logging(match &cli.command {
@@ -394,7 +404,10 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("maxlofs: {err:#}");
-            1
+            match err.downcast_ref::<crate::daemon::NotMounted>() {
+                Some(_) => 2,
+                None => 1,
+            }
         }
     }
 }

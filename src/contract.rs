@@ -107,6 +107,21 @@ pub fn is_valid_media_path(path: &str) -> bool {
             .all(|part| !part.is_empty() && part != ".." && part != ".")
 }
 
+/// Why no media_path the service accepts can start with `prefix` (a grant's prefix_path, a
+/// mount's `--prefix`), or `None` when one can. As in `media_path`, the slashes around it are
+/// trimmed; what is left is empty or passes `is_valid_media_path`. A control character is refused
+/// too: a prefix is typed or pasted, not found on disk, and one holding a newline is a mistake.
+pub fn prefix_fault(prefix: &str) -> Option<&'static str> {
+    let inner = prefix.trim_matches('/');
+    if prefix.chars().any(char::is_control) {
+        Some("it holds a control character")
+    } else if !inner.is_empty() && !is_valid_media_path(inner) {
+        Some("it has an empty, `.` or `..` component")
+    } else {
+        None
+    }
+}
+
 /// Whether `text` is written as the API writes a file hash (or a part hash): 64 lowercase hex
 /// characters.
 pub fn is_hex_digest(text: &str) -> bool {
@@ -195,6 +210,30 @@ mod tests {
         assert!(is_valid_media_path("a/b.jpg"));
         for bad in ["", "/a", "a/../b", "a//b", "..", "a/./b"] {
             assert!(!is_valid_media_path(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_prefix_is_a_media_path_once_trimmed_or_nothing() {
+        for good in ["", "/", "a", "a/b", "/volumes/photos/", "2026/"] {
+            assert_eq!(prefix_fault(good), None, "{good:?}");
+            // And it starts a media_path the service takes.
+            let path = media_path(good, Path::new("x.jpg")).unwrap();
+            assert!(is_valid_media_path(&path), "{path:?}");
+        }
+        for bad in ["../x", "a//b", "./x", "a/./b", "a/..", "x/../../y"] {
+            assert_eq!(
+                prefix_fault(bad),
+                Some("it has an empty, `.` or `..` component"),
+                "{bad:?}"
+            );
+        }
+        for bad in ["a\nb", "a\0b", "photos\n", "\tx"] {
+            assert_eq!(
+                prefix_fault(bad),
+                Some("it holds a control character"),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -84,17 +84,46 @@ pub fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathB
 }
 
 /// The grant's prefix_path: recorded in the state folder when the service gives it, read back from
-/// there while it cannot be reached (empty if it never could).
+/// there while it cannot be reached (empty if it never could). One that no media_path can start
+/// with, from the service or the file, is refused (`NotMounted`) and not recorded; a file that
+/// cannot be read is an error, not an empty prefix: the mount would send every path elsewhere.
 fn grant_prefix(state_dir: &Path, fresh: Option<String>) -> anyhow::Result<String> {
     let file = state_dir.join("grant-prefix-path");
+    let refused = |prefix: &str, fault: &str, source: &str| {
+        anyhow::anyhow!(
+            "the grant's prefix_path {prefix:?} ({source}) cannot start a media_path: {fault}"
+        )
+        .context(NotMounted)
+    };
     match fresh {
         Some(prefix) => {
+            if let Some(fault) = crate::contract::prefix_fault(&prefix) {
+                return Err(refused(&prefix, fault, "as the service gives it"));
+            }
             private_file(&file, true)
                 .and_then(|mut out| out.write_all(prefix.as_bytes()))
                 .with_context(|| format!("recording {}", file.display()))?;
             Ok(prefix)
         }
-        None => Ok(std::fs::read_to_string(&file).unwrap_or_default()),
+        None => {
+            let prefix = match std::fs::read_to_string(&file) {
+                Ok(prefix) => prefix,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!(
+                            "reading the grant's prefix_path recorded in {} (the service cannot \
+                             be reached to give it)",
+                            file.display()
+                        )
+                    })
+                }
+            };
+            match crate::contract::prefix_fault(&prefix) {
+                Some(fault) => Err(refused(&prefix, fault, &format!("in {}", file.display()))),
+                None => Ok(prefix),
+            }
+        }
     }
 }
 
@@ -218,6 +247,25 @@ fn secure_state_dir(state_dir: &Path) -> anyhow::Result<()> {
 /// connections but never answers would otherwise hold `mount` for a request timeout per call.
 const SERVICE_CHECK_BUDGET: Duration = Duration::from_secs(15);
 
+/// The wait before asking again a service that answered as one in trouble does, doubled after
+/// each such answer up to `SERVICE_CHECK_RETRY_MAX`: within the budget, a service failing a third
+/// of its calls is asked about ten times, and the chance that all of them fail is negligible.
+const SERVICE_CHECK_RETRY_FIRST: Duration = Duration::from_millis(100);
+const SERVICE_CHECK_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// A mount refused for what it was asked to mount, before anything was mounted: a key the
+/// service refuses, a disabled device, a grant it does not have or that cannot be mounted, a
+/// prefix no media_path can start with. Added as context to the error; `maxlofs mount` then
+/// exits with 2, as for a usage error, not 1.
+#[derive(Debug)]
+pub struct NotMounted;
+
+impl std::fmt::Display for NotMounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not mounted")
+    }
+}
+
 /// What the start-up check found out.
 enum ServiceCheck {
     /// The key is accepted and the grant can be mounted: its id and prefix_path, and what the
@@ -232,8 +280,8 @@ enum ServiceCheck {
 }
 
 /// Checks key and grant before anything is mounted, within `SERVICE_CHECK_BUDGET`: a refused
-/// key, a disabled device, or a grant that cannot be mounted is an error; a service that cannot
-/// be reached is only a warning.
+/// key, a disabled device, or a grant that cannot be mounted is an error; a service that stays
+/// unreachable, or in trouble, for the whole budget is only a warning.
 async fn check_service(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<ServiceCheck> {
     let offline = |why: &dyn std::fmt::Display| {
         crate::daemonize::warn_at_start(&format!(
@@ -241,41 +289,73 @@ async fn check_service(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<Servi
         ));
         ServiceCheck::Offline
     };
-    let check = async {
-        let device_upload_disabled = match api.current_device().await {
-            // The device's name is the service's text: shown escaped.
-            Ok(device) if device.is_disabled => {
-                bail!("device {:?} is disabled", device.device_name)
-            }
-            Ok(device) => {
-                tracing::info!("device {:?} ({})", device.device_name, device.device_id);
-                device.is_upload_disabled
-            }
-            Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
-            Err(err @ ApiError::Transient(_)) => return Ok(offline(&err)),
-            Err(err) => bail!("checking the device: {err}"),
-        };
-        match crate::grants::resolve_grant_record(api, wanted).await {
-            Ok((grant, record)) => Ok(ServiceCheck::Online {
-                grant,
-                prefix_path: record.prefix_path,
-                uploads: UploadFacts {
-                    device_upload_disabled,
-                    encrypted: record.volume_encryption_key.is_some(),
-                },
-            }),
-            Err(err) => match err.downcast_ref::<ApiError>() {
-                Some(api_err) if api_err.is_transient() => Ok(offline(api_err)),
-                _ => Err(err),
-            },
-        }
+    let deadline = tokio::time::Instant::now() + SERVICE_CHECK_BUDGET;
+    let still_in_trouble = |err: &ApiError| {
+        format!(
+            "{err}, still after {} s of asking",
+            SERVICE_CHECK_BUDGET.as_secs()
+        )
     };
-    match tokio::time::timeout(SERVICE_CHECK_BUDGET, check).await {
+    let check = async {
+        let device_upload_disabled =
+            match ask_until_answered(deadline, || api.current_device()).await {
+                // The device's name is the service's text: shown escaped.
+                Ok(device) if device.is_disabled => {
+                    bail!("device {:?} is disabled", device.device_name)
+                }
+                Ok(device) => {
+                    tracing::info!("device {:?} ({})", device.device_name, device.device_id);
+                    device.is_upload_disabled
+                }
+                Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
+                Err(err @ ApiError::Transient(_)) => return Ok(offline(&still_in_trouble(&err))),
+                Err(err) => bail!("checking the device: {err}"),
+            };
+        let grants = match ask_until_answered(deadline, || api.media_grants()).await {
+            Ok(grants) => grants,
+            Err(err @ ApiError::Transient(_)) => return Ok(offline(&still_in_trouble(&err))),
+            Err(err) => return Err(crate::grants::listing_failed(err)),
+        };
+        let (grant, record) = crate::grants::grant_in(&grants, wanted)?;
+        Ok(ServiceCheck::Online {
+            grant,
+            prefix_path: record.prefix_path,
+            uploads: UploadFacts {
+                device_upload_disabled,
+                encrypted: record.volume_encryption_key.is_some(),
+            },
+        })
+    };
+    match tokio::time::timeout_at(deadline, check).await {
         Ok(checked) => checked,
         Err(_) => Ok(offline(&format_args!(
             "no answer within {} s",
             SERVICE_CHECK_BUDGET.as_secs()
         ))),
+    }
+}
+
+/// `ask`s until the service answers other than transiently (a 5xx, a timeout, a refused or
+/// dropped connection: `ApiError::Transient`), waiting longer before each new try; the last
+/// transient error when the next try would start past `deadline`.
+async fn ask_until_answered<T, F, Answer>(
+    deadline: tokio::time::Instant,
+    mut ask: F,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Answer,
+    Answer: std::future::Future<Output = Result<T, ApiError>>,
+{
+    let mut wait = SERVICE_CHECK_RETRY_FIRST;
+    loop {
+        match ask().await {
+            Err(err) if err.is_transient() && tokio::time::Instant::now() + wait < deadline => {
+                tracing::info!("at start: {err}; asking again in {wait:?}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(SERVICE_CHECK_RETRY_MAX);
+            }
+            answer => return answer,
+        }
     }
 }
 
@@ -371,7 +451,9 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         .on_thread_start(move || yield_to_filesystem_threads(sync_nice))
         .build()?;
     let api = Arc::new(HttpApi::new(&args.api, keys.clone(), Timeouts::default())?);
-    let checked = runtime.block_on(check_service(api.as_ref(), &args.grant))?;
+    let checked = runtime
+        .block_on(check_service(api.as_ref(), &args.grant))
+        .context(NotMounted)?;
     let (grant, fresh_prefix, upload_facts) = match checked {
         ServiceCheck::Online {
             grant,
@@ -572,6 +654,40 @@ mod tests {
             refuse_state_inside_backing(&root.join(state), &backing)
                 .unwrap_or_else(|err| panic!("{state}: {err:#}"));
         }
+    }
+
+    #[test]
+    fn the_grant_prefix_is_read_back_only_as_a_prefix_a_media_path_can_start_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path();
+        let file = state.join("grant-prefix-path");
+        let refused = |err: anyhow::Error| {
+            assert!(err.downcast_ref::<NotMounted>().is_some(), "{err:#}");
+            format!("{err:#}")
+        };
+        assert_eq!(grant_prefix(state, None).unwrap(), "", "never recorded");
+        let photos = "/volumes/photos/".to_string();
+        assert_eq!(grant_prefix(state, Some(photos.clone())).unwrap(), photos);
+        assert_eq!(grant_prefix(state, None).unwrap(), photos);
+
+        let err = refused(grant_prefix(state, Some("../up".into())).unwrap_err());
+        assert!(err.contains("as the service gives it"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            photos,
+            "not recorded"
+        );
+
+        std::fs::write(&file, "a//b").unwrap();
+        let err = refused(grant_prefix(state, None).unwrap_err());
+        assert!(err.contains("cannot start a media_path"), "{err}");
+        // Not read as no prefix at all: every path would be sent elsewhere.
+        std::fs::write(&file, b"volumes/\xff").unwrap();
+        let err = grant_prefix(state, None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("reading the grant's prefix_path"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::cli::MountArgs;
 use crate::mutex::lock;
@@ -102,10 +102,15 @@ pub fn spawn(args: &MountArgs) -> anyhow::Result<()> {
     }
     let status = daemon.wait()?;
     eprint!("{}", tail(&log_path, start, TAIL_LINES));
-    bail!(
+    let failed = anyhow::anyhow!(
         "the daemon exited ({status}) before the mount was ready; its log is {}",
         log_path.display()
-    )
+    );
+    // The daemon's own exit status 2 (a usage error, a refused mount) is ours as well.
+    match status.code() {
+        Some(2) => Err(failed.context(crate::daemon::NotMounted)),
+        _ => Err(failed),
+    }
 }
 
 /// In the daemon: takes the readiness pipe named by `MAXLOFS_READY_FD` out of the environment and

@@ -80,20 +80,16 @@ pub fn run(args: &GrantsArgs) -> anyhow::Result<()> {
 }
 
 /// The grant `wanted` names, as `(id, prefix_path)`: a number is a grant id, anything else a
-/// grant_name. A disabled device or grant, or a name that matches nothing or several grants, is
-/// an error that says what the device sees. Errors from the service keep their `ApiError`
-/// (`err.downcast_ref::<ApiError>()`), so a caller can tell an unreachable service apart.
+/// grant_name. Errors from the service keep their `ApiError` (`err.downcast_ref::<ApiError>()`).
 pub async fn resolve_grant(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<(GrantId, String)> {
-    let (id, grant) = resolve_grant_record(api, wanted).await?;
+    let (id, grant) = grant_in(&list_grants(api).await?, wanted)?;
     Ok((id, grant.prefix_path))
 }
 
-/// `resolve_grant`, answering the grant's whole record (its encryption key, for one).
-pub async fn resolve_grant_record(
-    api: &dyn MediaApi,
-    wanted: &str,
-) -> anyhow::Result<(GrantId, MediaGrant)> {
-    let list = list_grants(api).await?;
+/// The grant `wanted` names in `list` (see `resolve_grant`), with its whole record (its
+/// encryption key, for one). A disabled device or grant, or a name that matches nothing or
+/// several grants, is an error that says what the device sees.
+pub fn grant_in(list: &MediaGrantList, wanted: &str) -> anyhow::Result<(GrantId, MediaGrant)> {
     if list.is_device_disabled {
         bail!("this device is disabled");
     }
@@ -149,13 +145,16 @@ pub fn join_prefix(grant_prefix: &str, prefix: &str) -> String {
 }
 
 async fn list_grants(api: &dyn MediaApi) -> anyhow::Result<MediaGrantList> {
-    api.media_grants().await.map_err(|err| {
-        let what = match err {
-            ApiError::Unauthorized => "the service refused the device key",
-            _ => "listing media grants",
-        };
-        anyhow::Error::new(err).context(what)
-    })
+    api.media_grants().await.map_err(listing_failed)
+}
+
+/// The error for a failed `media_grants` call, saying what failed; the `ApiError` is kept.
+pub fn listing_failed(err: ApiError) -> anyhow::Error {
+    let what = match err {
+        ApiError::Unauthorized => "the service refused the device key",
+        _ => "listing media grants",
+    };
+    anyhow::Error::new(err).context(what)
 }
 
 #[cfg(test)]

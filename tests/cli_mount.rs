@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::proxy::{response, Action, Proxy, Rule};
 use common::service::{fuse_required, is_mounted, Emulator, BIN};
 
 fn fuse_available(test: &str) -> bool {
@@ -218,14 +219,184 @@ fn daemon_mode_fails_with_a_refused_key() {
         .output()
         .unwrap();
     let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("403"), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not mounted") && stderr.contains("403"),
+        "{stderr}"
+    );
     assert!(
         !stderr.contains("revoked-key"),
         "the key is never printed: {stderr}"
     );
     assert!(!is_mounted(&site.mnt));
     assert!(daemons(&site.mnt).is_empty(), "no daemon left behind");
+}
+
+/// Asserts `out` is a refusal before anything mounted: exit status 2, `says` on stderr, no mount
+/// and no daemon.
+fn assert_refused(site: &Site, out: &Output, says: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stderr}\nlog:\n{}",
+        site.log_text()
+    );
+    assert!(stderr.contains(says), "{says:?} not in: {stderr}");
+    assert!(!is_mounted(&site.mnt), "mounted: {stderr}");
+    assert!(daemons(&site.mnt).is_empty(), "a daemon was left behind");
+}
+
+/// A service failing a third of its calls: a grant it does not have is refused every time (it
+/// once mounted offline on the first 503, in 4 tries of 8), and one it has mounts and syncs.
+#[test]
+fn an_unknown_grant_is_refused_however_often_the_service_fails() {
+    if !fuse_available("an_unknown_grant_is_refused_however_often_the_service_fails") {
+        return;
+    }
+    let emulator = Emulator::start(&["--fail-rate", "0.3"]);
+    for _ in 0..8 {
+        let site = Site::new("demo-device-key");
+        let out = site
+            .mount_command()
+            .args(site.flags(&emulator))
+            .args(["--grant", "99"])
+            .output()
+            .unwrap();
+        assert_refused(&site, &out, "grant 99 is not one this device can see");
+    }
+
+    let site = Site::new("demo-device-key");
+    let out = site.mount_as_daemon(&site.flags(&emulator));
+    assert!(!text(&out.stderr).contains("mounting offline"));
+    site.assert_syncs(&emulator);
+    site.unmount();
+    assert!(emulator.faults().0 > 0, "the service failed no call");
+}
+
+/// The start-up check asks again while the service answers 503, and only then decides: the
+/// answers that follow the 503s refuse an unknown grant, and mount a known one online.
+#[test]
+fn the_start_up_check_asks_again_after_a_503() {
+    if !fuse_available("the_start_up_check_asks_again_after_a_503") {
+        return;
+    }
+    let emulator = Emulator::start(&[]);
+    let proxy = Proxy::start(&emulator.url);
+    let unavailable = || {
+        for matches in [
+            (|_, path| path == "/device/1/current") as fn(&str, &str) -> bool,
+            |_, path| path == "/device/1/media_grant",
+        ] {
+            proxy.add_rule(Rule {
+                matches,
+                action: Action::Answer(response("503 Service Unavailable", b"{}")),
+                times: Some(3),
+            });
+        }
+    };
+    let site = Site::new("demo-device-key");
+    let mut flags = site.flags(&emulator);
+    let api = flags.iter().position(|flag| flag == "--api").unwrap() + 1;
+    flags[api] = proxy.url.clone();
+
+    unavailable();
+    let out = site
+        .mount_command()
+        .args(&flags)
+        .args(["--grant", "99"])
+        .output()
+        .unwrap();
+    assert_refused(&site, &out, "grant 99 is not one this device can see");
+    let asked = |path: &str, action: &str| {
+        let call = format!("POST {path} {action}");
+        proxy.seen().iter().filter(|seen| **seen == call).count()
+    };
+    assert_eq!(asked("/device/1/current", "answer"), 3);
+    assert_eq!(asked("/device/1/media_grant", "answer"), 3);
+    assert_eq!(asked("/device/1/media_grant", "forward"), 1);
+
+    proxy.clear_rules();
+    unavailable();
+    let out = site.mount_as_daemon(&flags);
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("mounting offline"), "{stderr}");
+    assert_eq!(asked("/device/1/current", "answer"), 6);
+    site.assert_syncs(&emulator);
+    site.unmount();
+}
+
+/// A `--prefix` that no media_path can start with is refused as a usage error before anything
+/// mounts (it once mounted, and the service refused every file with 400), from the command line,
+/// the environment or the config file; a nested one mounts.
+#[test]
+fn a_prefix_no_media_path_can_start_with_is_refused_before_mounting() {
+    if !fuse_available("a_prefix_no_media_path_can_start_with_is_refused_before_mounting") {
+        return;
+    }
+    let emulator = Emulator::start(&[]);
+    let says = "no media_path can start with";
+    for bad in [
+        "../x", "a//b", "./x", "a/./b", "x/..", "a/../b", "2026\n", "a\tb",
+    ] {
+        let site = Site::new("demo-device-key");
+        let out = site
+            .mount_command()
+            .args(site.flags(&emulator))
+            .args(["--prefix", bad])
+            .output()
+            .unwrap();
+        assert_refused(&site, &out, says);
+
+        let out = site
+            .mount_command()
+            .args(site.flags(&emulator))
+            .env("MAXLOFS_PREFIX", bad)
+            .output()
+            .unwrap();
+        assert_refused(&site, &out, says);
+    }
+    // A NUL can only come from the config file (an argument or a variable cannot hold one).
+    let site = Site::new("demo-device-key");
+    let config = site.dir.path().join("maxlofs.toml");
+    std::fs::write(&config, "prefix = \"a\\u0000b\"\n").unwrap();
+    let out = site
+        .mount_command()
+        .args(site.flags(&emulator))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_refused(&site, &out, says);
+    let out = site
+        .mount_command()
+        .args(site.flags(&emulator))
+        .arg("--prefix")
+        .arg(std::ffi::OsStr::from_bytes(b"photos\xff"))
+        .output()
+        .unwrap();
+    assert_refused(&site, &out, "invalid UTF-8");
+    let calls: u64 = emulator.stats()["calls"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|by_status| by_status.as_object().unwrap().values())
+        .filter_map(serde_json::Value::as_u64)
+        .sum();
+    assert_eq!(calls, 0, "no call reached the service");
+
+    let site = Site::new("demo-device-key");
+    let mut flags = site.flags(&emulator);
+    flags.extend(["--prefix".to_string(), "a/b".to_string()]);
+    site.mount_as_daemon(&flags);
+    std::fs::write(site.mnt.join("hello.txt"), b"hello").unwrap();
+    site.wait_synced();
+    assert!(
+        emulator.live().contains_key("a/b/hello.txt"),
+        "{:?}",
+        emulator.live()
+    );
+    site.unmount();
 }
 
 /// What the mount cannot do as expected is said on the terminal of `maxlofs mount`, not only in

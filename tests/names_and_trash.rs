@@ -170,6 +170,40 @@ fn office_lock_files_never_reach_the_service() {
     assert_catalog_matches(&emulator, &mount.backing);
 }
 
+/// Saves `doc` as LibreOffice does: the new content under `temp` beside it, closed, then renamed
+/// over it. The mount is let settle between the two (`status --wait`), as when the rename comes
+/// long after the close: a temp name that were not ignored would be sent by then.
+fn save_as_libreoffice(mount: &common::service::Mount, temp: &str, doc: &str, content: &str) {
+    std::fs::write(mount.path(temp), content).unwrap();
+    mount.wait_synced();
+    std::fs::rename(mount.path(temp), mount.path(doc)).unwrap();
+    mount.wait_synced();
+}
+
+#[test]
+fn libreoffice_safe_save_temps_never_reach_the_service() {
+    let emulator = Emulator::start(&[]);
+    let mount = mount!(emulator);
+    std::fs::write(mount.path("report.odt"), "first draft").unwrap();
+    mount.wait_synced();
+    let id = emulator.live()["report.odt"]["media_id"].clone();
+
+    // `lu`, the process id, a base-36 counter (unotools' tempfile.cxx).
+    save_as_libreoffice(&mount, "lu40321.tmp", "report.odt", "second draft");
+    save_as_libreoffice(
+        &mount,
+        "lu40321a9z.tmp",
+        "report.odt",
+        "third draft, longer",
+    );
+    assert_eq!(every_path(&emulator), ["report.odt"]);
+    let record = &emulator.live()["report.odt"];
+    assert_eq!(record["media_id"], id, "the document's record was updated");
+    assert_eq!(record["file_size"], "third draft, longer".len());
+    assert_eq!(emulator.calls("delete"), 0);
+    assert_catalog_matches(&emulator, &mount.backing);
+}
+
 #[test]
 fn a_dropped_default_sends_what_it_matched() {
     let emulator = Emulator::start(&[]);

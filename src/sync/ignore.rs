@@ -17,8 +17,8 @@ pub struct DefaultIgnore {
 
 enum Matcher {
     Globs(&'static [&'static str]),
-    /// rsync's temp files, which a glob cannot tell from a user's own names (see `is_rsync_temp`).
-    RsyncTemp,
+    /// Names a glob cannot tell from a user's own (`is_rsync_temp`, `is_libreoffice_temp`).
+    Name(fn(&str) -> bool),
 }
 
 /// `--no-default-ignore all` drops every default.
@@ -29,6 +29,11 @@ pub const DEFAULT_IGNORES: &[DefaultIgnore] = &[
         name: "libreoffice-lock",
         tool: "LibreOffice and OpenOffice lock files, .~lock.NAME#",
         matcher: Matcher::Globs(&[".~lock.*#"]),
+    },
+    DefaultIgnore {
+        name: "libreoffice-temp",
+        tool: "LibreOffice's safe-save temp files, luPIDXXXXXX.tmp",
+        matcher: Matcher::Name(is_libreoffice_temp),
     },
     DefaultIgnore {
         name: "msoffice-lock",
@@ -83,7 +88,7 @@ pub const DEFAULT_IGNORES: &[DefaultIgnore] = &[
     DefaultIgnore {
         name: "rsync-temp",
         tool: "rsync's temp files, .NAME.XXXXXX",
-        matcher: Matcher::RsyncTemp,
+        matcher: Matcher::Name(is_rsync_temp),
     },
     DefaultIgnore {
         name: "rsync-partial-dir",
@@ -119,7 +124,7 @@ pub fn default_names() -> PossibleValuesParser {
 
 pub struct IgnoreRules {
     set: GlobSet,
-    rsync_temp: bool,
+    name_tests: Vec<fn(&str) -> bool>,
 }
 
 impl IgnoreRules {
@@ -142,7 +147,7 @@ impl IgnoreRules {
         };
         let default_globs = kept.iter().flat_map(|default| match default.matcher {
             Matcher::Globs(globs) => globs,
-            Matcher::RsyncTemp => &[][..],
+            Matcher::Name(_) => &[][..],
         });
         let mut builder = GlobSetBuilder::new();
         for pattern in default_globs
@@ -158,9 +163,13 @@ impl IgnoreRules {
         }
         Ok(IgnoreRules {
             set: builder.build()?,
-            rsync_temp: kept
+            name_tests: kept
                 .iter()
-                .any(|default| matches!(default.matcher, Matcher::RsyncTemp)),
+                .filter_map(|default| match default.matcher {
+                    Matcher::Name(test) => Some(test),
+                    Matcher::Globs(_) => None,
+                })
+                .collect(),
         })
     }
 
@@ -169,7 +178,9 @@ impl IgnoreRules {
         self.set.is_match(relative)
             || name.is_some_and(|name| {
                 self.set.is_match(name)
-                    || (self.rsync_temp && name.to_str().is_some_and(is_rsync_temp))
+                    || name
+                        .to_str()
+                        .is_some_and(|name| self.name_tests.iter().any(|test| test(name)))
             })
     }
 }
@@ -202,6 +213,30 @@ fn is_rsync_temp(name: &str) -> bool {
         && mixed
 }
 
+/// LibreOffice saves a document by writing `lu` + its process id + up to six characters of a
+/// base-36 counter (`[0-9a-z]`) + `.tmp` beside it, then renaming that over the document
+/// (unotools' tempfile.cxx: the "eye catcher" `lu` and the pid, then `UniqueTokens`). A user's
+/// `lunch.tmp` or `lu.tmp` is not such a name: after `lu` come digits, and at most the last six
+/// characters may be letters.
+fn is_libreoffice_temp(name: &str) -> bool {
+    let Some(middle) = name
+        .strip_prefix("lu")
+        .and_then(|rest| rest.strip_suffix(".tmp"))
+    else {
+        return false;
+    };
+    const COUNTER_MAX: usize = 6;
+    let pid_at_least = middle.len().saturating_sub(COUNTER_MAX).max(1);
+    middle.len() >= 2
+        && middle
+            .bytes()
+            .all(|byte| byte.is_ascii_digit() || byte.is_ascii_lowercase())
+        && middle
+            .bytes()
+            .take(pid_at_least)
+            .all(|byte| byte.is_ascii_digit())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +254,10 @@ mod tests {
         let rules = IgnoreRules::new(&[], &[]).unwrap();
         let temp = [
             "docs/.~lock.report.odt#",
+            "docs/lu12345.tmp",
+            "lu4123d.tmp",
+            "lu40321a9z01x.tmp",
+            "lu1234567abcdef.tmp",
             "~$report.docx",
             "~WRL0001.tmp",
             "#notes.txt#",
@@ -251,6 +290,13 @@ mod tests {
             "dir~x/file.jpg",
             "~$dir/file.jpg",
             ".~lock.report.odt",
+            "lunch.tmp",
+            "lu.tmp",
+            "lu1.tmp",
+            "lu12abcdefg.tmp",
+            "lu12A3.tmp",
+            "lu12345.tmp.odt",
+            "xlu12345.tmp",
             "photo.part1.rar",
             // Hidden names with a six-letter suffix are a user's, not rsync's.
             ".photo.backup",

@@ -318,9 +318,10 @@ impl Mount {
     }
 
     /// Starts the daemon and waits for the mount. False (after saying why) when FUSE is not
-    /// available and not required; panics when it is required.
+    /// available and not required; panics when it is required. The wait allows for the 15 s
+    /// that the start-up check asks a service that cannot be reached before mounting offline.
     pub fn mount(&mut self) -> bool {
-        self.mount_within(Duration::from_secs(20))
+        self.mount_within(Duration::from_secs(40))
     }
 
     /// `mount`, waiting up to `limit` for the mount to appear.
