@@ -283,6 +283,7 @@ async fn a_slow_answer_times_out_as_transient() {
     let emulator = Emulator::start(&["--latency-ms", "2000"]);
     let timeouts = Timeouts {
         connect: Duration::from_secs(5),
+        answer: Duration::from_millis(200),
         request: Duration::from_millis(200),
     };
     let api = HttpApi::new(&emulator.url, device_keys(), timeouts).unwrap();

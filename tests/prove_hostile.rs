@@ -704,6 +704,47 @@ fn a_key_revoked_mid_run_pauses_with_a_reason_and_a_new_key_loses_nothing() {
     );
 }
 
+/// A service that takes an `upload` call and never answers it, the connection held open (as a
+/// service stopped, or one whose reset never reached us, does): the call fails at the answer
+/// timeout (15 s) and the question is asked again, so the files reach the catalog well before
+/// the whole call's timeout (60 s) would have let them; meanwhile no other `upload` call goes
+/// out. Seen once as a flaky `prove_crash` run: 60 s with nothing sent after a service restart.
+#[test]
+fn an_upload_call_taken_and_never_answered_holds_the_uploads_for_the_answer_timeout_only() {
+    let emulator = Emulator::start(&[]);
+    let proxy = Proxy::start(&emulator.url);
+    let is_upload = |method: &str, path: &str| method == "POST" && path.ends_with("/upload");
+    proxy.add_rule(Rule {
+        matches: is_upload,
+        // Longer than the test: the daemon is the one to give up.
+        action: Action::ForwardThenDrop {
+            hold: Duration::from_secs(600),
+        },
+        times: Some(1),
+    });
+    let Some(mut mount) = Mount::start_api(&proxy.url, &["--settle-ms", "20"]) else {
+        return;
+    };
+    for i in 0..10 {
+        std::fs::write(mount.path(&format!("held{i}.jpg")), format!("held {i}")).unwrap();
+    }
+    eventually("an upload call was taken and held", || {
+        proxy
+            .seen()
+            .iter()
+            .any(|seen| seen.ends_with("/upload forward-then-drop"))
+    });
+    // Past the answer timeout and a retry, short of the whole call's timeout.
+    mount.wait_synced_within(45);
+    check_catalog(&emulator, &mount.backing);
+    let seen = proxy.seen();
+    assert!(
+        seen.iter().any(|seen| seen.ends_with("/upload forward")),
+        "the question was never asked again: {seen:?}"
+    );
+    assert!(mount.unmount().success());
+}
+
 /// A service whose 409 to a create names another path (here a record another client made): the
 /// client must not take that record for its own (it would overwrite it with its content, and
 /// delete it with its file). The create stays pending with a protocol error, and goes through

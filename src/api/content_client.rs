@@ -181,9 +181,12 @@ impl ContentApi for ContentClient {
         let assembly = Duration::from_secs(request.file_size / ASSEMBLY_RATE);
         let call = self
             .api
-            .post(&Self::grant_path(grant, "multipart_complete"), request)
-            .timeout(self.api.request_timeout() + assembly);
-        self.api.call(call).await?.success().map(drop)
+            .post(&Self::grant_path(grant, "multipart_complete"), request);
+        self.api
+            .call_with_work(call, assembly)
+            .await?
+            .success()
+            .map(drop)
     }
 
     async fn download(
@@ -360,6 +363,7 @@ mod tests {
             user: None,
         };
         let timeouts = Timeouts {
+            answer: request_timeout,
             request: request_timeout,
             ..Timeouts::default()
         };

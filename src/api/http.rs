@@ -20,6 +20,10 @@ use std::time::Duration;
 pub struct Timeouts {
     /// To establish a connection (TCP and TLS).
     pub connect: Duration,
+    /// For the answer to begin, from sending the call. API calls are small and answered at
+    /// once: a call the service took and never answers (its connection held by a process that
+    /// stopped, or lost without a reset reaching us) fails in this time, not in `request`.
+    pub answer: Duration,
     /// For a whole call, from sending to the last byte of the answer.
     pub request: Duration,
 }
@@ -39,6 +43,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             connect: Duration::from_secs(10),
+            answer: Duration::from_secs(15),
             request: Duration::from_secs(60),
         }
     }
@@ -67,9 +72,9 @@ impl HttpApi {
         if url.query().is_some() || url.fragment().is_some() {
             anyhow::bail!("API URL {base_url:?}: must not have a query or fragment");
         }
+        // The other timeouts are each call's (`call_with_work`).
         let client = Client::builder()
             .connect_timeout(timeouts.connect)
-            .timeout(timeouts.request)
             // A redirect could replay a body that holds the key to another host; and the base
             // URL is the user's to fix.
             .redirect(redirect::Policy::none())
@@ -103,11 +108,6 @@ impl HttpApi {
             .json(&body)
     }
 
-    /// How long a whole call may take.
-    pub(super) fn request_timeout(&self) -> Duration {
-        self.timeouts.request
-    }
-
     fn url(&self, path: &str) -> Url {
         let mut url = self.base_url.clone();
         let prefix = self.base_url.path().trim_end_matches('/');
@@ -117,7 +117,27 @@ impl HttpApi {
 
     /// Sends a request and reads its answer (up to `BODY_MAX_BYTES`), then gives it its meaning.
     pub(super) async fn call(&self, request: RequestBuilder) -> Result<Answer, ApiError> {
-        let response = request.send().await.map_err(transport_error)?;
+        self.call_with_work(request, Duration::ZERO).await
+    }
+
+    /// `call` for a call the service works on for up to `work` before it answers: the wait for
+    /// the answer and the whole call may each take that much longer.
+    pub(super) async fn call_with_work(
+        &self,
+        request: RequestBuilder,
+        work: Duration,
+    ) -> Result<Answer, ApiError> {
+        let answer_within = self.timeouts.answer + work;
+        let request = request.timeout(self.timeouts.request + work);
+        let response = match tokio::time::timeout(answer_within, request.send()).await {
+            Ok(sent) => sent.map_err(transport_error)?,
+            Err(_) => {
+                return Err(ApiError::Transient(format!(
+                    "the service took the call and gave no answer within {} s",
+                    answer_within.as_secs_f64()
+                )))
+            }
+        };
         let status = response.status();
         // The path only: a DELETE's query holds the key.
         tracing::debug!(%status, path = response.url().path(), "API answer");
@@ -523,5 +543,40 @@ mod tests {
             assert!(err.is_transient(), "{response:?}: {err:?}");
             server.join().unwrap();
         }
+    }
+
+    /// A call taken whole and then met with silence, its connection held open (as by a
+    /// service stopped, or whose reset never reached us), fails at the answer timeout and not
+    /// at the end of the whole call's.
+    #[tokio::test]
+    async fn a_call_taken_and_never_answered_fails_at_the_answer_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let request = read_request(&mut stream);
+            // Holds the connection open, unanswered, until the client has given up.
+            let _ = released.recv();
+            drop(stream);
+            request
+        });
+        let timeouts = Timeouts {
+            answer: Duration::from_secs(1),
+            request: Duration::from_secs(30),
+            ..Timeouts::default()
+        };
+        let api = HttpApi::new(&url, keys(false), timeouts).unwrap();
+        let err = api.current_device().await.unwrap_err();
+        release.send(()).unwrap();
+        assert_eq!(
+            request_line(&server.join().unwrap()),
+            "POST /device/1/current HTTP/1.1"
+        );
+        assert!(
+            matches!(&err, ApiError::Transient(message)
+                if message.contains("gave no answer within 1 s")),
+            "{err:?}"
+        );
     }
 }
