@@ -338,7 +338,8 @@ pub struct StatusArgs {
 }
 
 /// Logs go to stderr (above any progress bars): at `level` when given, else as RUST_LOG says,
-/// else at info. Colours only on a terminal, not in a daemon's log file.
+/// else at info. Colours only on a terminal, not in a daemon's log file. Every field is escaped
+/// (`output::EscapedFields`): one event is one line.
 fn init_logging(level: Option<LogLevel>) {
     use std::io::IsTerminal;
     let filter = match level {
@@ -348,6 +349,7 @@ fn init_logging(level: Option<LogLevel>) {
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(crate::output::EscapedFields::new())
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(|| crate::progress::LogWriter)
         .try_init();
@@ -383,7 +385,7 @@ pub fn main() -> i32 {
     match result {
         Ok(()) => 0,
         Err(err) => {
-            eprintln!("maxlofs: {err:#}");
+            eprintln!("maxlofs: {}", crate::output::error_line(&err));
             1
         }
     }

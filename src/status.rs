@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::StatusArgs;
 use crate::fs::STATUS_XATTR;
+use crate::output::escaped;
 use crate::sync::index::SyncedRecord;
 use serde::{Deserialize, Serialize};
 
@@ -243,25 +244,6 @@ fn is_settled(status: &StatusReport) -> bool {
         && status.open_for_writing == 0
 }
 
-/// A name or server message made safe for a terminal or a log: control characters (escape
-/// sequences start with one), backslashes, and the invisible characters that reorder or hide
-/// text (bidi controls, zero-width marks) come out as Rust escapes (`\n`, `\u{1b}`,
-/// `\u{202e}`), so what is shown is what it contains. Everything else, quotes and accents
-/// included, is shown as is.
-pub fn escaped(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{2069}' | '\u{061c}' | '\u{feff}');
-        if c.is_control() || c == '\\' || invisible {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()> {
     writeln!(out, "pending:    {}", status.pending)?;
     writeln!(out, "in flight:  {}", status.in_flight)?;
@@ -430,15 +412,6 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escaped_shows_controls_escapes_and_invisible_marks_but_keeps_the_rest() {
-        assert_eq!(
-            escaped("a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"),
-            r"a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"
-        );
-        assert_eq!(escaped("Café \"1\" l'été.jpg"), "Café \"1\" l'été.jpg");
-    }
 
     #[test]
     fn the_wait_asks_often_only_once_little_is_left() {

@@ -53,13 +53,13 @@ pub fn run(args: &VerifyArgs) -> i32 {
     match verify(args) {
         Ok(report) => {
             if let Err(err) = print(&report, args.json) {
-                eprintln!("maxlofs: verify: {err:#}");
+                eprintln!("maxlofs: verify: {}", crate::output::error_line(&err));
                 return 2;
             }
             i32::from(!report.findings.is_empty())
         }
         Err(err) => {
-            eprintln!("maxlofs: verify: {err:#}");
+            eprintln!("maxlofs: verify: {}", crate::output::error_line(&err));
             2
         }
     }
@@ -227,7 +227,7 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         };
         println!(
             "{what} {} ({})",
-            crate::status::escaped(&finding.path),
+            crate::output::escaped(&finding.path),
             finding.file_hash
         );
     }
