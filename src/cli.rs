@@ -38,7 +38,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Check that the service holds the content of every synced record (asked of the daemon of
     /// a mount, or read from the index of an unmounted backing folder); exit status 0 when all
-    /// is well, 1 when content is missing or corrupted, 2 when it could not check.
+    /// is well, 1 when content is missing or corrupted, 2 when it could not check (or, deep,
+    /// gave up a download slower than its floor).
     Verify(VerifyArgs),
 }
 
@@ -58,9 +59,13 @@ pub struct VerifyArgs {
     /// Where the mount's index lives (default: as for `mount`).
     #[arg(long, env = "MAXLOFS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Also download each content and check its hash.
+    /// Also download each content and check its hash. A download slower than 64 KiB in 30 s is
+    /// given up, reported, and the others go on.
     #[arg(long)]
     pub deep: bool,
+    /// The window of that floor, in seconds (tests shorten it).
+    #[arg(long, hide = true, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub download_floor_secs: u64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
