@@ -34,7 +34,9 @@ pub enum Command {
     /// Also run by mount(8) for fstab entries of type fuse.maxlofs, as
     /// `maxlofs BACKING MOUNTPOINT -o OPTIONS`.
     Mount(Box<MountCommand>),
-    /// Show what a mount's sync engine is doing.
+    /// Show what a mount's sync engine is doing. Exit status 0; with --wait, 0 once everything
+    /// is sent, 3 once nothing is left to send but paths failed (the service refused them), 1 on
+    /// timeout or when the status cannot be read; 2 for a usage mistake.
     Status(StatusArgs),
     /// Check that the service holds the content of every synced record (asked of the daemon of
     /// a mount, or read from the index of an unmounted backing folder); exit status 0 when all
@@ -331,10 +333,10 @@ pub struct GrantsArgs {
 #[derive(Args, Debug, Clone)]
 pub struct StatusArgs {
     pub mountpoint: PathBuf,
-    /// Wait until nothing is pending or in flight.
+    /// Wait until nothing is pending or in flight; exit 3 if paths failed meanwhile.
     #[arg(long)]
     pub wait: bool,
-    /// Give up waiting after this many seconds (exit non-zero).
+    /// Give up waiting after this many seconds (exit 1).
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
     /// Print JSON.
@@ -361,7 +363,8 @@ fn init_logging(level: Option<LogLevel>) {
 }
 
 /// Parses arguments, runs the subcommand, and answers the process exit code. Usage and
-/// configuration errors exit with 2 (clap's convention), failures with 1.
+/// configuration errors exit with 2 (clap's convention), failures with 1; `status --wait` and
+/// `verify` have exit codes of their own for what they found.
 pub fn main() -> i32 {
     let cli = crate::config::parse(std::env::args_os()).unwrap_or_else(|err| err.exit());
     init_logging(match &cli.command {
@@ -378,17 +381,17 @@ pub fn main() -> i32 {
         Command::Completions { shell } => {
             let mut command = crate::config::command();
             clap_complete::generate(shell, &mut command, "maxlofs", &mut std::io::stdout());
-            Ok(())
+            Ok(0)
         }
-        Command::Emulator(args) => crate::emulator::run(&args),
-        Command::Grants(args) => crate::grants::run(&args),
+        Command::Emulator(args) => crate::emulator::run(&args).map(|()| 0),
+        Command::Grants(args) => crate::grants::run(&args).map(|()| 0),
         Command::Hash { files } => return crate::hash::run_cli(&files),
-        Command::Mount(mount) => run_mount(*mount),
+        Command::Mount(mount) => run_mount(*mount).map(|()| 0),
         Command::Status(args) => crate::status::run(&args),
         Command::Verify(args) => return crate::verify::run(&args),
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("maxlofs: {}", crate::output::error_line(&err));
             1

@@ -376,7 +376,12 @@ fn wait_poll(status: &StatusReport) -> Duration {
     }
 }
 
-pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
+/// The exit status of `status --wait` when it returns with paths the service refused: nothing is
+/// left to send, but not everything was sent.
+pub const EXIT_PATHS_FAILED: i32 = 3;
+
+/// Shows the status, having waited for the sync to settle with `--wait`; answers the exit status.
+pub fn run(args: &StatusArgs) -> anyhow::Result<i32> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut status = read(&args.mountpoint)?;
     if args.wait {
@@ -406,7 +411,11 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             bar.finish_and_clear();
         }
     }
-    write_status(&status, args.json)
+    write_status(&status, args.json)?;
+    Ok(match args.wait && status.failed_count > 0 {
+        true => EXIT_PATHS_FAILED,
+        false => 0,
+    })
 }
 
 #[cfg(test)]
