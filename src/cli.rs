@@ -37,11 +37,14 @@ pub enum Command {
     /// Send the deletes a mount holds: records of files that went missing behind its back, most
     /// of the library at once (see `maxlofs status`).
     ReleaseDeletes { mountpoint: PathBuf },
-    /// Show what a mount's sync engine is doing.
+    /// Show what a mount's sync engine is doing. Exit status 0; with --wait, 0 once everything
+    /// is sent, 3 once nothing is left to send but paths failed (the service refused them) or deletes are held, 1 on
+    /// timeout or when the status cannot be read; 2 for a usage mistake.
     Status(StatusArgs),
     /// Check that the service holds the content of every synced record (asked of the daemon of
     /// a mount, or read from the index of an unmounted backing folder); exit status 0 when all
-    /// is well, 1 when content is missing or corrupted, 2 when it could not check.
+    /// is well, 1 when content is missing or corrupted, 2 when it could not check (or, deep,
+    /// gave up a download slower than its floor).
     Verify(VerifyArgs),
 }
 
@@ -61,9 +64,13 @@ pub struct VerifyArgs {
     /// Where the mount's index lives (default: as for `mount`).
     #[arg(long, env = "MAXLOFS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Also download each content and check its hash.
+    /// Also download each content and check its hash. A download slower than 64 KiB in 30 s is
+    /// given up, reported, and the others go on.
     #[arg(long)]
     pub deep: bool,
+    /// The window of that floor, in seconds (tests shorten it).
+    #[arg(long, hide = true, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub download_floor_secs: u64,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -344,10 +351,10 @@ pub struct GrantsArgs {
 #[derive(Args, Debug, Clone)]
 pub struct StatusArgs {
     pub mountpoint: PathBuf,
-    /// Wait until nothing is pending or in flight.
+    /// Wait until nothing is pending or in flight; exit 3 if paths failed meanwhile.
     #[arg(long)]
     pub wait: bool,
-    /// Give up waiting after this many seconds (exit non-zero).
+    /// Give up waiting after this many seconds (exit 1).
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
     /// Print JSON.
@@ -356,7 +363,8 @@ pub struct StatusArgs {
 }
 
 /// Logs go to stderr (above any progress bars): at `level` when given, else as RUST_LOG says,
-/// else at info. Colours only on a terminal, not in a daemon's log file.
+/// else at info. Colours only on a terminal, not in a daemon's log file. Every field is escaped
+/// (`output::EscapedFields`): one event is one line.
 fn init_logging(level: Option<LogLevel>) {
     use std::io::IsTerminal;
     let filter = match level {
@@ -366,6 +374,7 @@ fn init_logging(level: Option<LogLevel>) {
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(crate::output::EscapedFields::new())
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(|| crate::progress::LogWriter)
         .try_init();
@@ -373,7 +382,8 @@ fn init_logging(level: Option<LogLevel>) {
 
 /// Parses arguments, runs the subcommand, and answers the process exit code. Usage and
 /// configuration errors exit with 2 (clap's convention), as does a mount refused for what it was
-/// asked to mount (`daemon::NotMounted`); failures with 1.
+/// asked to mount (`daemon::NotMounted`); failures with 1; `status --wait` and `verify` have exit
+/// codes of their own for what they found.
 pub fn main() -> i32 {
     let cli = crate::config::parse(std::env::args_os()).unwrap_or_else(|err| err.exit());
     init_logging(match &cli.command {
@@ -390,20 +400,22 @@ pub fn main() -> i32 {
         Command::Completions { shell } => {
             let mut command = crate::config::command();
             clap_complete::generate(shell, &mut command, "maxlofs", &mut std::io::stdout());
-            Ok(())
+            Ok(0)
         }
-        Command::Emulator(args) => crate::emulator::run(&args),
-        Command::Grants(args) => crate::grants::run(&args),
+        Command::Emulator(args) => crate::emulator::run(&args).map(|()| 0),
+        Command::Grants(args) => crate::grants::run(&args).map(|()| 0),
         Command::Hash { files } => return crate::hash::run_cli(&files),
-        Command::Mount(mount) => run_mount(*mount),
-        Command::ReleaseDeletes { mountpoint } => crate::status::release_deletes(&mountpoint),
+        Command::Mount(mount) => run_mount(*mount).map(|()| 0),
+        Command::ReleaseDeletes { mountpoint } => {
+            crate::status::release_deletes(&mountpoint).map(|()| 0)
+        }
         Command::Status(args) => crate::status::run(&args),
         Command::Verify(args) => return crate::verify::run(&args),
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(err) => {
-            eprintln!("maxlofs: {err:#}");
+            eprintln!("maxlofs: {}", crate::output::error_line(&err));
             match err.downcast_ref::<crate::daemon::NotMounted>() {
                 Some(_) => 2,
                 None => 1,

@@ -148,11 +148,8 @@ pub fn warn_at_start(message: &str) {
     tracing::warn!("{message}");
     claim_ready_fd();
     if let Some(pipe) = lock(&READY).as_mut() {
-        // One line of printable text: it may quote the service's words.
-        let line: String = message
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        // One line, escaped: it may quote the service's words.
+        let line = crate::output::escaped_line(message);
         if let Err(err) = writeln!(pipe, "{WARNING}{line}") {
             tracing::warn!("passing a warning to `maxlofs mount`: {err}");
         }
@@ -222,9 +219,11 @@ fn tail(path: &Path, start: u64, lines: usize) -> String {
     }
     let text = String::from_utf8_lossy(&bytes);
     let all: Vec<&str> = text.lines().collect();
+    // The log's own lines are escaped already; this also covers what reached the log file
+    // around the logger (a panic's message).
     all[all.len().saturating_sub(lines)..]
         .iter()
-        .map(|line| format!("{line}\n"))
+        .map(|line| format!("{}\n", crate::output::escaped_line(line)))
         .collect()
 }
 

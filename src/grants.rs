@@ -55,7 +55,7 @@ pub fn run(args: &GrantsArgs) -> anyhow::Result<()> {
     }
     // The service's text, shown escaped (no control sequence reaches the terminal); each column
     // as wide as its header or its widest value.
-    use crate::status::escaped;
+    use crate::output::escaped;
     let shown: Vec<[String; 3]> = rows
         .iter()
         .map(|r| [escaped(r.id), escaped(r.name), escaped(r.prefix_path)])

@@ -286,6 +286,30 @@ fn hash_range<F: FileExt>(
     Ok(hasher.finalize().into())
 }
 
+/// One line of `maxlofs hash`, as GNU sha256sum writes it: `<hash>  <path>`, the path's own
+/// bytes even when not UTF-8; a path holding a backslash, a newline or a carriage return has
+/// them written `\\`, `\n` and `\r`, and its line starts with a backslash, so that one file is
+/// one line and `sha256sum -c` reads the name back.
+fn checksum_line(hash: &str, path: &[u8]) -> Vec<u8> {
+    let escapes = path.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r'));
+    let mut line = Vec::with_capacity(hash.len() + path.len() + 4);
+    if escapes {
+        line.push(b'\\');
+    }
+    line.extend_from_slice(hash.as_bytes());
+    line.extend_from_slice(b"  ");
+    for &byte in path {
+        match byte {
+            b'\\' => line.extend_from_slice(b"\\\\"),
+            b'\n' => line.extend_from_slice(b"\\n"),
+            b'\r' => line.extend_from_slice(b"\\r"),
+            other => line.push(other),
+        }
+    }
+    line.push(b'\n');
+    line
+}
+
 /// `maxlofs hash FILE...`: prints `<hash>  <path>` per file, like sha256sum. A file that cannot
 /// be hashed is reported on stderr and the others are still hashed; the exit code is 1 if any
 /// failed.
@@ -295,11 +319,8 @@ pub fn run_cli(files: &[PathBuf]) -> i32 {
     for path in files {
         match hash_file(path) {
             Ok(hash) => {
-                // The path's own bytes, as sha256sum writes them, even when not UTF-8.
-                let line = write!(stdout, "{hash}  ")
-                    .and_then(|()| stdout.write_all(path.as_os_str().as_bytes()))
-                    .and_then(|()| stdout.write_all(b"\n"));
-                if let Err(err) = line {
+                let line = checksum_line(&hash.to_string(), path.as_os_str().as_bytes());
+                if let Err(err) = stdout.write_all(&line) {
                     eprintln!("maxlofs: hash: stdout: {err}");
                     return 1;
                 }
@@ -307,7 +328,11 @@ pub fn run_cli(files: &[PathBuf]) -> i32 {
             Err(err) => {
                 // Flush first so stdout and stderr keep the order of the files.
                 let _ = stdout.flush();
-                eprintln!("maxlofs: hash: {}: {err}", path.display());
+                eprintln!(
+                    "maxlofs: hash: {}: {}",
+                    crate::output::escaped(&path.to_string_lossy()),
+                    crate::output::escaped_line(&err.to_string())
+                );
                 failed = true;
             }
         }
@@ -322,6 +347,17 @@ pub fn run_cli(files: &[PathBuf]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checksum_lines_escape_names_as_sha256sum_does() {
+        let hash = "ab".repeat(32);
+        let plain = [hash.as_bytes(), b"  plain \xff.jpg\n"].concat();
+        assert_eq!(checksum_line(&hash, b"plain \xff.jpg"), plain);
+        assert_eq!(
+            checksum_line(&hash, b"a\nb\\c\rd"),
+            format!("\\{hash}  a\\nb\\\\c\\rd\n").into_bytes()
+        );
+    }
 
     /// The content of the test vectors (docs/contract.md): byte i is i % 251. Generated on the
     /// fly, so 100 MiB costs no memory.

@@ -14,6 +14,7 @@ pub mod grants;
 pub mod hash;
 pub mod log_limit;
 pub mod mutex;
+pub mod output;
 pub mod progress;
 pub mod status;
 pub mod sync;

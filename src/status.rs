@@ -11,6 +11,7 @@ use anyhow::{bail, Context};
 
 use crate::cli::StatusArgs;
 use crate::fs::STATUS_XATTR;
+use crate::output::escaped;
 use crate::sync::index::SyncedRecord;
 use serde::{Deserialize, Serialize};
 
@@ -277,25 +278,6 @@ fn is_settled(status: &StatusReport) -> bool {
         && status.open_for_writing == 0
 }
 
-/// A name or server message made safe for a terminal or a log: control characters (escape
-/// sequences start with one), backslashes, and the invisible characters that reorder or hide
-/// text (bidi controls, zero-width marks) come out as Rust escapes (`\n`, `\u{1b}`,
-/// `\u{202e}`), so what is shown is what it contains. Everything else, quotes and accents
-/// included, is shown as is.
-pub fn escaped(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        let invisible = matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{2069}' | '\u{061c}' | '\u{feff}');
-        if c.is_control() || c == '\\' || invisible {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()> {
     writeln!(out, "pending:    {}", status.pending)?;
     writeln!(out, "in flight:  {}", status.in_flight)?;
@@ -437,7 +419,13 @@ fn wait_poll(status: &StatusReport) -> Duration {
     }
 }
 
-pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
+/// The exit status of `status --wait` when it returns with paths the service refused, or with
+/// deletes the mass-deletion guard holds: nothing is left to send, but the catalog is not the
+/// tree.
+pub const EXIT_PATHS_FAILED: i32 = 3;
+
+/// Shows the status, having waited for the sync to settle with `--wait`; answers the exit status.
+pub fn run(args: &StatusArgs) -> anyhow::Result<i32> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut status = read(&args.mountpoint)?;
     if args.wait {
@@ -467,21 +455,18 @@ pub fn run(args: &StatusArgs) -> anyhow::Result<()> {
             bar.finish_and_clear();
         }
     }
-    write_status(&status, args.json)
+    write_status(&status, args.json)?;
+    Ok(
+        match args.wait && (status.failed_count > 0 || status.held_deletes > 0) {
+            true => EXIT_PATHS_FAILED,
+            false => 0,
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escaped_shows_controls_escapes_and_invisible_marks_but_keeps_the_rest() {
-        assert_eq!(
-            escaped("a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"),
-            r"a\nb\u{1b}[31m\\c\u{202e}d\u{7f}"
-        );
-        assert_eq!(escaped("Café \"1\" l'été.jpg"), "Café \"1\" l'été.jpg");
-    }
 
     #[test]
     fn the_wait_asks_often_only_once_little_is_left() {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -23,6 +24,11 @@ use crate::sync::index::{Index, SyncedRecord};
 /// Hashes per `download` call.
 const BATCH: usize = 100;
 
+/// The least a `--deep` download must bring in each window (`--download-floor-secs`, 30 s by
+/// default): one slower than that is given up, so a service sending a byte now and then cannot
+/// hold verify.
+const DOWNLOAD_FLOOR_BYTES: u64 = 64 * 1024;
+
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 enum Problem {
@@ -31,6 +37,8 @@ enum Problem {
     /// The service gives it another size than the record's, or (`--deep`) what it serves does
     /// not hash to the record's hash.
     Corrupted,
+    /// (`--deep`) Its download was slower than the floor and was given up: not checked.
+    TooSlow,
 }
 
 #[derive(Serialize)]
@@ -46,20 +54,31 @@ struct Report {
     contents: usize,
     deep: bool,
     findings: Vec<Finding>,
+    /// The window of the download floor, for the text.
+    #[serde(skip)]
+    floor_window_secs: u64,
 }
 
-/// Exit status: 0 all content is held (and, deep, intact), 1 some is not, 2 it could not check.
+/// Exit status: 0 all content is held (and, deep, intact), 1 some is not, 2 it could not check
+/// (or some of it: downloads too slow).
 pub fn run(args: &VerifyArgs) -> i32 {
     match verify(args) {
         Ok(report) => {
             if let Err(err) = print(&report, args.json) {
-                eprintln!("maxlofs: verify: {err:#}");
+                eprintln!("maxlofs: verify: {}", crate::output::error_line(&err));
                 return 2;
             }
-            i32::from(!report.findings.is_empty())
+            let lacking = |problem| report.findings.iter().any(|f| f.problem == problem);
+            if lacking(Problem::Missing) || lacking(Problem::Corrupted) {
+                1
+            } else if lacking(Problem::TooSlow) {
+                2
+            } else {
+                0
+            }
         }
         Err(err) => {
-            eprintln!("maxlofs: verify: {err:#}");
+            eprintln!("maxlofs: verify: {}", crate::output::error_line(&err));
             2
         }
     }
@@ -95,7 +114,10 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<Report> {
         .iter()
         .map(|(hash, (size, _))| (hash.clone(), *size))
         .collect();
-    let problems = runtime.block_on(check(&content, grant, &contents, args.deep))?;
+    let deep = args
+        .deep
+        .then(|| Duration::from_secs(args.download_floor_secs));
+    let problems = runtime.block_on(check(&content, grant, &contents, deep))?;
     let findings = problems
         .into_iter()
         .flat_map(|(hash, problem)| {
@@ -115,6 +137,7 @@ fn verify(args: &VerifyArgs) -> anyhow::Result<Report> {
         contents: contents.len(),
         deep: args.deep,
         findings,
+        floor_window_secs: args.download_floor_secs,
     })
 }
 
@@ -151,14 +174,15 @@ fn synced_of_backing(args: &VerifyArgs, grant: GrantId) -> anyhow::Result<Vec<Sy
     Index::synced_records(&index).with_context(|| format!("reading the index {}", index.display()))
 }
 
-/// The problem of each content (hash and size) that has one. What the service says or sends is
-/// held to the size the record has: a content of another size is not this one, and a download is
-/// read no further than that size (a service sending without end cannot hold verify).
+/// The problem of each content (hash and size) that has one; `deep` downloads each, with that
+/// window for `DOWNLOAD_FLOOR_BYTES`. What the service says or sends is held to the size the
+/// record has: a content of another size is not this one, and a download is read no further
+/// than that size (a service sending without end cannot hold verify), nor slower than the floor.
 async fn check(
     content: &dyn ContentApi,
     grant: GrantId,
     contents: &[(String, u64)],
-    deep: bool,
+    deep: Option<Duration>,
 ) -> anyhow::Result<Vec<(String, Problem)>> {
     let mut problems = Vec::new();
     for batch in contents.chunks(BATCH) {
@@ -184,35 +208,59 @@ async fn check(
                 problems.push((hash.clone(), Problem::Corrupted));
                 continue;
             }
-            if !deep {
+            let Some(floor_window) = deep else {
                 continue;
-            }
+            };
             let Some(url) = &item.url else {
                 problems.push((hash.clone(), Problem::Missing));
                 continue;
             };
-            let mut body = content
-                .get(url)
-                .await
-                .with_context(|| format!("downloading {hash}"))?;
-            let mut hasher = StreamHasher::new(*size);
-            let mut received = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.with_context(|| format!("downloading {hash}"))?;
-                received += chunk.len() as u64;
-                if received > *size {
-                    break;
-                }
-                hasher.update(&chunk);
-            }
-            if received > *size
-                || hasher.finish().map(|found| found.to_hex()).as_ref() != Some(hash)
+            if let Some(problem) =
+                download_and_check(content, url, hash, *size, floor_window).await?
             {
-                problems.push((hash.clone(), Problem::Corrupted));
+                problems.push((hash.clone(), problem));
             }
         }
     }
     Ok(problems)
+}
+
+/// Downloads the content `hash` of `size` bytes from `url` and answers its problem, if any. Each
+/// `DOWNLOAD_FLOOR_BYTES` must come within `floor_window` of the last (the first, of the
+/// request): a slower download is given up as `TooSlow`.
+async fn download_and_check(
+    content: &dyn ContentApi,
+    url: &str,
+    hash: &str,
+    size: u64,
+    floor_window: Duration,
+) -> anyhow::Result<Option<Problem>> {
+    let mut window_end = tokio::time::Instant::from_std(Instant::now() + floor_window);
+    let Ok(body) = tokio::time::timeout_at(window_end, content.get(url)).await else {
+        return Ok(Some(Problem::TooSlow));
+    };
+    let mut body = body.with_context(|| format!("downloading {hash}"))?;
+    let mut hasher = StreamHasher::new(size);
+    let (mut received, mut in_window) = (0u64, 0u64);
+    loop {
+        let Ok(chunk) = tokio::time::timeout_at(window_end, body.next()).await else {
+            return Ok(Some(Problem::TooSlow));
+        };
+        let Some(chunk) = chunk else { break };
+        let chunk = chunk.with_context(|| format!("downloading {hash}"))?;
+        received += chunk.len() as u64;
+        if received > size {
+            return Ok(Some(Problem::Corrupted));
+        }
+        hasher.update(&chunk);
+        in_window += chunk.len() as u64;
+        if in_window >= DOWNLOAD_FLOOR_BYTES {
+            window_end = tokio::time::Instant::from_std(Instant::now() + floor_window);
+            in_window = 0;
+        }
+    }
+    let intact = hasher.finish().map(|found| found.to_hex()).as_deref() == Some(hash);
+    Ok((!intact).then_some(Problem::Corrupted))
 }
 
 fn print(report: &Report, json: bool) -> anyhow::Result<()> {
@@ -224,23 +272,41 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         let what = match finding.problem {
             Problem::Missing => "missing  ",
             Problem::Corrupted => "corrupted",
+            Problem::TooSlow => "too slow ",
         };
         println!(
             "{what} {} ({})",
-            crate::status::escaped(&finding.path),
+            crate::output::escaped(&finding.path),
             finding.file_hash
         );
+    }
+    let too_slow = report
+        .findings
+        .iter()
+        .filter(|finding| finding.problem == Problem::TooSlow)
+        .count();
+    let lacking = report.findings.len() - too_slow;
+    let mut said = Vec::new();
+    if lacking > 0 {
+        said.push(format!("{lacking} records lack their content"));
+    }
+    if too_slow > 0 {
+        said.push(format!(
+            "{too_slow} records not checked: their download brought less than {} KiB in {} s \
+             and was given up",
+            DOWNLOAD_FLOOR_BYTES / 1024,
+            report.floor_window_secs
+        ));
+    }
+    if said.is_empty() {
+        said.push("all held".into());
     }
     println!(
         "{} records, {} contents checked{}: {}",
         report.records,
         report.contents,
         if report.deep { " (downloaded)" } else { "" },
-        if report.findings.is_empty() {
-            "all held".to_string()
-        } else {
-            format!("{} records lack their content", report.findings.len())
-        }
+        said.join("; ")
     );
     Ok(())
 }

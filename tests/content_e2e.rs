@@ -646,6 +646,98 @@ fn verify_ends_and_reports_a_service_that_sends_without_end_or_names_another_siz
     );
 }
 
+/// A download that trickles (a byte every 200 ms, as a service holding verify would send) is
+/// given up once it brings less than 64 KiB in the floor's window (shortened to 2 s here), and
+/// named; verify goes on with the other contents, which it finds intact, and exits 2 (not all
+/// could be checked). It used to wait on the trickle for as long as it lasted.
+#[test]
+fn verify_gives_up_a_download_slower_than_its_floor_and_checks_the_rest() {
+    fn is_download(method: &str, path: &str) -> bool {
+        method == "POST" && path.ends_with("/download")
+    }
+    fn is_trickle(_: &str, path: &str) -> bool {
+        path == "/trickle"
+    }
+    let emulator = Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
+    if !mount.mount() {
+        return;
+    }
+    let names = ["a.mov", "b.mov", "c.mov"];
+    for (seed, name) in names.iter().enumerate() {
+        std::fs::write(mount.path(name), bytes(200 * 1024, 90 + seed as u64)).unwrap();
+    }
+    mount.wait_synced();
+    assert!(mount.unmount().success());
+    let hashes: Vec<String> = names
+        .iter()
+        .map(|name| maxlo_hash(&mount.backing.join(name)))
+        .collect();
+
+    // The service's own answer, but b.mov's content is to be had only by the trickle.
+    let proxy = Proxy::start(&emulator.url);
+    let (status, mut answer) = emulator.post(
+        "/device/1/media_grant/1/download",
+        &serde_json::json!({"device_session_key": "demo-device-key", "hash_list": hashes}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    for item in answer["download_list"].as_array_mut().unwrap() {
+        if item["file_hash"] == hashes[1].as_str() {
+            item["url"] = format!("{}/trickle", proxy.url).into();
+        }
+    }
+    proxy.add_rule(Rule {
+        matches: is_download,
+        action: Action::Answer(response("200 OK", answer.to_string().as_bytes())),
+        times: None,
+    });
+    let head = "HTTP/1.1 200 OK\r\ncontent-length: 204800\r\nconnection: close\r\n\r\n";
+    proxy.add_rule(Rule {
+        matches: is_trickle,
+        action: Action::Trickle {
+            head: head.as_bytes().to_vec(),
+            every: Duration::from_millis(200),
+        },
+        times: None,
+    });
+    let mut command = Command::new(BIN);
+    command
+        .arg("verify")
+        .arg(&mount.backing)
+        .args(["--deep", "--download-floor-secs", "2", "--api", &proxy.url])
+        .arg("--device-key-file")
+        .arg(&mount.key_file)
+        .arg("--state-dir")
+        .arg(&mount.state);
+    let out = output_within(&mut command, Duration::from_secs(120));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}{out:?}");
+    assert!(
+        text.contains(&format!("too slow  b.mov ({})", hashes[1])),
+        "{text}"
+    );
+    assert!(
+        !text.contains("a.mov") && !text.contains("c.mov"),
+        "the others were checked and found intact: {text}"
+    );
+    assert!(
+        text.contains(
+            "3 records, 3 contents checked (downloaded): 1 records not checked: their download \
+             brought less than 64 KiB in 2 s and was given up"
+        ),
+        "{text}"
+    );
+    assert!(
+        proxy
+            .seen()
+            .iter()
+            .any(|seen| seen == "GET /trickle trickle"),
+        "{:?}",
+        proxy.seen()
+    );
+}
+
 /// A working session with everyday tools against a service that fails and drops calls, uploads
 /// on: `cp -a` (old times kept), git (commits, gc, a clone), SQLite in WAL and rollback-journal
 /// modes, names swapped through a third, a rename over a synced file, `dd conv=notrunc` into a

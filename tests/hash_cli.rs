@@ -79,3 +79,24 @@ fn single_part_hash_equals_sha256sum() {
     assert!(ours.status.success() && theirs.status.success());
     assert_eq!(text(&ours.stdout), text(&theirs.stdout));
 }
+
+/// A name holding a newline, a carriage return or a backslash is written as GNU sha256sum writes
+/// it: the line starts with `\` and the name has `\n`, `\r` and `\\`, so one file stays one line
+/// (it used to print the newline, making two lines of one file).
+#[test]
+fn names_with_newlines_are_escaped_like_sha256sum() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a\nb", "c\rd", "e\\f", "plain"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, b"x").unwrap();
+        let ours = maxlofs_hash(&[&path]);
+        let theirs = Command::new("sha256sum").arg(&path).output().unwrap();
+        assert!(ours.status.success() && theirs.status.success());
+        assert_eq!(text(&ours.stdout), text(&theirs.stdout), "{name:?}");
+        assert_eq!(text(&ours.stdout).lines().count(), 1, "{name:?}");
+    }
+    let path = dir.path().join("a\nb");
+    let line = text(&maxlofs_hash(&[&path]).stdout).to_string();
+    let hash = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881";
+    assert_eq!(line, format!("\\{hash}  {}/a\\nb\n", dir.path().display()));
+}

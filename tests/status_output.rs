@@ -217,3 +217,41 @@ fn names_cannot_forge_lines_of_the_fs_layers_log() {
     assert!(!log.contains('\u{1b}') && !log.contains('\r'), "{log:?}");
     assert!(!log.lines().any(|line| line.starts_with("FORGED")), "{log}");
 }
+
+/// `status --wait` exits 0 once everything is sent, and 3 once nothing is left to send but a
+/// path failed (here the service refuses every create with a 400): a script does not read "all
+/// synced" (it exited 0). Without --wait, status exits 0 whatever it shows.
+#[test]
+fn status_wait_exits_3_when_paths_failed() {
+    use common::proxy::{is_create, response, Action, Proxy, Rule};
+    let emulator = Emulator::start(&[]);
+    let proxy = Proxy::start(&emulator.url);
+    let Some(mount) = common::service::Mount::start_api(&proxy.url, &["--settle-ms", "20"]) else {
+        return;
+    };
+    let status = |wait: bool| {
+        let mut command = Command::new(BIN);
+        command.arg("status").arg(&mount.mnt);
+        if wait {
+            command.args(["--wait", "--timeout", "60"]);
+        }
+        let out = common::service::output_within(&mut command, Duration::from_secs(90));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    std::fs::write(mount.path("good.jpg"), b"good").unwrap();
+    let (code, text) = status(true);
+    assert_eq!(code, Some(0), "{text}");
+    proxy.add_rule(Rule {
+        matches: is_create,
+        action: Action::Answer(response("400 Bad Request", br#"{"error":"refused"}"#)),
+        times: None,
+    });
+    std::fs::write(mount.path("bad.jpg"), b"bad").unwrap();
+    let (code, text) = status(true);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("failed (1):\n  bad.jpg: "), "{text}");
+    assert_eq!(status(false).0, Some(0));
+}

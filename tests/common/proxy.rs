@@ -25,6 +25,11 @@ pub enum Action {
     /// Answer this head (status line and headers), then zero bytes without end, until the
     /// client goes.
     Endless(Vec<u8>),
+    /// Answer this head, then one zero byte each `every`, until the client goes.
+    Trickle {
+        head: Vec<u8>,
+        every: Duration,
+    },
 }
 
 /// A rule: requests for which `matches(method, path without query)` holds get `action`, for the
@@ -39,6 +44,11 @@ pub struct Rule {
 /// A create: `POST .../media`.
 pub fn is_create(method: &str, path: &str) -> bool {
     method == "POST" && path.ends_with("/media")
+}
+
+/// A GET of a content's signed URL (the emulator's store).
+pub fn is_object_get(method: &str, path: &str) -> bool {
+    method == "GET" && path.starts_with("/_s3/")
 }
 
 /// Create, update or delete of a record.
@@ -219,6 +229,7 @@ fn serve(mut stream: TcpStream, upstream: &str, shared: &Mutex<Shared>) {
             Action::ForwardThenAnswer(_) => "forward-then-answer",
             Action::Answers(_) => unreachable!("resolved above"),
             Action::Endless(_) => "endless",
+            Action::Trickle { .. } => "trickle",
         };
         shared
             .seen
@@ -243,6 +254,14 @@ fn serve(mut stream: TcpStream, upstream: &str, shared: &Mutex<Shared>) {
             let mut written = stream.write_all(&head);
             while written.is_ok() {
                 written = stream.write_all(&zeros);
+            }
+            None
+        }
+        Action::Trickle { head, every } => {
+            let mut written = stream.write_all(&head);
+            while written.is_ok() {
+                std::thread::sleep(every);
+                written = stream.write_all(&[0]);
             }
             None
         }

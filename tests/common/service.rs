@@ -203,8 +203,9 @@ fn wait_synced_by(
         .arg(mnt)
         .output()
         .unwrap();
+    // 3: settled with paths failed or deletes held, which the caller asserts on if it cares.
     assert!(
-        out.status.success(),
+        matches!(out.status.code(), Some(0 | 3)),
         "status --wait failed: {}{}\nlog:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
