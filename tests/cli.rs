@@ -81,6 +81,7 @@ fn defaults_apply_when_nothing_is_configured_and_paths_become_absolute() {
             "ignore": [],
             "no_default_ignore": [],
             "no_delete": false,
+            "new_backing": false,
             "no_upload": false,
             "upload_concurrency": 4,
             "upload_limit": null,

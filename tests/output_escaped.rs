@@ -118,7 +118,7 @@ fn grants_and_mount_show_the_services_words_escaped() {
         Duration::from_secs(60),
     );
     let (stdout, stderr) = stdout_and_stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
     assert_escaped("the error of mount --foreground", &stderr);
 
     let log = dir.path().join("daemon.log");
@@ -135,7 +135,7 @@ fn grants_and_mount_show_the_services_words_escaped() {
         .arg(&log);
     let out = output_within(&mut daemon, Duration::from_secs(60));
     let (stdout, stderr) = stdout_and_stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
     assert_escaped("the error of mount", &stderr);
     assert_escaped("the daemon's log", &std::fs::read_to_string(&log).unwrap());
 }

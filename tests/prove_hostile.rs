@@ -1105,6 +1105,13 @@ fn an_empty_backing_folder_is_refused_and_its_deletes_wait_for_the_user() {
     assert_eq!(status["held_deletes"], 12, "{status}");
     let text = run(Command::new(BIN).arg("status").arg(&accepted.mnt));
     assert!(String::from_utf8_lossy(&text.stdout).contains("DELETES HELD (12)"));
+    // Not "all synced" to a script: the catalog is not the tree.
+    let waited = Command::new(BIN)
+        .args(["status", "--wait"])
+        .arg(&accepted.mnt)
+        .output()
+        .unwrap();
+    assert_eq!(waited.status.code(), Some(3));
     assert_eq!(emulator.calls("delete"), 0);
     assert_eq!(emulator.live().len(), 12);
 
