@@ -353,8 +353,14 @@ fn init_logging(level: Option<LogLevel>) {
         .try_init();
 }
 
+/// A path the command will not use as it stands (a state folder or log file that a symlink or
+/// another user put there): refused like a usage error, with what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
 /// Parses arguments, runs the subcommand, and answers the process exit code. Usage and
-/// configuration errors exit with 2 (clap's convention), failures with 1.
+/// configuration errors (a `Refused` path too) exit with 2 (clap's convention), failures with 1.
 pub fn main() -> i32 {
     let cli = crate::config::parse(std::env::args_os()).unwrap_or_else(|err| err.exit());
     init_logging(match &cli.command {
@@ -384,7 +390,10 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(err) => {
             eprintln!("maxlofs: {err:#}");
-            1
+            match err.downcast_ref::<Refused>() {
+                Some(_) => 2,
+                None => 1,
+            }
         }
     }
 }
