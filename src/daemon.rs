@@ -436,7 +436,19 @@ fn watch_keys(engine: Arc<Engine>, api: Arc<HttpApi>, keys: KeySource, mut curre
     });
 }
 
+/// Makes the daemon not dumpable, before it reads a key: no core dump then holds the keys, and
+/// no other process of its user may read its memory (ptrace, /proc/PID/mem or environ, which the
+/// kernel gives to root once a process is not dumpable).
+fn refuse_dumps_and_tracing() -> anyhow::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes a plain integer and has no memory effects.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE, 0)");
+    }
+    Ok(())
+}
+
 pub fn run(args: &MountArgs) -> anyhow::Result<()> {
+    refuse_dumps_and_tracing()?;
     let backing_path = std::fs::canonicalize(&args.backing)
         .with_context(|| format!("backing folder {}", args.backing.display()))?;
     let backing = Backing::open(&backing_path)?;

@@ -624,3 +624,41 @@ fn a_log_file_made_by_another_user_is_refused_and_nothing_written_to_it() {
     assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
     planted.assert_untouched();
 }
+
+/// The daemon is not dumpable: no core dump holds its keys, and no other process of its user may
+/// read its memory. Seen from outside as the kernel shows it: the /proc files of a process that
+/// is not dumpable (mem, environ) are root's, so a daemon run as nobody cannot be read by nobody,
+/// while a plain process of nobody's can (the control). Looked at while the daemon, keys read,
+/// waits on a service that accepts and never answers (no mount is needed for this).
+#[test]
+fn the_daemon_is_not_dumpable_and_its_memory_not_readable_by_its_user() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", silent.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare_api(dir.path(), &api, &[]);
+    mount.run_as_nobody();
+    common::service::give_to_nobody(dir.path());
+    let mut daemon = mount
+        .command_for(&mount.backing, &mount.mnt)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its first call: by then it runs as nobody and has read its key.
+    let _call = silent.accept().unwrap();
+    let pid = daemon.id();
+    for file in ["environ", "mem"] {
+        let control = as_nobody(&["stat", "-c", "%u:%g", &format!("/proc/self/{file}")]);
+        assert_eq!(String::from_utf8_lossy(&control.stdout), "65534:65534\n");
+        let meta = std::fs::metadata(format!("/proc/{pid}/{file}")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "the daemon's {file}");
+    }
+    let control = as_nobody(&["cat", "/proc/self/environ"]);
+    assert!(control.status.success(), "{control:?}");
+    let read = as_nobody(&["cat", &format!("/proc/{pid}/environ")]);
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("Permission denied"),
+        "{read:?}"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
