@@ -662,3 +662,64 @@ fn the_daemon_is_not_dumpable_and_its_memory_not_readable_by_its_user() {
     let _ = daemon.kill();
     let _ = daemon.wait();
 }
+
+/// A lying service answers `upload` with a signed URL at another local address (127.0.0.2, where
+/// a keyless admin endpoint could listen): no request reaches it, the refusal is logged, and the
+/// file goes up once the service answers truthfully again (the control).
+#[test]
+fn a_signed_url_at_another_local_address_is_not_followed() {
+    use common::proxy::{response, Action, Proxy, Rule};
+    let emulator = Emulator::start(&[]);
+    let proxy = Proxy::start(&emulator.url);
+    let elsewhere = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare_api(dir.path(), &proxy.url, &[]);
+    let content = b"must not go to 127.0.0.2";
+    std::fs::write(mount.backing.join("a.jpg"), content).unwrap();
+    let hashed = Command::new(common::service::BIN)
+        .arg("hash")
+        .arg(mount.backing.join("a.jpg"))
+        .output()
+        .unwrap();
+    let hash = String::from_utf8(hashed.stdout).unwrap();
+    let hash = hash.split_whitespace().next().unwrap().to_string();
+    let url = format!("http://{}/_emulator/admin", elsewhere.local_addr().unwrap());
+    let lie = serde_json::json!({"upload_list": [{
+        "file_hash": hash, "file_size": content.len(), "s3_bucket_id": "maxlo-emulator",
+        "signed_opts": {"host": "127.0.0.2", "method": "PUT", "path": "/_emulator/admin",
+            "url": url, "headers": {"Content-Length": content.len().to_string()}},
+    }]});
+    proxy.add_rule(Rule {
+        matches: |method, path| method == "POST" && path.ends_with("/upload"),
+        action: Action::Answer(response("200 OK", lie.to_string().as_bytes())),
+        times: None,
+    });
+    if !mount.mount() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = "a signed URL at the local address \"127.0.0.2\", not followed";
+    while !mount.status()["last_error"]
+        .as_str()
+        .is_some_and(|error| error.contains(refused))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal: {}\n{}",
+            mount.status(),
+            mount.log_text()
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let reached = elsewhere.accept();
+    assert!(
+        matches!(&reached, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),
+        "a request reached 127.0.0.2: {reached:?}"
+    );
+    proxy.clear_rules();
+    mount.wait_synced();
+    let held = emulator.get("/_emulator/objects");
+    assert!(held.to_string().contains(&hash), "{held}");
+    assert!(elsewhere.accept().is_err());
+}

@@ -103,6 +103,11 @@ impl HttpApi {
             .json(&body)
     }
 
+    /// The service's URL, as given.
+    pub(super) fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
     /// How long a whole call may take.
     pub(super) fn request_timeout(&self) -> Duration {
         self.timeouts.request
