@@ -563,6 +563,11 @@ fn a_symlink_planted_at_the_state_folder_is_refused_and_its_target_untouched() {
         )) && said.contains("choose another --state-dir"),
         "{said}"
     );
+    // In daemon mode the daemon refuses it, and `maxlofs mount` exits 2 as the daemon did.
+    let log = planted.shared.join("own.log");
+    let (command, mnt) = daemon_mode_mount(&planted.shared, &emulator, &log);
+    let said = refused_with_2(command, &mnt);
+    assert!(said.contains("is a symlink"), "{said}");
     planted.assert_untouched();
 }
 
