@@ -6,13 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use std::ffi::{CString, OsStr};
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 
 use crate::api::http::{HttpApi, Timeouts};
 use crate::api::{ApiError, GrantId, Keys, MediaApi, SecretKey};
-use crate::cli::MountArgs;
+use crate::cli::{MountArgs, Refused};
+use crate::fs::sys;
 use crate::fs::{MountConfig, OpenWriters};
 use crate::sync::ignore::IgnoreRules;
 use crate::sync::index::Index;
@@ -87,8 +91,9 @@ pub fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathB
 /// there while it cannot be reached (empty if it never could). One that no media_path can start
 /// with, from the service or the file, is refused (`NotMounted`) and not recorded; a file that
 /// cannot be read is an error, not an empty prefix: the mount would send every path elsewhere.
-fn grant_prefix(state_dir: &Path, fresh: Option<String>) -> anyhow::Result<String> {
-    let file = state_dir.join("grant-prefix-path");
+fn grant_prefix(state: &StateDir, fresh: Option<String>) -> anyhow::Result<String> {
+    const NAME: &str = "grant-prefix-path";
+    let file = state.path.join(NAME);
     let refused = |prefix: &str, fault: &str, source: &str| {
         anyhow::anyhow!(
             "the grant's prefix_path {prefix:?} ({source}) cannot start a media_path: {fault}"
@@ -100,15 +105,20 @@ fn grant_prefix(state_dir: &Path, fresh: Option<String>) -> anyhow::Result<Strin
             if let Some(fault) = crate::contract::prefix_fault(&prefix) {
                 return Err(refused(&prefix, fault, "as the service gives it"));
             }
-            private_file(&file, true)
+            state
+                .private_file(NAME, true)
                 .and_then(|mut out| out.write_all(prefix.as_bytes()))
-                .with_context(|| format!("recording {}", file.display()))?;
+                .with_context(|| format!("recording {}", state.path.join(NAME).display()))?;
             Ok(prefix)
         }
         None => {
-            let prefix = match std::fs::read_to_string(&file) {
-                Ok(prefix) => prefix,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => String::new(),
+            let mut prefix = String::new();
+            let read = state
+                .open(NAME, libc::O_RDONLY, 0)
+                .and_then(|mut recorded| recorded.read_to_string(&mut prefix));
+            match read {
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => prefix.clear(),
                 Err(err) => {
                     return Err(err).with_context(|| {
                         format!(
@@ -118,7 +128,7 @@ fn grant_prefix(state_dir: &Path, fresh: Option<String>) -> anyhow::Result<Strin
                         )
                     })
                 }
-            };
+            }
             match crate::contract::prefix_fault(&prefix) {
                 Some(fault) => Err(refused(&prefix, fault, &format!("in {}", file.display()))),
                 None => Ok(prefix),
@@ -127,14 +137,27 @@ fn grant_prefix(state_dir: &Path, fresh: Option<String>) -> anyhow::Result<Strin
     }
 }
 
-/// Opens `path` for writing, created 0600 if absent (emptied first if `truncate`).
-fn private_file(path: &Path, truncate: bool) -> std::io::Result<File> {
-    OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(truncate)
-        .mode(0o600)
-        .open(path)
+/// The state folder, opened once without following a symlink at its name: every file in it is
+/// opened relative to this descriptor, and never through a symlink either.
+struct StateDir {
+    path: PathBuf,
+    fd: File,
+}
+
+impl StateDir {
+    /// Opens `name` in the state folder with `flags` (created with `mode`), refusing a symlink.
+    fn open(&self, name: &str, flags: i32, mode: libc::mode_t) -> std::io::Result<File> {
+        let name = CString::new(name).expect("no NUL in a state file's name");
+        sys::openat(self.fd.as_fd(), &name, flags | libc::O_NOFOLLOW, mode)
+            .map(File::from)
+            .map_err(|err| std::io::Error::from_raw_os_error(err.code()))
+    }
+
+    /// Opens `name` for writing, created 0600 if absent (emptied first if `truncate`).
+    fn private_file(&self, name: &str, truncate: bool) -> std::io::Result<File> {
+        let truncate = if truncate { libc::O_TRUNC } else { 0 };
+        self.open(name, libc::O_WRONLY | libc::O_CREAT | truncate, 0o600)
+    }
 }
 
 /// (st_dev, st_ino): what a folder is, whatever path names it.
@@ -201,44 +224,106 @@ fn backing_at_or_above(path: &Path, backing: &Path) -> anyhow::Result<Option<Pat
     Ok(None)
 }
 
-/// The state folder holds what was sent where, and the grant's prefix: 0700, and everything in
-/// it 0600 (folders 0700), whatever an older version, a restore or an editor left there. What
-/// belongs to another user is refused, before any mode is changed: that user could widen the
-/// modes again.
-fn secure_state_dir(state_dir: &Path) -> anyhow::Result<()> {
-    let reading = || format!("reading state folder {}", state_dir.display());
-    let mut private = vec![(
-        state_dir.to_path_buf(),
-        std::fs::metadata(state_dir).with_context(reading)?,
-        0o700,
-    )];
-    for entry in std::fs::read_dir(state_dir).with_context(reading)? {
-        let entry = entry.with_context(reading)?;
-        // Not following symlinks: what a link points at is not ours to change.
-        let meta = entry.metadata().with_context(reading)?;
-        let mode = match meta.file_type() {
-            kind if kind.is_dir() => 0o700,
-            kind if kind.is_file() => 0o600,
-            _ => continue,
-        };
-        private.push((entry.path(), meta, mode));
+/// Opens the state folder, created 0700 with its parents if absent. It holds what was sent where,
+/// and the grant's prefix: 0700, and everything in it 0600 (folders 0700), whatever an older
+/// version, a restore or an editor left there. A symlink at its name is refused, not followed (in
+/// a shared folder such as /tmp another user can plant one), and so is a folder or an entry in it
+/// that belongs to another user, before any mode is changed: that user could widen the modes
+/// again, and the modes of what is not ours are not ours to change.
+fn open_state_dir(state_dir: &Path) -> anyhow::Result<StateDir> {
+    // A trailing slash would make the kernel follow a symlink at the last name.
+    let path: PathBuf = state_dir.components().collect();
+    let creating = || format!("creating state folder {}", path.display());
+    if let Some(parent) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .with_context(creating)?;
     }
+    match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(err).with_context(creating)
+        }
+        _ => {}
+    }
+    let fd = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(&path);
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(err) if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            return Err(Refused(format!(
+                "the state folder {} is a symlink or not a folder: maxlofs does not follow it \
+                 (another user may have put it there); remove it or choose another --state-dir",
+                path.display()
+            ))
+            .into())
+        }
+        Err(err) => {
+            return Err(err).with_context(|| format!("opening state folder {}", path.display()))
+        }
+    };
+    let state = StateDir { path, fd };
+    let reading = || format!("reading state folder {}", state.path.display());
+    let folder = state.fd.metadata().with_context(reading)?;
+    refuse_not_ours(&state.path, "the state folder", &folder)?;
+    // Looked through before any change, and again once no other user can add to it.
+    state.make_entries_private(false)?;
+    if folder.mode() & 0o7777 != 0o700 {
+        sys::fchmod(state.fd.as_fd(), 0o700)
+            .map_err(|err| std::io::Error::from_raw_os_error(err.code()))
+            .with_context(|| format!("cannot make {} private (mode 700)", state.path.display()))?;
+    }
+    state.make_entries_private(true)?;
+    Ok(state)
+}
+
+impl StateDir {
+    /// Refuses an entry of another user's; then, if `change`, makes files 0600 and folders 0700.
+    fn make_entries_private(&self, change: bool) -> anyhow::Result<()> {
+        let reading = || format!("reading state folder {}", self.path.display());
+        let listed = sys::proc_fd_path(self.fd.as_fd());
+        for entry in
+            std::fs::read_dir(OsStr::from_bytes(listed.as_bytes())).with_context(reading)?
+        {
+            let entry = entry.with_context(reading)?;
+            let path = self.path.join(entry.file_name());
+            // Not following symlinks: what a link points at is not ours to change.
+            let meta = entry.metadata().with_context(reading)?;
+            refuse_not_ours(&path, "in the state folder", &meta)?;
+            let mode = match meta.file_type() {
+                kind if kind.is_dir() => 0o700,
+                kind if kind.is_file() => 0o600,
+                _ => continue,
+            };
+            if change && meta.mode() & 0o7777 != mode {
+                sys::c_name(&entry.file_name())
+                    .and_then(|name| sys::open_path(self.fd.as_fd(), &name))
+                    .and_then(|entry| sys::chmod_fd(entry.as_fd(), mode))
+                    .map_err(|err| std::io::Error::from_raw_os_error(err.code()))
+                    .with_context(|| {
+                        format!("cannot make {} private (mode {mode:o})", path.display())
+                    })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Refuses what belongs to another user than the daemon's: its modes are that user's to set.
+fn refuse_not_ours(path: &Path, what: &str, meta: &std::fs::Metadata) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
-    if let Some((path, meta, _)) = private.iter().find(|(_, meta, _)| meta.uid() != me) {
-        bail!(
-            "{} in the state folder belongs to uid {}, but maxlofs runs as uid {me}: give it to \
-             this user (chown) or choose another --state-dir",
+    if meta.uid() != me {
+        return Err(Refused(format!(
+            "{} ({what}) belongs to uid {}, but maxlofs runs as uid {me}: give it to this user \
+             (chown) or choose another --state-dir",
             path.display(),
             meta.uid()
-        );
-    }
-    for (path, meta, mode) in private {
-        if meta.mode() & 0o7777 != mode {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).with_context(
-                || format!("cannot make {} private (mode {mode:o})", path.display()),
-            )?;
-        }
+        ))
+        .into());
     }
     Ok(())
 }
@@ -429,7 +514,19 @@ fn watch_keys(engine: Arc<Engine>, api: Arc<HttpApi>, keys: KeySource, mut curre
     });
 }
 
+/// Makes the daemon not dumpable, before it reads a key: no core dump then holds the keys, and
+/// no other process of its user may read its memory (ptrace, /proc/PID/mem or environ, which the
+/// kernel gives to root once a process is not dumpable).
+fn refuse_dumps_and_tracing() -> anyhow::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes a plain integer and has no memory effects.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE, 0)");
+    }
+    Ok(())
+}
+
 pub fn run(args: &MountArgs) -> anyhow::Result<()> {
+    refuse_dumps_and_tracing()?;
     let backing_path = std::fs::canonicalize(&args.backing)
         .with_context(|| format!("backing folder {}", args.backing.display()))?;
     let backing = Backing::open(&backing_path)?;
@@ -474,19 +571,16 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         None => default_state_dir(&backing_path, grant)?,
     };
     refuse_state_inside_backing(&state_dir, &backing_path)?;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&state_dir)
-        .with_context(|| format!("creating state folder {}", state_dir.display()))?;
-    secure_state_dir(&state_dir)?;
-    let grant_prefix = grant_prefix(&state_dir, fresh_prefix)?;
+    let state = open_state_dir(&state_dir)?;
+    let grant_prefix = grant_prefix(&state, fresh_prefix)?;
     let prefix = crate::grants::join_prefix(&grant_prefix, &args.prefix);
 
     let identity = format!("{} grant {} prefix {:?}", args.api, grant, prefix);
-    let index_file = state_dir.join("index.db");
+    let index_file = state.path.join("index.db");
     // Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
-    private_file(&index_file, false)
+    // SQLite opens it by name, in the folder checked above, which no other user can write to.
+    state
+        .private_file("index.db", false)
         .with_context(|| format!("creating {}", index_file.display()))?;
     let index = Index::open(&index_file, &identity, args.cache_entries).map_err(|err| {
         let why = index_trouble(&err, &index_file);
@@ -659,8 +753,8 @@ mod tests {
     #[test]
     fn the_grant_prefix_is_read_back_only_as_a_prefix_a_media_path_can_start_with() {
         let dir = tempfile::tempdir().unwrap();
-        let state = dir.path();
-        let file = state.join("grant-prefix-path");
+        let state = &open_state_dir(&dir.path().join("state")).unwrap();
+        let file = state.path.join("grant-prefix-path");
         let refused = |err: anyhow::Error| {
             assert!(err.downcast_ref::<NotMounted>().is_some(), "{err:#}");
             format!("{err:#}")

@@ -19,7 +19,7 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 
-use crate::cli::MountArgs;
+use crate::cli::{MountArgs, Refused};
 use crate::mutex::lock;
 
 pub const READY_FD_ENV: &str = "MAXLOFS_READY_FD";
@@ -192,7 +192,13 @@ fn default_log_file() -> anyhow::Result<PathBuf> {
     Ok(dir.join("maxlofs/maxlofs.log"))
 }
 
+/// Opens the log for appending: created 0600 if new; if it exists, it must be a file of the
+/// daemon's user that no one else may write to. A symlink at its name is refused, not followed:
+/// in a shared folder such as /tmp another user could point it at a file of ours, or have made
+/// the log themselves, to read it.
 fn open_log(path: &Path) -> anyhow::Result<File> {
+    // A trailing slash would make the kernel follow a symlink at the last name.
+    let path: PathBuf = path.components().collect();
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -200,12 +206,56 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
             .create(dir)
             .with_context(|| format!("creating the log folder {}", dir.display()))?;
     }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("opening the log file {}", path.display()))
+    let opening = || format!("opening the log file {}", path.display());
+    let refused = |why: &str| -> anyhow::Error {
+        Refused(format!(
+            "the log file {} {why}: remove it or choose another --log-file",
+            path.display()
+        ))
+        .into()
+    };
+    // O_NONBLOCK: a FIFO put there fails to open rather than hold us; a file ignores it.
+    let open = |new: bool| {
+        OpenOptions::new()
+            .append(true)
+            .create_new(new)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+    };
+    let existing = match open(true) {
+        Ok(created) => return Ok(created),
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => open(false),
+        Err(err) => Err(err),
+    };
+    let log = match existing {
+        Ok(log) => log,
+        Err(err) if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => {
+            return Err(refused(
+                "is a symlink or not a file, which maxlofs does not follow",
+            ))
+        }
+        Err(err) => return Err(err).with_context(opening),
+    };
+    let meta = log.metadata().with_context(opening)?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() {
+        return Err(refused("is not a file"));
+    }
+    if meta.uid() != me {
+        return Err(refused(&format!(
+            "belongs to uid {}, but maxlofs runs as uid {me}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refused(&format!(
+            "may be written by other users (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    Ok(log)
 }
 
 /// The last `lines` lines written to the log at `path` after byte `start`.

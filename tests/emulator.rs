@@ -812,3 +812,45 @@ fn an_unreadable_or_empty_key_file_stops_the_emulator_with_a_reason() {
         assert!(stderr.contains(reason), "{stderr}");
     }
 }
+
+/// The database (`--db`), its -wal and -shm files and the object store next to it are the
+/// emulator's user's alone, whatever the umask it was started with (the tests' is 022).
+#[tokio::test]
+async fn the_database_and_object_store_are_created_for_its_user_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("emulator.db");
+    let emulator = Emulator::start(&["--db", db.to_str().unwrap()]);
+    emulator.create("private.jpg").await;
+    let mut seen = Vec::new();
+    let mut folders = vec![dir.path().to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o077,
+                0,
+                "{}: mode {:o}",
+                path.display(),
+                meta.permissions().mode()
+            );
+            if meta.is_dir() {
+                folders.push(path.clone());
+            }
+            seen.push(path.strip_prefix(dir.path()).unwrap().to_path_buf());
+        }
+    }
+    for made in [
+        "emulator.db",
+        "emulator.db-wal",
+        "emulator.db-shm",
+        "emulator.db.objects/signing.key",
+    ] {
+        assert!(
+            seen.iter().any(|path| path == Path::new(made)),
+            "{made}: {seen:?}"
+        );
+    }
+    drop(emulator);
+}

@@ -8,7 +8,7 @@ mod common;
 use std::ffi::CString;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -736,4 +736,265 @@ fn a_new_name_swapped_for_a_hard_link_to_a_root_file_never_gives_that_file_away(
         "dfps".chars().collect(),
         "all four kinds were created and swapped"
     );
+}
+
+/// A world-writable sticky folder, as /tmp, where nobody plants names, beside root's own folder
+/// and file that must come through untouched. The shared folder is nobody's: the kernel's
+/// `fs.protected_symlinks` and `fs.protected_regular` guard a sticky folder only against names
+/// of users other than its owner, so here the daemon's own refusal is what the test sees, however
+/// the machine sets them.
+struct Planted {
+    _dir: tempfile::TempDir,
+    shared: PathBuf,
+    roots_folder: PathBuf,
+    roots_file: PathBuf,
+}
+
+impl Planted {
+    fn new() -> Planted {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        common::service::give_to_nobody(&shared);
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        let roots_folder = dir.path().join("roots-folder");
+        std::fs::create_dir(&roots_folder).unwrap();
+        std::fs::set_permissions(&roots_folder, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(roots_folder.join("kept.txt"), b"root's own").unwrap();
+        let roots_file = dir.path().join("roots-file");
+        std::fs::write(&roots_file, b"root's own\n").unwrap();
+        std::fs::set_permissions(&roots_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Planted {
+            _dir: dir,
+            shared,
+            roots_folder,
+            roots_file,
+        }
+    }
+
+    /// nobody's symlink at `name` in the shared folder, to `target`.
+    fn symlink(&self, name: &str, target: &Path) -> PathBuf {
+        let link = self.shared.join(name);
+        let made = as_nobody(&["ln", "-s", target.to_str().unwrap(), link.to_str().unwrap()]);
+        assert!(made.status.success(), "{made:?}");
+        assert_eq!(link.symlink_metadata().unwrap().uid(), 65534);
+        link
+    }
+
+    /// Asserts root's folder and file are as they were made: modes, names and contents.
+    fn assert_untouched(&self) {
+        assert_eq!(mode_of(&self.roots_folder), 0o755);
+        let names: Vec<_> = std::fs::read_dir(&self.roots_folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["kept.txt"]);
+        assert_eq!(
+            std::fs::read(self.roots_folder.join("kept.txt")).unwrap(),
+            b"root's own"
+        );
+        assert_eq!(mode_of(&self.roots_file), 0o644);
+        assert_eq!(std::fs::read(&self.roots_file).unwrap(), b"root's own\n");
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// Runs a `maxlofs mount` that must be refused as a usage error (exit status 2) before anything
+/// is mounted, and answers its stderr. One that mounts instead is unmounted and fails the test.
+fn refused_with_2(mut command: Command, mnt: &Path) -> String {
+    let out = common::service::output_within(&mut command, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if common::service::is_mounted(mnt) {
+        let _ = Command::new("umount").arg(mnt).status();
+        panic!("mounted instead of refusing: {}\n{stderr}", out.status);
+    }
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+/// A symlink another user planted at the name of the state folder, in a shared folder, to a
+/// folder of root's: the daemon made that folder 0700 and put its index there. Now the mount is
+/// refused, saying which path and what to do, and root's folder is as it was.
+#[test]
+fn a_symlink_planted_at_the_state_folder_is_refused_and_its_target_untouched() {
+    let emulator = Emulator::start(&[]);
+    let planted = Planted::new();
+    let mount = Mount::prepare(&planted.shared, &emulator, &[]);
+    planted.symlink("state", &planted.roots_folder);
+    let said = refused_with_2(mount.command_for(&mount.backing, &mount.mnt), &mount.mnt);
+    assert!(
+        said.contains(&format!(
+            "state folder {} is a symlink",
+            mount.state.display()
+        )) && said.contains("choose another --state-dir"),
+        "{said}"
+    );
+    // In daemon mode the daemon refuses it, and `maxlofs mount` exits 2 as the daemon did.
+    let log = planted.shared.join("own.log");
+    let (command, mnt) = daemon_mode_mount(&planted.shared, &emulator, &log);
+    let said = refused_with_2(command, &mnt);
+    assert!(said.contains("is a symlink"), "{said}");
+    planted.assert_untouched();
+}
+
+/// `maxlofs mount` in daemon mode with its log at `log`, against `emulator`, with a site of its
+/// own in `dir`.
+fn daemon_mode_mount(dir: &Path, emulator: &Emulator, log: &Path) -> (Command, PathBuf) {
+    let mount = Mount::prepare(dir, emulator, &[]);
+    let mut command = Command::new(common::service::BIN);
+    command
+        .arg("mount")
+        .arg(&mount.backing)
+        .arg(&mount.mnt)
+        .arg("--api")
+        .arg(&emulator.url)
+        .arg("--device-key-file")
+        .arg(&mount.key_file)
+        .arg("--state-dir")
+        .arg(&mount.state)
+        .arg("--log-file")
+        .arg(log);
+    (command, mount.mnt.clone())
+}
+
+/// A symlink another user planted at the log file's name, in a shared folder, to a file of
+/// root's: the daemon appended its log to that file. Now the mount is refused and the file is as
+/// it was.
+#[test]
+fn a_symlink_planted_at_the_log_file_is_refused_and_its_target_untouched() {
+    let emulator = Emulator::start(&[]);
+    let planted = Planted::new();
+    let log = planted.symlink("maxlofs.log", &planted.roots_file);
+    let site = tempfile::tempdir().unwrap();
+    let (command, mnt) = daemon_mode_mount(site.path(), &emulator, &log);
+    let said = refused_with_2(command, &mnt);
+    assert!(
+        said.contains(&format!("log file {} is a symlink", log.display()))
+            && said.contains("choose another --log-file"),
+        "{said}"
+    );
+    planted.assert_untouched();
+}
+
+/// A log file another user made beforehand, in a shared folder: the daemon logged into it, for
+/// that user to read. Now the mount is refused and nothing is written to it.
+#[test]
+fn a_log_file_made_by_another_user_is_refused_and_nothing_written_to_it() {
+    let emulator = Emulator::start(&[]);
+    let planted = Planted::new();
+    let log = planted.shared.join("maxlofs.log");
+    let made = as_nobody(&["touch", log.to_str().unwrap()]);
+    assert!(made.status.success(), "{made:?}");
+    let site = tempfile::tempdir().unwrap();
+    let (command, mnt) = daemon_mode_mount(site.path(), &emulator, &log);
+    let said = refused_with_2(command, &mnt);
+    assert!(
+        said.contains(&format!("log file {} belongs to uid 65534", log.display())),
+        "{said}"
+    );
+    assert_eq!(std::fs::metadata(&log).unwrap().len(), 0);
+    planted.assert_untouched();
+}
+
+/// The daemon is not dumpable: no core dump holds its keys, and no other process of its user may
+/// read its memory. Seen from outside as the kernel shows it: the /proc files of a process that
+/// is not dumpable (mem, environ) are root's, so a daemon run as nobody cannot be read by nobody,
+/// while a plain process of nobody's can (the control). Looked at while the daemon, keys read,
+/// waits on a service that accepts and never answers (no mount is needed for this).
+#[test]
+fn the_daemon_is_not_dumpable_and_its_memory_not_readable_by_its_user() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = format!("http://{}", silent.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare_api(dir.path(), &api, &[]);
+    mount.run_as_nobody();
+    common::service::give_to_nobody(dir.path());
+    let mut daemon = mount
+        .command_for(&mount.backing, &mount.mnt)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its first call: by then it runs as nobody and has read its key.
+    let _call = silent.accept().unwrap();
+    let pid = daemon.id();
+    for file in ["environ", "mem"] {
+        let control = as_nobody(&["stat", "-c", "%u:%g", &format!("/proc/self/{file}")]);
+        assert_eq!(String::from_utf8_lossy(&control.stdout), "65534:65534\n");
+        let meta = std::fs::metadata(format!("/proc/{pid}/{file}")).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "the daemon's {file}");
+    }
+    let control = as_nobody(&["cat", "/proc/self/environ"]);
+    assert!(control.status.success(), "{control:?}");
+    let read = as_nobody(&["cat", &format!("/proc/{pid}/environ")]);
+    assert!(
+        String::from_utf8_lossy(&read.stderr).contains("Permission denied"),
+        "{read:?}"
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// A lying service answers `upload` with a signed URL at another local address (127.0.0.2, where
+/// a keyless admin endpoint could listen): no request reaches it, the refusal is logged, and the
+/// file goes up once the service answers truthfully again (the control).
+#[test]
+fn a_signed_url_at_another_local_address_is_not_followed() {
+    use common::proxy::{response, Action, Proxy, Rule};
+    let emulator = Emulator::start(&[]);
+    let proxy = Proxy::start(&emulator.url);
+    let elsewhere = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = Mount::prepare_api(dir.path(), &proxy.url, &[]);
+    let content = b"must not go to 127.0.0.2";
+    std::fs::write(mount.backing.join("a.jpg"), content).unwrap();
+    let hashed = Command::new(common::service::BIN)
+        .arg("hash")
+        .arg(mount.backing.join("a.jpg"))
+        .output()
+        .unwrap();
+    let hash = String::from_utf8(hashed.stdout).unwrap();
+    let hash = hash.split_whitespace().next().unwrap().to_string();
+    let url = format!("http://{}/_emulator/admin", elsewhere.local_addr().unwrap());
+    let lie = serde_json::json!({"upload_list": [{
+        "file_hash": hash, "file_size": content.len(), "s3_bucket_id": "maxlo-emulator",
+        "signed_opts": {"host": "127.0.0.2", "method": "PUT", "path": "/_emulator/admin",
+            "url": url, "headers": {"Content-Length": content.len().to_string()}},
+    }]});
+    proxy.add_rule(Rule {
+        matches: |method, path| method == "POST" && path.ends_with("/upload"),
+        action: Action::Answer(response("200 OK", lie.to_string().as_bytes())),
+        times: None,
+    });
+    if !mount.mount() {
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = "a signed URL at the local address \"127.0.0.2\", not followed";
+    while !mount.status()["last_error"]
+        .as_str()
+        .is_some_and(|error| error.contains(refused))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal: {}\n{}",
+            mount.status(),
+            mount.log_text()
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let reached = elsewhere.accept();
+    assert!(
+        matches!(&reached, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),
+        "a request reached 127.0.0.2: {reached:?}"
+    );
+    proxy.clear_rules();
+    mount.wait_synced();
+    let held = emulator.get("/_emulator/objects");
+    assert!(held.to_string().contains(&hash), "{held}");
+    assert!(elsewhere.accept().is_err());
 }

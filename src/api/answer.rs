@@ -79,7 +79,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|err| malformed(&err.to_string()))
 }
 
-fn malformed(why: &str) -> ApiError {
+pub(super) fn malformed(why: &str) -> ApiError {
     ApiError::Transient(format!("malformed answer: {why}"))
 }
 
@@ -134,6 +134,70 @@ pub fn service_message(body: &[u8]) -> String {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text,
     }
+}
+
+/// Whether `host` (a URL's host: a name, an IPv4 address or a bracketed IPv6 one) is this
+/// machine or its local network: `localhost`, or a loopback, link-local, private or unspecified
+/// address, an IPv4-mapped IPv6 one included.
+pub fn is_local_host(host: &str) -> bool {
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    let literal = name.trim_start_matches('[').trim_end_matches(']');
+    literal.parse().is_ok_and(is_local_address)
+}
+
+/// Whether an address is this machine's or its local network's (see `is_local_host`).
+pub fn is_local_address(address: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match address {
+        IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                // 0.0.0.0/8: "this network", which Linux connects to as the local host.
+                || v4.octets()[0] == 0
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_local_address(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    // fc00::/7 unique local, fe80::/10 link-local, fec0::/10 site-local.
+                    || first & 0xfe00 == 0xfc00
+                    || first & 0xffc0 == 0xfe80
+                    || first & 0xffc0 == 0xfec0
+            }
+        },
+    }
+}
+
+/// A signed URL the service gave, held to where a store can be: http(s), and not on this machine
+/// or its local network, unless at the very host of a service that is there itself
+/// (`local_host`: the emulator gives its own address). One that is not is the service lying,
+/// like a malformed answer, and is not followed: a signed URL at another local address would
+/// reach whatever listens there, keyless admin endpoints included.
+pub fn check_signed_url(url: &str, local_host: Option<&str>) -> Result<reqwest::Url, ApiError> {
+    let parsed =
+        reqwest::Url::parse(url).map_err(|err| malformed(&format!("a signed URL: {err}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(malformed(&format!(
+            "a signed URL with scheme {:?}",
+            parsed.scheme()
+        )));
+    }
+    let host = parsed.host_str().unwrap_or_default();
+    if is_local_host(host) && local_host != Some(host) {
+        // The host only: the rest of a signed URL is its signature.
+        return Err(malformed(&format!(
+            "a signed URL at the local address {host:?}, not followed"
+        )));
+    }
+    Ok(parsed)
 }
 
 #[cfg(test)]
@@ -278,5 +342,46 @@ mod tests {
             classify_store(200, Vec::new()),
             Ok(Answer::Success(_))
         ));
+    }
+
+    #[test]
+    fn a_signed_url_on_this_machine_or_its_network_is_refused_unless_at_a_local_services_host() {
+        let local = [
+            "http://127.0.0.1/x",
+            "http://127.0.0.2:9000/x",
+            "http://2130706433/x",
+            "http://localhost:8700/x",
+            "http://LOCALHOST./x",
+            "http://a.localhost/x",
+            "http://10.1.2.3/x",
+            "http://172.16.0.1/x",
+            "http://192.168.1.1/x",
+            "http://169.254.169.254/latest/meta-data",
+            "http://0.0.0.0/x",
+            "http://[::1]/x",
+            "http://[::]/x",
+            "http://[::ffff:127.0.0.1]/x",
+            "http://[::ffff:169.254.169.254]/x",
+            "http://[fd00::1]/x",
+            "http://[fe80::1]/x",
+        ];
+        for url in local {
+            let err = check_signed_url(url, None).unwrap_err();
+            assert!(err.to_string().contains("not followed"), "{url}: {err}");
+            // A service on loopback may name its own host, and no other local one.
+            let own = check_signed_url(url, Some("127.0.0.1"));
+            let at_own = reqwest::Url::parse(url).unwrap().host_str() == Some("127.0.0.1");
+            assert_eq!(own.is_ok(), at_own, "{url}");
+        }
+        for url in [
+            "https://s3.example.com/b/k?sig=1",
+            "http://93.184.216.34/x",
+            "http://[2001:db8::1]/x",
+        ] {
+            check_signed_url(url, None).unwrap_or_else(|err| panic!("{url}: {err}"));
+        }
+        for url in ["file:///etc/passwd", "not a url"] {
+            assert!(check_signed_url(url, None).is_err(), "{url}");
+        }
     }
 }

@@ -16,7 +16,10 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use reqwest::{redirect, Client, Method};
 
-use super::answer::{classify, classify_store, decode, Answer};
+use super::answer::{
+    check_signed_url, classify, classify_store, decode, is_local_address, is_local_host, malformed,
+    Answer,
+};
 use super::content::{
     DownloadAnswer, DownloadRequest, FileRef, MultipartAnswer, MultipartCompleteRequest,
     MultipartConflict, MultipartRequest, S3ObjectRequest, UploadAnswer, UploadRequest,
@@ -88,6 +91,9 @@ pub struct ContentClient {
     /// For GETs, where a read timeout is the stall check: the bytes come to us.
     gets: Client,
     stall_timeout: Duration,
+    /// The service's host when it is on this machine or its local network (the emulator, a
+    /// test): the one local host a signed URL may point at.
+    local_host: Option<String>,
 }
 
 impl ContentClient {
@@ -99,19 +105,28 @@ impl ContentClient {
         api: Arc<HttpApi>,
         stall_timeout: Duration,
     ) -> anyhow::Result<ContentClient> {
+        let local_host = api
+            .base_url()
+            .host_str()
+            .filter(|host| is_local_host(host))
+            .map(str::to_string);
         let builder = || {
-            Client::builder()
+            let builder = Client::builder()
                 .connect_timeout(Duration::from_secs(10))
                 // A signed URL is all the authority a transfer has: following a redirect would
                 // send the bytes where the service did not say.
                 .redirect(redirect::Policy::none())
-                .user_agent(concat!("maxlofs/", env!("CARGO_PKG_VERSION")))
+                .user_agent(concat!("maxlofs/", env!("CARGO_PKG_VERSION")));
+            builder.dns_resolver(Arc::new(NoLocalAddresses {
+                allowed: local_host.clone(),
+            }))
         };
         Ok(ContentClient {
             api,
             puts: builder().build()?,
             gets: builder().read_timeout(stall_timeout).build()?,
             stall_timeout,
+            local_host,
         })
     }
 
@@ -204,15 +219,19 @@ impl ContentApi for ContentClient {
     }
 
     async fn put(&self, target: &SignedPut, len: u64, body: PutBody) -> Result<String, ApiError> {
-        let method =
-            Method::from_bytes(target.method.as_bytes()).map_err(|_| ApiError::BadRequest {
-                status: 0,
-                message: format!("the service named an unusable method {:?}", target.method),
-            })?;
+        // Bytes go up with PUT, as the contract says; another method (a DELETE, say) sent to a
+        // signed URL would do what the service, not the upload, wants.
+        if !target.method.eq_ignore_ascii_case("PUT") {
+            return Err(malformed(&format!(
+                "an upload named the method {:?}, not PUT",
+                target.method
+            )));
+        }
+        let url = check_signed_url(&target.url, self.local_host.as_deref())?;
         let clock = StallClock::new();
         let mut request = self
             .puts
-            .request(method, target.url.as_str())
+            .request(Method::PUT, url)
             .body(reqwest::Body::wrap_stream(clock.watch(body)));
         let mut has_length = false;
         for (name, value) in &target.headers {
@@ -257,6 +276,7 @@ impl ContentApi for ContentClient {
 
     async fn get(&self, url: &str) -> Result<PutBody, ApiError> {
         use futures_util::TryStreamExt;
+        let url = check_signed_url(url, self.local_host.as_deref())?;
         let response = self.gets.get(url).send().await.map_err(transport_error)?;
         let status = response.status();
         if !status.is_success() {
@@ -270,6 +290,33 @@ impl ContentApi for ContentClient {
                 .map_ok(|chunk| chunk.to_vec())
                 .map_err(io::Error::other),
         ))
+    }
+}
+
+/// Resolves a signed URL's host name to the addresses it has outside this machine and its local
+/// network, and fails if it has none: a name may lead where a literal address may not
+/// (`answer::check_signed_url`). The service's own local host, if any, resolves as it is.
+struct NoLocalAddresses {
+    allowed: Option<String>,
+}
+
+impl reqwest::dns::Resolve for NoLocalAddresses {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        let any_address = self.allowed.as_deref() == Some(host.as_str());
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let usable: Vec<_> = found
+                .filter(|address| any_address || !is_local_address(address.ip()))
+                .collect();
+            if usable.is_empty() {
+                return Err(format!(
+                    "{host:?} resolves only to local addresses: a signed URL may not lead there"
+                )
+                .into());
+            }
+            Ok(Box::new(usable.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -522,5 +569,39 @@ mod tests {
         let mut expected = vec![PIECE; 16];
         expected.extend([1, 10]);
         assert_eq!(pieces, expected);
+    }
+
+    #[tokio::test]
+    async fn an_upload_by_another_method_than_put_is_refused_unsent() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!(
+            "http://{}/_emulator/objects/x",
+            listener.local_addr().unwrap()
+        );
+        let put = |method: &str| SignedPut {
+            method: method.into(),
+            url: url.clone(),
+            headers: BTreeMap::new(),
+        };
+        let body = || paced(1, 4, Duration::ZERO);
+        let err = client(Duration::from_secs(5))
+            .put(&put("DELETE"), 4, body())
+            .await
+            .unwrap_err();
+        assert!(
+            err.is_transient() && err.to_string().contains("not PUT"),
+            "{err}"
+        );
+        let reached = listener.accept();
+        assert!(
+            matches!(&reached, Err(err) if err.kind() == io::ErrorKind::WouldBlock),
+            "{reached:?}"
+        );
+        // The control: a PUT there is sent (and fails, unanswered: nobody serves it).
+        let _ = client(Duration::from_secs(1))
+            .put(&put("put"), 4, body())
+            .await;
+        assert!(listener.accept().is_ok());
     }
 }

@@ -108,6 +108,11 @@ impl HttpApi {
             .json(&body)
     }
 
+    /// The service's URL, as given.
+    pub(super) fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
     fn url(&self, path: &str) -> Url {
         let mut url = self.base_url.clone();
         let prefix = self.base_url.path().trim_end_matches('/');

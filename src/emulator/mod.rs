@@ -19,6 +19,10 @@ use std::time::Duration;
 use store::{Store, StoreConfig};
 
 pub fn run(args: &EmulatorArgs) -> anyhow::Result<()> {
+    // Its database, the -wal and -shm files and the object store hold keys' records and content:
+    // created for its user alone (0600 files, 0700 folders), whatever the umask it started with.
+    // SAFETY: umask only sets the process's file mode creation mask.
+    unsafe { libc::umask(0o077) };
     let faults = server::Faults::new(
         args.fail_rate,
         args.drop_rate,
