@@ -7,7 +7,9 @@
 //! 429 or 503 named in `Retry-After` (at most `RETRY_AFTER_CAP`). Each answered call lets one more
 //! call out at once, which doubles them with each round (TCP's slow start), and at `RAMP_DONE`
 //! it is healthy again: a service that
-//! partly recovers is not handed the whole queue at once. Any answer that is not trouble (a 4xx
+//! partly recovers is not handed the whole queue at once. A failure while ramping up halves the
+//! calls allowed at once (as TCP does on a loss) rather than starting over: a service that fails
+//! one call in three is pressed less, but still served. Any answer that is not trouble (a 4xx
 //! included) counts as answered: the service is up, whatever it thought of the call.
 
 use std::sync::Mutex;
@@ -119,18 +121,29 @@ impl Pacer {
                     .filter(|window| *window < RAMP_DONE);
             }
             Some(Health::Trouble { retry_after }) => {
-                state.window = Some(1);
                 let mut wait = retry_after.map(|asked| asked.min(RETRY_AFTER_CAP));
+                if wait.is_some() {
+                    state.window = Some(1);
+                }
                 if epoch == state.epoch {
                     state.epoch += 1;
-                    let backoff = PROBE_FIRST.saturating_mul(1 << state.failures.min(16));
-                    state.failures += 1;
-                    let backoff = backoff.min(PROBE_CAP).mul_f64(rand::random::<f64>() + 0.5);
-                    wait = Some(wait.map_or(backoff, |asked| asked.max(backoff)));
+                    match state.window {
+                        // A ramp that went too far: half as many at once, at once.
+                        Some(window) if window > 1 => state.window = Some(window / 2),
+                        // The first failure, or a probe's: one call at a time, after a backoff.
+                        _ => {
+                            state.window = Some(1);
+                            let backoff = PROBE_FIRST.saturating_mul(1 << state.failures.min(16));
+                            state.failures += 1;
+                            let backoff =
+                                backoff.min(PROBE_CAP).mul_f64(rand::random::<f64>() + 0.5);
+                            wait = Some(wait.map_or(backoff, |asked| asked.max(backoff)));
+                        }
+                    }
                 }
                 if let Some(wait) = wait {
-                    state.not_before =
-                        Some(state.not_before.map_or(now + wait, |at| at.max(now + wait)));
+                    let at = now + wait;
+                    state.not_before = Some(state.not_before.map_or(at, |before| before.max(at)));
                 }
             }
         }
@@ -269,6 +282,27 @@ mod tests {
                 .for_each(|pass| pass.done(Health::Answered));
         }
         assert_eq!(allowed, [1, 2, 4, 8, 16]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failure_while_ramping_up_halves_the_calls_at_once() {
+        let pacer = Pacer::default();
+        pacer.admit().await.done(TROUBLE);
+        for _ in 0..7 {
+            pacer.admit().await.done(Health::Answered);
+        }
+        // Eight allowed at once; one of them fails.
+        let start = Instant::now();
+        pacer.admit().await.done(TROUBLE);
+        let passes: Vec<_> = futures_util::future::join_all((0..4).map(|_| pacer.admit())).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "no backoff while ramping");
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), pacer.admit())
+                .await
+                .is_err(),
+            "a fifth"
+        );
+        drop(passes);
     }
 
     #[tokio::test(start_paused = true)]

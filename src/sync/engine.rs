@@ -592,12 +592,13 @@ impl Drop for InFlight {
     }
 }
 
-/// Exponential backoff with jitter, per path: 200 ms doubling to 10 s, times 0.5–1.5. Another
-/// path's success never cuts it short; a failing service is spared by the clients' pacers
-/// (`api::pacer`), not by this, so the cap stays low: a path is tried again at most 15 s after
-/// the service recovers.
+/// Exponential backoff with jitter, per path: 200 ms doubling to 2 s, times 0.5–1.5. Another
+/// path's success never cuts it short. The cap is low because a failing service is spared by the
+/// clients' pacers (`api::pacer`), not by this: a path waiting at a pacer holds a worker and
+/// sends nothing, and under a service failing one call in three a path's look (several calls)
+/// fails often, and a longer wait would leave its last paths waiting for minutes.
 fn backoff(attempts: u32) -> Duration {
-    let base = Duration::from_millis(200).saturating_mul(1 << attempts.min(6));
-    base.min(Duration::from_secs(10))
+    let base = Duration::from_millis(200).saturating_mul(1 << attempts.min(4));
+    base.min(Duration::from_secs(2))
         .mul_f64(rand::random::<f64>() + 0.5)
 }
