@@ -609,6 +609,26 @@ async fn fail_rate_one_answers_503_to_every_api_call() {
 }
 
 #[tokio::test]
+async fn the_fail_rate_is_changed_at_run_time() {
+    let emulator = Emulator::start(&["--fail-rate", "1.0"]);
+    let current = || emulator.request(Method::POST, "/device/1/current");
+    let (status, _) = emulator.send(current().json(&state_body(1))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let set = |rate: Value| {
+        emulator
+            .request(Method::POST, "/_emulator/fail-rate")
+            .json(&json!({ "fail_rate": rate }))
+    };
+    assert_eq!(
+        emulator.send(set(json!(1.5))).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(emulator.send(set(json!(0))).await.0, StatusCode::OK);
+    let (status, _) = emulator.send(current().json(&state_body(1))).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn drop_rate_one_closes_connections_without_an_answer() {
     let emulator = Emulator::start(&["--drop-rate", "1.0"]);
     for path in ["a", "b"] {

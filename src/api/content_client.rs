@@ -24,7 +24,8 @@ use super::content::{
     DownloadAnswer, DownloadRequest, FileRef, MultipartAnswer, MultipartCompleteRequest,
     MultipartConflict, MultipartRequest, S3ObjectRequest, UploadAnswer, UploadRequest,
 };
-use super::http::{read_capped, transport_error, HttpApi};
+use super::http::{read_capped, retry_after, transport_error, HttpApi};
+use super::pacer::{health_of, Health, Pacer};
 use super::{ApiError, GrantId};
 
 /// The bytes of a PUT, produced as they are sent.
@@ -94,6 +95,9 @@ pub struct ContentClient {
     /// The service's host when it is on this machine or its local network (the emulator, a
     /// test): the one local host a signed URL may point at.
     local_host: Option<String>,
+    /// How hard the store may be pressed: its PUTs and GETs go through it (the API calls go
+    /// through `api`'s).
+    store: Pacer,
 }
 
 impl ContentClient {
@@ -127,6 +131,7 @@ impl ContentClient {
             gets: builder().read_timeout(stall_timeout).build()?,
             stall_timeout,
             local_host,
+            store: Pacer::default(),
         })
     }
 
@@ -228,6 +233,8 @@ impl ContentApi for ContentClient {
             )));
         }
         let url = check_signed_url(&target.url, self.local_host.as_deref())?;
+        // Before the clock starts: a wait for the store is not the store stalling.
+        let pass = self.store.admit().await;
         let clock = StallClock::new();
         let mut request = self
             .puts
@@ -259,26 +266,42 @@ impl ContentApi for ContentClient {
                 .get(reqwest::header::ETAG)
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_string);
+            let health = health_of(status.as_u16(), retry_after(&response));
             let answer = read_capped(response).await?;
-            classify_store(status.as_u16(), answer)?.success()?;
-            etag.ok_or_else(|| {
-                ApiError::Transient("the store answered a PUT without an ETag".into())
-            })
+            Ok((status, etag, health, answer))
         };
-        tokio::select! {
-            answer = exchange => answer,
+        let answered = tokio::select! {
+            answered = exchange => answered,
             () = clock.stalled(self.stall_timeout) => Err(ApiError::Transient(format!(
                 "the store took no bytes and gave no answer for {} s",
                 self.stall_timeout.as_secs()
             ))),
-        }
+        };
+        let (status, etag, health, answer) = match answered {
+            Ok(answered) => answered,
+            Err(err) => {
+                pass.done(Health::Trouble { retry_after: None });
+                return Err(err);
+            }
+        };
+        pass.done(health);
+        classify_store(status.as_u16(), answer)?.success()?;
+        etag.ok_or_else(|| ApiError::Transient("the store answered a PUT without an ETag".into()))
     }
 
     async fn get(&self, url: &str) -> Result<PutBody, ApiError> {
         use futures_util::TryStreamExt;
         let url = check_signed_url(url, self.local_host.as_deref())?;
-        let response = self.gets.get(url).send().await.map_err(transport_error)?;
+        let pass = self.store.admit().await;
+        let response = match self.gets.get(url).send().await {
+            Ok(response) => response,
+            Err(err) => {
+                pass.done(Health::Trouble { retry_after: None });
+                return Err(transport_error(err));
+            }
+        };
         let status = response.status();
+        pass.done(health_of(status.as_u16(), retry_after(&response)));
         if !status.is_success() {
             let body = read_capped(response).await?;
             classify(status.as_u16(), body)?.success()?;
@@ -487,6 +510,40 @@ mod tests {
             .put(&target, 2 * 64 * 1024, body)
             .await;
         assert_eq!(answer.unwrap(), "\"e\"");
+    }
+
+    /// S3's SlowDown: a 503 that may say when to come back.
+    fn slow_down(mut stream: TcpStream) {
+        read_request(&stream);
+        let body =
+            "<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>";
+        let answer = format!(
+            "HTTP/1.1 503 Slow Down\r\nRetry-After: 2\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(answer.as_bytes()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_slow_down_from_the_store_holds_back_every_put_until_its_retry_after() {
+        let client = client(Duration::from_secs(10));
+        let body = || paced(1, 1, Duration::ZERO);
+        let err = client.put(&store(slow_down), 1, body()).await.unwrap_err();
+        assert!(err.is_transient(), "{err:?}");
+        let answered = std::time::Instant::now();
+        let asked = Arc::new(std::sync::Mutex::new(None));
+        let asked_at = asked.clone();
+        let target = store(move |stream| {
+            *asked_at.lock().unwrap() = Some(std::time::Instant::now());
+            answer_etag(stream);
+        });
+        assert_eq!(client.put(&target, 1, body()).await.unwrap(), "\"e\"");
+        let asked = asked.lock().unwrap().expect("the second PUT came");
+        assert!(
+            asked - answered >= Duration::from_secs(2),
+            "{:?}",
+            asked - answered
+        );
     }
 
     #[tokio::test]

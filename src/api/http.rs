@@ -5,6 +5,7 @@
 //! string. Keys never reach logs, errors or Debug output. Answers are read by `api::answer`.
 
 use super::answer::{body_too_large, check_create, classify, decode, Answer, BODY_MAX_BYTES};
+use super::pacer::{health_of, Health, Pacer};
 use super::{
     ApiError, CreateOutcome, DeviceInfo, GrantId, Keys, MediaApi, MediaGrantList, MediaId,
     MediaRecord, MediaState, NewMedia, SecretKey,
@@ -58,6 +59,8 @@ pub struct HttpApi {
     timeouts: Timeouts,
     /// Swapped whole by `set_keys`; each call reads the key it needs once.
     keys: RwLock<Keys>,
+    /// How hard the service may be pressed: every call goes through it.
+    pacer: Pacer,
 }
 
 impl HttpApi {
@@ -85,6 +88,7 @@ impl HttpApi {
             base_url: url,
             timeouts,
             keys: RwLock::new(keys),
+            pacer: Pacer::default(),
         })
     }
 
@@ -120,7 +124,8 @@ impl HttpApi {
         url
     }
 
-    /// Sends a request and reads its answer (up to `BODY_MAX_BYTES`), then gives it its meaning.
+    /// Sends a request when the pacer lets it out, reads its answer (up to `BODY_MAX_BYTES`),
+    /// then gives it its meaning.
     pub(super) async fn call(&self, request: RequestBuilder) -> Result<Answer, ApiError> {
         self.call_with_work(request, Duration::ZERO).await
     }
@@ -134,19 +139,34 @@ impl HttpApi {
     ) -> Result<Answer, ApiError> {
         let answer_within = self.timeouts.answer + work;
         let request = request.timeout(self.timeouts.request + work);
+        let pass = self.pacer.admit().await;
         let response = match tokio::time::timeout(answer_within, request.send()).await {
-            Ok(sent) => sent.map_err(transport_error)?,
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => {
+                pass.done(Health::Trouble { retry_after: None });
+                return Err(transport_error(err));
+            }
             Err(_) => {
+                pass.done(Health::Trouble { retry_after: None });
                 return Err(ApiError::Transient(format!(
                     "the service took the call and gave no answer within {} s",
                     answer_within.as_secs_f64()
-                )))
+                )));
             }
         };
         let status = response.status();
         // The path only: a DELETE's query holds the key.
         tracing::debug!(%status, path = response.url().path(), "API answer");
-        classify(status.as_u16(), read_capped(response).await?)
+        let health = health_of(status.as_u16(), retry_after(&response));
+        let body = read_capped(response).await;
+        pass.done(match &body {
+            // Cut short: the service did not finish answering.
+            Err(ApiError::Transient(_)) if health == Health::Answered => {
+                Health::Trouble { retry_after: None }
+            }
+            _ => health,
+        });
+        classify(status.as_u16(), body?)
     }
 }
 
@@ -192,6 +212,15 @@ pub(super) async fn read_capped(mut response: Response) -> Result<Vec<u8>, ApiEr
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// The `Retry-After` header of `response`, if it has a readable one.
+pub(super) fn retry_after(response: &Response) -> Option<&str> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()
 }
 
 /// A failure to get an answer at all: timeouts, refused or dropped connections, a body cut short.
@@ -474,6 +503,100 @@ mod tests {
                 "DELETE /device/1/media_grant/2/media/9?device_session_key=rotated HTTP/1.1".to_string(),
             ]
         );
+    }
+
+    /// What a `holding_server` saw: when each request arrived, and the most it held at once.
+    #[derive(Default)]
+    struct Seen {
+        arrivals: Vec<std::time::Instant>,
+        held: usize,
+        most_held: usize,
+    }
+
+    /// A service that takes any number of connections at once, holds each request `hold`, then
+    /// answers it `answer(its index)`.
+    fn holding_server(
+        hold: Duration,
+        answer: impl Fn(usize) -> String + Send + Sync + 'static,
+    ) -> (String, std::sync::Arc<std::sync::Mutex<Seen>>) {
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let answer = Arc::new(answer);
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let (mut stream, log, answer) = (stream.unwrap(), log.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    read_request(&mut stream);
+                    let index = {
+                        let mut seen = log.lock().unwrap();
+                        seen.arrivals.push(std::time::Instant::now());
+                        seen.held += 1;
+                        seen.most_held = seen.most_held.max(seen.held);
+                        seen.arrivals.len() - 1
+                    };
+                    std::thread::sleep(hold);
+                    log.lock().unwrap().held -= 1;
+                    let _ = stream.write_all(answer(index).as_bytes());
+                });
+            }
+        });
+        (url, seen)
+    }
+
+    const UNAVAILABLE: &str =
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+    #[tokio::test]
+    async fn while_the_service_fails_one_call_at_a_time_goes_out() {
+        let (url, seen) = holding_server(Duration::from_millis(100), |_| UNAVAILABLE.into());
+        let api = std::sync::Arc::new(api(&url, false));
+        assert!(api.delete(1, 1).await.unwrap_err().is_transient());
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let api = api.clone();
+                tokio::spawn(async move { api.delete(1, 1).await })
+            })
+            .collect();
+        for call in calls {
+            assert!(call.await.unwrap().unwrap_err().is_transient());
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!((seen.arrivals.len(), seen.most_held), (5, 1));
+    }
+
+    #[tokio::test]
+    async fn retry_after_holds_back_every_call_until_the_time_it_names() {
+        // Seconds, or an HTTP date (whole seconds: at least 2 s ahead).
+        for (status, as_date) in [
+            ("503 Service Unavailable", false),
+            ("429 Too Many Requests", true),
+        ] {
+            let retry_after = match as_date {
+                false => "2".to_string(),
+                true => (chrono::Utc::now() + chrono::Duration::seconds(3))
+                    .format("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string(),
+            };
+            let (url, seen) = holding_server(Duration::ZERO, move |index| match index {
+                0 => format!(
+                    "HTTP/1.1 {status}\r\nRetry-After: {retry_after}\r\nConnection: close\r\n\
+                     Content-Length: 0\r\n\r\n"
+                ),
+                _ => OK_CLOSE.into(),
+            });
+            let api = api(&url, false);
+            assert!(api.delete(1, 1).await.unwrap_err().is_transient());
+            api.delete(1, 2).await.unwrap();
+            let arrivals = seen.lock().unwrap().arrivals.clone();
+            assert!(
+                arrivals[1] - arrivals[0] >= Duration::from_secs(2),
+                "{status}: {:?}",
+                arrivals[1] - arrivals[0]
+            );
+        }
     }
 
     fn new_media() -> NewMedia {

@@ -7,6 +7,7 @@ pub mod content_client;
 pub mod http;
 #[cfg(any(test, feature = "memory-api"))]
 pub mod memory;
+pub mod pacer;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -6,6 +6,7 @@ use super::request::Payload;
 use super::stats::{Call, Outcome, Stats};
 use super::store::{Store, StoreError};
 use crate::api::{CreateOutcome, MediaRecord};
+use crate::mutex::lock;
 use anyhow::Context;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -20,7 +21,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -59,7 +60,8 @@ pub(super) struct App {
     pub(super) store: Arc<Store>,
     pub(super) objects: Arc<ObjectStore>,
     stats: Arc<Stats>,
-    faults: Faults,
+    /// Changed at run time by `POST /_emulator/fail-rate`.
+    faults: Arc<Mutex<Faults>>,
     /// `http://IP:PORT` of this emulator, where its signed URLs point.
     pub(super) origin: String,
 }
@@ -88,7 +90,7 @@ pub async fn serve(
         store: Arc::new(store),
         objects: Arc::new(objects),
         stats: Arc::default(),
-        faults,
+        faults: Arc::new(Mutex::new(faults)),
         origin: origin(address),
     });
     let mut stdout = std::io::stdout().lock();
@@ -180,6 +182,7 @@ fn router(app: App) -> Router {
         .route("/_emulator/stats", get(stats))
         .route("/_emulator/stats/reset", post(reset_stats))
         .route("/_emulator/revoke-key", post(revoke_key))
+        .route("/_emulator/fail-rate", post(set_fail_rate))
         .with_state(app)
 }
 
@@ -190,14 +193,15 @@ async fn inject_faults(
     request: Request,
     next: Next,
 ) -> Response {
-    if !app.faults.latency.is_zero() {
-        tokio::time::sleep(app.faults.latency).await;
+    let faults = *lock(&app.faults);
+    if !faults.latency.is_zero() {
+        tokio::time::sleep(faults.latency).await;
     }
     let (fail, drop) = {
         let mut rng = rand::thread_rng();
         (
-            rng.gen_bool(app.faults.fail_rate),
-            rng.gen_bool(app.faults.drop_rate),
+            rng.gen_bool(faults.fail_rate),
+            rng.gen_bool(faults.drop_rate),
         )
     };
     let (response, outcome) = if fail {
@@ -347,5 +351,21 @@ async fn reset_stats(State(app): State<App>) -> Response {
 async fn revoke_key(State(app): State<App>, payload: Payload) -> Result<Response, StoreError> {
     let key = payload.body.and_then(|body| body.string("key"))?;
     app.store.revoke_key(&key);
+    Ok(ok(json!({})))
+}
+
+/// `{"fail_rate": R}`: from now on, calls fail at rate R (a service going down, or recovering).
+async fn set_fail_rate(State(app): State<App>, payload: Payload) -> Result<Response, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct FailRate {
+        fail_rate: f64,
+    }
+    let FailRate { fail_rate } = payload.body.and_then(|body| body.parse())?;
+    let mut faults = lock(&app.faults);
+    match Faults::new(fail_rate, faults.drop_rate, faults.latency) {
+        Ok(changed) => *faults = changed,
+        Err(err) => return Ok(error_response(StatusCode::BAD_REQUEST, &err.to_string())),
+    }
+    tracing::info!(fail_rate, "fail rate changed");
     Ok(ok(json!({})))
 }

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -88,9 +88,6 @@ pub struct Engine {
     /// close of that inode marks them, whichever of its names the event carries (a hard link
     /// made while the file was open has no index entry that would name it).
     waiting_for_writers: Mutex<HashMap<u64, HashSet<PathBuf>>>,
-    /// Cleared by a transient failure, set again by the next answer: its return wakes the
-    /// paths waiting out a retry.
-    pub(super) service_answers: AtomicBool,
     events: mpsc::UnboundedSender<Event>,
     intake: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     /// Events sent but not yet turned into marks: they count as pending work.
@@ -180,7 +177,6 @@ impl Engine {
             hash_budget: HashBudget::new(crate::hash::default_workers()),
             writers,
             waiting_for_writers: Mutex::default(),
-            service_answers: AtomicBool::new(true),
             events,
             intake: Mutex::new(Some(intake)),
             unmarked_events: Arc::default(),
@@ -611,10 +607,13 @@ impl Drop for InFlight {
     }
 }
 
-/// Exponential backoff with jitter, per path: 200 ms doubling to 10 s, times 0.5–1.5. The cap is
-/// low because a path's wait ends early anyway once the service answers again.
+/// Exponential backoff with jitter, per path: 200 ms doubling to 2 s, times 0.5–1.5. Another
+/// path's success never cuts it short. The cap is low because a failing service is spared by the
+/// clients' pacers (`api::pacer`), not by this: a path waiting at a pacer holds a worker and
+/// sends nothing, and under a service failing one call in three a path's look (several calls)
+/// fails often, and a longer wait would leave its last paths waiting for minutes.
 fn backoff(attempts: u32) -> Duration {
-    let base = Duration::from_millis(200).saturating_mul(1 << attempts.min(6));
-    base.min(Duration::from_secs(10))
+    let base = Duration::from_millis(200).saturating_mul(1 << attempts.min(4));
+    base.min(Duration::from_secs(2))
         .mul_f64(rand::random::<f64>() + 0.5)
 }

@@ -5,7 +5,6 @@
 //! hand-off per path, and nothing blocking on the async workers.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::decide::{decide, Action, Content, Facts, Local};
@@ -244,8 +243,7 @@ impl Engine {
                 Action::Remember { media_id } => media_id,
                 Action::Update { media_id } => {
                     let state = self.state_of(stat, hash).at(Step::Local)?;
-                    match self.call(self.wait(self.api.update(self.config.grant, media_id, &state)))
-                    {
+                    match self.wait(self.api.update(self.config.grant, media_id, &state)) {
                         Ok(()) => {
                             self.report.lock().unwrap().totals.updated += 1;
                             media_id
@@ -289,7 +287,7 @@ impl Engine {
     fn create(&self, key: &str, media: NewMedia) -> Result<MediaId, Failed> {
         self.index.mark_unsure(key, &media).at(Step::Local)?;
         let answer = self.wait(self.api.create(self.config.grant, &media));
-        match self.call(answer).at(Step::Create)? {
+        match answer.at(Step::Create)? {
             CreateOutcome::Created(id) => {
                 self.refuse_others_id(key, id).at(Step::Create)?;
                 self.report.lock().unwrap().totals.created += 1;
@@ -306,7 +304,7 @@ impl Engine {
                         record.media_id,
                         &media.state,
                     ));
-                    self.call(answer).at(Step::Update)?;
+                    answer.at(Step::Update)?;
                     self.report.lock().unwrap().totals.updated += 1;
                 }
                 Ok(record.media_id)
@@ -367,7 +365,7 @@ impl Engine {
             }
             other => unreachable!("{other:?} for an absent path"),
         };
-        match self.call(self.wait(self.api.delete(self.config.grant, media_id))) {
+        match self.wait(self.api.delete(self.config.grant, media_id)) {
             Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
             // Already gone.
             Err(err) => drop(self.judge(Step::Delete, err)?),
@@ -378,7 +376,7 @@ impl Engine {
     /// Creates `media` again to learn the id of the record a lost create answer named; the id
     /// is stored at once, so a retry deletes by id. `None`: no live record has the path.
     fn find(&self, key: &str, media: &NewMedia) -> Result<Option<MediaId>, Failed> {
-        let media_id = match self.call(self.wait(self.api.create(self.config.grant, media))) {
+        let media_id = match self.wait(self.api.create(self.config.grant, media)) {
             Ok(CreateOutcome::Created(id)) => id,
             Ok(CreateOutcome::Conflict(record)) if record.is_deleted => return Ok(None),
             Ok(CreateOutcome::Conflict(record)) => record.media_id,
@@ -405,20 +403,6 @@ impl Engine {
 
     fn clear_unsure(&self, key: &str) -> Result<(), Failed> {
         self.index.clear_unsure(key).at(Step::Local)
-    }
-
-    /// Notes whether the service answers: the first answer after a transient failure wakes every
-    /// path waiting out a retry.
-    pub(super) fn call<T>(&self, answer: Result<T, ApiError>) -> Result<T, ApiError> {
-        match &answer {
-            Err(ApiError::Transient(_)) => self.service_answers.store(false, Ordering::Relaxed),
-            _ => {
-                if !self.service_answers.swap(true, Ordering::Relaxed) {
-                    self.queue.wake_retries();
-                }
-            }
-        }
-        answer
     }
 
     fn state_of(&self, stat: &FileStat, hash: &Option<String>) -> Result<MediaState, Failure> {

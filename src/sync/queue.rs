@@ -199,28 +199,6 @@ impl WorkQueue {
         self.changed.notify_waiters();
     }
 
-    /// The service answers again: every path waiting out a retry is due now, its backoff reset,
-    /// rather than each finding out at the end of its own wait.
-    pub fn wake_retries(&self) {
-        let mut state = self.state.lock().unwrap();
-        let now = Instant::now();
-        let waiting: Vec<PathBuf> = state
-            .pending
-            .iter()
-            .filter(|(_, pending)| pending.attempts > 0 && pending.due > now)
-            .map(|(path, _)| path.clone())
-            .collect();
-        if waiting.is_empty() {
-            return;
-        }
-        for path in waiting {
-            let pending = state.pending.remove(&path).expect("listed");
-            state.schedule(path, now, now, pending.hint, 0);
-        }
-        drop(state);
-        self.changed.notify_waiters();
-    }
-
     /// Stops or restarts handing out work (a refused key pauses all sending).
     pub fn set_paused(&self, paused: bool) {
         self.state.lock().unwrap().paused = paused;
@@ -325,29 +303,6 @@ mod tests {
         let (_, _, attempts) = queue.next().await;
         assert_eq!(attempts, 1);
         assert!(before.elapsed() >= Duration::from_secs(2));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn waking_retries_makes_them_due_at_once_with_their_backoff_reset() {
-        let queue = WorkQueue::new(Duration::ZERO);
-        queue.mark(Path::new("r"), Hint::Content);
-        let (path, hint, attempts) = queue.next().await;
-        queue.finish(
-            &path,
-            Finish::Retry {
-                delay: Duration::from_secs(30),
-                hint,
-            },
-            attempts + 5,
-        );
-        let start = Instant::now();
-        queue.wake_retries();
-        let (again, hint, attempts) = queue.next().await;
-        assert_eq!(
-            (again.as_path(), hint, attempts),
-            (path.as_path(), Hint::Content, 0)
-        );
-        assert!(start.elapsed() < Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

@@ -435,6 +435,41 @@ async fn transient_errors_are_retried_until_they_pass() {
     assert_eq!(rig.live().len(), 1);
 }
 
+/// A path backing off keeps its wait when another path gets through: the service answering one
+/// call says nothing of when to press it again (its pacer says that), and waking every waiting
+/// path at once hammered a service that had only partly recovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_paths_success_does_not_cut_a_backoff_short() {
+    let rig = Rig::new();
+    rig.api
+        .fail_next(4, ApiError::Transient("503 from the test".into()));
+    rig.write("failing", b"1");
+    // After its fourth failure the path waits 1.6 s, times 0.5-1.5: at least 0.8 s.
+    let failed_four_times = async {
+        while rig.calls(Call::Create) < 4 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), failed_four_times)
+        .await
+        .expect("four failed creates");
+    rig.write("fine", b"2");
+    let sent = async {
+        while !rig.live().contains_key("fine") {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), sent)
+        .await
+        .expect("the other path is sent");
+    // Waking it took one hand-off to a worker: well within this, and within its backoff.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rig.calls(Call::Create), 5, "{:?}", rig.api.records(1));
+    // Its own wait over, it is sent.
+    rig.settled().await;
+    assert_eq!(rig.live().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_answer_is_resent_and_adopted_without_a_second_record() {
     let rig = Rig::new();

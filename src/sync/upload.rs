@@ -518,7 +518,7 @@ impl Engine {
         if let Some(allows) = known(self) {
             return Ok(allows);
         }
-        let list = self.call(self.api.media_grants().await).at(Step::Upload)?;
+        let list = self.api.media_grants().await.at(Step::Upload)?;
         let wanted = self.config.grant.to_string();
         let encrypted = list
             .media_grant_list
@@ -646,8 +646,7 @@ impl Engine {
             file_hash: hash.to_string(),
             file_size: stat.size,
         };
-        self.call(api.s3_object(grant, &register).await)
-            .at(Step::S3Object)?;
+        api.s3_object(grant, &register).await.at(Step::S3Object)?;
         Ok(Content::Held)
     }
 
@@ -678,7 +677,7 @@ impl Engine {
                 waiting.drain(..taken).collect()
             };
             let files: Vec<FileRef> = batch.iter().map(|(file, _)| file.clone()).collect();
-            match self.call(api.upload(self.config.grant, &files).await) {
+            match api.upload(self.config.grant, &files).await {
                 Ok(answer) => {
                     let disabled = answer.upload_disabled == Some(true);
                     let mut items: HashMap<String, UploadItem> = answer
@@ -780,7 +779,7 @@ impl Engine {
         if changed_meanwhile.load(Ordering::Relaxed) {
             return Err(changed());
         }
-        self.call(answer).at(step)
+        answer.at(step)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -826,10 +825,7 @@ impl Engine {
                         })
                         .collect(),
                 };
-                let answer = match self
-                    .call(api.multipart(grant, &request).await)
-                    .at(Step::Multipart)?
-                {
+                let answer = match api.multipart(grant, &request).await.at(Step::Multipart)? {
                     MultipartStart::Held => return Ok(Content::Held),
                     MultipartStart::NoActiveFile => {
                         return Err(Failed(
@@ -937,7 +933,7 @@ impl Engine {
                 })
                 .collect(),
         };
-        let completed = self.call(api.multipart_complete(grant, &complete).await);
+        let completed = api.multipart_complete(grant, &complete).await;
         if let Err(err) = completed {
             let failed = Failed(Step::MultipartComplete, Failure::Api(err));
             return Err(self.maybe_start_over(hash, failed).await);

@@ -44,7 +44,7 @@ pub fn run_case(emulator_args: &[&str], settle_ms: u64, ops: &[Op], tally: &Tall
         &["--settle-ms", &settle, "--drain-timeout", "20"],
     )
     .expect("FUSE is available (checked before)");
-    // Under faults a path may back off for up to 45 s between attempts: a generous deadline.
+    // Under faults a path backs off up to 3 s and the service's pacer up to 7.5 s: a generous deadline.
     let wait = if emulator_args.is_empty() { 60 } else { 300 };
     let mut model = Model::default();
     for op in ops {

@@ -402,7 +402,7 @@ impl Mount {
         self.wait_synced_within(60)
     }
 
-    /// `wait_synced` with another deadline (retries back off up to 45 s under heavy faults).
+    /// `wait_synced` with another deadline (retries and probes back off up to 7.5 s under heavy faults).
     pub fn wait_synced_within(&self, timeout_secs: u64) {
         wait_synced_by(self.maxlofs(), &self.mnt, timeout_secs, || self.log_text());
     }
