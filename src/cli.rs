@@ -380,15 +380,9 @@ fn init_logging(level: Option<LogLevel>) {
         .try_init();
 }
 
-/// A path the command will not use as it stands (a state folder or log file that a symlink or
-/// another user put there): refused like a usage error, with what to do.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(pub String);
-
 /// Parses arguments, runs the subcommand, and answers the process exit code. Usage and
 /// configuration errors exit with 2 (clap's convention), as does a mount refused for what it was
-/// asked to mount (`daemon::NotMounted`) or a path it will not use (`Refused`); failures with 1;
+/// asked to mount or a state or log path it will not use (`daemon::NotMounted`); failures with 1;
 /// `status --wait` and `verify` have exit codes of their own for what they found.
 pub fn main() -> i32 {
     let cli = crate::config::parse(std::env::args_os()).unwrap_or_else(|err| err.exit());
@@ -422,11 +416,9 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(err) => {
             eprintln!("maxlofs: {}", crate::output::error_line(&err));
-            let refused = err.downcast_ref::<Refused>().is_some()
-                || err.downcast_ref::<crate::daemon::NotMounted>().is_some();
-            match refused {
-                true => 2,
-                false => 1,
+            match err.downcast_ref::<crate::daemon::NotMounted>() {
+                Some(_) => 2,
+                None => 1,
             }
         }
     }

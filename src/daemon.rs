@@ -15,7 +15,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 
 use crate::api::http::{HttpApi, Timeouts};
 use crate::api::{ApiError, GrantId, Keys, MediaApi, SecretKey};
-use crate::cli::{MountArgs, Refused};
+use crate::cli::MountArgs;
 use crate::fs::sys;
 use crate::fs::{MountConfig, OpenWriters};
 use crate::sync::ignore::IgnoreRules;
@@ -254,12 +254,12 @@ fn open_state_dir(state_dir: &Path) -> anyhow::Result<StateDir> {
     let fd = match fd {
         Ok(fd) => fd,
         Err(err) if matches!(err.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-            return Err(Refused(format!(
+            return Err(anyhow::anyhow!(
                 "the state folder {} is a symlink or not a folder: maxlofs does not follow it \
                  (another user may have put it there); remove it or choose another --state-dir",
                 path.display()
-            ))
-            .into())
+            )
+            .context(NotMounted))
         }
         Err(err) => {
             return Err(err).with_context(|| format!("opening state folder {}", path.display()))
@@ -317,13 +317,13 @@ fn refuse_not_ours(path: &Path, what: &str, meta: &std::fs::Metadata) -> anyhow:
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
     if meta.uid() != me {
-        return Err(Refused(format!(
+        return Err(anyhow::anyhow!(
             "{} ({what}) belongs to uid {}, but maxlofs runs as uid {me}: give it to this user \
              (chown) or choose another --state-dir",
             path.display(),
             meta.uid()
-        ))
-        .into());
+        )
+        .context(NotMounted));
     }
     Ok(())
 }
@@ -340,7 +340,8 @@ const SERVICE_CHECK_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// A mount refused for what it was asked to mount, before anything was mounted: a key the
 /// service refuses, a disabled device, a grant it does not have or that cannot be mounted, a
-/// prefix no media_path can start with. Added as context to the error; `maxlofs mount` then
+/// prefix no media_path can start with, a state folder or log file that a symlink or another
+/// user put there. Added as context to the error; `maxlofs mount` then
 /// exits with 2, as for a usage error, not 1.
 #[derive(Debug)]
 pub struct NotMounted;

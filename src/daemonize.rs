@@ -28,7 +28,7 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 
-use crate::cli::{MountArgs, Refused};
+use crate::cli::MountArgs;
 use crate::mutex::lock;
 
 pub const READY_FD_ENV: &str = "MAXLOFS_READY_FD";
@@ -208,11 +208,11 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
     }
     let opening = || format!("opening the log file {}", path.display());
     let refused = |why: &str| -> anyhow::Error {
-        Refused(format!(
+        anyhow::anyhow!(
             "the log file {} {why}: remove it or choose another --log-file",
             path.display()
-        ))
-        .into()
+        )
+        .context(crate::daemon::NotMounted)
     };
     // O_NONBLOCK: a FIFO put there fails to open rather than hold us; a file ignores it.
     let open = |new: bool| {
