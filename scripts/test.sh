@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, then runs every test, FUSE mounts included, on
+# The test command: installs what the tests need, checks the code's form (rustfmt, and clippy with
+# every warning an error), then runs every test, FUSE mounts included, on
 # /dev/fuse, then the tests again on FUSE over io_uring where the kernel has it (setting its global
 # switch, enable_uring, for that pass and putting it back), and closes with one summary line over
 # all test binaries of both passes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+cargo fmt --all --check
+cargo clippy --all-targets --quiet -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

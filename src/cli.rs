@@ -242,10 +242,16 @@ pub struct MountArgs {
     /// Send records only, never the files' content (what maxlofs did before it uploaded).
     #[arg(long, env = "MAXLOFS_NO_UPLOAD")]
     pub no_upload: bool,
-    /// Content PUTs under way at once (whole files and parts, over all files).
+    /// Large content PUTs under way at once (parts, and files over 1 MiB, over all files): the
+    /// streams that share the link.
     #[arg(long, env = "MAXLOFS_UPLOAD_CONCURRENCY", default_value_t = 4,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub upload_concurrency: u16,
+    /// Small content PUTs (files of at most 1 MiB) under way at once, besides the large ones:
+    /// their time is the round trip, so many overlap.
+    #[arg(long, env = "MAXLOFS_SMALL_UPLOAD_CONCURRENCY", default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub small_upload_concurrency: u16,
     /// Upload rate limit over all uploads, in bytes per second: a number with an optional K, M
     /// or G (KiB, MiB, GiB), e.g. 20M [default: no limit].
     #[arg(long, env = "MAXLOFS_UPLOAD_LIMIT", value_name = "RATE", value_parser = parse_rate)]

@@ -482,6 +482,7 @@ fn upload_config(
         api: Some(Arc::new(client)),
         records_only: None,
         concurrency: args.upload_concurrency.into(),
+        small_concurrency: args.small_upload_concurrency.into(),
         limit: args.upload_limit,
         grant_unchecked: facts.is_none(),
     })

@@ -84,6 +84,7 @@ fn defaults_apply_when_nothing_is_configured_and_paths_become_absolute() {
             "new_backing": false,
             "no_upload": false,
             "upload_concurrency": 4,
+            "small_upload_concurrency": 32,
             "upload_limit": null,
             "drain_timeout": 30,
             "threads": 4,

@@ -277,6 +277,37 @@ fn a_multipart_upload_stops_when_its_file_is_deleted_and_goes_on_when_it_is_rena
     );
 }
 
+/// Small files have PUT slots of their own: one is sent while a large transfer holds every
+/// large slot, not after it.
+#[test]
+fn a_small_file_is_not_held_behind_a_large_transfer() {
+    let emulator = Emulator::start(&[]);
+    // One large PUT at a time, at 1 MiB/s: the 16 MiB file, sent whole, takes 16 s.
+    let mount = mount!(
+        emulator,
+        &["--upload-limit", "1M", "--upload-concurrency", "1"]
+    );
+    std::fs::write(mount.path("big.mov"), bytes(16 * MIB, 90)).unwrap();
+    wait_uploaded(&mount, MIB as u64);
+    std::fs::write(mount.path("small.jpg"), bytes(4096, 91)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !emulator.live().contains_key("small.jpg") {
+        assert!(
+            Instant::now() < deadline,
+            "small.jpg never reached the catalog"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left = mount.status()["upload_bytes_left"].as_u64().unwrap_or(0);
+    assert!(
+        left > 0,
+        "small.jpg was recorded only once the large transfer had ended"
+    );
+    assert!(!emulator.live().contains_key("big.mov"));
+    mount.wait_synced_within(60);
+    assert_content_matches(&emulator, &mount);
+}
+
 /// Signed URLs that expire before the upload can end (a slow link, a large file): new ones are
 /// asked for the same upload, and only the parts still missing go up, so the upload ends.
 #[test]

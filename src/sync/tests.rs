@@ -116,6 +116,7 @@ impl Rig {
                     api: Some(api),
                     records_only: None,
                     concurrency: 2,
+                    small_concurrency: 2,
                     limit: None,
                     grant_unchecked: options.grant_unchecked,
                 },

@@ -47,8 +47,11 @@ pub struct UploadConfig {
     pub api: Option<Arc<dyn ContentApi>>,
     /// Why records only, for the log and status (when `api` is `None`).
     pub records_only: Option<String>,
-    /// PUTs under way at once, over all files.
+    /// Large PUTs under way at once (parts, and whole files over `SMALL_PUT_MAX`), over all
+    /// files.
     pub concurrency: usize,
+    /// Small PUTs (whole files of at most `SMALL_PUT_MAX`) under way at once, besides.
+    pub small_concurrency: usize,
     /// Bytes per second over all uploads; `None`: no limit.
     pub limit: Option<u64>,
     /// Whether the grant's volume is encrypted is not known yet (the service could not be
@@ -66,6 +69,7 @@ impl UploadConfig {
             api: None,
             records_only: Some(why.to_string()),
             concurrency: 1,
+            small_concurrency: 1,
             limit: None,
             grant_unchecked: false,
         }
@@ -79,6 +83,12 @@ const URLS_MAX_AGE_SECS: i64 = 7 * 24 * 3600;
 
 /// Bytes read from the file per chunk of a PUT's body.
 const CHUNK: u64 = 1024 * 1024;
+
+/// A PUT of at most this many bytes is small: its time is the round trip, not the bytes, so many
+/// run at once (`UploadConfig::small_concurrency`) and overlap their round trips, while the large
+/// transfers keep a few streams that share the link. The size of the files the hasher keeps in
+/// memory: a small PUT is one chunk.
+pub const SMALL_PUT_MAX: u64 = super::hasher::KEPT_MAX;
 
 /// How one content upload ended, shared with the paths waiting on it (`None` until it has).
 type FlightResult = Option<Flown>;
@@ -126,7 +136,10 @@ pub(super) struct Uploads {
     grant_check: tokio::sync::Mutex<()>,
     /// Set while the service answers `upload_disabled`.
     service_off: AtomicBool,
+    /// Slots of the large PUTs.
     puts: Arc<Semaphore>,
+    /// Slots of the small PUTs: a small file never waits behind a large transfer.
+    small_puts: Arc<Semaphore>,
     limit: Option<Arc<RateLimit>>,
     meter: Arc<Meter>,
     /// One upload per content at a time: a second path with the same hash waits for the first's
@@ -144,6 +157,7 @@ impl Uploads {
             grant_check: tokio::sync::Mutex::const_new(()),
             service_off: AtomicBool::new(false),
             puts: Arc::new(Semaphore::new(config.concurrency.max(1))),
+            small_puts: Arc::new(Semaphore::new(config.small_concurrency.max(1))),
             limit: config.limit.filter(|&rate| rate > 0).map(RateLimit::new),
             meter: Arc::default(),
             flights: Mutex::default(),
@@ -739,7 +753,7 @@ impl Engine {
     }
 
     /// PUTs `[offset, offset + len)` of the file at `path` (as `stat` describes it) in one of the
-    /// PUT slots, within the rate limit.
+    /// PUT slots of its size, within the rate limit.
     #[allow(clippy::too_many_arguments)]
     async fn put(
         self: &Arc<Self>,
@@ -753,13 +767,11 @@ impl Engine {
         tally: &Arc<Tally>,
         step: Step,
     ) -> Result<String, Failed> {
-        let _slot = self
-            .uploads
-            .puts
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        let slots = match len <= SMALL_PUT_MAX {
+            true => &self.uploads.small_puts,
+            false => &self.uploads.puts,
+        };
+        let _slot = slots.clone().acquire_owned().await.expect("never closed");
         // The upload of a file deleted or renamed away stops at its next PUT: the content of a
         // deleted file is not wanted, and a new name of it takes the upload over.
         self.still_at(path, stat)?;
