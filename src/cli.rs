@@ -209,9 +209,11 @@ pub struct MountArgs {
     #[arg(long, env = "MAXLOFS_SETTLE_MS", default_value_t = 500)]
     pub settle_ms: u64,
     /// Paths synced at once, each making one API request at a time (content PUTs are also
-    /// limited by --upload-concurrency). More paths than PUT slots keep the slots busy while
-    /// other paths hash, ask, register and create.
-    #[arg(long, env = "MAXLOFS_CONCURRENCY", default_value_t = 16)]
+    /// limited by --upload-concurrency and --small-upload-concurrency). A small file's way up is
+    /// four dependent round trips (upload, PUT, s3_object, record), so it takes this many paths
+    /// in flight to go at the pace of direct record creates; more paths than PUT slots keep the
+    /// slots busy while other paths hash, ask, register and create.
+    #[arg(long, env = "MAXLOFS_CONCURRENCY", default_value_t = 64)]
     pub concurrency: usize,
     /// Entries in the media_id LRU.
     #[arg(long, env = "MAXLOFS_CACHE_ENTRIES", default_value_t = 100_000)]

@@ -76,7 +76,7 @@ fn defaults_apply_when_nothing_is_configured_and_paths_become_absolute() {
             "user_key_file": null,
             "state_dir": null,
             "settle_ms": 500,
-            "concurrency": 16,
+            "concurrency": 64,
             "cache_entries": 100000,
             "ignore": [],
             "no_default_ignore": [],
