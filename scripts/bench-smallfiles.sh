@@ -20,6 +20,9 @@
 # The three alternate within each round. Prints per size the best and the median of ROUNDS
 # rounds for each column, and the ratios of times mount/direct (target <= 1.5) and
 # no-upload/direct.
+# A bound from the settings: 4 PUT slots at LATENCY_MS per PUT take N x LATENCY_MS / 4 for the
+# PUTs alone, 8 threads of creates N x LATENCY_MS / 8 plus their own costs: about 2x at the
+# mount's default --upload-concurrency (docs/performance.md, "Uploads: fair baselines").
 #
 # Usage: [FILES_4K=2000] [FILES_256K=1000] [LATENCY_MS=20] [ROUNDS=3] scripts/bench-smallfiles.sh
 # Full size: scripts/bench-smallfiles.sh
