@@ -28,20 +28,6 @@ python3 -c "
 import os,sys
 for i in range($files):
     open(os.path.join('$work/src', f'f{i:05d}'), 'wb').write(os.urandom(4096))"
-check_live() {
-  local live
-  live=$(curl -fsS "$api/_emulator/media_grant/1/media" | python3 -c 'import json,sys; print(sum(not r["is_deleted"] for r in json.load(sys.stdin)["media_list"]))')
-  [ "$live" = "$files" ] || { echo "only $live of $files records"; exit 1; }
-}
-# When the last record reached the catalog (epoch seconds): the emulator's own last_updated, so
-# neither the mount's start-up polling nor `status --wait`'s is counted.
-last_record() {
-  curl -fsS "$api/_emulator/media_grant/1/media" | python3 -c '
-import json, sys
-from datetime import datetime
-records = json.load(sys.stdin)["media_list"]
-print(max(datetime.fromisoformat(r["last_updated"].replace("Z", "+00:00")).timestamp() for r in records))'
-}
 ratio() { # ratio LABEL SECONDS
   python3 -c "d=$direct_s; m=$2; print(f'$1: direct {d:.2f} s, through maxlofs {m:.2f} s, ratio {m/d:.2f}x')"
 }
@@ -60,7 +46,7 @@ for round in $(seq "$rounds"); do
   mount_at "$work/backing-pre$round" "$work/mnt-pre" "$work/state-pre$round" 0
   "$bin" status "$work/mnt-pre" --wait --timeout 600 >/dev/null
   t1=$(last_record)
-  check_live
+  check_live "$files"
   umount "$work/mnt-pre"; wait "$mount_pid"
   ratio "round $round: sync engine alone (files present at mount)" "$t1 - $t0"
   ratios+=("$(python3 -c "print(($t1 - $t0) / $direct_s)")")
@@ -79,7 +65,7 @@ for settle in 0 500; do
   cp -r "$work/src" "$work/mnt$settle/files"
   "$bin" status "$work/mnt$settle" --wait --timeout 600 >/dev/null
   t1=$(last_record)
-  check_live
+  check_live "$files"
   umount "$work/mnt$settle"; wait "$mount_pid"
   ratio "cp -r into the mount + sync, settle $settle ms" "$t1 - $t0"
 done
