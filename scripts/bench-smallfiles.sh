@@ -11,8 +11,8 @@
 #  - mount: the files are in BACKING when the mount starts, as on bench-catalog.sh's mount side
 #    ("sync engine alone"), so the time is the engine's, not cp's through FUSE; timed from the
 #    mount command to the emulator's last_updated of the last record (then `status --wait` and a
-#    check that all N records are live). The mount's defaults otherwise (--concurrency 16,
-#    --upload-concurrency 4): hash, `upload` (asked for several files at once), PUT,
+#    check that all N records are live). The mount's defaults otherwise (--concurrency 64,
+#    --small-upload-concurrency 32): hash, `upload` (asked for several files at once), PUT,
 #    `s3_object` and the create for each file:
 #      maxlofs mount BACKING MNT --foreground --api $api --state-dir STATE --settle-ms 0
 #      maxlofs status MNT --wait
@@ -20,9 +20,10 @@
 # The three alternate within each round. Prints per size the best and the median of ROUNDS
 # rounds for each column, and the ratios of times mount/direct (target <= 1.5) and
 # no-upload/direct.
-# A bound from the settings: 4 PUT slots at LATENCY_MS per PUT take N x LATENCY_MS / 4 for the
-# PUTs alone, 8 threads of creates N x LATENCY_MS / 8 plus their own costs: about 2x at the
-# mount's default --upload-concurrency (docs/performance.md, "Uploads: fair baselines").
+# A bound from the settings: a file's way up is about four round trips after one another
+# (`upload`, shared with other files, PUT, `s3_object`, the create), so P paths in flight take
+# N x 4 x LATENCY_MS / P, against N x LATENCY_MS / 8 for 8 threads of creates: 64 paths (the
+# default --concurrency) leave room to spare (docs/performance.md, "Uploads: fair baselines").
 #
 # Usage: [FILES_4K=2000] [FILES_256K=1000] [LATENCY_MS=20] [ROUNDS=3] scripts/bench-smallfiles.sh
 # Full size: scripts/bench-smallfiles.sh
