@@ -135,10 +135,14 @@ pub fn hash_with_parts<F: FileExt + Sync>(
         }
         Some(part) => {
             let part_digests = hash_parts(file, size, part, workers, progress)?;
-            let digest = Sha256::digest(part_digests.concat()).into();
-            Ok((FileHash(digest), part_digests))
+            Ok((hash_of_parts(&part_digests), part_digests))
         }
     }
+}
+
+/// The hash of a multipart file from the SHA-256 digests of its parts, in order.
+pub fn hash_of_parts(part_digests: &[[u8; 32]]) -> FileHash {
+    FileHash(Sha256::digest(part_digests.concat()).into())
 }
 
 /// The File Hashing parts of a file of `size` bytes as (offset, length), in order; one part for

@@ -85,15 +85,7 @@ impl S3Answer {
 }
 
 fn send(request: reqwest::blocking::RequestBuilder) -> S3Answer {
-    let response = request.send().expect("an answer");
-    S3Answer {
-        status: response.status().as_u16(),
-        etag: response
-            .headers()
-            .get("etag")
-            .map(|v| v.to_str().unwrap().to_string()),
-        body: response.bytes().unwrap().to_vec(),
-    }
+    send_answer(request.send().expect("an answer"))
 }
 
 fn put(url: &str, body: &[u8]) -> S3Answer {
@@ -248,6 +240,65 @@ impl Multipart {
                    "s3_bucket_id": BUCKET, "upload_id": upload_id, "part_list": part_list}),
         )
     }
+}
+
+/// S3's ETag of a multipart object: the MD5 of its parts' binary MD5s, `-` and the number of
+/// parts, in quotes.
+fn multipart_etag_of(file: &Multipart) -> String {
+    let md5s: Vec<u8> = (1..=file.parts.len() as u64)
+        .flat_map(|n| Md5::digest(file.part(n)).to_vec())
+        .collect();
+    format!(
+        "\"{}-{}\"",
+        hex::encode(Md5::digest(md5s)),
+        file.parts.len()
+    )
+}
+
+/// A ranged GET: the answer and its Content-Range.
+fn get_range(url: &str, range: &str) -> (S3Answer, Option<String>) {
+    let response = reqwest::blocking::Client::new()
+        .get(url)
+        .header("range", range)
+        .send()
+        .unwrap();
+    let content_range = response
+        .headers()
+        .get("content-range")
+        .map(|v| v.to_str().unwrap().to_string());
+    (send_answer(response), content_range)
+}
+
+fn send_answer(response: reqwest::blocking::Response) -> S3Answer {
+    S3Answer {
+        status: response.status().as_u16(),
+        etag: response
+            .headers()
+            .get("etag")
+            .map(|v| v.to_str().unwrap().to_string()),
+        body: response.bytes().unwrap().to_vec(),
+    }
+}
+
+/// The signed download URL of a held object.
+fn download_url(emulator: &Emulator, file_hash: &str) -> String {
+    let (status, body) = call(emulator, "download", json!({"hash_list": [file_hash]}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["download_list"][0]["is_deleted"], false, "{body}");
+    body["download_list"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Uploads `file` in parts and completes it.
+fn store_in_parts(emulator: &Emulator, file: &Multipart) {
+    let answer = file.start(emulator);
+    let etags: Vec<String> = (1..=file.parts.len() as u64)
+        .map(|n| file.put_part(&answer, n))
+        .collect();
+    let (status, body) = file.complete(emulator, &answer.upload_id, part_list(&etags));
+    assert_eq!(status, 201, "{body}");
 }
 
 fn part_list(etags: &[String]) -> Value {
@@ -550,6 +601,90 @@ fn a_large_file_goes_up_in_parts_in_any_order_and_is_assembled() {
         (beyond.status, beyond.code().as_str()),
         (416, "InvalidRange")
     );
+}
+
+/// A completed multipart object is served from its parts: whole, in ranges across part
+/// boundaries, with S3's multipart ETag on GET and HEAD; corrupting it damages what downloads
+/// serve; deleting it forgets it.
+#[test]
+fn a_multipart_object_is_served_from_its_parts() {
+    let emulator = start(&[]);
+    let file = Multipart::new(16 * MIB + 1000);
+    store_in_parts(&emulator, &file);
+    let url = download_url(&emulator, &file.file_hash);
+    let etag = multipart_etag_of(&file);
+    assert!(etag.ends_with("-3\""), "{etag}");
+
+    let whole = get(&url);
+    assert_eq!(whole.status, 200);
+    assert_eq!(sha256_hex(&whole.body), sha256_hex(&file.content));
+    assert_eq!(whole.etag.as_deref(), Some(etag.as_str()));
+    let head = reqwest::blocking::Client::new().head(&url).send().unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["etag"], etag.as_str());
+    assert_eq!(
+        head.headers()["content-length"],
+        file.content.len().to_string().as_str()
+    );
+    assert!(head.bytes().unwrap().is_empty());
+
+    let size = file.content.len() as u64;
+    let boundary = 8 * MIB as u64;
+    for (first, last) in [
+        (boundary - 100, boundary + 99),
+        (boundary, boundary),
+        (boundary - 1, boundary),
+        // From the last byte of part 1 to the first of part 3.
+        (boundary - 1, 2 * boundary),
+        (2 * boundary - 5, size - 1),
+        (3, size - 3),
+    ] {
+        let (answer, content_range) = get_range(&url, &format!("bytes={first}-{last}"));
+        assert_eq!(answer.status, 206, "{first}-{last}");
+        assert_eq!(
+            content_range.as_deref(),
+            Some(format!("bytes {first}-{last}/{size}").as_str())
+        );
+        assert_eq!(answer.etag.as_deref(), Some(etag.as_str()));
+        assert!(
+            answer.body == file.content[first as usize..=last as usize],
+            "bytes {first}-{last}"
+        );
+    }
+    let (answer, _) = get_range(&url, &format!("bytes={}-", boundary * 2 - 1));
+    assert!(answer.body == file.content[2 * 8 * MIB - 1..]);
+
+    let client = reqwest::blocking::Client::new();
+    let object = format!("{}/_emulator/objects/{}", emulator.url, file.file_hash);
+    assert_eq!(
+        client
+            .post(format!("{object}/corrupt"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let damaged = get(&url).body;
+    assert_eq!(damaged.len(), file.content.len());
+    assert_eq!(damaged[0], file.content[0] ^ 0xff);
+    assert!(damaged[1..] == file.content[1..]);
+    assert_ne!(sha256_hex(&damaged), sha256_hex(&file.content));
+    let (answer, _) = get_range(&url, "bytes=0-9");
+    assert_eq!(answer.body[0], file.content[0] ^ 0xff);
+    assert_eq!(held(&emulator), [(file.file_hash.clone(), size)]);
+
+    assert_eq!(client.delete(&object).send().unwrap().status(), 200);
+    assert!(held(&emulator).is_empty());
+    assert_eq!(get(&url).code(), "NoSuchKey");
+    let (_, body) = call(
+        &emulator,
+        "download",
+        json!({"hash_list": [file.file_hash]}),
+    );
+    assert_eq!(body["download_list"][0]["is_deleted"], true);
+    // Not held any more: it can be uploaded again.
+    store_in_parts(&emulator, &file);
+    assert!(get(&url).body == file.content);
 }
 
 /// `multipart` asked again for an upload under way (its URLs expired) answers the same upload
@@ -876,9 +1011,17 @@ fn objects_uploads_and_signed_urls_survive_a_restart_with_db() {
         part_list(&[etag1, etag2, etag3]),
     );
     assert_eq!(status, 201, "{body}");
+    let url = download_url(&emulator, &file.file_hash);
     emulator.restart();
     assert_eq!(held(&emulator).len(), 3);
     assert!(held_bytes(&emulator, &file.file_hash).unwrap() == file.content);
+    // The download URL signed before the restart serves it, a range across parts too.
+    let downloaded = get(&url);
+    assert_eq!(sha256_hex(&downloaded.body), sha256_hex(&file.content));
+    assert_eq!(downloaded.etag, Some(multipart_etag_of(&file)));
+    let boundary = 8 * MIB;
+    let (answer, _) = get_range(&url, &format!("bytes={}-{}", boundary - 2, boundary + 1));
+    assert_eq!(answer.body, file.content[boundary - 2..boundary + 2]);
 
     // --objects puts them elsewhere; without --db or --objects nothing is kept.
     let elsewhere = dir.path().join("elsewhere");

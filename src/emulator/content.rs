@@ -2,7 +2,7 @@
 //! and `download` under a grant, the signed object URLs (`/_s3/...`, answering as S3 does) and
 //! the object inspection endpoints. The rules live in `objects::ObjectStore`.
 
-use super::objects::{BodyDigest, CompleteError, MultipartStart, S3Error};
+use super::objects::{BodyDigest, CompleteError, MultipartStart, Run, S3Error};
 use super::request::Payload;
 use super::server::{error_response, App};
 use super::stats::Call;
@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
-use futures_util::StreamExt;
+use futures_util::{stream, StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::io;
@@ -230,7 +230,7 @@ async fn multipart_complete(
 ) -> Result<Response, ContentError> {
     let request: MultipartCompleteRequest = authorized(&app, &grant, payload)?;
     let objects = app.objects.clone();
-    // Joining and hashing reads the whole file: off the async workers.
+    // A few small files per part: off the async workers.
     tokio::task::spawn_blocking(move || objects.complete(&request))
         .await
         .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))?;
@@ -272,7 +272,7 @@ async fn put_part(
 ) -> Result<Response, S3Error> {
     let (body, etag) = receive(&app, request).await?;
     let part_num = part_num.parse().map_err(|_| S3Error::signature())?;
-    match app.objects.keep_part(body, &upload_id, part_num) {
+    match app.objects.keep_part(body, &upload_id, part_num, &etag) {
         Ok(()) => Ok(stored(&etag)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Err(S3Error::new(
             404,
@@ -451,18 +451,18 @@ fn byte_range(header: Option<&str>, size: u64) -> ByteRange {
     }
 }
 
-/// The held object's bytes (those `range` asks for), streamed from its file; None when not held.
+/// The held object's bytes (those `range` asks for), streamed from its file or, for a multipart
+/// object, from its part files in order; None when not held. A multipart object's answer carries
+/// its ETag, as S3's GET does.
 async fn object_bytes(
     app: &App,
     file_hash: &str,
     range: Option<&str>,
 ) -> io::Result<Option<Result<Response, S3Error>>> {
-    let mut file = match tokio::fs::File::open(app.objects.object_path(file_hash)).await {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(err),
+    let Some(object) = app.objects.held_object(file_hash)? else {
+        return Ok(None);
     };
-    let size = file.metadata().await?.len();
+    let size = object.size;
     let (status, first, last) = match byte_range(range, size) {
         ByteRange::Whole => (StatusCode::OK, 0, size),
         ByteRange::Part(first, last) => (StatusCode::PARTIAL_CONTENT, first, last + 1),
@@ -474,16 +474,28 @@ async fn object_bytes(
             ))))
         }
     };
-    file.seek(io::SeekFrom::Start(first)).await?;
+    let mut runs = object.runs(first, last).into_iter();
+    let body = match runs.next() {
+        None => Body::empty(),
+        Some(run) => {
+            // The first file is opened before answering: an object removed meanwhile is a 404.
+            let opened = match open_run(run).await {
+                Ok(opened) => opened,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(err) => return Err(err),
+            };
+            let rest = stream::iter(runs).then(open_run);
+            Body::from_stream(stream::once(async { Ok(opened) }).chain(rest).try_flatten())
+        }
+    };
     let length = last - first;
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(length), 1 << 20);
     let mut response = (
         status,
         [
             (CONTENT_TYPE, "application/octet-stream".to_string()),
             (CONTENT_LENGTH, length.to_string()),
         ],
-        Body::from_stream(stream),
+        body,
     )
         .into_response();
     if status == StatusCode::PARTIAL_CONTENT {
@@ -492,7 +504,28 @@ async fn object_bytes(
             .headers_mut()
             .insert(CONTENT_RANGE, content_range.parse().expect("ASCII"));
     }
+    if let Some(etag) = object.etag {
+        let etag = etag.parse().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an ETag that is no header value",
+            )
+        })?;
+        response.headers_mut().insert(ETAG, etag);
+    }
     Ok(Some(Ok(response)))
+}
+
+/// The bytes of one run, streamed from its file.
+async fn open_run(
+    (path, offset, length): Run,
+) -> io::Result<tokio_util::io::ReaderStream<tokio::io::Take<tokio::fs::File>>> {
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(io::SeekFrom::Start(offset)).await?;
+    Ok(tokio_util::io::ReaderStream::with_capacity(
+        file.take(length),
+        1 << 20,
+    ))
 }
 
 async fn list_objects(State(app): State<App>) -> Result<Response, ContentError> {
