@@ -1,14 +1,20 @@
-//! Thin, safe wrappers over the libc calls the passthrough needs. Every call is relative to a file
-//! descriptor (`*at`, `AT_EMPTY_PATH`, or `/proc/self/fd/N` for `O_PATH` descriptors) and never
-//! follows a symlink in the backing tree; errors come back as the backing call's errno.
+//! Thin, safe wrappers over the system calls the passthrough needs: rustix's, or libc's where
+//! rustix has none. Every call is relative to a file descriptor (`*at`, `AT_EMPTY_PATH`, or
+//! `/proc/self/fd/N` for `O_PATH` descriptors) and never follows a symlink in the backing tree;
+//! errors come back as the backing call's errno.
 
 use fuser::Errno;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
 use std::ffi::{CStr, CString, OsStr};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub type Result<T> = std::result::Result<T, Errno>;
+
+/// What `stat` answers: the kernel's `struct stat`.
+pub type Stat = rustix::fs::Stat;
 
 pub fn last_errno() -> Errno {
     Errno::from(std::io::Error::last_os_error())
@@ -23,14 +29,14 @@ pub fn check<T: Copy + PartialOrd + Default>(ret: T) -> Result<T> {
     }
 }
 
+/// The errno of a failed rustix call, as a FUSE reply carries it.
+fn errno(error: rustix::io::Errno) -> Errno {
+    Errno::from_i32(error.raw_os_error())
+}
+
 /// Retries a call interrupted by a signal (the daemon's threads can receive SIGTERM/SIGINT).
-fn retry<T: Copy + PartialOrd + Default>(mut call: impl FnMut() -> T) -> Result<T> {
-    loop {
-        match check(call()) {
-            Err(e) if e == Errno::EINTR => continue,
-            other => return other,
-        }
-    }
+fn retry<T>(call: impl FnMut() -> rustix::io::Result<T>) -> Result<T> {
+    rustix::io::retry_on_intr(call).map_err(errno)
 }
 
 pub fn c_name(name: &OsStr) -> Result<CString> {
@@ -45,6 +51,11 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
 
 const EMPTY: &CStr = c"";
 
+/// Open flags as the kernel takes them: every bit of `flags` (libc's `O_*`), and close-on-exec.
+fn open_flags(flags: i32) -> OFlags {
+    OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC
+}
+
 /// # Safety
 /// `fd` must be an open descriptor that nothing else owns or will close (one a call just
 /// returned).
@@ -54,17 +65,7 @@ unsafe fn owned(fd: RawFd) -> OwnedFd {
 }
 
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) -> Result<OwnedFd> {
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    let fd = retry(|| unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    })?;
-    // SAFETY: a successful open returned `fd`, which nothing else holds.
-    Ok(unsafe { owned(fd) })
+    retry(|| rustix::fs::openat(dir, name, open_flags(flags), Mode::from_bits_retain(mode)))
 }
 
 /// An `O_PATH` descriptor for the directory at `path`, absolute or relative to the working
@@ -72,36 +73,16 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) 
 /// (A descriptor standing for the working directory is never made, so no `*at` helper here can
 /// be handed one and act on a path outside BACKING.)
 pub fn open_dir_path(path: &CStr) -> Result<OwnedFd> {
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    let fd = retry(|| unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: a successful open returned `fd`, which nothing else holds.
-    Ok(unsafe { owned(fd) })
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    retry(|| rustix::fs::open(path, flags, Mode::empty()))
 }
 
 /// Opens `path` (any number of components) below `dir` with `openat2`: the kernel refuses to
 /// leave `dir` (`..`, absolute paths) or to follow any symlink, even one that races in.
 pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> Result<OwnedFd> {
-    // SAFETY: open_how is plain data; all-zero is its "nothing asked" value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
-    // SAFETY: the descriptor is borrowed, the path NUL-terminated, and `how` is a valid open_how whose size is passed; all outlive the call.
-    let fd = retry(|| unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    })?;
-    // SAFETY: a successful openat2 returned `fd`, which nothing else holds.
-    Ok(unsafe { owned(fd as RawFd) })
+    let flags = open_flags(flags) | OFlags::NOFOLLOW;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+    retry(|| rustix::fs::openat2(dir, path, flags, Mode::empty(), resolve))
 }
 
 /// An `O_PATH` descriptor for `name` in `dir`, never following a symlink at `name`.
@@ -112,49 +93,41 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
 /// Opens the inode behind an `O_PATH` (or any) descriptor with real access `flags`.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
     let path = proc_fd_path(fd);
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    let fd = retry(|| unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: a successful open returned `fd`, which nothing else holds.
-    Ok(unsafe { owned(fd) })
+    retry(|| rustix::fs::open(path.as_c_str(), open_flags(flags), Mode::empty()))
 }
 
-pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<libc::stat> {
+pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<Stat> {
     stat_at(fd, EMPTY, libc::AT_EMPTY_PATH)
 }
 
-pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it. `st` has room for the stat the call writes.
-    check(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            flags | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: fstatat succeeded and filled the struct.
-    Ok(unsafe { st.assume_init() })
+pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<Stat> {
+    let flags = AtFlags::from_bits_retain(flags as u32) | AtFlags::SYMLINK_NOFOLLOW;
+    rustix::fs::statat(dir, name, flags).map_err(errno)
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> Result<()> {
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+    rustix::fs::mkdirat(dir, name, Mode::from_bits_retain(mode)).map_err(errno)
 }
 
+/// `mode` carries the file type, as mknod(2) takes it.
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t, rdev: u64) -> Result<()> {
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+    // rustix sends the type and the permission bits or'ed together, as they came; only type 0,
+    // which mknod(2) reads as a regular file, has no `FileType` of its own (`Unknown` would send
+    // S_IFMT).
+    let file_type = match mode & libc::S_IFMT {
+        0 => FileType::RegularFile,
+        _ => FileType::from_raw_mode(mode),
+    };
+    let permissions = Mode::from_bits_retain(mode & !libc::S_IFMT);
+    rustix::fs::mknodat(dir, name, file_type, permissions, rdev).map_err(errno)
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
-    // SAFETY: the descriptor is borrowed (open for the call); target and name are NUL-terminated strings that outlive it.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+    rustix::fs::symlinkat(target, dir, name).map_err(errno)
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<()> {
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+    rustix::fs::unlinkat(dir, name, AtFlags::from_bits_retain(flags as u32)).map_err(errno)
 }
 
 pub fn renameat2(
@@ -164,60 +137,38 @@ pub fn renameat2(
     new_name: &CStr,
     flags: u32,
 ) -> Result<()> {
-    // SAFETY: both descriptors are borrowed (open for the call); both names are NUL-terminated strings that outlive it.
-    check(unsafe {
-        libc::renameat2(
-            old_dir.as_raw_fd(),
-            old_name.as_ptr(),
-            new_dir.as_raw_fd(),
-            new_name.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    let flags = RenameFlags::from_bits_retain(flags);
+    rustix::fs::renameat_with(old_dir, old_name, new_dir, new_name, flags).map_err(errno)
 }
 
 /// A new hard link to the inode behind `fd`. The procfs form needs no CAP_DAC_READ_SEARCH, unlike
 /// `AT_EMPTY_PATH`, and `AT_SYMLINK_FOLLOW` only resolves the magic link, never a symlink's target.
 pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new_name: &CStr) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: the procfs path and the new name are NUL-terminated strings and `new_dir` is borrowed; all outlive the call.
-    check(unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            new_dir.as_raw_fd(),
-            new_name.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    })
-    .map(drop)
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        path.as_c_str(),
+        new_dir,
+        new_name,
+        AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(errno)
 }
 
 pub fn readlink_fd(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: the descriptor is borrowed, EMPTY is NUL-terminated, and readlinkat writes at most `buf.len()` bytes into `buf`.
-    let len = check(unsafe {
-        libc::readlinkat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
-    buf.truncate(len as usize);
+    let len = rustix::fs::readlinkat_raw(fd, EMPTY, &mut buf[..]).map_err(errno)?;
+    buf.truncate(len);
     Ok(buf)
 }
 
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: libc::mode_t) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+    rustix::fs::chmod(path.as_c_str(), Mode::from_bits_retain(mode)).map_err(errno)
 }
 
 pub fn fchmod(fd: BorrowedFd<'_>, mode: libc::mode_t) -> Result<()> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+    rustix::fs::fchmod(fd, Mode::from_bits_retain(mode)).map_err(errno)
 }
 
 /// `None` leaves the id unchanged (-1 to chown).
@@ -227,23 +178,16 @@ pub fn chown_at(
     uid: Option<u32>,
     gid: Option<u32>,
 ) -> Result<()> {
-    let flags = libc::AT_SYMLINK_NOFOLLOW
+    let flags = AtFlags::SYMLINK_NOFOLLOW
         | if name.is_empty() {
-            libc::AT_EMPTY_PATH
+            AtFlags::EMPTY_PATH
         } else {
-            0
+            AtFlags::empty()
         };
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            uid.unwrap_or(u32::MAX),
-            gid.unwrap_or(u32::MAX),
-            flags,
-        )
-    })
-    .map(drop)
+    // Unchecked: an id of -1 passes as before, meaning "unchanged" to the kernel as `None` does.
+    let uid = uid.map(rustix::fs::Uid::from_raw_unchecked);
+    let gid = gid.map(rustix::fs::Gid::from_raw_unchecked);
+    rustix::fs::chownat(dir, name, uid, gid, flags).map_err(errno)
 }
 
 pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
@@ -370,13 +314,19 @@ impl Drop for CreatingAs {
 
 pub fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    retry(|| unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) }).map(drop)
+    loop {
+        // rustix has no truncate(2) by path, and opening the file to ftruncate it would be
+        // another call with other rules (a FIFO would block it).
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        match check(unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) }) {
+            Err(e) if e == Errno::EINTR => continue,
+            result => return result.map(drop),
+        }
+    }
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    retry(|| unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+    retry(|| rustix::fs::ftruncate(fd, size))
 }
 
 /// What to set a timestamp to; `None` in `set_times` leaves it alone (UTIME_OMIT).
@@ -386,15 +336,15 @@ pub enum TimeSpec {
     At(SystemTime),
 }
 
-fn timespec(time: Option<TimeSpec>) -> libc::timespec {
+fn timespec(time: Option<TimeSpec>) -> rustix::fs::Timespec {
     match time {
-        None => libc::timespec {
+        None => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
+            tv_nsec: rustix::fs::UTIME_OMIT,
         },
-        Some(TimeSpec::Now) => libc::timespec {
+        Some(TimeSpec::Now) => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
+            tv_nsec: rustix::fs::UTIME_NOW,
         },
         Some(TimeSpec::At(t)) => {
             let (tv_sec, tv_nsec) = match t.duration_since(UNIX_EPOCH) {
@@ -409,7 +359,7 @@ fn timespec(time: Option<TimeSpec>) -> libc::timespec {
                     }
                 }
             };
-            libc::timespec { tv_sec, tv_nsec }
+            rustix::fs::Timespec { tv_sec, tv_nsec }
         }
     }
 }
@@ -420,17 +370,11 @@ pub fn set_times(
     atime: Option<TimeSpec>,
     mtime: Option<TimeSpec>,
 ) -> Result<()> {
-    let times = [timespec(atime), timespec(mtime)];
-    // SAFETY: the descriptor is borrowed, EMPTY is NUL-terminated, and `times` holds the two timespecs utimensat reads.
-    check(unsafe {
-        libc::utimensat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            times.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    })
-    .map(drop)
+    let times = rustix::fs::Timestamps {
+        last_access: timespec(atime),
+        last_modification: timespec(mtime),
+    };
+    rustix::fs::utimensat(fd, EMPTY, &times, AtFlags::EMPTY_PATH).map_err(errno)
 }
 
 pub fn system_time(sec: i64, nsec: i64) -> SystemTime {
@@ -444,60 +388,47 @@ pub fn system_time(sec: i64, nsec: i64) -> SystemTime {
 
 pub fn pread(fd: BorrowedFd<'_>, size: usize, offset: u64) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; size];
-    // SAFETY: the descriptor is borrowed and pread writes at most `buf.len()` bytes into `buf`.
-    let len = retry(|| unsafe {
-        libc::pread(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            offset as libc::off_t,
-        )
-    })?;
-    buf.truncate(len as usize);
+    let len = retry(|| rustix::io::pread(fd, &mut buf[..], offset))?;
+    buf.truncate(len);
     Ok(buf)
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> Result<usize> {
-    // SAFETY: the descriptor is borrowed and pwrite reads at most `data.len()` bytes from `data`.
-    retry(|| unsafe {
-        libc::pwrite(
-            fd.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            offset as libc::off_t,
-        )
-    })
-    .map(|n| n as usize)
+    retry(|| rustix::io::pwrite(fd, data, offset))
 }
 
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    retry(|| unsafe {
+    retry(|| {
         if datasync {
-            libc::fdatasync(fd.as_raw_fd())
+            rustix::fs::fdatasync(fd)
         } else {
-            libc::fsync(fd.as_raw_fd())
+            rustix::fs::fsync(fd)
         }
     })
-    .map(drop)
 }
 
+/// `mode` is fallocate(2)'s (`FALLOC_FL_*`), every bit passed on.
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<()> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    retry(|| unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            mode,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    })
-    .map(drop)
+    let mode = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+    retry(|| rustix::fs::fallocate(fd, mode, offset, len))
 }
 
+/// lseek(2) with libc's `whence` (`SEEK_*`); an unknown one is EINVAL, as the kernel answers it.
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> Result<i64> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    check(unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) })
+    use rustix::fs::SeekFrom;
+    // A negative offset from the start, a data or a hole is passed on as it is (rustix casts it
+    // back), for the kernel's EINVAL or ENXIO.
+    let position = match whence {
+        libc::SEEK_SET => SeekFrom::Start(offset as u64),
+        libc::SEEK_CUR => SeekFrom::Current(offset),
+        libc::SEEK_END => SeekFrom::End(offset),
+        libc::SEEK_DATA => SeekFrom::Data(offset as u64),
+        libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
+        _ => return Err(Errno::EINVAL),
+    };
+    rustix::fs::seek(fd, position)
+        .map(|at| at as i64)
+        .map_err(errno)
 }
 
 pub fn copy_file_range(
@@ -507,44 +438,32 @@ pub fn copy_file_range(
     offset_out: u64,
     len: u64,
 ) -> Result<usize> {
-    let mut off_in = offset_in as libc::loff_t;
-    let mut off_out = offset_out as libc::loff_t;
-    // SAFETY: both descriptors are borrowed; the offsets are live locals the call updates.
-    retry(|| unsafe {
-        libc::copy_file_range(
-            fd_in.as_raw_fd(),
-            &mut off_in,
-            fd_out.as_raw_fd(),
-            &mut off_out,
+    let (mut offset_in, mut offset_out) = (offset_in, offset_out);
+    retry(|| {
+        rustix::fs::copy_file_range(
+            fd_in,
+            Some(&mut offset_in),
+            fd_out,
+            Some(&mut offset_out),
             len as usize,
-            0,
         )
     })
-    .map(|n| n as usize)
 }
 
-pub fn statfs(fd: BorrowedFd<'_>) -> Result<libc::statfs> {
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: the descriptor is borrowed and `st` has room for the statfs the call writes.
-    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstatfs succeeded and filled the struct.
-    Ok(unsafe { st.assume_init() })
+pub fn statfs(fd: BorrowedFd<'_>) -> Result<rustix::fs::StatFs> {
+    rustix::fs::fstatfs(fd).map_err(errno)
 }
 
 /// The filesystem's id (`f_fsid`): on ext4, xfs and btrfs it comes from the filesystem's UUID,
 /// so it names the same disk across mounts and reboots.
 pub fn filesystem_id(fd: BorrowedFd<'_>) -> Result<u64> {
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: the descriptor is borrowed and `st` has room for the statvfs the call writes.
-    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstatvfs succeeded and filled the struct.
-    Ok(unsafe { st.assume_init() }.f_fsid)
+    rustix::fs::fstatvfs(fd).map(|st| st.f_fsid).map_err(errno)
 }
 
 pub fn access_fd(fd: BorrowedFd<'_>, mask: i32) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    check(unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask, 0) }).map(drop)
+    let mask = rustix::fs::Access::from_bits_retain(mask as u32);
+    rustix::fs::accessat(rustix::fs::CWD, path.as_c_str(), mask, AtFlags::empty()).map_err(errno)
 }
 
 /// One entry of a `getdents64` batch.
@@ -552,51 +471,34 @@ pub struct RawDirEntry<'a> {
     pub ino: u64,
     /// The cookie that resumes reading after this entry.
     pub next_offset: i64,
-    pub d_type: u8,
+    /// The entry's `d_type`; `Unknown` where the filesystem does not tell.
+    pub kind: FileType,
     pub name: &'a OsStr,
 }
 
-/// Reads a batch of directory entries starting at the position `offset` (a cookie returned
-/// earlier, or 0), calling `each` until it returns `false` or the batch ends.
+/// Reads one batch of directory entries (what one getdents64 call fits in `buf`) starting at the
+/// position `offset` (a cookie returned earlier, or 0), calling `each` until it returns `false`
+/// or the batch ends.
 pub fn read_dir_batch(
     fd: BorrowedFd<'_>,
     offset: i64,
-    buf: &mut [u8],
+    buf: &mut [MaybeUninit<u8>],
     mut each: impl FnMut(RawDirEntry<'_>) -> bool,
 ) -> Result<()> {
     lseek(fd, offset, libc::SEEK_SET)?;
-    // SAFETY: the descriptor is borrowed and getdents64 writes at most `buf.len()` bytes into `buf`.
-    let len = check(unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    })? as usize;
-    let mut pos = 0;
-    while pos < len {
-        // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, NUL-terminated name.
-        let rec = &buf[pos..];
-        let ino = u64::from_ne_bytes(rec[0..8].try_into().expect("8 bytes"));
-        let next_offset = i64::from_ne_bytes(rec[8..16].try_into().expect("8 bytes"));
-        let reclen = u16::from_ne_bytes(rec[16..18].try_into().expect("2 bytes")) as usize;
-        let d_type = rec[18];
-        let name_bytes = &rec[19..reclen];
-        let name_len = name_bytes
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(name_bytes.len());
-        let name = OsStr::from_bytes(&name_bytes[..name_len]);
-        if !each(RawDirEntry {
-            ino,
-            next_offset,
-            d_type,
-            name,
-        }) {
+    let mut entries = rustix::fs::RawDir::new(fd, buf);
+    while let Some(entry) = entries.next() {
+        let entry = entry.map_err(errno)?;
+        let more = each(RawDirEntry {
+            ino: entry.ino(),
+            next_offset: entry.next_entry_cookie() as i64,
+            kind: entry.file_type(),
+            name: OsStr::from_bytes(entry.file_name().to_bytes()),
+        });
+        // `RawDir` would read the next batch once this one is used up.
+        if !more || entries.is_buffer_empty() {
             break;
         }
-        pos += reclen;
     }
     Ok(())
 }
@@ -606,57 +508,40 @@ pub fn read_dir_batch(
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> Result<XattrValue> {
     let path = proc_fd_path(fd);
     if size == 0 {
-        // SAFETY: the strings are NUL-terminated and outlive the call; a null buffer of size 0 only asks the size.
-        let len = check(unsafe {
-            libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0)
-        })?;
+        let len = rustix::fs::getxattr_query(path.as_c_str(), name).map_err(errno)?;
         return Ok(XattrValue::Size(len as u32));
     }
     let mut buf = vec![0u8; size];
-    // SAFETY: the strings are NUL-terminated and outlive the call; getxattr writes at most `size` (= `buf.len()`) bytes into `buf`.
-    let len = check(unsafe {
-        libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), size)
-    })?;
-    buf.truncate(len as usize);
+    let len = rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..]).map_err(errno)?;
+    buf.truncate(len);
     Ok(XattrValue::Data(buf))
 }
 
+/// `flags` are setxattr(2)'s (`XATTR_CREATE`, `XATTR_REPLACE`), every bit passed on.
 pub fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: the strings are NUL-terminated and outlive the call; setxattr reads `value.len()` bytes from `value`.
-    check(unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
+    let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+    rustix::fs::setxattr(path.as_c_str(), name, value, flags).map_err(errno)
 }
 
 pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: the strings are NUL-terminated and outlive the call.
-    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+    rustix::fs::removexattr(path.as_c_str(), name).map_err(errno)
 }
 
 /// The whole NUL-separated name list (retrying if it grows between the size query and the read).
 pub fn list_xattr(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
     let path = proc_fd_path(fd);
     loop {
-        // SAFETY: `path` is NUL-terminated and outlives the call; a null buffer of size 0 only asks the size.
-        let len = check(unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
-        let mut buf = vec![0u8; len as usize];
-        // SAFETY: `path` is NUL-terminated and outlives the call; listxattr writes at most `buf.len()` bytes into `buf`.
-        match check(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }) {
+        let len = rustix::fs::listxattr_query(path.as_c_str()).map_err(errno)?;
+        let mut buf = vec![0u8; len];
+        match rustix::fs::listxattr(path.as_c_str(), &mut buf[..]) {
             Ok(len) => {
-                buf.truncate(len as usize);
+                buf.truncate(len);
                 return Ok(buf);
             }
-            Err(e) if e == Errno::ERANGE => continue,
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(errno(e)),
         }
     }
 }
