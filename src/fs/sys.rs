@@ -5,9 +5,11 @@
 
 use fuser::Errno;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::process::{Resource, Rlimit};
+use rustix::thread::CapabilitySets;
 use std::ffi::{CStr, CString, OsStr};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -54,14 +56,6 @@ const EMPTY: &CStr = c"";
 /// Open flags as the kernel takes them: every bit of `flags` (libc's `O_*`), and close-on-exec.
 fn open_flags(flags: i32) -> OFlags {
     OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC
-}
-
-/// # Safety
-/// `fd` must be an open descriptor that nothing else owns or will close (one a call just
-/// returned).
-unsafe fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: the caller hands over sole ownership of an open descriptor.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) -> Result<OwnedFd> {
@@ -207,50 +201,21 @@ pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Resul
 pub struct CreatingAs {
     /// The thread's own fsuid and fsgid, and capabilities, to put back.
     own_ids: (u32, u32),
-    capabilities: [CapData; 2],
+    capabilities: CapabilitySets,
     _this_thread: std::marker::PhantomData<*const ()>,
 }
 
-/// capget/capset's header and per-word data (linux/capability.h, version 3: two 32-bit words).
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
+/// The calling thread's capabilities (`None`: pid 0, the calling thread, not the process).
+fn thread_capabilities() -> Result<CapabilitySets> {
+    rustix::thread::capabilities(None).map_err(errno)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, PartialEq)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// The calling thread's capabilities (pid 0 is the calling thread, not the process).
-fn thread_capabilities() -> Result<[CapData; 2]> {
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: the header and the two data words are valid for the call to write.
-    check(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
-    Ok(data)
-}
-
-fn set_thread_capabilities(data: &[CapData; 2]) -> Result<()> {
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: the header and the two data words are valid for the call to read.
-    check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) }).map(drop)
+fn set_thread_capabilities(sets: CapabilitySets) -> Result<()> {
+    rustix::thread::set_capabilities(None, sets).map_err(errno)
 }
 
 /// The calling thread's fsuid and fsgid (an invalid id changes nothing, and both calls answer
-/// the id in force).
+/// the id in force). setfsuid/setfsgid are libc's: rustix has no wrapper for them.
 fn thread_fs_ids() -> (u32, u32) {
     // SAFETY: setfsuid/setfsgid with an invalid id only read the thread's own ids.
     unsafe {
@@ -291,7 +256,7 @@ impl CreatingAs {
             );
             return Err(Errno::EPERM);
         }
-        set_thread_capabilities(&capabilities)?;
+        set_thread_capabilities(capabilities)?;
         Ok(switched)
     }
 }
@@ -303,7 +268,7 @@ impl Drop for CreatingAs {
         // daemon's own requests as them: nothing is served rather than that.
         let (uid, gid) = self.own_ids;
         let restored = set_thread_fs_ids(uid, gid)
-            && set_thread_capabilities(&self.capabilities).is_ok()
+            && set_thread_capabilities(self.capabilities).is_ok()
             && thread_capabilities().is_ok_and(|now| now == self.capabilities);
         if !restored {
             tracing::error!("could not restore the serving thread's own ids; stopping");
@@ -578,34 +543,27 @@ pub fn clear_thread_umask() {
     thread_local!(static CLEARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     CLEARED.with(|cleared| {
         if !cleared.get() {
-            // SAFETY: unshare(CLONE_FS) only gives this thread its own copy of the fs block.
-            if unsafe { libc::unshare(libc::CLONE_FS) } == 0 {
-                // SAFETY: umask has no preconditions; after the unshare it is this thread's.
-                unsafe { libc::umask(0) };
-            } else {
-                tracing::warn!(
-                    "unshare(CLONE_FS) failed ({}); created modes get the daemon's umask too",
-                    std::io::Error::last_os_error()
-                );
+            // SAFETY: rustix's unshare is unsafe for CLONE_FILES (a descriptor another thread opens after it is not in this thread's table); CLONE_FS only gives this thread its own copy of the fs block.
+            match unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) } {
+                Ok(()) => {
+                    // After the unshare, the umask is this thread's.
+                    rustix::process::umask(Mode::empty());
+                }
+                Err(e) => tracing::warn!(
+                    "unshare(CLONE_FS) failed ({e}); created modes get the daemon's umask too"
+                ),
             }
             cleared.set(true);
         }
     });
 }
 
-fn nofile_rlimit() -> Option<libc::rlimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only into `limit`.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
-}
-
 /// The process's current (soft) limit on open descriptors.
 pub fn nofile_limit() -> usize {
-    nofile_rlimit().map_or(1024, |limit| {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    let limit = rustix::process::getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY.
+    limit.current.map_or(usize::MAX, |current| {
+        usize::try_from(current).unwrap_or(usize::MAX)
     })
 }
 
@@ -615,72 +573,55 @@ pub fn raise_nofile_limit() {
     // Root may lift the hard limit too, up to the kernel's fs.nr_open.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
-        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok());
+        .and_then(|text| text.trim().parse::<u64>().ok());
     if let Some(nr_open) = nr_open {
-        let lifted = libc::rlimit {
-            rlim_cur: nr_open,
-            rlim_max: nr_open,
+        let lifted = Rlimit {
+            current: Some(nr_open),
+            maximum: Some(nr_open),
         };
-        // SAFETY: setrlimit only reads `lifted`.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lifted) } == 0 {
+        if rustix::process::setrlimit(Resource::Nofile, lifted).is_ok() {
             return;
         }
     }
-    let Some(mut limit) = nofile_rlimit().filter(|limit| limit.rlim_cur < limit.rlim_max) else {
+    let limit = rustix::process::getrlimit(Resource::Nofile);
+    // The soft limit is never above the hard one: unequal, it is below.
+    if limit.current == limit.maximum {
         return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
     };
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: setrlimit only reads `limit`.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        tracing::warn!(
-            "could not raise RLIMIT_NOFILE: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = rustix::process::setrlimit(Resource::Nofile, raised) {
+        tracing::warn!("could not raise RLIMIT_NOFILE: {e}");
     }
 }
 
 /// Receives one descriptor passed with `SCM_RIGHTS` over the Unix socket `socket` (blocking).
 /// `None` if the peer closed the socket without sending one.
 pub fn recv_fd(socket: BorrowedFd<'_>) -> std::io::Result<Option<OwnedFd>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: byte.len(),
+    // Room for one control message carrying one descriptor.
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::io::retry_on_intr(|| {
+        rustix::net::recvmsg(
+            socket,
+            &mut [std::io::IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })?;
+    if received.bytes == 0 {
+        return Ok(None);
+    }
+    // Only the first control message counts; any other descriptor received is closed.
+    let fd = match control.drain().next() {
+        Some(RecvAncillaryMessage::ScmRights(mut fds)) => fds.next(),
+        _ => None,
     };
-    // Room for one control message carrying one descriptor, aligned for cmsghdr.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data; all-zero is "no name, no buffers" until filled in below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    let received = loop {
-        // SAFETY: recvmsg writes only within the buffers `msg` describes: `iov` and `control`, which live across the call, with their lengths.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        match check(n) {
-            Err(e) if e == Errno::EINTR => continue,
-            Err(e) => return Err(std::io::Error::from_raw_os_error(e.code())),
-            Ok(n) => break n,
-        }
-    };
-    if received == 0 {
-        return Ok(None);
-    }
-    // SAFETY: recvmsg filled `msg`; CMSG_FIRSTHDR reads only its control fields.
-    let header = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    if header.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: a non-null first header lies within `control`, which recvmsg filled.
-    let (level, kind) = unsafe { ((*header).cmsg_level, (*header).cmsg_type) };
-    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
-        return Ok(None);
-    }
-    // SAFETY: an SCM_RIGHTS message's data is at least one descriptor, possibly unaligned.
-    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>()) };
-    // SAFETY: the kernel just installed `fd` in our table for us; nothing else owns it.
-    Ok(Some(unsafe { owned(fd) }))
+    Ok(fd)
 }
 
 #[cfg(test)]
@@ -693,9 +634,8 @@ mod tests {
     /// its own again and what it creates is root's.
     #[test]
     fn creating_as_another_user_lasts_as_long_as_the_guard() {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(euid, 0, "the daemon's case: run as root");
+        let euid = rustix::process::geteuid();
+        assert!(euid.is_root(), "the daemon's case: run as root");
         let dir = tempfile::tempdir().unwrap();
         let path = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
         // Its own thread: the ids and capabilities changed are that thread's alone.
@@ -707,7 +647,7 @@ mod tests {
                 mkdirat(dir_fd.as_fd(), c"theirs", 0o755).unwrap();
             }
             assert_eq!(thread_fs_ids(), own_ids);
-            assert!(thread_capabilities().unwrap() == own_capabilities);
+            assert_eq!(thread_capabilities().unwrap(), own_capabilities);
             mkdirat(dir_fd.as_fd(), c"mine", 0o755).unwrap();
             for (name, owner) in [(c"theirs", (65534, 65534)), (c"mine", (0, 0))] {
                 let st = stat_at(dir_fd.as_fd(), name, 0).unwrap();
