@@ -18,19 +18,6 @@ pub type Result<T> = std::result::Result<T, Errno>;
 /// What `stat` answers: the kernel's `struct stat`.
 pub type Stat = rustix::fs::Stat;
 
-pub fn last_errno() -> Errno {
-    Errno::from(std::io::Error::last_os_error())
-}
-
-/// Turns a libc `-1 + errno` return into `Err(errno)`.
-pub fn check<T: Copy + PartialOrd + Default>(ret: T) -> Result<T> {
-    if ret < T::default() {
-        Err(last_errno())
-    } else {
-        Ok(ret)
-    }
-}
-
 /// The errno of a failed rustix call, as a FUSE reply carries it.
 fn errno(error: rustix::io::Errno) -> Errno {
     Errno::from_i32(error.raw_os_error())
@@ -283,9 +270,12 @@ pub fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
         // rustix has no truncate(2) by path, and opening the file to ftruncate it would be
         // another call with other rules (a FIFO would block it).
         // SAFETY: `path` is a NUL-terminated string that outlives the call.
-        match check(unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) }) {
-            Err(e) if e == Errno::EINTR => continue,
-            result => return result.map(drop),
+        if unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) } == 0 {
+            return Ok(());
+        }
+        let error = Errno::from(std::io::Error::last_os_error());
+        if error != Errno::EINTR {
+            return Err(error);
         }
     }
 }
