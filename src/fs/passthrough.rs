@@ -87,8 +87,7 @@ impl Passthrough {
         let path = CString::new(backing.as_os_str().as_bytes())?;
         let root = sys::open_dir_path(&path).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
         let st = sys::stat_fd(root.as_fd()).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let daemon_uid = unsafe { libc::geteuid() };
+        let daemon_uid = rustix::process::geteuid().as_raw();
         Ok(Passthrough {
             inodes: InodeTable::new(root, &st, sys::nofile_limit() / 2),
             files: HandleMap::default(),
