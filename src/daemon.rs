@@ -314,8 +314,7 @@ impl StateDir {
 
 /// Refuses what belongs to another user than the daemon's: its modes are that user's to set.
 fn refuse_not_ours(path: &Path, what: &str, meta: &std::fs::Metadata) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {
         return Err(anyhow::anyhow!(
             "{} ({what}) belongs to uid {}, but maxlofs runs as uid {me}: give it to this user \
@@ -520,11 +519,8 @@ fn watch_keys(engine: Arc<Engine>, api: Arc<HttpApi>, keys: KeySource, mut curre
 /// no other process of its user may read its memory (ptrace, /proc/PID/mem or environ, which the
 /// kernel gives to root once a process is not dumpable).
 fn refuse_dumps_and_tracing() -> anyhow::Result<()> {
-    // SAFETY: PR_SET_DUMPABLE takes a plain integer and has no memory effects.
-    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("prctl(PR_SET_DUMPABLE, 0)");
-    }
-    Ok(())
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .context("prctl(PR_SET_DUMPABLE, 0)")
 }
 
 pub fn run(args: &MountArgs) -> anyhow::Result<()> {
@@ -696,10 +692,11 @@ fn index_trouble(err: &anyhow::Error, index_file: &Path) -> String {
 
 /// The nice value of the sync threads: 10 above the daemon's own, so a daemon started under `nice`
 /// keeps its sync threads below itself. Read on the thread that builds the runtime.
-fn sync_threads_nice() -> libc::c_int {
-    const SYNC_NICE_INCREMENT: libc::c_int = 10;
-    // SAFETY: getpriority has no memory effects; on Linux, `who` 0 is the calling thread.
-    let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+fn sync_threads_nice() -> i32 {
+    const SYNC_NICE_INCREMENT: i32 = 10;
+    // On Linux, `None` (`who` 0) is the calling thread, which may always ask its own; -1 is what
+    // libc's getpriority answered for a failure too.
+    let own = rustix::process::getpriority_process(None).unwrap_or(-1);
     (own + SYNC_NICE_INCREMENT).min(19)
 }
 
@@ -707,13 +704,10 @@ fn sync_threads_nice() -> libc::c_int {
 /// serving the mount, so a user's `cp` or `tar` never waits behind it; it still gets every
 /// cycle they leave idle. Set absolutely: a thread started by a sync thread has inherited the
 /// lowered value already, and a relative step would lower it again.
-fn yield_to_filesystem_threads(nice: libc::c_int) {
-    // SAFETY: setpriority has no memory effects. (On Linux the nice value is per thread: `who` 0 is the calling thread.)
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
-        tracing::debug!(
-            "could not lower the sync threads' priority: {}",
-            std::io::Error::last_os_error()
-        );
+fn yield_to_filesystem_threads(nice: i32) {
+    // On Linux the nice value is per thread: `None` (`who` 0) is the calling thread.
+    if let Err(e) = rustix::process::setpriority_process(None, nice) {
+        tracing::debug!("could not lower the sync threads' priority: {e}");
     }
 }
 

@@ -16,7 +16,7 @@
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -129,13 +129,19 @@ pub fn claim_ready_fd() {
     // A stray variable must not make us write to, or close, some other file.
     let is_pipe = std::fs::metadata(format!("/proc/self/fd/{fd}"))
         .is_ok_and(|meta| meta.file_type().is_fifo());
-    // SAFETY: F_SETFD on an open fd changes nothing but its close-on-exec flag.
-    if fd <= 2 || !is_pipe || unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+    if fd <= 2 || !is_pipe {
         tracing::warn!("ignoring {READY_FD_ENV}={fd}: not an open pipe");
         return;
     }
     // SAFETY: the fd is open, and the parent passed it to this process for this use alone.
-    *lock(&READY) = Some(unsafe { File::from_raw_fd(fd) });
+    let ready = unsafe { File::from_raw_fd(fd) };
+    if rustix::io::fcntl_setfd(&ready, rustix::io::FdFlags::CLOEXEC).is_err() {
+        tracing::warn!("ignoring {READY_FD_ENV}={fd}: not an open pipe");
+        // Not ours to close after all.
+        let _ = ready.into_raw_fd();
+        return;
+    }
+    *lock(&READY) = Some(ready);
 }
 
 /// How a warning line on the readiness pipe starts.
@@ -238,8 +244,7 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
         Err(err) => return Err(err).with_context(opening),
     };
     let meta = log.metadata().with_context(opening)?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if !meta.is_file() {
         return Err(refused("is not a file"));
     }

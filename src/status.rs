@@ -224,34 +224,24 @@ pub fn read_xattr(mountpoint: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
     };
     let mut buf = Vec::new();
     loop {
-        // SAFETY: a null buffer of size 0 asks only for the value's size.
-        let size = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) };
-        if size < 0 {
-            return Err(not_ours(std::io::Error::last_os_error()));
-        }
-        buf.resize(size as usize, 0);
-        // SAFETY: the pointers are valid for the given lengths for the duration of the call.
-        let len = unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                name.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
+        let size = rustix::fs::getxattr_query(path.as_c_str(), name.as_c_str())
+            .map_err(|err| not_ours(err.into()))?;
+        buf.resize(size, 0);
+        let err = match rustix::fs::getxattr(path.as_c_str(), name.as_c_str(), &mut buf[..]) {
+            Ok(len) => {
+                buf.truncate(len);
+                break;
+            }
+            Err(err) => err,
         };
-        if len >= 0 {
-            buf.truncate(len as usize);
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
+        match err {
             // It grew between the two calls: ask its size again.
-            Some(libc::ERANGE) => continue,
-            Some(libc::E2BIG) => bail!(
+            rustix::io::Errno::RANGE => continue,
+            rustix::io::Errno::TOOBIG => bail!(
                 "the status of {} is larger than an extended attribute can carry ({err})",
                 mountpoint.display()
             ),
-            _ => return Err(not_ours(err)),
+            _ => return Err(not_ours(err.into())),
         }
     }
     Ok(buf)

@@ -5,12 +5,13 @@
 
 mod common;
 
-use common::posix::{self, snapshot, Fd, Outcome};
+use common::posix::{self, snapshot, Outcome};
 use common::service::run;
 use common::{mount_or_skip, mount_or_skip_with, DataPath};
 use maxlofs::fs::{Caller, Event, EventSink, MountStatus, Passthrough, StatusSource, STATUS_XATTR};
 use std::ffi::OsStr;
 use std::fmt::Debug;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -275,8 +276,7 @@ fn sparse_seek_fallocate_copy(root: &Path, log: &mut Log) {
     let fd = posix::open(&root.join("sparse"), O_CREAT | O_RDWR, 0o644).unwrap();
     log.rec("write far", posix::pwrite(&fd, b"data", MIB));
     log.rec("write head", posix::pwrite(&fd, b"head", 0));
-    // SAFETY: no memory is passed; the descriptor is open.
-    log.rec("fsync", unsafe { libc::fsync(fd.0) });
+    log.rec("fsync", rustix::fs::fsync(&fd));
     log.rec("data at 0", posix::lseek(&fd, 0, libc::SEEK_DATA));
     log.rec("hole after head", posix::lseek(&fd, 0, libc::SEEK_HOLE));
     log.rec("data after hole", posix::lseek(&fd, 8192, libc::SEEK_DATA));
@@ -318,7 +318,7 @@ fn mmap_and_held_descriptors(root: &Path, log: &mut Log) {
             8192,
             libc::PROT_READ | libc::PROT_WRITE,
             libc::MAP_SHARED,
-            fd.0,
+            fd.as_raw_fd(),
             0,
         );
         assert_ne!(map, libc::MAP_FAILED);
@@ -348,11 +348,7 @@ fn mmap_and_held_descriptors(root: &Path, log: &mut Log) {
     log.rec("unlink held", posix::unlink(&p("dd/h")));
     log.rec("write after unlink", posix::pwrite(&fd, b"three", 6));
     log.rec("read after unlink", posix::pread(&fd, 64, 0));
-    // SAFETY: libc::stat is plain integers, for which all-zero is a valid value.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is a live stat for fstat to fill; the descriptor is open.
-    log.rec("fstat", unsafe { libc::fstat(fd.0, &mut st) });
-    log.rec("nlink", st.st_nlink);
+    log.rec("nlink", rustix::fs::fstat(&fd).map(|st| st.st_nlink));
     drop(fd);
 
     posix::mkdir(&p("outer"), 0o755).unwrap();
@@ -450,8 +446,7 @@ fn content_changes_are_reported_once_per_dirty_period() {
 
         let fd = posix::open(&f, O_WRONLY | O_APPEND, 0).unwrap();
         posix::write(&fd, b" world").unwrap();
-        // SAFETY: no memory is passed; the new descriptor is owned by the `Fd` that closes it.
-        drop(Fd(unsafe { libc::dup(fd.0) }));
+        drop(rustix::io::dup(&fd).unwrap());
         posix::write(&fd, b"!").unwrap();
         drop(fd);
         assert_eq!(

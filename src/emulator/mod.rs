@@ -21,8 +21,7 @@ use store::{Store, StoreConfig};
 pub fn run(args: &EmulatorArgs) -> anyhow::Result<()> {
     // Its database, the -wal and -shm files and the object store hold keys' records and content:
     // created for its user alone (0600 files, 0700 folders), whatever the umask it started with.
-    // SAFETY: umask only sets the process's file mode creation mask.
-    unsafe { libc::umask(0o077) };
+    rustix::process::umask(rustix::fs::Mode::RWXG | rustix::fs::Mode::RWXO);
     let faults = server::Faults::new(
         args.fail_rate,
         args.drop_rate,

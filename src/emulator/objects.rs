@@ -828,9 +828,11 @@ fn remove_abandoned(tmp: &Path) {
             .and_then(|rest| rest.split('-').next())
             .and_then(|pid| pid.parse::<libc::pid_t>().ok());
         let Some(pid) = pid else { continue };
-        // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
-        let gone = unsafe { libc::kill(pid, 0) } == -1
-            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        // Signal 0 sends nothing; it only asks whether the process exists. (Pid 0, which is no
+        // process's, asks about our own group, which exists.)
+        let gone = rustix::process::Pid::from_raw(pid).is_some_and(|pid| {
+            rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+        });
         if gone {
             let _ = fs::remove_dir_all(entry.path());
         }

@@ -1,6 +1,7 @@
 //! Open file and directory handles, and the rule that decides whether a handle changed content.
 
 use super::backing::BackingId;
+use super::sys::Stat;
 use super::writers::BackingInode;
 use fuser::Errno;
 use std::collections::HashMap;
@@ -67,12 +68,12 @@ impl<T> HandleMap<T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fingerprint {
     size: i64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
+    mtime: (i64, u64),
+    ctime: (i64, u64),
 }
 
 impl Fingerprint {
-    pub fn of(st: &libc::stat) -> Fingerprint {
+    pub fn of(st: &Stat) -> Fingerprint {
         Fingerprint {
             size: st.st_size,
             mtime: (st.st_mtime, st.st_mtime_nsec),

@@ -65,7 +65,7 @@ pub struct InodeData {
 }
 
 impl InodeData {
-    fn new(fd: OwnedFd, st: &libc::stat, watch: Option<i32>, names_watched: bool) -> InodeData {
+    fn new(fd: OwnedFd, st: &sys::Stat, watch: Option<i32>, names_watched: bool) -> InodeData {
         InodeData {
             fd: Mutex::new(Some(Arc::new(fd))),
             recently_used: AtomicBool::new(true),
@@ -79,7 +79,7 @@ impl InodeData {
     }
 
     /// Whether `st` describes this backing inode.
-    fn is(&self, st: &libc::stat) -> bool {
+    fn is(&self, st: &sys::Stat) -> bool {
         (st.st_dev, st.st_ino) == self.backing
     }
 
@@ -167,7 +167,7 @@ pub struct InodeTable {
 impl InodeTable {
     /// A table rooted at `root_fd` that holds at most `fd_budget` descriptors (the root's is
     /// never closed).
-    pub fn new(root_fd: OwnedFd, root: &libc::stat, fd_budget: usize) -> InodeTable {
+    pub fn new(root_fd: OwnedFd, root: &sys::Stat, fd_budget: usize) -> InodeTable {
         let (tree_watch, root_watch) = match TreeWatch::new(root_fd.as_fd()) {
             Some((watch, root_wd)) => (Some(watch), Some(root_wd)),
             None => (None, None),
@@ -209,7 +209,7 @@ impl InodeTable {
     }
 
     /// The FUSE number of the backing inode `st`, if it has one.
-    pub fn known_ino(&self, st: &libc::stat) -> Option<u64> {
+    pub fn known_ino(&self, st: &sys::Stat) -> Option<u64> {
         if st.st_dev == self.root_dev {
             return Some(self.fuse_ino_on_root_dev(st.st_ino));
         }
@@ -394,7 +394,7 @@ impl InodeTable {
     /// Counts one more kernel reference to `st` found as `name` in `parent`, if the inode is
     /// already known; returns its FUSE number. Otherwise `None`: the caller opens an `O_PATH`
     /// fd and calls `insert`.
-    pub fn reference_existing(&self, st: &libc::stat, parent: u64, name: &OsStr) -> Option<u64> {
+    pub fn reference_existing(&self, st: &sys::Stat, parent: u64, name: &OsStr) -> Option<u64> {
         let mut slots = self.slots.write().expect("inode table lock");
         let ino = self.number_locked(&mut slots, st, false)?;
         slots.by_ino.get_mut(&ino)?.lookups += 1;
@@ -404,7 +404,7 @@ impl InodeTable {
 
     /// Counts one more kernel reference to the inode `st` (whose `O_PATH` fd is `fd`), found as
     /// `name` in `parent`; returns its FUSE number.
-    pub fn insert(&self, fd: OwnedFd, st: &libc::stat, parent: u64, name: &OsStr) -> u64 {
+    pub fn insert(&self, fd: OwnedFd, st: &sys::Stat, parent: u64, name: &OsStr) -> u64 {
         let mut slots = self.slots.write().expect("inode table lock");
         let ino = self
             .number_locked(&mut slots, st, true)
@@ -452,7 +452,7 @@ impl InodeTable {
         ino
     }
 
-    fn number_locked(&self, slots: &mut Slots, st: &libc::stat, allocate: bool) -> Option<u64> {
+    fn number_locked(&self, slots: &mut Slots, st: &sys::Stat, allocate: bool) -> Option<u64> {
         if st.st_dev == self.root_dev {
             return Some(self.fuse_ino_on_root_dev(st.st_ino));
         }

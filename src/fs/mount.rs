@@ -25,6 +25,7 @@ use super::uring::dispatch::Dispatcher;
 use super::uring::session::{self, ConnectionAbort, OwnSession};
 use super::{MountConfig, Transport, TransportChoice};
 use fuser::{BackgroundSession, Session, SessionACL};
+use rustix::mount::MountFlags;
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -92,23 +93,18 @@ impl Drop for MountHandle {
 /// Unmounts `mountpoint`: at once if idle, else lazily (it goes when the last user lets go).
 /// Non-root users go through the setuid fusermount3.
 fn unmount_path(mountpoint: &Path) -> io::Result<()> {
+    use rustix::io::Errno;
+    use rustix::mount::{unmount, UnmountFlags};
     let path = CString::new(mountpoint.as_os_str().as_bytes())?;
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    if unsafe { libc::umount2(path.as_ptr(), 0) } == 0 {
+    let Err(err) = unmount(path.as_c_str(), UnmountFlags::empty()) else {
         return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EBUSY) => {
+    };
+    match err {
+        Errno::BUSY => {
             tracing::warn!(?mountpoint, "mount busy; detaching it lazily");
-            // SAFETY: `path` is a NUL-terminated string that outlives the call.
-            if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
+            Ok(unmount(path.as_c_str(), UnmountFlags::DETACH)?)
         }
-        Some(libc::EPERM) => {
+        Errno::PERM => {
             let status = Command::new("fusermount3")
                 .args(["-u", "-z", "--"])
                 .arg(mountpoint)
@@ -120,8 +116,8 @@ fn unmount_path(mountpoint: &Path) -> io::Result<()> {
             }
         }
         // Unmounted from outside meanwhile.
-        Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(()),
-        _ => Err(err),
+        Errno::INVAL | Errno::NOENT => Ok(()),
+        _ => Err(err.into()),
     }
 }
 
@@ -323,8 +319,7 @@ fn mount_fuse(cfg: &MountConfig) -> io::Result<OwnedFd> {
     if cfg.allow_other {
         options.extend(["default_permissions", "allow_other"]);
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         if cfg.read_only {
             options.push("ro");
         }
@@ -339,32 +334,25 @@ fn mount_fuse(cfg: &MountConfig) -> io::Result<OwnedFd> {
     let mut data = format!(
         "fd={},rootmode={root_mode:o},user_id=0,group_id={}",
         device.as_raw_fd(),
-        // SAFETY: getegid has no preconditions and cannot fail.
-        unsafe { libc::getegid() }
+        rustix::process::getegid().as_raw()
     );
     for option in options {
         data.push(',');
         data.push_str(option);
     }
-    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    let mut flags = MountFlags::NOSUID | MountFlags::NODEV;
     if cfg.read_only {
-        flags |= libc::MS_RDONLY;
+        flags |= MountFlags::RDONLY;
     }
     let target = CString::new(cfg.mountpoint.as_os_str().as_bytes())?;
     let data = CString::new(data)?;
-    // SAFETY: all four strings are NUL-terminated and outlive the call.
-    let mounted = unsafe {
-        libc::mount(
-            c"maxlofs".as_ptr(),
-            target.as_ptr(),
-            c"fuse.maxlofs".as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if mounted != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::mount::mount(
+        c"maxlofs",
+        target.as_c_str(),
+        c"fuse.maxlofs",
+        flags,
+        data.as_c_str(),
+    )?;
     Ok(device)
 }
 

@@ -14,6 +14,7 @@ use super::{
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use std::ffi::{CString, OsStr};
 use std::io;
+use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -86,8 +87,7 @@ impl Passthrough {
         let path = CString::new(backing.as_os_str().as_bytes())?;
         let root = sys::open_dir_path(&path).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
         let st = sys::stat_fd(root.as_fd()).map_err(|e| io::Error::from_raw_os_error(e.code()))?;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let daemon_uid = unsafe { libc::geteuid() };
+        let daemon_uid = rustix::process::geteuid().as_raw();
         Ok(Passthrough {
             inodes: InodeTable::new(root, &st, sys::nofile_limit() / 2),
             files: HandleMap::default(),
@@ -433,9 +433,9 @@ impl Passthrough {
     ) -> Result<()> {
         let dir = self.dirs.get(fh)?;
         let _position = dir.position.lock().expect("dir position lock");
-        let mut buf = vec![0u8; DIR_BATCH];
+        let mut buf = vec![MaybeUninit::uninit(); DIR_BATCH];
         sys::read_dir_batch(dir.fd.as_fd(), offset as i64, &mut buf, |entry| {
-            let kind = match dirent_type(entry.d_type) {
+            let kind = match dirent_type(entry.kind) {
                 Some(kind) => kind,
                 None => match stat_type(dir.fd.as_fd(), entry.name) {
                     Some(kind) => kind,
@@ -457,7 +457,7 @@ impl Passthrough {
     ) -> Result<()> {
         let dir = self.dirs.get(fh)?;
         let _position = dir.position.lock().expect("dir position lock");
-        let mut buf = vec![0u8; DIR_BATCH];
+        let mut buf = vec![MaybeUninit::uninit(); DIR_BATCH];
         // An entry that cannot be looked up for another reason than having vanished (EMFILE
         // when the descriptor limit is reached, ENOMEM) ends the batch; if it is the first, the
         // error is the answer. Skipping it would silently drop the name from the listing.
@@ -504,7 +504,7 @@ impl Passthrough {
         sys::fsync(self.dirs.get(fh)?.fd.as_fd(), datasync)
     }
 
-    pub fn statfs(&self, ino: u64) -> Result<libc::statfs> {
+    pub fn statfs(&self, ino: u64) -> Result<rustix::fs::StatFs> {
         sys::statfs(self.inodes.get(ino)?.fd())
     }
 
@@ -654,7 +654,7 @@ impl Passthrough {
         &self,
         parent: u64,
         name: &OsStr,
-        st: &libc::stat,
+        st: &sys::Stat,
         open: Opener<'_>,
     ) -> Result<FileAttr> {
         if let Some(ino) = self.inodes.reference_existing(st, parent, name) {
@@ -720,7 +720,7 @@ impl Passthrough {
         inode: &Inode,
         fd: OwnedFd,
         flags: i32,
-        st: Option<&libc::stat>,
+        st: Option<&sys::Stat>,
         truncated: bool,
     ) -> Result<Opened> {
         let own_st;
@@ -820,14 +820,14 @@ impl Passthrough {
             .collect()
     }
 
-    fn attr(&self, ino: u64, st: &libc::stat) -> FileAttr {
+    fn attr(&self, ino: u64, st: &sys::Stat) -> FileAttr {
         FileAttr {
             ino: INodeNo(ino),
             size: st.st_size as u64,
             blocks: st.st_blocks as u64,
-            atime: sys::system_time(st.st_atime, st.st_atime_nsec),
-            mtime: sys::system_time(st.st_mtime, st.st_mtime_nsec),
-            ctime: sys::system_time(st.st_ctime, st.st_ctime_nsec),
+            atime: sys::system_time(st.st_atime, st.st_atime_nsec as i64),
+            mtime: sys::system_time(st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: sys::system_time(st.st_ctime, st.st_ctime_nsec as i64),
             crtime: UNIX_EPOCH,
             kind: mode_type(st.st_mode),
             perm: (st.st_mode & 0o7777) as u16,
@@ -917,16 +917,18 @@ fn mode_type(mode: libc::mode_t) -> FileType {
     }
 }
 
-fn dirent_type(d_type: u8) -> Option<FileType> {
-    Some(match d_type {
-        libc::DT_DIR => FileType::Directory,
-        libc::DT_REG => FileType::RegularFile,
-        libc::DT_LNK => FileType::Symlink,
-        libc::DT_FIFO => FileType::NamedPipe,
-        libc::DT_SOCK => FileType::Socket,
-        libc::DT_CHR => FileType::CharDevice,
-        libc::DT_BLK => FileType::BlockDevice,
-        _ => return None,
+/// The type a directory entry tells, if it tells one (`DT_UNKNOWN` on some filesystems).
+fn dirent_type(kind: rustix::fs::FileType) -> Option<FileType> {
+    use rustix::fs::FileType as Dirent;
+    Some(match kind {
+        Dirent::Directory => FileType::Directory,
+        Dirent::RegularFile => FileType::RegularFile,
+        Dirent::Symlink => FileType::Symlink,
+        Dirent::Fifo => FileType::NamedPipe,
+        Dirent::Socket => FileType::Socket,
+        Dirent::CharacterDevice => FileType::CharDevice,
+        Dirent::BlockDevice => FileType::BlockDevice,
+        Dirent::Unknown => return None,
     })
 }
 

@@ -1,36 +1,31 @@
-//! Thin, safe wrappers over the libc calls the passthrough needs. Every call is relative to a file
-//! descriptor (`*at`, `AT_EMPTY_PATH`, or `/proc/self/fd/N` for `O_PATH` descriptors) and never
-//! follows a symlink in the backing tree; errors come back as the backing call's errno.
+//! Thin, safe wrappers over the system calls the passthrough needs: rustix's, or libc's where
+//! rustix has none. Every call is relative to a file descriptor (`*at`, `AT_EMPTY_PATH`, or
+//! `/proc/self/fd/N` for `O_PATH` descriptors) and never follows a symlink in the backing tree;
+//! errors come back as the backing call's errno.
 
 use fuser::Errno;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::process::{Resource, Rlimit};
+use rustix::thread::CapabilitySets;
 use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub type Result<T> = std::result::Result<T, Errno>;
 
-pub fn last_errno() -> Errno {
-    Errno::from(std::io::Error::last_os_error())
-}
+/// What `stat` answers: the kernel's `struct stat`.
+pub type Stat = rustix::fs::Stat;
 
-/// Turns a libc `-1 + errno` return into `Err(errno)`.
-pub fn check<T: Copy + PartialOrd + Default>(ret: T) -> Result<T> {
-    if ret < T::default() {
-        Err(last_errno())
-    } else {
-        Ok(ret)
-    }
+/// The errno of a failed rustix call, as a FUSE reply carries it.
+fn errno(error: rustix::io::Errno) -> Errno {
+    Errno::from_i32(error.raw_os_error())
 }
 
 /// Retries a call interrupted by a signal (the daemon's threads can receive SIGTERM/SIGINT).
-fn retry<T: Copy + PartialOrd + Default>(mut call: impl FnMut() -> T) -> Result<T> {
-    loop {
-        match check(call()) {
-            Err(e) if e == Errno::EINTR => continue,
-            other => return other,
-        }
-    }
+fn retry<T>(call: impl FnMut() -> rustix::io::Result<T>) -> Result<T> {
+    rustix::io::retry_on_intr(call).map_err(errno)
 }
 
 pub fn c_name(name: &OsStr) -> Result<CString> {
@@ -45,26 +40,13 @@ pub fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
 
 const EMPTY: &CStr = c"";
 
-/// # Safety
-/// `fd` must be an open descriptor that nothing else owns or will close (one a call just
-/// returned).
-unsafe fn owned(fd: RawFd) -> OwnedFd {
-    // SAFETY: the caller hands over sole ownership of an open descriptor.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+/// Open flags as the kernel takes them: every bit of `flags` (libc's `O_*`), and close-on-exec.
+fn open_flags(flags: i32) -> OFlags {
+    OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC
 }
 
 pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) -> Result<OwnedFd> {
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    let fd = retry(|| unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            flags | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    })?;
-    // SAFETY: a successful open returned `fd`, which nothing else holds.
-    Ok(unsafe { owned(fd) })
+    retry(|| rustix::fs::openat(dir, name, open_flags(flags), Mode::from_bits_retain(mode)))
 }
 
 /// An `O_PATH` descriptor for the directory at `path`, absolute or relative to the working
@@ -72,36 +54,16 @@ pub fn openat(dir: BorrowedFd<'_>, name: &CStr, flags: i32, mode: libc::mode_t) 
 /// (A descriptor standing for the working directory is never made, so no `*at` helper here can
 /// be handed one and act on a path outside BACKING.)
 pub fn open_dir_path(path: &CStr) -> Result<OwnedFd> {
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    let fd = retry(|| unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: a successful open returned `fd`, which nothing else holds.
-    Ok(unsafe { owned(fd) })
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    retry(|| rustix::fs::open(path, flags, Mode::empty()))
 }
 
 /// Opens `path` (any number of components) below `dir` with `openat2`: the kernel refuses to
 /// leave `dir` (`..`, absolute paths) or to follow any symlink, even one that races in.
 pub fn open_beneath(dir: BorrowedFd<'_>, path: &CStr, flags: i32) -> Result<OwnedFd> {
-    // SAFETY: open_how is plain data; all-zero is its "nothing asked" value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
-    // SAFETY: the descriptor is borrowed, the path NUL-terminated, and `how` is a valid open_how whose size is passed; all outlive the call.
-    let fd = retry(|| unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    })?;
-    // SAFETY: a successful openat2 returned `fd`, which nothing else holds.
-    Ok(unsafe { owned(fd as RawFd) })
+    let flags = open_flags(flags) | OFlags::NOFOLLOW;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
+    retry(|| rustix::fs::openat2(dir, path, flags, Mode::empty(), resolve))
 }
 
 /// An `O_PATH` descriptor for `name` in `dir`, never following a symlink at `name`.
@@ -112,49 +74,41 @@ pub fn open_path(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd> {
 /// Opens the inode behind an `O_PATH` (or any) descriptor with real access `flags`.
 pub fn reopen(fd: BorrowedFd<'_>, flags: i32) -> Result<OwnedFd> {
     let path = proc_fd_path(fd);
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    let fd = retry(|| unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
-    // SAFETY: a successful open returned `fd`, which nothing else holds.
-    Ok(unsafe { owned(fd) })
+    retry(|| rustix::fs::open(path.as_c_str(), open_flags(flags), Mode::empty()))
 }
 
-pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<libc::stat> {
+pub fn stat_fd(fd: BorrowedFd<'_>) -> Result<Stat> {
     stat_at(fd, EMPTY, libc::AT_EMPTY_PATH)
 }
 
-pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it. `st` has room for the stat the call writes.
-    check(unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            st.as_mut_ptr(),
-            flags | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })?;
-    // SAFETY: fstatat succeeded and filled the struct.
-    Ok(unsafe { st.assume_init() })
+pub fn stat_at(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<Stat> {
+    let flags = AtFlags::from_bits_retain(flags as u32) | AtFlags::SYMLINK_NOFOLLOW;
+    rustix::fs::statat(dir, name, flags).map_err(errno)
 }
 
 pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> Result<()> {
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+    rustix::fs::mkdirat(dir, name, Mode::from_bits_retain(mode)).map_err(errno)
 }
 
+/// `mode` carries the file type, as mknod(2) takes it.
 pub fn mknodat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t, rdev: u64) -> Result<()> {
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+    // rustix sends the type and the permission bits or'ed together, as they came; only type 0,
+    // which mknod(2) reads as a regular file, has no `FileType` of its own (`Unknown` would send
+    // S_IFMT).
+    let file_type = match mode & libc::S_IFMT {
+        0 => FileType::RegularFile,
+        _ => FileType::from_raw_mode(mode),
+    };
+    let permissions = Mode::from_bits_retain(mode & !libc::S_IFMT);
+    rustix::fs::mknodat(dir, name, file_type, permissions, rdev).map_err(errno)
 }
 
 pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> Result<()> {
-    // SAFETY: the descriptor is borrowed (open for the call); target and name are NUL-terminated strings that outlive it.
-    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+    rustix::fs::symlinkat(target, dir, name).map_err(errno)
 }
 
 pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: i32) -> Result<()> {
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+    rustix::fs::unlinkat(dir, name, AtFlags::from_bits_retain(flags as u32)).map_err(errno)
 }
 
 pub fn renameat2(
@@ -164,60 +118,38 @@ pub fn renameat2(
     new_name: &CStr,
     flags: u32,
 ) -> Result<()> {
-    // SAFETY: both descriptors are borrowed (open for the call); both names are NUL-terminated strings that outlive it.
-    check(unsafe {
-        libc::renameat2(
-            old_dir.as_raw_fd(),
-            old_name.as_ptr(),
-            new_dir.as_raw_fd(),
-            new_name.as_ptr(),
-            flags,
-        )
-    })
-    .map(drop)
+    let flags = RenameFlags::from_bits_retain(flags);
+    rustix::fs::renameat_with(old_dir, old_name, new_dir, new_name, flags).map_err(errno)
 }
 
 /// A new hard link to the inode behind `fd`. The procfs form needs no CAP_DAC_READ_SEARCH, unlike
 /// `AT_EMPTY_PATH`, and `AT_SYMLINK_FOLLOW` only resolves the magic link, never a symlink's target.
 pub fn link_fd(fd: BorrowedFd<'_>, new_dir: BorrowedFd<'_>, new_name: &CStr) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: the procfs path and the new name are NUL-terminated strings and `new_dir` is borrowed; all outlive the call.
-    check(unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            new_dir.as_raw_fd(),
-            new_name.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    })
-    .map(drop)
+    rustix::fs::linkat(
+        rustix::fs::CWD,
+        path.as_c_str(),
+        new_dir,
+        new_name,
+        AtFlags::SYMLINK_FOLLOW,
+    )
+    .map_err(errno)
 }
 
 pub fn readlink_fd(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
-    // SAFETY: the descriptor is borrowed, EMPTY is NUL-terminated, and readlinkat writes at most `buf.len()` bytes into `buf`.
-    let len = check(unsafe {
-        libc::readlinkat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    })?;
-    buf.truncate(len as usize);
+    let len = rustix::fs::readlinkat_raw(fd, EMPTY, &mut buf[..]).map_err(errno)?;
+    buf.truncate(len);
     Ok(buf)
 }
 
 pub fn chmod_fd(fd: BorrowedFd<'_>, mode: libc::mode_t) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    check(unsafe { libc::chmod(path.as_ptr(), mode) }).map(drop)
+    rustix::fs::chmod(path.as_c_str(), Mode::from_bits_retain(mode)).map_err(errno)
 }
 
 pub fn fchmod(fd: BorrowedFd<'_>, mode: libc::mode_t) -> Result<()> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+    rustix::fs::fchmod(fd, Mode::from_bits_retain(mode)).map_err(errno)
 }
 
 /// `None` leaves the id unchanged (-1 to chown).
@@ -227,23 +159,16 @@ pub fn chown_at(
     uid: Option<u32>,
     gid: Option<u32>,
 ) -> Result<()> {
-    let flags = libc::AT_SYMLINK_NOFOLLOW
+    let flags = AtFlags::SYMLINK_NOFOLLOW
         | if name.is_empty() {
-            libc::AT_EMPTY_PATH
+            AtFlags::EMPTY_PATH
         } else {
-            0
+            AtFlags::empty()
         };
-    // SAFETY: the descriptor is borrowed (open for the call) and the name a NUL-terminated string that outlives it.
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            uid.unwrap_or(u32::MAX),
-            gid.unwrap_or(u32::MAX),
-            flags,
-        )
-    })
-    .map(drop)
+    // Unchecked: an id of -1 passes as before, meaning "unchanged" to the kernel as `None` does.
+    let uid = uid.map(rustix::fs::Uid::from_raw_unchecked);
+    let gid = gid.map(rustix::fs::Gid::from_raw_unchecked);
+    rustix::fs::chownat(dir, name, uid, gid, flags).map_err(errno)
 }
 
 pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
@@ -263,50 +188,21 @@ pub fn chown_fd(fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> Resul
 pub struct CreatingAs {
     /// The thread's own fsuid and fsgid, and capabilities, to put back.
     own_ids: (u32, u32),
-    capabilities: [CapData; 2],
+    capabilities: CapabilitySets,
     _this_thread: std::marker::PhantomData<*const ()>,
 }
 
-/// capget/capset's header and per-word data (linux/capability.h, version 3: two 32-bit words).
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
+/// The calling thread's capabilities (`None`: pid 0, the calling thread, not the process).
+fn thread_capabilities() -> Result<CapabilitySets> {
+    rustix::thread::capabilities(None).map_err(errno)
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Default, PartialEq)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-/// The calling thread's capabilities (pid 0 is the calling thread, not the process).
-fn thread_capabilities() -> Result<[CapData; 2]> {
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData::default(); 2];
-    // SAFETY: the header and the two data words are valid for the call to write.
-    check(unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) })?;
-    Ok(data)
-}
-
-fn set_thread_capabilities(data: &[CapData; 2]) -> Result<()> {
-    let mut header = CapHeader {
-        version: CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    // SAFETY: the header and the two data words are valid for the call to read.
-    check(unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) }).map(drop)
+fn set_thread_capabilities(sets: CapabilitySets) -> Result<()> {
+    rustix::thread::set_capabilities(None, sets).map_err(errno)
 }
 
 /// The calling thread's fsuid and fsgid (an invalid id changes nothing, and both calls answer
-/// the id in force).
+/// the id in force). setfsuid/setfsgid are libc's: rustix has no wrapper for them.
 fn thread_fs_ids() -> (u32, u32) {
     // SAFETY: setfsuid/setfsgid with an invalid id only read the thread's own ids.
     unsafe {
@@ -347,7 +243,7 @@ impl CreatingAs {
             );
             return Err(Errno::EPERM);
         }
-        set_thread_capabilities(&capabilities)?;
+        set_thread_capabilities(capabilities)?;
         Ok(switched)
     }
 }
@@ -359,7 +255,7 @@ impl Drop for CreatingAs {
         // daemon's own requests as them: nothing is served rather than that.
         let (uid, gid) = self.own_ids;
         let restored = set_thread_fs_ids(uid, gid)
-            && set_thread_capabilities(&self.capabilities).is_ok()
+            && set_thread_capabilities(self.capabilities).is_ok()
             && thread_capabilities().is_ok_and(|now| now == self.capabilities);
         if !restored {
             tracing::error!("could not restore the serving thread's own ids; stopping");
@@ -370,13 +266,22 @@ impl Drop for CreatingAs {
 
 pub fn truncate_fd(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    retry(|| unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) }).map(drop)
+    loop {
+        // rustix has no truncate(2) by path, and opening the file to ftruncate it would be
+        // another call with other rules (a FIFO would block it).
+        // SAFETY: `path` is a NUL-terminated string that outlives the call.
+        if unsafe { libc::truncate(path.as_ptr(), size as libc::off_t) } == 0 {
+            return Ok(());
+        }
+        let error = Errno::from(std::io::Error::last_os_error());
+        if error != Errno::EINTR {
+            return Err(error);
+        }
+    }
 }
 
 pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> Result<()> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    retry(|| unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+    retry(|| rustix::fs::ftruncate(fd, size))
 }
 
 /// What to set a timestamp to; `None` in `set_times` leaves it alone (UTIME_OMIT).
@@ -386,15 +291,15 @@ pub enum TimeSpec {
     At(SystemTime),
 }
 
-fn timespec(time: Option<TimeSpec>) -> libc::timespec {
+fn timespec(time: Option<TimeSpec>) -> rustix::fs::Timespec {
     match time {
-        None => libc::timespec {
+        None => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
+            tv_nsec: rustix::fs::UTIME_OMIT,
         },
-        Some(TimeSpec::Now) => libc::timespec {
+        Some(TimeSpec::Now) => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
+            tv_nsec: rustix::fs::UTIME_NOW,
         },
         Some(TimeSpec::At(t)) => {
             let (tv_sec, tv_nsec) = match t.duration_since(UNIX_EPOCH) {
@@ -409,7 +314,7 @@ fn timespec(time: Option<TimeSpec>) -> libc::timespec {
                     }
                 }
             };
-            libc::timespec { tv_sec, tv_nsec }
+            rustix::fs::Timespec { tv_sec, tv_nsec }
         }
     }
 }
@@ -420,17 +325,11 @@ pub fn set_times(
     atime: Option<TimeSpec>,
     mtime: Option<TimeSpec>,
 ) -> Result<()> {
-    let times = [timespec(atime), timespec(mtime)];
-    // SAFETY: the descriptor is borrowed, EMPTY is NUL-terminated, and `times` holds the two timespecs utimensat reads.
-    check(unsafe {
-        libc::utimensat(
-            fd.as_raw_fd(),
-            EMPTY.as_ptr(),
-            times.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    })
-    .map(drop)
+    let times = rustix::fs::Timestamps {
+        last_access: timespec(atime),
+        last_modification: timespec(mtime),
+    };
+    rustix::fs::utimensat(fd, EMPTY, &times, AtFlags::EMPTY_PATH).map_err(errno)
 }
 
 pub fn system_time(sec: i64, nsec: i64) -> SystemTime {
@@ -444,60 +343,47 @@ pub fn system_time(sec: i64, nsec: i64) -> SystemTime {
 
 pub fn pread(fd: BorrowedFd<'_>, size: usize, offset: u64) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; size];
-    // SAFETY: the descriptor is borrowed and pread writes at most `buf.len()` bytes into `buf`.
-    let len = retry(|| unsafe {
-        libc::pread(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            offset as libc::off_t,
-        )
-    })?;
-    buf.truncate(len as usize);
+    let len = retry(|| rustix::io::pread(fd, &mut buf[..], offset))?;
+    buf.truncate(len);
     Ok(buf)
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, data: &[u8], offset: u64) -> Result<usize> {
-    // SAFETY: the descriptor is borrowed and pwrite reads at most `data.len()` bytes from `data`.
-    retry(|| unsafe {
-        libc::pwrite(
-            fd.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            offset as libc::off_t,
-        )
-    })
-    .map(|n| n as usize)
+    retry(|| rustix::io::pwrite(fd, data, offset))
 }
 
 pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> Result<()> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    retry(|| unsafe {
+    retry(|| {
         if datasync {
-            libc::fdatasync(fd.as_raw_fd())
+            rustix::fs::fdatasync(fd)
         } else {
-            libc::fsync(fd.as_raw_fd())
+            rustix::fs::fsync(fd)
         }
     })
-    .map(drop)
 }
 
+/// `mode` is fallocate(2)'s (`FALLOC_FL_*`), every bit passed on.
 pub fn fallocate(fd: BorrowedFd<'_>, mode: i32, offset: u64, len: u64) -> Result<()> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    retry(|| unsafe {
-        libc::fallocate(
-            fd.as_raw_fd(),
-            mode,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    })
-    .map(drop)
+    let mode = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+    retry(|| rustix::fs::fallocate(fd, mode, offset, len))
 }
 
+/// lseek(2) with libc's `whence` (`SEEK_*`); an unknown one is EINVAL, as the kernel answers it.
 pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: i32) -> Result<i64> {
-    // SAFETY: the descriptor is borrowed, so open for the call.
-    check(unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) })
+    use rustix::fs::SeekFrom;
+    // A negative offset from the start, a data or a hole is passed on as it is (rustix casts it
+    // back), for the kernel's EINVAL or ENXIO.
+    let position = match whence {
+        libc::SEEK_SET => SeekFrom::Start(offset as u64),
+        libc::SEEK_CUR => SeekFrom::Current(offset),
+        libc::SEEK_END => SeekFrom::End(offset),
+        libc::SEEK_DATA => SeekFrom::Data(offset as u64),
+        libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
+        _ => return Err(Errno::EINVAL),
+    };
+    rustix::fs::seek(fd, position)
+        .map(|at| at as i64)
+        .map_err(errno)
 }
 
 pub fn copy_file_range(
@@ -507,44 +393,32 @@ pub fn copy_file_range(
     offset_out: u64,
     len: u64,
 ) -> Result<usize> {
-    let mut off_in = offset_in as libc::loff_t;
-    let mut off_out = offset_out as libc::loff_t;
-    // SAFETY: both descriptors are borrowed; the offsets are live locals the call updates.
-    retry(|| unsafe {
-        libc::copy_file_range(
-            fd_in.as_raw_fd(),
-            &mut off_in,
-            fd_out.as_raw_fd(),
-            &mut off_out,
+    let (mut offset_in, mut offset_out) = (offset_in, offset_out);
+    retry(|| {
+        rustix::fs::copy_file_range(
+            fd_in,
+            Some(&mut offset_in),
+            fd_out,
+            Some(&mut offset_out),
             len as usize,
-            0,
         )
     })
-    .map(|n| n as usize)
 }
 
-pub fn statfs(fd: BorrowedFd<'_>) -> Result<libc::statfs> {
-    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: the descriptor is borrowed and `st` has room for the statfs the call writes.
-    check(unsafe { libc::fstatfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstatfs succeeded and filled the struct.
-    Ok(unsafe { st.assume_init() })
+pub fn statfs(fd: BorrowedFd<'_>) -> Result<rustix::fs::StatFs> {
+    rustix::fs::fstatfs(fd).map_err(errno)
 }
 
 /// The filesystem's id (`f_fsid`): on ext4, xfs and btrfs it comes from the filesystem's UUID,
 /// so it names the same disk across mounts and reboots.
 pub fn filesystem_id(fd: BorrowedFd<'_>) -> Result<u64> {
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: the descriptor is borrowed and `st` has room for the statvfs the call writes.
-    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstatvfs succeeded and filled the struct.
-    Ok(unsafe { st.assume_init() }.f_fsid)
+    rustix::fs::fstatvfs(fd).map(|st| st.f_fsid).map_err(errno)
 }
 
 pub fn access_fd(fd: BorrowedFd<'_>, mask: i32) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: `path` is a NUL-terminated string that outlives the call.
-    check(unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), mask, 0) }).map(drop)
+    let mask = rustix::fs::Access::from_bits_retain(mask as u32);
+    rustix::fs::accessat(rustix::fs::CWD, path.as_c_str(), mask, AtFlags::empty()).map_err(errno)
 }
 
 /// One entry of a `getdents64` batch.
@@ -552,51 +426,34 @@ pub struct RawDirEntry<'a> {
     pub ino: u64,
     /// The cookie that resumes reading after this entry.
     pub next_offset: i64,
-    pub d_type: u8,
+    /// The entry's `d_type`; `Unknown` where the filesystem does not tell.
+    pub kind: FileType,
     pub name: &'a OsStr,
 }
 
-/// Reads a batch of directory entries starting at the position `offset` (a cookie returned
-/// earlier, or 0), calling `each` until it returns `false` or the batch ends.
+/// Reads one batch of directory entries (what one getdents64 call fits in `buf`) starting at the
+/// position `offset` (a cookie returned earlier, or 0), calling `each` until it returns `false`
+/// or the batch ends.
 pub fn read_dir_batch(
     fd: BorrowedFd<'_>,
     offset: i64,
-    buf: &mut [u8],
+    buf: &mut [MaybeUninit<u8>],
     mut each: impl FnMut(RawDirEntry<'_>) -> bool,
 ) -> Result<()> {
     lseek(fd, offset, libc::SEEK_SET)?;
-    // SAFETY: the descriptor is borrowed and getdents64 writes at most `buf.len()` bytes into `buf`.
-    let len = check(unsafe {
-        libc::syscall(
-            libc::SYS_getdents64,
-            fd.as_raw_fd(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    })? as usize;
-    let mut pos = 0;
-    while pos < len {
-        // linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, NUL-terminated name.
-        let rec = &buf[pos..];
-        let ino = u64::from_ne_bytes(rec[0..8].try_into().expect("8 bytes"));
-        let next_offset = i64::from_ne_bytes(rec[8..16].try_into().expect("8 bytes"));
-        let reclen = u16::from_ne_bytes(rec[16..18].try_into().expect("2 bytes")) as usize;
-        let d_type = rec[18];
-        let name_bytes = &rec[19..reclen];
-        let name_len = name_bytes
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(name_bytes.len());
-        let name = OsStr::from_bytes(&name_bytes[..name_len]);
-        if !each(RawDirEntry {
-            ino,
-            next_offset,
-            d_type,
-            name,
-        }) {
+    let mut entries = rustix::fs::RawDir::new(fd, buf);
+    while let Some(entry) = entries.next() {
+        let entry = entry.map_err(errno)?;
+        let more = each(RawDirEntry {
+            ino: entry.ino(),
+            next_offset: entry.next_entry_cookie() as i64,
+            kind: entry.file_type(),
+            name: OsStr::from_bytes(entry.file_name().to_bytes()),
+        });
+        // `RawDir` would read the next batch once this one is used up.
+        if !more || entries.is_buffer_empty() {
             break;
         }
-        pos += reclen;
     }
     Ok(())
 }
@@ -606,57 +463,40 @@ pub fn read_dir_batch(
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &CStr, size: usize) -> Result<XattrValue> {
     let path = proc_fd_path(fd);
     if size == 0 {
-        // SAFETY: the strings are NUL-terminated and outlive the call; a null buffer of size 0 only asks the size.
-        let len = check(unsafe {
-            libc::getxattr(path.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0)
-        })?;
+        let len = rustix::fs::getxattr_query(path.as_c_str(), name).map_err(errno)?;
         return Ok(XattrValue::Size(len as u32));
     }
     let mut buf = vec![0u8; size];
-    // SAFETY: the strings are NUL-terminated and outlive the call; getxattr writes at most `size` (= `buf.len()`) bytes into `buf`.
-    let len = check(unsafe {
-        libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), size)
-    })?;
-    buf.truncate(len as usize);
+    let len = rustix::fs::getxattr(path.as_c_str(), name, &mut buf[..]).map_err(errno)?;
+    buf.truncate(len);
     Ok(XattrValue::Data(buf))
 }
 
+/// `flags` are setxattr(2)'s (`XATTR_CREATE`, `XATTR_REPLACE`), every bit passed on.
 pub fn set_xattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8], flags: i32) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: the strings are NUL-terminated and outlive the call; setxattr reads `value.len()` bytes from `value`.
-    check(unsafe {
-        libc::setxattr(
-            path.as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    })
-    .map(drop)
+    let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+    rustix::fs::setxattr(path.as_c_str(), name, value, flags).map_err(errno)
 }
 
 pub fn remove_xattr(fd: BorrowedFd<'_>, name: &CStr) -> Result<()> {
     let path = proc_fd_path(fd);
-    // SAFETY: the strings are NUL-terminated and outlive the call.
-    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+    rustix::fs::removexattr(path.as_c_str(), name).map_err(errno)
 }
 
 /// The whole NUL-separated name list (retrying if it grows between the size query and the read).
 pub fn list_xattr(fd: BorrowedFd<'_>) -> Result<Vec<u8>> {
     let path = proc_fd_path(fd);
     loop {
-        // SAFETY: `path` is NUL-terminated and outlives the call; a null buffer of size 0 only asks the size.
-        let len = check(unsafe { libc::listxattr(path.as_ptr(), std::ptr::null_mut(), 0) })?;
-        let mut buf = vec![0u8; len as usize];
-        // SAFETY: `path` is NUL-terminated and outlives the call; listxattr writes at most `buf.len()` bytes into `buf`.
-        match check(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }) {
+        let len = rustix::fs::listxattr_query(path.as_c_str()).map_err(errno)?;
+        let mut buf = vec![0u8; len];
+        match rustix::fs::listxattr(path.as_c_str(), &mut buf[..]) {
             Ok(len) => {
-                buf.truncate(len as usize);
+                buf.truncate(len);
                 return Ok(buf);
             }
-            Err(e) if e == Errno::ERANGE => continue,
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(errno(e)),
         }
     }
 }
@@ -693,34 +533,27 @@ pub fn clear_thread_umask() {
     thread_local!(static CLEARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) });
     CLEARED.with(|cleared| {
         if !cleared.get() {
-            // SAFETY: unshare(CLONE_FS) only gives this thread its own copy of the fs block.
-            if unsafe { libc::unshare(libc::CLONE_FS) } == 0 {
-                // SAFETY: umask has no preconditions; after the unshare it is this thread's.
-                unsafe { libc::umask(0) };
-            } else {
-                tracing::warn!(
-                    "unshare(CLONE_FS) failed ({}); created modes get the daemon's umask too",
-                    std::io::Error::last_os_error()
-                );
+            // SAFETY: rustix's unshare is unsafe for CLONE_FILES (a descriptor another thread opens after it is not in this thread's table); CLONE_FS only gives this thread its own copy of the fs block.
+            match unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::FS) } {
+                Ok(()) => {
+                    // After the unshare, the umask is this thread's.
+                    rustix::process::umask(Mode::empty());
+                }
+                Err(e) => tracing::warn!(
+                    "unshare(CLONE_FS) failed ({e}); created modes get the daemon's umask too"
+                ),
             }
             cleared.set(true);
         }
     });
 }
 
-fn nofile_rlimit() -> Option<libc::rlimit> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only into `limit`.
-    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
-}
-
 /// The process's current (soft) limit on open descriptors.
 pub fn nofile_limit() -> usize {
-    nofile_rlimit().map_or(1024, |limit| {
-        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    let limit = rustix::process::getrlimit(Resource::Nofile);
+    // `None` is RLIM_INFINITY.
+    limit.current.map_or(usize::MAX, |current| {
+        usize::try_from(current).unwrap_or(usize::MAX)
     })
 }
 
@@ -730,72 +563,55 @@ pub fn raise_nofile_limit() {
     // Root may lift the hard limit too, up to the kernel's fs.nr_open.
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
         .ok()
-        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok());
+        .and_then(|text| text.trim().parse::<u64>().ok());
     if let Some(nr_open) = nr_open {
-        let lifted = libc::rlimit {
-            rlim_cur: nr_open,
-            rlim_max: nr_open,
+        let lifted = Rlimit {
+            current: Some(nr_open),
+            maximum: Some(nr_open),
         };
-        // SAFETY: setrlimit only reads `lifted`.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lifted) } == 0 {
+        if rustix::process::setrlimit(Resource::Nofile, lifted).is_ok() {
             return;
         }
     }
-    let Some(mut limit) = nofile_rlimit().filter(|limit| limit.rlim_cur < limit.rlim_max) else {
+    let limit = rustix::process::getrlimit(Resource::Nofile);
+    // The soft limit is never above the hard one: unequal, it is below.
+    if limit.current == limit.maximum {
         return;
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
     };
-    limit.rlim_cur = limit.rlim_max;
-    // SAFETY: setrlimit only reads `limit`.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        tracing::warn!(
-            "could not raise RLIMIT_NOFILE: {}",
-            std::io::Error::last_os_error()
-        );
+    if let Err(e) = rustix::process::setrlimit(Resource::Nofile, raised) {
+        tracing::warn!("could not raise RLIMIT_NOFILE: {e}");
     }
 }
 
 /// Receives one descriptor passed with `SCM_RIGHTS` over the Unix socket `socket` (blocking).
 /// `None` if the peer closed the socket without sending one.
 pub fn recv_fd(socket: BorrowedFd<'_>) -> std::io::Result<Option<OwnedFd>> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
     let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: byte.len(),
+    // Room for one control message carrying one descriptor.
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::io::retry_on_intr(|| {
+        rustix::net::recvmsg(
+            socket,
+            &mut [std::io::IoSliceMut::new(&mut byte)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        )
+    })?;
+    if received.bytes == 0 {
+        return Ok(None);
+    }
+    // Only the first control message counts; any other descriptor received is closed.
+    let fd = match control.drain().next() {
+        Some(RecvAncillaryMessage::ScmRights(mut fds)) => fds.next(),
+        _ => None,
     };
-    // Room for one control message carrying one descriptor, aligned for cmsghdr.
-    let mut control = [0u64; 8];
-    // SAFETY: msghdr is plain data; all-zero is "no name, no buffers" until filled in below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&control);
-    let received = loop {
-        // SAFETY: recvmsg writes only within the buffers `msg` describes: `iov` and `control`, which live across the call, with their lengths.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        match check(n) {
-            Err(e) if e == Errno::EINTR => continue,
-            Err(e) => return Err(std::io::Error::from_raw_os_error(e.code())),
-            Ok(n) => break n,
-        }
-    };
-    if received == 0 {
-        return Ok(None);
-    }
-    // SAFETY: recvmsg filled `msg`; CMSG_FIRSTHDR reads only its control fields.
-    let header = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-    if header.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: a non-null first header lies within `control`, which recvmsg filled.
-    let (level, kind) = unsafe { ((*header).cmsg_level, (*header).cmsg_type) };
-    if level != libc::SOL_SOCKET || kind != libc::SCM_RIGHTS {
-        return Ok(None);
-    }
-    // SAFETY: an SCM_RIGHTS message's data is at least one descriptor, possibly unaligned.
-    let fd = unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(header).cast::<RawFd>()) };
-    // SAFETY: the kernel just installed `fd` in our table for us; nothing else owns it.
-    Ok(Some(unsafe { owned(fd) }))
+    Ok(fd)
 }
 
 #[cfg(test)]
@@ -808,9 +624,8 @@ mod tests {
     /// its own again and what it creates is root's.
     #[test]
     fn creating_as_another_user_lasts_as_long_as_the_guard() {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(euid, 0, "the daemon's case: run as root");
+        let euid = rustix::process::geteuid();
+        assert!(euid.is_root(), "the daemon's case: run as root");
         let dir = tempfile::tempdir().unwrap();
         let path = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
         // Its own thread: the ids and capabilities changed are that thread's alone.
@@ -822,7 +637,7 @@ mod tests {
                 mkdirat(dir_fd.as_fd(), c"theirs", 0o755).unwrap();
             }
             assert_eq!(thread_fs_ids(), own_ids);
-            assert!(thread_capabilities().unwrap() == own_capabilities);
+            assert_eq!(thread_capabilities().unwrap(), own_capabilities);
             mkdirat(dir_fd.as_fd(), c"mine", 0o755).unwrap();
             for (name, owner) in [(c"theirs", (65534, 65534)), (c"mine", (0, 0))] {
                 let st = stat_at(dir_fd.as_fd(), name, 0).unwrap();

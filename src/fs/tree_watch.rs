@@ -20,7 +20,9 @@
 
 use super::sys;
 use crate::log_limit::LogLimit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+use rustix::io::Errno;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -38,7 +40,10 @@ const LOCAL_FILESYSTEMS: [libc::c_long; 5] = [
 /// smallest default, 8,192).
 const WATCHES_IF_LIMIT_UNKNOWN: usize = 1024;
 
-const WATCHED: u32 = libc::IN_MOVED_FROM | libc::IN_MOVED_TO | libc::IN_DELETE | libc::IN_ONLYDIR;
+const WATCHED: WatchFlags = WatchFlags::MOVED_FROM
+    .union(WatchFlags::MOVED_TO)
+    .union(WatchFlags::DELETE)
+    .union(WatchFlags::ONLYDIR);
 
 #[derive(Debug)]
 pub struct TreeWatch {
@@ -71,15 +76,15 @@ impl TreeWatch {
             );
             return None;
         }
-        // SAFETY: inotify_init1 takes only flags.
-        let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if fd < 0 {
-            tracing::warn!(error = ?sys::last_errno(), "no inotify: every request checks its inode's whole path");
-            return None;
-        }
+        let inotify = match inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC) {
+            Ok(inotify) => inotify,
+            Err(error) => {
+                tracing::warn!(%error, "no inotify: every request checks its inode's whole path");
+                return None;
+            }
+        };
         let watch = TreeWatch {
-            // SAFETY: a successful inotify_init1 returned `fd`, which nothing else holds.
-            inotify: unsafe { OwnedFd::from_raw_fd(fd) },
+            inotify,
             moves: AtomicU64::new(1),
             changes: AtomicU64::new(1),
             reading: Mutex::new(()),
@@ -109,22 +114,22 @@ impl TreeWatch {
             }
             return None;
         }
-        let (inotify, path) = (self.inotify.as_raw_fd(), sys::proc_fd_path(dir));
-        // SAFETY: both descriptors are open and `path` a NUL-terminated string; all outlive the call.
-        let wd = unsafe { libc::inotify_add_watch(inotify, path.as_ptr(), WATCHED) };
-        if wd < 0 {
-            self.watches.fetch_sub(1, Ordering::AcqRel);
-            tracing::debug!(error = ?sys::last_errno(), "directory not watched");
-            return None;
+        let path = sys::proc_fd_path(dir);
+        match inotify::add_watch(&self.inotify, path.as_c_str(), WATCHED) {
+            Ok(wd) => Some(wd),
+            Err(error) => {
+                self.watches.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!(%error, "directory not watched");
+                None
+            }
         }
-        Some(wd)
     }
 
     /// Stops watching a directory the table let go of (its `IN_IGNORED` ends an epoch, which
     /// costs a full check per inode and nothing else).
     pub fn unwatch(&self, wd: i32) {
-        // SAFETY: plain integers; a descriptor already gone only gives EINVAL.
-        unsafe { libc::inotify_rm_watch(self.inotify.as_raw_fd(), wd) };
+        // A watch descriptor already gone only gives EINVAL.
+        let _ = inotify::remove_watch(&self.inotify, wd);
         self.watches.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -141,32 +146,22 @@ impl TreeWatch {
         let mut events = [0u8; 4096];
         let (mut moved, mut changed) = (false, false);
         loop {
-            // SAFETY: the descriptor is ours and `events` is writable for its whole length.
-            let n = unsafe {
-                libc::read(
-                    self.inotify.as_raw_fd(),
-                    events.as_mut_ptr().cast(),
-                    events.len(),
-                )
-            };
-            if n > 0 {
-                changed = true;
-                moved |= event_masks(&events[..n as usize]).any(|mask| mask & libc::IN_DELETE == 0);
-                continue;
+            match rustix::io::read(&self.inotify, &mut events[..]) {
+                Ok(0) | Err(Errno::AGAIN) => break,
+                Ok(n) => {
+                    changed = true;
+                    moved |= event_masks(&events[..n]).any(|mask| mask & libc::IN_DELETE == 0);
+                }
+                Err(Errno::INTR) => continue,
+                Err(error) => {
+                    tracing::warn!(
+                        %error,
+                        "inotify read failed: every request checks its inode's whole path"
+                    );
+                    self.usable.store(false, Ordering::Release);
+                    return None;
+                }
             }
-            let error = sys::last_errno();
-            if n < 0 && error == fuser::Errno::EINTR {
-                continue;
-            }
-            if n == 0 || error == fuser::Errno::EAGAIN {
-                break;
-            }
-            tracing::warn!(
-                ?error,
-                "inotify read failed: every request checks its inode's whole path"
-            );
-            self.usable.store(false, Ordering::Release);
-            return None;
         }
         if moved {
             self.moves.fetch_add(1, Ordering::AcqRel);

@@ -1,8 +1,10 @@
 //! POSIX calls by path that report `Ok(value)` or `Err(errno)`, and a snapshot of a directory
 //! tree, for comparing a plain directory with a mount operation by operation.
 
+use rustix::fs::{AtFlags, Mode, OFlags, CWD};
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -15,36 +17,31 @@ fn c(path: &Path) -> CString {
     CString::new(path.as_os_str().as_bytes()).unwrap()
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap()
+fn errno(error: rustix::io::Errno) -> i32 {
+    error.raw_os_error()
 }
 
-fn outcome(ret: i64) -> Outcome {
-    if ret < 0 {
-        Err(errno())
-    } else {
-        Ok(ret)
-    }
+/// A call that answers nothing but success, as 0.
+fn done(result: rustix::io::Result<()>) -> Outcome {
+    result.map(|()| 0).map_err(errno)
 }
 
-/// A descriptor that closes on drop.
-pub struct Fd(pub i32);
-
-impl Drop for Fd {
-    fn drop(&mut self) {
-        // SAFETY: the descriptor is owned by this `Fd` and closed only here, once.
-        unsafe { libc::close(self.0) };
-    }
+/// A byte count or an offset.
+fn count<N: TryInto<i64, Error: std::fmt::Debug>>(result: rustix::io::Result<N>) -> Outcome {
+    result
+        .map(|n| n.try_into().expect("fits in an i64"))
+        .map_err(errno)
 }
 
-pub fn open(path: &Path, flags: i32, mode: u32) -> Result<Fd, i32> {
-    // SAFETY: the path is a NUL-terminated string that outlives the call; the new descriptor is owned by the returned `Fd`.
-    let fd = unsafe { libc::open(c(path).as_ptr(), flags | libc::O_CLOEXEC, mode) };
-    if fd < 0 {
-        Err(errno())
-    } else {
-        Ok(Fd(fd))
-    }
+/// Permission bits as the kernel takes them, every bit passed on.
+fn mode(mode: u32) -> Mode {
+    Mode::from_bits_retain(mode)
+}
+
+/// `flags` are libc's `O_*`, every bit passed on; the descriptor closes on drop.
+pub fn open(path: &Path, flags: i32, mode_bits: u32) -> Result<OwnedFd, i32> {
+    let flags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
+    rustix::fs::open(c(path).as_c_str(), flags, mode(mode_bits)).map_err(errno)
 }
 
 /// open + close, recording only success or errno.
@@ -52,24 +49,18 @@ pub fn touch(path: &Path, flags: i32, mode: u32) -> Outcome {
     open(path, flags, mode).map(|_| 0)
 }
 
-pub fn pwrite(fd: &Fd, data: &[u8], offset: i64) -> Outcome {
-    // SAFETY: `data` is valid for reads of its length for the call; the descriptor is open.
-    outcome(unsafe { libc::pwrite(fd.0, data.as_ptr().cast(), data.len(), offset) } as i64)
+pub fn pwrite(fd: &OwnedFd, data: &[u8], offset: i64) -> Outcome {
+    count(rustix::io::pwrite(fd, data, offset as u64))
 }
 
-pub fn write(fd: &Fd, data: &[u8]) -> Outcome {
-    // SAFETY: `data` is valid for reads of its length for the call; the descriptor is open.
-    outcome(unsafe { libc::write(fd.0, data.as_ptr().cast(), data.len()) } as i64)
+pub fn write(fd: &OwnedFd, data: &[u8]) -> Outcome {
+    count(rustix::io::write(fd, data))
 }
 
-pub fn pread(fd: &Fd, len: usize, offset: i64) -> Result<Vec<u8>, i32> {
+pub fn pread(fd: &OwnedFd, len: usize, offset: i64) -> Result<Vec<u8>, i32> {
     let mut buf = vec![0u8; len];
-    // SAFETY: `buf` is valid for writes of `len` bytes for the call; the descriptor is open.
-    let n = unsafe { libc::pread(fd.0, buf.as_mut_ptr().cast(), len, offset) };
-    if n < 0 {
-        return Err(errno());
-    }
-    buf.truncate(n as usize);
+    let n = rustix::io::pread(fd, &mut buf[..], offset as u64).map_err(errno)?;
+    buf.truncate(n);
     Ok(buf)
 }
 
@@ -88,38 +79,36 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, i32> {
 }
 
 pub fn truncate(path: &Path, len: i64) -> Outcome {
+    // rustix has no truncate(2) by path.
     // SAFETY: the path is a NUL-terminated string that outlives the call.
-    outcome(unsafe { libc::truncate(c(path).as_ptr(), len) } as i64)
+    match unsafe { libc::truncate(c(path).as_ptr(), len) } {
+        0 => Ok(0),
+        _ => Err(std::io::Error::last_os_error().raw_os_error().unwrap()),
+    }
 }
 
-pub fn ftruncate(fd: &Fd, len: i64) -> Outcome {
-    // SAFETY: no memory is passed; the descriptor is open.
-    outcome(unsafe { libc::ftruncate(fd.0, len) } as i64)
+pub fn ftruncate(fd: &OwnedFd, len: i64) -> Outcome {
+    done(rustix::fs::ftruncate(fd, len as u64))
 }
 
 pub fn rename(from: &Path, to: &Path, flags: u32) -> Outcome {
-    // SAFETY: both paths are NUL-terminated strings that outlive the call.
-    let ret = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            c(from).as_ptr(),
-            libc::AT_FDCWD,
-            c(to).as_ptr(),
-            flags,
-        )
-    };
-    outcome(ret as i64)
+    let flags = rustix::fs::RenameFlags::from_bits_retain(flags);
+    done(rustix::fs::renameat_with(
+        CWD,
+        c(from).as_c_str(),
+        CWD,
+        c(to).as_c_str(),
+        flags,
+    ))
 }
 
 pub fn link(from: &Path, to: &Path) -> Outcome {
-    // SAFETY: both paths are NUL-terminated strings that outlive the call.
-    outcome(unsafe { libc::link(c(from).as_ptr(), c(to).as_ptr()) } as i64)
+    done(rustix::fs::link(c(from).as_c_str(), c(to).as_c_str()))
 }
 
 pub fn symlink(target: &OsStr, path: &Path) -> Outcome {
     let target = CString::new(target.as_bytes()).unwrap();
-    // SAFETY: both strings are NUL-terminated and outlive the call.
-    outcome(unsafe { libc::symlink(target.as_ptr(), c(path).as_ptr()) } as i64)
+    done(rustix::fs::symlink(target.as_c_str(), c(path).as_c_str()))
 }
 
 pub fn readlink(path: &Path) -> Result<OsString, i32> {
@@ -129,110 +118,98 @@ pub fn readlink(path: &Path) -> Result<OsString, i32> {
 }
 
 pub fn unlink(path: &Path) -> Outcome {
-    // SAFETY: the path is a NUL-terminated string that outlives the call.
-    outcome(unsafe { libc::unlink(c(path).as_ptr()) } as i64)
+    done(rustix::fs::unlink(c(path).as_c_str()))
 }
 
-pub fn mkdir(path: &Path, mode: u32) -> Outcome {
-    // SAFETY: the path is a NUL-terminated string that outlives the call.
-    outcome(unsafe { libc::mkdir(c(path).as_ptr(), mode) } as i64)
+pub fn mkdir(path: &Path, mode_bits: u32) -> Outcome {
+    done(rustix::fs::mkdir(c(path).as_c_str(), mode(mode_bits)))
 }
 
 pub fn rmdir(path: &Path) -> Outcome {
-    // SAFETY: the path is a NUL-terminated string that outlives the call.
-    outcome(unsafe { libc::rmdir(c(path).as_ptr()) } as i64)
+    done(rustix::fs::rmdir(c(path).as_c_str()))
 }
 
-pub fn mkfifo(path: &Path, mode: u32) -> Outcome {
-    // SAFETY: the path is a NUL-terminated string that outlives the call.
-    outcome(unsafe { libc::mkfifo(c(path).as_ptr(), mode) } as i64)
+/// mkfifo(3) is mknod(2) with S_IFIFO.
+pub fn mkfifo(path: &Path, mode_bits: u32) -> Outcome {
+    done(rustix::fs::mknodat(
+        CWD,
+        c(path).as_c_str(),
+        rustix::fs::FileType::Fifo,
+        mode(mode_bits),
+        0,
+    ))
 }
 
-pub fn chmod(path: &Path, mode: u32) -> Outcome {
-    // SAFETY: the path is a NUL-terminated string that outlives the call.
-    outcome(unsafe { libc::chmod(c(path).as_ptr(), mode) } as i64)
+pub fn chmod(path: &Path, mode_bits: u32) -> Outcome {
+    done(rustix::fs::chmod(c(path).as_c_str(), mode(mode_bits)))
 }
 
 /// utimensat with explicit times (seconds), or UTIME_NOW / UTIME_OMIT via `None`/negative.
 pub fn set_times(path: &Path, atime: Option<i64>, mtime: Option<i64>) -> Outcome {
     let spec = |t: Option<i64>| match t {
-        None => libc::timespec {
+        None => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
+            tv_nsec: rustix::fs::UTIME_OMIT,
         },
-        Some(t) if t < 0 => libc::timespec {
+        Some(t) if t < 0 => rustix::fs::Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
+            tv_nsec: rustix::fs::UTIME_NOW,
         },
-        Some(t) => libc::timespec {
+        Some(t) => rustix::fs::Timespec {
             tv_sec: t,
             tv_nsec: 0,
         },
     };
-    let times = [spec(atime), spec(mtime)];
-    // SAFETY: the path is a NUL-terminated string that outlives the call, and `times` holds the two timespecs utimensat reads.
-    outcome(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c(path).as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    } as i64)
+    let times = rustix::fs::Timestamps {
+        last_access: spec(atime),
+        last_modification: spec(mtime),
+    };
+    done(rustix::fs::utimensat(
+        CWD,
+        c(path).as_c_str(),
+        &times,
+        AtFlags::SYMLINK_NOFOLLOW,
+    ))
 }
 
+/// `flags` are setxattr(2)'s, every bit passed on.
 pub fn setxattr(path: &Path, name: &str, value: &[u8], flags: i32) -> Outcome {
     let name = CString::new(name).unwrap();
-    // SAFETY: path and name are NUL-terminated strings and `value` is valid for reads of its length; all outlive the call.
-    outcome(unsafe {
-        libc::lsetxattr(
-            c(path).as_ptr(),
-            name.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            flags,
-        )
-    } as i64)
+    let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+    done(rustix::fs::lsetxattr(
+        c(path).as_c_str(),
+        name.as_c_str(),
+        value,
+        flags,
+    ))
 }
 
 /// lgetxattr into a buffer of `size` bytes (0 asks for the size).
 pub fn getxattr(path: &Path, name: &str, size: usize) -> Result<Vec<u8>, i32> {
-    let name = CString::new(name).unwrap();
-    let mut buf = vec![0u8; size];
-    // SAFETY: path and name are NUL-terminated strings and `buf` is valid for writes of `size` bytes; all outlive the call.
-    let n = unsafe {
-        libc::lgetxattr(
-            c(path).as_ptr(),
-            name.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            size,
-        )
-    };
-    if n < 0 {
-        return Err(errno());
-    }
+    let (path, name) = (c(path), CString::new(name).unwrap());
     if size == 0 {
+        let n = rustix::fs::lgetxattr_query(path.as_c_str(), name.as_c_str()).map_err(errno)?;
         return Ok(n.to_string().into_bytes());
     }
-    buf.truncate(n as usize);
+    let mut buf = vec![0u8; size];
+    let n = rustix::fs::lgetxattr(path.as_c_str(), name.as_c_str(), &mut buf[..]).map_err(errno)?;
+    buf.truncate(n);
     Ok(buf)
 }
 
 pub fn removexattr(path: &Path, name: &str) -> Outcome {
     let name = CString::new(name).unwrap();
-    // SAFETY: path and name are NUL-terminated strings that outlive the call.
-    outcome(unsafe { libc::lremovexattr(c(path).as_ptr(), name.as_ptr()) } as i64)
+    done(rustix::fs::lremovexattr(
+        c(path).as_c_str(),
+        name.as_c_str(),
+    ))
 }
 
 /// The names listed by llistxattr, sorted.
 pub fn listxattr(path: &Path) -> Result<Vec<String>, i32> {
     let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: the path is NUL-terminated and `buf` valid for writes of its length; both outlive the call.
-    let n = unsafe { libc::llistxattr(c(path).as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(errno());
-    }
-    let mut names: Vec<String> = buf[..n as usize]
+    let n = rustix::fs::llistxattr(c(path).as_c_str(), &mut buf[..]).map_err(errno)?;
+    let mut names: Vec<String> = buf[..n]
         .split(|&b| b == 0)
         .filter(|s| !s.is_empty())
         .map(|s| String::from_utf8_lossy(s).into_owned())
@@ -241,29 +218,42 @@ pub fn listxattr(path: &Path) -> Result<Vec<String>, i32> {
     Ok(names)
 }
 
-pub fn lseek(fd: &Fd, offset: i64, whence: i32) -> Outcome {
-    // SAFETY: no memory is passed; the descriptor is open.
-    outcome(unsafe { libc::lseek(fd.0, offset, whence) })
+/// lseek with libc's `whence` (`SEEK_*`).
+pub fn lseek(fd: &OwnedFd, offset: i64, whence: i32) -> Outcome {
+    use rustix::fs::SeekFrom;
+    // A negative offset is passed on as it is (rustix casts it back), for the kernel's answer.
+    let position = match whence {
+        libc::SEEK_SET => SeekFrom::Start(offset as u64),
+        libc::SEEK_CUR => SeekFrom::Current(offset),
+        libc::SEEK_END => SeekFrom::End(offset),
+        libc::SEEK_DATA => SeekFrom::Data(offset as u64),
+        libc::SEEK_HOLE => SeekFrom::Hole(offset as u64),
+        _ => return Err(libc::EINVAL),
+    };
+    count(rustix::fs::seek(fd, position))
 }
 
-pub fn fallocate(fd: &Fd, mode: i32, offset: i64, len: i64) -> Outcome {
-    // SAFETY: no memory is passed; the descriptor is open.
-    outcome(unsafe { libc::fallocate(fd.0, mode, offset, len) } as i64)
+/// `mode` is fallocate(2)'s (`FALLOC_FL_*`), every bit passed on.
+pub fn fallocate(fd: &OwnedFd, mode: i32, offset: i64, len: i64) -> Outcome {
+    let mode = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
+    done(rustix::fs::fallocate(fd, mode, offset as u64, len as u64))
 }
 
 pub fn copy_file_range(
-    from: &Fd,
+    from: &OwnedFd,
     from_offset: i64,
-    to: &Fd,
+    to: &OwnedFd,
     to_offset: i64,
     len: usize,
 ) -> Outcome {
-    let (mut from_offset, mut to_offset) = (from_offset, to_offset);
-    outcome(
-        // SAFETY: both descriptors are open and the two offsets are live locals the call may update.
-        unsafe { libc::copy_file_range(from.0, &mut from_offset, to.0, &mut to_offset, len, 0) }
-            as i64,
-    )
+    let (mut from_offset, mut to_offset) = (from_offset as u64, to_offset as u64);
+    count(rustix::fs::copy_file_range(
+        from,
+        Some(&mut from_offset),
+        to,
+        Some(&mut to_offset),
+        len,
+    ))
 }
 
 /// What the comparison sees of one directory entry.
