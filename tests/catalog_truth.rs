@@ -56,23 +56,30 @@ fn rsync_with_a_bandwidth_limit_sends_only_the_finished_file() {
 fn a_slow_writer_holding_a_file_open_sends_nothing_until_it_closes() {
     let emulator = Emulator::start(&[]);
     let mount = mount!(emulator, &["--settle-ms", "100"]);
+    // The writer leaves a mark before it closes: a status taken while there is none was taken
+    // while the file was open (the process itself may still be exiting after its close).
+    let marks = tempfile::tempdir().unwrap();
+    let closing = marks.path().join("closing");
     let writer = Command::new("python3")
         .arg("-c")
         .arg(
             "import sys, time\n\
              with open(sys.argv[1], 'wb') as f:\n\
              \x20   for i in range(12):\n\
-             \x20       f.write(bytes([i]) * 262144); f.flush(); time.sleep(0.25)\n",
+             \x20       f.write(bytes([i]) * 262144); f.flush(); time.sleep(0.25)\n\
+             \x20   open(sys.argv[2], 'w').close()\n",
         )
         .arg(mount.path("take1.wav"))
+        .arg(&closing)
         .spawn()
         .unwrap();
     let mut writer = ChildGuard(writer);
     std::thread::sleep(Duration::from_millis(500));
     let mut looks = 0;
-    while writer.0.try_wait().unwrap().is_none() {
+    let done = |writer: &mut ChildGuard| closing.exists() || writer.0.try_wait().unwrap().is_some();
+    while !done(&mut writer) {
         let status = status_json(&mount);
-        if writer.0.try_wait().unwrap().is_some() {
+        if done(&mut writer) {
             break;
         }
         assert_eq!(status["open_for_writing"], 1, "{status}");
