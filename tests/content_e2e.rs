@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::proxy::{response, Action, Proxy, Rule};
 use common::service::{check_catalog, output_within, run, sh, Emulator, Mount, BIN};
@@ -154,15 +154,12 @@ fn a_paced_upload_never_stops_long_enough_for_the_store_to_give_up() {
 
 /// Waits until `status` counts `bytes` uploaded in all.
 fn wait_uploaded(mount: &Mount, bytes: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
     // Status leaves the upload fields out while they are zero.
-    while mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) < bytes {
-        assert!(
-            Instant::now() < deadline,
-            "{bytes} bytes were not sent in time"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::eventually_within(
+        Duration::from_secs(30),
+        format!("{bytes} bytes were not sent in time"),
+        || mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) >= bytes,
+    );
 }
 
 #[test]
@@ -290,14 +287,11 @@ fn a_small_file_is_not_held_behind_a_large_transfer() {
     std::fs::write(mount.path("big.mov"), bytes(16 * MIB, 90)).unwrap();
     wait_uploaded(&mount, MIB as u64);
     std::fs::write(mount.path("small.jpg"), bytes(4096, 91)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !emulator.live().contains_key("small.jpg") {
-        assert!(
-            Instant::now() < deadline,
-            "small.jpg never reached the catalog"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::eventually_within(
+        Duration::from_secs(30),
+        "small.jpg never reached the catalog",
+        || emulator.live().contains_key("small.jpg"),
+    );
     let left = mount.status()["upload_bytes_left"].as_u64().unwrap_or(0);
     assert!(
         left > 0,
@@ -447,11 +441,9 @@ fn a_multipart_upload_killed_midway_resumes_with_the_missing_parts() {
     let source = dir.path().join("source");
     std::fs::write(&source, bytes(size, 60)).unwrap();
     std::fs::copy(&source, mount.path("long.mov")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while emulator.calls("part_put") < parts / 2 {
-        assert!(Instant::now() < deadline, "the parts did not go up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::eventually_within(Duration::from_secs(60), "the parts did not go up", || {
+        emulator.calls("part_put") >= parts / 2
+    });
     // Streamed: the daemon never holds the file, only a few chunks per PUT under way.
     let pid = mount.pid().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -490,11 +482,9 @@ fn multipart_urls_expired_while_unmounted_start_the_upload_over() {
     }
     // 40 MiB: five parts, ten seconds at 4 MiB/s.
     std::fs::write(mount.path("a.mov"), bytes(40 * MIB, 70)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while emulator.calls("part_put") < 2 {
-        assert!(Instant::now() < deadline, "the parts did not go up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::eventually_within(Duration::from_secs(60), "the parts did not go up", || {
+        emulator.calls("part_put") >= 2
+    });
     mount.kill();
     std::thread::sleep(Duration::from_secs(4));
     // Unlimited now, so the new URLs outlive the upload.

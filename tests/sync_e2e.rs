@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::ffi::OsStrExt;
 
 use common::service::{assert_catalog_matches, sh, Emulator, Mount};
+use common::Later;
 
 /// Mounts against `$emulator` with extra flags, or returns from the test when FUSE is not
 /// available and not required.
@@ -334,11 +335,9 @@ fn a_key_revoked_mid_run_pauses_sending_until_the_key_file_changes() {
     );
     assert_eq!(status, 200);
     sh("echo waits > w", &mount.mnt);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while mount.status()["paused"].is_null() {
-        assert!(std::time::Instant::now() < deadline, "never paused");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::eventually_within(std::time::Duration::from_secs(20), "never paused", || {
+        !mount.status()["paused"].is_null()
+    });
     assert!(emulator.live().is_empty());
     std::fs::write(&mount.key_file, NEW_KEY).unwrap();
     mount.wait_synced();
@@ -375,19 +374,18 @@ fn a_file_still_open_at_a_signal_is_sent_with_all_its_bytes_once_its_writer_lets
         .spawn()
         .unwrap();
     let held = mount.backing.join("held");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read(&held).unwrap_or_default() != b"first\n" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never wrote"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let started = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(20);
+    common::eventually_within(limit, "the writer never wrote", || {
+        std::fs::read(&held).unwrap_or_default() == b"first\n"
+    });
     mount.signal(libc::SIGTERM);
-    while !mount.log_text().contains("detaching it lazily") {
-        assert!(std::time::Instant::now() < deadline, "{}", mount.log_text());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // The same deadline as the write's.
+    common::eventually_within(
+        limit.saturating_sub(started.elapsed()),
+        Later(|| mount.log_text()),
+        || mount.log_text().contains("detaching it lazily"),
+    );
     drop(writer.stdin.take());
     assert!(writer.wait().unwrap().success());
     let status = mount.wait_exit();

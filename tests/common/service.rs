@@ -172,13 +172,9 @@ pub fn output_within(command: &mut Command, limit: Duration) -> Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{command:?} still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if super::wait::poll(limit, || child.try_wait().unwrap()).is_none() {
+        let _ = child.kill();
+        panic!("{command:?} still running after {limit:?}");
     }
     child.wait_with_output().unwrap()
 }
@@ -476,11 +472,13 @@ impl Mount {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while is_mounted(&self.mnt) && Instant::now() < deadline {
+        super::wait::poll(Duration::from_secs(10), || {
+            if !is_mounted(&self.mnt) {
+                return Some(());
+            }
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            None
+        });
     }
 }
 
@@ -489,10 +487,7 @@ impl Drop for Mount {
         if self.child.is_some() {
             let _ = Command::new("umount").arg(&self.mnt).status();
             if let Some(mut child) = self.child.take() {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                super::wait::poll(Duration::from_secs(10), || child.try_wait().ok().flatten());
                 let _ = child.kill();
                 let _ = child.wait();
             }
