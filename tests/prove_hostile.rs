@@ -963,7 +963,6 @@ fn a_state_folder_inside_the_backing_folder_is_refused_by_any_name() {
 /// A service that answers every request with a 200 whose body does not end (it stops after
 /// `per_answer` bytes, or when the client hangs up). Answers how many requests it answered.
 fn endless_service(per_answer: usize) -> (String, Arc<AtomicUsize>) {
-    use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let answered = Arc::new(AtomicUsize::new(0));
@@ -973,9 +972,7 @@ fn endless_service(per_answer: usize) -> (String, Arc<AtomicUsize>) {
             let Ok(mut stream) = stream else { return };
             let counter = counter.clone();
             std::thread::spawn(move || {
-                // Requests are small: one read takes the head and the body.
-                let mut request = [0; 8192];
-                if stream.read(&mut request).unwrap_or(0) == 0 {
+                if common::http::read_request(&stream).is_none() {
                     return;
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
