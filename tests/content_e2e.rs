@@ -225,6 +225,10 @@ fn a_file_deleted_or_renamed_while_it_is_uploaded_gets_no_record_at_its_old_path
     );
     assert_eq!(emulator.calls("delete"), 0, "nothing to delete was made");
     assert_content_matches(&emulator, &mount);
+    // The control: a file whose record was made is deleted.
+    std::fs::remove_file(mount.path("renamed.jpg")).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.calls("delete"), 1, "a made record is deleted");
 }
 
 /// A large file's upload stops at its next part once the file is deleted; a renamed one's goes
@@ -272,6 +276,8 @@ fn a_multipart_upload_stops_when_its_file_is_deleted_and_goes_on_when_it_is_rena
         5,
         "each part of the renamed file sent once"
     );
+    // The control for the deleted file's upload: the renamed one's is completed.
+    assert_eq!(emulator.calls("multipart_complete"), 1);
 }
 
 /// Small files have PUT slots of their own: one is sent while a large transfer holds every
@@ -344,6 +350,12 @@ fn uploads_disabled_by_the_service_still_send_records_and_status_says_so() {
     let text = run(Command::new(BIN).arg("status").arg(&mount.mnt));
     assert!(String::from_utf8_lossy(&text.stdout)
         .contains("uploads:    off: uploads are disabled by the service"));
+    // The control: the same file to a service that takes uploads is uploaded.
+    let open = Emulator::start(&[]);
+    let control = mount!(open);
+    std::fs::write(control.path("a.jpg"), bytes(1000, 40)).unwrap();
+    control.wait_synced();
+    assert_eq!(open.calls("object_put"), 1);
 }
 
 #[test]
@@ -357,6 +369,13 @@ fn no_upload_sends_records_and_no_content_call() {
         assert_eq!(emulator.calls(call), 0, "{call}");
     }
     assert_eq!(mount.status()["uploads_off"], "--no-upload");
+    // The control: without --no-upload the same file's content is sent.
+    let open = Emulator::start(&[]);
+    let control = mount!(open);
+    std::fs::write(control.path("a.jpg"), bytes(1000, 50)).unwrap();
+    control.wait_synced();
+    assert!(open.calls("upload") >= 1, "the control asked for no upload");
+    assert_eq!(open.calls("object_put"), 1);
 }
 
 /// (mtime, ctime) of a backing file, in nanoseconds: what touching it would move.

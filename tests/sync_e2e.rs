@@ -129,6 +129,10 @@ fn safe_saves_by_sed_vim_and_rsync_keep_the_media_id_and_send_no_temp_names() {
     }
     assert_eq!(emulator.calls("create"), 3, "no temp name was ever created");
     assert_eq!(emulator.calls("delete"), 0);
+    // The control: removing a saved file is sent.
+    sh("rm edit.txt", &mount.mnt);
+    mount.wait_synced();
+    assert_eq!(emulator.calls("delete"), 1);
 }
 
 #[test]
@@ -161,6 +165,10 @@ fn a_file_created_and_removed_within_the_settle_window_sends_nothing() {
     assert_eq!(emulator.calls("create") - before, 0);
     assert_eq!(emulator.calls("delete"), 0);
     assert!(emulator.records().is_empty());
+    // The control: a file that outlives the window is sent.
+    sh("echo x > kept", &mount.mnt);
+    mount.wait_synced();
+    assert_eq!(emulator.calls("create") - before, 1);
 }
 
 #[test]
@@ -207,6 +215,11 @@ fn no_delete_keeps_records_of_removed_files() {
     mount.wait_synced();
     assert_eq!(emulator.calls("delete"), 0);
     assert!(emulator.live().contains_key("f"));
+    // The control: the mount still sends (a new file), only not the delete.
+    sh("echo 2 > g", &mount.mnt);
+    mount.wait_synced();
+    assert!(emulator.live().contains_key("g"));
+    assert_eq!(emulator.calls("delete"), 0);
 }
 
 #[test]
