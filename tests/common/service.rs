@@ -88,6 +88,16 @@ impl Emulator {
             .unwrap_or_else(|err| panic!("GET {path}: {err}"))
     }
 
+    /// Moves the emulator's signed-URL clock `secs` ahead (`POST /_emulator/clock`): URLs expire
+    /// as if that time had passed, without waiting for it.
+    pub fn advance_clock(&self, secs: u64) {
+        let (status, body) = self.post(
+            "/_emulator/clock",
+            &serde_json::json!({"advance_secs": secs}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = reqwest::blocking::Client::new()
             .post(format!("{}{path}", self.url))
