@@ -493,7 +493,7 @@ fn a_multipart_upload_killed_midway_resumes_with_the_missing_parts() {
 
 #[test]
 fn multipart_urls_expired_while_unmounted_start_the_upload_over() {
-    let emulator = Emulator::start(&["--url-ttl-secs", "3"]);
+    let emulator = Emulator::start(&["--url-ttl-secs", "60"]);
     let dir = tempfile::tempdir().unwrap();
     let mut mount = Mount::prepare(dir.path(), &emulator, &["--upload-limit", "4M"]);
     if !mount.mount() {
@@ -505,7 +505,8 @@ fn multipart_urls_expired_while_unmounted_start_the_upload_over() {
         emulator.calls("part_put") >= 2
     });
     mount.kill();
-    std::thread::sleep(Duration::from_secs(4));
+    // The URLs expire while it is down.
+    emulator.advance_clock(61);
     // Unlimited now, so the new URLs outlive the upload.
     let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
     assert!(mount.mount(), "mounts again");
