@@ -1,6 +1,8 @@
 //! `HttpApi` against the real `maxlofs emulator` over loopback: every call, every answer class.
 //! (Truncated JSON from a raw server is covered by the unit tests in `src/api/http.rs`.)
 
+mod common;
+
 use maxlofs::api::http::{HttpApi, Timeouts};
 use maxlofs::api::{ApiError, CreateOutcome, Keys, MediaApi, MediaState, NewMedia, SecretKey};
 use std::io::{BufRead, BufReader};
@@ -306,15 +308,13 @@ fn resident_bytes() -> u64 {
 /// Answers one request with a 200 whose body (no Content-Length: it ends at close) goes on for
 /// `total` bytes of JSON white space, or until the client hangs up. Hands back the bytes sent.
 fn endless_answer(total: usize) -> (String, std::thread::JoinHandle<usize>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
-        // The request's head and small JSON body arrive in one read or few; the answer does not
-        // depend on them.
-        let mut request = [0; 4096];
-        let _ = stream.read(&mut request).unwrap();
+        // The answer does not depend on the request.
+        common::http::read_request(&stream).expect("a request");
         stream
             .write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n",

@@ -10,10 +10,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::proxy::{response, Action, Proxy, Rule};
 use common::service::{fuse_required, is_mounted, Emulator, BIN};
+use common::Later;
 
 fn fuse_available(test: &str) -> bool {
     let usable = Path::new("/dev/fuse").exists()
@@ -137,14 +138,15 @@ impl Site {
         let daemons = daemons(&self.mnt);
         let out = Command::new("umount").arg(&self.mnt).output().unwrap();
         assert!(out.status.success(), "umount: {}", text(&out.stderr));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while daemons
-            .iter()
-            .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
-        {
-            assert!(Instant::now() < deadline, "the daemon outlived its mount");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::eventually_within(
+            Duration::from_secs(20),
+            "the daemon outlived its mount",
+            || {
+                !daemons
+                    .iter()
+                    .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            },
+        );
     }
 }
 
@@ -650,15 +652,11 @@ fn the_reconcile_pass_logs_its_progress() {
         .output()
         .unwrap();
     site.assert_mounted_by(&out);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !site.log_text().contains("paths to look at") {
-        assert!(
-            Instant::now() < deadline,
-            "no reconcile:\n{}",
-            site.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::eventually_within(
+        Duration::from_secs(60),
+        Later(|| format!("no reconcile:\n{}", site.log_text())),
+        || site.log_text().contains("paths to look at"),
+    );
     let log = site.log_text();
     // The count in each "reconcile, backing folder: N paths..." line; the last one has " in ".
     let walked: Vec<(u64, bool)> = log

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::proxy::{response, Action, Proxy, Rule};
 use common::service::{check_catalog, output_within, run, sh, Emulator, Mount, BIN};
@@ -154,15 +154,12 @@ fn a_paced_upload_never_stops_long_enough_for_the_store_to_give_up() {
 
 /// Waits until `status` counts `bytes` uploaded in all.
 fn wait_uploaded(mount: &Mount, bytes: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
     // Status leaves the upload fields out while they are zero.
-    while mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) < bytes {
-        assert!(
-            Instant::now() < deadline,
-            "{bytes} bytes were not sent in time"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::eventually_within(
+        Duration::from_secs(30),
+        format!("{bytes} bytes were not sent in time"),
+        || mount.status()["uploaded_bytes"].as_u64().unwrap_or(0) >= bytes,
+    );
 }
 
 #[test]
@@ -228,6 +225,10 @@ fn a_file_deleted_or_renamed_while_it_is_uploaded_gets_no_record_at_its_old_path
     );
     assert_eq!(emulator.calls("delete"), 0, "nothing to delete was made");
     assert_content_matches(&emulator, &mount);
+    // The control: a file whose record was made is deleted.
+    std::fs::remove_file(mount.path("renamed.jpg")).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.calls("delete"), 1, "a made record is deleted");
 }
 
 /// A large file's upload stops at its next part once the file is deleted; a renamed one's goes
@@ -275,6 +276,8 @@ fn a_multipart_upload_stops_when_its_file_is_deleted_and_goes_on_when_it_is_rena
         5,
         "each part of the renamed file sent once"
     );
+    // The control for the deleted file's upload: the renamed one's is completed.
+    assert_eq!(emulator.calls("multipart_complete"), 1);
 }
 
 /// Small files have PUT slots of their own: one is sent while a large transfer holds every
@@ -290,14 +293,11 @@ fn a_small_file_is_not_held_behind_a_large_transfer() {
     std::fs::write(mount.path("big.mov"), bytes(16 * MIB, 90)).unwrap();
     wait_uploaded(&mount, MIB as u64);
     std::fs::write(mount.path("small.jpg"), bytes(4096, 91)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !emulator.live().contains_key("small.jpg") {
-        assert!(
-            Instant::now() < deadline,
-            "small.jpg never reached the catalog"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::eventually_within(
+        Duration::from_secs(30),
+        "small.jpg never reached the catalog",
+        || emulator.live().contains_key("small.jpg"),
+    );
     let left = mount.status()["upload_bytes_left"].as_u64().unwrap_or(0);
     assert!(
         left > 0,
@@ -350,6 +350,12 @@ fn uploads_disabled_by_the_service_still_send_records_and_status_says_so() {
     let text = run(Command::new(BIN).arg("status").arg(&mount.mnt));
     assert!(String::from_utf8_lossy(&text.stdout)
         .contains("uploads:    off: uploads are disabled by the service"));
+    // The control: the same file to a service that takes uploads is uploaded.
+    let open = Emulator::start(&[]);
+    let control = mount!(open);
+    std::fs::write(control.path("a.jpg"), bytes(1000, 40)).unwrap();
+    control.wait_synced();
+    assert_eq!(open.calls("object_put"), 1);
 }
 
 #[test]
@@ -363,6 +369,13 @@ fn no_upload_sends_records_and_no_content_call() {
         assert_eq!(emulator.calls(call), 0, "{call}");
     }
     assert_eq!(mount.status()["uploads_off"], "--no-upload");
+    // The control: without --no-upload the same file's content is sent.
+    let open = Emulator::start(&[]);
+    let control = mount!(open);
+    std::fs::write(control.path("a.jpg"), bytes(1000, 50)).unwrap();
+    control.wait_synced();
+    assert!(open.calls("upload") >= 1, "the control asked for no upload");
+    assert_eq!(open.calls("object_put"), 1);
 }
 
 /// (mtime, ctime) of a backing file, in nanoseconds: what touching it would move.
@@ -447,11 +460,9 @@ fn a_multipart_upload_killed_midway_resumes_with_the_missing_parts() {
     let source = dir.path().join("source");
     std::fs::write(&source, bytes(size, 60)).unwrap();
     std::fs::copy(&source, mount.path("long.mov")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while emulator.calls("part_put") < parts / 2 {
-        assert!(Instant::now() < deadline, "the parts did not go up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::eventually_within(Duration::from_secs(60), "the parts did not go up", || {
+        emulator.calls("part_put") >= parts / 2
+    });
     // Streamed: the daemon never holds the file, only a few chunks per PUT under way.
     let pid = mount.pid().unwrap();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -482,7 +493,7 @@ fn a_multipart_upload_killed_midway_resumes_with_the_missing_parts() {
 
 #[test]
 fn multipart_urls_expired_while_unmounted_start_the_upload_over() {
-    let emulator = Emulator::start(&["--url-ttl-secs", "3"]);
+    let emulator = Emulator::start(&["--url-ttl-secs", "60"]);
     let dir = tempfile::tempdir().unwrap();
     let mut mount = Mount::prepare(dir.path(), &emulator, &["--upload-limit", "4M"]);
     if !mount.mount() {
@@ -490,13 +501,12 @@ fn multipart_urls_expired_while_unmounted_start_the_upload_over() {
     }
     // 40 MiB: five parts, ten seconds at 4 MiB/s.
     std::fs::write(mount.path("a.mov"), bytes(40 * MIB, 70)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while emulator.calls("part_put") < 2 {
-        assert!(Instant::now() < deadline, "the parts did not go up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::eventually_within(Duration::from_secs(60), "the parts did not go up", || {
+        emulator.calls("part_put") >= 2
+    });
     mount.kill();
-    std::thread::sleep(Duration::from_secs(4));
+    // The URLs expire while it is down.
+    emulator.advance_clock(61);
     // Unlimited now, so the new URLs outlive the upload.
     let mut mount = Mount::prepare(dir.path(), &emulator, &[]);
     assert!(mount.mount(), "mounts again");

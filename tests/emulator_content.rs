@@ -487,7 +487,7 @@ fn a_put_body_that_stops_too_long_is_refused() {
 
 #[test]
 fn signed_urls_expire() {
-    let emulator = start(&["--url-ttl-secs", "1"]);
+    let emulator = start(&["--url-ttl-secs", "60"]);
     let stored = pattern(10);
     store_whole(&emulator, &stored);
     let (_, body) = call(
@@ -501,8 +501,21 @@ fn signed_urls_expire() {
         .to_string();
     let content = pattern(20);
     let url = put_url(&emulator, &content);
-    // Expiry is in whole seconds: after 2 s a 1 s link is past it.
-    std::thread::sleep(Duration::from_millis(2100));
+    // The control: not expired yet.
+    assert_eq!(get(&download_url).status, 200);
+    for refused in [
+        json!({"advance_secs": -1}),
+        json!({"advance_secs": 1.5}),
+        json!({}),
+    ] {
+        assert_eq!(
+            emulator.post("/_emulator/clock", &refused).0,
+            400,
+            "{refused}"
+        );
+    }
+    // Expiry is in whole seconds: 61 s on, a 60 s link is past it.
+    emulator.advance_clock(61);
     for answer in [put(&url, &content), get(&download_url)] {
         assert_eq!(answer.status, 403);
         assert_eq!(answer.code(), "AccessDenied");
@@ -691,12 +704,12 @@ fn a_multipart_object_is_served_from_its_parts() {
 /// with new URLs: the parts already sent stay, and the rest completes it.
 #[test]
 fn multipart_asked_again_answers_the_same_upload_with_new_urls() {
-    let emulator = start(&["--url-ttl-secs", "1"]);
+    let emulator = start(&["--url-ttl-secs", "60"]);
     let file = Multipart::new(17 * 1024 * 1024 + 3);
     let first = file.start(&emulator);
     let one = file.put_part(&first, 1);
-    // Expiry is in whole seconds: after 2 s a 1 s link is past it.
-    std::thread::sleep(Duration::from_millis(2100));
+    // Expiry is in whole seconds: 61 s on, a 60 s link is past it.
+    emulator.advance_clock(61);
     let expired = put(&first.signed_url_list[1].url, file.part(2));
     assert_eq!(expired.status, 403);
     let again = file.start(&emulator);

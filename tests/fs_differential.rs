@@ -727,14 +727,11 @@ fn status_xattr_answers_from_the_daemon() {
     drop(writer);
     drop(second);
     drop(reader);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while posix::getxattr(root, STATUS_XATTR, 4096) != status(0, &[]) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never left the count"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    common::eventually_within(
+        std::time::Duration::from_secs(10),
+        "the writer never left the count",
+        || posix::getxattr(root, STATUS_XATTR, 4096) == status(0, &[]),
+    );
     std::fs::remove_file(root.join("d/w")).unwrap();
     assert_eq!(posix::getxattr(root, STATUS_XATTR, 4), Err(libc::ERANGE));
     assert_eq!(posix::listxattr(root), Ok(vec![]), "not listed");

@@ -6,10 +6,10 @@
 mod common;
 
 use std::path::Path;
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::service::{give_to_nobody, is_mounted, Emulator, Mount};
+use common::Later;
 
 /// The kernel options of the mount at `mnt`, from /proc/self/mountinfo (super options last).
 fn mount_options(mnt: &Path) -> String {
@@ -26,15 +26,16 @@ fn kill_and_expect_unmounted(mount: &mut Mount) {
     let pid = mount.pid().expect("running") as i32;
     // SAFETY: plain kill(2) on the daemon's pid.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while is_mounted(&mount.mnt) {
-        assert!(
-            Instant::now() < deadline,
-            "the mount outlived its daemon: {}",
-            mount_options(&mount.mnt)
-        );
-        sleep(Duration::from_millis(20));
-    }
+    common::eventually_within(
+        Duration::from_secs(10),
+        Later(|| {
+            format!(
+                "the mount outlived its daemon: {}",
+                mount_options(&mount.mnt)
+            )
+        }),
+        || !is_mounted(&mount.mnt),
+    );
 }
 
 #[test]

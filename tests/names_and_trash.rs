@@ -168,6 +168,10 @@ fn office_lock_files_never_reach_the_service() {
     assert_eq!(emulator.calls("create"), 2);
     assert_eq!(emulator.calls("delete"), 0);
     assert_catalog_matches(&emulator, &mount.backing);
+    // The control: removing a document (not a lock) is sent.
+    std::fs::remove_file(mount.path("report.docx")).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.calls("delete"), 1);
 }
 
 /// Saves `doc` as LibreOffice does: the new content under `temp` beside it, closed, then renamed
@@ -202,6 +206,10 @@ fn libreoffice_safe_save_temps_never_reach_the_service() {
     assert_eq!(record["file_size"], "third draft, longer".len());
     assert_eq!(emulator.calls("delete"), 0);
     assert_catalog_matches(&emulator, &mount.backing);
+    // The control: removing the document itself is sent.
+    std::fs::remove_file(mount.path("report.odt")).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.calls("delete"), 1);
 }
 
 #[test]

@@ -18,20 +18,13 @@ use std::sync::Arc;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use common::eventually;
 use common::proxy::{is_create, is_media_call, response, Action, Proxy, Rule};
 use common::service::{
     check_catalog, give_to_nobody, live_catalog, run, sh, Emulator, Mount, AS_NOBODY, BIN,
 };
 
 /// Polls `condition` every 50 ms for up to 60 s.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !condition() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        sleep(Duration::from_millis(50));
-    }
-}
-
 fn maxlo_hash_cli(path: &Path) -> String {
     let out = Command::new(BIN).arg("hash").arg(path).output().unwrap();
     assert!(
@@ -432,7 +425,7 @@ fn a_full_backing_disk_gives_enospc_to_the_writer_and_the_catalog_follows_the_tr
     std::fs::remove_file(mount.path("first.bin")).unwrap();
     // The blocks come back once nothing holds the inode: the kernel forgets it (and the daemon
     // closes its descriptor) shortly after the unlink, later under load.
-    eventually("the space of the removed file comes back", || {
+    eventually("never: the space of the removed file comes back", || {
         free_bytes(&mount.backing) >= full + (9 << 19)
     });
     write_until_full(&mount.path("second.bin"), 5 << 20).unwrap();
@@ -505,7 +498,7 @@ fn a_writer_holds_back_no_file_of_the_same_inode_number_on_another_filesystem() 
             std::fs::metadata(mount.backing.join(name)).unwrap().ino() == held_ino
         })
         .expect("a file of the inner tmpfs with the held file's inode number");
-    eventually(&format!("{twin} reaches the catalog"), || {
+    eventually(format!("never: {twin} reaches the catalog"), || {
         live_catalog(&emulator).contains_key(twin.as_str())
     });
     assert!(
@@ -615,7 +608,7 @@ fn a_service_answering_garbage_keeps_the_work_and_the_daemon_up() {
     for i in 0..5 {
         std::fs::write(mount.path(&format!("g{i}.jpg")), format!("garbage-era {i}")).unwrap();
     }
-    eventually("every garbage kind was answered", || {
+    eventually("never: every garbage kind was answered", || {
         proxy
             .seen()
             .iter()
@@ -687,7 +680,9 @@ fn a_key_revoked_mid_run_pauses_with_a_reason_and_a_new_key_loses_nothing() {
             &serde_json::json!({"key": "key-one-4711"}),
         );
         assert_eq!(status, 200);
-        eventually("sending pauses", || !mount.status()["paused"].is_null());
+        eventually("never: sending pauses", || {
+            !mount.status()["paused"].is_null()
+        });
         writing.store(false, Ordering::SeqCst);
     });
     let status = mount.status();
@@ -730,7 +725,7 @@ fn an_upload_call_taken_and_never_answered_holds_the_uploads_for_the_answer_time
     for i in 0..10 {
         std::fs::write(mount.path(&format!("held{i}.jpg")), format!("held {i}")).unwrap();
     }
-    eventually("an upload call was taken and held", || {
+    eventually("never: an upload call was taken and held", || {
         proxy
             .seen()
             .iter()
@@ -776,7 +771,7 @@ fn a_409_naming_another_path_leaves_that_record_alone() {
     };
     std::fs::write(mount.path("mine.jpg"), b"my own content").unwrap();
     eventually(
-        "the create was answered the other path's record twice",
+        "never: the create was answered the other path's record twice",
         || {
             proxy
                 .seen()
@@ -912,15 +907,17 @@ fn refused_mount(mut command: Command, mnt: &Path) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline || common::service::is_mounted(mnt) {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = Command::new("umount").arg("-l").arg(mnt).status();
-            panic!("maxlofs mount started instead of refusing");
+    let exited = common::wait::poll(Duration::from_secs(40), || {
+        if common::service::is_mounted(mnt) {
+            return Some(false);
         }
-        sleep(Duration::from_millis(20));
+        child.try_wait().unwrap().map(|_| true)
+    });
+    if exited != Some(true) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = Command::new("umount").arg("-l").arg(mnt).status();
+        panic!("maxlofs mount started instead of refusing");
     }
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
@@ -966,7 +963,6 @@ fn a_state_folder_inside_the_backing_folder_is_refused_by_any_name() {
 /// A service that answers every request with a 200 whose body does not end (it stops after
 /// `per_answer` bytes, or when the client hangs up). Answers how many requests it answered.
 fn endless_service(per_answer: usize) -> (String, Arc<AtomicUsize>) {
-    use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let answered = Arc::new(AtomicUsize::new(0));
@@ -976,9 +972,7 @@ fn endless_service(per_answer: usize) -> (String, Arc<AtomicUsize>) {
             let Ok(mut stream) = stream else { return };
             let counter = counter.clone();
             std::thread::spawn(move || {
-                // Requests are small: one read takes the head and the body.
-                let mut request = [0; 8192];
-                if stream.read(&mut request).unwrap_or(0) == 0 {
+                if common::http::read_request(&stream).is_none() {
                     return;
                 }
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -1030,7 +1024,7 @@ fn a_service_answering_without_end_costs_the_daemon_no_memory() {
     // The start-up check's calls (asked again while the answers are too large), then a create
     // for each file.
     let calls = answered.load(Ordering::SeqCst) + 8;
-    eventually("the creates were answered", || {
+    eventually("never: the creates were answered", || {
         answered.load(Ordering::SeqCst) >= calls
     });
     assert!(mount.is_alive(), "{}", mount.log_text());

@@ -12,10 +12,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::service::{check_catalog, live_catalog, Emulator, Mount};
+use common::Later;
 
 fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -306,11 +306,9 @@ fn keys_never_appear_in_logs_status_debug_output_or_the_state_folder() {
     );
     assert_eq!(status, 200);
     std::fs::write(mount.path("c.jpg"), b"while refused").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while mount.status()["paused"].is_null() {
-        assert!(Instant::now() < deadline, "never paused");
-        sleep(Duration::from_millis(50));
-    }
+    common::eventually_within(Duration::from_secs(30), "never paused", || {
+        !mount.status()["paused"].is_null()
+    });
     std::fs::write(&mount.key_file, new_device_key).unwrap();
     mount.wait_synced();
     check_catalog(&emulator, &mount.backing);
@@ -398,19 +396,21 @@ fn status_answers_only_the_owner_and_root() {
     let name = std::ffi::OsStr::from_bytes(b"secret-name-\xff.jpg");
     std::fs::write(mount.path("priv").join(name), b"x").unwrap();
     let mnt = mount.mnt.to_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let owner = Command::new(common::service::BIN)
-            .args(["status", mnt])
-            .output()
-            .unwrap();
-        assert!(owner.status.success(), "{owner:?}");
-        if String::from_utf8_lossy(&owner.stdout).contains("priv/secret-name") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never listed: {owner:?}");
-        sleep(Duration::from_millis(50));
-    }
+    let last = std::cell::RefCell::new(None);
+    common::eventually_within(
+        Duration::from_secs(30),
+        Later(|| format!("never listed: {:?}", last.borrow())),
+        || {
+            let owner = Command::new(common::service::BIN)
+                .args(["status", mnt])
+                .output()
+                .unwrap();
+            assert!(owner.status.success(), "{owner:?}");
+            let listed = String::from_utf8_lossy(&owner.stdout).contains("priv/secret-name");
+            *last.borrow_mut() = Some(owner);
+            listed
+        },
+    );
     // Control: the mount lets them in (they can list its root).
     let control = as_nobody(&["ls", mnt]);
     assert!(control.status.success(), "{control:?}");
@@ -973,20 +973,16 @@ fn a_signed_url_at_another_local_address_is_not_followed() {
     if !mount.mount() {
         return;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
     let refused = "a signed URL at the local address \"127.0.0.2\", not followed";
-    while !mount.status()["last_error"]
-        .as_str()
-        .is_some_and(|error| error.contains(refused))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal: {}\n{}",
-            mount.status(),
-            mount.log_text()
-        );
-        sleep(Duration::from_millis(50));
-    }
+    common::eventually_within(
+        Duration::from_secs(30),
+        Later(|| format!("no refusal: {}\n{}", mount.status(), mount.log_text())),
+        || {
+            mount.status()["last_error"]
+                .as_str()
+                .is_some_and(|error| error.contains(refused))
+        },
+    );
     let reached = elsewhere.accept();
     assert!(
         matches!(&reached, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),

@@ -138,15 +138,12 @@ fn lost_create_answer_then(change: &str) {
         return;
     };
     sh("echo brief > e", &mount.mnt);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !proxy
-        .seen()
-        .iter()
-        .any(|s| s.ends_with("forward-then-drop"))
-    {
-        assert!(std::time::Instant::now() < deadline, "no create was sent");
-        sleep(Duration::from_millis(10));
-    }
+    common::eventually_within(Duration::from_secs(20), "no create was sent", || {
+        proxy
+            .seen()
+            .iter()
+            .any(|s| s.ends_with("forward-then-drop"))
+    });
     // The record exists now; the daemon is still waiting for the answer it will never get.
     sh(change, &mount.mnt);
     mount.wait_synced();

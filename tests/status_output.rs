@@ -9,10 +9,10 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::service::{Emulator, BIN};
+use common::Later;
 use maxlofs::fs::{MountStatus, StatusSource};
 use maxlofs::status::{encode_bounded, PathReason, StatusReport};
 
@@ -62,21 +62,25 @@ fn status_shows_names_escaped() {
     let mount = mount!(emulator, &["--settle-ms", "20"]);
     let name = OsStr::from_bytes(b"x\n\x1b[2Jforged: line\r\xff.jpg");
     std::fs::write(mount.mnt.join(name), b"x").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let text = loop {
-        let output = Command::new(BIN)
-            .arg("status")
-            .arg(&mount.mnt)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let text = String::from_utf8(output.stdout).unwrap();
-        if text.contains("local only (1)") {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "never listed: {text}");
-        sleep(Duration::from_millis(50));
-    };
+    let last = std::cell::RefCell::new(String::new());
+    let text = common::eventually_some(
+        Duration::from_secs(30),
+        Later(|| format!("never listed: {}", last.borrow())),
+        || {
+            let output = Command::new(BIN)
+                .arg("status")
+                .arg(&mount.mnt)
+                .output()
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            let text = String::from_utf8(output.stdout).unwrap();
+            if text.contains("local only (1)") {
+                return Some(text);
+            }
+            *last.borrow_mut() = text;
+            None
+        },
+    );
     assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
     assert!(
         !text.lines().any(|line| line.starts_with("forged")),

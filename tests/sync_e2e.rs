@@ -7,6 +7,7 @@ mod common;
 use std::os::unix::ffi::OsStrExt;
 
 use common::service::{assert_catalog_matches, sh, Emulator, Mount};
+use common::Later;
 
 /// Mounts against `$emulator` with extra flags, or returns from the test when FUSE is not
 /// available and not required.
@@ -128,6 +129,10 @@ fn safe_saves_by_sed_vim_and_rsync_keep_the_media_id_and_send_no_temp_names() {
     }
     assert_eq!(emulator.calls("create"), 3, "no temp name was ever created");
     assert_eq!(emulator.calls("delete"), 0);
+    // The control: removing a saved file is sent.
+    sh("rm edit.txt", &mount.mnt);
+    mount.wait_synced();
+    assert_eq!(emulator.calls("delete"), 1);
 }
 
 #[test]
@@ -160,6 +165,10 @@ fn a_file_created_and_removed_within_the_settle_window_sends_nothing() {
     assert_eq!(emulator.calls("create") - before, 0);
     assert_eq!(emulator.calls("delete"), 0);
     assert!(emulator.records().is_empty());
+    // The control: a file that outlives the window is sent.
+    sh("echo x > kept", &mount.mnt);
+    mount.wait_synced();
+    assert_eq!(emulator.calls("create") - before, 1);
 }
 
 #[test]
@@ -206,6 +215,11 @@ fn no_delete_keeps_records_of_removed_files() {
     mount.wait_synced();
     assert_eq!(emulator.calls("delete"), 0);
     assert!(emulator.live().contains_key("f"));
+    // The control: the mount still sends (a new file), only not the delete.
+    sh("echo 2 > g", &mount.mnt);
+    mount.wait_synced();
+    assert!(emulator.live().contains_key("g"));
+    assert_eq!(emulator.calls("delete"), 0);
 }
 
 #[test]
@@ -334,11 +348,9 @@ fn a_key_revoked_mid_run_pauses_sending_until_the_key_file_changes() {
     );
     assert_eq!(status, 200);
     sh("echo waits > w", &mount.mnt);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while mount.status()["paused"].is_null() {
-        assert!(std::time::Instant::now() < deadline, "never paused");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::eventually_within(std::time::Duration::from_secs(20), "never paused", || {
+        !mount.status()["paused"].is_null()
+    });
     assert!(emulator.live().is_empty());
     std::fs::write(&mount.key_file, NEW_KEY).unwrap();
     mount.wait_synced();
@@ -375,19 +387,18 @@ fn a_file_still_open_at_a_signal_is_sent_with_all_its_bytes_once_its_writer_lets
         .spawn()
         .unwrap();
     let held = mount.backing.join("held");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read(&held).unwrap_or_default() != b"first\n" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never wrote"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let started = std::time::Instant::now();
+    let limit = std::time::Duration::from_secs(20);
+    common::eventually_within(limit, "the writer never wrote", || {
+        std::fs::read(&held).unwrap_or_default() == b"first\n"
+    });
     mount.signal(libc::SIGTERM);
-    while !mount.log_text().contains("detaching it lazily") {
-        assert!(std::time::Instant::now() < deadline, "{}", mount.log_text());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    // The same deadline as the write's.
+    common::eventually_within(
+        limit.saturating_sub(started.elapsed()),
+        Later(|| mount.log_text()),
+        || mount.log_text().contains("detaching it lazily"),
+    );
     drop(writer.stdin.take());
     assert!(writer.wait().unwrap().success());
     let status = mount.wait_exit();

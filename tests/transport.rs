@@ -10,6 +10,7 @@
 mod common;
 
 use common::service::{sh, Emulator, Mount};
+use common::Later;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
@@ -131,14 +132,13 @@ fn with_the_switch_off_auto_takes_dev_fuse_and_io_uring_refuses() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            let _ = Command::new("umount").arg(&refused.mnt).status();
-            panic!("--transport io-uring mounted with the switch off");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let exited = common::wait::poll(std::time::Duration::from_secs(20), || {
+        child.try_wait().unwrap()
+    });
+    if exited.is_none() {
+        child.kill().unwrap();
+        let _ = Command::new("umount").arg(&refused.mnt).status();
+        panic!("--transport io-uring mounted with the switch off");
     }
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -168,24 +168,20 @@ fn session_ends_cleanly_on_abort(transport: &str, name: &str) {
     let device = std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(&mount.mnt).unwrap());
     let minor = (device & 0xff) | ((device >> 12) & !0xff);
     std::fs::write(connections.join(format!("{minor}/abort")), "1").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while mount.is_alive() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon outlived its aborted connection: {}",
-            mount.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while common::service::is_mounted(&mount.mnt) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the dead mount stayed: {}",
-            mount.log_text()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // `is_alive` reaps the daemon, so it needs the mount to itself.
+    let ended = common::wait::poll(std::time::Duration::from_secs(20), || {
+        (!mount.is_alive()).then_some(())
+    });
+    assert!(
+        ended.is_some(),
+        "the daemon outlived its aborted connection: {}",
+        mount.log_text()
+    );
+    common::eventually_within(
+        std::time::Duration::from_secs(20),
+        Later(|| format!("the dead mount stayed: {}", mount.log_text())),
+        || !common::service::is_mounted(&mount.mnt),
+    );
 }
 
 #[test]

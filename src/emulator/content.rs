@@ -70,6 +70,7 @@ pub(super) fn routes(api: &dyn Fn(Call, MethodRouter<App>) -> MethodRouter<App>)
             "/_emulator/objects/:file_hash/corrupt",
             post(corrupt_object),
         )
+        .route("/_emulator/clock", post(advance_clock))
 }
 
 /// A content call that failed: as the media calls answer (403, 404, 400 with the field), or 500.
@@ -574,6 +575,18 @@ async fn corrupt_object(
     } else {
         not_held()
     })
+}
+
+/// `POST /_emulator/clock {"advance_secs": N}`: the signed URLs' clock moves N s ahead.
+async fn advance_clock(State(app): State<App>, payload: Payload) -> Result<Response, ContentError> {
+    #[derive(serde::Deserialize)]
+    struct Advance {
+        advance_secs: u64,
+    }
+    let Advance { advance_secs } = payload.body.and_then(|body| body.parse())?;
+    let ahead = app.objects.advance_clock(advance_secs);
+    tracing::info!(advance_secs, ahead, "signed URLs' clock advanced");
+    Ok(Json(json!({ "ahead_secs": ahead })).into_response())
 }
 
 #[cfg(test)]

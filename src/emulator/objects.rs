@@ -35,6 +35,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::{NamedTempFile, TempDir};
 
@@ -196,6 +197,9 @@ pub struct ObjectStore {
     root: PathBuf,
     config: ObjectsConfig,
     signing_key: [u8; 32],
+    /// Seconds the store's clock (signed URLs' expiry) runs ahead of the real one: advanced by
+    /// `POST /_emulator/clock`, so a test need not wait out a URL's lifetime.
+    clock_ahead: AtomicU64,
     /// Keeps a temporary data folder alive as long as the store.
     _temp: Option<TempDir>,
 }
@@ -227,8 +231,25 @@ impl ObjectStore {
             root,
             config,
             signing_key,
+            clock_ahead: AtomicU64::new(0),
             _temp: temp,
         })
+    }
+
+    /// The store's clock, in Unix seconds: the real one plus what tests advanced it by.
+    fn now(&self) -> u64 {
+        unix_now().saturating_add(self.clock_ahead.load(Ordering::Relaxed))
+    }
+
+    /// Moves the store's clock `secs` ahead; answers how far ahead of the real one it is now.
+    pub fn advance_clock(&self, secs: u64) -> u64 {
+        let before = self
+            .clock_ahead
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |ahead| {
+                Some(ahead.saturating_add(secs))
+            })
+            .unwrap_or_default();
+        before.saturating_add(secs)
     }
 
     pub fn root(&self) -> &Path {
@@ -695,7 +716,7 @@ impl ObjectStore {
             .get(EXPIRES)
             .and_then(|value| value.parse().ok())
             .ok_or_else(S3Error::signature)?;
-        if unix_now() > expires {
+        if self.now() > expires {
             return Err(S3Error::new(403, "AccessDenied", "Request has expired"));
         }
         Ok(Permit {
@@ -706,7 +727,7 @@ impl ObjectStore {
 
     /// `path?<params and the expiry>&X-Maxlo-Signature=<HMAC-SHA256 of method, path, params>`.
     fn sign(&self, method: &str, path: &str, params: &[(&'static str, String)]) -> String {
-        let expires = unix_now() + self.config.url_ttl.as_secs();
+        let expires = self.now() + self.config.url_ttl.as_secs();
         let mut signed: BTreeMap<&str, &str> = params
             .iter()
             .map(|(name, value)| (*name, value.as_str()))

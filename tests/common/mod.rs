@@ -31,11 +31,16 @@ macro_rules! mount {
     };
 }
 
+pub mod http;
 pub mod posix;
 pub mod proxy;
 pub mod reftest;
 pub mod service;
 pub mod soak;
+pub mod wait;
+
+#[allow(unused_imports)]
+pub use wait::{eventually, eventually_some, eventually_within, Later};
 
 use maxlofs::fs::{spawn_mount, Event, EventSink, MountConfig, MountHandle};
 use std::path::PathBuf;

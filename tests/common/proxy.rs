@@ -3,7 +3,7 @@
 //! cannot know), or answers bytes of our choosing (garbage, truncated JSON) without forwarding.
 //! One request per connection (`Connection: close`), std threads, no dependencies.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -89,41 +89,21 @@ struct Request {
     raw: Vec<u8>,
 }
 
+/// The request to forward: one per connection, whatever the client asked for.
 fn read_request(stream: &mut TcpStream) -> Option<Request> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut head = Vec::new();
-    let mut content_length = 0usize;
-    let mut first = String::new();
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).ok()? == 0 {
-            return None;
+    let request = super::http::read_request(stream)?;
+    let mut raw = Vec::new();
+    for line in &request.lines {
+        if !line.to_ascii_lowercase().starts_with("connection:") {
+            raw.extend_from_slice(line.as_bytes());
         }
-        if first.is_empty() {
-            first = line.clone();
-        }
-        if line == "\r\n" {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(value) = lower.strip_prefix("content-length:") {
-            content_length = value.trim().parse().ok()?;
-        }
-        // One request per connection, whatever the client asked for.
-        if lower.starts_with("connection:") {
-            continue;
-        }
-        head.extend_from_slice(line.as_bytes());
     }
-    head.extend_from_slice(b"connection: close\r\n\r\n");
-    let mut body = vec![0; content_length];
-    reader.read_exact(&mut body).ok()?;
-    head.extend_from_slice(&body);
-    let mut parts = first.split_whitespace();
+    raw.extend_from_slice(b"connection: close\r\n\r\n");
+    raw.extend_from_slice(&request.body);
     Some(Request {
-        method: parts.next()?.to_string(),
-        path: parts.next()?.to_string(),
-        raw: head,
+        method: request.method,
+        path: request.path,
+        raw,
     })
 }
 

@@ -88,6 +88,16 @@ impl Emulator {
             .unwrap_or_else(|err| panic!("GET {path}: {err}"))
     }
 
+    /// Moves the emulator's signed-URL clock `secs` ahead (`POST /_emulator/clock`): URLs expire
+    /// as if that time had passed, without waiting for it.
+    pub fn advance_clock(&self, secs: u64) {
+        let (status, body) = self.post(
+            "/_emulator/clock",
+            &serde_json::json!({"advance_secs": secs}),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
         let response = reqwest::blocking::Client::new()
             .post(format!("{}{path}", self.url))
@@ -172,13 +182,9 @@ pub fn output_within(command: &mut Command, limit: Duration) -> Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{command:?} still running after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if super::wait::poll(limit, || child.try_wait().unwrap()).is_none() {
+        let _ = child.kill();
+        panic!("{command:?} still running after {limit:?}");
     }
     child.wait_with_output().unwrap()
 }
@@ -476,11 +482,13 @@ impl Mount {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while is_mounted(&self.mnt) && Instant::now() < deadline {
+        super::wait::poll(Duration::from_secs(10), || {
+            if !is_mounted(&self.mnt) {
+                return Some(());
+            }
             let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            None
+        });
     }
 }
 
@@ -489,10 +497,7 @@ impl Drop for Mount {
         if self.child.is_some() {
             let _ = Command::new("umount").arg(&self.mnt).status();
             if let Some(mut child) = self.child.take() {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                super::wait::poll(Duration::from_secs(10), || child.try_wait().ok().flatten());
                 let _ = child.kill();
                 let _ = child.wait();
             }
