@@ -465,7 +465,10 @@ impl Out<'_> {
         Ok(())
     }
 
-    fn put<T: Copy>(&mut self, value: &T) -> Result<(), Errno> {
+    fn put<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), Errno> {
         self.push(struct_bytes(value))
     }
 
@@ -515,7 +518,7 @@ impl Out<'_> {
 }
 
 /// The op's fixed argument struct; EINVAL when `op_in` is too short to hold it.
-fn decode<T: Copy>(op_in: &[u8]) -> Result<T, Errno> {
+fn decode<T: zerocopy::FromBytes>(op_in: &[u8]) -> Result<T, Errno> {
     read_struct(op_in).ok_or(Errno::EINVAL)
 }
 
