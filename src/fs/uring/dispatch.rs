@@ -37,6 +37,69 @@ pub(crate) struct InitOutcome {
     pub ring_payload: usize,
 }
 
+/// A request's parts, checked against its in-header's `len`.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    pub header: fuse_in_header,
+    /// The op's fixed argument struct (what `decode` reads; EINVAL when it is too short).
+    pub op_in: &'a [u8],
+    /// What follows it: names, data.
+    pub payload: &'a [u8],
+}
+
+/// Why a request's bytes cannot be served.
+#[derive(Debug)]
+pub(crate) enum Malformed {
+    /// Fewer bytes than an in-header: there is no request id to answer.
+    NoHeader,
+    /// The header's `len` is smaller than the header or larger than the bytes received.
+    Length(fuse_in_header),
+}
+
+const IN_HEADER: usize = size_of::<fuse_in_header>();
+
+impl<'a> Request<'a> {
+    /// A message as read from /dev/fuse: the in-header, the op's fixed argument, the rest;
+    /// `len` covers them all (bytes past it are ignored).
+    pub fn from_device(message: &'a [u8]) -> Result<Request<'a>, Malformed> {
+        let header: fuse_in_header = read_struct(message).ok_or(Malformed::NoHeader)?;
+        let body = (header.len as usize)
+            .checked_sub(IN_HEADER)
+            .and_then(|body| message.get(IN_HEADER..IN_HEADER + body))
+            .ok_or(Malformed::Length(header))?;
+        let (op_in, payload) = body.split_at(Dispatcher::op_in_size(header.opcode).min(body.len()));
+        Ok(Request {
+            header,
+            op_in,
+            payload,
+        })
+    }
+
+    /// A ring entry's request: the in-header at the start of `in_out`, the op's fixed argument
+    /// in the `op_in` area, and `payload_sz` bytes of `payload` (as the entry says). The
+    /// kernel's `len` counts all three, so what is left of it after the header and the payload
+    /// is the length of the fixed argument, which must fit in the `op_in` area.
+    pub fn from_ring(
+        in_out: &[u8],
+        op_in: &'a [u8],
+        payload: &'a [u8],
+        payload_sz: u32,
+    ) -> Result<Request<'a>, Malformed> {
+        let header: fuse_in_header = read_struct(in_out).ok_or(Malformed::NoHeader)?;
+        let malformed = || Malformed::Length(header);
+        let payload = payload.get(..payload_sz as usize).ok_or_else(malformed)?;
+        let op_len = (header.len as usize)
+            .checked_sub(IN_HEADER + payload.len())
+            .ok_or_else(malformed)?;
+        let op_in = op_in.get(..op_len).ok_or_else(malformed)?;
+        Ok(Request {
+            header,
+            op_in,
+            payload,
+        })
+    }
+}
+
 pub(crate) struct Dispatcher {
     fs: Passthrough,
     allow_other: bool,
@@ -208,6 +271,37 @@ impl Dispatcher {
         match self.serve(header, op_in, payload, &mut reply) {
             Ok(()) => Reply::Data(reply.len),
             Err(e) => Reply::Error(e.code()),
+        }
+    }
+
+    /// Serves a request as received (checked by `Request::from_device` or `from_ring`):
+    /// the request id to answer and the answer. A request whose length is wrong is EINVAL
+    /// (nothing for the forgets, which are never answered); one without a header cannot be
+    /// answered and is `None`.
+    pub fn serve_received(
+        &self,
+        request: Result<Request<'_>, Malformed>,
+        out: &mut [u8],
+    ) -> Option<(u64, Reply)> {
+        match request {
+            Ok(request) => Some((
+                request.header.unique,
+                self.dispatch(&request.header, request.op_in, request.payload, out),
+            )),
+            Err(Malformed::NoHeader) => None,
+            Err(Malformed::Length(header)) => {
+                debug!(
+                    opcode = header.opcode,
+                    unique = header.unique,
+                    len = header.len,
+                    "request length does not match the bytes received"
+                );
+                let reply = match header.opcode {
+                    FUSE_FORGET | FUSE_BATCH_FORGET => Reply::None,
+                    _ => Reply::Error(libc::EINVAL),
+                };
+                Some((header.unique, reply))
+            }
         }
     }
 
@@ -1266,6 +1360,90 @@ mod tests {
             .dispatcher
             .dispatch(&header, struct_bytes(&read), &[], &mut small);
         assert_eq!(reply, Reply::Error(libc::EIO));
+    }
+
+    /// A /dev/fuse message: the in-header (with `len` as given), then `body`.
+    fn device_message(len: u32, opcode: u32, body: &[u8]) -> Vec<u8> {
+        let header = fuse_in_header {
+            len,
+            opcode,
+            unique: 9,
+            nodeid: ROOT,
+            uid: owner(),
+            ..Default::default()
+        };
+        let mut bytes = struct_bytes(&header).to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn a_device_message_is_checked_against_its_length() {
+        let f = fixture(false);
+        let mut out = vec![0u8; OUT_SIZE];
+        let getattr = fuse_getattr_in::default();
+        let body = struct_bytes(&getattr);
+        let whole = (IN_HEADER + body.len()) as u32;
+        let serve = |message: &[u8], out: &mut [u8]| {
+            f.dispatcher
+                .serve_received(Request::from_device(message), out)
+        };
+        // Well formed.
+        let (unique, reply) = serve(&device_message(whole, FUSE_GETATTR, body), &mut out).unwrap();
+        assert_eq!(unique, 9);
+        assert!(matches!(reply, Reply::Data(_)));
+        // Shorter than an in-header: nothing to answer.
+        assert!(serve(&[0u8; IN_HEADER - 1], &mut out).is_none());
+        // len below the header, or beyond the bytes read.
+        for len in [0, IN_HEADER as u32 - 1, whole + 1, u32::MAX] {
+            let reply = serve(&device_message(len, FUSE_GETATTR, body), &mut out);
+            assert_eq!(reply, Some((9, Reply::Error(libc::EINVAL))), "len {len}");
+        }
+        // len cutting the op's struct short.
+        let reply = serve(&device_message(whole - 1, FUSE_GETATTR, body), &mut out);
+        assert_eq!(reply, Some((9, Reply::Error(libc::EINVAL))));
+        // A forget with a wrong length is not answered.
+        let reply = serve(&device_message(whole + 1, FUSE_FORGET, &[0; 8]), &mut out);
+        assert_eq!(reply, Some((9, Reply::None)));
+    }
+
+    #[test]
+    fn a_ring_request_is_checked_against_its_length() {
+        let f = fixture(false);
+        std::fs::create_dir(f.dir.path().join("d")).unwrap();
+        let mut out = vec![0u8; OUT_SIZE];
+        let op_in = [0u8; FUSE_URING_OP_IN_OUT_SZ];
+        let payload = name("d");
+        let serve = |len: u32, opcode: u32, payload_sz: u32, out: &mut [u8]| {
+            let in_out = device_message(len, opcode, &[]);
+            let request = Request::from_ring(&in_out, &op_in, &payload, payload_sz);
+            f.dispatcher.serve_received(request, out).unwrap().1
+        };
+        let lookup = (IN_HEADER + payload.len()) as u32;
+        assert!(matches!(
+            serve(lookup, FUSE_LOOKUP, 2, &mut out),
+            Reply::Data(128)
+        ));
+        // A payload larger than its buffer, a len smaller than header and payload, or one
+        // leaving more for the fixed argument than the op_in area holds.
+        for (len, payload_sz) in [
+            (lookup, 3),
+            (lookup - 1, 2),
+            (lookup + FUSE_URING_OP_IN_OUT_SZ as u32 + 1, 2),
+        ] {
+            let reply = serve(len, FUSE_LOOKUP, payload_sz, &mut out);
+            assert_eq!(reply, Reply::Error(libc::EINVAL), "{len} {payload_sz}");
+        }
+        // A fixed argument shorter than the op's struct.
+        let getattr = (IN_HEADER + size_of::<fuse_getattr_in>()) as u32;
+        assert!(matches!(
+            serve(getattr, FUSE_GETATTR, 0, &mut out),
+            Reply::Data(_)
+        ));
+        assert_eq!(
+            serve(getattr - 1, FUSE_GETATTR, 0, &mut out),
+            Reply::Error(libc::EINVAL)
+        );
     }
 
     #[test]

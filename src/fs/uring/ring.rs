@@ -8,11 +8,10 @@
 //! system call of its own and no other CPU is woken to serve it.
 
 use super::abi::{
-    fuse_in_header, fuse_out_header, fuse_uring_cmd_req, fuse_uring_ent_in_out,
-    fuse_uring_req_header, read_struct, struct_bytes, FUSE_IO_URING_CMD_COMMIT_AND_FETCH,
-    FUSE_IO_URING_CMD_REGISTER,
+    fuse_out_header, fuse_uring_cmd_req, fuse_uring_ent_in_out, fuse_uring_req_header,
+    struct_bytes, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, FUSE_IO_URING_CMD_REGISTER,
 };
-use super::dispatch::{Dispatcher, Reply};
+use super::dispatch::{Dispatcher, Reply, Request};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::os::fd::RawFd;
@@ -209,9 +208,12 @@ fn answer(entry: &RingEntry, dispatcher: &Dispatcher, out: &mut [u8]) -> u64 {
         )
     };
     let ring_in: fuse_uring_ent_in_out = header.ring_ent_in_out;
-    let in_header: fuse_in_header = read_struct(&header.in_out).unwrap_or_default();
-    let payload_in = &payload[..(ring_in.payload_sz as usize).min(payload.len())];
-    let (error, len) = match dispatcher.dispatch(&in_header, &header.op_in, payload_in, out) {
+    let request = Request::from_ring(&header.in_out, &header.op_in, payload, ring_in.payload_sz);
+    // The header area always holds an in-header; were it not so, request 0 would get EIO.
+    let (unique, reply) = dispatcher
+        .serve_received(request, out)
+        .unwrap_or((0, Reply::Error(libc::EIO)));
+    let (error, len) = match reply {
         // Nothing that goes through a ring is left unanswered; an empty answer is harmless.
         Reply::None => (0, 0),
         Reply::Error(errno) => (-errno, 0),
@@ -221,7 +223,7 @@ fn answer(entry: &RingEntry, dispatcher: &Dispatcher, out: &mut [u8]) -> u64 {
     let out_header = fuse_out_header {
         len: (size_of::<fuse_out_header>() + len) as u32,
         error,
-        unique: in_header.unique,
+        unique,
     };
     let bytes = struct_bytes(&out_header);
     header.in_out.fill(0);
