@@ -16,7 +16,7 @@ use std::time::UNIX_EPOCH;
 use tracing::debug;
 
 /// What to send for one request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reply {
     /// Nothing: the kernel expects no answer (forgets, interrupts).
     None,
