@@ -508,6 +508,52 @@ pub(crate) struct fuse_direntplus {
     pub dirent: fuse_dirent,
 }
 
+/// The opcode's name as logged (the fuser adapter's method names): "lookup", "batch_forget".
+pub(crate) fn opcode_name(opcode: u32) -> &'static str {
+    match opcode {
+        FUSE_LOOKUP => "lookup",
+        FUSE_FORGET => "forget",
+        FUSE_GETATTR => "getattr",
+        FUSE_SETATTR => "setattr",
+        FUSE_READLINK => "readlink",
+        FUSE_SYMLINK => "symlink",
+        FUSE_MKNOD => "mknod",
+        FUSE_MKDIR => "mkdir",
+        FUSE_UNLINK => "unlink",
+        FUSE_RMDIR => "rmdir",
+        FUSE_RENAME => "rename",
+        FUSE_LINK => "link",
+        FUSE_OPEN => "open",
+        FUSE_READ => "read",
+        FUSE_WRITE => "write",
+        FUSE_STATFS => "statfs",
+        FUSE_RELEASE => "release",
+        FUSE_FSYNC => "fsync",
+        FUSE_SETXATTR => "setxattr",
+        FUSE_GETXATTR => "getxattr",
+        FUSE_LISTXATTR => "listxattr",
+        FUSE_REMOVEXATTR => "removexattr",
+        FUSE_FLUSH => "flush",
+        FUSE_INIT => "init",
+        FUSE_OPENDIR => "opendir",
+        FUSE_READDIR => "readdir",
+        FUSE_RELEASEDIR => "releasedir",
+        FUSE_FSYNCDIR => "fsyncdir",
+        FUSE_ACCESS => "access",
+        FUSE_CREATE => "create",
+        FUSE_INTERRUPT => "interrupt",
+        FUSE_DESTROY => "destroy",
+        FUSE_IOCTL => "ioctl",
+        FUSE_BATCH_FORGET => "batch_forget",
+        FUSE_FALLOCATE => "fallocate",
+        FUSE_READDIRPLUS => "readdirplus",
+        FUSE_RENAME2 => "rename2",
+        FUSE_LSEEK => "lseek",
+        FUSE_COPY_FILE_RANGE => "copy_file_range",
+        _ => "unknown",
+    }
+}
+
 /// Reads a `T` from the start of `bytes` (no alignment needed); `None` when `bytes` is shorter.
 /// `FromBytes` (derived, so checked by zerocopy) says every bit pattern is a valid `T`.
 pub(crate) fn read_struct<T: FromBytes>(bytes: &[u8]) -> Option<T> {

@@ -241,12 +241,17 @@ impl Dispatcher {
         payload: &[u8],
         out: &mut [u8],
     ) -> Reply {
-        debug!(
-            opcode = header.opcode,
-            nodeid = header.nodeid,
+        // One span per request, as the fuser adapter opens (`fs::fuse`); with debug logging
+        // off it costs a check of the level.
+        let _span = tracing::debug_span!(
+            "fuse_request",
+            opcode = opcode_name(header.opcode),
             unique = header.unique,
-            "request"
-        );
+            ino = header.nodeid,
+            pid = header.pid
+        )
+        .entered();
+        debug!("request");
         match header.opcode {
             FUSE_FORGET => {
                 if let Some(arg) = read_struct::<fuse_forget_in>(op_in) {
@@ -1479,6 +1484,48 @@ mod tests {
             let (op_in, payload) = bytes.split_at(op_len);
             let _ = f.dispatcher.dispatch(&header, op_in, payload, &mut out);
         }
+    }
+
+    #[test]
+    fn each_request_runs_in_a_debug_span_with_its_opcode_id_inode_and_pid() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let f = fixture(false);
+        let header = fuse_in_header {
+            opcode: FUSE_GETATTR,
+            unique: 77,
+            nodeid: ROOT,
+            uid: owner(),
+            pid: 4242,
+            ..Default::default()
+        };
+        let getattr = fuse_getattr_in::default();
+        let mut out = vec![0u8; OUT_SIZE];
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            f.dispatcher
+                .dispatch(&header, struct_bytes(&getattr), &[], &mut out)
+        });
+        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains(r#"fuse_request{opcode="getattr" unique=77 ino=1 pid=4242}"#),
+            "{logged}"
+        );
     }
 
     #[test]
