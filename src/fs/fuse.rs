@@ -100,6 +100,19 @@ fn reply_xattr(reply: ReplyXattr, result: Result<XattrValue>) {
     }
 }
 
+/// A debug-level span around one request, with the fields the io_uring transport's has
+/// (`fs::uring::dispatch`); with debug logging off it costs a check of the level.
+fn request_span(req: &Request, opcode: &'static str, ino: u64) -> tracing::span::EnteredSpan {
+    tracing::debug_span!(
+        "fuse_request",
+        opcode,
+        unique = req.unique().0,
+        ino,
+        pid = req.pid()
+    )
+    .entered()
+}
+
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         for flag in kernel::optional_capabilities(self.allow_other).iter() {
@@ -117,25 +130,28 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = request_span(req, "lookup", parent.0);
         debug!(parent = parent.0, ?name, "lookup");
         reply_entry(reply, kernel::lookup_entry(self.fs.lookup(parent.0, name)));
     }
 
     // batch_forget: fuser's default calls this once per node, with each node's exact count.
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    fn forget(&self, req: &Request, ino: INodeNo, nlookup: u64) {
+        let _span = request_span(req, "forget", ino.0);
         debug!(ino = ino.0, nlookup, "forget");
         self.fs.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = request_span(req, "getattr", ino.0);
         debug!(ino = ino.0, ?fh, "getattr");
         reply_attr(reply, self.fs.getattr(ino.0, fh.map(|fh| fh.0)));
     }
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -151,6 +167,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _span = request_span(req, "setattr", ino.0);
         debug!(
             ino = ino.0,
             ?mode,
@@ -173,7 +190,8 @@ impl Filesystem for FuseAdapter {
         reply_attr(reply, self.fs.setattr(ino.0, fh.map(|fh| fh.0), changes));
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _span = request_span(req, "readlink", ino.0);
         debug!(ino = ino.0, "readlink");
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
@@ -191,6 +209,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _span = request_span(req, "mknod", parent.0);
         debug!(parent = parent.0, ?name, mode, rdev, "mknod");
         reply_entry(
             reply,
@@ -207,16 +226,19 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _span = request_span(req, "mkdir", parent.0);
         debug!(parent = parent.0, ?name, mode, "mkdir");
         reply_entry(reply, self.fs.mkdir(caller(req), parent.0, name, mode));
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = request_span(req, "unlink", parent.0);
         debug!(parent = parent.0, ?name, "unlink");
         reply_empty(reply, self.fs.unlink(parent.0, name));
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = request_span(req, "rmdir", parent.0);
         debug!(parent = parent.0, ?name, "rmdir");
         reply_empty(reply, self.fs.rmdir(parent.0, name));
     }
@@ -229,6 +251,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _span = request_span(req, "symlink", parent.0);
         debug!(parent = parent.0, ?link_name, ?target, "symlink");
         reply_entry(
             reply,
@@ -238,7 +261,7 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -246,6 +269,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "rename", parent.0);
         debug!(parent = parent.0, ?name, newparent = newparent.0, ?newname, %flags, "rename");
         let result = self
             .fs
@@ -255,17 +279,19 @@ impl Filesystem for FuseAdapter {
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _span = request_span(req, "link", ino.0);
         debug!(ino = ino.0, newparent = newparent.0, ?newname, "link");
         reply_entry(reply, self.fs.link(ino.0, newparent.0, newname));
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _span = request_span(req, "open", ino.0);
         debug!(ino = ino.0, flags = flags.0, "open");
         match self.fs.open(ino.0, flags.0) {
             Ok(Opened {
@@ -287,7 +313,7 @@ impl Filesystem for FuseAdapter {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -296,6 +322,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _span = request_span(req, "read", ino.0);
         debug!(ino = ino.0, fh = fh.0, offset, size, "read");
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
@@ -305,7 +332,7 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -315,6 +342,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _span = request_span(req, "write", ino.0);
         debug!(ino = ino.0, fh = fh.0, offset, len = data.len(), "write");
         match self.fs.write(fh.0, offset, data) {
             Ok(written) => reply.written(written),
@@ -324,19 +352,20 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "flush", ino.0);
         debug!(ino = ino.0, fh = fh.0, "flush");
         reply_empty(reply, self.fs.flush(fh.0));
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -344,23 +373,26 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "release", ino.0);
         debug!(ino = ino.0, fh = fh.0, "release");
         reply_empty(reply, self.fs.release(fh.0));
     }
 
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "fsync", ino.0);
         debug!(ino = ino.0, fh = fh.0, datasync, "fsync");
         reply_empty(reply, self.fs.fsync(fh.0, datasync));
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = request_span(req, "opendir", ino.0);
         debug!(ino = ino.0, "opendir");
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
@@ -370,12 +402,13 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _span = request_span(req, "readdir", ino.0);
         debug!(ino = ino.0, fh = fh.0, offset, "readdir");
         let result = self.fs.readdir(fh.0, offset, |ino, next, kind, name| {
             !reply.add(INodeNo(ino), next, kind, name)
@@ -388,12 +421,13 @@ impl Filesystem for FuseAdapter {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let _span = request_span(req, "readdirplus", ino.0);
         debug!(ino = ino.0, fh = fh.0, offset, "readdirplus");
         let result = self.fs.readdirplus(fh.0, offset, |name, next, attr| {
             !reply.add(attr.ino, next, name, &TTL, attr, Generation(0))
@@ -406,29 +440,32 @@ impl Filesystem for FuseAdapter {
 
     fn releasedir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "releasedir", ino.0);
         debug!(ino = ino.0, fh = fh.0, "releasedir");
         reply_empty(reply, self.fs.releasedir(fh.0));
     }
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "fsyncdir", ino.0);
         debug!(ino = ino.0, fh = fh.0, datasync, "fsyncdir");
         reply_empty(reply, self.fs.fsyncdir(fh.0, datasync));
     }
 
-    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _span = request_span(req, "statfs", ino.0);
         debug!(ino = ino.0, "statfs");
         match self.fs.statfs(ino.0) {
             Ok(st) => reply.statfs(
@@ -455,6 +492,7 @@ impl Filesystem for FuseAdapter {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "setxattr", ino.0);
         debug!(ino = ino.0, ?name, len = value.len(), flags, "setxattr");
         reply_empty(
             reply,
@@ -463,21 +501,25 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _span = request_span(req, "getxattr", ino.0);
         debug!(ino = ino.0, ?name, size, "getxattr");
         reply_xattr(reply, self.fs.getxattr(caller(req), ino.0, name, size));
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _span = request_span(req, "listxattr", ino.0);
         debug!(ino = ino.0, size, "listxattr");
         reply_xattr(reply, self.fs.listxattr(ino.0, size));
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = request_span(req, "removexattr", ino.0);
         debug!(ino = ino.0, ?name, "removexattr");
         reply_empty(reply, self.fs.removexattr(ino.0, name));
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let _span = request_span(req, "access", ino.0);
         debug!(ino = ino.0, mask = mask.bits(), "access");
         reply_empty(reply, self.fs.access(ino.0, mask.bits()));
     }
@@ -492,6 +534,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _span = request_span(req, "create", parent.0);
         debug!(parent = parent.0, ?name, mode, flags, "create");
         let result = self.fs.create(caller(req), parent.0, name, mode, flags);
         match result {
@@ -523,7 +566,7 @@ impl Filesystem for FuseAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -531,19 +574,21 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span(req, "fallocate", ino.0);
         debug!(ino = ino.0, fh = fh.0, offset, length, mode, "fallocate");
         reply_empty(reply, self.fs.fallocate(fh.0, offset, length, mode));
     }
 
     fn lseek(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _span = request_span(req, "lseek", ino.0);
         debug!(ino = ino.0, fh = fh.0, offset, whence, "lseek");
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(offset) => reply.offset(offset),
@@ -553,7 +598,7 @@ impl Filesystem for FuseAdapter {
 
     fn copy_file_range(
         &self,
-        _req: &Request,
+        req: &Request,
         ino_in: INodeNo,
         fh_in: FileHandle,
         offset_in: u64,
@@ -564,6 +609,7 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        let _span = request_span(req, "copy_file_range", ino_in.0);
         debug!(
             ino_in = ino_in.0,
             ino_out = ino_out.0,
@@ -586,7 +632,7 @@ impl Filesystem for FuseAdapter {
     /// the answer is the usual "not a terminal / not supported here", without a log line.
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
@@ -595,6 +641,7 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
+        let _span = request_span(req, "ioctl", ino.0);
         debug!(ino = ino.0, cmd, "ioctl");
         reply.error(Errno::ENOTTY);
     }

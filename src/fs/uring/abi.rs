@@ -2,6 +2,8 @@
 //! structs and numbers the io_uring adapter decodes and encodes, under the kernel's own names.
 #![allow(non_camel_case_types)]
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 /// The protocol this adapter speaks.
 pub(crate) const FUSE_KERNEL_VERSION: u32 = 7;
 pub(crate) const FUSE_KERNEL_MINOR_VERSION: u32 = 45;
@@ -82,7 +84,7 @@ pub(crate) const FUSE_IO_URING_CMD_REGISTER: u32 = 1;
 pub(crate) const FUSE_IO_URING_CMD_COMMIT_AND_FETCH: u32 = 2;
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_in_header {
     pub len: u32,
     pub opcode: u32,
@@ -96,7 +98,7 @@ pub(crate) struct fuse_in_header {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_out_header {
     pub len: u32,
     pub error: i32,
@@ -104,7 +106,7 @@ pub(crate) struct fuse_out_header {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_init_in {
     pub major: u32,
     pub minor: u32,
@@ -115,7 +117,7 @@ pub(crate) struct fuse_init_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_init_out {
     pub major: u32,
     pub minor: u32,
@@ -134,7 +136,7 @@ pub(crate) struct fuse_init_out {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_uring_ent_in_out {
     pub flags: u64,
     /// Names the ring entry in COMMIT_AND_FETCH; set by the kernel.
@@ -148,7 +150,7 @@ pub(crate) struct fuse_uring_ent_in_out {
 /// The header buffer of a ring entry: the in- or out-header, the op's fixed argument struct,
 /// and the entry's bookkeeping.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_uring_req_header {
     pub in_out: [u8; FUSE_URING_IN_OUT_HEADER_SZ],
     pub op_in: [u8; FUSE_URING_OP_IN_OUT_SZ],
@@ -167,7 +169,7 @@ impl Default for fuse_uring_req_header {
 
 /// The command of a FUSE_IO_URING_CMD_* submission (in the SQE128's command area).
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_uring_cmd_req {
     pub flags: u64,
     pub commit_id: u64,
@@ -176,7 +178,7 @@ pub(crate) struct fuse_uring_cmd_req {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_attr {
     pub ino: u64,
     pub size: u64,
@@ -197,7 +199,7 @@ pub(crate) struct fuse_attr {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_entry_out {
     pub nodeid: u64,
     pub generation: u64,
@@ -209,27 +211,27 @@ pub(crate) struct fuse_entry_out {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_forget_in {
     pub nlookup: u64,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_forget_one {
     pub nodeid: u64,
     pub nlookup: u64,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_batch_forget_in {
     pub count: u32,
     pub dummy: u32,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_getattr_in {
     pub getattr_flags: u32,
     pub dummy: u32,
@@ -237,7 +239,7 @@ pub(crate) struct fuse_getattr_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_attr_out {
     pub attr_valid: u64,
     pub attr_valid_nsec: u32,
@@ -246,7 +248,7 @@ pub(crate) struct fuse_attr_out {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_mknod_in {
     pub mode: u32,
     pub rdev: u32,
@@ -255,20 +257,20 @@ pub(crate) struct fuse_mknod_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_mkdir_in {
     pub mode: u32,
     pub umask: u32,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_rename_in {
     pub newdir: u64,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_rename2_in {
     pub newdir: u64,
     pub flags: u32,
@@ -276,13 +278,13 @@ pub(crate) struct fuse_rename2_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_link_in {
     pub oldnodeid: u64,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_setattr_in {
     pub valid: u32,
     pub padding: u32,
@@ -303,14 +305,14 @@ pub(crate) struct fuse_setattr_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_open_in {
     pub flags: u32,
     pub open_flags: u32,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_create_in {
     pub flags: u32,
     pub mode: u32,
@@ -319,7 +321,7 @@ pub(crate) struct fuse_create_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_open_out {
     pub fh: u64,
     pub open_flags: u32,
@@ -327,7 +329,7 @@ pub(crate) struct fuse_open_out {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_release_in {
     pub fh: u64,
     pub flags: u32,
@@ -336,7 +338,7 @@ pub(crate) struct fuse_release_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_flush_in {
     pub fh: u64,
     pub unused: u32,
@@ -345,7 +347,7 @@ pub(crate) struct fuse_flush_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_read_in {
     pub fh: u64,
     pub offset: u64,
@@ -357,7 +359,7 @@ pub(crate) struct fuse_read_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_write_in {
     pub fh: u64,
     pub offset: u64,
@@ -369,14 +371,14 @@ pub(crate) struct fuse_write_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_write_out {
     pub size: u32,
     pub padding: u32,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_kstatfs {
     pub blocks: u64,
     pub bfree: u64,
@@ -391,13 +393,13 @@ pub(crate) struct fuse_kstatfs {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_statfs_out {
     pub st: fuse_kstatfs,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_fsync_in {
     pub fh: u64,
     pub fsync_flags: u32,
@@ -407,41 +409,41 @@ pub(crate) struct fuse_fsync_in {
 /// Without FUSE_SETXATTR_EXT (never negotiated here) the kernel sends only `size` and `flags`:
 /// FUSE_COMPAT_SETXATTR_IN_SIZE, 8 bytes.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_setxattr_in {
     pub size: u32,
     pub flags: u32,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_getxattr_in {
     pub size: u32,
     pub padding: u32,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_getxattr_out {
     pub size: u32,
     pub padding: u32,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_access_in {
     pub mask: u32,
     pub padding: u32,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_interrupt_in {
     pub unique: u64,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_ioctl_in {
     pub fh: u64,
     pub flags: u32,
@@ -452,7 +454,7 @@ pub(crate) struct fuse_ioctl_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_fallocate_in {
     pub fh: u64,
     pub offset: u64,
@@ -462,7 +464,7 @@ pub(crate) struct fuse_fallocate_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_lseek_in {
     pub fh: u64,
     pub offset: u64,
@@ -471,13 +473,13 @@ pub(crate) struct fuse_lseek_in {
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_lseek_out {
     pub offset: u64,
 }
 
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_copy_file_range_in {
     pub fh_in: u64,
     pub off_in: u64,
@@ -490,7 +492,7 @@ pub(crate) struct fuse_copy_file_range_in {
 
 /// A readdir entry; the name follows, and the next entry starts at the next multiple of 8.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_dirent {
     pub ino: u64,
     pub off: u64,
@@ -500,29 +502,68 @@ pub(crate) struct fuse_dirent {
 
 /// A readdirplus entry; the name follows as in `fuse_dirent`.
 #[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, FromBytes, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_direntplus {
     pub entry_out: fuse_entry_out,
     pub dirent: fuse_dirent,
 }
 
-/// Reads a `T` from the start of `bytes` (no alignment needed); `None` when `bytes` is shorter.
-/// `T` must be one of the plain `#[repr(C)]` integer structs of this module, for which every
-/// bit pattern is a valid value.
-pub(crate) fn read_struct<T: Copy>(bytes: &[u8]) -> Option<T> {
-    if bytes.len() < size_of::<T>() {
-        return None;
+/// The opcode's name as logged (the fuser adapter's method names): "lookup", "batch_forget".
+pub(crate) fn opcode_name(opcode: u32) -> &'static str {
+    match opcode {
+        FUSE_LOOKUP => "lookup",
+        FUSE_FORGET => "forget",
+        FUSE_GETATTR => "getattr",
+        FUSE_SETATTR => "setattr",
+        FUSE_READLINK => "readlink",
+        FUSE_SYMLINK => "symlink",
+        FUSE_MKNOD => "mknod",
+        FUSE_MKDIR => "mkdir",
+        FUSE_UNLINK => "unlink",
+        FUSE_RMDIR => "rmdir",
+        FUSE_RENAME => "rename",
+        FUSE_LINK => "link",
+        FUSE_OPEN => "open",
+        FUSE_READ => "read",
+        FUSE_WRITE => "write",
+        FUSE_STATFS => "statfs",
+        FUSE_RELEASE => "release",
+        FUSE_FSYNC => "fsync",
+        FUSE_SETXATTR => "setxattr",
+        FUSE_GETXATTR => "getxattr",
+        FUSE_LISTXATTR => "listxattr",
+        FUSE_REMOVEXATTR => "removexattr",
+        FUSE_FLUSH => "flush",
+        FUSE_INIT => "init",
+        FUSE_OPENDIR => "opendir",
+        FUSE_READDIR => "readdir",
+        FUSE_RELEASEDIR => "releasedir",
+        FUSE_FSYNCDIR => "fsyncdir",
+        FUSE_ACCESS => "access",
+        FUSE_CREATE => "create",
+        FUSE_INTERRUPT => "interrupt",
+        FUSE_DESTROY => "destroy",
+        FUSE_IOCTL => "ioctl",
+        FUSE_BATCH_FORGET => "batch_forget",
+        FUSE_FALLOCATE => "fallocate",
+        FUSE_READDIRPLUS => "readdirplus",
+        FUSE_RENAME2 => "rename2",
+        FUSE_LSEEK => "lseek",
+        FUSE_COPY_FILE_RANGE => "copy_file_range",
+        _ => "unknown",
     }
-    // SAFETY: `bytes` holds at least size_of::<T>() bytes, read_unaligned needs no alignment, and T (a struct of integers, as documented) is valid for any bit pattern.
-    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
-/// The bytes of `value`, as the kernel reads them. `T` as for `read_struct`; the structs here
-/// have no padding the compiler adds (their layout tests check the sizes), so every byte is
-/// initialised.
-pub(crate) fn struct_bytes<T: Copy>(value: &T) -> &[u8] {
-    // SAFETY: `value` is a live reference to size_of::<T>() bytes, all initialised for the padding-free ABI structs this is used with, and u8 has no alignment requirement.
-    unsafe { std::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+/// Reads a `T` from the start of `bytes` (no alignment needed); `None` when `bytes` is shorter.
+/// `FromBytes` (derived, so checked by zerocopy) says every bit pattern is a valid `T`.
+pub(crate) fn read_struct<T: FromBytes>(bytes: &[u8]) -> Option<T> {
+    T::read_from_prefix(bytes).ok().map(|(value, _)| value)
+}
+
+/// The bytes of `value`, as the kernel reads them. `IntoBytes` (derived, so checked by
+/// zerocopy) says `T` has no padding, so every byte is initialised.
+pub(crate) fn struct_bytes<T: IntoBytes + Immutable>(value: &T) -> &[u8] {
+    value.as_bytes()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::time::UNIX_EPOCH;
 use tracing::debug;
 
 /// What to send for one request.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reply {
     /// Nothing: the kernel expects no answer (forgets, interrupts).
     None,
@@ -35,6 +35,69 @@ pub(crate) struct InitOutcome {
     /// The smallest payload buffer the kernel takes for a ring entry: max(8 KiB, max_write,
     /// max_pages × page size); it refuses REGISTER with a smaller one.
     pub ring_payload: usize,
+}
+
+/// A request's parts, checked against its in-header's `len`.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    pub header: fuse_in_header,
+    /// The op's fixed argument struct (what `decode` reads; EINVAL when it is too short).
+    pub op_in: &'a [u8],
+    /// What follows it: names, data.
+    pub payload: &'a [u8],
+}
+
+/// Why a request's bytes cannot be served.
+#[derive(Debug)]
+pub(crate) enum Malformed {
+    /// Fewer bytes than an in-header: there is no request id to answer.
+    NoHeader,
+    /// The header's `len` is smaller than the header or larger than the bytes received.
+    Length(fuse_in_header),
+}
+
+const IN_HEADER: usize = size_of::<fuse_in_header>();
+
+impl<'a> Request<'a> {
+    /// A message as read from /dev/fuse: the in-header, the op's fixed argument, the rest;
+    /// `len` covers them all (bytes past it are ignored).
+    pub fn from_device(message: &'a [u8]) -> Result<Request<'a>, Malformed> {
+        let header: fuse_in_header = read_struct(message).ok_or(Malformed::NoHeader)?;
+        let body = (header.len as usize)
+            .checked_sub(IN_HEADER)
+            .and_then(|body| message.get(IN_HEADER..IN_HEADER + body))
+            .ok_or(Malformed::Length(header))?;
+        let (op_in, payload) = body.split_at(Dispatcher::op_in_size(header.opcode).min(body.len()));
+        Ok(Request {
+            header,
+            op_in,
+            payload,
+        })
+    }
+
+    /// A ring entry's request: the in-header at the start of `in_out`, the op's fixed argument
+    /// in the `op_in` area, and `payload_sz` bytes of `payload` (as the entry says). The
+    /// kernel's `len` counts all three, so what is left of it after the header and the payload
+    /// is the length of the fixed argument, which must fit in the `op_in` area.
+    pub fn from_ring(
+        in_out: &[u8],
+        op_in: &'a [u8],
+        payload: &'a [u8],
+        payload_sz: u32,
+    ) -> Result<Request<'a>, Malformed> {
+        let header: fuse_in_header = read_struct(in_out).ok_or(Malformed::NoHeader)?;
+        let malformed = || Malformed::Length(header);
+        let payload = payload.get(..payload_sz as usize).ok_or_else(malformed)?;
+        let op_len = (header.len as usize)
+            .checked_sub(IN_HEADER + payload.len())
+            .ok_or_else(malformed)?;
+        let op_in = op_in.get(..op_len).ok_or_else(malformed)?;
+        Ok(Request {
+            header,
+            op_in,
+            payload,
+        })
+    }
 }
 
 pub(crate) struct Dispatcher {
@@ -178,12 +241,17 @@ impl Dispatcher {
         payload: &[u8],
         out: &mut [u8],
     ) -> Reply {
-        debug!(
-            opcode = header.opcode,
-            nodeid = header.nodeid,
+        // One span per request, as the fuser adapter opens (`fs::fuse`); with debug logging
+        // off it costs a check of the level.
+        let _span = tracing::debug_span!(
+            "fuse_request",
+            opcode = opcode_name(header.opcode),
             unique = header.unique,
-            "request"
-        );
+            ino = header.nodeid,
+            pid = header.pid
+        )
+        .entered();
+        debug!("request");
         match header.opcode {
             FUSE_FORGET => {
                 if let Some(arg) = read_struct::<fuse_forget_in>(op_in) {
@@ -208,6 +276,37 @@ impl Dispatcher {
         match self.serve(header, op_in, payload, &mut reply) {
             Ok(()) => Reply::Data(reply.len),
             Err(e) => Reply::Error(e.code()),
+        }
+    }
+
+    /// Serves a request as received (checked by `Request::from_device` or `from_ring`):
+    /// the request id to answer and the answer. A request whose length is wrong is EINVAL
+    /// (nothing for the forgets, which are never answered); one without a header cannot be
+    /// answered and is `None`.
+    pub fn serve_received(
+        &self,
+        request: Result<Request<'_>, Malformed>,
+        out: &mut [u8],
+    ) -> Option<(u64, Reply)> {
+        match request {
+            Ok(request) => Some((
+                request.header.unique,
+                self.dispatch(&request.header, request.op_in, request.payload, out),
+            )),
+            Err(Malformed::NoHeader) => None,
+            Err(Malformed::Length(header)) => {
+                debug!(
+                    opcode = header.opcode,
+                    unique = header.unique,
+                    len = header.len,
+                    "request length does not match the bytes received"
+                );
+                let reply = match header.opcode {
+                    FUSE_FORGET | FUSE_BATCH_FORGET => Reply::None,
+                    _ => Reply::Error(libc::EINVAL),
+                };
+                Some((header.unique, reply))
+            }
         }
     }
 
@@ -465,7 +564,10 @@ impl Out<'_> {
         Ok(())
     }
 
-    fn put<T: Copy>(&mut self, value: &T) -> Result<(), Errno> {
+    fn put<T: zerocopy::IntoBytes + zerocopy::Immutable>(
+        &mut self,
+        value: &T,
+    ) -> Result<(), Errno> {
         self.push(struct_bytes(value))
     }
 
@@ -515,7 +617,7 @@ impl Out<'_> {
 }
 
 /// The op's fixed argument struct; EINVAL when `op_in` is too short to hold it.
-fn decode<T: Copy>(op_in: &[u8]) -> Result<T, Errno> {
+fn decode<T: zerocopy::FromBytes>(op_in: &[u8]) -> Result<T, Errno> {
     read_struct(op_in).ok_or(Errno::EINVAL)
 }
 
@@ -1265,6 +1367,90 @@ mod tests {
         assert_eq!(reply, Reply::Error(libc::EIO));
     }
 
+    /// A /dev/fuse message: the in-header (with `len` as given), then `body`.
+    fn device_message(len: u32, opcode: u32, body: &[u8]) -> Vec<u8> {
+        let header = fuse_in_header {
+            len,
+            opcode,
+            unique: 9,
+            nodeid: ROOT,
+            uid: owner(),
+            ..Default::default()
+        };
+        let mut bytes = struct_bytes(&header).to_vec();
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[test]
+    fn a_device_message_is_checked_against_its_length() {
+        let f = fixture(false);
+        let mut out = vec![0u8; OUT_SIZE];
+        let getattr = fuse_getattr_in::default();
+        let body = struct_bytes(&getattr);
+        let whole = (IN_HEADER + body.len()) as u32;
+        let serve = |message: &[u8], out: &mut [u8]| {
+            f.dispatcher
+                .serve_received(Request::from_device(message), out)
+        };
+        // Well formed.
+        let (unique, reply) = serve(&device_message(whole, FUSE_GETATTR, body), &mut out).unwrap();
+        assert_eq!(unique, 9);
+        assert!(matches!(reply, Reply::Data(_)));
+        // Shorter than an in-header: nothing to answer.
+        assert!(serve(&[0u8; IN_HEADER - 1], &mut out).is_none());
+        // len below the header, or beyond the bytes read.
+        for len in [0, IN_HEADER as u32 - 1, whole + 1, u32::MAX] {
+            let reply = serve(&device_message(len, FUSE_GETATTR, body), &mut out);
+            assert_eq!(reply, Some((9, Reply::Error(libc::EINVAL))), "len {len}");
+        }
+        // len cutting the op's struct short.
+        let reply = serve(&device_message(whole - 1, FUSE_GETATTR, body), &mut out);
+        assert_eq!(reply, Some((9, Reply::Error(libc::EINVAL))));
+        // A forget with a wrong length is not answered.
+        let reply = serve(&device_message(whole + 1, FUSE_FORGET, &[0; 8]), &mut out);
+        assert_eq!(reply, Some((9, Reply::None)));
+    }
+
+    #[test]
+    fn a_ring_request_is_checked_against_its_length() {
+        let f = fixture(false);
+        std::fs::create_dir(f.dir.path().join("d")).unwrap();
+        let mut out = vec![0u8; OUT_SIZE];
+        let op_in = [0u8; FUSE_URING_OP_IN_OUT_SZ];
+        let payload = name("d");
+        let serve = |len: u32, opcode: u32, payload_sz: u32, out: &mut [u8]| {
+            let in_out = device_message(len, opcode, &[]);
+            let request = Request::from_ring(&in_out, &op_in, &payload, payload_sz);
+            f.dispatcher.serve_received(request, out).unwrap().1
+        };
+        let lookup = (IN_HEADER + payload.len()) as u32;
+        assert!(matches!(
+            serve(lookup, FUSE_LOOKUP, 2, &mut out),
+            Reply::Data(128)
+        ));
+        // A payload larger than its buffer, a len smaller than header and payload, or one
+        // leaving more for the fixed argument than the op_in area holds.
+        for (len, payload_sz) in [
+            (lookup, 3),
+            (lookup - 1, 2),
+            (lookup + FUSE_URING_OP_IN_OUT_SZ as u32 + 1, 2),
+        ] {
+            let reply = serve(len, FUSE_LOOKUP, payload_sz, &mut out);
+            assert_eq!(reply, Reply::Error(libc::EINVAL), "{len} {payload_sz}");
+        }
+        // A fixed argument shorter than the op's struct.
+        let getattr = (IN_HEADER + size_of::<fuse_getattr_in>()) as u32;
+        assert!(matches!(
+            serve(getattr, FUSE_GETATTR, 0, &mut out),
+            Reply::Data(_)
+        ));
+        assert_eq!(
+            serve(getattr - 1, FUSE_GETATTR, 0, &mut out),
+            Reply::Error(libc::EINVAL)
+        );
+    }
+
     #[test]
     fn garbage_never_panics() {
         let f = fixture(false);
@@ -1298,6 +1484,48 @@ mod tests {
             let (op_in, payload) = bytes.split_at(op_len);
             let _ = f.dispatcher.dispatch(&header, op_in, payload, &mut out);
         }
+    }
+
+    #[test]
+    fn each_request_runs_in_a_debug_span_with_its_opcode_id_inode_and_pid() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let f = fixture(false);
+        let header = fuse_in_header {
+            opcode: FUSE_GETATTR,
+            unique: 77,
+            nodeid: ROOT,
+            uid: owner(),
+            pid: 4242,
+            ..Default::default()
+        };
+        let getattr = fuse_getattr_in::default();
+        let mut out = vec![0u8; OUT_SIZE];
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            f.dispatcher
+                .dispatch(&header, struct_bytes(&getattr), &[], &mut out)
+        });
+        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logged.contains(r#"fuse_request{opcode="getattr" unique=77 ino=1 pid=4242}"#),
+            "{logged}"
+        );
     }
 
     #[test]

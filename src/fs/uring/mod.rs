@@ -4,5 +4,7 @@
 
 pub(crate) mod abi;
 pub(crate) mod dispatch;
+#[cfg(test)]
+mod fuzz;
 mod ring;
 pub(crate) mod session;

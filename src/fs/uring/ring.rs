@@ -8,11 +8,10 @@
 //! system call of its own and no other CPU is woken to serve it.
 
 use super::abi::{
-    fuse_in_header, fuse_out_header, fuse_uring_cmd_req, fuse_uring_ent_in_out,
-    fuse_uring_req_header, read_struct, struct_bytes, FUSE_IO_URING_CMD_COMMIT_AND_FETCH,
-    FUSE_IO_URING_CMD_REGISTER,
+    fuse_out_header, fuse_uring_cmd_req, fuse_uring_ent_in_out, fuse_uring_req_header,
+    struct_bytes, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, FUSE_IO_URING_CMD_REGISTER,
 };
-use super::dispatch::{Dispatcher, Reply};
+use super::dispatch::{Dispatcher, Reply, Request};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use std::io;
 use std::os::fd::RawFd;
@@ -79,17 +78,29 @@ fn commit_and_fetch(device: RawFd, qid: u16, commit_id: u64) -> squeue::Entry128
 }
 
 /// A registration also names the entry's two buffers: `sqe->addr` points at two iovecs and
-/// `sqe->len` says 2. The io-uring crate sets `addr` but has no setter for `len`.
+/// `sqe->len` says 2. The io-uring crate (0.7.16, the version locked) sets `addr` but has no
+/// setter for `len` on `UringCmd80` and no other way to reach an entry's fields, so `len` is
+/// written in place.
 fn register_command(device: RawFd, qid: u16, iovecs: *const libc::iovec) -> squeue::Entry128 {
-    let entry = opcode::UringCmd80::new(types::Fd(device), FUSE_IO_URING_CMD_REGISTER)
+    let mut entry = opcode::UringCmd80::new(types::Fd(device), FUSE_IO_URING_CMD_REGISTER)
         .cmd(command_area(qid, 0))
         .addr(Some(iovecs as u64))
         .build();
-    // SAFETY: `Entry128` is `#[repr(C)]`: the kernel's 64-byte `io_uring_sqe` then 64 bytes of command, all plain integers, so it and `[u8; 128]` have the same size and every byte pattern is valid for both. `len` is the u32 at offset 24 of `io_uring_sqe`.
-    let mut bytes: [u8; 128] = unsafe { std::mem::transmute(entry) };
-    bytes[24..28].copy_from_slice(&2u32.to_ne_bytes());
-    // SAFETY: the bytes are an `Entry128` with only its `len` changed, and any bit pattern is a valid `Entry128` (a `#[repr(C)]` of plain integers, 128 bytes like the array).
-    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(bytes) }
+    const SQE_LEN_OFFSET: usize = 24;
+    const _: () = assert!(size_of::<squeue::Entry128>() == 128);
+    // SAFETY: `Entry128` is `#[repr(C)]`: the kernel's 64-byte `io_uring_sqe` (plain integers
+    // and unions of them), then the 64 further bytes of the command (the size is asserted
+    // above). `len` is the u32 at offset 24 of `io_uring_sqe` (include/uapi/linux/io_uring.h),
+    // so the write is in bounds of the exclusively borrowed entry, needs no alignment
+    // (`write_unaligned`), and leaves a valid value, every bit pattern of a u32 being one.
+    unsafe {
+        std::ptr::from_mut(&mut entry)
+            .cast::<u8>()
+            .add(SQE_LEN_OFFSET)
+            .cast::<u32>()
+            .write_unaligned(2);
+    }
+    entry
 }
 
 /// Pins the calling thread to `cpu`; a CPU that is offline cannot be pinned to (and makes no
@@ -209,9 +220,12 @@ fn answer(entry: &RingEntry, dispatcher: &Dispatcher, out: &mut [u8]) -> u64 {
         )
     };
     let ring_in: fuse_uring_ent_in_out = header.ring_ent_in_out;
-    let in_header: fuse_in_header = read_struct(&header.in_out).unwrap_or_default();
-    let payload_in = &payload[..(ring_in.payload_sz as usize).min(payload.len())];
-    let (error, len) = match dispatcher.dispatch(&in_header, &header.op_in, payload_in, out) {
+    let request = Request::from_ring(&header.in_out, &header.op_in, payload, ring_in.payload_sz);
+    // The header area always holds an in-header; were it not so, request 0 would get EIO.
+    let (unique, reply) = dispatcher
+        .serve_received(request, out)
+        .unwrap_or((0, Reply::Error(libc::EIO)));
+    let (error, len) = match reply {
         // Nothing that goes through a ring is left unanswered; an empty answer is harmless.
         Reply::None => (0, 0),
         Reply::Error(errno) => (-errno, 0),
@@ -221,7 +235,7 @@ fn answer(entry: &RingEntry, dispatcher: &Dispatcher, out: &mut [u8]) -> u64 {
     let out_header = fuse_out_header {
         len: (size_of::<fuse_out_header>() + len) as u32,
         error,
-        unique: in_header.unique,
+        unique,
     };
     let bytes = struct_bytes(&out_header);
     header.in_out.fill(0);

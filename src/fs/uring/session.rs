@@ -4,8 +4,8 @@
 //! there, and everything until every queue is registered. When the kernel does not take the
 //! rings, /dev/fuse readers serve it all, through the same `Dispatcher`.
 
-use super::abi::{fuse_in_header, fuse_out_header, read_struct, struct_bytes, FUSE_INIT};
-use super::dispatch::{Dispatcher, Reply};
+use super::abi::{fuse_out_header, struct_bytes, FUSE_INIT};
+use super::dispatch::{Dispatcher, Reply, Request};
 use super::ring;
 use crate::fs::Transport;
 use std::io;
@@ -123,10 +123,11 @@ pub(crate) fn start<G: Send + Sync + 'static>(
     // The kernel refuses reads into less than it may send: 8 KiB, or more after INIT.
     let mut buffer = vec![0u8; (1 << 20) + HEADER_ROOM];
     let len = read_request(&device, &mut buffer)?;
-    let header: fuse_in_header = read_struct(&buffer[..len])
-        .filter(|header: &fuse_in_header| header.opcode == FUSE_INIT)
+    let request = Request::from_device(&buffer[..len])
+        .ok()
+        .filter(|request| request.header.opcode == FUSE_INIT)
         .ok_or_else(|| io::Error::other("the kernel's first request was not INIT"))?;
-    let op_in = &buffer[size_of::<fuse_in_header>()..len];
+    let (header, op_in) = (request.header, request.op_in);
     let init = match dispatcher.init(op_in, true) {
         Ok(init) => init,
         Err(errno) => {
@@ -233,16 +234,13 @@ fn serve_device(
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let request = &buffer[..len];
-        let Some(header) = read_struct::<fuse_in_header>(request) else {
+        let Some((unique, reply)) =
+            dispatcher.serve_received(Request::from_device(&buffer[..len]), &mut out)
+        else {
             tracing::warn!(len, "short request on /dev/fuse");
             continue;
         };
-        let args = &request[size_of::<fuse_in_header>()..];
-        let split = Dispatcher::op_in_size(header.opcode).min(args.len());
-        let (op_in, payload) = args.split_at(split);
-        let reply = dispatcher.dispatch(&header, op_in, payload, &mut out);
-        match send_reply(device, header.unique, reply, &out) {
+        match send_reply(device, unique, reply, &out) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(()),
             Err(e) => return Err(e),
