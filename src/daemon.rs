@@ -487,6 +487,24 @@ fn upload_config(
     })
 }
 
+/// `--concurrency`, lowered where the descriptor limit cannot hold it: each look may hold the file
+/// it hashes or sends and a connection, the inode table takes half the limit
+/// (`fs::passthrough`), and the rest must still serve the files programs open through the mount,
+/// so the looks get at most a quarter of it. A limit the daemon cannot lift (256 without
+/// CAP_SYS_RESOURCE) would otherwise make opens through the mount fail with EMFILE.
+fn looks_within_descriptors(wanted: usize) -> usize {
+    crate::fs::sys::raise_nofile_limit();
+    let limit = crate::fs::sys::nofile_limit();
+    let most = (limit / 8).max(1);
+    if wanted > most {
+        tracing::info!(
+            "{most} paths synced at once, not {wanted}: the open-file limit is {limit} \
+             (ulimit -n; each path may hold a file and a connection)"
+        );
+    }
+    wanted.min(most)
+}
+
 /// While sending is paused by a refused key, re-reads the keys every second and resumes as soon as
 /// they change; SIGHUP re-reads them and resumes at once.
 fn watch_keys(engine: Arc<Engine>, api: Arc<HttpApi>, keys: KeySource, mut current: Keys) {
@@ -592,7 +610,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         grant,
         prefix,
         settle: Duration::from_millis(args.settle_ms),
-        concurrency: args.concurrency,
+        concurrency: looks_within_descriptors(args.concurrency),
         no_delete: args.no_delete,
         ignore,
         upload: upload_config(args, &api, upload_facts.as_ref())?,
