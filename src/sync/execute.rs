@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use super::decide::{decide, Action, Content, Facts, Local};
 use super::engine::{Engine, Outcome};
-use super::failure::{verdict, Failure, Step, Verdict};
+use super::failure::{io_meaning, verdict, Failure, Io, Step, Verdict};
 use super::hash_cache::Stamp;
 use super::hasher::{self, HashRead, Hashed};
 use super::index::{IdTaken, IndexEntry, Unsure};
-use super::local::{denied, FileStat, Observed, TIME_UNSAYABLE, UNREADABLE};
+use super::local::{FileStat, Observed, TIME_UNSAYABLE, UNREADABLE};
 use super::queue::Hint;
 use super::upload::changed;
 use crate::api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
@@ -513,15 +513,8 @@ impl Engine {
         match hashed {
             Ok(found) => Ok(found),
             // Gone or replaced while we looked: the event that did it marks it again.
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::ENOENT | libc::ELOOP | libc::EINVAL)
-                ) =>
-            {
-                Err(Failure::Vanished)
-            }
-            Err(err) if denied(&err) => Err(Failure::Unreadable),
+            Err(err) if io_meaning(&err) == Io::Vanished => Err(Failure::Vanished),
+            Err(err) if io_meaning(&err) == Io::Unreadable => Err(Failure::Unreadable),
             Err(err) => Err(Failure::Local(format!("reading: {err}"))),
         }
     }

@@ -1,7 +1,41 @@
 //! The one failure policy: every error met while bringing a path in step, from the service or
 //! from this machine, goes through `verdict`, which says what it means for that path.
 
+use std::io;
+
 use crate::api::{ApiError, GrantId};
+
+/// What a local I/O error says about the path it was met on: the one reading of an errno, for
+/// observing a path, walking a folder and hashing a file alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// The path names nothing there now, or no longer the file looked at: a missing component
+    /// (ENOENT), a file where a directory was expected (ENOTDIR), a symlink on the way (ELOOP),
+    /// a way out of the tree (EXDEV), or something other than a regular file where one was
+    /// opened ([`NotRegular`]). The event that did it marks the path again.
+    Vanished,
+    /// The daemon's user may not open or search it (EACCES, EPERM).
+    Unreadable,
+    /// Anything else: trouble, tried again with the path's backoff.
+    Other,
+}
+
+/// Met opening a file to hash it when the path shows something else now (a directory, a
+/// symlink, a fifo): the file looked at is gone from there.
+#[derive(Debug, thiserror::Error)]
+#[error("not a regular file")]
+pub struct NotRegular;
+
+/// The meaning of `err`, met on a path beneath the backing folder.
+pub fn io_meaning(err: &io::Error) -> Io {
+    match err.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV) => Io::Vanished,
+        Some(libc::EACCES | libc::EPERM) => Io::Unreadable,
+        Some(_) => Io::Other,
+        None if err.get_ref().is_some_and(|inner| inner.is::<NotRegular>()) => Io::Vanished,
+        None => Io::Other,
+    }
+}
 
 /// What went wrong during a look at a path.
 #[derive(Debug)]
@@ -173,6 +207,25 @@ mod tests {
             );
             assert_eq!(verdict(step, &Failure::Vanished, 1), Verdict::Settled);
         }
+    }
+
+    #[test]
+    fn an_errno_means_the_same_while_hashing_and_observing() {
+        let os = io::Error::from_raw_os_error;
+        for errno in [libc::ENOENT, libc::ENOTDIR, libc::ELOOP, libc::EXDEV] {
+            assert_eq!(io_meaning(&os(errno)), Io::Vanished, "errno {errno}");
+        }
+        let replaced = io::Error::new(io::ErrorKind::InvalidInput, NotRegular);
+        assert_eq!(io_meaning(&replaced), Io::Vanished);
+        for errno in [libc::EACCES, libc::EPERM] {
+            assert_eq!(io_meaning(&os(errno)), Io::Unreadable);
+        }
+        // A kernel's EINVAL (openat2 refusing its flags, say) is trouble, never "gone": read as
+        // gone while observing, it would delete every record.
+        for errno in [libc::EINVAL, libc::EIO, libc::ENOSPC] {
+            assert_eq!(io_meaning(&os(errno)), Io::Other);
+        }
+        assert_eq!(io_meaning(&io::Error::other("x")), Io::Other);
     }
 
     #[test]
