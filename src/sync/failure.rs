@@ -43,6 +43,9 @@ pub enum Failure {
     Api(ApiError),
     /// Local trouble (an index write, a read error, a task that died).
     Local(String),
+    /// The file changed while its content was read or sent: a normal race, not an error. The
+    /// path is looked at again once it settles.
+    Changed,
     /// The file went away while we looked; the event that removed it marks the path again.
     Vanished,
     /// The daemon's user may not read the file, or look at its path (EACCES, EPERM).
@@ -94,6 +97,8 @@ pub enum Verdict {
     Settled,
     /// The record is gone from the service (an update's 404): create a new one.
     CreateInstead,
+    /// The file is still changing: looked at again once it settles, with no error reported.
+    Again,
     /// Try again later, with this path's backoff.
     Retry { why: String },
     /// The key was refused: all sending stops until the keys change.
@@ -108,6 +113,7 @@ pub enum Verdict {
 pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
     match failure {
         Failure::Vanished => Verdict::Settled,
+        Failure::Changed => Verdict::Again,
         Failure::Unreadable => Verdict::Unreadable,
         Failure::Local(message) => Verdict::Retry {
             why: message.clone(),
@@ -206,6 +212,13 @@ mod tests {
                 Verdict::Pause
             );
             assert_eq!(verdict(step, &Failure::Vanished, 1), Verdict::Settled);
+        }
+    }
+
+    #[test]
+    fn a_file_changed_while_it_was_sent_is_looked_at_again_never_an_error() {
+        for step in [Step::Local, Step::ObjectPut, Step::PartPut, Step::Create] {
+            assert_eq!(verdict(step, &Failure::Changed, 1), Verdict::Again);
         }
     }
 

@@ -410,10 +410,7 @@ async fn read_checked(file: Arc<File>, source: &mut Source) -> io::Result<Vec<u8
 
 /// Why a path waits: its file changed while its content was read or sent.
 pub(super) fn changed() -> Failed {
-    Failed(
-        Step::Local,
-        Failure::Local("changed while it was uploaded; sent again once it settles".into()),
-    )
+    Failed(Step::Local, Failure::Changed)
 }
 
 /// The 32 bytes of a 64-hex-digit hash.
@@ -508,7 +505,10 @@ impl Engine {
             .await;
         let shared = match &sent {
             Ok(content) => Flown::Done(*content),
-            Err(Failed(_, Failure::Vanished | Failure::Unreadable)) => Flown::Abandoned,
+            // Its file went or changed: another path's file of this content takes it over.
+            Err(Failed(_, Failure::Vanished | Failure::Unreadable | Failure::Changed)) => {
+                Flown::Abandoned
+            }
             Err(Failed(step, failure)) => Flown::Failed(format!("{step:?}: {failure:?}")),
         };
         flight.result.send_replace(Some(shared));
