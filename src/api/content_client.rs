@@ -245,9 +245,9 @@ impl ContentApi for ContentClient {
             if name.eq_ignore_ascii_case("content-length") {
                 has_length = true;
                 if value.trim().parse::<u64>().ok() != Some(len) {
-                    return Err(ApiError::BadRequest {
-                        status: 0,
-                        message: format!("the signed request is for {value} bytes, not {len}"),
+                    return Err(ApiError::SignedLength {
+                        signed: value.clone(),
+                        len,
                     });
                 }
             }

@@ -209,6 +209,8 @@ fn status_of(error: &ApiError) -> u16 {
         ApiError::NotFound => 404,
         ApiError::BadRequest { status, .. } => *status,
         ApiError::Transient(_) => 503,
+        // Refused before it was sent: no answer.
+        ApiError::SignedLength { .. } => 0,
     }
 }
 

@@ -109,6 +109,10 @@ pub enum ApiError {
     /// 400 or another 4xx: the request itself is wrong; the message is the service's.
     #[error("rejected ({status}): {message}")]
     BadRequest { status: u16, message: String },
+    /// The service's answer cannot be sent as it says: a signed PUT's headers name another
+    /// length than the content's. Refused here, before any byte goes.
+    #[error("the signed request is for {signed} bytes, not {len}")]
+    SignedLength { signed: String, len: u64 },
     /// 5xx, timeouts, connection errors, malformed answers: the only retryable class.
     #[error("transient: {0}")]
     Transient(String),

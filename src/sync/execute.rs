@@ -132,7 +132,7 @@ impl Engine {
                 self.note_local_only(key, Some(TOO_LONG));
                 return Ok(None);
             }
-            Err(err) => return Err(Failure::Local(format!("cannot look at it: {err}"))),
+            Err(err) => return Err(Failure::io("cannot look at it", err)),
         };
         let local_only = match observed {
             Observed::Special => Some("not a regular file (symlink, fifo, socket or device)"),
@@ -515,7 +515,7 @@ impl Engine {
             // Gone or replaced while we looked: the event that did it marks it again.
             Err(err) if io_meaning(&err) == Io::Vanished => Err(Failure::Vanished),
             Err(err) if io_meaning(&err) == Io::Unreadable => Err(Failure::Unreadable),
-            Err(err) => Err(Failure::Local(format!("reading: {err}"))),
+            Err(err) => Err(Failure::io("reading", err)),
         }
     }
 
@@ -539,10 +539,7 @@ impl Engine {
             }
             Ok(Observed::Unreadable) => Err(Failed(Step::Local, Failure::Unreadable)),
             Ok(_) => Err(Failed(Step::Local, Failure::Vanished)),
-            Err(err) => Err(Failed(
-                Step::Local,
-                Failure::Local(format!("cannot look at it: {err}")),
-            )),
+            Err(err) => Err(Failed(Step::Local, Failure::io("cannot look at it", err))),
         }
     }
 }

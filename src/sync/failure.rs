@@ -37,33 +37,47 @@ pub fn io_meaning(err: &io::Error) -> Io {
     }
 }
 
-/// What went wrong during a look at a path.
-#[derive(Debug)]
+/// What went wrong during a look at a path. The Display text is what status and the log show.
+#[derive(Debug, thiserror::Error)]
 pub enum Failure {
-    Api(ApiError),
-    /// Local trouble (an index write, a read error, a task that died).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// Local I/O trouble, with what was being done (`reading`, `opening`, ...).
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The index could not be read or written.
+    #[error("index: {0:#}")]
+    Index(anyhow::Error),
+    /// Other local trouble, in our own words (a task that died, a name that cannot be sent).
+    #[error("{0}")]
     Local(String),
     /// The file changed while its content was read or sent: a normal race, not an error. The
     /// path is looked at again once it settles.
+    #[error("changed while it was uploaded; sent again once it settles")]
     Changed,
     /// The file went away while we looked; the event that removed it marks the path again.
+    #[error("it went away while it was looked at")]
     Vanished,
     /// The daemon's user may not read the file, or look at its path (EACCES, EPERM).
+    #[error("{}", crate::sync::local::UNREADABLE)]
     Unreadable,
     /// An answer that cannot be true, such as a create naming the record of another path:
     /// refused, never followed.
+    #[error("{0}")]
     Untrue(String),
 }
 
 impl Failure {
     pub fn index(err: anyhow::Error) -> Failure {
-        Failure::Local(format!("index: {err:#}"))
+        Failure::Index(err)
     }
-}
 
-impl From<ApiError> for Failure {
-    fn from(err: ApiError) -> Self {
-        Failure::Api(err)
+    pub fn io(what: &'static str, source: io::Error) -> Failure {
+        Failure::Io { what, source }
     }
 }
 
@@ -115,8 +129,8 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
         Failure::Vanished => Verdict::Settled,
         Failure::Changed => Verdict::Again,
         Failure::Unreadable => Verdict::Unreadable,
-        Failure::Local(message) => Verdict::Retry {
-            why: message.clone(),
+        Failure::Local(_) | Failure::Io { .. } | Failure::Index(_) => Verdict::Retry {
+            why: failure.to_string(),
         },
         Failure::Untrue(message) => Verdict::Fail {
             why: message.clone(),
@@ -155,7 +169,7 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
             },
             // Refused: that create can never have made a record either.
             (ApiError::BadRequest { .. }, Step::Find) => Verdict::Settled,
-            (ApiError::BadRequest { .. }, _) => Verdict::Fail {
+            (ApiError::BadRequest { .. } | ApiError::SignedLength { .. }, _) => Verdict::Fail {
                 why: err.to_string(),
             },
         },
@@ -213,6 +227,24 @@ mod tests {
             );
             assert_eq!(verdict(step, &Failure::Vanished, 1), Verdict::Settled);
         }
+    }
+
+    #[test]
+    fn local_trouble_keeps_its_cause_and_says_the_same() {
+        let failure = Failure::io("reading", io::Error::from_raw_os_error(libc::EIO));
+        let cause = std::error::Error::source(&failure).expect("the io::Error");
+        assert_eq!(
+            cause.downcast_ref::<io::Error>().unwrap().raw_os_error(),
+            Some(libc::EIO)
+        );
+        assert_eq!(
+            verdict(Step::Local, &failure, 1),
+            Verdict::Retry {
+                why: "reading: Input/output error (os error 5)".into()
+            }
+        );
+        let index = Failure::index(anyhow::anyhow!("disk full").context("writing"));
+        assert_eq!(index.to_string(), "index: writing: disk full");
     }
 
     #[test]
@@ -306,6 +338,22 @@ mod tests {
                 verdict(step, &Failure::Untrue("id 4 is b's".into()), 1),
                 Verdict::Fail { .. }
             ));
+        }
+    }
+
+    #[test]
+    fn a_signed_put_of_another_length_fails_the_path_in_our_words() {
+        let mismatch = api(ApiError::SignedLength {
+            signed: "10".into(),
+            len: 12,
+        });
+        for step in [Step::ObjectPut, Step::PartPut] {
+            assert_eq!(
+                verdict(step, &mismatch, 1),
+                Verdict::Fail {
+                    why: "the signed request is for 10 bytes, not 12".into()
+                }
+            );
         }
     }
 

@@ -509,7 +509,7 @@ impl Engine {
             Err(Failed(_, Failure::Vanished | Failure::Unreadable | Failure::Changed)) => {
                 Flown::Abandoned
             }
-            Err(Failed(step, failure)) => Flown::Failed(format!("{step:?}: {failure:?}")),
+            Err(Failed(step, failure)) => Flown::Failed(format!("{step:?}: {failure}")),
         };
         flight.result.send_replace(Some(shared));
         drop(flight);
@@ -723,7 +723,7 @@ impl Engine {
         let (file, now) = self
             .backing
             .open_file(path)
-            .map_err(|err| Failed(Step::Local, Failure::Local(format!("opening: {err}"))))?;
+            .map_err(|err| Failed(Step::Local, Failure::io("opening", err)))?;
         if content_key(&now) != content_key(&stat) {
             return Err(changed());
         }
