@@ -148,9 +148,11 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
             },
         },
         Failure::Api(err) => match (err, step) {
-            (ApiError::Transient(message), _) => Verdict::Retry {
-                why: message.clone(),
-            },
+            (ApiError::Transient(message) | ApiError::Transport { message, .. }, _) => {
+                Verdict::Retry {
+                    why: message.clone(),
+                }
+            }
             // The signed URL, not the key, was refused: it expired, and a new one is asked for.
             (ApiError::Unauthorized, Step::ObjectPut) => Verdict::Retry {
                 why: "the store refused the signed URL (403, expired?); asking for a new one"
