@@ -250,6 +250,10 @@ impl Engine {
             };
             let look = tokio::task::spawn_blocking(move || {
                 let mut guard = guard;
+                // Every line logged during the look (the service's calls it waits for
+                // included) carries the path it is about.
+                let span = tracing::debug_span!("look", path = ?guard.path);
+                let _look = span.enter();
                 let outcome = guard.engine.sync_path(&guard.path, guard.hint);
                 guard.finish(outcome);
             });
