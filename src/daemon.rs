@@ -393,12 +393,12 @@ async fn check_service(api: &dyn MediaApi, wanted: &str) -> anyhow::Result<Servi
                     device.is_upload_disabled
                 }
                 Err(ApiError::Unauthorized) => bail!("the service refused the device key (403)"),
-                Err(err @ ApiError::Transient(_)) => return Ok(offline(&still_in_trouble(&err))),
+                Err(err) if err.is_transient() => return Ok(offline(&still_in_trouble(&err))),
                 Err(err) => bail!("checking the device: {err}"),
             };
         let grants = match ask_until_answered(deadline, || api.media_grants()).await {
             Ok(grants) => grants,
-            Err(err @ ApiError::Transient(_)) => return Ok(offline(&still_in_trouble(&err))),
+            Err(err) if err.is_transient() => return Ok(offline(&still_in_trouble(&err))),
             Err(err) => return Err(crate::grants::listing_failed(err)),
         };
         let (grant, record) = crate::grants::grant_in(&grants, wanted)?;

@@ -245,9 +245,9 @@ impl ContentApi for ContentClient {
             if name.eq_ignore_ascii_case("content-length") {
                 has_length = true;
                 if value.trim().parse::<u64>().ok() != Some(len) {
-                    return Err(ApiError::BadRequest {
-                        status: 0,
-                        message: format!("the signed request is for {value} bytes, not {len}"),
+                    return Err(ApiError::SignedLength {
+                        signed: value.clone(),
+                        len,
                     });
                 }
             }
@@ -575,7 +575,10 @@ mod tests {
         let answer = client(Duration::from_secs(1))
             .put(&target, 4 * 64 * 1024, body)
             .await;
-        assert!(matches!(answer, Err(ApiError::Transient(_))), "{answer:?}");
+        assert!(
+            matches!(&answer, Err(err) if err.is_transient()),
+            "{answer:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(10));
     }
 
@@ -609,7 +612,10 @@ mod tests {
         let small = client_of(&slow_service(2 * second), second, second)
             .multipart_complete(1, &complete(20 << 20))
             .await;
-        assert!(matches!(small, Err(ApiError::Transient(_))), "{small:?}");
+        assert!(
+            matches!(&small, Err(err) if err.is_transient()),
+            "{small:?}"
+        );
     }
 
     #[tokio::test]

@@ -161,7 +161,7 @@ impl HttpApi {
         let body = read_capped(response).await;
         pass.done(match &body {
             // Cut short: the service did not finish answering.
-            Err(ApiError::Transient(_)) if health == Health::Answered => {
+            Err(err) if err.is_transient() && health == Health::Answered => {
                 Health::Trouble { retry_after: None }
             }
             _ => health,
@@ -236,7 +236,10 @@ pub(super) fn transport_error(mut err: reqwest::Error) -> ApiError {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    ApiError::Transient(message)
+    ApiError::Transport {
+        message,
+        source: super::Transport(std::sync::Arc::new(err)),
+    }
 }
 
 #[async_trait::async_trait]
@@ -367,6 +370,12 @@ mod tests {
         ];
         for err in errors {
             assert!(err.is_transient(), "{err:?}");
+            // The transport's own error is kept, its URL without the query too.
+            let ApiError::Transport { source, .. } = &err else {
+                panic!("{err:?}")
+            };
+            assert!(source.0.is_connect(), "{err:?}");
+            assert!(std::error::Error::source(&err).is_some());
             for text in [format!("{err}"), format!("{err:?}")] {
                 assert!(
                     !text.contains(DEVICE_KEY) && !text.contains(USER_KEY),

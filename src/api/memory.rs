@@ -208,7 +208,9 @@ fn status_of(error: &ApiError) -> u16 {
         ApiError::Unauthorized => 403,
         ApiError::NotFound => 404,
         ApiError::BadRequest { status, .. } => *status,
-        ApiError::Transient(_) => 503,
+        ApiError::Transient(_) | ApiError::Transport { .. } => 503,
+        // Refused before it was sent: no answer.
+        ApiError::SignedLength { .. } => 0,
     }
 }
 

@@ -109,14 +109,53 @@ pub enum ApiError {
     /// 400 or another 4xx: the request itself is wrong; the message is the service's.
     #[error("rejected ({status}): {message}")]
     BadRequest { status: u16, message: String },
-    /// 5xx, timeouts, connection errors, malformed answers: the only retryable class.
+    /// The service's answer cannot be sent as it says: a signed PUT's headers name another
+    /// length than the content's. Refused here, before any byte goes.
+    #[error("the signed request is for {signed} bytes, not {len}")]
+    SignedLength { signed: String, len: u64 },
+    /// 5xx, timeouts, malformed answers: retryable, in the words of the service or ours.
     #[error("transient: {0}")]
     Transient(String),
+    /// No answer at all (a refused or dropped connection, a timeout, a body cut short), with
+    /// the transport's own error. Retryable. `message` is the error and its causes, the query
+    /// (which can hold the key) left out of its URL.
+    #[error("transient: {message}")]
+    Transport {
+        message: String,
+        #[source]
+        source: Transport,
+    },
 }
 
 impl ApiError {
+    /// 5xx, timeouts, no answer, malformed answers: the only retryable class.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ApiError::Transient(_))
+        matches!(self, ApiError::Transient(_) | ApiError::Transport { .. })
+    }
+}
+
+/// The transport's error behind an `ApiError::Transport`, shared so the error stays `Clone`.
+/// Two are equal only when they are the same error.
+#[derive(Clone, Debug)]
+pub struct Transport(pub std::sync::Arc<reqwest::Error>);
+
+impl PartialEq for Transport {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Transport {}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for Transport {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
     }
 }
 

@@ -153,6 +153,8 @@ const SYNCED_PAGE_ROWS: u64 = 500;
 /// How a look at a path ended.
 pub(super) enum Outcome {
     Done,
+    /// Looked at again once it settles (it is still changing), with no backoff.
+    Again,
     Retry,
 }
 
@@ -248,6 +250,10 @@ impl Engine {
             };
             let look = tokio::task::spawn_blocking(move || {
                 let mut guard = guard;
+                // Every line logged during the look (the service's calls it waits for
+                // included) carries the path it is about.
+                let span = tracing::debug_span!("look", path = ?guard.path);
+                let _look = span.enter();
                 let outcome = guard.engine.sync_path(&guard.path, guard.hint);
                 guard.finish(outcome);
             });
@@ -543,6 +549,13 @@ impl Engine {
             Verdict::Settled => Outcome::Done,
             // Only an update adopted from a 409 ends here: its record vanished in between.
             Verdict::CreateInstead => Outcome::Retry,
+            // A normal race, not an error: neither the status nor the log calls it one.
+            Verdict::Again => {
+                tracing::debug!(
+                    "{key:?}: changed while it was uploaded; sent again once it settles"
+                );
+                Outcome::Again
+            }
             Verdict::Retry { why } => {
                 tracing::debug!("{key:?}: will retry: {why:?}");
                 report.error(format!("{key}: {why}"));
@@ -589,6 +602,7 @@ impl InFlight {
     fn finish(&mut self, outcome: Outcome) {
         let finish = match outcome {
             Outcome::Done => Finish::Done,
+            Outcome::Again => Finish::Again { hint: self.hint },
             Outcome::Retry => Finish::Retry {
                 delay: backoff(self.attempts),
                 hint: self.hint,

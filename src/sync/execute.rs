@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use super::decide::{decide, Action, Content, Facts, Local};
 use super::engine::{Engine, Outcome};
-use super::failure::{verdict, Failure, Step, Verdict};
+use super::failure::{io_meaning, verdict, Failure, Io, Step, Verdict};
 use super::hash_cache::Stamp;
 use super::hasher::{self, HashRead, Hashed};
 use super::index::{IdTaken, IndexEntry, Unsure};
-use super::local::{denied, FileStat, Observed, TIME_UNSAYABLE, UNREADABLE};
+use super::local::{FileStat, Observed, TIME_UNSAYABLE, UNREADABLE};
 use super::queue::Hint;
 use super::upload::changed;
 use crate::api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
@@ -132,7 +132,7 @@ impl Engine {
                 self.note_local_only(key, Some(TOO_LONG));
                 return Ok(None);
             }
-            Err(err) => return Err(Failure::Local(format!("cannot look at it: {err}"))),
+            Err(err) => return Err(Failure::io("cannot look at it", err)),
         };
         let local_only = match observed {
             Observed::Special => Some("not a regular file (symlink, fifo, socket or device)"),
@@ -513,16 +513,9 @@ impl Engine {
         match hashed {
             Ok(found) => Ok(found),
             // Gone or replaced while we looked: the event that did it marks it again.
-            Err(err)
-                if matches!(
-                    err.raw_os_error(),
-                    Some(libc::ENOENT | libc::ELOOP | libc::EINVAL)
-                ) =>
-            {
-                Err(Failure::Vanished)
-            }
-            Err(err) if denied(&err) => Err(Failure::Unreadable),
-            Err(err) => Err(Failure::Local(format!("reading: {err}"))),
+            Err(err) if io_meaning(&err) == Io::Vanished => Err(Failure::Vanished),
+            Err(err) if io_meaning(&err) == Io::Unreadable => Err(Failure::Unreadable),
+            Err(err) => Err(Failure::io("reading", err)),
         }
     }
 
@@ -546,10 +539,7 @@ impl Engine {
             }
             Ok(Observed::Unreadable) => Err(Failed(Step::Local, Failure::Unreadable)),
             Ok(_) => Err(Failed(Step::Local, Failure::Vanished)),
-            Err(err) => Err(Failed(
-                Step::Local,
-                Failure::Local(format!("cannot look at it: {err}")),
-            )),
+            Err(err) => Err(Failed(Step::Local, Failure::io("cannot look at it", err))),
         }
     }
 }

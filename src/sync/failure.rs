@@ -1,32 +1,83 @@
 //! The one failure policy: every error met while bringing a path in step, from the service or
 //! from this machine, goes through `verdict`, which says what it means for that path.
 
+use std::io;
+
 use crate::api::{ApiError, GrantId};
 
-/// What went wrong during a look at a path.
-#[derive(Debug)]
+/// What a local I/O error says about the path it was met on: the one reading of an errno, for
+/// observing a path, walking a folder and hashing a file alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// The path names nothing there now, or no longer the file looked at: a missing component
+    /// (ENOENT), a file where a directory was expected (ENOTDIR), a symlink on the way (ELOOP),
+    /// a way out of the tree (EXDEV), or something other than a regular file where one was
+    /// opened ([`NotRegular`]). The event that did it marks the path again.
+    Vanished,
+    /// The daemon's user may not open or search it (EACCES, EPERM).
+    Unreadable,
+    /// Anything else: trouble, tried again with the path's backoff.
+    Other,
+}
+
+/// Met opening a file to hash it when the path shows something else now (a directory, a
+/// symlink, a fifo): the file looked at is gone from there.
+#[derive(Debug, thiserror::Error)]
+#[error("not a regular file")]
+pub struct NotRegular;
+
+/// The meaning of `err`, met on a path beneath the backing folder.
+pub fn io_meaning(err: &io::Error) -> Io {
+    match err.raw_os_error() {
+        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV) => Io::Vanished,
+        Some(libc::EACCES | libc::EPERM) => Io::Unreadable,
+        Some(_) => Io::Other,
+        None if err.get_ref().is_some_and(|inner| inner.is::<NotRegular>()) => Io::Vanished,
+        None => Io::Other,
+    }
+}
+
+/// What went wrong during a look at a path. The Display text is what status and the log show.
+#[derive(Debug, thiserror::Error)]
 pub enum Failure {
-    Api(ApiError),
-    /// Local trouble (an index write, a read error, a task that died).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// Local I/O trouble, with what was being done (`reading`, `opening`, ...).
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// The index could not be read or written.
+    #[error("index: {0:#}")]
+    Index(anyhow::Error),
+    /// Other local trouble, in our own words (a task that died, a name that cannot be sent).
+    #[error("{0}")]
     Local(String),
+    /// The file changed while its content was read or sent: a normal race, not an error. The
+    /// path is looked at again once it settles.
+    #[error("changed while it was uploaded; sent again once it settles")]
+    Changed,
     /// The file went away while we looked; the event that removed it marks the path again.
+    #[error("it went away while it was looked at")]
     Vanished,
     /// The daemon's user may not read the file, or look at its path (EACCES, EPERM).
+    #[error("{}", crate::sync::local::UNREADABLE)]
     Unreadable,
     /// An answer that cannot be true, such as a create naming the record of another path:
     /// refused, never followed.
+    #[error("{0}")]
     Untrue(String),
 }
 
 impl Failure {
     pub fn index(err: anyhow::Error) -> Failure {
-        Failure::Local(format!("index: {err:#}"))
+        Failure::Index(err)
     }
-}
 
-impl From<ApiError> for Failure {
-    fn from(err: ApiError) -> Self {
-        Failure::Api(err)
+    pub fn io(what: &'static str, source: io::Error) -> Failure {
+        Failure::Io { what, source }
     }
 }
 
@@ -60,6 +111,8 @@ pub enum Verdict {
     Settled,
     /// The record is gone from the service (an update's 404): create a new one.
     CreateInstead,
+    /// The file is still changing: looked at again once it settles, with no error reported.
+    Again,
     /// Try again later, with this path's backoff.
     Retry { why: String },
     /// The key was refused: all sending stops until the keys change.
@@ -74,9 +127,10 @@ pub enum Verdict {
 pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
     match failure {
         Failure::Vanished => Verdict::Settled,
+        Failure::Changed => Verdict::Again,
         Failure::Unreadable => Verdict::Unreadable,
-        Failure::Local(message) => Verdict::Retry {
-            why: message.clone(),
+        Failure::Local(_) | Failure::Io { .. } | Failure::Index(_) => Verdict::Retry {
+            why: failure.to_string(),
         },
         Failure::Untrue(message) => Verdict::Fail {
             why: message.clone(),
@@ -94,9 +148,11 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
             },
         },
         Failure::Api(err) => match (err, step) {
-            (ApiError::Transient(message), _) => Verdict::Retry {
-                why: message.clone(),
-            },
+            (ApiError::Transient(message) | ApiError::Transport { message, .. }, _) => {
+                Verdict::Retry {
+                    why: message.clone(),
+                }
+            }
             // The signed URL, not the key, was refused: it expired, and a new one is asked for.
             (ApiError::Unauthorized, Step::ObjectPut) => Verdict::Retry {
                 why: "the store refused the signed URL (403, expired?); asking for a new one"
@@ -115,7 +171,7 @@ pub fn verdict(step: Step, failure: &Failure, grant: GrantId) -> Verdict {
             },
             // Refused: that create can never have made a record either.
             (ApiError::BadRequest { .. }, Step::Find) => Verdict::Settled,
-            (ApiError::BadRequest { .. }, _) => Verdict::Fail {
+            (ApiError::BadRequest { .. } | ApiError::SignedLength { .. }, _) => Verdict::Fail {
                 why: err.to_string(),
             },
         },
@@ -173,6 +229,50 @@ mod tests {
             );
             assert_eq!(verdict(step, &Failure::Vanished, 1), Verdict::Settled);
         }
+    }
+
+    #[test]
+    fn local_trouble_keeps_its_cause_and_says_the_same() {
+        let failure = Failure::io("reading", io::Error::from_raw_os_error(libc::EIO));
+        let cause = std::error::Error::source(&failure).expect("the io::Error");
+        assert_eq!(
+            cause.downcast_ref::<io::Error>().unwrap().raw_os_error(),
+            Some(libc::EIO)
+        );
+        assert_eq!(
+            verdict(Step::Local, &failure, 1),
+            Verdict::Retry {
+                why: "reading: Input/output error (os error 5)".into()
+            }
+        );
+        let index = Failure::index(anyhow::anyhow!("disk full").context("writing"));
+        assert_eq!(index.to_string(), "index: writing: disk full");
+    }
+
+    #[test]
+    fn a_file_changed_while_it_was_sent_is_looked_at_again_never_an_error() {
+        for step in [Step::Local, Step::ObjectPut, Step::PartPut, Step::Create] {
+            assert_eq!(verdict(step, &Failure::Changed, 1), Verdict::Again);
+        }
+    }
+
+    #[test]
+    fn an_errno_means_the_same_while_hashing_and_observing() {
+        let os = io::Error::from_raw_os_error;
+        for errno in [libc::ENOENT, libc::ENOTDIR, libc::ELOOP, libc::EXDEV] {
+            assert_eq!(io_meaning(&os(errno)), Io::Vanished, "errno {errno}");
+        }
+        let replaced = io::Error::new(io::ErrorKind::InvalidInput, NotRegular);
+        assert_eq!(io_meaning(&replaced), Io::Vanished);
+        for errno in [libc::EACCES, libc::EPERM] {
+            assert_eq!(io_meaning(&os(errno)), Io::Unreadable);
+        }
+        // A kernel's EINVAL (openat2 refusing its flags, say) is trouble, never "gone": read as
+        // gone while observing, it would delete every record.
+        for errno in [libc::EINVAL, libc::EIO, libc::ENOSPC] {
+            assert_eq!(io_meaning(&os(errno)), Io::Other);
+        }
+        assert_eq!(io_meaning(&io::Error::other("x")), Io::Other);
     }
 
     #[test]
@@ -240,6 +340,22 @@ mod tests {
                 verdict(step, &Failure::Untrue("id 4 is b's".into()), 1),
                 Verdict::Fail { .. }
             ));
+        }
+    }
+
+    #[test]
+    fn a_signed_put_of_another_length_fails_the_path_in_our_words() {
+        let mismatch = api(ApiError::SignedLength {
+            signed: "10".into(),
+            len: 12,
+        });
+        for step in [Step::ObjectPut, Step::PartPut] {
+            assert_eq!(
+                verdict(step, &mismatch, 1),
+                Verdict::Fail {
+                    why: "the signed request is for 10 bytes, not 12".into()
+                }
+            );
         }
     }
 

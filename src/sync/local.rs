@@ -10,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::failure::{io_meaning, Io, NotRegular};
 use crate::contract;
 use crate::fs::sys;
 
@@ -150,7 +151,7 @@ impl Backing {
         let file = File::from(self.open_beneath(relative, libc::O_RDONLY | libc::O_NONBLOCK)?);
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, NotRegular));
         }
         Ok((file, FileStat::from_metadata(&meta)))
     }
@@ -206,17 +207,12 @@ impl Backing {
 
 /// The daemon's user may not open or search it.
 pub fn denied(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::EACCES | libc::EPERM))
+    io_meaning(err) == Io::Unreadable
 }
 
-/// Resolving a path beneath the root failed because it names nothing there now: a missing
-/// component (ENOENT), a file where a directory was expected (ENOTDIR), a symlink on the way
-/// (ELOOP) or a way out of the tree (EXDEV).
+/// Resolving a path beneath the root failed because it names nothing there now.
 fn names_nothing(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::EXDEV)
-    )
+    io_meaning(err) == Io::Vanished
 }
 
 #[cfg(test)]

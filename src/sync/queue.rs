@@ -52,6 +52,11 @@ pub struct WorkQueue {
 /// How a worker's look at a path ended.
 pub enum Finish {
     Done,
+    /// Look again once it settles (it changed while looked at), keeping the hint; not a failed
+    /// attempt.
+    Again {
+        hint: Hint,
+    },
     /// Try again after `delay` (transient error), keeping the hint.
     Retry {
         delay: Duration,
@@ -189,6 +194,10 @@ impl WorkQueue {
                     attempts + 1,
                 );
             }
+            Finish::Again { hint } => {
+                let hint = again.map_or(hint, |h| h.max(hint));
+                state.schedule_settled(path.to_path_buf(), self.settle, hint);
+            }
             Finish::Done => {
                 if let Some(hint) = again {
                     state.schedule_settled(path.to_path_buf(), self.settle, hint);
@@ -303,6 +312,18 @@ mod tests {
         let (_, _, attempts) = queue.next().await;
         assert_eq!(attempts, 1);
         assert!(before.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_path_that_changed_while_looked_at_waits_the_settle_window_not_a_backoff() {
+        let queue = WorkQueue::new(Duration::from_millis(300));
+        queue.mark(Path::new("c"), Hint::Content);
+        let (path, hint, attempts) = queue.next().await;
+        let before = Instant::now();
+        queue.finish(&path, Finish::Again { hint }, attempts);
+        let (_, again, attempts) = queue.next().await;
+        assert_eq!((again, attempts), (Hint::Content, 0));
+        assert!(before.elapsed() >= Duration::from_millis(300));
     }
 
     #[tokio::test(start_paused = true)]

@@ -828,3 +828,17 @@ async fn a_panic_in_one_look_leaves_no_path_in_flight_and_the_path_is_sent_later
     rig.settled().await;
     assert_eq!(rig.live().len(), 2);
 }
+
+#[tokio::test]
+async fn a_path_whose_folder_became_a_file_while_it_was_hashed_is_vanished_not_a_failure() {
+    let rig = Rig::new();
+    std::fs::write(rig.path("d"), b"a file where a folder was").unwrap();
+    let stat = super::local::FileStat::from_metadata(&std::fs::metadata(rig.path("d")).unwrap());
+    // Opening `d/x` meets ENOTDIR: the file looked at is no longer there.
+    let hashed = rig.engine.hash_now(Path::new("d/x"), stat).await;
+    assert!(matches!(hashed, Err(super::failure::Failure::Vanished)));
+    // So is a folder where the file was (opened, it is not a regular file).
+    std::fs::create_dir(rig.path("e")).unwrap();
+    let hashed = rig.engine.hash_now(Path::new("e"), stat).await;
+    assert!(matches!(hashed, Err(super::failure::Failure::Vanished)));
+}

@@ -410,10 +410,7 @@ async fn read_checked(file: Arc<File>, source: &mut Source) -> io::Result<Vec<u8
 
 /// Why a path waits: its file changed while its content was read or sent.
 pub(super) fn changed() -> Failed {
-    Failed(
-        Step::Local,
-        Failure::Local("changed while it was uploaded; sent again once it settles".into()),
-    )
+    Failed(Step::Local, Failure::Changed)
 }
 
 /// The 32 bytes of a 64-hex-digit hash.
@@ -508,8 +505,11 @@ impl Engine {
             .await;
         let shared = match &sent {
             Ok(content) => Flown::Done(*content),
-            Err(Failed(_, Failure::Vanished | Failure::Unreadable)) => Flown::Abandoned,
-            Err(Failed(step, failure)) => Flown::Failed(format!("{step:?}: {failure:?}")),
+            // Its file went or changed: another path's file of this content takes it over.
+            Err(Failed(_, Failure::Vanished | Failure::Unreadable | Failure::Changed)) => {
+                Flown::Abandoned
+            }
+            Err(Failed(step, failure)) => Flown::Failed(format!("{step:?}: {failure}")),
         };
         flight.result.send_replace(Some(shared));
         drop(flight);
@@ -723,7 +723,7 @@ impl Engine {
         let (file, now) = self
             .backing
             .open_file(path)
-            .map_err(|err| Failed(Step::Local, Failure::Local(format!("opening: {err}"))))?;
+            .map_err(|err| Failed(Step::Local, Failure::io("opening", err)))?;
         if content_key(&now) != content_key(&stat) {
             return Err(changed());
         }
