@@ -167,6 +167,16 @@ fn held_bytes(emulator: &Emulator, file_hash: &str) -> Option<Vec<u8>> {
     }
 }
 
+/// `POST OBJECT/corrupt` (OBJECT: an `/_emulator/objects/HASH` URL): the answer's status.
+fn corrupt(object: &str) -> u16 {
+    reqwest::blocking::Client::new()
+        .post(format!("{object}/corrupt"))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn stats_of(emulator: &Emulator, call: &str) -> Value {
     emulator.stats()["calls"][call].clone()
 }
@@ -669,14 +679,7 @@ fn a_multipart_object_is_served_from_its_parts() {
 
     let client = reqwest::blocking::Client::new();
     let object = format!("{}/_emulator/objects/{}", emulator.url, file.file_hash);
-    assert_eq!(
-        client
-            .post(format!("{object}/corrupt"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(corrupt(&object), 200);
     let damaged = get(&url).body;
     assert_eq!(damaged.len(), file.content.len());
     assert_eq!(damaged[0], file.content[0] ^ 0xff);
@@ -1153,14 +1156,7 @@ fn held_objects_can_be_corrupted_and_deleted_for_tests() {
     let client = reqwest::blocking::Client::new();
     let object = format!("{}/_emulator/objects/{file_hash}", emulator.url);
 
-    assert_eq!(
-        client
-            .post(format!("{object}/corrupt"))
-            .send()
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(corrupt(&object), 200);
     let corrupted = held_bytes(&emulator, &file_hash).unwrap();
     assert_eq!(corrupted.len(), content.len());
     assert_eq!(corrupted[0], content[0] ^ 0xff);
@@ -1178,14 +1174,7 @@ fn held_objects_can_be_corrupted_and_deleted_for_tests() {
     assert_eq!(client.delete(&object).send().unwrap().status(), 200);
     assert_eq!(held_bytes(&emulator, &file_hash), None);
     assert_eq!(client.delete(&object).send().unwrap().status(), 404);
-    assert_eq!(
-        client
-            .post(format!("{object}/corrupt"))
-            .send()
-            .unwrap()
-            .status(),
-        404
-    );
+    assert_eq!(corrupt(&object), 404);
     let (_, body) = call(&emulator, "download", json!({"hash_list": [file_hash]}));
     assert_eq!(body["download_list"][0]["is_deleted"], true);
     // Not held any more: upload asks for it again.
