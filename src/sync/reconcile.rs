@@ -125,7 +125,8 @@ impl Engine {
         if is_mass_deletion(gone.len(), indexed_count) {
             let why = format!(
                 "{} of the {indexed_count} indexed files are gone from the backing folder, \
-                 found at start (not deleted through the mount): their records are kept; \
+                 found at start (not seen deleted through the mount, or deleted just before the \
+                 daemon was stopped or killed): their records are kept; \
                  `maxlofs release-deletes MOUNTPOINT` deletes them, putting the files back \
                  keeps them",
                 gone.len()
