@@ -86,13 +86,13 @@ fn register_command(device: RawFd, qid: u16, iovecs: *const libc::iovec) -> sque
         .cmd(command_area(qid, 0))
         .addr(Some(iovecs as u64))
         .build();
+    // `Entry128` is `#[repr(C)]`: the kernel's 64-byte `io_uring_sqe` (plain integers and unions
+    // of them), then the 64 further bytes of the command. `len` is the u32 at offset 24 of
+    // `io_uring_sqe` (include/uapi/linux/io_uring.h).
     const SQE_LEN_OFFSET: usize = 24;
     const _: () = assert!(size_of::<squeue::Entry128>() == 128);
-    // SAFETY: `Entry128` is `#[repr(C)]`: the kernel's 64-byte `io_uring_sqe` (plain integers
-    // and unions of them), then the 64 further bytes of the command (the size is asserted
-    // above). `len` is the u32 at offset 24 of `io_uring_sqe` (include/uapi/linux/io_uring.h),
-    // so the write is in bounds of the exclusively borrowed entry, needs no alignment
-    // (`write_unaligned`), and leaves a valid value, every bit pattern of a u32 being one.
+    // SAFETY: offset 24 of the 128 bytes asserted above is in bounds of the exclusively borrowed
+    // entry; `write_unaligned` needs no alignment; every bit pattern of a u32 is a valid value.
     unsafe {
         std::ptr::from_mut(&mut entry)
             .cast::<u8>()
