@@ -18,11 +18,11 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::failure::Verdict;
+use super::failure::{io_meaning, Io, Verdict};
 use super::hash_cache::{HashBudget, HashCache};
 use super::ignore::IgnoreRules;
 use super::index::Index;
-use super::local::{denied, Backing, FileStat, Observed, UNREADABLE};
+use super::local::{Backing, FileStat, Observed, UNREADABLE};
 use super::queue::{Finish, Hint, WorkQueue};
 use super::reconcile::HeldDeletes;
 use super::upload::{UploadConfig, Uploads};
@@ -482,7 +482,7 @@ impl Engine {
                         _ => self.queue.mark(path, Hint::Meta),
                     });
                 match walked {
-                    Err(err) if denied(&err) => true,
+                    Err(err) if io_meaning(&err) == Io::Unreadable => true,
                     Err(err) => {
                         tracing::warn!("walking {:?}: {err}", dir);
                         false

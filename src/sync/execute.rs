@@ -513,9 +513,11 @@ impl Engine {
         match hashed {
             Ok(found) => Ok(found),
             // Gone or replaced while we looked: the event that did it marks it again.
-            Err(err) if io_meaning(&err) == Io::Vanished => Err(Failure::Vanished),
-            Err(err) if io_meaning(&err) == Io::Unreadable => Err(Failure::Unreadable),
-            Err(err) => Err(Failure::io("reading", err)),
+            Err(err) => Err(match io_meaning(&err) {
+                Io::Vanished => Failure::Vanished,
+                Io::Unreadable => Failure::Unreadable,
+                Io::Other => Failure::io("reading", err),
+            }),
         }
     }
 

@@ -139,9 +139,11 @@ impl Backing {
     pub fn observe(&self, relative: &Path) -> io::Result<Observed> {
         let fd = match self.open_beneath(relative, libc::O_PATH) {
             Ok(fd) => fd,
-            Err(err) if names_nothing(&err) => return Ok(Observed::Absent),
-            Err(err) if denied(&err) => return Ok(Observed::Unreadable),
-            Err(err) => return Err(err),
+            Err(err) => match io_meaning(&err) {
+                Io::Vanished => return Ok(Observed::Absent),
+                Io::Unreadable => return Ok(Observed::Unreadable),
+                Io::Other => return Err(err),
+            },
         };
         Ok(Observed::of(&File::from(fd).metadata()?))
     }
@@ -192,10 +194,12 @@ impl Backing {
                     visit(&child, Observed::Directory);
                     // Gone, or no longer a directory at this path (replaced by a symlink, say)
                     // since it was listed: there is nothing below this path to walk.
-                    match self.walk(&child, visit) {
-                        Err(err) if names_nothing(&err) => {}
-                        Err(err) if denied(&err) => visit(&child, Observed::Unreadable),
-                        other => other?,
+                    if let Err(err) = self.walk(&child, visit) {
+                        match io_meaning(&err) {
+                            Io::Vanished => {}
+                            Io::Unreadable => visit(&child, Observed::Unreadable),
+                            Io::Other => return Err(err),
+                        }
                     }
                 }
                 observed => visit(&child, observed),
@@ -203,16 +207,6 @@ impl Backing {
         }
         Ok(())
     }
-}
-
-/// The daemon's user may not open or search it.
-pub fn denied(err: &io::Error) -> bool {
-    io_meaning(err) == Io::Unreadable
-}
-
-/// Resolving a path beneath the root failed because it names nothing there now.
-fn names_nothing(err: &io::Error) -> bool {
-    io_meaning(err) == Io::Vanished
 }
 
 #[cfg(test)]
