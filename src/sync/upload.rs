@@ -767,9 +767,10 @@ impl Engine {
         tally: &Arc<Tally>,
         step: Step,
     ) -> Result<String, Failed> {
-        let slots = match len <= SMALL_PUT_MAX {
-            true => &self.uploads.small_puts,
-            false => &self.uploads.puts,
+        let slots = if len <= SMALL_PUT_MAX {
+            &self.uploads.small_puts
+        } else {
+            &self.uploads.puts
         };
         let _slot = slots.clone().acquire_owned().await.expect("never closed");
         // The upload of a file deleted or renamed away stops at its next PUT: the content of a
