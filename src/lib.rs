@@ -19,3 +19,4 @@ pub mod progress;
 pub mod status;
 pub mod sync;
 pub mod verify;
+pub mod wake;

@@ -89,15 +89,7 @@ impl Pacer {
                     }
                 }
             };
-            match wait_until {
-                Some(at) => {
-                    tokio::select! {
-                        _ = &mut changed => {}
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
-                }
-                None => changed.await,
-            }
+            crate::wake::changed_or_until(changed.as_mut(), wait_until).await;
         }
     }
 

@@ -141,15 +141,7 @@ impl WorkQueue {
                     state.timers.peek().map(|Reverse((due, _, _))| *due)
                 }
             };
-            match wake_at {
-                Some(at) => {
-                    tokio::select! {
-                        _ = &mut changed => {}
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
-                }
-                None => changed.await,
-            }
+            crate::wake::changed_or_until(changed.as_mut(), wake_at).await;
         }
     }
 
