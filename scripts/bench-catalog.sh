@@ -11,7 +11,7 @@ indexed=${2:-1000000}
 rounds=${3:-5}
 concurrency=8
 scripts/setup.sh
-cargo build --release --quiet --bin maxlofs --example direct_creates
+cargo build --release --quiet --bin maxlofs && cargo build --release --quiet -p maxlofs-api --example direct_creates
 bin=$PWD/target/release/maxlofs
 direct=$PWD/target/release/examples/direct_creates
 . scripts/bench-lib.sh

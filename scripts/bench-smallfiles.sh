@@ -35,7 +35,7 @@ files_256k=${FILES_256K:-1000}
 latency_ms=${LATENCY_MS:-20}
 rounds=${ROUNDS:-3}
 threads=8
-cargo build --release --quiet --bin maxlofs --example direct_creates
+cargo build --release --quiet --bin maxlofs && cargo build --release --quiet -p maxlofs-api --example direct_creates
 bin=$PWD/target/release/maxlofs
 direct=$PWD/target/release/examples/direct_creates
 . scripts/bench-lib.sh

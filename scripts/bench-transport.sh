@@ -26,7 +26,7 @@ hp=${PASSTHROUGH_HP:-}
 # baseline-dev-fuse): whether /dev/fuse got slower.
 baseline=${BASELINE:-}
 [ -z "$baseline" ] || targets="$targets baseline-dev-fuse"
-cargo build --release --quiet --bin maxlofs --example passthrough_mount
+cargo build --release --quiet --bin maxlofs && cargo build --release --quiet -p maxlofs-fs --example passthrough_mount
 bin=$PWD/target/release/maxlofs
 fsonly_bin=$PWD/target/release/examples/passthrough_mount
 . scripts/bench-lib.sh

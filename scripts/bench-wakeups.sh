@@ -23,7 +23,7 @@ if [ ! -w "$param" ]; then
 fi
 original=$(cat "$param")
 scripts/setup.sh
-cargo build --release --quiet --example passthrough_mount
+cargo build --release --quiet -p maxlofs-fs --example passthrough_mount
 mount_bin=$PWD/target/release/examples/passthrough_mount
 work=$(mktemp -d /var/tmp/maxlofs-wakeups.XXXXXX)
 . scripts/bench-lib.sh

@@ -48,7 +48,7 @@ WORK=${BENCH_DIR:-/var/tmp/maxlofs-bench}
 
 scripts/setup.sh
 command -v rclone >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rclone >/dev/null
-cargo build --release --quiet --bin maxlofs --example passthrough_mount
+cargo build --release --quiet --bin maxlofs && cargo build --release --quiet -p maxlofs-fs --example passthrough_mount
 bin=$repo/target/release/maxlofs
 fsonly_bin=$repo/target/release/examples/passthrough_mount
 mkdir -p "$WORK"

@@ -8,19 +8,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-MAXLOFS_TRANSPORT=dev-fuse cargo test --all-targets "$@" 2>&1 | tee "$log" || status=$?
-cargo test --doc 2>&1 | tee -a "$log" || status=$?
+MAXLOFS_TRANSPORT=dev-fuse cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --doc 2>&1 | tee -a "$log" || status=$?
 switch=/sys/module/fuse/parameters/enable_uring
 if [ -w "$switch" ]; then
   was=$(cat "$switch")
   trap 'echo "$was" >"$switch"; rm -f "$log"' EXIT
   echo 1 >"$switch"
   echo "== the tests again on FUSE over io_uring"
-  MAXLOFS_TRANSPORT=io-uring cargo test --tests "$@" 2>&1 | tee -a "$log" || status=$?
+  MAXLOFS_TRANSPORT=io-uring cargo test --workspace --tests "$@" 2>&1 | tee -a "$log" || status=$?
   echo "$was" >"$switch"
 else
   echo "== no io_uring pass: $switch is missing or not writable (needs root and Linux 6.14+)"

@@ -19,7 +19,7 @@ use clap::error::{ContextKind, ErrorKind};
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Args, CommandFactory, FromArgMatches};
 
-use crate::cli::{Cli, Command, MountArgs};
+use crate::args::{Cli, Command, MountArgs};
 
 /// mount(8) options that mean nothing to maxlofs, accepted and ignored: mount(8) and mount.fuse3
 /// pass some on their own (`rw,dev,suid` always, `nosuid,nodev` for `user`). `rw` must not

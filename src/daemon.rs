@@ -13,16 +13,16 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 
-use crate::api::http::{HttpApi, Timeouts};
-use crate::api::{ApiError, GrantId, Keys, MediaApi, SecretKey};
-use crate::cli::MountArgs;
-use crate::fs::sys;
-use crate::fs::{MountConfig, OpenWriters};
-use crate::sync::ignore::IgnoreRules;
-use crate::sync::index::Index;
-use crate::sync::local::Backing;
-use crate::sync::upload::ENCRYPTED_GRANT;
-use crate::sync::{Engine, SyncConfig};
+use crate::args::MountArgs;
+use maxlofs_api::http::{HttpApi, Timeouts};
+use maxlofs_api::{ApiError, GrantId, Keys, MediaApi, SecretKey};
+use maxlofs_fs::sys;
+use maxlofs_fs::{MountConfig, OpenWriters};
+use maxlofs_sync::ignore::IgnoreRules;
+use maxlofs_sync::index::Index;
+use maxlofs_sync::local::Backing;
+use maxlofs_sync::upload::ENCRYPTED_GRANT;
+use maxlofs_sync::{Engine, SyncConfig};
 
 /// Where the keys come from: files (re-read when they change) or the environment.
 #[derive(Clone)]
@@ -102,7 +102,7 @@ fn grant_prefix(state: &StateDir, fresh: Option<String>) -> anyhow::Result<Strin
     };
     match fresh {
         Some(prefix) => {
-            if let Some(fault) = crate::contract::prefix_fault(&prefix) {
+            if let Some(fault) = maxlofs_api::contract::prefix_fault(&prefix) {
                 return Err(refused(&prefix, fault, "as the service gives it"));
             }
             state
@@ -129,7 +129,7 @@ fn grant_prefix(state: &StateDir, fresh: Option<String>) -> anyhow::Result<Strin
                     })
                 }
             }
-            match crate::contract::prefix_fault(&prefix) {
+            match maxlofs_api::contract::prefix_fault(&prefix) {
                 Some(fault) => Err(refused(&prefix, fault, &format!("in {}", file.display()))),
                 None => Ok(prefix),
             }
@@ -456,8 +456,8 @@ fn upload_config(
     args: &MountArgs,
     api: &Arc<HttpApi>,
     facts: Option<&UploadFacts>,
-) -> anyhow::Result<crate::sync::UploadConfig> {
-    use crate::sync::UploadConfig;
+) -> anyhow::Result<maxlofs_sync::UploadConfig> {
+    use maxlofs_sync::UploadConfig;
     let why = if args.no_upload {
         Some("--no-upload")
     } else if facts.is_some_and(|f| f.encrypted) {
@@ -476,7 +476,7 @@ fn upload_config(
         }
         return Ok(UploadConfig::records_only(why));
     }
-    let client = crate::api::content_client::ContentClient::new(api.clone())?;
+    let client = maxlofs_api::content_client::ContentClient::new(api.clone())?;
     Ok(UploadConfig {
         api: Some(Arc::new(client)),
         records_only: None,
@@ -493,8 +493,8 @@ fn upload_config(
 /// so the looks get at most a quarter of it. A limit the daemon cannot lift (256 without
 /// CAP_SYS_RESOURCE) would otherwise make opens through the mount fail with EMFILE.
 fn looks_within_descriptors(wanted: usize) -> usize {
-    crate::fs::sys::raise_nofile_limit();
-    let limit = crate::fs::sys::nofile_limit();
+    maxlofs_fs::sys::raise_nofile_limit();
+    let limit = maxlofs_fs::sys::nofile_limit();
     let most = (limit / 8).max(1);
     if wanted > most {
         tracing::info!(
@@ -631,7 +631,7 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     mount.status = Some(engine.clone());
     mount.writers = writers;
     tracing::info!("mounted {:?} at {:?}", args.backing, args.mountpoint);
-    crate::fs::run_until_unmounted(mount, crate::daemonize::notify_ready)
+    maxlofs_fs::run_until_unmounted(mount, crate::daemonize::notify_ready)
         .context("serving the mount")?;
 
     engine.session_ended();

@@ -28,8 +28,8 @@ use std::sync::Mutex;
 
 use anyhow::Context;
 
-use crate::cli::MountArgs;
-use crate::mutex::lock;
+use crate::args::MountArgs;
+use maxlofs_api::mutex::lock;
 
 pub const READY_FD_ENV: &str = "MAXLOFS_READY_FD";
 

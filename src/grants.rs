@@ -4,10 +4,10 @@
 use anyhow::{bail, Context};
 use serde::Serialize;
 
-use crate::api::http::{HttpApi, Timeouts};
-use crate::api::{ApiError, GrantId, MediaApi, MediaGrant, MediaGrantList};
-use crate::cli::GrantsArgs;
+use crate::args::GrantsArgs;
 use crate::daemon::KeySource;
+use maxlofs_api::http::{HttpApi, Timeouts};
+use maxlofs_api::{ApiError, GrantId, MediaApi, MediaGrant, MediaGrantList};
 
 /// What `maxlofs grants --json` prints.
 #[derive(Serialize)]
@@ -160,10 +160,10 @@ pub fn listing_failed(err: ApiError) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::memory::MemoryApi;
-    use crate::api::{CreateOutcome, DeviceInfo, MediaId, MediaState, NewMedia};
-    use crate::api::{Keys, SecretKey};
-    use crate::emulator::store::StoreConfig;
+    use maxlofs_api::{CreateOutcome, DeviceInfo, MediaId, MediaState, NewMedia};
+    use maxlofs_api::{Keys, SecretKey};
+    use maxlofs_emulator::memory::MemoryApi;
+    use maxlofs_emulator::store::StoreConfig;
 
     /// Answers `media_grants` with a fixed list; no other call is made by `resolve_grant`.
     struct Grants(MediaGrantList);

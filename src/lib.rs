@@ -1,22 +1,17 @@
-//! maxlofs: a FUSE passthrough filesystem that keeps a Maxlo media catalog in step.
+//! The `maxlofs` binary's layer: its command line, configuration, the daemon that mounts and
+//! syncs, and the commands and their output. The layers below are crates of their own
+//! (docs/design.md, "Crates"): `maxlofs_api`, `maxlofs_fs`, `maxlofs_sync` and `maxlofs_emulator`.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod api;
+pub mod args;
 pub mod cli;
 pub mod config;
-pub mod contract;
 pub mod daemon;
 pub mod daemonize;
-pub mod emulator;
-pub mod fs;
+pub mod emulator_command;
 pub mod grants;
 pub mod hash;
-pub mod log_limit;
-pub mod mutex;
 pub mod output;
-pub mod progress;
 pub mod status;
-pub mod sync;
 pub mod verify;
-pub mod wake;

@@ -11,15 +11,16 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::api::content_client::{ContentApi, ContentClient};
-use crate::api::http::{HttpApi, Timeouts};
-use crate::api::GrantId;
-use crate::cli::VerifyArgs;
+use crate::args::VerifyArgs;
 use crate::daemon::KeySource;
-use crate::fs::SYNCED_XATTR_PREFIX;
-use crate::hash::StreamHasher;
-use crate::status::{read_xattr, SyncedPage};
-use crate::sync::index::{Index, SyncedRecord};
+use crate::status::read_xattr;
+use maxlofs_api::content_client::{ContentApi, ContentClient};
+use maxlofs_api::hash::StreamHasher;
+use maxlofs_api::http::{HttpApi, Timeouts};
+use maxlofs_api::GrantId;
+use maxlofs_fs::SYNCED_XATTR_PREFIX;
+use maxlofs_sync::index::{Index, SyncedRecord};
+use maxlofs_sync::report::SyncedPage;
 
 /// Hashes per `download` call.
 const BATCH: usize = 100;

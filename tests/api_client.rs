@@ -3,8 +3,8 @@
 
 mod common;
 
-use maxlofs::api::http::{HttpApi, Timeouts};
-use maxlofs::api::{ApiError, CreateOutcome, Keys, MediaApi, MediaState, NewMedia, SecretKey};
+use maxlofs_api::http::{HttpApi, Timeouts};
+use maxlofs_api::{ApiError, CreateOutcome, Keys, MediaApi, MediaState, NewMedia, SecretKey};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::Duration;

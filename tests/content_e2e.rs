@@ -30,7 +30,7 @@ fn bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn maxlo_hash(path: &Path) -> String {
-    maxlofs::hash::hash_file(path).unwrap().to_hex()
+    maxlofs_api::hash::hash_file(path).unwrap().to_hex()
 }
 
 /// The bytes the store holds for `hash`, if it holds it.

@@ -162,7 +162,9 @@ async fn create_conflict_update_and_delete_keep_full_records() {
     assert_eq!(record["mtime"], "2026-11-26T18:21:00.000Z");
     assert_eq!(record["last_updated_device_id"], 1);
     assert_eq!(record["last_updated_user_id"], 1);
-    assert!(maxlofs::contract::parse_iso8601(record["last_updated"].as_str().unwrap()).is_some());
+    assert!(
+        maxlofs_api::contract::parse_iso8601(record["last_updated"].as_str().unwrap()).is_some()
+    );
     assert_eq!(record["is_deleted"], false);
     assert_eq!(emulator.records(1).await, vec![record.clone()]);
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::service::Emulator;
-use maxlofs::api::content::{DownloadAnswer, MultipartAnswer, PartSpec, UploadAnswer, UploadItem};
+use maxlofs_api::content::{DownloadAnswer, MultipartAnswer, PartSpec, UploadAnswer, UploadItem};
 use md5::Md5;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -194,8 +194,9 @@ impl Multipart {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("file");
         std::fs::write(&path, &content).unwrap();
-        let file_hash = maxlofs::hash::hash_file(&path).unwrap().to_hex();
-        let part_size = maxlofs::hash::part_size(len as u64).expect("a multipart size") as usize;
+        let file_hash = maxlofs_api::hash::hash_file(&path).unwrap().to_hex();
+        let part_size =
+            maxlofs_api::hash::part_size(len as u64).expect("a multipart size") as usize;
         let parts = content
             .chunks(part_size)
             .zip(1..)

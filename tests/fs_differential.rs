@@ -8,7 +8,7 @@ mod common;
 use common::posix::{self, snapshot, Outcome};
 use common::service::run;
 use common::{mount_or_skip, mount_or_skip_with, DataPath};
-use maxlofs::fs::{Caller, Event, EventSink, MountStatus, Passthrough, StatusSource, STATUS_XATTR};
+use maxlofs_fs::{Caller, Event, EventSink, MountStatus, Passthrough, StatusSource, STATUS_XATTR};
 use std::ffi::OsStr;
 use std::fmt::Debug;
 use std::os::fd::AsRawFd;
@@ -799,7 +799,7 @@ fn daemon_never_follows_symlinks() {
         fs.open(file_link, O_RDWR).is_err(),
         "no open through a symlink"
     );
-    let truncate = maxlofs::fs::AttrChanges {
+    let truncate = maxlofs_fs::AttrChanges {
         size: Some(0),
         ..Default::default()
     };

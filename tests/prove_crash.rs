@@ -276,7 +276,7 @@ fn the_service_killed_and_restarted_on_its_database_mid_workload_loses_nothing()
 }
 
 fn maxlo_hash(path: &Path) -> String {
-    maxlofs::hash::hash_file(path).unwrap().to_hex()
+    maxlofs_api::hash::hash_file(path).unwrap().to_hex()
 }
 
 /// Two mounts of one grant over two backing folders (two devices, two keys) write the same

@@ -328,13 +328,13 @@ fn keys_never_appear_in_logs_status_debug_output_or_the_state_folder() {
     }
     let debug = format!(
         "{:?}",
-        maxlofs::api::Keys {
-            device: maxlofs::api::SecretKey::new(device_key),
-            user: Some(maxlofs::api::SecretKey::new(user_key)),
+        maxlofs_api::Keys {
+            device: maxlofs_api::SecretKey::new(device_key),
+            user: Some(maxlofs_api::SecretKey::new(user_key)),
         }
     );
     scan_for("Debug of Keys", debug.as_bytes(), &keys);
-    let display = format!("{}", maxlofs::api::SecretKey::new(device_key));
+    let display = format!("{}", maxlofs_api::SecretKey::new(device_key));
     scan_for("Display of SecretKey", display.as_bytes(), &keys);
 }
 

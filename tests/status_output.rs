@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use common::service::{Emulator, BIN};
 use common::Later;
-use maxlofs::fs::{MountStatus, StatusSource};
-use maxlofs::status::{encode_bounded, PathReason, StatusReport};
+use maxlofs_fs::{MountStatus, StatusSource};
+use maxlofs_sync::report::{encode_bounded, PathReason, StatusReport};
 
 /// A pipe whose reading end is already closed: writing to the other end fails with EPIPE.
 fn pipe_without_reader() -> OwnedFd {
@@ -200,7 +200,7 @@ fn names_cannot_forge_lines_of_the_fs_layers_log() {
     let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
     mount
         .env
-        .push(("RUST_LOG".into(), "error,maxlofs::fs=debug".into()));
+        .push(("RUST_LOG".into(), "error,maxlofs_fs=debug".into()));
     if !mount.mount() {
         return;
     }

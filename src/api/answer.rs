@@ -203,7 +203,7 @@ pub fn check_signed_url(url: &str, local_host: Option<&str>) -> Result<reqwest::
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{MediaRecord, MediaState};
+    use crate::{MediaRecord, MediaState};
 
     #[test]
     fn classification_by_status() {

@@ -422,8 +422,8 @@ impl StallClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::http::Timeouts;
-    use crate::api::{Keys, SecretKey};
+    use crate::http::Timeouts;
+    use crate::{Keys, SecretKey};
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::{TcpListener, TcpStream};
 

@@ -7,11 +7,6 @@ use super::request::Payload;
 use super::server::{error_response, App};
 use super::stats::Call;
 use super::store::{Invalid, StoreError};
-use crate::api::content::{
-    DownloadAnswer, DownloadRequest, MultipartAnswer, MultipartCompleteRequest, MultipartRequest,
-    S3ObjectRequest, SignedPartUrl, UploadAnswer, UploadRequest,
-};
-use crate::contract;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, RANGE};
@@ -20,6 +15,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use futures_util::{stream, StreamExt, TryStreamExt};
+use maxlofs_api::content::{
+    DownloadAnswer, DownloadRequest, MultipartAnswer, MultipartCompleteRequest, MultipartRequest,
+    S3ObjectRequest, SignedPartUrl, UploadAnswer, UploadRequest,
+};
+use maxlofs_api::contract;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::io;

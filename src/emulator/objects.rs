@@ -21,13 +21,13 @@
 //! docs/emulator.md, "Content".
 
 use super::store::Invalid;
-use crate::api::content::{
+use hmac::{Hmac, Mac};
+use maxlofs_api::content::{
     DownloadItem, FileRef, MultipartCompleteRequest, MultipartConflict, MultipartRequest, PartSpec,
     S3ObjectRequest, SignedOpts, UploadItem,
 };
-use crate::contract;
-use crate::hash;
-use hmac::{Hmac, Mac};
+use maxlofs_api::contract;
+use maxlofs_api::hash;
 use md5::Md5;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -938,7 +938,7 @@ fn check_size(claimed: u64, held: u64) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::content::CompletedPart;
+    use maxlofs_api::content::CompletedPart;
 
     fn store(dir: &Path) -> ObjectStore {
         ObjectStore::open(ObjectsConfig {

@@ -2,12 +2,12 @@
 //! fields from a JSON or form body.
 
 use super::store::{Credentials, Invalid};
-use crate::api::{MediaState, NewMedia, SecretKey};
 use axum::async_trait;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::Form;
+use maxlofs_api::{MediaState, NewMedia, SecretKey};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::convert::Infallible;

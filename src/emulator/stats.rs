@@ -1,6 +1,6 @@
 //! Counts of API calls by kind and outcome, for `GET /_emulator/stats` and `MemoryApi`.
 
-use crate::mutex::lock;
+use maxlofs_api::mutex::lock;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;

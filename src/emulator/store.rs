@@ -5,12 +5,12 @@
 //! Every call checks, in this order: the key (403), the grant and the media_id (404), then the
 //! request's fields (400). See docs/emulator.md.
 
-use crate::api::{
+use maxlofs_api::contract;
+use maxlofs_api::mutex::lock;
+use maxlofs_api::{
     CreateOutcome, DeviceInfo, GrantId, MediaGrant, MediaGrantList, MediaId, MediaRecord,
     MediaState, NewMedia, SecretKey,
 };
-use crate::contract;
-use crate::mutex::lock;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::collections::HashSet;
 use std::path::Path;

@@ -603,7 +603,7 @@ fn release_if_unused(slots: &mut Slots, ino: u64, tree_watch: Option<&TreeWatch>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::sys;
+    use crate::sys;
 
     fn table_with_tree() -> (tempfile::TempDir, InodeTable) {
         let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@
 use super::index::{IndexEntry, Unsure};
 use super::local::FileStat;
 use super::queue::Hint;
-use crate::api::MediaId;
+use maxlofs_api::MediaId;
 
 /// What the path holds, as far as the catalog is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]

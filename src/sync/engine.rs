@@ -26,9 +26,9 @@ use super::local::{Backing, FileStat, Observed, UNREADABLE};
 use super::queue::{Finish, Hint, WorkQueue};
 use super::reconcile::HeldDeletes;
 use super::upload::{UploadConfig, Uploads};
-use crate::api::{GrantId, MediaApi};
-use crate::fs::{Event, EventSink, MountStatus, OpenWriters, StatusSource};
-use crate::status::{PathReason, StatusReport};
+use crate::report::{PathReason, StatusReport};
+use maxlofs_api::{GrantId, MediaApi};
+use maxlofs_fs::{Event, EventSink, MountStatus, OpenWriters, StatusSource};
 
 pub struct SyncConfig {
     pub grant: GrantId,
@@ -124,7 +124,7 @@ impl StatusSource for Engine {
             transport: Some(mount.transport.name().to_string()),
             ..self.status()
         };
-        crate::status::encode_bounded(&status)
+        crate::report::encode_bounded(&status)
     }
 
     fn synced_page(&self, from: u64) -> Option<String> {
@@ -135,7 +135,7 @@ impl StatusSource for Engine {
                 return None;
             }
         };
-        Some(crate::status::encode_synced_page(
+        Some(crate::report::encode_synced_page(
             from,
             rows,
             SYNCED_PAGE_ROWS,
@@ -176,7 +176,7 @@ impl Engine {
             backing: Arc::new(backing),
             report: Mutex::default(),
             hashes: Mutex::default(),
-            hash_budget: HashBudget::new(crate::hash::default_workers()),
+            hash_budget: HashBudget::new(maxlofs_api::hash::default_workers()),
             writers,
             waiting_for_writers: Mutex::default(),
             events,

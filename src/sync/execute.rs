@@ -16,8 +16,8 @@ use super::index::{IdTaken, IndexEntry, Unsure};
 use super::local::{FileStat, Observed, TIME_UNSAYABLE, UNREADABLE};
 use super::queue::Hint;
 use super::upload::changed;
-use crate::api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
-use crate::contract;
+use maxlofs_api::contract;
+use maxlofs_api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
 
 /// Why a path too long to name stays local.
 const TOO_LONG: &str = "path longer than PATH_MAX (4096 bytes)";
@@ -552,7 +552,7 @@ type HashFound = (String, FileStat, bool, Option<HashRead>);
 
 /// How many threads hashing a file of `size` bytes can use: one per part.
 fn useful_threads(size: u64) -> std::num::NonZeroUsize {
-    let parts = crate::hash::part_size(size).map_or(1, |part| size.div_ceil(part));
+    let parts = maxlofs_api::hash::part_size(size).map_or(1, |part| size.div_ceil(part));
     std::num::NonZeroUsize::new(parts.min(usize::MAX as u64) as usize)
         .unwrap_or(std::num::NonZeroUsize::MIN)
 }

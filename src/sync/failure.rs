@@ -3,7 +3,7 @@
 
 use std::io;
 
-use crate::api::{ApiError, GrantId};
+use maxlofs_api::{ApiError, GrantId};
 
 /// What a local I/O error says about the path it was met on: the one reading of an errno, for
 /// observing a path, walking a folder and hashing a file alike.
@@ -63,7 +63,7 @@ pub enum Failure {
     #[error("it went away while it was looked at")]
     Vanished,
     /// The daemon's user may not read the file, or look at its path (EACCES, EPERM).
-    #[error("{}", crate::sync::local::UNREADABLE)]
+    #[error("{}", crate::local::UNREADABLE)]
     Unreadable,
     /// An answer that cannot be true, such as a create naming the record of another path:
     /// refused, never followed.

@@ -5,7 +5,8 @@ use std::num::NonZeroUsize;
 use std::path::Path;
 
 use super::local::{Backing, FileStat};
-use crate::hash;
+use crate::progress;
+use maxlofs_api::hash;
 
 /// Files up to this size are kept in memory as they are hashed, so that their upload sends the
 /// very bytes hashed instead of reading and checking them again. No more than one chunk of a
@@ -51,8 +52,9 @@ pub fn hash_stable(
                 (hash, read)
             })
         } else {
-            let progress = hash::progress_for(path, before.size);
-            match hash::hash_with_parts(&file, before.size, threads, progress.as_ref()) {
+            let progress = progress::hashing(path, before.size);
+            let counter = progress.as_ref().map(|p| p as &dyn hash::BytesHashed);
+            match hash::hash_with_parts(&file, before.size, threads, counter) {
                 Ok((hash, parts)) => Some((hash, HashRead { parts, bytes: None })),
                 Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => None,
                 Err(err) => return Err(err),

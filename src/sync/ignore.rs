@@ -4,7 +4,6 @@
 //! partial downloads, the trash); each has a short name so that a mount can drop it
 //! (`--no-default-ignore NAME`). docs/semantics.md lists them with their tools.
 
-use clap::builder::{PossibleValue, PossibleValuesParser};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use std::path::Path;
 
@@ -111,16 +110,6 @@ pub const DEFAULT_IGNORES: &[DefaultIgnore] = &[
         matcher: Matcher::Globs(&[".Trash/**", ".Trash-*/**"]),
     },
 ];
-
-/// The values `--no-default-ignore` takes: the defaults' names and `all`.
-pub fn default_names() -> PossibleValuesParser {
-    let names = DEFAULT_IGNORES
-        .iter()
-        .map(|default| PossibleValue::new(default.name).help(default.tool));
-    PossibleValuesParser::new(
-        std::iter::once(PossibleValue::new(ALL_DEFAULTS).help("every default")).chain(names),
-    )
-}
 
 pub struct IgnoreRules {
     set: GlobSet,

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::api::{MediaId, NewMedia};
+use maxlofs_api::{MediaId, NewMedia};
 
 /// What the service holds for one path, as of its last acknowledgement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -766,7 +766,7 @@ mod tests {
     fn media(path: &str) -> NewMedia {
         NewMedia {
             media_path: path.into(),
-            state: crate::api::MediaState {
+            state: maxlofs_api::MediaState {
                 file_hash: "ab".repeat(32),
                 file_size: 3,
                 ctime: "2026-01-01T00:00:00.000Z".into(),

@@ -11,8 +11,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::failure::{io_meaning, Io, NotRegular};
-use crate::contract;
-use crate::fs::sys;
+use maxlofs_api::contract;
+use maxlofs_fs::sys;
 
 /// The backing root, held open.
 pub struct Backing {
@@ -112,7 +112,7 @@ impl Backing {
     /// root's inode. Another disk mounted there, or the empty folder under a disk that did not
     /// mount, answers another identity.
     pub fn identity(&self) -> io::Result<String> {
-        let as_io = |e: fuser::Errno| io::Error::from_raw_os_error(e.code());
+        let as_io = |e: maxlofs_fs::Errno| io::Error::from_raw_os_error(e.code());
         let fs = sys::statfs(self.root.as_fd()).map_err(as_io)?;
         let id = sys::filesystem_id(self.root.as_fd()).map_err(as_io)?;
         let root = sys::stat_fd(self.root.as_fd()).map_err(as_io)?;

@@ -141,7 +141,7 @@ impl WorkQueue {
                     state.timers.peek().map(|Reverse((due, _, _))| *due)
                 }
             };
-            crate::wake::changed_or_until(changed.as_mut(), wake_at).await;
+            maxlofs_api::wake::changed_or_until(changed.as_mut(), wake_at).await;
         }
     }
 

@@ -10,12 +10,12 @@ use super::ignore::IgnoreRules;
 use super::index::Index;
 use super::local::Backing;
 use super::{Engine, SyncConfig, UploadConfig};
-use crate::api::content_client::ContentApi;
-use crate::api::memory::MemoryApi;
-use crate::api::{ApiError, Keys, MediaApi, MediaRecord, MediaState, NewMedia, SecretKey};
-use crate::emulator::stats::Call;
-use crate::emulator::store::StoreConfig;
-use crate::fs::{Event, EventSink, OpenWriters};
+use maxlofs_api::content_client::ContentApi;
+use maxlofs_api::{ApiError, Keys, MediaApi, MediaRecord, MediaState, NewMedia, SecretKey};
+use maxlofs_emulator::memory::MemoryApi;
+use maxlofs_emulator::stats::Call;
+use maxlofs_emulator::store::StoreConfig;
+use maxlofs_fs::{Event, EventSink, OpenWriters};
 
 mod upload;
 
@@ -256,7 +256,7 @@ impl Rig {
 fn maxlo_hash(content: &[u8]) -> String {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), content).unwrap();
-    crate::hash::hash_file(file.path()).unwrap().to_hex()
+    maxlofs_api::hash::hash_file(file.path()).unwrap().to_hex()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -517,11 +517,13 @@ async fn an_existing_record_is_adopted_and_made_to_show_the_local_file() {
         media_path: path.into(),
         state: other.clone(),
     };
-    let crate::api::CreateOutcome::Created(live_id) = rig.api.create(1, &media("p")).await.unwrap()
+    let maxlofs_api::CreateOutcome::Created(live_id) =
+        rig.api.create(1, &media("p")).await.unwrap()
     else {
         panic!("created")
     };
-    let crate::api::CreateOutcome::Created(dead_id) = rig.api.create(1, &media("q")).await.unwrap()
+    let maxlofs_api::CreateOutcome::Created(dead_id) =
+        rig.api.create(1, &media("q")).await.unwrap()
     else {
         panic!("created")
     };

@@ -34,12 +34,12 @@ use super::failure::{starts_over, Failure, Step};
 use super::hasher::HashRead;
 use super::index::MultipartUpload;
 use super::local::FileStat;
-use crate::api::content::{
+use maxlofs_api::content::{
     CompletedPart, FileRef, MultipartCompleteRequest, MultipartRequest, PartSpec, S3ObjectRequest,
     UploadItem,
 };
-use crate::api::content_client::{ContentApi, MultipartStart, PutBody, SignedPut};
-use crate::api::ApiError;
+use maxlofs_api::content_client::{ContentApi, MultipartStart, PutBody, SignedPut};
+use maxlofs_api::ApiError;
 
 /// How a mount sends content.
 pub struct UploadConfig {
@@ -589,7 +589,7 @@ impl Engine {
             .s3_bucket_id
             .ok_or_else(|| malformed("no s3_bucket_id"))?;
         let Some(opts) = item.signed_opts else {
-            if crate::hash::part_size(stat.size).is_none() {
+            if maxlofs_api::hash::part_size(stat.size).is_none() {
                 // A file hashed whole has no parts to send in a multipart upload.
                 return Err(malformed(
                     "neither signed_opts nor skip_upload for a small file",
@@ -630,11 +630,11 @@ impl Engine {
             None => {
                 let open = self.open_unchanged(path, stat).await?;
                 // Checked part by part for a file hashed in parts, whole otherwise.
-                let checks = match crate::hash::part_size(stat.size) {
+                let checks = match maxlofs_api::hash::part_size(stat.size) {
                     None => vec![(stat.size, digest_of(hash)?)],
                     Some(_) => {
                         let digests = self.part_digests(path, stat, hash, read.parts).await?;
-                        let ends = crate::hash::parts(stat.size)
+                        let ends = maxlofs_api::hash::parts(stat.size)
                             .into_iter()
                             .map(|(offset, len)| offset + len);
                         ends.zip(digests).collect()
@@ -808,7 +808,7 @@ impl Engine {
     ) -> Result<Content, Failed> {
         let grant = self.config.grant;
         let digests = self.part_digests(path, stat, hash, parts).await?;
-        let spans = crate::hash::parts(stat.size);
+        let spans = maxlofs_api::hash::parts(stat.size);
         let resumable = |upload: &MultipartUpload| {
             upload.size == stat.size
                 && (1..=spans.len() as u64).all(|num| upload.urls.contains_key(&num))

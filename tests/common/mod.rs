@@ -42,7 +42,7 @@ pub mod wait;
 #[allow(unused_imports)]
 pub use wait::{eventually, eventually_some, eventually_within, Later};
 
-use maxlofs::fs::{spawn_mount, Event, EventSink, MountConfig, MountHandle};
+use maxlofs_fs::{spawn_mount, Event, EventSink, MountConfig, MountHandle};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,7 +115,7 @@ pub fn mount_or_skip_with(
     // scripts/test.sh runs the suite once per transport; the `maxlofs mount` daemons of the
     // other tests read the same variable themselves.
     if let Ok(transport) = std::env::var("MAXLOFS_TRANSPORT") {
-        cfg.transport = clap::ValueEnum::from_str(&transport, false).expect("MAXLOFS_TRANSPORT");
+        cfg.transport = transport.parse().expect("MAXLOFS_TRANSPORT");
     }
     configure(&mut cfg);
     match spawn_mount(cfg) {

@@ -529,7 +529,7 @@ pub fn expected_catalog(backing: &Path, ignored: &dyn Fn(&Path) -> bool) -> Cata
                 let meta = std::fs::metadata(&path).unwrap();
                 let mtime = chrono::DateTime::<chrono::Utc>::from(meta.modified().unwrap())
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-                let hash = maxlofs::hash::hash_file(&path).unwrap().to_hex();
+                let hash = maxlofs_api::hash::hash_file(&path).unwrap().to_hex();
                 expected.insert(key.to_string(), (hash, meta.len(), mtime));
             }
         }
@@ -539,7 +539,7 @@ pub fn expected_catalog(backing: &Path, ignored: &dyn Fn(&Path) -> bool) -> Cata
 
 /// Asserts the emulator's live catalog is exactly what the backing tree implies.
 pub fn assert_catalog_matches(emulator: &Emulator, backing: &Path) {
-    let rules = maxlofs::sync::ignore::IgnoreRules::new(&[], &[]).unwrap();
+    let rules = maxlofs_sync::ignore::IgnoreRules::new(&[], &[]).unwrap();
     let expected = expected_catalog(backing, &|p| rules.is_ignored(p));
     let actual = live_catalog(emulator);
     assert_eq!(
@@ -626,7 +626,7 @@ pub fn check_catalog_then(
     backing: &Path,
     tally: impl FnOnce(&CatalogDiff),
 ) -> CatalogDiff {
-    let rules = maxlofs::sync::ignore::IgnoreRules::new(&[], &[]).unwrap();
+    let rules = maxlofs_sync::ignore::IgnoreRules::new(&[], &[]).unwrap();
     let expected = expected_catalog(backing, &|p| rules.is_ignored(p));
     let actual = live_catalog(emulator);
     let diff = diff_catalog(&expected, &actual);

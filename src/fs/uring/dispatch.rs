@@ -3,10 +3,10 @@
 //! request's header, fixed argument struct and payload, and sends the out-arguments written here.
 
 use super::abi::*;
-use crate::fs::backing::FuseDevice;
-use crate::fs::kernel;
-use crate::fs::passthrough::{AttrChanges, Caller, Opened, Passthrough, TTL};
-use crate::fs::sys::{self, TimeSpec, XattrValue};
+use crate::backing::FuseDevice;
+use crate::kernel;
+use crate::passthrough::{AttrChanges, Caller, Opened, Passthrough, TTL};
+use crate::sys::{self, TimeSpec, XattrValue};
 use fuser::{Errno, FileAttr, FileType};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -746,7 +746,7 @@ fn max_pages(largest: u32, page: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::{Event, EventSink};
+    use crate::{Event, EventSink};
     use fuser::InitFlags;
 
     struct Ignore;

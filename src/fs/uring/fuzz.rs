@@ -10,8 +10,8 @@
 
 use super::abi::*;
 use super::dispatch::{Dispatcher, Reply, Request};
-use crate::fs::passthrough::Passthrough;
-use crate::fs::{Event, EventSink};
+use crate::passthrough::Passthrough;
+use crate::{Event, EventSink};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::cell::RefCell;

@@ -7,7 +7,7 @@
 use super::abi::{fuse_out_header, struct_bytes, FUSE_INIT};
 use super::dispatch::{Dispatcher, Reply, Request};
 use super::ring;
-use crate::fs::Transport;
+use crate::Transport;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};

@@ -9,12 +9,12 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::*;
-use crate::api::content::{
+use maxlofs_api::content::{
     DownloadAnswer, DownloadItem, FileRef, MultipartAnswer, MultipartCompleteRequest,
     MultipartRequest, S3ObjectRequest, SignedOpts, SignedPartUrl, UploadAnswer, UploadItem,
 };
-use crate::api::content_client::{MultipartStart, PutBody, SignedPut};
-use crate::api::{CreateOutcome, DeviceInfo, GrantId, MediaGrantList, MediaId};
+use maxlofs_api::content_client::{MultipartStart, PutBody, SignedPut};
+use maxlofs_api::{CreateOutcome, DeviceInfo, GrantId, MediaGrantList, MediaId};
 
 type Hook = Box<dyn FnOnce() + Send>;
 
@@ -85,7 +85,7 @@ impl ContentApi for Objects {
         }
         let item = |file: &FileRef| {
             let held = self.holds(&file.file_hash);
-            let whole = !held && file.file_size <= crate::hash::SINGLE_PART_MAX;
+            let whole = !held && file.file_size <= maxlofs_api::hash::SINGLE_PART_MAX;
             UploadItem {
                 file_hash: file.file_hash.clone(),
                 file_size: file.file_size,

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use maxlofs::api::http::{HttpApi, Timeouts};
-use maxlofs::api::{Keys, MediaApi, MediaState, NewMedia, SecretKey};
+use maxlofs_api::http::{HttpApi, Timeouts};
+use maxlofs_api::{Keys, MediaApi, MediaState, NewMedia, SecretKey};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

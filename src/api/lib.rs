@@ -1,13 +1,17 @@
 //! The Maxlo device API as the rest of maxlofs sees it: typed requests and outcomes, a trait for the
-//! calls, a real HTTP client and an in-memory implementation for unit tests.
+//! calls and a real HTTP client; the contract's readings and the file hash, each in one place.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod answer;
 pub mod content;
 pub mod content_client;
+pub mod contract;
+pub mod hash;
 pub mod http;
-#[cfg(any(test, feature = "memory-api"))]
-pub mod memory;
+pub mod mutex;
 pub mod pacer;
+pub mod wake;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -2,8 +2,8 @@
 //! plus hooks to inject failures, refuse the keys in use, read back records and count calls.
 //!
 //! ```
-//! use maxlofs::api::memory::MemoryApi;
-//! use maxlofs::api::{ApiError, MediaApi};
+//! use maxlofs_emulator::memory::MemoryApi;
+//! use maxlofs_api::{ApiError, MediaApi};
 //!
 //! let api = MemoryApi::default(); // grant 1; calls with demo-device-key and demo-user-key
 //! api.fail_next(1, ApiError::Transient("boom".into()));
@@ -13,14 +13,14 @@
 //! });
 //! ```
 
-use super::answer::{check_create, classify};
-use super::{
+use crate::stats::{Call, Outcome, Stats, StatsSnapshot};
+use crate::store::{Credentials, Store, StoreConfig, StoreError};
+use maxlofs_api::answer::{check_create, classify};
+use maxlofs_api::mutex::lock;
+use maxlofs_api::{
     ApiError, CreateOutcome, DeviceInfo, GrantId, Keys, MediaApi, MediaGrantList, MediaId,
     MediaRecord, MediaState, NewMedia, SecretKey,
 };
-use crate::emulator::stats::{Call, Outcome, Stats, StatsSnapshot};
-use crate::emulator::store::{Credentials, Store, StoreConfig, StoreError};
-use crate::mutex::lock;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;

@@ -2,11 +2,13 @@
 //! a terminal, otherwise an info log line at most every few seconds, and a last line when done.
 
 use std::io::{self, IsTerminal, Write};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
+use maxlofs_api::hash::BytesHashed;
 
 /// How often a log line reports progress, unless `MAXLOFS_PROGRESS_INTERVAL_MS` says otherwise.
 const LOG_INTERVAL: Duration = Duration::from_secs(5);
@@ -164,6 +166,27 @@ impl Progress {
     }
 }
 
+/// Files at least this large report how their hashing goes: at disk speed it takes seconds.
+const HASHING_PROGRESS_MIN: u64 = 256 * 1024 * 1024;
+
+/// The progress report for hashing `name`, `size` bytes long; none for a file that hashes
+/// quickly.
+pub fn hashing(name: &Path, size: u64) -> Option<Progress> {
+    (size >= HASHING_PROGRESS_MIN).then(|| {
+        Progress::new(
+            format!("hashing {}", name.display()),
+            Some(size),
+            Unit::Bytes,
+        )
+    })
+}
+
+impl BytesHashed for Progress {
+    fn add(&self, bytes: u64) {
+        Progress::add(self, bytes);
+    }
+}
+
 impl Drop for Progress {
     fn drop(&mut self) {
         if let Shown::Bar(bar) = &self.shown {
@@ -210,6 +233,12 @@ impl Write for LogWriter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_large_file_reports_its_hashing() {
+        assert!(hashing(Path::new("small"), HASHING_PROGRESS_MIN - 1).is_none());
+        assert!(hashing(Path::new("large"), HASHING_PROGRESS_MIN).is_some());
+    }
+
     use super::*;
 
     #[test]

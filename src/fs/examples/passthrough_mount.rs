@@ -4,8 +4,7 @@
 //!     cargo run --release --example passthrough_mount -- BACKING MOUNTPOINT [--threads N] [--daemon-io]
 //!         [--transport auto|io-uring|dev-fuse]
 
-use clap::ValueEnum;
-use maxlofs::fs::{run_until_unmounted, Event, EventSink, MountConfig, TransportChoice};
+use maxlofs_fs::{run_until_unmounted, Event, EventSink, MountConfig, TransportChoice};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,7 +42,7 @@ fn main() -> std::io::Result<()> {
             Some("--transport") => {
                 cfg.transport = args
                     .next()
-                    .and_then(|t| TransportChoice::from_str(t.to_str()?, false).ok())
+                    .and_then(|t| t.to_str()?.parse::<TransportChoice>().ok())
                     .unwrap_or_else(|| panic!("{usage}"));
             }
             _ => {

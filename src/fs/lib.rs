@@ -3,19 +3,24 @@
 //! over io_uring). It reports every change that matters to the
 //! catalog as an `Event`; it never calls the service and never blocks on the sync layer.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod backing;
 mod fuse;
 mod handles;
 mod inodes;
 mod kernel;
+mod log_limit;
 mod mount;
 mod passthrough;
-pub(crate) mod sys;
+pub mod sys;
 mod tree_watch;
 mod uring;
 mod writers;
 
 pub use backing::{BackingId, FuseDevice};
+/// The error of every operation, as the kernel receives it.
+pub use fuser::Errno;
 pub use mount::{run_until_unmounted, spawn_mount, MountHandle};
 pub use passthrough::{AttrChanges, Caller, Opened, Passthrough, TTL};
 pub use sys::{TimeSpec, XattrValue};
@@ -84,7 +89,7 @@ impl Transport {
 }
 
 /// Which transport to use (`--transport`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TransportChoice {
     /// io_uring when the administrator has enabled it (`enable_uring`), else /dev/fuse.
@@ -94,6 +99,20 @@ pub enum TransportChoice {
     IoUring,
     /// /dev/fuse.
     DevFuse,
+}
+
+impl std::str::FromStr for TransportChoice {
+    type Err = String;
+
+    /// The names `--transport` and `MAXLOFS_TRANSPORT` take.
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "auto" => Ok(TransportChoice::Auto),
+            "io-uring" => Ok(TransportChoice::IoUring),
+            "dev-fuse" => Ok(TransportChoice::DevFuse),
+            _ => Err(format!("{name:?} is not auto, io-uring or dev-fuse")),
+        }
+    }
 }
 
 /// What the filesystem side knows for a status answer.

@@ -1,22 +1,13 @@
-//! `maxlofs emulator`: a local, persistent, faithful Maxlo device API.
-//!
-//! `store` holds the service's rules (shared with `api::memory::MemoryApi`), `server` its HTTP
-//! face with fault injection, `stats` the call counts; `objects` holds the uploaded content and
-//! signs its URLs, `content` is the HTTP face of the content calls. See docs/emulator.md.
+//! `maxlofs emulator`: the emulator's settings from the command line, then its server.
 
-mod content;
-pub mod objects;
-mod request;
-mod server;
-pub mod stats;
-pub mod store;
-
-use crate::cli::EmulatorArgs;
 use anyhow::Context;
-use objects::{ObjectStore, ObjectsConfig};
+use maxlofs_emulator::objects::{ObjectStore, ObjectsConfig};
+use maxlofs_emulator::server;
+use maxlofs_emulator::store::{Store, StoreConfig};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use store::{Store, StoreConfig};
+
+use crate::args::EmulatorArgs;
 
 pub fn run(args: &EmulatorArgs) -> anyhow::Result<()> {
     // Its database, the -wal and -shm files and the object store hold keys' records and content:
@@ -109,7 +100,7 @@ fn keys(given: &[String], files: &[PathBuf]) -> anyhow::Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
+    use crate::args::{Cli, Command};
     use clap::Parser;
 
     fn settings(args: &[&str]) -> anyhow::Result<StoreConfig> {

@@ -2,6 +2,8 @@
 //! workers compare each marked path with the index and send what differs, and a reconcile pass at
 //! start catches up everything that happened while the engine was not looking.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod decide;
 pub mod engine;
 mod execute;
@@ -11,8 +13,10 @@ mod hasher;
 pub mod ignore;
 pub mod index;
 pub mod local;
+pub mod progress;
 pub mod queue;
 mod reconcile;
+pub mod report;
 #[cfg(test)]
 mod tests;
 pub mod upload;
