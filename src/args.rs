@@ -392,3 +392,17 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+/// A mount refused for what it was asked to mount, before anything was mounted: a key the
+/// service refuses, a disabled device, a grant it does not have or that cannot be mounted, a
+/// prefix no media_path can start with, a state folder or log file that a symlink or another
+/// user put there. Added as context to the error; `maxlofs mount` then
+/// exits with 2, as for a usage error, not 1.
+#[derive(Debug)]
+pub struct NotMounted;
+
+impl std::fmt::Display for NotMounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not mounted")
+    }
+}

@@ -22,7 +22,7 @@ fn init_logging(level: Option<LogLevel>) {
 
 /// Parses arguments, runs the subcommand, and answers the process exit code. Usage and
 /// configuration errors exit with 2 (clap's convention), as does a mount refused for what it was
-/// asked to mount or a state or log path it will not use (`daemon::NotMounted`); failures with 1;
+/// asked to mount or a state or log path it will not use (`args::NotMounted`); failures with 1;
 /// `status --wait` and `verify` have exit codes of their own for what they found.
 pub fn main() -> i32 {
     let cli = crate::config::parse(std::env::args_os()).unwrap_or_else(|err| err.exit());
@@ -56,7 +56,7 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(err) => {
             eprintln!("maxlofs: {}", crate::output::error_line(&err));
-            match err.downcast_ref::<crate::daemon::NotMounted>() {
+            match err.downcast_ref::<crate::args::NotMounted>() {
                 Some(_) => 2,
                 None => 1,
             }

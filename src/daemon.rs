@@ -13,9 +13,10 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 
-use crate::args::MountArgs;
+use crate::args::{MountArgs, NotMounted};
+use crate::keys::KeySource;
 use maxlofs_api::http::{HttpApi, Timeouts};
-use maxlofs_api::{ApiError, GrantId, Keys, MediaApi, SecretKey};
+use maxlofs_api::{ApiError, GrantId, Keys, MediaApi};
 use maxlofs_fs::sys;
 use maxlofs_fs::{MountConfig, OpenWriters};
 use maxlofs_sync::ignore::IgnoreRules;
@@ -23,50 +24,6 @@ use maxlofs_sync::index::Index;
 use maxlofs_sync::local::Backing;
 use maxlofs_sync::upload::ENCRYPTED_GRANT;
 use maxlofs_sync::{Engine, SyncConfig};
-
-/// Where the keys come from: files (re-read when they change) or the environment.
-#[derive(Clone)]
-pub struct KeySource {
-    device_file: Option<PathBuf>,
-    user_file: Option<PathBuf>,
-}
-
-const DEVICE_KEY_ENV: &str = "MAXLO_DEVICE_SESSION_KEY";
-const USER_KEY_ENV: &str = "MAXLO_USER_SESSION_KEY";
-
-fn read_key(file: Option<&Path>, env: &str, what: &str) -> anyhow::Result<Option<SecretKey>> {
-    let value = match file {
-        Some(file) => std::fs::read_to_string(file)
-            .with_context(|| format!("cannot read the {what} key file {}", file.display()))?,
-        None => match std::env::var(env) {
-            Ok(value) => value,
-            Err(_) => return Ok(None),
-        },
-    };
-    let value = value.trim();
-    if value.is_empty() {
-        bail!("the {what} key is empty");
-    }
-    Ok(Some(SecretKey::new(value)))
-}
-
-impl KeySource {
-    pub fn new(device_file: Option<PathBuf>, user_file: Option<PathBuf>) -> Self {
-        KeySource {
-            device_file,
-            user_file,
-        }
-    }
-
-    pub fn load(&self) -> anyhow::Result<Keys> {
-        let device = read_key(self.device_file.as_deref(), DEVICE_KEY_ENV, "device")?
-            .with_context(|| {
-                format!("no device key: pass --device-key-file FILE or set {DEVICE_KEY_ENV}")
-            })?;
-        let user = read_key(self.user_file.as_deref(), USER_KEY_ENV, "user")?;
-        Ok(Keys { device, user })
-    }
-}
 
 /// Default state folder: `$XDG_STATE_HOME/maxlofs/<backing path>-g<grant>`.
 pub fn default_state_dir(backing: &Path, grant: GrantId) -> anyhow::Result<PathBuf> {
@@ -336,20 +293,6 @@ const SERVICE_CHECK_BUDGET: Duration = Duration::from_secs(15);
 /// of its calls is asked about ten times, and the chance that all of them fail is negligible.
 const SERVICE_CHECK_RETRY_FIRST: Duration = Duration::from_millis(100);
 const SERVICE_CHECK_RETRY_MAX: Duration = Duration::from_secs(2);
-
-/// A mount refused for what it was asked to mount, before anything was mounted: a key the
-/// service refuses, a disabled device, a grant it does not have or that cannot be mounted, a
-/// prefix no media_path can start with, a state folder or log file that a symlink or another
-/// user put there. Added as context to the error; `maxlofs mount` then
-/// exits with 2, as for a usage error, not 1.
-#[derive(Debug)]
-pub struct NotMounted;
-
-impl std::fmt::Display for NotMounted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("not mounted")
-    }
-}
 
 /// What the start-up check found out.
 enum ServiceCheck {

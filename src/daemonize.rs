@@ -108,7 +108,7 @@ pub fn spawn(args: &MountArgs) -> anyhow::Result<()> {
     );
     // The daemon's own exit status 2 (a usage error, a refused mount) is ours as well.
     match status.code() {
-        Some(2) => Err(failed.context(crate::daemon::NotMounted)),
+        Some(2) => Err(failed.context(crate::args::NotMounted)),
         _ => Err(failed),
     }
 }
@@ -218,7 +218,7 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
             "the log file {} {why}: remove it or choose another --log-file",
             path.display()
         )
-        .context(crate::daemon::NotMounted)
+        .context(crate::args::NotMounted)
     };
     // O_NONBLOCK: a FIFO put there fails to open rather than hold us; a file ignores it.
     let open = |new: bool| {

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::args::GrantsArgs;
-use crate::daemon::KeySource;
+use crate::keys::KeySource;
 use maxlofs_api::http::{HttpApi, Timeouts};
 use maxlofs_api::{ApiError, GrantId, MediaApi, MediaGrant, MediaGrantList};
 

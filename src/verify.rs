@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::args::VerifyArgs;
-use crate::daemon::KeySource;
+use crate::keys::KeySource;
 use crate::status::read_xattr;
 use maxlofs_api::content_client::{ContentApi, ContentClient};
 use maxlofs_api::hash::StreamHasher;
