@@ -448,6 +448,34 @@ fn looks_within_descriptors(wanted: usize) -> usize {
     wanted.min(most)
 }
 
+/// SIGTERM and SIGINT: each unmounts, and the daemon then sends what is queued. Registered
+/// before the mount, so that no signal meets the default action (an exit that leaves a dead
+/// mount) in between.
+struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Within the runtime's context.
+    fn register() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn unmount_at_first(mut self, stopper: maxlofs_fs::MountStopper) {
+        let signal = tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal, "signal received; unmounting");
+        stopper.stop();
+    }
+}
+
 /// While sending is paused by a refused key, re-reads the keys every second and resumes as soon as
 /// they change; SIGHUP re-reads them and resumes at once.
 fn watch_keys(engine: Arc<Engine>, api: Arc<HttpApi>, keys: KeySource, mut current: Keys) {
@@ -573,8 +601,16 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
     mount.transport = args.transport;
     mount.status = Some(engine.clone());
     mount.writers = writers;
+    let stop_signals = {
+        let _entered = runtime.enter();
+        StopSignals::register().context("registering for SIGTERM and SIGINT")?
+    };
+    let handle = maxlofs_fs::spawn_mount(mount).context("mounting")?;
     tracing::info!("mounted {:?} at {:?}", args.backing, args.mountpoint);
-    maxlofs_fs::run_until_unmounted(mount, crate::daemonize::notify_ready)
+    crate::daemonize::notify_ready();
+    runtime.spawn(stop_signals.unmount_at_first(handle.stopper()));
+    handle
+        .serve_until_unmounted()
         .context("serving the mount")?;
 
     engine.session_ended();

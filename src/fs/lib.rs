@@ -21,7 +21,7 @@ mod writers;
 pub use backing::{BackingId, FuseDevice};
 /// The error of every operation, as the kernel receives it.
 pub use fuser::Errno;
-pub use mount::{run_until_unmounted, spawn_mount, MountHandle};
+pub use mount::{spawn_mount, MountHandle, MountStopper};
 pub use passthrough::{AttrChanges, Caller, Opened, Passthrough, TTL};
 pub use sys::{TimeSpec, XattrValue};
 pub use writers::OpenWriters;

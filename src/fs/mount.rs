@@ -61,6 +61,19 @@ impl MountHandle {
         self.end.wait(|state| state.ended);
     }
 
+    /// What asks this mount to end (from a signal handler's task, say): see
+    /// `serve_until_unmounted`.
+    pub fn stopper(&self) -> MountStopper {
+        MountStopper(self.end.clone())
+    }
+
+    /// Serves until the filesystem is unmounted from outside or a `MountStopper` asks, then
+    /// unmounts (if still mounted) and waits for the serving threads.
+    pub fn serve_until_unmounted(self) -> io::Result<()> {
+        self.end.wait(|state| state.ended || state.stop_requested);
+        self.unmount()
+    }
+
     /// Whether the serving threads are still running.
     pub fn is_mounted(&self) -> bool {
         !self.end.state.lock().expect("session end lock").ended
@@ -144,30 +157,6 @@ pub fn spawn_mount(mut cfg: MountConfig) -> io::Result<MountHandle> {
         mountpoint: cfg.mountpoint,
         watchdog,
     })
-}
-
-/// Mounts and serves until the filesystem is unmounted from outside, or SIGTERM/SIGINT arrives
-/// (then unmounts itself).
-pub fn run_until_unmounted(cfg: MountConfig, on_ready: impl FnOnce()) -> io::Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    // Registered before mounting so no signal is lost to the default action in between.
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
-    let signals_handle = signals.handle();
-    let handle = spawn_mount(cfg)?;
-    on_ready();
-    let end = handle.end.clone();
-    let watcher = std::thread::Builder::new()
-        .name("maxlofs-signals".into())
-        .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                tracing::info!(signal, "signal received; unmounting");
-                end.update(|state| state.stop_requested = true);
-            }
-        })?;
-    handle.end.wait(|state| state.ended || state.stop_requested);
-    signals_handle.close();
-    let _ = watcher.join();
-    handle.unmount()
 }
 
 /// The threads serving a mount: fuser's (/dev/fuse) or our own session (io_uring).
@@ -480,6 +469,16 @@ impl SessionEnd {
             .changed
             .wait_while(state, |state| !done(state))
             .expect("session end lock");
+    }
+}
+
+/// Asks a mount's `serve_until_unmounted` to unmount.
+#[derive(Clone)]
+pub struct MountStopper(Arc<SessionEnd>);
+
+impl MountStopper {
+    pub fn stop(&self) {
+        self.0.update(|state| state.stop_requested = true);
     }
 }
 

@@ -4,7 +4,7 @@
 //!     cargo run --release --example passthrough_mount -- BACKING MOUNTPOINT [--threads N] [--daemon-io]
 //!         [--transport auto|io-uring|dev-fuse]
 
-use maxlofs_fs::{run_until_unmounted, Event, EventSink, MountConfig, TransportChoice};
+use maxlofs_fs::{spawn_mount, Event, EventSink, MountConfig, TransportChoice};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -51,5 +51,27 @@ fn main() -> std::io::Result<()> {
             }
         }
     }
-    run_until_unmounted(cfg, || {})
+    // SIGTERM and SIGINT unmount; registered before the mount, as the daemon does.
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (mut terminate, mut interrupt) = signals.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        std::io::Result::Ok((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
+    let handle = spawn_mount(cfg)?;
+    let stopper = handle.stopper();
+    std::thread::spawn(move || {
+        signals.block_on(async {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        });
+        stopper.stop();
+    });
+    handle.serve_until_unmounted()
 }
