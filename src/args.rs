@@ -356,7 +356,8 @@ impl LogLevel {
             LogLevel::Debug => "debug",
             LogLevel::Trace => "trace",
         };
-        // Other crates' info and debug output (hyper, rustls, ...) is noise to an operator.
+        // Other crates' info and debug output (hyper, rustls, ...) is noise to an operator;
+        // `maxlofs` names every crate of ours too (maxlofs_sync, ...): targets match by prefix.
         let others = if self > LogLevel::Warn { "warn" } else { level };
         tracing_subscriber::EnvFilter::new(format!("{others},maxlofs={level}"))
     }
