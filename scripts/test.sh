@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need, checks the code's form (rustfmt, and clippy with
-# every warning an error), then runs every test, FUSE mounts included, on
+# The test command: installs what the tests need, checks the code's form (rustfmt, clippy with
+# every warning an error, and scripts/check-docs.sh: the docs name no code that is gone), then
+# runs every test, FUSE mounts included, on
 # /dev/fuse, then the tests again on FUSE over io_uring where the kernel has it (setting its global
 # switch, enable_uring, for that pass and putting it back), and closes with one summary line over
 # all test binaries of both passes.
@@ -9,6 +10,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+scripts/check-docs.sh
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
