@@ -13,6 +13,7 @@
 //! Under systemd (a `Type=notify` service running `maxlofs mount --foreground`), the mount
 //! reports itself ready to systemd instead, as `READY=1` on `$NOTIFY_SOCKET`.
 
+use parking_lot::Mutex;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -24,12 +25,10 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 
 use anyhow::Context;
 
 use crate::args::MountArgs;
-use maxlofs_api::mutex::lock;
 
 pub const READY_FD_ENV: &str = "MAXLOFS_READY_FD";
 
@@ -141,7 +140,7 @@ pub fn claim_ready_fd() {
         let _ = ready.into_raw_fd();
         return;
     }
-    *lock(&READY) = Some(ready);
+    *READY.lock() = Some(ready);
 }
 
 /// How a warning line on the readiness pipe starts.
@@ -153,7 +152,7 @@ const WARNING: &str = "warning: ";
 pub fn warn_at_start(message: &str) {
     tracing::warn!("{message}");
     claim_ready_fd();
-    if let Some(pipe) = lock(&READY).as_mut() {
+    if let Some(pipe) = READY.lock().as_mut() {
         // One line, escaped: it may quote the service's words.
         let line = crate::output::escaped_line(message);
         if let Err(err) = writeln!(pipe, "{WARNING}{line}") {
@@ -167,7 +166,7 @@ pub fn warn_at_start(message: &str) {
 /// `$NOTIFY_SOCKET`. The parent is told once only.
 pub fn notify_ready() {
     claim_ready_fd();
-    if let Some(mut pipe) = lock(&READY).take() {
+    if let Some(mut pipe) = READY.lock().take() {
         if let Err(err) = pipe.write_all(b"ready\n") {
             // The parent is gone (interrupted): nobody waits for the news.
             tracing::warn!("reporting the mount ready: {err}");

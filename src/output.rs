@@ -163,10 +163,10 @@ mod tests {
     fn log_fields_are_escaped_whatever_their_kind() {
         use tracing_subscriber::fmt::MakeWriter;
         #[derive(Clone, Default)]
-        struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        struct Captured(std::sync::Arc<parking_lot::Mutex<Vec<u8>>>);
         impl std::io::Write for Captured {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
+                self.0.lock().extend_from_slice(buf);
                 Ok(buf.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
@@ -191,7 +191,7 @@ mod tests {
             let _entered = span.enter();
             tracing::warn!(why = %message, "create failed: {message}");
         });
-        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let log = String::from_utf8(captured.0.lock().clone()).unwrap();
         assert_eq!(log.matches('\n').count(), 1, "{log:?}");
         assert!(log.ends_with('\n'), "{log:?}");
         for raw in ['\u{1b}', '\u{7}', '\u{2028}', '\u{202e}'] {

@@ -531,14 +531,14 @@ mod tests {
         let err = client.put(&store(slow_down), 1, body()).await.unwrap_err();
         assert!(err.is_transient(), "{err:?}");
         let answered = std::time::Instant::now();
-        let asked = Arc::new(std::sync::Mutex::new(None));
+        let asked = Arc::new(parking_lot::Mutex::new(None));
         let asked_at = asked.clone();
         let target = store(move |stream| {
-            *asked_at.lock().unwrap() = Some(std::time::Instant::now());
+            *asked_at.lock() = Some(std::time::Instant::now());
             answer_etag(stream);
         });
         assert_eq!(client.put(&target, 1, body()).await.unwrap(), "\"e\"");
-        let asked = asked.lock().unwrap().expect("the second PUT came");
+        let asked = asked.lock().expect("the second PUT came");
         assert!(
             asked - answered >= Duration::from_secs(2),
             "{:?}",

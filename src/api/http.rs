@@ -10,10 +10,10 @@ use super::{
     ApiError, CreateOutcome, DeviceInfo, GrantId, Keys, MediaApi, MediaGrantList, MediaId,
     MediaRecord, MediaState, NewMedia, SecretKey,
 };
+use parking_lot::RwLock;
 use reqwest::{redirect, Client, Method, RequestBuilder, Response, Url};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::sync::{PoisonError, RwLock};
 use std::time::Duration;
 
 /// How long the client waits. A request that runs out of either is a `Transient` error.
@@ -94,10 +94,7 @@ impl HttpApi {
 
     fn keys(&self) -> Keys {
         // Keys are replaced whole, so a panic elsewhere cannot have left them half-written.
-        self.keys
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.keys.read().clone()
     }
 
     /// A POST to `path` whose JSON body is `fields` plus `device_session_key`.
@@ -297,7 +294,7 @@ impl MediaApi for HttpApi {
     }
 
     fn set_keys(&self, keys: Keys) {
-        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = keys;
+        *self.keys.write() = keys;
     }
 }
 
@@ -527,8 +524,9 @@ mod tests {
     fn holding_server(
         hold: Duration,
         answer: impl Fn(usize) -> String + Send + Sync + 'static,
-    ) -> (String, std::sync::Arc<std::sync::Mutex<Seen>>) {
-        use std::sync::{Arc, Mutex};
+    ) -> (String, std::sync::Arc<parking_lot::Mutex<Seen>>) {
+        use parking_lot::Mutex;
+        use std::sync::Arc;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let seen: Arc<Mutex<Seen>> = Arc::default();
@@ -540,14 +538,14 @@ mod tests {
                 std::thread::spawn(move || {
                     read_request(&mut stream);
                     let index = {
-                        let mut seen = log.lock().unwrap();
+                        let mut seen = log.lock();
                         seen.arrivals.push(std::time::Instant::now());
                         seen.held += 1;
                         seen.most_held = seen.most_held.max(seen.held);
                         seen.arrivals.len() - 1
                     };
                     std::thread::sleep(hold);
-                    log.lock().unwrap().held -= 1;
+                    log.lock().held -= 1;
                     let _ = stream.write_all(answer(index).as_bytes());
                 });
             }
@@ -572,7 +570,7 @@ mod tests {
         for call in calls {
             assert!(call.await.unwrap().unwrap_err().is_transient());
         }
-        let seen = seen.lock().unwrap();
+        let seen = seen.lock();
         assert_eq!((seen.arrivals.len(), seen.most_held), (5, 1));
     }
 
@@ -599,7 +597,7 @@ mod tests {
             let api = api(&url, false);
             assert!(api.delete(1, 1).await.unwrap_err().is_transient());
             api.delete(1, 2).await.unwrap();
-            let arrivals = seen.lock().unwrap().arrivals.clone();
+            let arrivals = seen.lock().arrivals.clone();
             assert!(
                 arrivals[1] - arrivals[0] >= Duration::from_secs(2),
                 "{status}: {:?}",

@@ -12,7 +12,7 @@
 //! one call in three is pressed less, but still served. Any answer that is not trouble (a 4xx
 //! included) counts as answered: the service is up, whatever it thought of the call.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -74,7 +74,7 @@ impl Pacer {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let wait_until = {
-                let mut state = self.state.lock().unwrap();
+                let mut state = self.state.lock();
                 let now = Instant::now();
                 match state.not_before {
                     Some(at) if at > now => Some(at),
@@ -96,11 +96,11 @@ impl Pacer {
     /// Whether the service is troubled now (calls limited).
     #[cfg(test)]
     fn troubled(&self) -> bool {
-        self.state.lock().unwrap().window.is_some()
+        self.state.lock().window.is_some()
     }
 
     fn finish(&self, epoch: u64, health: Option<Health>) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         state.in_flight -= 1;
         let now = Instant::now();
         match health {

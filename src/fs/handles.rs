@@ -4,10 +4,11 @@ use super::backing::BackingId;
 use super::sys::Stat;
 use super::writers::BackingInode;
 use fuser::Errno;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 
 /// Handles by number, numbers never reused within a mount.
 #[derive(Debug)]
@@ -28,38 +29,21 @@ impl<T> Default for HandleMap<T> {
 impl<T> HandleMap<T> {
     pub fn insert(&self, handle: T) -> u64 {
         let fh = self.next.fetch_add(1, Ordering::Relaxed);
-        self.handles
-            .write()
-            .expect("handle map lock")
-            .insert(fh, Arc::new(handle));
+        self.handles.write().insert(fh, Arc::new(handle));
         fh
     }
 
     pub fn get(&self, fh: u64) -> Result<Arc<T>, Errno> {
-        self.handles
-            .read()
-            .expect("handle map lock")
-            .get(&fh)
-            .cloned()
-            .ok_or(Errno::EBADF)
+        self.handles.read().get(&fh).cloned().ok_or(Errno::EBADF)
     }
 
     /// `f` of every handle that gives a value.
     pub fn filter_map<R>(&self, f: impl Fn(&T) -> Option<R>) -> Vec<R> {
-        self.handles
-            .read()
-            .expect("handle map lock")
-            .values()
-            .filter_map(|h| f(h))
-            .collect()
+        self.handles.read().values().filter_map(|h| f(h)).collect()
     }
 
     pub fn remove(&self, fh: u64) -> Result<Arc<T>, Errno> {
-        self.handles
-            .write()
-            .expect("handle map lock")
-            .remove(&fh)
-            .ok_or(Errno::EBADF)
+        self.handles.write().remove(&fh).ok_or(Errno::EBADF)
     }
 }
 
@@ -131,7 +115,7 @@ impl OpenFile {
 
     pub fn mark_changed(&self) {
         if let Some(tracker) = &self.tracker {
-            tracker.lock().expect("tracker lock").mark_changed();
+            tracker.lock().mark_changed();
         }
     }
 }

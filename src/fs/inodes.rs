@@ -23,6 +23,7 @@ use super::sys;
 use super::tree_watch::TreeWatch;
 use crate::log_limit::LogLimit;
 use fuser::Errno;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::ops::Deref;
@@ -30,7 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 pub const ROOT_INO: u64 = 1;
@@ -144,7 +145,7 @@ impl Slots {
 
     /// Closes `inode`'s held descriptor, if any (a handle using it keeps it open until done).
     fn close_fd(&self, inode: &InodeData) {
-        if inode.fd.lock().expect("inode fd lock").take().is_some() {
+        if inode.fd.lock().take().is_some() {
             self.held_fds.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -213,7 +214,7 @@ impl InodeTable {
         if st.st_dev == self.root_dev {
             return Some(self.fuse_ino_on_root_dev(st.st_ino));
         }
-        let slots = self.slots.read().expect("inode table lock");
+        let slots = self.slots.read();
         slots.foreign.get(&(st.st_dev, st.st_ino)).copied()
     }
 
@@ -226,12 +227,12 @@ impl InodeTable {
     /// `get`; `renames_held`: the caller holds `renaming` for reading already.
     fn get_checked(&self, ino: u64, renames_held: bool) -> Result<Inode, Errno> {
         let data = {
-            let slots = self.slots.read().expect("inode table lock");
+            let slots = self.slots.read();
             let slot = slots.by_ino.get(&ino).ok_or(Errno::ESTALE)?;
             slot.inode.clone()
         };
         data.recently_used.store(true, Ordering::Relaxed);
-        let held = data.fd.lock().expect("inode fd lock").clone();
+        let held = data.fd.lock().clone();
         match held {
             Some(fd) => {
                 let inode = Inode { data, fd };
@@ -257,8 +258,8 @@ impl InodeTable {
 
     /// Lets a rename through the mount keep the checks of `get` waiting while the backing
     /// tree and the names here disagree.
-    pub fn rename_guard(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.renaming.write().expect("rename lock")
+    pub fn rename_guard(&self) -> parking_lot::RwLockWriteGuard<'_, ()> {
+        self.renaming.write()
     }
 
     /// Whether `inode` is still inside the tree: without a check while nothing happened since
@@ -297,9 +298,9 @@ impl InodeTable {
         // Otherwise (a rename in flight, a path longer than PATH_MAX, really gone): with no
         // rename through the mount half-done, a name whose directory is still inside and that
         // still leads here.
-        let _settled = (!renames_held).then(|| self.renaming.read().expect("rename lock"));
+        let _settled = (!renames_held).then(|| self.renaming.read());
         let unlinked = {
-            let slots = self.slots.read().expect("inode table lock");
+            let slots = self.slots.read();
             match slots.by_ino.get(&ino) {
                 Some(slot) => slot.names.is_empty(),
                 None => return false,
@@ -309,9 +310,9 @@ impl InodeTable {
     }
 
     fn get_root(&self) -> Inode {
-        let slots = self.slots.read().expect("inode table lock");
+        let slots = self.slots.read();
         let data = slots.by_ino[&ROOT_INO].inode.clone();
-        let fd = data.fd.lock().expect("inode fd lock").clone();
+        let fd = data.fd.lock().clone();
         Inode {
             data,
             fd: fd.expect("the root's descriptor is never closed"),
@@ -327,7 +328,7 @@ impl InodeTable {
             return Err(Errno::ESTALE);
         }
         // A rename through the mount may have been half-done: try again once none is.
-        let _settled = self.renaming.read().expect("rename lock");
+        let _settled = self.renaming.read();
         let fd = self.open_by_names(ino, &data, true).ok_or(Errno::ESTALE)?;
         Ok(Inode { data, fd })
     }
@@ -339,7 +340,7 @@ impl InodeTable {
         renames_held: bool,
     ) -> Option<Arc<OwnedFd>> {
         let names = {
-            let slots = self.slots.read().expect("inode table lock");
+            let slots = self.slots.read();
             slots.by_ino.get(&ino)?.names.clone()
         };
         names.into_iter().find_map(|(parent, name)| {
@@ -353,14 +354,14 @@ impl InodeTable {
 
     /// Makes `fd` the inode's held descriptor (unless another thread got there first).
     fn hold(&self, data: &InodeData, fd: OwnedFd) -> Arc<OwnedFd> {
-        let mut held = data.fd.lock().expect("inode fd lock");
+        let mut held = data.fd.lock();
         if let Some(existing) = held.as_ref() {
             return existing.clone();
         }
         let fd = Arc::new(fd);
         *held = Some(fd.clone());
         drop(held);
-        self.count_held(&self.slots.read().expect("inode table lock"));
+        self.count_held(&self.slots.read());
         fd
     }
 
@@ -395,7 +396,7 @@ impl InodeTable {
     /// already known; returns its FUSE number. Otherwise `None`: the caller opens an `O_PATH`
     /// fd and calls `insert`.
     pub fn reference_existing(&self, st: &sys::Stat, parent: u64, name: &OsStr) -> Option<u64> {
-        let mut slots = self.slots.write().expect("inode table lock");
+        let mut slots = self.slots.write();
         let ino = self.number_locked(&mut slots, st, false)?;
         slots.by_ino.get_mut(&ino)?.lookups += 1;
         add_name(&mut slots, ino, parent, name);
@@ -405,7 +406,7 @@ impl InodeTable {
     /// Counts one more kernel reference to the inode `st` (whose `O_PATH` fd is `fd`), found as
     /// `name` in `parent`; returns its FUSE number.
     pub fn insert(&self, fd: OwnedFd, st: &sys::Stat, parent: u64, name: &OsStr) -> u64 {
-        let mut slots = self.slots.write().expect("inode table lock");
+        let mut slots = self.slots.write();
         let ino = self
             .number_locked(&mut slots, st, true)
             .expect("numbers are allocated on insert");
@@ -413,7 +414,7 @@ impl InodeTable {
             // Another thread inserted it meanwhile; our fd is surplus unless the slot's was
             // evicted.
             slot.lookups += 1;
-            let mut held = slot.inode.fd.lock().expect("inode fd lock");
+            let mut held = slot.inode.fd.lock();
             let evicted = held.is_none();
             if evicted {
                 *held = Some(Arc::new(fd));
@@ -474,7 +475,7 @@ impl InodeTable {
         if ino == ROOT_INO {
             return;
         }
-        let mut slots = self.slots.write().expect("inode table lock");
+        let mut slots = self.slots.write();
         if let Some(slot) = slots.by_ino.get_mut(&ino) {
             slot.lookups = slot.lookups.saturating_sub(count);
             release_if_unused(&mut slots, ino, self.tree_watch.as_ref());
@@ -483,7 +484,7 @@ impl InodeTable {
 
     /// `name` in `parent` no longer refers to `ino` (unlink, rmdir, replaced by a rename).
     pub fn remove_name(&self, ino: u64, parent: u64, name: &OsStr) {
-        let mut slots = self.slots.write().expect("inode table lock");
+        let mut slots = self.slots.write();
         let Some(slot) = slots.by_ino.get_mut(&ino) else {
             return;
         };
@@ -497,7 +498,7 @@ impl InodeTable {
 
     /// `ino` moved from `from` to `to` (rename); its descendants' paths follow.
     pub fn rename_name(&self, ino: u64, from: (u64, &OsStr), to: (u64, &OsStr)) {
-        let mut slots = self.slots.write().expect("inode table lock");
+        let mut slots = self.slots.write();
         let Some(slot) = slots.by_ino.get_mut(&ino) else {
             return;
         };
@@ -511,7 +512,7 @@ impl InodeTable {
 
     /// The current path of `ino` relative to the backing root, if all its ancestors are known.
     pub fn path_of(&self, ino: u64) -> Option<PathBuf> {
-        let slots = self.slots.read().expect("inode table lock");
+        let slots = self.slots.read();
         let mut components = Vec::new();
         let mut current = ino;
         while current != ROOT_INO {
@@ -529,7 +530,7 @@ impl InodeTable {
     /// `path_of(ino)` and the backing inode's `st_ino`.
     pub fn path_and_backing_ino(&self, ino: u64) -> Option<(PathBuf, u64)> {
         let backing_ino = {
-            let slots = self.slots.read().expect("inode table lock");
+            let slots = self.slots.read();
             slots.by_ino.get(&ino)?.inode.backing.1
         };
         Some((self.path_of(ino)?, backing_ino))
@@ -542,7 +543,7 @@ impl InodeTable {
 
     #[cfg(test)]
     fn lookups(&self, ino: u64) -> Option<u64> {
-        let slots = self.slots.read().expect("inode table lock");
+        let slots = self.slots.read();
         slots.by_ino.get(&ino).map(|slot| slot.lookups)
     }
 }
@@ -659,7 +660,7 @@ mod tests {
         let files: Vec<u64> = (0..300)
             .map(|i| look(&table, d, &format!("g{i}")))
             .collect();
-        let held = table.slots.read().unwrap().held_fds.load(Ordering::Relaxed);
+        let held = table.slots.read().held_fds.load(Ordering::Relaxed);
         assert!(held <= MIN_FD_BUDGET, "{held} descriptors held");
         std::fs::rename(dir.path().join("d"), dir.path().join("e")).unwrap();
         table.rename_name(d, (ROOT_INO, OsStr::new("d")), (ROOT_INO, OsStr::new("e")));

@@ -2,7 +2,7 @@
 //! per request): at most `burst` lines per interval for each limiter, the rest counted and
 //! reported as "suppressed" by the next line let through.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// One kind of log line's allowance. Meant to be a `static` next to the line it guards.
@@ -38,7 +38,7 @@ impl LogLimit {
     }
 
     fn allow_at(&self, now: Instant) -> Option<u64> {
-        let mut window = self.window.lock().expect("log limit lock");
+        let mut window = self.window.lock();
         let expired = window
             .started
             .is_none_or(|started| now.saturating_duration_since(started) >= self.interval);

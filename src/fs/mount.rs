@@ -25,6 +25,7 @@ use super::uring::dispatch::Dispatcher;
 use super::uring::session::{self, ConnectionAbort, OwnSession};
 use super::{MountConfig, Transport, TransportChoice};
 use fuser::{BackgroundSession, Session, SessionACL};
+use parking_lot::{Condvar, Mutex};
 use rustix::mount::MountFlags;
 use std::ffi::CString;
 use std::io;
@@ -35,7 +36,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 /// A live mount served by background threads. Dropping it unmounts too (ignoring errors).
 pub struct MountHandle {
@@ -76,7 +77,7 @@ impl MountHandle {
 
     /// Whether the serving threads are still running.
     pub fn is_mounted(&self) -> bool {
-        !self.end.state.lock().expect("session end lock").ended
+        !self.end.state.lock().ended
     }
 
     fn unmount_and_join(&mut self) -> io::Result<()> {
@@ -459,16 +460,13 @@ pub(crate) struct SessionEnd {
 
 impl SessionEnd {
     fn update(&self, change: impl FnOnce(&mut EndState)) {
-        change(&mut self.state.lock().expect("session end lock"));
+        change(&mut self.state.lock());
         self.changed.notify_all();
     }
 
     fn wait(&self, done: impl Fn(&EndState) -> bool) {
-        let state = self.state.lock().expect("session end lock");
-        let _state = self
-            .changed
-            .wait_while(state, |state| !done(state))
-            .expect("session end lock");
+        let mut state = self.state.lock();
+        self.changed.wait_while(&mut state, |state| !done(state));
     }
 }
 

@@ -12,13 +12,14 @@ use super::{
     SYNCED_XATTR_PREFIX,
 };
 use fuser::{Errno, FileAttr, FileType, INodeNo};
+use parking_lot::Mutex;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 pub type Result<T> = std::result::Result<T, Errno>;
@@ -110,13 +111,13 @@ impl Passthrough {
 
     /// Records how requests reach us (for status).
     pub fn set_transport(&self, transport: Transport) {
-        *self.transport.lock().expect("transport lock") = transport;
+        *self.transport.lock() = transport;
     }
 
     /// Hands the data of files opened from now on to the kernel, registered on `device`
     /// (`None`: the daemon serves reads and writes).
     pub fn set_kernel_passthrough(&self, device: Option<Arc<FuseDevice>>) {
-        *self.kernel_passthrough.lock().expect("passthrough lock") = device;
+        *self.kernel_passthrough.lock() = device;
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr> {
@@ -169,10 +170,7 @@ impl Passthrough {
             // Reported now; the handle that truncated starts a new dirty period so its close
             // does not report the same change again.
             if let Some(tracker) = handle.as_ref().and_then(|h| h.tracker.as_ref()) {
-                tracker
-                    .lock()
-                    .expect("tracker lock")
-                    .settle(Fingerprint::of(&st));
+                tracker.lock().settle(Fingerprint::of(&st));
             }
             self.emit_for(ino, |path, ino| Event::ContentChanged { path, ino });
         } else if changes.atime.is_some() || changes.mtime.is_some() {
@@ -432,7 +430,7 @@ impl Passthrough {
         mut add: impl FnMut(u64, u64, FileType, &OsStr) -> bool,
     ) -> Result<()> {
         let dir = self.dirs.get(fh)?;
-        let _position = dir.position.lock().expect("dir position lock");
+        let _position = dir.position.lock();
         let mut buf = vec![MaybeUninit::uninit(); DIR_BATCH];
         sys::read_dir_batch(dir.fd.as_fd(), offset as i64, &mut buf, |entry| {
             let kind = match dirent_type(entry.kind) {
@@ -456,7 +454,7 @@ impl Passthrough {
         mut add: impl FnMut(&OsStr, u64, &FileAttr) -> bool,
     ) -> Result<()> {
         let dir = self.dirs.get(fh)?;
-        let _position = dir.position.lock().expect("dir position lock");
+        let _position = dir.position.lock();
         let mut buf = vec![MaybeUninit::uninit(); DIR_BATCH];
         // An entry that cannot be looked up for another reason than having vanished (EMFILE
         // when the descriptor limit is reached, ENOMEM) ends the batch; if it is the first, the
@@ -531,7 +529,7 @@ impl Passthrough {
             let json = status.status_json(&MountStatus {
                 open_for_writing: self.writers.count(),
                 writing: &writing,
-                transport: *self.transport.lock().expect("transport lock"),
+                transport: *self.transport.lock(),
             });
             return XattrValue::sized(json.into_bytes(), size);
         }
@@ -732,7 +730,7 @@ impl Passthrough {
             }
         };
         let tracker = (flags & libc::O_ACCMODE != libc::O_RDONLY)
-            .then(|| std::sync::Mutex::new(ChangeTracker::new(Fingerprint::of(st), truncated)));
+            .then(|| parking_lot::Mutex::new(ChangeTracker::new(Fingerprint::of(st), truncated)));
         let backing_id = if inode.is_regular() {
             self.backing_id(inode, fd.as_fd(), flags)
         } else {
@@ -759,15 +757,11 @@ impl Passthrough {
         handle_fd: BorrowedFd<'_>,
         handle_flags: i32,
     ) -> Option<Arc<BackingId>> {
-        let mut shared = inode.backing_id.lock().expect("backing id lock");
+        let mut shared = inode.backing_id.lock();
         if let Some(id) = shared.upgrade() {
             return Some(id);
         }
-        let device = self
-            .kernel_passthrough
-            .lock()
-            .expect("passthrough lock")
-            .clone()?;
+        let device = self.kernel_passthrough.lock().clone()?;
         // The kernel does I/O with the registered file's own flags too: a plain O_RDWR handle
         // can serve; otherwise open one (falling back to the handle if O_RDWR is refused).
         let read_write = if handle_flags & SHARED_FLAGS == libc::O_RDWR {
@@ -805,7 +799,7 @@ impl Passthrough {
                 return true;
             }
         };
-        tracker.lock().expect("tracker lock").settle(now)
+        tracker.lock().settle(now)
     }
 
     /// Up to `limit` paths of files open for writing, for status.

@@ -20,11 +20,11 @@
 
 use super::sys;
 use crate::log_limit::LogLimit;
+use parking_lot::Mutex;
 use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 use rustix::io::Errno;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// Filesystems whose every change is made through this kernel, so inotify sees it all.
@@ -141,7 +141,7 @@ impl TreeWatch {
         if !self.usable.load(Ordering::Acquire) {
             return None;
         }
-        let _reading = self.reading.lock().expect("tree watch lock");
+        let _reading = self.reading.lock();
         // Room for at least one event with the longest name.
         let mut events = [0u8; 4096];
         let (mut moved, mut changed) = (false, false);

@@ -3,8 +3,8 @@
 //! of the last writer reports the close while holding the same lock, so a look that found the
 //! file open is always followed by the event of its close.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 /// A backing inode as `(st_dev, st_ino)`: inode numbers repeat across filesystems, and BACKING
 /// may hold mounts of others.
@@ -18,18 +18,13 @@ pub struct OpenWriters {
 
 impl OpenWriters {
     pub fn opened(&self, inode: BackingInode) {
-        *self
-            .counts
-            .lock()
-            .expect("writers lock")
-            .entry(inode)
-            .or_default() += 1;
+        *self.counts.lock().entry(inode).or_default() += 1;
     }
 
     /// One writer of `inode` closed; `report(last)` runs under the lock (it must only queue an
     /// event), with `last` true when no writer is left.
     pub fn closed(&self, inode: BackingInode, report: impl FnOnce(bool)) {
-        let mut counts = self.counts.lock().expect("writers lock");
+        let mut counts = self.counts.lock();
         let last = match counts.get_mut(&inode) {
             Some(count) if *count > 1 => {
                 *count -= 1;
@@ -44,22 +39,19 @@ impl OpenWriters {
     }
 
     pub fn is_open(&self, inode: BackingInode) -> bool {
-        self.counts
-            .lock()
-            .expect("writers lock")
-            .contains_key(&inode)
+        self.counts.lock().contains_key(&inode)
     }
 
     /// Forgets every writer, as when the session that held them ended (a lazily detached mount
     /// can end with releases the kernel never delivered); answers the inodes they held.
     pub fn forget_all(&self) -> Vec<BackingInode> {
-        let mut counts = self.counts.lock().expect("writers lock");
+        let mut counts = self.counts.lock();
         counts.drain().map(|(inode, _)| inode).collect()
     }
 
     /// How many files are open for writing.
     pub fn count(&self) -> usize {
-        self.counts.lock().expect("writers lock").len()
+        self.counts.lock().len()
     }
 }
 

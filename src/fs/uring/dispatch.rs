@@ -1489,10 +1489,10 @@ mod tests {
     #[test]
     fn each_request_runs_in_a_debug_span_with_its_opcode_id_inode_and_pid() {
         #[derive(Clone, Default)]
-        struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+        struct Lines(Arc<parking_lot::Mutex<Vec<u8>>>);
         impl std::io::Write for Lines {
             fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
+                self.0.lock().extend_from_slice(bytes);
                 Ok(bytes.len())
             }
             fn flush(&mut self) -> std::io::Result<()> {
@@ -1521,7 +1521,7 @@ mod tests {
             f.dispatcher
                 .dispatch(&header, struct_bytes(&getattr), &[], &mut out)
         });
-        let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let logged = String::from_utf8(lines.0.lock().clone()).unwrap();
         assert!(
             logged.contains(r#"fuse_request{opcode="getattr" unique=77 ino=1 pid=4242}"#),
             "{logged}"
