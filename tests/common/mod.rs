@@ -31,6 +31,7 @@ macro_rules! mount {
     };
 }
 
+pub mod ext4;
 pub mod http;
 pub mod posix;
 pub mod proxy;
