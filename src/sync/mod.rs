@@ -13,6 +13,7 @@ pub mod index;
 pub mod local;
 pub mod queue;
 mod reconcile;
+pub mod restore;
 pub mod scrub;
 #[cfg(test)]
 mod tests;
