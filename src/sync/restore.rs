@@ -474,15 +474,13 @@ fn kept_chunks(temp: &File, plan: &Plan) -> io::Result<Vec<[u8; 32]>> {
         if chunk.end > len || chunk.is_empty() {
             break;
         }
-        let mut hasher = Sha256::new();
-        let mut at = chunk.start;
-        while at < chunk.end {
-            let want = buffer.len().min((chunk.end - at) as usize);
-            temp.read_exact_at(&mut buffer[..want], at)?;
-            hasher.update(&buffer[..want]);
-            at += want as u64;
-        }
-        let digest: [u8; 32] = hasher.finalize().into();
+        let digest = hash::hash_range(
+            temp,
+            chunk.start,
+            chunk.end - chunk.start,
+            &mut buffer,
+            None,
+        )?;
         if plan
             .digests
             .as_ref()
