@@ -1182,3 +1182,154 @@ fn held_objects_can_be_corrupted_and_deleted_for_tests() {
     assert!(upload(&emulator, &content).signed_opts.is_some());
     assert_eq!(held_bytes(&emulator, "not-a-hash"), None);
 }
+
+/// `POST OBJECT/damage-next?count=N`: the answer's status.
+fn damage_next(object: &str, count: u64) -> u16 {
+    reqwest::blocking::Client::new()
+        .post(format!("{object}/damage-next?count={count}"))
+        .send()
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[test]
+fn damage_next_damages_only_the_next_signed_gets() {
+    let emulator = start(&[]);
+    let content = pattern(100);
+    let file_hash = store_whole(&emulator, &content);
+    let object = format!("{}/_emulator/objects/{file_hash}", emulator.url);
+    let url = download_url(&emulator, &file_hash);
+    assert_eq!(damage_next(&object, 2), 200);
+    // The inspection GET shows what is held, never damaged, and is not counted.
+    assert_eq!(held_bytes(&emulator, &file_hash).unwrap(), content);
+    let damaged = get(&url);
+    assert_eq!((damaged.status, damaged.body.len()), (200, content.len()));
+    assert_eq!(damaged.body[0], content[0] ^ 0xff);
+    assert_eq!(damaged.body[1..], content[1..]);
+    let (ranged, content_range) = get_range(&url, "bytes=10-19");
+    assert_eq!(ranged.status, 206);
+    assert_eq!(content_range.as_deref(), Some("bytes 10-19/100"));
+    assert_eq!(ranged.body[0], content[10] ^ 0xff);
+    assert_eq!(ranged.body[1..], content[11..20]);
+    assert_eq!(get(&url).body, content);
+    // 0 cancels what is left.
+    assert_eq!(damage_next(&object, 5), 200);
+    assert_eq!(damage_next(&object, 0), 200);
+    assert_eq!(get(&url).body, content);
+    let unknown = format!("{}/_emulator/objects/{}", emulator.url, "0".repeat(64));
+    assert_eq!(damage_next(&unknown, 1), 404);
+}
+
+mod restore {
+    use super::*;
+    use maxlofs_api::content_client::ContentClient;
+    use maxlofs_api::http::{HttpApi, Timeouts};
+    use maxlofs_api::{Keys, SecretKey};
+    use maxlofs_sync::index::{Index, IndexEntry};
+    use maxlofs_sync::local::{Backing, FileStat};
+    use maxlofs_sync::restore::{restore, RestoreConfig, Restored, Source};
+    use std::num::NonZeroU32;
+    use std::sync::Arc;
+
+    /// A backing folder whose index records `path` for `content` (as the service holds it)
+    /// while the file there holds `on_disk`, written now.
+    struct Folder {
+        dir: tempfile::TempDir,
+        index: Index,
+        backing: Backing,
+    }
+
+    impl Folder {
+        fn new(path: &str, content: &[u8], file_hash: &str, on_disk: &[u8]) -> Folder {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join("b")).unwrap();
+            std::fs::write(dir.path().join("b").join(path), on_disk).unwrap();
+            let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
+            let meta = std::fs::metadata(dir.path().join("b").join(path)).unwrap();
+            let stat = FileStat::from_metadata(&meta);
+            let entry = IndexEntry {
+                media_id: 1,
+                hash: file_hash.to_string(),
+                size: content.len() as u64,
+                mtime_ns: 1_600_000_000_000_000_000,
+                ctime_ns: stat.ctime_ns,
+                ino: stat.ino,
+                content_up: true,
+            };
+            index.put(path, &entry).unwrap();
+            let backing = Backing::open(&dir.path().join("b")).unwrap();
+            Folder {
+                dir,
+                index,
+                backing,
+            }
+        }
+
+        fn restore(&self, emulator: &Emulator, path: &str) -> Restored {
+            let keys = Keys {
+                device: SecretKey::new("demo-device-key"),
+                user: None,
+            };
+            let api = HttpApi::new(&emulator.url, keys, Timeouts::default()).unwrap();
+            let content = ContentClient::new(Arc::new(api)).unwrap();
+            let config = RestoreConfig {
+                grant: 1,
+                attempts: NonZeroU32::new(3).unwrap(),
+            };
+            let source = Source::Indexed(path.into());
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(restore(
+                    &self.index,
+                    &self.backing,
+                    &content,
+                    &config,
+                    &source,
+                ))
+                .unwrap()
+        }
+
+        fn read(&self, path: &str) -> Vec<u8> {
+            std::fs::read(self.dir.path().join("b").join(path)).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_restore_refuses_a_download_damaged_on_the_way_and_fetches_it_again() {
+        let emulator = start(&[]);
+        let content = pattern(1000);
+        let file_hash = store_whole(&emulator, &content);
+        let folder = Folder::new("a.jpg", &content, &file_hash, b"damaged");
+        let object = format!("{}/_emulator/objects/{file_hash}", emulator.url);
+        assert_eq!(damage_next(&object, 1), 200);
+        let restored = folder.restore(&emulator, "a.jpg");
+        assert_eq!(folder.read("a.jpg"), content);
+        assert_eq!(restored.refetched_chunks, 1);
+        assert_eq!(stats_of(&emulator, "object_get")["206"], 2);
+    }
+
+    #[test]
+    fn a_restore_of_a_multipart_file_fetches_again_only_its_damaged_part() {
+        let emulator = start(&[]);
+        let file = Multipart::new(17 * MIB + 5);
+        store_in_parts(&emulator, &file);
+        let folder = Folder::new("big", &file.content, &file.file_hash, b"damaged");
+        let digests: Vec<[u8; 32]> = file
+            .parts
+            .iter()
+            .map(|part| hex::decode(&part.part_hash).unwrap().try_into().unwrap())
+            .collect();
+        folder
+            .index
+            .set_content_parts(&file.file_hash, &digests)
+            .unwrap();
+        let object = format!("{}/_emulator/objects/{}", emulator.url, file.file_hash);
+        assert_eq!(damage_next(&object, 1), 200);
+        let restored = folder.restore(&emulator, "big");
+        assert!(folder.read("big") == file.content);
+        assert_eq!(restored.refetched_chunks, 1);
+        assert_eq!(restored.downloaded_bytes, (17 * MIB + 5 + 8 * MIB) as u64);
+        assert_eq!(stats_of(&emulator, "object_get")["206"], 4);
+    }
+}

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,6 +75,9 @@ pub trait ContentApi: Send + Sync {
     async fn put(&self, target: &SignedPut, len: u64, body: PutBody) -> Result<String, ApiError>;
     /// GETs a signed download URL; the bytes come back as a stream.
     async fn get(&self, url: &str) -> Result<PutBody, ApiError>;
+    /// GETs the bytes `range` of a signed download URL (one HTTP `Range`); a store answering
+    /// other bytes than those asked is an error.
+    async fn get_range(&self, url: &str, range: Range<u64>) -> Result<PutBody, ApiError>;
 }
 
 /// A stalled transfer: the store taking no byte of a PUT, or sending none of a GET, for this long
@@ -290,10 +294,29 @@ impl ContentApi for ContentClient {
     }
 
     async fn get(&self, url: &str) -> Result<PutBody, ApiError> {
+        self.get_bytes(url, None).await
+    }
+
+    async fn get_range(&self, url: &str, range: Range<u64>) -> Result<PutBody, ApiError> {
+        self.get_bytes(url, Some(range)).await
+    }
+}
+
+impl ContentClient {
+    /// A GET of a signed URL, whole or (`range`, not empty) those bytes only.
+    async fn get_bytes(&self, url: &str, range: Option<Range<u64>>) -> Result<PutBody, ApiError> {
         use futures_util::TryStreamExt;
         let url = check_signed_url(url, self.local_host.as_deref())?;
         let pass = self.store.admit().await;
-        let response = match self.gets.get(url).send().await {
+        let mut request = self.gets.get(url);
+        if let Some(range) = &range {
+            let last = range.end.saturating_sub(1);
+            request = request.header(
+                reqwest::header::RANGE,
+                format!("bytes={}-{last}", range.start),
+            );
+        }
+        let response = match request.send().await {
             Ok(response) => response,
             Err(err) => {
                 pass.done(Health::Trouble { retry_after: None });
@@ -306,6 +329,30 @@ impl ContentApi for ContentClient {
             let body = read_capped(response).await?;
             classify(status.as_u16(), body)?.success()?;
             return Err(ApiError::Transient(format!("GET answered {status}")));
+        }
+        if let Some(range) = &range {
+            // A 200 is the whole object: other bytes than asked, unless they start at 0.
+            let answered = response
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.strip_prefix("bytes "))
+                .and_then(|value| value.split_once('/'))
+                .and_then(|(span, _)| span.split_once('-'))
+                .and_then(|(first, last)| {
+                    Some((first.parse::<u64>().ok()?, last.parse::<u64>().ok()?))
+                });
+            let starts_right = match answered {
+                Some((first, _)) => first == range.start,
+                None => status.as_u16() == 200 && range.start == 0,
+            };
+            if !starts_right {
+                return Err(malformed(&format!(
+                    "the store answered other bytes than {}-{} ({status})",
+                    range.start,
+                    range.end.saturating_sub(1)
+                )));
+            }
         }
         Ok(Box::pin(
             response

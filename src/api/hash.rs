@@ -256,7 +256,7 @@ impl StreamHasher {
 }
 
 /// SHA-256 of `len` bytes from `start`, read with positioned reads so threads can share a file.
-fn hash_range<F: FileExt>(
+pub fn hash_range<F: FileExt>(
     file: &F,
     start: u64,
     len: u64,

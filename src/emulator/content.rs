@@ -8,7 +8,7 @@ use super::server::{error_response, App};
 use super::stats::Call;
 use super::store::{Invalid, StoreError};
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, RANGE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -69,6 +69,10 @@ pub(super) fn routes(api: &dyn Fn(Call, MethodRouter<App>) -> MethodRouter<App>)
         .route(
             "/_emulator/objects/:file_hash/corrupt",
             post(corrupt_object),
+        )
+        .route(
+            "/_emulator/objects/:file_hash/damage-next",
+            post(damage_next),
         )
         .route("/_emulator/clock", post(advance_clock))
 }
@@ -408,10 +412,30 @@ async fn get_object(
         .headers()
         .get(RANGE)
         .and_then(|value| value.to_str().ok());
-    object_bytes(&app, &file_hash, range)
+    let answer = object_bytes(&app, &file_hash, range)
         .await
         .map_err(internal)?
-        .ok_or_else(|| S3Error::new(404, "NoSuchKey", "The specified key does not exist."))?
+        .ok_or_else(|| S3Error::new(404, "NoSuchKey", "The specified key does not exist."))??;
+    Ok(match app.objects.take_damage(&file_hash) {
+        true => first_byte_flipped(answer),
+        false => answer,
+    })
+}
+
+/// The answer with the first byte of its body flipped, as a transfer damaged on the way.
+fn first_byte_flipped(answer: Response) -> Response {
+    let (parts, body) = answer.into_parts();
+    let mut first = true;
+    let body = body.into_data_stream().map_ok(move |bytes| {
+        if !first || bytes.is_empty() {
+            return bytes;
+        }
+        first = false;
+        let mut damaged = bytes.to_vec();
+        damaged[0] ^= 0xff;
+        damaged.into()
+    });
+    Response::from_parts(parts, Body::from_stream(body))
 }
 
 /// The part of an object a `Range` header asks for.
@@ -572,6 +596,26 @@ async fn corrupt_object(
     let held = contract::is_hex_digest(&file_hash) && app.objects.corrupt(&file_hash)?;
     Ok(if held {
         Json(json!({})).into_response()
+    } else {
+        not_held()
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct DamageCount {
+    count: Option<u64>,
+}
+
+/// `POST /_emulator/objects/:file_hash/damage-next?count=N` (1 by default).
+async fn damage_next(
+    State(app): State<App>,
+    Path(file_hash): Path<String>,
+    Query(DamageCount { count }): Query<DamageCount>,
+) -> Result<Response, ContentError> {
+    let count = count.unwrap_or(1);
+    let held = contract::is_hex_digest(&file_hash) && app.objects.damage_next(&file_hash, count)?;
+    Ok(if held {
+        Json(json!({ "count": count })).into_response()
     } else {
         not_held()
     })

@@ -31,11 +31,12 @@ use maxlofs_api::hash;
 use md5::Md5;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::{NamedTempFile, TempDir};
 
@@ -200,6 +201,9 @@ pub struct ObjectStore {
     /// Seconds the store's clock (signed URLs' expiry) runs ahead of the real one: advanced by
     /// `POST /_emulator/clock`, so a test need not wait out a URL's lifetime.
     clock_ahead: AtomicU64,
+    /// GETs of signed URLs still to be served damaged, per object
+    /// (`POST /_emulator/objects/:file_hash/damage-next`).
+    damaged_gets: Mutex<HashMap<String, u64>>,
     /// Keeps a temporary data folder alive as long as the store.
     _temp: Option<TempDir>,
 }
@@ -232,6 +236,7 @@ impl ObjectStore {
             config,
             signing_key,
             clock_ahead: AtomicU64::new(0),
+            damaged_gets: Mutex::default(),
             _temp: temp,
         })
     }
@@ -669,6 +674,34 @@ impl ObjectStore {
         };
         std::os::unix::fs::FileExt::write_all_at(&file, &[byte], 0)?;
         Ok(true)
+    }
+
+    /// Serves the next `count` signed GETs of a held object with their first byte flipped,
+    /// leaving what is held intact (`corrupt` damages it for good): a transfer damaged on the
+    /// way, which a client fetching again gets right. Answers whether it is held.
+    pub fn damage_next(&self, file_hash: &str, count: u64) -> io::Result<bool> {
+        if self.held_object(file_hash)?.is_none() {
+            return Ok(false);
+        }
+        let mut damaged = maxlofs_api::mutex::lock(&self.damaged_gets);
+        match count {
+            0 => damaged.remove(file_hash),
+            count => damaged.insert(file_hash.to_string(), count),
+        };
+        Ok(true)
+    }
+
+    /// Whether this signed GET of `file_hash` is one to serve damaged; counts it if so.
+    pub fn take_damage(&self, file_hash: &str) -> bool {
+        let mut damaged = maxlofs_api::mutex::lock(&self.damaged_gets);
+        let Some(left) = damaged.get_mut(file_hash) else {
+            return false;
+        };
+        *left -= 1;
+        if *left == 0 {
+            damaged.remove(file_hash);
+        }
+        true
     }
 
     /// Forgets a held object: one rename out of `objects/`, then its file or folder is removed.

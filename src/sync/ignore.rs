@@ -164,7 +164,12 @@ impl IgnoreRules {
 
     pub fn is_ignored(&self, relative: &Path) -> bool {
         let name = relative.file_name().map(Path::new);
-        self.set.is_match(relative)
+        // A restore's temp file is maxlofs' own, whatever rules were dropped.
+        let restoring = name
+            .and_then(Path::to_str)
+            .is_some_and(super::restore::is_restore_temp);
+        restoring
+            || self.set.is_match(relative)
             || name.is_some_and(|name| {
                 self.set.is_match(name)
                     || name

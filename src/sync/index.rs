@@ -68,6 +68,18 @@ CREATE TABLE IF NOT EXISTS multipart_part (
     etag TEXT NOT NULL,
     PRIMARY KEY (hash, part_num)
 );
+-- Paths whose bytes changed while their stat did not (`sync::scrub`): damage, not an edit.
+CREATE TABLE IF NOT EXISTS corrupted (
+    path TEXT PRIMARY KEY,
+    recorded_hash TEXT NOT NULL,
+    found_hash TEXT NOT NULL,
+    ranges TEXT NOT NULL,
+    ctime_ns NOT NULL,
+    found_at INTEGER NOT NULL
+);
+-- The File Hashing part digests of a multipart content, once seen to hash to it, so that a
+-- download can check each part as it comes (`sync::restore`).
+CREATE TABLE IF NOT EXISTS content_parts (hash TEXT PRIMARY KEY, digests BLOB NOT NULL);
 ";
 
 /// A multipart upload under way, kept so that a restart sends only the parts still missing.
@@ -92,6 +104,21 @@ pub struct Unsure {
     pub media: Option<NewMedia>,
     /// The record's id, once known: a delete of it needs no other call.
     pub media_id: Option<MediaId>,
+}
+
+/// A path found damaged in place: its bytes no longer hash to the recorded hash although its
+/// size, times and inode are those recorded (`sync::scrub`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CorruptMark {
+    pub recorded_hash: String,
+    pub found_hash: String,
+    /// The byte ranges `[start, end)` that differ: the File Hashing parts whose digests differ
+    /// when the recorded ones are known, else the whole file.
+    pub ranges: Vec<(u64, u64)>,
+    /// The ctime the file had when found: a later one means it was written since (an edit).
+    pub ctime_ns: i128,
+    /// When it was found, seconds since the epoch.
+    pub found_at: i64,
 }
 
 /// (path, hash, size) of a synced record, as `maxlofs verify` checks it.
@@ -195,6 +222,7 @@ impl Index {
             db.execute("DELETE FROM unsure", [])?;
             db.execute("DELETE FROM multipart", [])?;
             db.execute("DELETE FROM multipart_part", [])?;
+            db.execute("DELETE FROM corrupted", [])?;
         }
         // Written on every open: the first write takes the exclusive lock, held from now on.
         db.execute(
@@ -338,6 +366,10 @@ impl Index {
             ])?;
             db.prepare_cached("DELETE FROM unsure WHERE path = ?1")?
                 .execute([path])?;
+            // The service now holds other content for the path: the damage found in the old
+            // content is no longer what the path is about. The same content put again keeps it.
+            db.prepare_cached("DELETE FROM corrupted WHERE path = ?1 AND recorded_hash != ?2")?
+                .execute([path, entry.hash.as_str()])?;
             Ok(())
         })?;
         if let Some(holder) = taken {
@@ -388,9 +420,15 @@ impl Index {
 
     pub fn remove(&self, path: &str) -> anyhow::Result<()> {
         let db = self.db.lock().unwrap();
-        let removed = db
-            .prepare_cached("DELETE FROM synced WHERE path = ?1")?
-            .execute([path])?;
+        let mut removed = 0;
+        in_transaction(&db, |db| {
+            removed = db
+                .prepare_cached("DELETE FROM synced WHERE path = ?1")?
+                .execute([path])?;
+            db.prepare_cached("DELETE FROM corrupted WHERE path = ?1")?
+                .execute([path])?;
+            Ok(())
+        })?;
         self.entries.fetch_sub(removed as u64, Ordering::Relaxed);
         self.cache.lock().unwrap().put(path.to_string(), None);
         drop(db);
@@ -553,6 +591,113 @@ impl Index {
         )?;
         let rows = stmt.query_map([limit as i64, from as i64], synced_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Up to `limit` entries whose path sorts after `after`, by path: a walk that a new or
+    /// removed path does not shift, unlike `records_page`'s offsets.
+    pub fn entries_after(
+        &self,
+        after: &str,
+        limit: u64,
+    ) -> anyhow::Result<Vec<(String, IndexEntry)>> {
+        let db = self.db.lock().unwrap();
+        let mut stmt =
+            db.prepare_cached("SELECT * FROM synced WHERE path > ?1 ORDER BY path LIMIT ?2")?;
+        let rows = stmt.query_map(params![after, limit as i64], |row| {
+            Ok((row.get("path")?, entry_from_row(row)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes `path` as damaged in place, replacing an earlier note of it. Putting the same
+    /// entry again keeps the note; an entry of other content, or its removal, drops it.
+    pub fn mark_corrupted(&self, path: &str, mark: &CorruptMark) -> anyhow::Result<()> {
+        self.db
+            .lock()
+            .unwrap()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO corrupted
+                 (path, recorded_hash, found_hash, ranges, ctime_ns, found_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                path,
+                mark.recorded_hash,
+                mark.found_hash,
+                serde_json::to_string(&mark.ranges)?,
+                time_to_sql(mark.ctime_ns),
+                mark.found_at
+            ])?;
+        Ok(())
+    }
+
+    /// The damage noted for `path`, if any.
+    pub fn corrupted(&self, path: &str) -> anyhow::Result<Option<CorruptMark>> {
+        let db = self.db.lock().unwrap();
+        let found = db
+            .prepare_cached("SELECT * FROM corrupted WHERE path = ?1")?
+            .query_row([path], |row| {
+                Ok((
+                    CorruptMark {
+                        recorded_hash: row.get("recorded_hash")?,
+                        found_hash: row.get("found_hash")?,
+                        ranges: Vec::new(),
+                        ctime_ns: time_from_sql(row, "ctime_ns")?,
+                        found_at: row.get("found_at")?,
+                    },
+                    row.get::<_, String>("ranges")?,
+                ))
+            })
+            .optional()?;
+        let Some((mut mark, ranges)) = found else {
+            return Ok(None);
+        };
+        mark.ranges = serde_json::from_str(&ranges)?;
+        Ok(Some(mark))
+    }
+
+    /// Every path noted as damaged, by path.
+    pub fn corrupted_paths(&self) -> anyhow::Result<Vec<String>> {
+        let db = self.db.lock().unwrap();
+        let mut stmt = db.prepare_cached("SELECT path FROM corrupted ORDER BY path")?;
+        let rows = stmt.query_map([], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn clear_corrupted(&self, path: &str) -> anyhow::Result<()> {
+        self.db
+            .lock()
+            .unwrap()
+            .prepare_cached("DELETE FROM corrupted WHERE path = ?1")?
+            .execute([path])?;
+        Ok(())
+    }
+
+    /// Keeps the part digests of the multipart content `hash`; the caller has seen them hash to
+    /// it.
+    pub fn set_content_parts(&self, hash: &str, digests: &[[u8; 32]]) -> anyhow::Result<()> {
+        self.db
+            .lock()
+            .unwrap()
+            .prepare_cached("INSERT OR REPLACE INTO content_parts (hash, digests) VALUES (?1, ?2)")?
+            .execute(params![hash, digests.concat()])?;
+        Ok(())
+    }
+
+    /// The part digests kept for `hash`, if any.
+    pub fn content_parts(&self, hash: &str) -> anyhow::Result<Option<Vec<[u8; 32]>>> {
+        let blob: Option<Vec<u8>> = self
+            .db
+            .lock()
+            .unwrap()
+            .prepare_cached("SELECT digests FROM content_parts WHERE hash = ?1")?
+            .query_row([hash], |row| row.get(0))
+            .optional()?;
+        Ok(blob.map(|blob| {
+            blob.chunks_exact(32)
+                .map(|digest| digest.try_into().expect("32 bytes"))
+                .collect()
+        }))
     }
 
     /// What the index notes under `key` about the mount it serves (`meta`).
@@ -850,6 +995,59 @@ mod tests {
         assert_eq!(index.multipart("h").unwrap(), None);
         index.start_multipart("h", &upload).unwrap();
         assert!(index.multipart("h").unwrap().unwrap().etags.is_empty());
+    }
+
+    #[test]
+    fn a_corruption_mark_outlives_the_same_entry_put_again_but_not_other_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db"), "id", 4).unwrap();
+        index.put("a", &entry(1, 1)).unwrap();
+        let mark = CorruptMark {
+            recorded_hash: "ab".repeat(32),
+            found_hash: "cd".repeat(32),
+            ranges: vec![(0, 3)],
+            // Past an SQLite integer, as times may be.
+            ctime_ns: i128::from(i64::MAX) + 1,
+            found_at: 5,
+        };
+        index.mark_corrupted("a", &mark).unwrap();
+        assert_eq!(index.corrupted("a").unwrap(), Some(mark.clone()));
+        index.put("a", &entry(1, 1)).unwrap();
+        assert_eq!(index.corrupted_paths().unwrap(), ["a"]);
+        let other = IndexEntry {
+            hash: "ef".repeat(32),
+            ..entry(1, 1)
+        };
+        index.put("a", &other).unwrap();
+        assert!(index.corrupted_paths().unwrap().is_empty());
+        index.mark_corrupted("a", &mark).unwrap();
+        index.remove("a").unwrap();
+        assert_eq!(index.corrupted("a").unwrap(), None);
+        index.mark_corrupted("b", &mark).unwrap();
+        index.clear_corrupted("b").unwrap();
+        assert!(index.corrupted_paths().unwrap().is_empty());
+    }
+
+    #[test]
+    fn part_digests_are_kept_by_content_and_entries_are_walked_by_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(&dir.path().join("index.db"), "id", 4).unwrap();
+        index.set_content_parts("h", &[[1; 32], [2; 32]]).unwrap();
+        assert_eq!(
+            index.content_parts("h").unwrap(),
+            Some(vec![[1; 32], [2; 32]])
+        );
+        assert_eq!(index.content_parts("other").unwrap(), None);
+        for (n, path) in ["c", "a", "b"].into_iter().enumerate() {
+            index.put(path, &entry(n as i64 + 1, 1)).unwrap();
+        }
+        let paths = |after, limit| -> Vec<String> {
+            let page = index.entries_after(after, limit).unwrap();
+            page.into_iter().map(|(path, _)| path).collect()
+        };
+        assert_eq!(paths("", 1), ["a"]);
+        assert_eq!(paths("a", 10), ["b", "c"]);
+        assert!(paths("c", 10).is_empty());
     }
 
     /// An index of identity "id" written by an older version: its meta table, then `tables`.

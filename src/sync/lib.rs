@@ -17,6 +17,8 @@ pub mod progress;
 pub mod queue;
 mod reconcile;
 pub mod report;
+pub mod restore;
+pub mod scrub;
 #[cfg(test)]
 mod tests;
 pub mod upload;

@@ -158,6 +158,16 @@ impl Backing {
         Ok((file, FileStat::from_metadata(&meta)))
     }
 
+    /// Opens the directory `relative` ("" is the root) for `*at` calls in it, never following a
+    /// symlink on the way (`ELOOP`, or `ENOTDIR` when one stands at its end).
+    pub fn open_dir(&self, relative: &Path) -> io::Result<OwnedFd> {
+        let relative = match relative.as_os_str().is_empty() {
+            true => Path::new("."),
+            false => relative,
+        };
+        self.open_beneath(relative, libc::O_RDONLY | libc::O_DIRECTORY)
+    }
+
     /// Every entry below `relative` (a directory), depth first, as relative paths with what they
     /// are. Symlinked directories are not entered; one that may not be listed is visited again
     /// as `Unreadable`, and the walk goes on.
