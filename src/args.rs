@@ -39,6 +39,15 @@ pub enum Command {
     /// Send the deletes a mount holds: records of files that went missing behind its back, most
     /// of the library at once (see `maxlofs status`).
     ReleaseDeletes { mountpoint: PathBuf },
+    /// Put back from Maxlo the recorded content of PATHs of a mount (relative to its root, or
+    /// under it), or with --corrupted every file scrub found damaged. Exit status 0 when all
+    /// were restored, 3 when some could not be, 1 when the mount could not be asked.
+    Restore(RestoreArgs),
+    /// Re-read every synced file of a mount whose size, mtime and ctime are unchanged since its
+    /// hash, and find those whose bytes changed all the same (damaged in place); --repair
+    /// restores them. Exit status 0 when none is damaged (or all were repaired), 3 otherwise, 1
+    /// when the mount could not be asked.
+    Scrub(ScrubArgs),
     /// Show what a mount's sync engine is doing. Exit status 0; with --wait, 0 once everything
     /// is sent, 3 once nothing is left to send but paths failed (the service refused them) or deletes are held, 1 on
     /// timeout or when the status cannot be read; 2 for a usage mistake.
@@ -260,6 +269,15 @@ pub struct MountArgs {
     /// or G (KiB, MiB, GiB), e.g. 20M [default: no limit].
     #[arg(long, env = "MAXLOFS_UPLOAD_LIMIT", value_name = "RATE", value_parser = parse_rate)]
     pub upload_limit: Option<u64>,
+    /// The most bytes a scrub pass reads per second (K, M or G as for --upload-limit), so that
+    /// it does not slow the mount's users; 0: as fast as the disk goes.
+    #[arg(long, env = "MAXLOFS_SCRUB_RATE", value_name = "RATE", value_parser = parse_rate,
+          default_value = "32M")]
+    pub scrub_rate: u64,
+    /// Start a scrub pass this often by itself: a number and s, m, h or d (e.g. 7d) [default:
+    /// only when `maxlofs scrub` asks].
+    #[arg(long, env = "MAXLOFS_SCRUB_INTERVAL", value_name = "DURATION", value_parser = parse_interval)]
+    pub scrub_interval: Option<u64>,
     /// Seconds to keep sending queued work after unmount or SIGTERM.
     #[arg(long, env = "MAXLOFS_DRAIN_TIMEOUT", default_value_t = 30)]
     pub drain_timeout: u64,
@@ -307,6 +325,27 @@ fn parse_prefix(prefix: &str) -> Result<String, String> {
     match maxlofs_api::contract::prefix_fault(prefix) {
         None => Ok(prefix.to_string()),
         Some(fault) => Err(format!("no media_path can start with {prefix:?}: {fault}")),
+    }
+}
+
+/// A duration in seconds from a number and a unit: s, m, h or d; more than zero.
+pub fn parse_interval(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let unit = text.chars().last().ok_or("an empty duration")?;
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("{text:?}: a number and s, m, h or d, e.g. 7d")),
+    };
+    let count: u64 = text[..text.len() - 1]
+        .parse()
+        .map_err(|_| format!("{text:?}: a number and s, m, h or d, e.g. 7d"))?;
+    match count.checked_mul(scale) {
+        Some(0) => Err(format!("{text:?}: more than zero")),
+        Some(secs) => Ok(secs),
+        None => Err(format!("{text:?}: too long")),
     }
 }
 
@@ -392,6 +431,27 @@ pub struct StatusArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `maxlofs scrub MOUNTPOINT`.
+#[derive(Args, Debug)]
+pub struct ScrubArgs {
+    pub mountpoint: PathBuf,
+    /// Restore each damaged file from Maxlo after the pass.
+    #[arg(long)]
+    pub repair: bool,
+}
+
+/// `maxlofs restore MOUNTPOINT`.
+#[derive(Args, Debug)]
+#[command(group = clap::ArgGroup::new("what").required(true).args(["corrupted", "paths"]))]
+pub struct RestoreArgs {
+    pub mountpoint: PathBuf,
+    /// Every file scrub found damaged.
+    #[arg(long)]
+    pub corrupted: bool,
+    /// Files to restore, relative to the mount's root or under MOUNTPOINT.
+    pub paths: Vec<PathBuf>,
 }
 
 /// A mount refused for what it was asked to mount, before anything was mounted: a key the

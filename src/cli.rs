@@ -49,6 +49,8 @@ pub fn main() -> i32 {
         Command::ReleaseDeletes { mountpoint } => {
             crate::status::release_deletes(&mountpoint).map(|()| 0)
         }
+        Command::Restore(args) => crate::heal::run_restore(&args),
+        Command::Scrub(args) => crate::heal::run_scrub(&args),
         Command::Status(args) => crate::status::run(&args),
         Command::Verify(args) => return crate::verify::run(&args),
     };

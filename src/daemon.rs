@@ -585,6 +585,12 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
         no_delete: args.no_delete,
         ignore,
         upload: upload_config(args, &api, upload_facts.as_ref())?,
+        heal: maxlofs_sync::HealConfig {
+            scrub: maxlofs_sync::scrub::ScrubConfig {
+                bytes_per_sec: std::num::NonZeroU64::new(args.scrub_rate),
+            },
+            scrub_interval: args.scrub_interval.map(Duration::from_secs),
+        },
     };
     let writers = Arc::new(OpenWriters::default());
     let engine = Engine::new(config, api.clone(), index, backing, writers.clone());

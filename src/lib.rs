@@ -12,6 +12,7 @@ pub mod daemonize;
 pub mod emulator_command;
 pub mod grants;
 pub mod hash;
+pub mod heal;
 pub mod keys;
 pub mod output;
 pub mod status;

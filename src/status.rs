@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use crate::args::StatusArgs;
 use crate::output::escaped;
 use maxlofs_fs::STATUS_XATTR;
-use maxlofs_sync::report::StatusReport;
+use maxlofs_sync::report::{HealStatus, StatusReport};
 
 /// Reads the daemon's status from the mount at `mountpoint`.
 pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
@@ -27,22 +27,32 @@ pub fn release_deletes(mountpoint: &Path) -> anyhow::Result<()> {
         println!("no deletes are held");
         return Ok(());
     }
-    let root = std::fs::File::open(mountpoint)
-        .with_context(|| format!("opening {}", mountpoint.display()))?;
-    let name = CString::new(maxlofs_fs::RELEASE_DELETES_XATTR)?;
-    maxlofs_fs::sys::set_xattr(std::os::fd::AsFd::as_fd(&root), &name, b"", 0).map_err(
-        |errno| {
-            anyhow::anyhow!(
-                "the daemon of {} refused to release the deletes ({})",
-                mountpoint.display(),
-                std::io::Error::from_raw_os_error(errno.code())
-            )
-        },
-    )?;
+    ask_daemon(mountpoint, maxlofs_fs::RELEASE_DELETES_XATTR, b"")?.map_err(|errno| {
+        anyhow::anyhow!(
+            "the daemon of {} refused to release the deletes ({errno})",
+            mountpoint.display()
+        )
+    })?;
     println!(
         "{held} held deletes released: their records are deleted unless their files came back"
     );
     Ok(())
+}
+
+/// Sets the daemon's extended attribute `name` on the mount root to `value`: a request. The outer
+/// error is the mount root's; the inner one is the daemon's answer.
+pub fn ask_daemon(
+    mountpoint: &Path,
+    name: &str,
+    value: &[u8],
+) -> anyhow::Result<Result<(), std::io::Error>> {
+    let root = std::fs::File::open(mountpoint)
+        .with_context(|| format!("opening {}", mountpoint.display()))?;
+    let name = CString::new(name)?;
+    Ok(
+        maxlofs_fs::sys::set_xattr(std::os::fd::AsFd::as_fd(&root), &name, value, 0)
+            .map_err(|errno| std::io::Error::from_raw_os_error(errno.code())),
+    )
 }
 
 /// The value of the daemon's extended attribute `name` on the mount root.
@@ -160,7 +170,11 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
             .unwrap_or_default();
         writeln!(out, "last error: {}{age}", escaped(err))?;
     }
+    if let Some(heal) = &status.heal {
+        writeln!(out, "scrub/restore: {}", heal_line(heal))?;
+    }
     for (title, count, list) in [
+        ("CORRUPTED", status.corrupted_count, &status.corrupted),
         ("failed", status.failed_count, &status.failed),
         ("local only", status.local_only_count, &status.local_only),
     ] {
@@ -178,6 +192,26 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
         }
     }
     Ok(())
+}
+
+/// One line on a scrub or restore job: how far it got, or what it did.
+pub fn heal_line(heal: &HealStatus) -> String {
+    let state = if heal.running { "running" } else { "done" };
+    let mut line = format!(
+        "job {} {state}: {} files checked ({}), {} found corrupted, {} restored",
+        heal.job,
+        heal.files_checked,
+        bytes(heal.bytes_read),
+        heal.corrupted_found,
+        heal.restored
+    );
+    if !heal.failed.is_empty() {
+        line += &format!(", {} not restored", heal.failed.len());
+    }
+    if let Some(err) = &heal.error {
+        line += &format!("; {}", escaped(err));
+    }
+    line
 }
 
 /// A byte count for people: 1.5 MiB.

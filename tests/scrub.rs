@@ -42,3 +42,132 @@ fn a_byte_flipped_in_the_image_changes_the_content_and_not_the_stat() {
     };
     assert_eq!(stat(&after), stat(&before));
 }
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(seed) % 251) as u8)
+        .collect()
+}
+
+fn mtime_ns(path: &Path) -> (i64, i64) {
+    let meta = std::fs::metadata(path).unwrap();
+    (meta.mtime(), meta.mtime_nsec())
+}
+
+fn maxlofs(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(common::service::BIN)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Issue #26's whole story on a real disk: two synced files are damaged in the image while it is
+/// unmounted (one whole-hashed, one multipart); the mount comes back and sends nothing for them;
+/// an edit made through the mount is sent as an edit; scrub names exactly the damaged two (the
+/// multipart one by its damaged part); restore makes both byte-identical with their mtimes, and
+/// the service sees no update for them at any point.
+#[test]
+fn scrub_finds_damage_made_behind_the_filesystem_and_restore_heals_it() {
+    let test = "scrub_finds_damage_made_behind_the_filesystem_and_restore_heals_it";
+    let Some(mut disk) = Ext4Image::new(test, 256) else {
+        return;
+    };
+    let emulator = common::service::Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &[]);
+    mount.backing = disk.root.join("library");
+    std::fs::create_dir(&mount.backing).unwrap();
+    if !mount.mount() {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let files = [
+        ("photo.jpg", pattern(100_000, 1)),
+        ("film/clip.mp4", pattern(20 * MIB + 123, 2)),
+        ("notes.txt", pattern(5_000, 3)),
+    ];
+    std::fs::create_dir(mount.path("film")).unwrap();
+    for (name, content) in &files {
+        std::fs::write(mount.path(name), content).unwrap();
+    }
+    mount.wait_synced();
+    let mtimes: Vec<_> = files
+        .iter()
+        .map(|(name, _)| mtime_ns(&mount.path(name)))
+        .collect();
+    assert_eq!(emulator.calls("update"), 0);
+
+    mount.unmount();
+    disk.unmount();
+    disk.flip_byte(Path::new("library/photo.jpg"), 70_000);
+    // In the second File Hashing part (8 MiB parts).
+    disk.flip_byte(Path::new("library/film/clip.mp4"), 9 * MIB as u64 + 5);
+    disk.mount();
+    assert!(mount.mount());
+    mount.wait_synced();
+    assert_eq!(emulator.calls("update"), 0, "the damage was sent");
+
+    // An edit through the mount is an edit: sent, never reported as damage.
+    let mut edited = files[2].1.clone();
+    edited.extend_from_slice(b"one more line\n");
+    std::fs::write(mount.path("notes.txt"), &edited).unwrap();
+    mount.wait_synced();
+    assert_eq!(emulator.calls("update"), 1, "{}", mount.log_text());
+
+    let scrub = maxlofs(&["scrub".as_ref(), mount.mnt.as_os_str()]);
+    let said = String::from_utf8_lossy(&scrub.stdout);
+    assert_eq!(scrub.status.code(), Some(3), "{said}\n{}", mount.log_text());
+    let damaged: Vec<&str> = said
+        .lines()
+        .filter(|line| line.contains("corrupted locally"))
+        .collect();
+    assert_eq!(damaged.len(), 2, "{said}");
+    assert!(
+        damaged
+            .iter()
+            .any(|line| line.starts_with("photo.jpg: ") && line.contains("bytes 0-99999 ")),
+        "{said}"
+    );
+    assert!(
+        damaged
+            .iter()
+            .any(|line| line.starts_with("film/clip.mp4: ")
+                && line.contains("bytes 8388608-16777215 ")),
+        "only the damaged part is named:\n{said}"
+    );
+    let status = mount.status();
+    assert_eq!(status["corrupted_count"], 2, "{status}");
+    assert_eq!(emulator.calls("update"), 1, "scrub sent the damage");
+
+    let restore = maxlofs(&[
+        "restore".as_ref(),
+        mount.mnt.as_os_str(),
+        "--corrupted".as_ref(),
+    ]);
+    let said = String::from_utf8_lossy(&restore.stdout);
+    assert_eq!(
+        restore.status.code(),
+        Some(0),
+        "{said}\n{}",
+        mount.log_text()
+    );
+    assert!(said.starts_with("2 restored"), "{said}");
+    for (i, (name, content)) in files[..2].iter().enumerate() {
+        assert!(
+            std::fs::read(mount.path(name)).unwrap() == *content,
+            "{name} is not its original"
+        );
+        assert_eq!(mtime_ns(&mount.path(name)), mtimes[i], "{name}'s mtime");
+        assert!(std::fs::read(disk.root.join("library").join(name)).unwrap() == *content);
+    }
+    mount.wait_synced();
+    let status = mount.status();
+    assert!(status["corrupted_count"].is_null(), "{status}");
+    assert_eq!(
+        emulator.calls("update"),
+        1,
+        "the restore was sent as an edit"
+    );
+    common::service::assert_catalog_matches(&emulator, &mount.backing);
+    mount.unmount();
+}

@@ -141,10 +141,20 @@ pub trait StatusSource: Send + Sync {
     fn release_held_deletes(&self) -> usize {
         0
     }
+
+    /// `setxattr(MOUNTPOINT, HEAL_XATTR, REQUEST)`: a scrub or restore job, as the sync layer
+    /// reads REQUEST (`maxlofs scrub MNT`, `maxlofs restore MNT`). Its refusal is the setxattr's
+    /// errno (EBUSY: a job runs).
+    fn heal(&self, _request: &[u8]) -> Result<(), Errno> {
+        Err(Errno::EOPNOTSUPP)
+    }
 }
 
 /// The extended attribute on the mount root whose setting releases the held deletes.
 pub const RELEASE_DELETES_XATTR: &str = "user.maxlofs.release-deletes";
+
+/// Set on the mount root, starts a scrub or restore job (`StatusSource::heal`).
+pub const HEAL_XATTR: &str = "user.maxlofs.heal";
 
 /// Extended attributes on the mount root named this and a number page through the synced
 /// records (see `StatusSource::synced_page`).

@@ -8,8 +8,8 @@ use super::inodes::{Inode, InodeTable, ROOT_INO};
 use super::sys::{self, TimeSpec, XattrValue};
 use super::writers::OpenWriters;
 use super::{
-    Event, EventSink, MountStatus, StatusSource, Transport, RELEASE_DELETES_XATTR, STATUS_XATTR,
-    SYNCED_XATTR_PREFIX,
+    Event, EventSink, MountStatus, StatusSource, Transport, HEAL_XATTR, RELEASE_DELETES_XATTR,
+    STATUS_XATTR, SYNCED_XATTR_PREFIX,
 };
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use parking_lot::Mutex;
@@ -567,6 +567,14 @@ impl Passthrough {
             let status = self.status.as_ref().ok_or(Errno::EPERM)?;
             status.release_held_deletes();
             return Ok(());
+        }
+        if ino == ROOT_INO && name == HEAL_XATTR {
+            // Reads every file and may replace some: the owner and root only.
+            if caller.uid != self.daemon_uid && caller.uid != 0 {
+                return Err(Errno::EACCES);
+            }
+            let status = self.status.as_ref().ok_or(Errno::EPERM)?;
+            return status.heal(value);
         }
         let name = sys::c_name(name)?;
         sys::set_xattr(self.inodes.get(ino)?.fd(), &name, value, flags)

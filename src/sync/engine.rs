@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::failure::{io_meaning, Io, Verdict};
 use super::hash_cache::{HashBudget, HashCache};
+use super::heal::{HealConfig, Healer, NotTaken};
 use super::ignore::IgnoreRules;
 use super::index::Index;
 use super::local::{Backing, FileStat, Observed, UNREADABLE};
@@ -38,6 +39,7 @@ pub struct SyncConfig {
     pub no_delete: bool,
     pub ignore: IgnoreRules,
     pub upload: UploadConfig,
+    pub heal: HealConfig,
 }
 
 /// Local-only and failed lists in status are capped so status stays small.
@@ -94,6 +96,8 @@ pub struct Engine {
     unmarked_events: Arc<AtomicUsize>,
     /// Deletes found behind the mount's back and held by the mass-deletion guard (`reconcile`).
     pub(super) held_deletes: Mutex<HeldDeletes>,
+    /// Scrub and restore jobs (`heal`).
+    pub(super) heal: Healer,
 }
 
 /// How long the intake lets events gather after the first of a burst (they are only marked,
@@ -145,6 +149,17 @@ impl StatusSource for Engine {
     fn release_held_deletes(&self) -> usize {
         Engine::release_held_deletes(self)
     }
+
+    fn heal(&self, request: &[u8]) -> Result<(), maxlofs_fs::Errno> {
+        let has_content = self.uploads.content_api().is_some();
+        self.heal
+            .ask(request, has_content)
+            .map_err(|not| match not {
+                NotTaken::Malformed => maxlofs_fs::Errno::EINVAL,
+                NotTaken::Busy => maxlofs_fs::Errno::EBUSY,
+                NotTaken::NoContent => maxlofs_fs::Errno::EOPNOTSUPP,
+            })
+    }
 }
 
 /// Rows read per page of synced records; as many as fit are sent.
@@ -169,6 +184,7 @@ impl Engine {
         let (events, intake) = mpsc::unbounded_channel();
         Arc::new(Engine {
             queue: WorkQueue::new(config.settle),
+            heal: Healer::new(config.heal),
             uploads: Uploads::new(&config.upload),
             config,
             api,
@@ -200,6 +216,7 @@ impl Engine {
         for _ in 0..self.config.concurrency.max(1) {
             tokio::spawn(self.clone().run_worker());
         }
+        tokio::spawn(self.clone().run_healer());
         self.start_reconcile();
     }
 
@@ -269,6 +286,8 @@ impl Engine {
     /// end before the kernel delivers it) is gone all the same, and its files are looked at as
     /// after a change.
     pub fn session_ended(&self) {
+        // A scrub pass under way stops at the next file; the next mount's pass goes on from it.
+        self.heal.stop();
         for (_, ino) in self.writers.forget_all() {
             self.inode_changed(ino);
         }
@@ -309,6 +328,7 @@ impl Engine {
         let unmarked = self.unmarked_events.load(Ordering::SeqCst);
         let (pending, in_flight) = self.queue.counts();
         let (upload_bytes_left, uploaded_bytes, upload_rate) = self.uploads.progress();
+        let corrupted = self.corrupted_list();
         let report = self.report.lock().unwrap();
         let held = self.held_deletes.lock().unwrap();
         let list = |map: &BTreeMap<String, String>| {
@@ -346,7 +366,32 @@ impl Engine {
             transport: None,
             held_deletes: held.paths.len(),
             held_deletes_why: held.why.clone(),
+            heal: self.heal.status(),
+            corrupted: corrupted.iter().take(STATUS_LIST_LIMIT).cloned().collect(),
+            corrupted_count: corrupted.len(),
         }
+    }
+
+    /// The paths scrub found damaged, with what differs, by path.
+    fn corrupted_list(&self) -> Vec<PathReason> {
+        let paths = match self.index.corrupted_paths() {
+            Ok(paths) => paths,
+            Err(err) => {
+                tracing::warn!("listing corrupted paths: {err:#}");
+                return Vec::new();
+            }
+        };
+        paths
+            .into_iter()
+            .map(|path| {
+                let reason = match self.index.corrupted(&path) {
+                    Ok(Some(mark)) => crate::report::corruption_reason(&mark.ranges, mark.found_at),
+                    Ok(None) => "corrupted".to_string(),
+                    Err(err) => format!("corrupted ({err:#})"),
+                };
+                PathReason { path, reason }
+            })
+            .collect()
     }
 
     /// Turns one filesystem event into marks.

@@ -21,6 +21,9 @@ use maxlofs_api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
 
 /// Why a path too long to name stays local.
 const TOO_LONG: &str = "path longer than PATH_MAX (4096 bytes)";
+/// Shown in status for a file scrub found damaged in place.
+pub(super) const CORRUPTED: &str =
+    "corrupted locally: its bytes changed under an unchanged stat (maxlofs restore MNT --corrupted)";
 
 /// Files up to this size are hashed without waiting for the hashing budget.
 const SMALL_HASH_MAX: u64 = 64 * 1024;
@@ -134,16 +137,26 @@ impl Engine {
             }
             Err(err) => return Err(Failure::io("cannot look at it", err)),
         };
+        // Damaged in place (scrub found its bytes changed under the stat it had): never sent as
+        // a new version while it is as found. An edit gives it a new ctime, and is sent.
+        let corrupted = match observed {
+            Observed::File(stat) => self
+                .index
+                .corrupted(&key)?
+                .is_some_and(|mark| mark.ctime_ns == stat.ctime_ns),
+            _ => false,
+        };
         let local_only = match observed {
             Observed::Special => Some("not a regular file (symlink, fifo, socket or device)"),
             Observed::Unreadable => Some(UNREADABLE),
             Observed::File(stat) if !stat.times_can_be_sent() => Some(TIME_UNSAYABLE),
+            Observed::File(_) if corrupted => Some(CORRUPTED),
             _ => None,
         };
         self.note_local_only(key.clone(), local_only);
-        // Whether a file is there is unknown, or its state cannot be said: its record is left
-        // as it is.
-        if matches!(local_only, Some(UNREADABLE | TIME_UNSAYABLE)) {
+        // Whether a file is there is unknown, or its state cannot be said, or it is damaged: its
+        // record is left as it is.
+        if matches!(local_only, Some(UNREADABLE | TIME_UNSAYABLE | CORRUPTED)) {
             return Ok(None);
         }
         // An ignored name is local: whatever record it has should not exist.

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use maxlofs_api::{MediaId, NewMedia};
@@ -34,6 +34,9 @@ pub struct Index {
     cache: Mutex<LruCache<String, Option<IndexEntry>>>,
     /// Rows of `synced`, kept with each write so that status need not count them.
     entries: AtomicU64,
+    /// Whether any corruption mark may exist: every look asks `corrupted`, which skips the query
+    /// while none was ever noted (the common case).
+    corrupted_noted: AtomicBool,
 }
 
 const SCHEMA: &str = "
@@ -230,6 +233,7 @@ impl Index {
             [identity],
         )?;
         let entries: i64 = db.query_row("SELECT COUNT(*) FROM synced", [], |r| r.get(0))?;
+        let corrupted: i64 = db.query_row("SELECT COUNT(*) FROM corrupted", [], |r| r.get(0))?;
         // Grown as it fills, not allocated whole at start (`LruCache::new` would): a large
         // --cache-entries costs only what is used.
         let mut cache = LruCache::unbounded();
@@ -238,6 +242,7 @@ impl Index {
             db: Mutex::new(db),
             cache: Mutex::new(cache),
             entries: AtomicU64::new(entries as u64),
+            corrupted_noted: AtomicBool::new(corrupted > 0),
         })
     }
 
@@ -612,6 +617,7 @@ impl Index {
     /// Notes `path` as damaged in place, replacing an earlier note of it. Putting the same
     /// entry again keeps the note; an entry of other content, or its removal, drops it.
     pub fn mark_corrupted(&self, path: &str, mark: &CorruptMark) -> anyhow::Result<()> {
+        self.corrupted_noted.store(true, Ordering::SeqCst);
         self.db
             .lock()
             .unwrap()
@@ -633,6 +639,9 @@ impl Index {
 
     /// The damage noted for `path`, if any.
     pub fn corrupted(&self, path: &str) -> anyhow::Result<Option<CorruptMark>> {
+        if !self.corrupted_noted.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
         let db = self.db.lock().unwrap();
         let found = db
             .prepare_cached("SELECT * FROM corrupted WHERE path = ?1")?

@@ -10,6 +10,7 @@ mod execute;
 mod failure;
 mod hash_cache;
 mod hasher;
+pub mod heal;
 pub mod ignore;
 pub mod index;
 pub mod local;
@@ -24,4 +25,5 @@ mod tests;
 pub mod upload;
 
 pub use engine::{Engine, SyncConfig};
+pub use heal::{HealConfig, HealRequest};
 pub use upload::UploadConfig;

@@ -56,6 +56,52 @@ pub struct StatusReport {
     pub held_deletes: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_deletes_why: Option<String>,
+    /// The scrub or restore job running, or the last one (`maxlofs scrub`, `maxlofs restore`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heal: Option<HealStatus>,
+    /// Paths scrub found damaged in place, with what differs: never sent, until restored or
+    /// edited.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrupted: Vec<PathReason>,
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub corrupted_count: usize,
+}
+
+/// A scrub or restore job of the daemon.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct HealStatus {
+    /// The job's number on this mount: 1, 2, ...
+    pub job: u64,
+    pub running: bool,
+    pub files_checked: u64,
+    pub bytes_read: u64,
+    pub corrupted_found: u64,
+    /// The scrub pass reached the last entry (false: it stopped early, and the next pass goes on
+    /// from there).
+    #[serde(default)]
+    pub scrub_finished: bool,
+    pub restored: u64,
+    /// Paths a restore could not put back, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<PathReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What status says of a path damaged in place: the byte ranges `[start, end)` that differ, and
+/// when it was found (seconds since the epoch).
+pub fn corruption_reason(ranges: &[(u64, u64)], found_at: i64) -> String {
+    let ranges: Vec<String> = ranges
+        .iter()
+        .map(|&(start, end)| format!("{start}-{}", end.saturating_sub(1)))
+        .collect();
+    let when = chrono::DateTime::from_timestamp(found_at, 0)
+        .map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default();
+    format!(
+        "corrupted locally: bytes {} differ from its record (found {when})",
+        ranges.join(", ")
+    )
 }
 
 fn is_zero_count(value: &usize) -> bool {
@@ -83,7 +129,7 @@ const PATH_SHOWN_MAX: usize = 512;
 
 /// The report as JSON of at most `STATUS_JSON_BUDGET` bytes, whatever the number and length of
 /// its paths: messages longer than `MESSAGE_MAX` are cut, and the lists (`writing`, then
-/// `failed`, then `local_only`) keep the entries that fit; `open_for_writing`, `failed_count` and
+/// `corrupted`, the job's `failed`, `failed`, then `local_only`) keep the entries that fit; `open_for_writing`, `failed_count` and
 /// `local_only_count` still count them all, so the reader can say how many were left out.
 pub fn encode_bounded(report: &StatusReport) -> String {
     let mut bounded = StatusReport {
@@ -93,6 +139,12 @@ pub fn encode_bounded(report: &StatusReport) -> String {
         paused: report.paused.as_deref().map(cut),
         last_error: report.last_error.as_deref().map(cut),
         held_deletes_why: report.held_deletes_why.as_deref().map(cut),
+        corrupted: Vec::new(),
+        heal: report.heal.as_ref().map(|heal| HealStatus {
+            failed: Vec::new(),
+            error: heal.error.as_deref().map(cut),
+            ..heal.clone()
+        }),
         ..report.clone()
     };
     let mut room = STATUS_JSON_BUDGET.saturating_sub(json_len(&bounded));
@@ -101,6 +153,11 @@ pub fn encode_bounded(report: &StatusReport) -> String {
         path: shortened(&entry.path),
         reason: cut(&entry.reason),
     };
+    // Damage first: it is what a user must act on.
+    bounded.corrupted = fitting(report.corrupted.iter().map(cut_reason), &mut room);
+    if let (Some(bounded), Some(heal)) = (&mut bounded.heal, &report.heal) {
+        bounded.failed = fitting(heal.failed.iter().map(cut_reason), &mut room);
+    }
     bounded.failed = fitting(report.failed.iter().map(cut_reason), &mut room);
     bounded.local_only = fitting(report.local_only.iter().map(cut_reason), &mut room);
     serde_json::to_string(&bounded).expect("a report serializes")

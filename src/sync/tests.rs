@@ -122,6 +122,7 @@ impl Rig {
                 },
                 None => UploadConfig::records_only("unit test without content"),
             },
+            heal: Default::default(),
         };
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
         let backing = Backing::open(&dir.path().join("b")).unwrap();

@@ -179,6 +179,12 @@ impl Uploads {
         self.api.is_some()
     }
 
+    /// The content calls, unless the mount chose records only (`--no-upload`): a restore fetches
+    /// through them.
+    pub(super) fn content_api(&self) -> Option<&Arc<dyn ContentApi>> {
+        self.api.as_ref()
+    }
+
     /// Why no content is sent, if none is: the mount's choice, or the service's.
     pub(super) fn off(&self) -> Option<String> {
         let learned = self.grant.lock().unwrap().clone().flatten();
@@ -808,6 +814,10 @@ impl Engine {
     ) -> Result<Content, Failed> {
         let grant = self.config.grant;
         let digests = self.part_digests(path, stat, hash, parts).await?;
+        // Kept so that a scrub can say which part of a damaged copy differs.
+        self.index
+            .set_content_parts(hash, &digests)
+            .at(Step::Local)?;
         let spans = maxlofs_api::hash::parts(stat.size);
         let resumable = |upload: &MultipartUpload| {
             upload.size == stat.size

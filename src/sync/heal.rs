@@ -1,0 +1,272 @@
+//! Scrub and restore on a live mount: the daemon's side of `maxlofs scrub MNT` and
+//! `maxlofs restore MNT`. A request arrives as an extended attribute set on the mount root
+//! (`maxlofs_fs::HEAL_XATTR`, owner and root only) holding a `HealRequest` in JSON; one job runs
+//! at a time, on the engine's runtime, and status reports it (`StatusReport::heal`) and every path
+//! the index holds as corrupted (`StatusReport::corrupted`).
+//!
+//! A scrub pass (`scrub::scrub_pass`) runs on a blocking thread at the mount's `--scrub-rate`;
+//! with `repair`, each path it found corrupted is then restored. A restore
+//! (`restore::restore`) puts back a path's recorded content from the service: the paths asked
+//! for, or every path marked corrupted when none is named. `--scrub-interval` starts a pass of
+//! its own that often.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use super::engine::Engine;
+use super::restore::{self, RestoreConfig, Source};
+use super::scrub::{self, ScrubConfig, ScrubProgress};
+use crate::report::{HealStatus, PathReason};
+
+/// What `maxlofs scrub` and `maxlofs restore` ask of the daemon.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealRequest {
+    /// One scrub pass (or the rest of one), then, with `repair`, a restore of what it found.
+    Scrub { repair: bool },
+    /// A restore of these paths, or of every path marked corrupted when `paths` is empty.
+    Restore { paths: Vec<String> },
+}
+
+/// Why a request was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NotTaken {
+    /// Not a `HealRequest`.
+    Malformed,
+    /// A job is running.
+    Busy,
+    /// Restores need the content API, which `--no-upload` leaves out.
+    NoContent,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HealConfig {
+    pub scrub: ScrubConfig,
+    /// A scrub pass starts this often by itself (`--scrub-interval`); `None`: only when asked.
+    pub scrub_interval: Option<Duration>,
+}
+
+/// The engine's job state: requests waiting, the job running, and what the last one did.
+pub(super) struct Healer {
+    config: HealConfig,
+    requests: mpsc::UnboundedSender<HealRequest>,
+    intake: Mutex<Option<mpsc::UnboundedReceiver<HealRequest>>>,
+    running: AtomicBool,
+    /// Set when the engine stops: a pass under way ends early and resumes at the next mount.
+    stop: AtomicBool,
+    jobs: AtomicU64,
+    progress: ScrubProgress,
+    last: Mutex<Option<HealStatus>>,
+}
+
+/// Chunk fetches a restore makes before it gives up on one (a damaged download is fetched again).
+const RESTORE_ATTEMPTS: u32 = 3;
+
+impl Healer {
+    pub(super) fn new(config: HealConfig) -> Healer {
+        let (requests, intake) = mpsc::unbounded_channel();
+        Healer {
+            config,
+            requests,
+            intake: Mutex::new(Some(intake)),
+            running: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            jobs: AtomicU64::new(0),
+            progress: ScrubProgress::default(),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Takes a request from the mount root's extended attribute: queued for the job task.
+    pub(super) fn ask(&self, request: &[u8], has_content: bool) -> Result<(), NotTaken> {
+        let request: HealRequest =
+            serde_json::from_slice(request).map_err(|_| NotTaken::Malformed)?;
+        let restores = match &request {
+            HealRequest::Scrub { repair } => *repair,
+            HealRequest::Restore { .. } => true,
+        };
+        if restores && !has_content {
+            return Err(NotTaken::NoContent);
+        }
+        // Claimed here, so that a second request while this one waits is refused too.
+        if self.running.swap(true, Ordering::SeqCst) {
+            return Err(NotTaken::Busy);
+        }
+        self.jobs.fetch_add(1, Ordering::SeqCst);
+        *self.last.lock().unwrap() = None;
+        for counter in [
+            &self.progress.files_checked,
+            &self.progress.bytes_read,
+            &self.progress.corrupted,
+        ] {
+            counter.store(0, Ordering::SeqCst);
+        }
+        // Fails only once the engine is gone.
+        let _ = self.requests.send(request);
+        Ok(())
+    }
+
+    /// The job running, or the last one.
+    pub(super) fn status(&self) -> Option<HealStatus> {
+        let job = self.jobs.load(Ordering::SeqCst);
+        if job == 0 {
+            return None;
+        }
+        if let Some(last) = self.last.lock().unwrap().clone() {
+            return Some(last);
+        }
+        Some(HealStatus {
+            job,
+            running: true,
+            files_checked: self.progress.files_checked.load(Ordering::Relaxed),
+            bytes_read: self.progress.bytes_read.load(Ordering::Relaxed),
+            corrupted_found: self.progress.corrupted.load(Ordering::Relaxed),
+            ..HealStatus::default()
+        })
+    }
+
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Engine {
+    /// Runs the jobs asked for, one at a time, and the passes `--scrub-interval` starts.
+    pub(super) async fn run_healer(self: Arc<Self>) {
+        let Some(mut intake) = self.heal.intake.lock().unwrap().take() else {
+            return;
+        };
+        let interval = self.heal.config.scrub_interval;
+        loop {
+            let request = match interval {
+                None => intake.recv().await,
+                Some(every) => match tokio::time::timeout(every, intake.recv()).await {
+                    Ok(request) => request,
+                    Err(_) => {
+                        // An interval pass waits for a job the user started.
+                        let has_content = self.uploads.content_api().is_some();
+                        let request = serde_json::to_vec(&HealRequest::Scrub { repair: false })
+                            .expect("a request encodes");
+                        match self.heal.ask(&request, has_content) {
+                            Ok(()) => intake.recv().await,
+                            Err(_) => continue,
+                        }
+                    }
+                },
+            };
+            let Some(request) = request else { return };
+            let done = self.clone().heal(request).await;
+            *self.heal.last.lock().unwrap() = Some(done);
+            self.heal.running.store(false, Ordering::SeqCst);
+        }
+    }
+
+    async fn heal(self: Arc<Self>, request: HealRequest) -> HealStatus {
+        let job = self.heal.jobs.load(Ordering::SeqCst);
+        let mut done = HealStatus {
+            job,
+            ..HealStatus::default()
+        };
+        let to_restore = match request {
+            HealRequest::Scrub { repair } => {
+                let engine = self.clone();
+                let pass = tokio::task::spawn_blocking(move || {
+                    scrub::scrub_pass(
+                        &engine.index,
+                        &engine.backing,
+                        &engine.heal.config.scrub,
+                        &engine.heal.progress,
+                        &engine.heal.stop,
+                    )
+                })
+                .await
+                .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+                match pass {
+                    Ok(report) => {
+                        tracing::info!(
+                            files = report.files_checked,
+                            bytes = report.bytes_read,
+                            corrupted = report.corrupted.len(),
+                            finished = report.finished,
+                            "scrub pass"
+                        );
+                        done.files_checked = report.files_checked;
+                        done.bytes_read = report.bytes_read;
+                        done.corrupted_found = report.corrupted.len() as u64;
+                        done.scrub_finished = report.finished;
+                        if repair {
+                            report.corrupted
+                        } else {
+                            Vec::new()
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!("scrub pass: {err:#}");
+                        done.error = Some(format!("{err:#}"));
+                        Vec::new()
+                    }
+                }
+            }
+            HealRequest::Restore { paths } if paths.is_empty() => {
+                match self.index.corrupted_paths() {
+                    Ok(paths) => paths,
+                    Err(err) => {
+                        done.error = Some(format!("listing corrupted paths: {err:#}"));
+                        Vec::new()
+                    }
+                }
+            }
+            HealRequest::Restore { paths } => paths,
+        };
+        for path in to_restore {
+            match self.restore_one(&path).await {
+                Ok(()) => done.restored += 1,
+                Err(why) => done.failed.push(PathReason { path, reason: why }),
+            }
+        }
+        done
+    }
+
+    /// Restores one path from its index entry. `restore` checks just before its rename that the
+    /// file is still the one scrub found (an edit made meanwhile is kept, and the restore
+    /// refused); the renamed-in file matches its entry, so no look sends anything for it.
+    async fn restore_one(&self, path: &str) -> Result<(), String> {
+        let content = self
+            .uploads
+            .content_api()
+            .ok_or("no content API (--no-upload)")?
+            .clone();
+        let config = RestoreConfig {
+            grant: self.config.grant,
+            attempts: RESTORE_ATTEMPTS.try_into().expect("not zero"),
+        };
+        let restored = restore::restore(
+            &self.index,
+            &self.backing,
+            content.as_ref(),
+            &config,
+            &Source::Indexed(path.to_string()),
+        )
+        .await;
+        match restored {
+            Ok(restored) => {
+                tracing::info!(
+                    path,
+                    downloaded = restored.downloaded_bytes,
+                    resumed = restored.resumed_bytes,
+                    refetched_chunks = restored.refetched_chunks,
+                    "restored"
+                );
+                Ok(())
+            }
+            Err(err) => {
+                tracing::warn!(path, "restore: {err:#}");
+                Err(format!("{err:#}"))
+            }
+        }
+    }
+}
