@@ -139,9 +139,38 @@ pub fn decide(facts: Facts<'_>) -> Action {
     }
 }
 
-/// Same inode, size and mtime: the content the entry was hashed from, as far as stat can tell.
-pub fn same_content(entry: &IndexEntry, stat: &FileStat) -> bool {
-    entry.ino == stat.ino && entry.size == stat.size && entry.mtime_ns == stat.mtime_ns
+/// What stat tells of a file's content: its inode, size and mtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContentKey {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl From<&FileStat> for ContentKey {
+    fn from(stat: &FileStat) -> Self {
+        ContentKey {
+            ino: stat.ino,
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+        }
+    }
+}
+
+impl From<&IndexEntry> for ContentKey {
+    fn from(entry: &IndexEntry) -> Self {
+        ContentKey {
+            ino: entry.ino,
+            size: entry.size,
+            mtime_ns: entry.mtime_ns,
+        }
+    }
+}
+
+/// The one "unchanged": a file whose key is the one recorded (in its index entry, or when it was
+/// hashed) holds the content recorded with it, as far as stat can tell.
+pub fn same_content(recorded: impl Into<ContentKey>, now: impl Into<ContentKey>) -> bool {
+    recorded.into() == now.into()
 }
 
 #[cfg(test)]
@@ -269,6 +298,29 @@ mod tests {
             f.hint = Hint::Meta;
             f.content = Content::NotSent;
             assert_eq!(decide(f), Action::Nothing);
+        }
+    }
+
+    #[test]
+    fn unchanged_means_the_same_inode_size_and_mtime_whatever_ctime_says() {
+        let entry = entry();
+        assert!(same_content(&entry, &stat()));
+        let renamed = FileStat {
+            ctime_ns: 300,
+            ..stat()
+        };
+        assert!(same_content(&entry, &renamed));
+        assert!(same_content(&stat(), &renamed));
+        for other in [
+            FileStat { ino: 6, ..stat() },
+            FileStat { size: 4, ..stat() },
+            FileStat {
+                mtime_ns: 101,
+                ..stat()
+            },
+        ] {
+            assert!(!same_content(&entry, &other), "{other:?}");
+            assert!(!same_content(&stat(), &other), "{other:?}");
         }
     }
 

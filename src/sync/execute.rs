@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::decide::{decide, Action, Content, Facts, Local};
+use super::decide::{decide, same_content, Action, Content, Facts, Local};
 use super::engine::{Engine, Outcome};
 use super::failure::{io_meaning, verdict, Failure, Io, Step, Verdict};
 use super::hash_cache::Stamp;
@@ -477,7 +477,7 @@ impl Engine {
             let links = self.index.find_by_ino(stat.ino)?;
             if let Some((_, entry)) = links
                 .into_iter()
-                .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
+                .find(|(_, entry)| same_content(entry, &stat))
             {
                 return Ok(Some((entry.hash, stat, true, None)));
             }
@@ -533,12 +533,10 @@ impl Engine {
     /// changed.
     pub(super) fn still_at(&self, path: &Path, stat: &FileStat) -> Result<(), Failed> {
         match self.backing.observe(path) {
-            Ok(Observed::File(now)) if now.ino == stat.ino => {
-                match content_key(&now) == content_key(stat) {
-                    true => Ok(()),
-                    false => Err(changed()),
-                }
-            }
+            Ok(Observed::File(now)) if now.ino == stat.ino => match same_content(stat, &now) {
+                true => Ok(()),
+                false => Err(changed()),
+            },
             Ok(Observed::Unreadable) => Err(Failed(Step::Local, Failure::Unreadable)),
             Ok(_) => Err(Failed(Step::Local, Failure::Vanished)),
             Err(err) => Err(Failed(Step::Local, Failure::io("cannot look at it", err))),
@@ -555,11 +553,6 @@ fn useful_threads(size: u64) -> std::num::NonZeroUsize {
     let parts = crate::hash::part_size(size).map_or(1, |part| size.div_ceil(part));
     std::num::NonZeroUsize::new(parts.min(usize::MAX as u64) as usize)
         .unwrap_or(std::num::NonZeroUsize::MIN)
-}
-
-/// What identifies a file's content state: inode, size, mtime.
-pub(super) fn content_key(stat: &FileStat) -> (u64, u64, i128) {
-    (stat.ino, stat.size, stat.mtime_ns)
 }
 
 /// A record's state: content hash and size, and times in nanoseconds since the epoch. A time

@@ -27,9 +27,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio::sync::{watch, Semaphore};
 
-use super::decide::Content;
+use super::decide::{same_content, Content};
 use super::engine::Engine;
-use super::execute::{content_key, At, Failed};
+use super::execute::{At, Failed};
 use super::failure::{starts_over, Failure, Step};
 use super::hasher::HashRead;
 use super::index::MultipartUpload;
@@ -724,7 +724,7 @@ impl Engine {
             .backing
             .open_file(path)
             .map_err(|err| Failed(Step::Local, Failure::io("opening", err)))?;
-        if content_key(&now) != content_key(&stat) {
+        if !same_content(&stat, &now) {
             return Err(changed());
         }
         Ok(Arc::new(file))
@@ -743,9 +743,7 @@ impl Engine {
             return Ok(known);
         }
         match self.hash_now(path, stat).await.at(Step::Local)? {
-            Some(hashed)
-                if hashed.hash == hash && content_key(&hashed.stat) == content_key(&stat) =>
-            {
+            Some(hashed) if hashed.hash == hash && same_content(&stat, &hashed.stat) => {
                 Ok(hashed.read.parts)
             }
             _ => Err(changed()),
