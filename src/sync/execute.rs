@@ -7,7 +7,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::decide::{decide, same_content, Action, Content, Facts, Local};
+use super::decide::{
+    after_conflict, decide, same_content, Action, AfterConflict, Content, Facts, Local,
+};
 use super::engine::{Engine, Outcome};
 use super::failure::{io_meaning, verdict, Failure, Io, Step, Verdict};
 use super::hash_cache::Stamp;
@@ -296,16 +298,18 @@ impl Engine {
             CreateOutcome::Conflict(record) => {
                 self.refuse_others_id(key, record.media_id)
                     .at(Step::Create)?;
-                // The path already has a record (another device, or our own earlier send whose
-                // acknowledgement was lost): adopt it, and make it show the local file.
-                if record.is_deleted || record.state() != media.state {
-                    let answer = self.wait(self.api.update(
-                        self.config.grant,
-                        record.media_id,
-                        &media.state,
-                    ));
-                    answer.at(Step::Update)?;
-                    self.report.lock().unwrap().totals.updated += 1;
+                match after_conflict(Step::Create, &record, &media.state) {
+                    AfterConflict::Adopt => {}
+                    AfterConflict::AdoptAndUpdate => {
+                        let answer = self.wait(self.api.update(
+                            self.config.grant,
+                            record.media_id,
+                            &media.state,
+                        ));
+                        answer.at(Step::Update)?;
+                        self.report.lock().unwrap().totals.updated += 1;
+                    }
+                    AfterConflict::NoLiveRecord => unreachable!("a create adopts any record"),
                 }
                 Ok(record.media_id)
             }
@@ -378,8 +382,13 @@ impl Engine {
     fn find(&self, key: &str, media: &NewMedia) -> Result<Option<MediaId>, Failed> {
         let media_id = match self.wait(self.api.create(self.config.grant, media)) {
             Ok(CreateOutcome::Created(id)) => id,
-            Ok(CreateOutcome::Conflict(record)) if record.is_deleted => return Ok(None),
-            Ok(CreateOutcome::Conflict(record)) => record.media_id,
+            Ok(CreateOutcome::Conflict(record)) => {
+                match after_conflict(Step::Find, &record, &media.state) {
+                    AfterConflict::Adopt => record.media_id,
+                    AfterConflict::NoLiveRecord => return Ok(None),
+                    AfterConflict::AdoptAndUpdate => unreachable!("a find updates nothing"),
+                }
+            }
             Err(err) => {
                 self.judge(Step::Find, err)?;
                 return Ok(None);
