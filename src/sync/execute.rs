@@ -10,8 +10,8 @@ use std::sync::Arc;
 use super::decide::{
     after_conflict, decide, same_content, Action, AfterConflict, Content, Facts, Local,
 };
-use super::engine::{Engine, Outcome};
-use super::failure::{io_meaning, verdict, Failure, Io, Step, Verdict};
+use super::engine::{Engine, Next, Outcome};
+use super::failure::{io_meaning, Failure, Io, Step};
 use super::hash_cache::Stamp;
 use super::hasher::{self, HashRead, Hashed};
 use super::index::{IdTaken, IndexEntry, Unsure};
@@ -48,6 +48,21 @@ struct Checked {
 
 /// A failed step of an action.
 pub(super) struct Failed(pub Step, pub Failure);
+
+/// Why an action stopped short.
+enum Stop {
+    /// A step failed; the verdict on it is still to be carried out.
+    Failed(Failed),
+    /// The verdict on a failed call was carried out where the action might have gone on past
+    /// it; the look ends so.
+    Ended(Outcome),
+}
+
+impl From<Failed> for Stop {
+    fn from(failed: Failed) -> Self {
+        Stop::Failed(failed)
+    }
+}
 
 pub(super) trait At<T> {
     fn at(self, step: Step) -> Result<T, Failed>;
@@ -88,7 +103,7 @@ impl Engine {
             Ok(None) => return Outcome::Done,
             Err(failure) => {
                 let key = path.to_string_lossy();
-                return self.apply(&key, verdict(Step::Local, &failure, self.config.grant));
+                return self.apply(&key, Failed(Step::Local, failure)).outcome();
             }
         };
         let key = look.key.clone();
@@ -97,19 +112,17 @@ impl Engine {
                 self.report.lock().unwrap().failed.remove(&key);
                 Outcome::Done
             }
-            Err(Failed(step, failure)) => {
-                self.apply(&key, verdict(step, &failure, self.config.grant))
-            }
+            Err(Stop::Failed(failed)) => self.apply(&key, failed).outcome(),
+            Err(Stop::Ended(outcome)) => outcome,
         }
     }
 
-    /// The policy's verdict on a failed call, for a caller that carries on after `Settled` or
-    /// `CreateInstead`; any other verdict is the action's failure.
-    fn judge(&self, step: Step, err: ApiError) -> Result<Verdict, Failed> {
-        let failure = Failure::Api(err);
-        match verdict(step, &failure, self.config.grant) {
-            verdict @ (Verdict::Settled | Verdict::CreateInstead) => Ok(verdict),
-            _ => Err(Failed(step, failure)),
+    /// Carries out the verdict on a failed call that the action may go on past: how it goes on,
+    /// or, for any other verdict, the end of the look.
+    fn judge(&self, key: &str, step: Step, err: ApiError) -> Result<Next, Stop> {
+        match self.apply(key, Failed(step, Failure::Api(err))) {
+            Next::End(outcome) => Err(Stop::Ended(outcome)),
+            next => Ok(next),
         }
     }
 
@@ -171,7 +184,7 @@ impl Engine {
         }))
     }
 
-    fn carry_out(self: &Arc<Self>, path: &Path, look: Look, hint: Hint) -> Result<(), Failed> {
+    fn carry_out(self: &Arc<Self>, path: &Path, look: Look, hint: Hint) -> Result<(), Stop> {
         let Look {
             key,
             mut local,
@@ -214,7 +227,8 @@ impl Engine {
                         return Err(Failed(
                             Step::Local,
                             Failure::Local("changing while it was read".into()),
-                        ));
+                        )
+                        .into());
                     };
                     checked = Some(Checked {
                         stamp,
@@ -254,7 +268,7 @@ impl Engine {
                         // gone one goes first, so that the create's unsure note is all that
                         // names the path should its answer be lost.
                         Err(err) => {
-                            self.judge(Step::Update, err)?;
+                            self.judge(&key, Step::Update, err)?;
                             if entry.is_some() {
                                 self.index.remove(&key).at(Step::Local)?;
                             }
@@ -278,15 +292,15 @@ impl Engine {
                 || entry
                     .as_ref()
                     .is_some_and(|e| e.hash == hash && e.content_up);
-            return self
-                .remember_checked(path, &key, media_id, hash, content_up, stat, checked)
-                .at(Step::Local);
+            self.remember_checked(path, &key, media_id, hash, content_up, stat, checked)
+                .at(Step::Local)?;
+            return Ok(());
         }
     }
 
     /// Sends a create for `key` (noted unsure until its answer is recorded) and answers the id
     /// of the record that now shows the file.
-    fn create(&self, key: &str, media: NewMedia) -> Result<MediaId, Failed> {
+    fn create(&self, key: &str, media: NewMedia) -> Result<MediaId, Stop> {
         self.index.mark_unsure(key, &media).at(Step::Local)?;
         let answer = self.wait(self.api.create(self.config.grant, &media));
         match answer.at(Step::Create)? {
@@ -324,7 +338,7 @@ impl Engine {
         action: Action,
         entry: Option<IndexEntry>,
         unsure: Option<Unsure>,
-    ) -> Result<(), Failed> {
+    ) -> Result<(), Stop> {
         let media_id = match action {
             Action::Nothing => return Ok(()),
             Action::Forget => {
@@ -372,14 +386,16 @@ impl Engine {
         match self.wait(self.api.delete(self.config.grant, media_id)) {
             Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
             // Already gone.
-            Err(err) => drop(self.judge(Step::Delete, err)?),
+            Err(err) => {
+                self.judge(key, Step::Delete, err)?;
+            }
         }
         self.clear_unsure(key)
     }
 
     /// Creates `media` again to learn the id of the record a lost create answer named; the id
     /// is stored at once, so a retry deletes by id. `None`: no live record has the path.
-    fn find(&self, key: &str, media: &NewMedia) -> Result<Option<MediaId>, Failed> {
+    fn find(&self, key: &str, media: &NewMedia) -> Result<Option<MediaId>, Stop> {
         let media_id = match self.wait(self.api.create(self.config.grant, media)) {
             Ok(CreateOutcome::Created(id)) => id,
             Ok(CreateOutcome::Conflict(record)) => {
@@ -390,7 +406,7 @@ impl Engine {
                 }
             }
             Err(err) => {
-                self.judge(Step::Find, err)?;
+                self.judge(key, Step::Find, err)?;
                 return Ok(None);
             }
         };
@@ -410,8 +426,8 @@ impl Engine {
         }
     }
 
-    fn clear_unsure(&self, key: &str) -> Result<(), Failed> {
-        self.index.clear_unsure(key).at(Step::Local)
+    fn clear_unsure(&self, key: &str) -> Result<(), Stop> {
+        Ok(self.index.clear_unsure(key).at(Step::Local)?)
     }
 
     fn state_of(&self, stat: &FileStat, hash: &Option<String>) -> Result<MediaState, Failure> {
