@@ -79,7 +79,7 @@ pub struct Engine {
     pub(super) backing: Arc<Backing>,
     pub(super) queue: WorkQueue,
     pub(super) report: Mutex<Report>,
-    /// Content changes per inode, and the hash of each inode's content as of its last hash.
+    /// Content changes per inode, and each file's last hash: the one place a hash is reused.
     pub(super) hashes: Mutex<HashCache>,
     pub(super) hash_budget: HashBudget,
     pub(super) uploads: Uploads,

@@ -41,8 +41,8 @@ struct Look {
 struct Checked {
     /// The inode's content stamp when the look began.
     stamp: Stamp,
-    /// Whether the hash was computed (or taken from an entry of the same size and mtime), not
-    /// reused from the inode's last hash.
+    /// Whether the hash was computed, or reused for the same inode, size and mtime (see
+    /// `HashCache::known_hash`).
     hash_verified: bool,
 }
 
@@ -487,10 +487,9 @@ impl Engine {
     }
 
     /// The file's hash and the stat it belongs to, and whether it was verified. A `Meta` look
-    /// reuses a hash known to be the inode's content now: that of an indexed name of the inode
-    /// with the same size and mtime (a rename or link), or the inode's last hash if no content
-    /// change was reported since it was taken (times set). Otherwise the file is hashed, and
-    /// hashed again if it changed meanwhile. `None`: it kept changing. What the read left for
+    /// reuses the file's last hash (`HashCache::known_hash`: same device and inode, no content
+    /// change reported since). Otherwise the file is hashed, and hashed again if it changed
+    /// meanwhile. `None`: it kept changing. What the read left for
     /// the upload (part digests, a small file's bytes) comes with a hash that was computed.
     fn file_hash(
         self: &Arc<Self>,
@@ -499,15 +498,8 @@ impl Engine {
         hint: Hint,
     ) -> Result<Option<HashFound>, Failure> {
         if hint == Hint::Meta {
-            let links = self.index.find_by_ino(stat.ino)?;
-            if let Some((_, entry)) = links
-                .into_iter()
-                .find(|(_, entry)| same_content(entry, &stat))
-            {
-                return Ok(Some((entry.hash, stat, true, None)));
-            }
-            if let Some(hash) = self.hashes.lock().unwrap().known_hash(&stat) {
-                return Ok(Some((hash, stat, false, None)));
+            if let Some((hash, verified)) = self.hashes.lock().unwrap().known_hash(&stat) {
+                return Ok(Some((hash, stat, verified, None)));
             }
         }
         let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
