@@ -576,9 +576,7 @@ impl Engine {
             Verdict::CreateInstead => return Next::CreateInstead,
             // A normal race, not an error: neither the status nor the log calls it one.
             Verdict::Again => {
-                tracing::debug!(
-                    "{key:?}: changed while it was uploaded; sent again once it settles"
-                );
+                tracing::debug!("{key:?}: {failure}");
                 Outcome::Again
             }
             Verdict::Retry { why } => {

@@ -220,16 +220,8 @@ impl Engine {
                 Action::Hash => {
                     // Taken before the hash: a change reported from now on is not in what we send.
                     let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
-                    let Some((hash, stat, verified, hash_read)) =
-                        self.file_hash(path, *stat, hint).at(Step::Local)?
-                    else {
-                        // It kept changing while read: look again later.
-                        return Err(Failed(
-                            Step::Local,
-                            Failure::Local("changing while it was read".into()),
-                        )
-                        .into());
-                    };
+                    let (hash, stat, verified, hash_read) =
+                        self.file_hash(path, *stat, hint).at(Step::Local)?;
                     checked = Some(Checked {
                         stamp,
                         hash_verified: verified,
@@ -489,28 +481,26 @@ impl Engine {
     /// The file's hash and the stat it belongs to, and whether it was verified. A `Meta` look
     /// reuses the file's last hash (`HashCache::known_hash`: same device and inode, no content
     /// change reported since). Otherwise the file is hashed, and hashed again if it changed
-    /// meanwhile. `None`: it kept changing. What the read left for
-    /// the upload (part digests, a small file's bytes) comes with a hash that was computed.
+    /// meanwhile. What the read left for the upload (part digests, a small file's bytes) comes
+    /// with a hash that was computed.
     fn file_hash(
         self: &Arc<Self>,
         path: &Path,
         stat: FileStat,
         hint: Hint,
-    ) -> Result<Option<HashFound>, Failure> {
+    ) -> Result<HashFound, Failure> {
         if hint == Hint::Meta {
             if let Some((hash, verified)) = self.hashes.lock().unwrap().known_hash(&stat) {
-                return Ok(Some((hash, stat, verified, None)));
+                return Ok((hash, stat, verified, None));
             }
         }
         let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
         let hashed = self.wait(self.hash_now(path, stat))?;
-        if let Some(hashed) = &hashed {
-            self.hashes
-                .lock()
-                .unwrap()
-                .hashed(&hashed.stat, &hashed.hash, stamp);
-        }
-        Ok(hashed.map(|hashed| (hashed.hash, hashed.stat, true, Some(hashed.read))))
+        self.hashes
+            .lock()
+            .unwrap()
+            .hashed(&hashed.stat, &hashed.hash, stamp);
+        Ok((hashed.hash, hashed.stat, true, Some(hashed.read)))
     }
 
     /// Reads and hashes the file now (`stat`: as last seen), within the hashing budget. Async for
@@ -519,7 +509,7 @@ impl Engine {
         self: &Arc<Self>,
         path: &Path,
         stat: FileStat,
-    ) -> Result<Option<Hashed>, Failure> {
+    ) -> Result<Hashed, Failure> {
         // Small files are microseconds of work; larger ones wait for threads of the one budget.
         let hashed = if stat.size <= SMALL_HASH_MAX {
             hasher::hash_stable(&self.backing, path, std::num::NonZeroUsize::MIN)
@@ -528,7 +518,9 @@ impl Engine {
             hasher::hash_stable(&self.backing, path, threads.count())
         };
         match hashed {
-            Ok(found) => Ok(found),
+            Ok(Some(found)) => Ok(found),
+            // It kept changing while it was read: a race, not an error.
+            Ok(None) => Err(Failure::Changed),
             // Gone or replaced while we looked: the event that did it marks it again.
             Err(err) => Err(match io_meaning(&err) {
                 Io::Vanished => Failure::Vanished,

@@ -57,7 +57,7 @@ pub enum Failure {
     Local(String),
     /// The file changed while its content was read or sent: a normal race, not an error. The
     /// path is looked at again once it settles.
-    #[error("changed while it was uploaded; sent again once it settles")]
+    #[error("changed while it was read or sent; looked at again once it settles")]
     Changed,
     /// The file went away while we looked; the event that removed it marks the path again.
     #[error("it went away while it was looked at")]

@@ -61,6 +61,9 @@ struct Options {
     content: Option<Arc<dyn ContentApi>>,
     /// The grant is checked for encryption before the first upload.
     grant_unchecked: bool,
+    /// A folder to serve instead of the rig's own: its engine is not started (no reconcile walks
+    /// it), and looks are run by hand.
+    backing: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -73,6 +76,7 @@ impl Default for Options {
             engine_api: None,
             content: None,
             grant_unchecked: false,
+            backing: None,
         }
     }
 }
@@ -124,7 +128,9 @@ impl Rig {
             },
         };
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
-        let backing = Backing::open(&dir.path().join("b")).unwrap();
+        let started = options.backing.is_none();
+        let backing = options.backing.unwrap_or_else(|| dir.path().join("b"));
+        let backing = Backing::open(&backing).unwrap();
         let writers = Arc::new(OpenWriters::default());
         let engine_api = options.engine_api.unwrap_or_else(|| api.clone());
         let engine = Engine::new(config, engine_api, index, backing, writers.clone());
@@ -133,7 +139,7 @@ impl Rig {
             .enable_all()
             .build()
             .unwrap();
-        {
+        if started {
             let _context = runtime.enter();
             engine.start();
         }
@@ -841,4 +847,20 @@ async fn a_path_whose_folder_became_a_file_while_it_was_hashed_is_vanished_not_a
     std::fs::create_dir(rig.path("e")).unwrap();
     let hashed = rig.engine.hash_now(Path::new("e"), stat).await;
     assert!(matches!(hashed, Err(super::failure::Failure::Vanished)));
+}
+
+/// A sysfs file reads shorter than the size its stat shows, on every try: as a file cut short
+/// while each read of it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_kept_changing_while_it_was_hashed_is_looked_at_again_never_an_error() {
+    let rig = Rig::with(Options {
+        backing: Some("/sys/devices/system/cpu".into()),
+        ..Options::default()
+    });
+    let engine = rig.engine.clone();
+    let look = move || engine.sync_path(Path::new("online"), super::queue::Hint::Content);
+    let outcome = tokio::task::spawn_blocking(look).await.unwrap();
+    assert!(matches!(outcome, super::engine::Outcome::Again));
+    let status = rig.engine.status();
+    assert_eq!((status.last_error, status.failed_count), (None, 0));
 }

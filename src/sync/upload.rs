@@ -742,11 +742,10 @@ impl Engine {
         if !known.is_empty() {
             return Ok(known);
         }
-        match self.hash_now(path, stat).await.at(Step::Local)? {
-            Some(hashed) if hashed.hash == hash && same_content(&stat, &hashed.stat) => {
-                Ok(hashed.read.parts)
-            }
-            _ => Err(changed()),
+        let hashed = self.hash_now(path, stat).await.at(Step::Local)?;
+        match hashed.hash == hash && same_content(&stat, &hashed.stat) {
+            true => Ok(hashed.read.parts),
+            false => Err(changed()),
         }
     }
 
