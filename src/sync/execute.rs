@@ -11,7 +11,7 @@ use super::decide::{
     after_conflict, decide, same_content, Action, AfterConflict, Content, Facts, Local,
 };
 use super::engine::{Engine, Next, Outcome};
-use super::failure::{io_meaning, Failure, Io, Step};
+use super::failure::{Failure, Step};
 use super::hash_cache::Stamp;
 use super::hasher::{self, HashRead, Hashed};
 use super::index::{IdTaken, IndexEntry, Unsure};
@@ -522,11 +522,7 @@ impl Engine {
             // It kept changing while it was read: a race, not an error.
             Ok(None) => Err(Failure::Changed),
             // Gone or replaced while we looked: the event that did it marks it again.
-            Err(err) => Err(match io_meaning(&err) {
-                Io::Vanished => Failure::Vanished,
-                Io::Unreadable => Failure::Unreadable,
-                Io::Other => Failure::io("reading", err),
-            }),
+            Err(err) => Err(Failure::reading("reading", err)),
         }
     }
 

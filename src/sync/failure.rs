@@ -79,6 +79,16 @@ impl Failure {
     pub fn io(what: &'static str, source: io::Error) -> Failure {
         Failure::Io { what, source }
     }
+
+    /// An error met opening or reading a file, as `io_meaning` reads it: a file gone or replaced
+    /// meanwhile, or one the daemon may not read, is no trouble to retry.
+    pub fn reading(what: &'static str, source: io::Error) -> Failure {
+        match io_meaning(&source) {
+            Io::Vanished => Failure::Vanished,
+            Io::Unreadable => Failure::Unreadable,
+            Io::Other => Failure::io(what, source),
+        }
+    }
 }
 
 /// The call that failed: the same answer means different things for different calls.

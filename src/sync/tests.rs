@@ -849,6 +849,26 @@ async fn a_path_whose_folder_became_a_file_while_it_was_hashed_is_vanished_not_a
     assert!(matches!(hashed, Err(super::failure::Failure::Vanished)));
 }
 
+#[tokio::test]
+async fn a_file_gone_or_changed_before_its_content_is_sent_is_no_error() {
+    let rig = Rig::new();
+    rig.write("f", b"sent soon");
+    let stat = super::local::FileStat::from_metadata(&std::fs::metadata(rig.path("f")).unwrap());
+    let failure = |opened: Result<_, super::execute::Failed>| opened.err().map(|failed| failed.1);
+    rig.write("f", b"changed meanwhile");
+    let opened = rig.engine.open_unchanged(Path::new("f"), stat).await;
+    assert!(matches!(
+        failure(opened),
+        Some(super::failure::Failure::Changed)
+    ));
+    std::fs::remove_file(rig.path("f")).unwrap();
+    let opened = rig.engine.open_unchanged(Path::new("f"), stat).await;
+    assert!(matches!(
+        failure(opened),
+        Some(super::failure::Failure::Vanished)
+    ));
+}
+
 /// A sysfs file reads shorter than the size its stat shows, on every try: as a file cut short
 /// while each read of it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -715,7 +715,7 @@ impl Engine {
     }
 
     /// Opens the file and checks it is still the one that was hashed.
-    async fn open_unchanged(
+    pub(super) async fn open_unchanged(
         self: &Arc<Self>,
         path: &Path,
         stat: FileStat,
@@ -723,7 +723,7 @@ impl Engine {
         let (file, now) = self
             .backing
             .open_file(path)
-            .map_err(|err| Failed(Step::Local, Failure::io("opening", err)))?;
+            .map_err(|err| Failed(Step::Local, Failure::reading("opening", err)))?;
         if !same_content(&stat, &now) {
             return Err(changed());
         }
