@@ -849,6 +849,32 @@ async fn a_path_whose_folder_became_a_file_while_it_was_hashed_is_vanished_not_a
     assert!(matches!(hashed, Err(super::failure::Failure::Vanished)));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_after_a_restart_reuses_the_hash_of_the_file_as_indexed() {
+    let rig = Rig::new();
+    rig.write("a", b"old");
+    rig.settled().await;
+    let rig = rig.restart(false).await;
+    rig.settled().await;
+    // Rewritten behind the engine's back with its size and mtime kept: only a reused hash is
+    // the old one.
+    let mtime = std::fs::metadata(rig.path("a"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::write(rig.path("a"), b"new").unwrap();
+    let file = std::fs::File::options().write(true).open(rig.path("a"));
+    file.unwrap().set_modified(mtime).unwrap();
+    std::fs::rename(rig.path("a"), rig.path("b")).unwrap();
+    rig.sink.send(Event::Renamed {
+        from: "a".into(),
+        to: "b".into(),
+        is_dir: false,
+    });
+    rig.settled().await;
+    assert_eq!(rig.live()["b"].file_hash, maxlo_hash(b"old"));
+}
+
 #[tokio::test]
 async fn a_file_gone_or_changed_before_its_content_is_sent_is_no_error() {
     let rig = Rig::new();
