@@ -2,10 +2,11 @@
 //! entry, any unsure note, the hint of the marks, whether a writer holds it open). No I/O, no
 //! clock: every rule of what reaches the service is here, and the executor only carries it out.
 
+use super::failure::Step;
 use super::index::{IndexEntry, Unsure};
 use super::local::FileStat;
 use super::queue::Hint;
-use maxlofs_api::MediaId;
+use maxlofs_api::{MediaId, MediaRecord, MediaState};
 
 /// What the path holds, as far as the catalog is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -139,9 +140,63 @@ pub fn decide(facts: Facts<'_>) -> Action {
     }
 }
 
-/// Same inode, size and mtime: the content the entry was hashed from, as far as stat can tell.
-pub fn same_content(entry: &IndexEntry, stat: &FileStat) -> bool {
-    entry.ino == stat.ino && entry.size == stat.size && entry.mtime_ns == stat.mtime_ns
+/// What follows a create's 409, which names the record the path already has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterConflict {
+    /// The record is taken as this path's, as it is.
+    Adopt,
+    /// The record is taken as this path's, and updated (undeleted) to show the file.
+    AdoptAndUpdate,
+    /// The create was sent only to find a live record (`FindAndDelete`), and the record is
+    /// deleted: there is none to delete.
+    NoLiveRecord,
+}
+
+/// What a 409 to the create of `step` (`Create`, or the `Find` of `FindAndDelete`) leads to;
+/// `sent`: the state the create asked for.
+pub fn after_conflict(step: Step, record: &MediaRecord, sent: &MediaState) -> AfterConflict {
+    match step {
+        Step::Find if record.is_deleted => AfterConflict::NoLiveRecord,
+        Step::Find => AfterConflict::Adopt,
+        // Another device's record, or our own earlier create whose answer was lost: it is made
+        // to show the local file.
+        _ if record.is_deleted || record.state() != *sent => AfterConflict::AdoptAndUpdate,
+        _ => AfterConflict::Adopt,
+    }
+}
+
+/// What stat tells of a file's content: its inode, size and mtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContentKey {
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl From<&FileStat> for ContentKey {
+    fn from(stat: &FileStat) -> Self {
+        ContentKey {
+            ino: stat.ino,
+            size: stat.size,
+            mtime_ns: stat.mtime_ns,
+        }
+    }
+}
+
+impl From<&IndexEntry> for ContentKey {
+    fn from(entry: &IndexEntry) -> Self {
+        ContentKey {
+            ino: entry.ino,
+            size: entry.size,
+            mtime_ns: entry.mtime_ns,
+        }
+    }
+}
+
+/// The one "unchanged": a file whose key is the one recorded (in its index entry, or when it was
+/// hashed) holds the content recorded with it, as far as stat can tell.
+pub fn same_content(recorded: impl Into<ContentKey>, now: impl Into<ContentKey>) -> bool {
+    recorded.into() == now.into()
 }
 
 #[cfg(test)]
@@ -270,6 +325,64 @@ mod tests {
             f.content = Content::NotSent;
             assert_eq!(decide(f), Action::Nothing);
         }
+    }
+
+    #[test]
+    fn unchanged_means_the_same_inode_size_and_mtime_whatever_ctime_says() {
+        let entry = entry();
+        assert!(same_content(&entry, &stat()));
+        let renamed = FileStat {
+            ctime_ns: 300,
+            ..stat()
+        };
+        assert!(same_content(&entry, &renamed));
+        assert!(same_content(&stat(), &renamed));
+        for other in [
+            FileStat { ino: 6, ..stat() },
+            FileStat { size: 4, ..stat() },
+            FileStat {
+                mtime_ns: 101,
+                ..stat()
+            },
+        ] {
+            assert!(!same_content(&entry, &other), "{other:?}");
+            assert!(!same_content(&stat(), &other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn a_409_is_adopted_updated_where_it_differs_and_found_only_when_live() {
+        let sent = MediaState {
+            file_hash: HASH.into(),
+            file_size: 3,
+            ctime: "2020-01-01T00:00:00.000Z".into(),
+            mtime: "2020-01-01T00:00:00.000Z".into(),
+        };
+        let record = |state: &MediaState, is_deleted| MediaRecord {
+            media_id: 4,
+            media_path: "p".into(),
+            file_hash: state.file_hash.clone(),
+            file_size: state.file_size,
+            ctime: state.ctime.clone(),
+            mtime: state.mtime.clone(),
+            last_updated_user_id: None,
+            last_updated_device_id: None,
+            last_updated: "2020-01-01T00:00:00.000Z".into(),
+            is_deleted,
+        };
+        let other = MediaState {
+            file_hash: "bb".into(),
+            ..sent.clone()
+        };
+        let (same, differs) = (record(&sent, false), record(&other, false));
+        let (deleted, deleted_same) = (record(&other, true), record(&sent, true));
+        let after = |step, record: &MediaRecord| after_conflict(step, record, &sent);
+        assert_eq!(after(Step::Create, &same), AfterConflict::Adopt);
+        for record in [&differs, &deleted, &deleted_same] {
+            assert_eq!(after(Step::Create, record), AfterConflict::AdoptAndUpdate);
+        }
+        assert_eq!(after(Step::Find, &differs), AfterConflict::Adopt);
+        assert_eq!(after(Step::Find, &deleted), AfterConflict::NoLiveRecord);
     }
 
     #[test]

@@ -18,7 +18,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use super::failure::{io_meaning, Io, Verdict};
+use super::execute::Failed;
+use super::failure::{io_meaning, verdict, Io, Verdict};
 use super::hash_cache::{HashBudget, HashCache};
 use super::heal::{HealConfig, Healer, NotTaken};
 use super::ignore::IgnoreRules;
@@ -80,7 +81,7 @@ pub struct Engine {
     pub(super) backing: Arc<Backing>,
     pub(super) queue: WorkQueue,
     pub(super) report: Mutex<Report>,
-    /// Content changes per inode, and the hash of each inode's content as of its last hash.
+    /// Content changes per inode, and each file's last hash: the one place a hash is reused.
     pub(super) hashes: Mutex<HashCache>,
     pub(super) hash_budget: HashBudget,
     pub(super) uploads: Uploads,
@@ -171,6 +172,29 @@ pub(super) enum Outcome {
     /// Looked at again once it settles (it is still changing), with no backoff.
     Again,
     Retry,
+}
+
+/// How a look goes on after a failed step, as the verdict on it says.
+pub(super) enum Next {
+    /// The action goes on without the call: its purpose is met.
+    Settled,
+    /// The action goes on with a create in place of the update.
+    CreateInstead,
+    /// The look ends so.
+    End(Outcome),
+}
+
+impl Next {
+    /// How the look ends when the failed step was its last.
+    pub(super) fn outcome(self) -> Outcome {
+        match self {
+            Next::Settled => Outcome::Done,
+            // Only an update adopted from a 409 ends here: its record vanished in between, and
+            // the next look makes a new one.
+            Next::CreateInstead => Outcome::Retry,
+            Next::End(outcome) => outcome,
+        }
+    }
 }
 
 impl Engine {
@@ -587,18 +611,17 @@ impl Engine {
         }
     }
 
-    /// Carries out the failure policy's verdict on `key`.
-    pub(super) fn apply(&self, key: &str, verdict: Verdict) -> Outcome {
+    /// Carries out the failure policy's verdict on a failed step of `key`'s look: the one place
+    /// a verdict takes effect.
+    pub(super) fn apply(&self, key: &str, Failed(step, failure): Failed) -> Next {
+        let verdict = verdict(step, &failure, self.config.grant);
         let mut report = self.report.lock().unwrap();
-        match verdict {
-            Verdict::Settled => Outcome::Done,
-            // Only an update adopted from a 409 ends here: its record vanished in between.
-            Verdict::CreateInstead => Outcome::Retry,
+        Next::End(match verdict {
+            Verdict::Settled => return Next::Settled,
+            Verdict::CreateInstead => return Next::CreateInstead,
             // A normal race, not an error: neither the status nor the log calls it one.
             Verdict::Again => {
-                tracing::debug!(
-                    "{key:?}: changed while it was uploaded; sent again once it settles"
-                );
+                tracing::debug!("{key:?}: {failure}");
                 Outcome::Again
             }
             Verdict::Retry { why } => {
@@ -629,7 +652,7 @@ impl Engine {
                     .insert(key.to_string(), UNREADABLE.to_string());
                 Outcome::Done
             }
-        }
+        })
     }
 }
 

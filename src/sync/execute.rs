@@ -7,9 +7,11 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::decide::{decide, Action, Content, Facts, Local};
-use super::engine::{Engine, Outcome};
-use super::failure::{io_meaning, verdict, Failure, Io, Step, Verdict};
+use super::decide::{
+    after_conflict, decide, same_content, Action, AfterConflict, Content, Facts, Local,
+};
+use super::engine::{Engine, Next, Outcome};
+use super::failure::{Failure, Step};
 use super::hash_cache::Stamp;
 use super::hasher::{self, HashRead, Hashed};
 use super::index::{IdTaken, IndexEntry, Unsure};
@@ -42,13 +44,28 @@ struct Look {
 struct Checked {
     /// The inode's content stamp when the look began.
     stamp: Stamp,
-    /// Whether the hash was computed (or taken from an entry of the same size and mtime), not
-    /// reused from the inode's last hash.
+    /// Whether the hash was computed, or reused for the same inode, size and mtime (see
+    /// `HashCache::known_hash`).
     hash_verified: bool,
 }
 
 /// A failed step of an action.
 pub(super) struct Failed(pub Step, pub Failure);
+
+/// Why an action stopped short.
+enum Stop {
+    /// A step failed; the verdict on it is still to be carried out.
+    Failed(Failed),
+    /// The verdict on a failed call was carried out where the action might have gone on past
+    /// it; the look ends so.
+    Ended(Outcome),
+}
+
+impl From<Failed> for Stop {
+    fn from(failed: Failed) -> Self {
+        Stop::Failed(failed)
+    }
+}
 
 pub(super) trait At<T> {
     fn at(self, step: Step) -> Result<T, Failed>;
@@ -89,7 +106,7 @@ impl Engine {
             Ok(None) => return Outcome::Done,
             Err(failure) => {
                 let key = path.to_string_lossy();
-                return self.apply(&key, verdict(Step::Local, &failure, self.config.grant));
+                return self.apply(&key, Failed(Step::Local, failure)).outcome();
             }
         };
         let key = look.key.clone();
@@ -98,19 +115,17 @@ impl Engine {
                 self.report.lock().unwrap().failed.remove(&key);
                 Outcome::Done
             }
-            Err(Failed(step, failure)) => {
-                self.apply(&key, verdict(step, &failure, self.config.grant))
-            }
+            Err(Stop::Failed(failed)) => self.apply(&key, failed).outcome(),
+            Err(Stop::Ended(outcome)) => outcome,
         }
     }
 
-    /// The policy's verdict on a failed call, for a caller that carries on after `Settled` or
-    /// `CreateInstead`; any other verdict is the action's failure.
-    fn judge(&self, step: Step, err: ApiError) -> Result<Verdict, Failed> {
-        let failure = Failure::Api(err);
-        match verdict(step, &failure, self.config.grant) {
-            verdict @ (Verdict::Settled | Verdict::CreateInstead) => Ok(verdict),
-            _ => Err(Failed(step, failure)),
+    /// Carries out the verdict on a failed call that the action may go on past: how it goes on,
+    /// or, for any other verdict, the end of the look.
+    fn judge(&self, key: &str, step: Step, err: ApiError) -> Result<Next, Stop> {
+        match self.apply(key, Failed(step, Failure::Api(err))) {
+            Next::End(outcome) => Err(Stop::Ended(outcome)),
+            next => Ok(next),
         }
     }
 
@@ -182,7 +197,7 @@ impl Engine {
         }))
     }
 
-    fn carry_out(self: &Arc<Self>, path: &Path, look: Look, hint: Hint) -> Result<(), Failed> {
+    fn carry_out(self: &Arc<Self>, path: &Path, look: Look, hint: Hint) -> Result<(), Stop> {
         let Look {
             key,
             mut local,
@@ -218,15 +233,8 @@ impl Engine {
                 Action::Hash => {
                     // Taken before the hash: a change reported from now on is not in what we send.
                     let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
-                    let Some((hash, stat, verified, hash_read)) =
-                        self.file_hash(path, *stat, hint).at(Step::Local)?
-                    else {
-                        // It kept changing while read: look again later.
-                        return Err(Failed(
-                            Step::Local,
-                            Failure::Local("changing while it was read".into()),
-                        ));
-                    };
+                    let (hash, stat, verified, hash_read) =
+                        self.file_hash(path, *stat, hint).at(Step::Local)?;
                     checked = Some(Checked {
                         stamp,
                         hash_verified: verified,
@@ -265,7 +273,7 @@ impl Engine {
                         // gone one goes first, so that the create's unsure note is all that
                         // names the path should its answer be lost.
                         Err(err) => {
-                            self.judge(Step::Update, err)?;
+                            self.judge(&key, Step::Update, err)?;
                             if entry.is_some() {
                                 self.index.remove(&key).at(Step::Local)?;
                             }
@@ -289,15 +297,15 @@ impl Engine {
                 || entry
                     .as_ref()
                     .is_some_and(|e| e.hash == hash && e.content_up);
-            return self
-                .remember_checked(path, &key, media_id, hash, content_up, stat, checked)
-                .at(Step::Local);
+            self.remember_checked(path, &key, media_id, hash, content_up, stat, checked)
+                .at(Step::Local)?;
+            return Ok(());
         }
     }
 
     /// Sends a create for `key` (noted unsure until its answer is recorded) and answers the id
     /// of the record that now shows the file.
-    fn create(&self, key: &str, media: NewMedia) -> Result<MediaId, Failed> {
+    fn create(&self, key: &str, media: NewMedia) -> Result<MediaId, Stop> {
         self.index.mark_unsure(key, &media).at(Step::Local)?;
         let answer = self.wait(self.api.create(self.config.grant, &media));
         match answer.at(Step::Create)? {
@@ -309,16 +317,18 @@ impl Engine {
             CreateOutcome::Conflict(record) => {
                 self.refuse_others_id(key, record.media_id)
                     .at(Step::Create)?;
-                // The path already has a record (another device, or our own earlier send whose
-                // acknowledgement was lost): adopt it, and make it show the local file.
-                if record.is_deleted || record.state() != media.state {
-                    let answer = self.wait(self.api.update(
-                        self.config.grant,
-                        record.media_id,
-                        &media.state,
-                    ));
-                    answer.at(Step::Update)?;
-                    self.report.lock().unwrap().totals.updated += 1;
+                match after_conflict(Step::Create, &record, &media.state) {
+                    AfterConflict::Adopt => {}
+                    AfterConflict::AdoptAndUpdate => {
+                        let answer = self.wait(self.api.update(
+                            self.config.grant,
+                            record.media_id,
+                            &media.state,
+                        ));
+                        answer.at(Step::Update)?;
+                        self.report.lock().unwrap().totals.updated += 1;
+                    }
+                    AfterConflict::NoLiveRecord => unreachable!("a create adopts any record"),
                 }
                 Ok(record.media_id)
             }
@@ -333,7 +343,7 @@ impl Engine {
         action: Action,
         entry: Option<IndexEntry>,
         unsure: Option<Unsure>,
-    ) -> Result<(), Failed> {
+    ) -> Result<(), Stop> {
         let media_id = match action {
             Action::Nothing => return Ok(()),
             Action::Forget => {
@@ -381,20 +391,27 @@ impl Engine {
         match self.wait(self.api.delete(self.config.grant, media_id)) {
             Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
             // Already gone.
-            Err(err) => drop(self.judge(Step::Delete, err)?),
+            Err(err) => {
+                self.judge(key, Step::Delete, err)?;
+            }
         }
         self.clear_unsure(key)
     }
 
     /// Creates `media` again to learn the id of the record a lost create answer named; the id
     /// is stored at once, so a retry deletes by id. `None`: no live record has the path.
-    fn find(&self, key: &str, media: &NewMedia) -> Result<Option<MediaId>, Failed> {
+    fn find(&self, key: &str, media: &NewMedia) -> Result<Option<MediaId>, Stop> {
         let media_id = match self.wait(self.api.create(self.config.grant, media)) {
             Ok(CreateOutcome::Created(id)) => id,
-            Ok(CreateOutcome::Conflict(record)) if record.is_deleted => return Ok(None),
-            Ok(CreateOutcome::Conflict(record)) => record.media_id,
+            Ok(CreateOutcome::Conflict(record)) => {
+                match after_conflict(Step::Find, &record, &media.state) {
+                    AfterConflict::Adopt => record.media_id,
+                    AfterConflict::NoLiveRecord => return Ok(None),
+                    AfterConflict::AdoptAndUpdate => unreachable!("a find updates nothing"),
+                }
+            }
             Err(err) => {
-                self.judge(Step::Find, err)?;
+                self.judge(key, Step::Find, err)?;
                 return Ok(None);
             }
         };
@@ -414,8 +431,8 @@ impl Engine {
         }
     }
 
-    fn clear_unsure(&self, key: &str) -> Result<(), Failed> {
-        self.index.clear_unsure(key).at(Step::Local)
+    fn clear_unsure(&self, key: &str) -> Result<(), Stop> {
+        Ok(self.index.clear_unsure(key).at(Step::Local)?)
     }
 
     fn state_of(&self, stat: &FileStat, hash: &Option<String>) -> Result<MediaState, Failure> {
@@ -475,38 +492,28 @@ impl Engine {
     }
 
     /// The file's hash and the stat it belongs to, and whether it was verified. A `Meta` look
-    /// reuses a hash known to be the inode's content now: that of an indexed name of the inode
-    /// with the same size and mtime (a rename or link), or the inode's last hash if no content
-    /// change was reported since it was taken (times set). Otherwise the file is hashed, and
-    /// hashed again if it changed meanwhile. `None`: it kept changing. What the read left for
-    /// the upload (part digests, a small file's bytes) comes with a hash that was computed.
+    /// reuses the file's last hash (`HashCache::known_hash`: same device and inode, no content
+    /// change reported since). Otherwise the file is hashed, and hashed again if it changed
+    /// meanwhile. What the read left for the upload (part digests, a small file's bytes) comes
+    /// with a hash that was computed.
     fn file_hash(
         self: &Arc<Self>,
         path: &Path,
         stat: FileStat,
         hint: Hint,
-    ) -> Result<Option<HashFound>, Failure> {
+    ) -> Result<HashFound, Failure> {
         if hint == Hint::Meta {
-            let links = self.index.find_by_ino(stat.ino)?;
-            if let Some((_, entry)) = links
-                .into_iter()
-                .find(|(_, e)| e.size == stat.size && e.mtime_ns == stat.mtime_ns)
-            {
-                return Ok(Some((entry.hash, stat, true, None)));
-            }
-            if let Some(hash) = self.hashes.lock().unwrap().known_hash(&stat) {
-                return Ok(Some((hash, stat, false, None)));
+            if let Some((hash, verified)) = self.hashes.lock().unwrap().known_hash(&stat) {
+                return Ok((hash, stat, verified, None));
             }
         }
         let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
         let hashed = self.wait(self.hash_now(path, stat))?;
-        if let Some(hashed) = &hashed {
-            self.hashes
-                .lock()
-                .unwrap()
-                .hashed(&hashed.stat, &hashed.hash, stamp);
-        }
-        Ok(hashed.map(|hashed| (hashed.hash, hashed.stat, true, Some(hashed.read))))
+        self.hashes
+            .lock()
+            .unwrap()
+            .hashed(&hashed.stat, &hashed.hash, stamp);
+        Ok((hashed.hash, hashed.stat, true, Some(hashed.read)))
     }
 
     /// Reads and hashes the file now (`stat`: as last seen), within the hashing budget. Async for
@@ -515,7 +522,7 @@ impl Engine {
         self: &Arc<Self>,
         path: &Path,
         stat: FileStat,
-    ) -> Result<Option<Hashed>, Failure> {
+    ) -> Result<Hashed, Failure> {
         // Small files are microseconds of work; larger ones wait for threads of the one budget.
         let hashed = if stat.size <= SMALL_HASH_MAX {
             hasher::hash_stable(&self.backing, path, std::num::NonZeroUsize::MIN)
@@ -524,13 +531,11 @@ impl Engine {
             hasher::hash_stable(&self.backing, path, threads.count())
         };
         match hashed {
-            Ok(found) => Ok(found),
+            Ok(Some(found)) => Ok(found),
+            // It kept changing while it was read: a race, not an error.
+            Ok(None) => Err(Failure::Changed),
             // Gone or replaced while we looked: the event that did it marks it again.
-            Err(err) => Err(match io_meaning(&err) {
-                Io::Vanished => Failure::Vanished,
-                Io::Unreadable => Failure::Unreadable,
-                Io::Other => Failure::io("reading", err),
-            }),
+            Err(err) => Err(Failure::reading("reading", err)),
         }
     }
 
@@ -546,12 +551,10 @@ impl Engine {
     /// changed.
     pub(super) fn still_at(&self, path: &Path, stat: &FileStat) -> Result<(), Failed> {
         match self.backing.observe(path) {
-            Ok(Observed::File(now)) if now.ino == stat.ino => {
-                match content_key(&now) == content_key(stat) {
-                    true => Ok(()),
-                    false => Err(changed()),
-                }
-            }
+            Ok(Observed::File(now)) if now.ino == stat.ino => match same_content(stat, &now) {
+                true => Ok(()),
+                false => Err(changed()),
+            },
             Ok(Observed::Unreadable) => Err(Failed(Step::Local, Failure::Unreadable)),
             Ok(_) => Err(Failed(Step::Local, Failure::Vanished)),
             Err(err) => Err(Failed(Step::Local, Failure::io("cannot look at it", err))),
@@ -568,11 +571,6 @@ fn useful_threads(size: u64) -> std::num::NonZeroUsize {
     let parts = maxlofs_api::hash::part_size(size).map_or(1, |part| size.div_ceil(part));
     std::num::NonZeroUsize::new(parts.min(usize::MAX as u64) as usize)
         .unwrap_or(std::num::NonZeroUsize::MIN)
-}
-
-/// What identifies a file's content state: inode, size, mtime.
-pub(super) fn content_key(stat: &FileStat) -> (u64, u64, i128) {
-    (stat.ino, stat.size, stat.mtime_ns)
 }
 
 /// A record's state: content hash and size, and times in nanoseconds since the epoch. A time

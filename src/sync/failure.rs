@@ -57,7 +57,7 @@ pub enum Failure {
     Local(String),
     /// The file changed while its content was read or sent: a normal race, not an error. The
     /// path is looked at again once it settles.
-    #[error("changed while it was uploaded; sent again once it settles")]
+    #[error("changed while it was read or sent; looked at again once it settles")]
     Changed,
     /// The file went away while we looked; the event that removed it marks the path again.
     #[error("it went away while it was looked at")]
@@ -78,6 +78,16 @@ impl Failure {
 
     pub fn io(what: &'static str, source: io::Error) -> Failure {
         Failure::Io { what, source }
+    }
+
+    /// An error met opening or reading a file, as `io_meaning` reads it: a file gone or replaced
+    /// meanwhile, or one the daemon may not read, is no trouble to retry.
+    pub fn reading(what: &'static str, source: io::Error) -> Failure {
+        match io_meaning(&source) {
+            Io::Vanished => Failure::Vanished,
+            Io::Unreadable => Failure::Unreadable,
+            Io::Other => Failure::io(what, source),
+        }
     }
 }
 

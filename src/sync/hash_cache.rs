@@ -1,6 +1,6 @@
 //! What the engine remembers about content between looks: each inode's reported content changes
-//! and its last hash (so a rename or a `touch` reuses a hash instead of reading the file again),
-//! and the one budget of threads that hashing may use.
+//! and each file's last hash (so a rename, a link or a `touch` reuses a hash instead of reading
+//! the file again), and the one budget of threads that hashing may use.
 
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -8,23 +8,26 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::decide::same_content;
 use super::local::FileStat;
 
 /// Where an inode's content stands: (changes reported that no inode could be named for, the
 /// inode's last reported change). Equal stamps: no content change reported in between.
 pub type Stamp = (u64, u64);
 
-/// Content changes per inode and the last hash of each, so that a hash is reused only while no
-/// change was reported since it was taken. In memory: after a restart, reconcile hashes anew.
+/// Content changes per inode and the last hash of each file, the one place a hash is reused: only
+/// for the file it was taken of (same device and inode) while no change of it was reported. In
+/// memory: fed by hashing, and by the reconcile pass with the hashes of files still as indexed.
 #[derive(Default)]
 pub struct HashCache {
     /// Bumped when the tables start over; invalidates every stamp and hash.
     epoch: u64,
-    /// Generation of each inode's last reported content change.
+    /// Generation of each inode number's last reported content change (events name no device).
     changes: HashMap<u64, u64>,
     next: u64,
-    /// inode → (hash, size, stamp when hashing began).
-    hashes: HashMap<u64, (String, u64, Stamp)>,
+    /// (device, inode) → (hash, the stat it was taken of, stamp when hashing began). A change
+    /// reported since leaves it stale by its stamp.
+    hashes: HashMap<(u64, u64), (String, FileStat, Stamp)>,
 }
 
 /// Above this many inodes tracked, the tables start over (as if everything had changed).
@@ -44,10 +47,9 @@ impl HashCache {
         }
         self.next += 1;
         self.changes.insert(ino, self.next);
-        self.hashes.remove(&ino);
     }
 
-    /// `hash` was taken of `stat`'s inode, which had `stamp` when hashing began.
+    /// `hash` was taken of the file `stat` describes, whose inode had `stamp` when hashing began.
     pub fn hashed(&mut self, stat: &FileStat, hash: &str, stamp: Stamp) {
         if self.stamp(stat.ino) != stamp {
             return;
@@ -56,13 +58,16 @@ impl HashCache {
             self.hashes.clear();
         }
         self.hashes
-            .insert(stat.ino, (hash.to_string(), stat.size, stamp));
+            .insert((stat.dev, stat.ino), (hash.to_string(), *stat, stamp));
     }
 
-    /// The inode's last hash, if no content change was reported since and the size agrees.
-    pub fn known_hash(&self, stat: &FileStat) -> Option<String> {
-        let (hash, size, stamp) = self.hashes.get(&stat.ino)?;
-        (*size == stat.size && *stamp == self.stamp(stat.ino)).then(|| hash.clone())
+    /// The file's last hash, if no content change of it was reported since and its size agrees,
+    /// and whether it is verified: its inode, size and mtime are those it was taken of (a rename
+    /// or a link). Otherwise (times set) only the events vouch for it.
+    pub fn known_hash(&self, stat: &FileStat) -> Option<(String, bool)> {
+        let (hash, then, stamp) = self.hashes.get(&(stat.dev, stat.ino))?;
+        (then.size == stat.size && *stamp == self.stamp(stat.ino))
+            .then(|| (hash.clone(), same_content(then, stat)))
     }
 }
 
@@ -123,17 +128,39 @@ mod tests {
         }
     }
 
+    fn known(hash: &str, verified: bool) -> Option<(String, bool)> {
+        Some((hash.to_string(), verified))
+    }
+
     #[test]
     fn a_hash_is_reused_until_a_change_of_its_inode_is_reported() {
         let mut cache = HashCache::default();
         let stamp = cache.stamp(1);
         cache.hashed(&stat(1, 3), "h", stamp);
-        assert_eq!(cache.known_hash(&stat(1, 3)).as_deref(), Some("h"));
+        assert_eq!(cache.known_hash(&stat(1, 3)), known("h", true));
         assert_eq!(cache.known_hash(&stat(1, 4)), None, "another size");
+        let touched = FileStat {
+            mtime_ns: 2,
+            ctime_ns: 2,
+            ..stat(1, 3)
+        };
+        assert_eq!(cache.known_hash(&touched), known("h", false));
         cache.changed(2);
-        assert_eq!(cache.known_hash(&stat(1, 3)).as_deref(), Some("h"));
+        assert_eq!(cache.known_hash(&stat(1, 3)), known("h", true));
         cache.changed(1);
         assert_eq!(cache.known_hash(&stat(1, 3)), None);
+    }
+
+    #[test]
+    fn a_file_of_another_device_with_the_same_inode_number_is_hashed_anew() {
+        let mut cache = HashCache::default();
+        let stamp = cache.stamp(1);
+        cache.hashed(&stat(1, 3), "h", stamp);
+        let elsewhere = FileStat {
+            dev: 2,
+            ..stat(1, 3)
+        };
+        assert_eq!(cache.known_hash(&elsewhere), None);
     }
 
     #[test]

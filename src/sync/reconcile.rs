@@ -77,7 +77,13 @@ impl Engine {
                 Observed::File(stat) => match path.to_str() {
                     None => true,
                     Some(key) => match self.index.get(key) {
-                        Ok(Some(entry)) => !entry_matches(&entry, &stat),
+                        // Its hash is known: a rename or link of it reuses the hash.
+                        Ok(Some(entry)) if entry_matches(&entry, &stat) => {
+                            let mut hashes = self.hashes.lock().unwrap();
+                            let stamp = hashes.stamp(stat.ino);
+                            hashes.hashed(&stat, &entry.hash, stamp);
+                            false
+                        }
                         _ => true,
                     },
                 },

@@ -61,6 +61,9 @@ struct Options {
     content: Option<Arc<dyn ContentApi>>,
     /// The grant is checked for encryption before the first upload.
     grant_unchecked: bool,
+    /// A folder to serve instead of the rig's own: its engine is not started (no reconcile walks
+    /// it), and looks are run by hand.
+    backing: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -73,6 +76,7 @@ impl Default for Options {
             engine_api: None,
             content: None,
             grant_unchecked: false,
+            backing: None,
         }
     }
 }
@@ -125,7 +129,9 @@ impl Rig {
             heal: Default::default(),
         };
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
-        let backing = Backing::open(&dir.path().join("b")).unwrap();
+        let started = options.backing.is_none();
+        let backing = options.backing.unwrap_or_else(|| dir.path().join("b"));
+        let backing = Backing::open(&backing).unwrap();
         let writers = Arc::new(OpenWriters::default());
         let engine_api = options.engine_api.unwrap_or_else(|| api.clone());
         let engine = Engine::new(config, engine_api, index, backing, writers.clone());
@@ -134,7 +140,7 @@ impl Rig {
             .enable_all()
             .build()
             .unwrap();
-        {
+        if started {
             let _context = runtime.enter();
             engine.start();
         }
@@ -844,4 +850,66 @@ async fn a_path_whose_folder_became_a_file_while_it_was_hashed_is_vanished_not_a
     std::fs::create_dir(rig.path("e")).unwrap();
     let hashed = rig.engine.hash_now(Path::new("e"), stat).await;
     assert!(matches!(hashed, Err(super::failure::Failure::Vanished)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_after_a_restart_reuses_the_hash_of_the_file_as_indexed() {
+    let rig = Rig::new();
+    rig.write("a", b"old");
+    rig.settled().await;
+    let rig = rig.restart(false).await;
+    rig.settled().await;
+    // Rewritten behind the engine's back with its size and mtime kept: only a reused hash is
+    // the old one.
+    let mtime = std::fs::metadata(rig.path("a"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    std::fs::write(rig.path("a"), b"new").unwrap();
+    let file = std::fs::File::options().write(true).open(rig.path("a"));
+    file.unwrap().set_modified(mtime).unwrap();
+    std::fs::rename(rig.path("a"), rig.path("b")).unwrap();
+    rig.sink.send(Event::Renamed {
+        from: "a".into(),
+        to: "b".into(),
+        is_dir: false,
+    });
+    rig.settled().await;
+    assert_eq!(rig.live()["b"].file_hash, maxlo_hash(b"old"));
+}
+
+#[tokio::test]
+async fn a_file_gone_or_changed_before_its_content_is_sent_is_no_error() {
+    let rig = Rig::new();
+    rig.write("f", b"sent soon");
+    let stat = super::local::FileStat::from_metadata(&std::fs::metadata(rig.path("f")).unwrap());
+    let failure = |opened: Result<_, super::execute::Failed>| opened.err().map(|failed| failed.1);
+    rig.write("f", b"changed meanwhile");
+    let opened = rig.engine.open_unchanged(Path::new("f"), stat).await;
+    assert!(matches!(
+        failure(opened),
+        Some(super::failure::Failure::Changed)
+    ));
+    std::fs::remove_file(rig.path("f")).unwrap();
+    let opened = rig.engine.open_unchanged(Path::new("f"), stat).await;
+    assert!(matches!(
+        failure(opened),
+        Some(super::failure::Failure::Vanished)
+    ));
+}
+
+/// A sysfs file reads shorter than the size its stat shows, on every try: as a file cut short
+/// while each read of it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_kept_changing_while_it_was_hashed_is_looked_at_again_never_an_error() {
+    let rig = Rig::with(Options {
+        backing: Some("/sys/devices/system/cpu".into()),
+        ..Options::default()
+    });
+    let engine = rig.engine.clone();
+    let look = move || engine.sync_path(Path::new("online"), super::queue::Hint::Content);
+    let outcome = tokio::task::spawn_blocking(look).await.unwrap();
+    assert!(matches!(outcome, super::engine::Outcome::Again));
+    let status = rig.engine.status();
+    assert_eq!((status.last_error, status.failed_count), (None, 0));
 }

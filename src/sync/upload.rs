@@ -27,9 +27,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot::{self, error::TryRecvError};
 use tokio::sync::{watch, Semaphore};
 
-use super::decide::Content;
+use super::decide::{same_content, Content};
 use super::engine::Engine;
-use super::execute::{content_key, At, Failed};
+use super::execute::{At, Failed};
 use super::failure::{starts_over, Failure, Step};
 use super::hasher::HashRead;
 use super::index::MultipartUpload;
@@ -721,7 +721,7 @@ impl Engine {
     }
 
     /// Opens the file and checks it is still the one that was hashed.
-    async fn open_unchanged(
+    pub(super) async fn open_unchanged(
         self: &Arc<Self>,
         path: &Path,
         stat: FileStat,
@@ -729,8 +729,8 @@ impl Engine {
         let (file, now) = self
             .backing
             .open_file(path)
-            .map_err(|err| Failed(Step::Local, Failure::io("opening", err)))?;
-        if content_key(&now) != content_key(&stat) {
+            .map_err(|err| Failed(Step::Local, Failure::reading("opening", err)))?;
+        if !same_content(&stat, &now) {
             return Err(changed());
         }
         Ok(Arc::new(file))
@@ -748,13 +748,10 @@ impl Engine {
         if !known.is_empty() {
             return Ok(known);
         }
-        match self.hash_now(path, stat).await.at(Step::Local)? {
-            Some(hashed)
-                if hashed.hash == hash && content_key(&hashed.stat) == content_key(&stat) =>
-            {
-                Ok(hashed.read.parts)
-            }
-            _ => Err(changed()),
+        let hashed = self.hash_now(path, stat).await.at(Step::Local)?;
+        match hashed.hash == hash && same_content(&stat, &hashed.stat) {
+            true => Ok(hashed.read.parts),
+            false => Err(changed()),
         }
     }
 
