@@ -231,9 +231,9 @@ async fn inject_faults(
 
 impl App {
     /// Runs `call` off the async workers. Every store call (SQLite) and object store call (file
-    /// system) goes through here: a call that blocks on a worker blocks every connection that
-    /// worker serves, and with as many workers as cores, a few such calls leave the whole
-    /// emulator silent.
+    /// system) goes through here: a call that blocks on a worker also holds up the connection
+    /// tokio queued in that worker's LIFO slot (no other worker takes it), and as many such calls
+    /// as workers (one per core) leave the whole emulator silent.
     pub(super) async fn blocking<T: Send + 'static>(
         &self,
         call: impl FnOnce(&App) -> T + Send + 'static,
