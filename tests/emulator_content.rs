@@ -1333,3 +1333,93 @@ mod restore {
         assert_eq!(stats_of(&emulator, "object_get")["206"], 4);
     }
 }
+
+/// Descriptors the process `pid` has open on `path`.
+fn opened_by(pid: u32, path: &std::path::Path) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter(|target| target == path)
+        .count()
+}
+
+/// An object store call that blocks (here on a FIFO standing as a held object's object.json, as
+/// a stalled disk would) holds up its own call only: while as many calls as the emulator has
+/// async workers wait on it, another call is answered. When the object store was called on the
+/// async workers, each such call held one, and then the emulator answered nothing more.
+#[test]
+fn object_store_calls_that_block_leave_the_other_calls_answered() {
+    let objects = tempfile::tempdir().unwrap();
+    let file_hash = "ab".repeat(32);
+    let held = objects.path().join("objects").join(&file_hash);
+    std::fs::create_dir_all(&held).unwrap();
+    let fifo = held.join("object.json");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        0,
+    )
+    .unwrap();
+    let fifo = fifo.canonicalize().unwrap();
+    // Open for writing too: the emulator's opens return at once, and its reads wait for bytes
+    // until this closes.
+    let writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let emulator = Emulator::start(&["--objects", objects.path().to_str().unwrap()]);
+    // tokio's count of async workers.
+    let workers = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    let url = format!("{}/device/1/media_grant/1/upload", emulator.url);
+    let body = json!({"device_session_key": "demo-device-key",
+                      "file_list": [{"file_hash": file_hash, "file_size": 5}]});
+    // The bound only turns the old hangs into failures: nothing here waits on more than a
+    // loopback call.
+    let bound = Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + bound;
+    // One after the other, each once the one before waits on the FIFO. On the async workers, a
+    // call could also be stranded behind a waiting one (in its worker's LIFO slot, which no other
+    // worker takes from) and never reach the FIFO.
+    let blocked: Vec<_> = (1..=workers)
+        .map(|waiting| {
+            let (url, body) = (url.clone(), body.clone());
+            let call = std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::builder()
+                    .timeout(None)
+                    .build()
+                    .unwrap();
+                client.post(url).json(&body).send().unwrap().status()
+            });
+            while opened_by(emulator.pid(), &fifo) < waiting {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "call {waiting} never reached the object store"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            call
+        })
+        .collect();
+    let stats = reqwest::blocking::Client::builder()
+        .timeout(bound)
+        .build()
+        .unwrap()
+        .get(format!("{}/_emulator/stats", emulator.url))
+        .send();
+    assert!(
+        stats.as_ref().is_ok_and(|answer| answer.status() == 200),
+        "no answer while {workers} calls wait on the object store: {stats:?}"
+    );
+    assert_eq!(opened_by(emulator.pid(), &fifo), workers, "still waiting");
+    // The object.json read ends empty: not held, so upload signs a PUT for it.
+    drop(writer);
+    for call in blocked {
+        assert_eq!(call.join().unwrap(), 200);
+    }
+}

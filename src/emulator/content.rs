@@ -160,24 +160,27 @@ async fn upload(
     Path(grant): Path<String>,
     payload: Payload,
 ) -> Result<Response, ContentError> {
-    let request: UploadRequest = authorized(&app, &grant, payload)?;
-    if app.objects.config().upload_disabled {
-        return Ok(Json(UploadAnswer {
-            upload_list: Vec::new(),
-            upload_disabled: Some(true),
+    app.blocking(move |app| {
+        let request: UploadRequest = authorized(app, &grant, payload)?;
+        if app.objects.config().upload_disabled {
+            return Ok(Json(UploadAnswer {
+                upload_list: Vec::new(),
+                upload_disabled: Some(true),
+            })
+            .into_response());
+        }
+        let upload_list = request
+            .file_list
+            .iter()
+            .map(|file| app.objects.upload_item(file, &app.origin))
+            .collect::<Result<_, _>>()?;
+        Ok(Json(UploadAnswer {
+            upload_list,
+            upload_disabled: None,
         })
-        .into_response());
-    }
-    let upload_list = request
-        .file_list
-        .iter()
-        .map(|file| app.objects.upload_item(file, &app.origin))
-        .collect::<Result<_, _>>()?;
-    Ok(Json(UploadAnswer {
-        upload_list,
-        upload_disabled: None,
+        .into_response())
     })
-    .into_response())
+    .await
 }
 
 /// 201 when the object becomes held, 200 when it was held already.
@@ -186,13 +189,16 @@ async fn s3_object(
     Path(grant): Path<String>,
     payload: Payload,
 ) -> Result<Response, ContentError> {
-    let request: S3ObjectRequest = authorized(&app, &grant, payload)?;
-    let status = if app.objects.register(&request)? {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(json!({}))).into_response())
+    app.blocking(move |app| {
+        let request: S3ObjectRequest = authorized(app, &grant, payload)?;
+        let status = if app.objects.register(&request)? {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok((status, Json(json!({}))).into_response())
+    })
+    .await
 }
 
 async fn multipart(
@@ -200,7 +206,13 @@ async fn multipart(
     Path(grant): Path<String>,
     payload: Payload,
 ) -> Result<Response, ContentError> {
-    let request: MultipartRequest = authorized(&app, &grant, payload)?;
+    app.blocking(move |app| multipart_answer(app, &grant, payload))
+        .await
+}
+
+/// `multipart`'s answer (it reads the uploads under way: blocking).
+fn multipart_answer(app: &App, grant: &str, payload: Payload) -> Result<Response, ContentError> {
+    let request: MultipartRequest = authorized(app, grant, payload)?;
     Ok(match app.objects.start_multipart(&request)? {
         MultipartStart::Started { upload_id } => {
             let signed_url_list = request
@@ -233,13 +245,12 @@ async fn multipart_complete(
     Path(grant): Path<String>,
     payload: Payload,
 ) -> Result<Response, ContentError> {
-    let request: MultipartCompleteRequest = authorized(&app, &grant, payload)?;
-    let objects = app.objects.clone();
-    // A few small files per part: off the async workers.
-    tokio::task::spawn_blocking(move || objects.complete(&request))
-        .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))?;
-    Ok((StatusCode::CREATED, Json(json!({}))).into_response())
+    app.blocking(move |app| {
+        let request: MultipartCompleteRequest = authorized(app, &grant, payload)?;
+        app.objects.complete(&request)?;
+        Ok((StatusCode::CREATED, Json(json!({}))).into_response())
+    })
+    .await
 }
 
 async fn download(
@@ -247,13 +258,16 @@ async fn download(
     Path(grant): Path<String>,
     payload: Payload,
 ) -> Result<Response, ContentError> {
-    let request: DownloadRequest = authorized(&app, &grant, payload)?;
-    let download_list = request
-        .hash_list
-        .iter()
-        .map(|file_hash| app.objects.download_item(file_hash, &app.origin))
-        .collect::<Result<_, _>>()?;
-    Ok(Json(DownloadAnswer { download_list }).into_response())
+    app.blocking(move |app| {
+        let request: DownloadRequest = authorized(app, &grant, payload)?;
+        let download_list = request
+            .hash_list
+            .iter()
+            .map(|file_hash| app.objects.download_item(file_hash, &app.origin))
+            .collect::<Result<_, _>>()?;
+        Ok(Json(DownloadAnswer { download_list }).into_response())
+    })
+    .await
 }
 
 /// A whole-object PUT: kept until `s3_object` registers it.
@@ -264,8 +278,8 @@ async fn put_object(
 ) -> Result<Response, S3Error> {
     let (body, etag) = receive(&app, request).await?;
     // The path was signed, so file_hash is one `upload` handed out.
-    app.objects
-        .keep_pending(body, &file_hash)
+    app.blocking(move |app| app.objects.keep_pending(body, &file_hash))
+        .await
         .map_err(internal)?;
     Ok(stored(&etag))
 }
@@ -277,7 +291,12 @@ async fn put_part(
 ) -> Result<Response, S3Error> {
     let (body, etag) = receive(&app, request).await?;
     let part_num = part_num.parse().map_err(|_| S3Error::signature())?;
-    match app.objects.keep_part(body, &upload_id, part_num, &etag) {
+    let kept = {
+        let etag = etag.clone();
+        app.blocking(move |app| app.objects.keep_part(body, &upload_id, part_num, &etag))
+            .await
+    };
+    match kept {
         Ok(()) => Ok(stored(&etag)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Err(S3Error::new(
             404,
@@ -346,7 +365,10 @@ async fn receive(app: &App, request: Request) -> Result<(NamedTempFile, String),
             return Err(err);
         }
     };
-    let temp = app.objects.temp_file().map_err(internal)?;
+    let temp = app
+        .blocking(|app| app.objects.temp_file())
+        .await
+        .map_err(internal)?;
     let file = temp.as_file().try_clone().map_err(internal)?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
     let mut digest = BodyDigest::default();
@@ -484,7 +506,12 @@ async fn object_bytes(
     file_hash: &str,
     range: Option<&str>,
 ) -> io::Result<Option<Result<Response, S3Error>>> {
-    let Some(object) = app.objects.held_object(file_hash)? else {
+    let held = {
+        let file_hash = file_hash.to_string();
+        app.blocking(move |app| app.objects.held_object(&file_hash))
+            .await?
+    };
+    let Some(object) = held else {
         return Ok(None);
     };
     let size = object.size;
@@ -554,7 +581,8 @@ async fn open_run(
 }
 
 async fn list_objects(State(app): State<App>) -> Result<Response, ContentError> {
-    Ok(Json(json!({ "object_list": app.objects.list()? })).into_response())
+    let object_list = app.blocking(|app| app.objects.list()).await?;
+    Ok(Json(json!({ "object_list": object_list })).into_response())
 }
 
 fn not_held() -> Response {
@@ -581,7 +609,10 @@ async fn delete_object(
     State(app): State<App>,
     Path(file_hash): Path<String>,
 ) -> Result<Response, ContentError> {
-    let held = contract::is_hex_digest(&file_hash) && app.objects.remove(&file_hash)?;
+    let held = contract::is_hex_digest(&file_hash)
+        && app
+            .blocking(move |app| app.objects.remove(&file_hash))
+            .await?;
     Ok(if held {
         Json(json!({})).into_response()
     } else {
@@ -593,7 +624,10 @@ async fn corrupt_object(
     State(app): State<App>,
     Path(file_hash): Path<String>,
 ) -> Result<Response, ContentError> {
-    let held = contract::is_hex_digest(&file_hash) && app.objects.corrupt(&file_hash)?;
+    let held = contract::is_hex_digest(&file_hash)
+        && app
+            .blocking(move |app| app.objects.corrupt(&file_hash))
+            .await?;
     Ok(if held {
         Json(json!({})).into_response()
     } else {

@@ -229,15 +229,20 @@ async fn inject_faults(
     response
 }
 
-/// Runs a store call off the async workers: SQLite blocks.
-async fn on_store<T: Send + 'static>(
-    app: &App,
-    call: impl FnOnce(&Store) -> T + Send + 'static,
-) -> T {
-    let store = app.store.clone();
-    tokio::task::spawn_blocking(move || call(&store))
-        .await
-        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+impl App {
+    /// Runs `call` off the async workers. Every store call (SQLite) and object store call (file
+    /// system) goes through here: a call that blocks on a worker also holds up the connection
+    /// tokio queued in that worker's LIFO slot (no other worker takes it), and as many such calls
+    /// as workers (one per core) leave the whole emulator silent.
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&App) -> T + Send + 'static,
+    ) -> T {
+        let app = self.clone();
+        tokio::task::spawn_blocking(move || call(&app))
+            .await
+            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+    }
 }
 
 /// An id in a path that is not a number names nothing: `unknown` (a 404), before any key check,
@@ -272,10 +277,9 @@ async fn create(
 ) -> Result<Response, StoreError> {
     let grant = parse_id(&grant, StoreError::GrantNotFound)?;
     let media = payload.body.and_then(|body| body.new_media());
-    let outcome = on_store(&app, move |store| {
-        store.create(&payload.credentials, grant, media)
-    })
-    .await?;
+    let outcome = app
+        .blocking(move |app| app.store.create(&payload.credentials, grant, media))
+        .await?;
     Ok(match outcome {
         CreateOutcome::Created(media_id) => ok(json!({ "media_id": media_id })),
         CreateOutcome::Conflict(record) => (StatusCode::CONFLICT, Json(record)).into_response(),
@@ -290,8 +294,9 @@ async fn update(
     let grant = parse_id(&grant, StoreError::GrantNotFound)?;
     let media_id = parse_id(&media_id, StoreError::MediaNotFound)?;
     let state = payload.body.and_then(|body| body.media_state());
-    on_store(&app, move |store| {
-        store.update(&payload.credentials, grant, media_id, state)
+    app.blocking(move |app| {
+        app.store
+            .update(&payload.credentials, grant, media_id, state)
     })
     .await?;
     Ok(ok(json!({})))
@@ -304,23 +309,22 @@ async fn delete_media(
 ) -> Result<Response, StoreError> {
     let grant = parse_id(&grant, StoreError::GrantNotFound)?;
     let media_id = parse_id(&media_id, StoreError::MediaNotFound)?;
-    on_store(&app, move |store| {
-        store.delete(&payload.credentials, grant, media_id)
-    })
-    .await?;
+    app.blocking(move |app| app.store.delete(&payload.credentials, grant, media_id))
+        .await?;
     Ok(ok(json!({})))
 }
 
 async fn current(State(app): State<App>, payload: Payload) -> Result<Response, StoreError> {
-    let device = on_store(&app, move |store| {
-        store.current_device(&payload.credentials)
-    })
-    .await?;
+    let device = app
+        .blocking(move |app| app.store.current_device(&payload.credentials))
+        .await?;
     Ok(ok(device))
 }
 
 async fn grants(State(app): State<App>, payload: Payload) -> Result<Response, StoreError> {
-    let grants = on_store(&app, move |store| store.media_grants(&payload.credentials)).await?;
+    let grants = app
+        .blocking(move |app| app.store.media_grants(&payload.credentials))
+        .await?;
     Ok(ok(grants))
 }
 
@@ -335,7 +339,7 @@ async fn list_media(
     Path(grant): Path<String>,
 ) -> Result<Response, StoreError> {
     let grant = parse_id(&grant, StoreError::GrantNotFound)?;
-    let media_list = on_store(&app, move |store| store.records(grant)).await?;
+    let media_list = app.blocking(move |app| app.store.records(grant)).await?;
     Ok(ok(MediaList { media_list }))
 }
 
@@ -350,7 +354,7 @@ async fn reset_stats(State(app): State<App>) -> Response {
 
 async fn revoke_key(State(app): State<App>, payload: Payload) -> Result<Response, StoreError> {
     let key = payload.body.and_then(|body| body.string("key"))?;
-    app.store.revoke_key(&key);
+    app.blocking(move |app| app.store.revoke_key(&key)).await;
     Ok(ok(json!({})))
 }
 

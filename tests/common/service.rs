@@ -81,6 +81,11 @@ impl Emulator {
         let _ = self.child.wait();
     }
 
+    /// The emulator's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn get(&self, path: &str) -> Value {
         reqwest::blocking::get(format!("{}{path}", self.url))
             .and_then(|r| r.error_for_status())
