@@ -51,15 +51,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path};
+use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::index::Index;
 use super::local::{Backing, FileStat};
 use crate::api::content::DownloadItem;
-use crate::api::content_client::ContentApi;
+use crate::api::content_client::{receive, ContentApi};
 use crate::api::GrantId;
 use crate::fs::sys;
 use crate::hash;
@@ -79,6 +79,9 @@ pub struct RestoreConfig {
     /// How many times a chunk is fetched before the restore gives up (and, when chunks cannot
     /// be checked one by one, how many rounds of the whole file).
     pub attempts: NonZeroU32,
+    /// Each `content_client::DOWNLOAD_FLOOR_BYTES` of a chunk must come within this long (the
+    /// first, of its request), or the fetch fails: a trickling store cannot hold a restore.
+    pub floor_window: Duration,
 }
 
 /// What to restore.
@@ -405,7 +408,8 @@ async fn fetch(
             let mut tries = 0;
             let digest = loop {
                 tries += 1;
-                let got = fetch_chunk(content, &url, &temp, chunk.clone()).await;
+                let got =
+                    fetch_chunk(content, &url, config.floor_window, &temp, chunk.clone()).await;
                 restored.downloaded_bytes += got.as_ref().map_or(0, |(_, bytes)| *bytes);
                 match got {
                     Ok((digest, _)) if expected.is_none_or(|expected| expected == digest) => {
@@ -493,34 +497,29 @@ fn kept_chunks(temp: &File, plan: &Plan) -> io::Result<Vec<[u8; 32]>> {
     Ok(kept)
 }
 
-/// Fetches the bytes `chunk` into `temp` at their place; answers their SHA-256 and how many
-/// bytes came. More or fewer bytes than asked are an error.
+/// Fetches the bytes `chunk` into `temp` at their place, at no less than the download floor;
+/// answers their SHA-256 and how many bytes came. More or fewer bytes than asked are an error.
 async fn fetch_chunk(
     content: &dyn ContentApi,
     url: &str,
+    floor_window: Duration,
     temp: &File,
     chunk: Range<u64>,
 ) -> anyhow::Result<([u8; 32], u64)> {
-    let mut body = content.get_range(url, chunk.clone()).await?;
     let mut hasher = Sha256::new();
     let mut at = chunk.start;
-    while let Some(bytes) = body.next().await {
-        let bytes = bytes?;
-        if at + bytes.len() as u64 > chunk.end {
-            anyhow::bail!("the store sent more than the bytes asked");
-        }
-        temp.write_all_at(&bytes, at)?;
-        hasher.update(&bytes);
-        at += bytes.len() as u64;
+    let writing = |piece: &[u8]| {
+        temp.write_all_at(piece, at)?;
+        hasher.update(piece);
+        at += piece.len() as u64;
+        Ok(())
+    };
+    let request = content.get_range(url, chunk.clone());
+    let came = receive(request, chunk.end - chunk.start, floor_window, writing).await?;
+    if came != chunk.end - chunk.start {
+        anyhow::bail!("the store sent {came} bytes of {}", chunk.end - chunk.start);
     }
-    if at != chunk.end {
-        anyhow::bail!(
-            "the store sent {} bytes of {}",
-            at - chunk.start,
-            chunk.end - chunk.start
-        );
-    }
-    Ok((hasher.finalize().into(), at - chunk.start))
+    Ok((hasher.finalize().into(), came))
 }
 
 #[cfg(test)]
@@ -548,6 +547,8 @@ mod tests {
         /// GETs still answered before the store drops every one; `None`: no limit.
         gets_left: Mutex<Option<u32>>,
         gets: AtomicU32,
+        /// GETs answer and then send nothing, for ever.
+        stalls: std::sync::atomic::AtomicBool,
     }
 
     impl Store {
@@ -631,6 +632,9 @@ mod tests {
                 }
                 *left -= 1;
             }
+            if self.stalls.load(Ordering::SeqCst) {
+                return Ok(Box::pin(futures_util::stream::pending()));
+            }
             let file_hash = url.strip_prefix("memory:").unwrap();
             let held = self.held.lock().unwrap();
             let mut bytes = held[file_hash][range.start as usize..range.end as usize].to_vec();
@@ -697,6 +701,7 @@ mod tests {
             let config = RestoreConfig {
                 grant: 1,
                 attempts: NonZeroU32::new(attempts).unwrap(),
+                floor_window: Duration::from_secs(30),
             };
             restore(&self.index, &self.backing, &self.store, &config, source).await
         }
@@ -787,6 +792,24 @@ mod tests {
             })
         );
         assert_eq!(std::fs::read(rig.path("b")).unwrap(), b"hello wOrld");
+    }
+
+    /// On tokio's paused clock: the floor's window passes without a real wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_sending_slower_than_the_floor_cannot_hold_a_restore() {
+        let rig = Rig::new();
+        rig.record("a", b"hello world", b"hello wOrld");
+        rig.store.stalls.store(true, Ordering::SeqCst);
+        let err = rig
+            .restore(&Source::Indexed("a".into()), 2)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refusal(&err), Some(Refused::BadChunk { attempts: 2, .. })),
+            "{err:#}"
+        );
+        assert_eq!(rig.store.gets.load(Ordering::SeqCst), 2);
+        assert_eq!(std::fs::read(rig.path("a")).unwrap(), b"hello wOrld");
     }
 
     #[tokio::test]
