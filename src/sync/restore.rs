@@ -23,7 +23,9 @@
 //! [`is_restore_temp`]), and each chunk is checked where its digest is known: a file hashed
 //! whole is one chunk checked against the file hash; a multipart file's chunks are its File
 //! Hashing parts, checked against the part digests the index keeps (`Index::content_parts`). A
-//! bad chunk is fetched again, up to `RestoreConfig::attempts` times, not the whole file. The
+//! bad chunk (damaged, short, failed, or slower than the download floor of `content_client::
+//! receive`, `RestoreConfig::floor_window`) is fetched again with a fresh URL, up to
+//! `RestoreConfig::attempts` times, not the whole file. The
 //! whole is checked against the file hash at the end (when the part digests are not known, that
 //! is the only check, and a failed one fetches every chunk again, as many rounds). Then the temp
 //! file is given the old file's mode and owner (0644 and the daemon's for a deleted one) and the
@@ -40,7 +42,8 @@
 //! or `ENOTDIR` for one standing in the folder's place).
 //!
 //! File I/O runs on the calling task (it writes a chunk at a time); the caller runs restores
-//! one at a time per folder and content.
+//! one at a time per folder and content. BACKING is changed behind the mount: a daemon that
+//! restores under a live mount must also drop the mount's cached inode and pages of the path.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -118,6 +121,8 @@ pub enum Refused {
     NoEntry,
     #[error("the path must be a relative path of a file in BACKING")]
     BadPath,
+    #[error("a file hash is 64 lowercase hex characters")]
+    BadHash,
     #[error("the service does not hold the content (is_deleted)")]
     ContentDeleted,
     #[error("the service holds the content at {held} bytes, not {size}")]
@@ -148,6 +153,8 @@ struct Target<'a> {
     mtime_ns: i128,
 }
 
+/// Restores `source` (see the module doc): the whole good content at its path, or an error
+/// with nothing changed there.
 pub async fn restore(
     index: &Index,
     backing: &Backing,
@@ -192,6 +199,10 @@ pub async fn restore(
         }
         (Source::Indexed(_), None) => unreachable!("an indexed source has its entry"),
     };
+    // The temp file is named after it: it must name nothing else.
+    if !crate::contract::is_hex_digest(target.hash) {
+        return Err(Refused::BadHash.into());
+    }
     let (parent, name) = split(target.path)?;
     let dir = backing
         .open_dir(parent)
@@ -928,6 +939,16 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(refusal(&err), Some(&Refused::ContentDeleted));
+        let err = rig
+            .restore(&deleted("lost", "../../x"), 3)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal(&err), Some(&Refused::BadHash));
+        let err = rig
+            .restore(&deleted("../lost", &entry.hash), 3)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal(&err), Some(&Refused::BadPath));
         assert_eq!(rig.store.gets.load(Ordering::SeqCst), 0);
     }
 
