@@ -23,11 +23,11 @@
 //! [`is_restore_temp`]), and each chunk is checked where its digest is known: a file hashed
 //! whole is one chunk checked against the file hash; a multipart file's chunks are its File
 //! Hashing parts, checked against the part digests the index keeps (`Index::content_parts`). A
-//! bad chunk (damaged, short, failed, or slower than the download floor of `content_client::
-//! receive`, `RestoreConfig::floor_window`) is fetched again with a fresh URL, up to
-//! `RestoreConfig::attempts` times, not the whole file. The
-//! whole is checked against the file hash at the end (when the part digests are not known, that
-//! is the only check, and a failed one fetches every chunk again, as many rounds). Then the temp
+//! bad chunk (damaged, short, failed, or slower than the download floor: see
+//! `content_client::receive` and `RestoreConfig::floor_window`) is fetched again with a fresh
+//! URL, up to `RestoreConfig::attempts` times, not the whole file. The whole is checked against
+//! the file hash at the end (when the part digests are not known, that is the only check, and a
+//! failed one fetches every chunk again, as many rounds). Then the temp
 //! file is given the old file's mode and owner (0644 and the daemon's for a deleted one) and the
 //! recorded mtime, fsynced, and renamed over the path (`renameat2`, `RENAME_NOREPLACE` where
 //! nothing is to be replaced), and the folder is fsynced.
