@@ -953,7 +953,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_deleted_file_comes_back_where_nothing_is() {
+    async fn a_deleted_or_missing_file_comes_back_where_nothing_is() {
         let rig = Rig::new();
         let hash = rig.store.hold(b"hello world");
         let source = Source::Deleted {
@@ -967,6 +967,16 @@ mod tests {
         let meta = std::fs::metadata(rig.path("back")).unwrap();
         assert_eq!(FileStat::from_metadata(&meta).mtime_ns, MTIME_NS);
         assert_eq!(rig.index.get("back").unwrap(), None);
+        // A recorded file gone missing comes back too, and its entry names it.
+        rig.record("missing", b"hello again", b"hello again");
+        std::fs::remove_file(rig.path("missing")).unwrap();
+        let restored = rig
+            .restore(&Source::Indexed("missing".into()), 3)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(rig.path("missing")).unwrap(), b"hello again");
+        let entry = rig.index.get("missing").unwrap().unwrap();
+        assert_eq!(entry.ino, restored.stat.ino);
         assert!(is_restore_temp(&format!("{TEMP_PREFIX}{}", "0".repeat(64))));
         assert!(!is_restore_temp(&format!("{TEMP_PREFIX}x")));
     }
