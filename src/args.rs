@@ -80,7 +80,8 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub deep: bool,
     /// The window of that floor, in seconds (tests shorten it).
-    #[arg(long, hide = true, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..),
+          default_value_t = maxlofs_api::content_client::DOWNLOAD_FLOOR_WINDOW.as_secs())]
     pub download_floor_secs: u64,
     /// Print JSON.
     #[arg(long)]

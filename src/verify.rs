@@ -5,16 +5,17 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use serde::Serialize;
 
 use crate::args::VerifyArgs;
 use crate::keys::KeySource;
 use crate::status::read_xattr;
-use maxlofs_api::content_client::{ContentApi, ContentClient};
+use maxlofs_api::content_client::{
+    receive, ContentApi, ContentClient, Unreceived, DOWNLOAD_FLOOR_BYTES,
+};
 use maxlofs_api::hash::StreamHasher;
 use maxlofs_api::http::{HttpApi, Timeouts};
 use maxlofs_api::GrantId;
@@ -24,11 +25,6 @@ use maxlofs_sync::report::SyncedPage;
 
 /// Hashes per `download` call.
 const BATCH: usize = 100;
-
-/// The least a `--deep` download must bring in each window (`--download-floor-secs`, 30 s by
-/// default): one slower than that is given up, so a service sending a byte now and then cannot
-/// hold verify.
-const DOWNLOAD_FLOOR_BYTES: u64 = 64 * 1024;
 
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -236,29 +232,16 @@ async fn download_and_check(
     size: u64,
     floor_window: Duration,
 ) -> anyhow::Result<Option<Problem>> {
-    let mut window_end = tokio::time::Instant::from_std(Instant::now() + floor_window);
-    let Ok(body) = tokio::time::timeout_at(window_end, content.get(url)).await else {
-        return Ok(Some(Problem::TooSlow));
-    };
-    let mut body = body.with_context(|| format!("downloading {hash}"))?;
     let mut hasher = StreamHasher::new(size);
-    let (mut received, mut in_window) = (0u64, 0u64);
-    loop {
-        let Ok(chunk) = tokio::time::timeout_at(window_end, body.next()).await else {
-            return Ok(Some(Problem::TooSlow));
-        };
-        let Some(chunk) = chunk else { break };
-        let chunk = chunk.with_context(|| format!("downloading {hash}"))?;
-        received += chunk.len() as u64;
-        if received > size {
-            return Ok(Some(Problem::Corrupted));
-        }
-        hasher.update(&chunk);
-        in_window += chunk.len() as u64;
-        if in_window >= DOWNLOAD_FLOOR_BYTES {
-            window_end = tokio::time::Instant::from_std(Instant::now() + floor_window);
-            in_window = 0;
-        }
+    let hashing = |piece: &[u8]| {
+        hasher.update(piece);
+        Ok(())
+    };
+    match receive(content.get(url), size, floor_window, hashing).await {
+        Ok(_) => {}
+        Err(Unreceived::TooSlow) => return Ok(Some(Problem::TooSlow)),
+        Err(Unreceived::TooLong(_)) => return Ok(Some(Problem::Corrupted)),
+        Err(err) => return Err(anyhow::Error::new(err).context(format!("downloading {hash}"))),
     }
     let intact = hasher.finish().map(|found| found.to_hex()).as_deref() == Some(hash);
     Ok((!intact).then_some(Problem::Corrupted))

@@ -1276,6 +1276,7 @@ mod restore {
             let config = RestoreConfig {
                 grant: 1,
                 attempts: NonZeroU32::new(3).unwrap(),
+                floor_window: Duration::from_secs(30),
             };
             let source = Source::Indexed(path.into());
             tokio::runtime::Runtime::new()

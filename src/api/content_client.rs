@@ -363,6 +363,62 @@ impl ContentClient {
     }
 }
 
+/// The least a download must bring in each window: one slower is given up, so a service sending
+/// a byte now and then cannot hold whoever reads it (`receive`).
+pub const DOWNLOAD_FLOOR_BYTES: u64 = 64 * 1024;
+/// The window `DOWNLOAD_FLOOR_BYTES` must come within, unless a caller sets another.
+pub const DOWNLOAD_FLOOR_WINDOW: Duration = Duration::from_secs(30);
+
+/// Why `receive` did not take a download whole.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreceived {
+    #[error("the download brought less than {} KiB in a window", DOWNLOAD_FLOOR_BYTES / 1024)]
+    TooSlow,
+    #[error("the store sent more than the {0} bytes asked")]
+    TooLong(u64),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// Takes a download: `request` (a `get` or `get_range`), then its bytes, each piece handed to
+/// `each` as it comes. Each `DOWNLOAD_FLOOR_BYTES` must come within `floor_window` of the last
+/// (the first, of the request), and no more than `most` bytes in all: a store sending slower,
+/// or without end, cannot hold the reader. Answers how many bytes came.
+pub async fn receive(
+    request: impl std::future::Future<Output = Result<PutBody, ApiError>>,
+    most: u64,
+    floor_window: Duration,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<u64, Unreceived> {
+    let mut window_end = tokio::time::Instant::now() + floor_window;
+    let Ok(body) = tokio::time::timeout_at(window_end, request).await else {
+        return Err(Unreceived::TooSlow);
+    };
+    let mut body = body?;
+    let (mut received, mut in_window) = (0u64, 0u64);
+    loop {
+        let Ok(piece) = tokio::time::timeout_at(window_end, body.next()).await else {
+            return Err(Unreceived::TooSlow);
+        };
+        let Some(piece) = piece else {
+            return Ok(received);
+        };
+        let piece = piece?;
+        received += piece.len() as u64;
+        if received > most {
+            return Err(Unreceived::TooLong(most));
+        }
+        each(&piece)?;
+        in_window += piece.len() as u64;
+        if in_window >= DOWNLOAD_FLOOR_BYTES {
+            window_end = tokio::time::Instant::now() + floor_window;
+            in_window = 0;
+        }
+    }
+}
+
 /// Resolves a signed URL's host name to the addresses it has outside this machine and its local
 /// network, and fails if it has none: a name may lead where a literal address may not
 /// (`answer::check_signed_url`). The service's own local host, if any, resolves as it is.

@@ -243,6 +243,7 @@ impl Engine {
         let config = RestoreConfig {
             grant: self.config.grant,
             attempts: RESTORE_ATTEMPTS.try_into().expect("not zero"),
+            floor_window: maxlofs_api::content_client::DOWNLOAD_FLOOR_WINDOW,
         };
         let restored = restore::restore(
             &self.index,

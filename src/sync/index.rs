@@ -411,6 +411,8 @@ impl Index {
             removed = db
                 .prepare_cached("DELETE FROM synced WHERE path = ?1")?
                 .execute([path])?;
+            db.prepare_cached("DELETE FROM corrupted WHERE path = ?1")?
+                .execute([path])?;
             db.prepare_cached(
                 "INSERT OR REPLACE INTO unsure (path, state, media_id) VALUES (?1, ?2, ?3)",
             )?
@@ -615,7 +617,8 @@ impl Index {
     }
 
     /// Notes `path` as damaged in place, replacing an earlier note of it. Putting the same
-    /// entry again keeps the note; an entry of other content, or its removal, drops it.
+    /// entry again keeps the note; an entry of other content, or its removal (`remove`,
+    /// `remove_as_unsure`), drops it.
     pub fn mark_corrupted(&self, path: &str, mark: &CorruptMark) -> anyhow::Result<()> {
         self.corrupted_noted.store(true, Ordering::SeqCst);
         self.db
@@ -1031,6 +1034,10 @@ mod tests {
         assert!(index.corrupted_paths().unwrap().is_empty());
         index.mark_corrupted("a", &mark).unwrap();
         index.remove("a").unwrap();
+        assert_eq!(index.corrupted("a").unwrap(), None);
+        index.put("a", &entry(1, 1)).unwrap();
+        index.mark_corrupted("a", &mark).unwrap();
+        index.remove_as_unsure("a", &media("a"), 1).unwrap();
         assert_eq!(index.corrupted("a").unwrap(), None);
         index.mark_corrupted("b", &mark).unwrap();
         index.clear_corrupted("b").unwrap();

@@ -23,9 +23,11 @@
 //! [`is_restore_temp`]), and each chunk is checked where its digest is known: a file hashed
 //! whole is one chunk checked against the file hash; a multipart file's chunks are its File
 //! Hashing parts, checked against the part digests the index keeps (`Index::content_parts`). A
-//! bad chunk is fetched again, up to `RestoreConfig::attempts` times, not the whole file. The
-//! whole is checked against the file hash at the end (when the part digests are not known, that
-//! is the only check, and a failed one fetches every chunk again, as many rounds). Then the temp
+//! bad chunk (damaged, short, failed, or slower than the download floor: see
+//! `content_client::receive` and `RestoreConfig::floor_window`) is fetched again with a fresh
+//! URL, up to `RestoreConfig::attempts` times, not the whole file. The whole is checked against
+//! the file hash at the end (when the part digests are not known, that is the only check, and a
+//! failed one fetches every chunk again, as many rounds). Then the temp
 //! file is given the old file's mode and owner (0644 and the daemon's for a deleted one) and the
 //! recorded mtime, fsynced, and renamed over the path (`renameat2`, `RENAME_NOREPLACE` where
 //! nothing is to be replaced), and the folder is fsynced.
@@ -40,7 +42,8 @@
 //! or `ENOTDIR` for one standing in the folder's place).
 //!
 //! File I/O runs on the calling task (it writes a chunk at a time); the caller runs restores
-//! one at a time per folder and content.
+//! one at a time per folder and content. BACKING is changed behind the mount: a daemon that
+//! restores under a live mount must also drop the mount's cached inode and pages of the path.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -51,15 +54,15 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Component, Path};
+use std::time::Duration;
 
 use anyhow::Context;
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::index::Index;
 use super::local::{Backing, FileStat};
 use maxlofs_api::content::DownloadItem;
-use maxlofs_api::content_client::ContentApi;
+use maxlofs_api::content_client::{receive, ContentApi};
 use maxlofs_api::hash;
 use maxlofs_api::GrantId;
 use maxlofs_fs::sys;
@@ -79,6 +82,9 @@ pub struct RestoreConfig {
     /// How many times a chunk is fetched before the restore gives up (and, when chunks cannot
     /// be checked one by one, how many rounds of the whole file).
     pub attempts: NonZeroU32,
+    /// Each `content_client::DOWNLOAD_FLOOR_BYTES` of a chunk must come within this long (the
+    /// first, of its request), or the fetch fails: a trickling store cannot hold a restore.
+    pub floor_window: Duration,
 }
 
 /// What to restore.
@@ -115,6 +121,8 @@ pub enum Refused {
     NoEntry,
     #[error("the path must be a relative path of a file in BACKING")]
     BadPath,
+    #[error("a file hash is 64 lowercase hex characters")]
+    BadHash,
     #[error("the service does not hold the content (is_deleted)")]
     ContentDeleted,
     #[error("the service holds the content at {held} bytes, not {size}")]
@@ -145,6 +153,8 @@ struct Target<'a> {
     mtime_ns: i128,
 }
 
+/// Restores `source` (see the module doc): the whole good content at its path, or an error
+/// with nothing changed there.
 pub async fn restore(
     index: &Index,
     backing: &Backing,
@@ -189,6 +199,10 @@ pub async fn restore(
         }
         (Source::Indexed(_), None) => unreachable!("an indexed source has its entry"),
     };
+    // The temp file is named after it: it must name nothing else.
+    if !maxlofs_api::contract::is_hex_digest(target.hash) {
+        return Err(Refused::BadHash.into());
+    }
     let (parent, name) = split(target.path)?;
     let dir = backing
         .open_dir(parent)
@@ -405,7 +419,8 @@ async fn fetch(
             let mut tries = 0;
             let digest = loop {
                 tries += 1;
-                let got = fetch_chunk(content, &url, &temp, chunk.clone()).await;
+                let got =
+                    fetch_chunk(content, &url, config.floor_window, &temp, chunk.clone()).await;
                 restored.downloaded_bytes += got.as_ref().map_or(0, |(_, bytes)| *bytes);
                 match got {
                     Ok((digest, _)) if expected.is_none_or(|expected| expected == digest) => {
@@ -493,34 +508,29 @@ fn kept_chunks(temp: &File, plan: &Plan) -> io::Result<Vec<[u8; 32]>> {
     Ok(kept)
 }
 
-/// Fetches the bytes `chunk` into `temp` at their place; answers their SHA-256 and how many
-/// bytes came. More or fewer bytes than asked are an error.
+/// Fetches the bytes `chunk` into `temp` at their place, at no less than the download floor;
+/// answers their SHA-256 and how many bytes came. More or fewer bytes than asked are an error.
 async fn fetch_chunk(
     content: &dyn ContentApi,
     url: &str,
+    floor_window: Duration,
     temp: &File,
     chunk: Range<u64>,
 ) -> anyhow::Result<([u8; 32], u64)> {
-    let mut body = content.get_range(url, chunk.clone()).await?;
     let mut hasher = Sha256::new();
     let mut at = chunk.start;
-    while let Some(bytes) = body.next().await {
-        let bytes = bytes?;
-        if at + bytes.len() as u64 > chunk.end {
-            anyhow::bail!("the store sent more than the bytes asked");
-        }
-        temp.write_all_at(&bytes, at)?;
-        hasher.update(&bytes);
-        at += bytes.len() as u64;
+    let writing = |piece: &[u8]| {
+        temp.write_all_at(piece, at)?;
+        hasher.update(piece);
+        at += piece.len() as u64;
+        Ok(())
+    };
+    let request = content.get_range(url, chunk.clone());
+    let came = receive(request, chunk.end - chunk.start, floor_window, writing).await?;
+    if came != chunk.end - chunk.start {
+        anyhow::bail!("the store sent {came} bytes of {}", chunk.end - chunk.start);
     }
-    if at != chunk.end {
-        anyhow::bail!(
-            "the store sent {} bytes of {}",
-            at - chunk.start,
-            chunk.end - chunk.start
-        );
-    }
-    Ok((hasher.finalize().into(), at - chunk.start))
+    Ok((hasher.finalize().into(), came))
 }
 
 #[cfg(test)]
@@ -548,6 +558,8 @@ mod tests {
         /// GETs still answered before the store drops every one; `None`: no limit.
         gets_left: Mutex<Option<u32>>,
         gets: AtomicU32,
+        /// GETs answer and then send nothing, for ever.
+        stalls: std::sync::atomic::AtomicBool,
     }
 
     impl Store {
@@ -631,6 +643,9 @@ mod tests {
                 }
                 *left -= 1;
             }
+            if self.stalls.load(Ordering::SeqCst) {
+                return Ok(Box::pin(futures_util::stream::pending()));
+            }
             let file_hash = url.strip_prefix("memory:").unwrap();
             let held = self.held.lock().unwrap();
             let mut bytes = held[file_hash][range.start as usize..range.end as usize].to_vec();
@@ -697,6 +712,7 @@ mod tests {
             let config = RestoreConfig {
                 grant: 1,
                 attempts: NonZeroU32::new(attempts).unwrap(),
+                floor_window: Duration::from_secs(30),
             };
             restore(&self.index, &self.backing, &self.store, &config, source).await
         }
@@ -787,6 +803,24 @@ mod tests {
             })
         );
         assert_eq!(std::fs::read(rig.path("b")).unwrap(), b"hello wOrld");
+    }
+
+    /// On tokio's paused clock: the floor's window passes without a real wait.
+    #[tokio::test(start_paused = true)]
+    async fn a_store_sending_slower_than_the_floor_cannot_hold_a_restore() {
+        let rig = Rig::new();
+        rig.record("a", b"hello world", b"hello wOrld");
+        rig.store.stalls.store(true, Ordering::SeqCst);
+        let err = rig
+            .restore(&Source::Indexed("a".into()), 2)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refusal(&err), Some(Refused::BadChunk { attempts: 2, .. })),
+            "{err:#}"
+        );
+        assert_eq!(rig.store.gets.load(Ordering::SeqCst), 2);
+        assert_eq!(std::fs::read(rig.path("a")).unwrap(), b"hello wOrld");
     }
 
     #[tokio::test]
@@ -905,11 +939,21 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(refusal(&err), Some(&Refused::ContentDeleted));
+        let err = rig
+            .restore(&deleted("lost", "../../x"), 3)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal(&err), Some(&Refused::BadHash));
+        let err = rig
+            .restore(&deleted("../lost", &entry.hash), 3)
+            .await
+            .unwrap_err();
+        assert_eq!(refusal(&err), Some(&Refused::BadPath));
         assert_eq!(rig.store.gets.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]
-    async fn a_deleted_file_comes_back_where_nothing_is() {
+    async fn a_deleted_or_missing_file_comes_back_where_nothing_is() {
         let rig = Rig::new();
         let hash = rig.store.hold(b"hello world");
         let source = Source::Deleted {
@@ -923,6 +967,16 @@ mod tests {
         let meta = std::fs::metadata(rig.path("back")).unwrap();
         assert_eq!(FileStat::from_metadata(&meta).mtime_ns, MTIME_NS);
         assert_eq!(rig.index.get("back").unwrap(), None);
+        // A recorded file gone missing comes back too, and its entry names it.
+        rig.record("missing", b"hello again", b"hello again");
+        std::fs::remove_file(rig.path("missing")).unwrap();
+        let restored = rig
+            .restore(&Source::Indexed("missing".into()), 3)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(rig.path("missing")).unwrap(), b"hello again");
+        let entry = rig.index.get("missing").unwrap().unwrap();
+        assert_eq!(entry.ino, restored.stat.ino);
         assert!(is_restore_temp(&format!("{TEMP_PREFIX}{}", "0".repeat(64))));
         assert!(!is_restore_temp(&format!("{TEMP_PREFIX}x")));
     }

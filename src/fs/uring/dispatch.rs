@@ -1518,6 +1518,9 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         tracing::subscriber::with_default(subscriber, || {
+            // Another test's thread may have met the span's callsite while no subscriber
+            // wanted it, and cached that: ask again, with this subscriber in place.
+            tracing::callsite::rebuild_interest_cache();
             f.dispatcher
                 .dispatch(&header, struct_bytes(&getattr), &[], &mut out)
         });
