@@ -9,7 +9,6 @@ pub mod content_client;
 pub mod contract;
 pub mod hash;
 pub mod http;
-pub mod mutex;
 pub mod pacer;
 pub mod wake;
 

@@ -16,15 +16,14 @@
 use crate::stats::{Call, Outcome, Stats, StatsSnapshot};
 use crate::store::{Credentials, Store, StoreConfig, StoreError};
 use maxlofs_api::answer::{check_create, classify};
-use maxlofs_api::mutex::lock;
 use maxlofs_api::{
     ApiError, CreateOutcome, DeviceInfo, GrantId, Keys, MediaApi, MediaGrantList, MediaId,
     MediaRecord, MediaState, NewMedia, SecretKey,
 };
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::VecDeque;
-use std::sync::Mutex;
 
 pub struct MemoryApi {
     store: Store,
@@ -88,7 +87,7 @@ impl MemoryApi {
 
     /// The next `n` calls answer `error` and change nothing.
     pub fn fail_next(&self, n: usize, error: ApiError) {
-        let mut faults = lock(&self.faults);
+        let mut faults = self.faults.lock();
         faults
             .queued
             .extend((0..n).map(|_| Injected::Fail(error.clone())));
@@ -97,13 +96,13 @@ impl MemoryApi {
     /// The next `n` calls take effect but answer `ApiError::Transient`, as when a connection
     /// drops before the answer arrives.
     pub fn lose_next_answers(&self, n: usize) {
-        let mut faults = lock(&self.faults);
+        let mut faults = self.faults.lock();
         faults.queued.extend((0..n).map(|_| Injected::LoseAnswer));
     }
 
     /// The next call panics instead of answering (after the faults queued before it).
     pub fn panic_next(&self) {
-        lock(&self.faults).queued.push_back(Injected::Panic);
+        self.faults.lock().queued.push_back(Injected::Panic);
     }
 
     /// From now on each call (after the queued faults) fails with `ApiError::Transient` and
@@ -116,13 +115,13 @@ impl MemoryApi {
             (0.0..=1.0).contains(&rate),
             "failure rate {rate} not in 0..=1"
         );
-        lock(&self.faults).random = Some((rate, StdRng::seed_from_u64(seed)));
+        self.faults.lock().random = Some((rate, StdRng::seed_from_u64(seed)));
     }
 
     /// The keys in use are refused (`ApiError::Unauthorized`) from now on; `set_keys` with other
     /// accepted keys recovers.
     pub fn revoke_keys(&self) {
-        let keys = lock(&self.keys).clone();
+        let keys = self.keys.lock().clone();
         self.store.revoke_key(keys.device.expose());
         if let Some(user) = &keys.user {
             self.store.revoke_key(user.expose());
@@ -154,7 +153,7 @@ impl MemoryApi {
     }
 
     fn next_fault(&self) -> Option<Injected> {
-        let mut faults = lock(&self.faults);
+        let mut faults = self.faults.lock();
         if let Some(injected) = faults.queued.pop_front() {
             return Some(injected);
         }
@@ -180,7 +179,7 @@ impl MemoryApi {
             return Err(error);
         }
         let credentials = {
-            let keys = lock(&self.keys);
+            let keys = self.keys.lock();
             Credentials {
                 device_key: Some(keys.device.clone()),
                 user_key: keys.user.clone(),
@@ -266,7 +265,7 @@ impl MediaApi for MemoryApi {
     }
 
     fn set_keys(&self, keys: Keys) {
-        *lock(&self.keys) = keys;
+        *self.keys.lock() = keys;
     }
 }
 

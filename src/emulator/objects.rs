@@ -29,6 +29,7 @@ use maxlofs_api::content::{
 use maxlofs_api::contract;
 use maxlofs_api::hash;
 use md5::Md5;
+use parking_lot::Mutex;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -36,7 +37,6 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tempfile::{NamedTempFile, TempDir};
 
@@ -683,7 +683,7 @@ impl ObjectStore {
         if self.held_object(file_hash)?.is_none() {
             return Ok(false);
         }
-        let mut damaged = maxlofs_api::mutex::lock(&self.damaged_gets);
+        let mut damaged = self.damaged_gets.lock();
         match count {
             0 => damaged.remove(file_hash),
             count => damaged.insert(file_hash.to_string(), count),
@@ -693,7 +693,7 @@ impl ObjectStore {
 
     /// Whether this signed GET of `file_hash` is one to serve damaged; counts it if so.
     pub fn take_damage(&self, file_hash: &str) -> bool {
-        let mut damaged = maxlofs_api::mutex::lock(&self.damaged_gets);
+        let mut damaged = self.damaged_gets.lock();
         let Some(left) = damaged.get_mut(file_hash) else {
             return false;
         };

@@ -14,14 +14,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
-use maxlofs_api::mutex::lock;
 use maxlofs_api::{CreateOutcome, MediaRecord};
+use parking_lot::Mutex;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::json;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -193,7 +193,7 @@ async fn inject_faults(
     request: Request,
     next: Next,
 ) -> Response {
-    let faults = *lock(&app.faults);
+    let faults = *app.faults.lock();
     if !faults.latency.is_zero() {
         tokio::time::sleep(faults.latency).await;
     }
@@ -365,7 +365,7 @@ async fn set_fail_rate(State(app): State<App>, payload: Payload) -> Result<Respo
         fail_rate: f64,
     }
     let FailRate { fail_rate } = payload.body.and_then(|body| body.parse())?;
-    let mut faults = lock(&app.faults);
+    let mut faults = app.faults.lock();
     match Faults::new(fail_rate, faults.drop_rate, faults.latency) {
         Ok(changed) => *faults = changed,
         Err(err) => return Ok(error_response(StatusCode::BAD_REQUEST, &err.to_string())),

@@ -1,10 +1,9 @@
 //! Counts of API calls by kind and outcome, for `GET /_emulator/stats` and `MemoryApi`.
 
-use maxlofs_api::mutex::lock;
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Mutex;
 
 /// The kinds of API call, named as in the stats JSON.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -100,7 +99,7 @@ pub struct Stats {
 
 impl Stats {
     pub fn record(&self, call: Call, outcome: Outcome) {
-        let mut counts = lock(&self.counts);
+        let mut counts = self.counts.lock();
         *counts
             .calls
             .entry(call)
@@ -113,11 +112,11 @@ impl Stats {
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
-        lock(&self.counts).clone()
+        self.counts.lock().clone()
     }
 
     pub fn reset(&self) {
-        *lock(&self.counts) = StatsSnapshot::default();
+        *self.counts.lock() = StatsSnapshot::default();
     }
 }
 

@@ -6,15 +6,14 @@
 //! request's fields (400). See docs/emulator.md.
 
 use maxlofs_api::contract;
-use maxlofs_api::mutex::lock;
 use maxlofs_api::{
     CreateOutcome, DeviceInfo, GrantId, MediaGrant, MediaGrantList, MediaId, MediaRecord,
     MediaState, NewMedia, SecretKey,
 };
+use parking_lot::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What the emulated service accepts and how it resolves the cases the API page leaves open.
@@ -356,11 +355,11 @@ impl Store {
 
     /// Makes a key (device or user) answer 403 from now on.
     pub fn revoke_key(&self, key: &str) {
-        lock(&self.revoked).insert(key.to_string());
+        self.revoked.lock().insert(key.to_string());
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
-        lock(&self.conn)
+        self.conn.lock()
     }
 
     /// Runs `body` in an immediate (write-locking) transaction, committed if it succeeds.
@@ -386,7 +385,7 @@ impl Store {
     /// 1-based position of an accepted, unrevoked key in `keys`.
     fn key_number(&self, keys: &[String], key: Option<&SecretKey>) -> Option<i64> {
         let key = key?.expose();
-        if lock(&self.revoked).contains(key) {
+        if self.revoked.lock().contains(key) {
             return None;
         }
         let position = keys.iter().position(|accepted| accepted == key)?;

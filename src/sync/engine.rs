@@ -9,10 +9,11 @@
 //! safe-save an update of the original record, and makes a crash at any instant recoverable by
 //! looking at every path again (reconcile).
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -235,7 +236,7 @@ impl Engine {
 
     /// Starts the intake, the workers and the reconcile pass on the current tokio runtime.
     pub fn start(self: &Arc<Self>) {
-        let intake = self.intake.lock().unwrap().take().expect("started once");
+        let intake = self.intake.lock().take().expect("started once");
         tokio::spawn(self.clone().run_intake(intake));
         for _ in 0..self.config.concurrency.max(1) {
             tokio::spawn(self.clone().run_worker());
@@ -270,7 +271,7 @@ impl Engine {
             if let Err(err) = taken {
                 let why = format!("taking events failed ({err}); a reconcile pass catches up");
                 tracing::error!("{why}");
-                self.report.lock().unwrap().error(why);
+                self.report.lock().error(why);
                 self.start_reconcile();
             }
         }
@@ -301,7 +302,7 @@ impl Engine {
             if let Err(err) = look.await {
                 let why = format!("a look at a path failed: {err}");
                 tracing::error!("{why}");
-                self.report.lock().unwrap().error(why);
+                self.report.lock().error(why);
             }
         }
     }
@@ -334,7 +335,7 @@ impl Engine {
 
     /// Resumes sending after a refused key, with new keys if the caller has them.
     pub fn resume(&self) {
-        let was_paused = self.report.lock().unwrap().paused.take().is_some();
+        let was_paused = self.report.lock().paused.take().is_some();
         if was_paused {
             tracing::info!("resuming sending");
         }
@@ -342,7 +343,7 @@ impl Engine {
     }
 
     pub fn is_paused(&self) -> bool {
-        self.report.lock().unwrap().paused.is_some()
+        self.report.lock().paused.is_some()
     }
 
     pub fn status(&self) -> StatusReport {
@@ -353,8 +354,8 @@ impl Engine {
         let (pending, in_flight) = self.queue.counts();
         let (upload_bytes_left, uploaded_bytes, upload_rate) = self.uploads.progress();
         let corrupted = self.corrupted_list();
-        let report = self.report.lock().unwrap();
-        let held = self.held_deletes.lock().unwrap();
+        let report = self.report.lock();
+        let held = self.held_deletes.lock();
         let list = |map: &BTreeMap<String, String>| {
             map.iter()
                 .take(STATUS_LIST_LIMIT)
@@ -471,7 +472,7 @@ impl Engine {
     /// The content of inode `ino` changed: its known hash is dropped, and its indexed names and
     /// the paths that waited for its writers are marked.
     fn inode_changed(&self, ino: u64) {
-        self.hashes.lock().unwrap().changed(ino);
+        self.hashes.lock().changed(ino);
         self.mark_other_links(ino, Hint::Content);
         self.mark_waiting(ino, Hint::Content);
     }
@@ -479,7 +480,7 @@ impl Engine {
     /// Marks the paths that waited for a writer of `ino`. A path still held is noted again by
     /// its next look.
     fn mark_waiting(&self, ino: u64, hint: Hint) {
-        let waiting = self.waiting_for_writers.lock().unwrap().remove(&ino);
+        let waiting = self.waiting_for_writers.lock().remove(&ino);
         for path in waiting.into_iter().flatten() {
             self.queue.mark(&path, hint);
         }
@@ -493,14 +494,13 @@ impl Engine {
         let ino = stat.ino;
         self.waiting_for_writers
             .lock()
-            .unwrap()
             .entry(ino)
             .or_default()
             .insert(path.to_path_buf());
         if self.writers.is_open((stat.dev, ino)) {
             return true;
         }
-        let mut waiting = self.waiting_for_writers.lock().unwrap();
+        let mut waiting = self.waiting_for_writers.lock();
         if let Some(paths) = waiting.get_mut(&ino) {
             paths.remove(path);
             if paths.is_empty() {
@@ -513,7 +513,7 @@ impl Engine {
     /// Inodes whose writers some path waits for.
     #[cfg(test)]
     pub(super) fn inodes_waited_for(&self) -> usize {
-        self.waiting_for_writers.lock().unwrap().len()
+        self.waiting_for_writers.lock().len()
     }
 
     fn mark_other_links(&self, ino: u64, hint: Hint) {
@@ -586,7 +586,7 @@ impl Engine {
 
     /// Takes the paths at or below `path` off the unreadable list, and answers them.
     fn forget_unreadable(&self, path: &Path) -> Vec<String> {
-        let mut report = self.report.lock().unwrap();
+        let mut report = self.report.lock();
         let keys: Vec<String> = report
             .local_only
             .iter()
@@ -600,7 +600,7 @@ impl Engine {
     }
 
     pub(super) fn note_local_only(&self, key: String, reason: Option<&str>) {
-        let mut report = self.report.lock().unwrap();
+        let mut report = self.report.lock();
         match reason {
             Some(reason) => {
                 report.local_only.insert(key, reason.to_string());
@@ -615,7 +615,7 @@ impl Engine {
     /// a verdict takes effect.
     pub(super) fn apply(&self, key: &str, Failed(step, failure): Failed) -> Next {
         let verdict = verdict(step, &failure, self.config.grant);
-        let mut report = self.report.lock().unwrap();
+        let mut report = self.report.lock();
         Next::End(match verdict {
             Verdict::Settled => return Next::Settled,
             Verdict::CreateInstead => return Next::CreateInstead,

@@ -112,7 +112,7 @@ impl Engine {
         let key = look.key.clone();
         match self.carry_out(path, look, hint) {
             Ok(()) => {
-                self.report.lock().unwrap().failed.remove(&key);
+                self.report.lock().failed.remove(&key);
                 Outcome::Done
             }
             Err(Stop::Failed(failed)) => self.apply(&key, failed).outcome(),
@@ -232,7 +232,7 @@ impl Engine {
                 }
                 Action::Hash => {
                     // Taken before the hash: a change reported from now on is not in what we send.
-                    let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
+                    let stamp = self.hashes.lock().stamp(stat.ino);
                     let (hash, stat, verified, hash_read) =
                         self.file_hash(path, *stat, hint).at(Step::Local)?;
                     checked = Some(Checked {
@@ -266,7 +266,7 @@ impl Engine {
                     let state = self.state_of(stat, hash).at(Step::Local)?;
                     match self.wait(self.api.update(self.config.grant, media_id, &state)) {
                         Ok(()) => {
-                            self.report.lock().unwrap().totals.updated += 1;
+                            self.report.lock().totals.updated += 1;
                             media_id
                         }
                         // Gone from the service (a 404): a new record is made. The entry of the
@@ -311,7 +311,7 @@ impl Engine {
         match answer.at(Step::Create)? {
             CreateOutcome::Created(id) => {
                 self.refuse_others_id(key, id).at(Step::Create)?;
-                self.report.lock().unwrap().totals.created += 1;
+                self.report.lock().totals.created += 1;
                 Ok(id)
             }
             CreateOutcome::Conflict(record) => {
@@ -326,7 +326,7 @@ impl Engine {
                             &media.state,
                         ));
                         answer.at(Step::Update)?;
-                        self.report.lock().unwrap().totals.updated += 1;
+                        self.report.lock().totals.updated += 1;
                     }
                     AfterConflict::NoLiveRecord => unreachable!("a create adopts any record"),
                 }
@@ -389,7 +389,7 @@ impl Engine {
             other => unreachable!("{other:?} for an absent path"),
         };
         match self.wait(self.api.delete(self.config.grant, media_id)) {
-            Ok(()) => self.report.lock().unwrap().totals.deleted += 1,
+            Ok(()) => self.report.lock().totals.deleted += 1,
             // Already gone.
             Err(err) => {
                 self.judge(key, Step::Delete, err)?;
@@ -503,16 +503,13 @@ impl Engine {
         hint: Hint,
     ) -> Result<HashFound, Failure> {
         if hint == Hint::Meta {
-            if let Some((hash, verified)) = self.hashes.lock().unwrap().known_hash(&stat) {
+            if let Some((hash, verified)) = self.hashes.lock().known_hash(&stat) {
                 return Ok((hash, stat, verified, None));
             }
         }
-        let stamp = self.hashes.lock().unwrap().stamp(stat.ino);
+        let stamp = self.hashes.lock().stamp(stat.ino);
         let hashed = self.wait(self.hash_now(path, stat))?;
-        self.hashes
-            .lock()
-            .unwrap()
-            .hashed(&hashed.stat, &hashed.hash, stamp);
+        self.hashes.lock().hashed(&hashed.stat, &hashed.hash, stamp);
         Ok((hashed.hash, hashed.stat, true, Some(hashed.read)))
     }
 
@@ -542,8 +539,7 @@ impl Engine {
     /// Whether the file at `path` is still the one a look hashed: as `stat` describes it, and no
     /// content change of its inode reported since.
     fn unchanged_since(&self, path: &Path, stat: &FileStat, checked: &Checked) -> bool {
-        self.still_at(path, stat).is_ok()
-            && self.hashes.lock().unwrap().stamp(stat.ino) == checked.stamp
+        self.still_at(path, stat).is_ok() && self.hashes.lock().stamp(stat.ino) == checked.stamp
     }
 
     /// Whether the file at `path` is still the one `stat` describes (same inode, size, mtime):

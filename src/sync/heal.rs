@@ -10,8 +10,9 @@
 //! for, or every path marked corrupted when none is named. `--scrub-interval` starts a pass of
 //! its own that often.
 
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -97,7 +98,7 @@ impl Healer {
             return Err(NotTaken::Busy);
         }
         self.jobs.fetch_add(1, Ordering::SeqCst);
-        *self.last.lock().unwrap() = None;
+        *self.last.lock() = None;
         for counter in [
             &self.progress.files_checked,
             &self.progress.bytes_read,
@@ -116,7 +117,7 @@ impl Healer {
         if job == 0 {
             return None;
         }
-        if let Some(last) = self.last.lock().unwrap().clone() {
+        if let Some(last) = self.last.lock().clone() {
             return Some(last);
         }
         Some(HealStatus {
@@ -137,7 +138,7 @@ impl Healer {
 impl Engine {
     /// Runs the jobs asked for, one at a time, and the passes `--scrub-interval` starts.
     pub(super) async fn run_healer(self: Arc<Self>) {
-        let Some(mut intake) = self.heal.intake.lock().unwrap().take() else {
+        let Some(mut intake) = self.heal.intake.lock().take() else {
             return;
         };
         let interval = self.heal.config.scrub_interval;
@@ -160,7 +161,7 @@ impl Engine {
             };
             let Some(request) = request else { return };
             let done = self.clone().heal(request).await;
-            *self.heal.last.lock().unwrap() = Some(done);
+            *self.heal.last.lock() = Some(done);
             self.heal.running.store(false, Ordering::SeqCst);
         }
     }

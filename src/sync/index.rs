@@ -3,13 +3,13 @@
 //! idempotent. An LRU of path → entry sits in front of SQLite for media_id lookups.
 
 use lru::LruCache;
+use parking_lot::Mutex;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 
 use maxlofs_api::{MediaId, NewMedia};
 
@@ -247,21 +247,18 @@ impl Index {
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Option<IndexEntry>> {
-        if let Some(hit) = self.cache.lock().unwrap().get(path) {
+        if let Some(hit) = self.cache.lock().get(path) {
             return Ok(hit.clone());
         }
         // The cache is filled while the database is held, so a `put` or `remove` of this path
         // from another thread (reconcile runs beside the workers) cannot be overwritten by what
         // was read before it.
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let entry = db
             .prepare_cached("SELECT * FROM synced WHERE path = ?1")?
             .query_row([path], entry_from_row)
             .optional()?;
-        self.cache
-            .lock()
-            .unwrap()
-            .put(path.to_string(), entry.clone());
+        self.cache.lock().put(path.to_string(), entry.clone());
         drop(db);
         Ok(entry)
     }
@@ -272,7 +269,6 @@ impl Index {
     pub fn mark_unsure(&self, path: &str, media: &NewMedia) -> anyhow::Result<()> {
         self.db
             .lock()
-            .unwrap()
             // A create is sent only when no live record's id is known for the path (an id of
             // an earlier note belongs to a record found gone): the note starts without one.
             .prepare_cached("INSERT OR REPLACE INTO unsure (path, state) VALUES (?1, ?2)")?
@@ -284,7 +280,6 @@ impl Index {
     pub fn learn_unsure_id(&self, path: &str, media_id: MediaId) -> anyhow::Result<()> {
         self.db
             .lock()
-            .unwrap()
             .prepare_cached("UPDATE unsure SET media_id = ?2 WHERE path = ?1")?
             .execute(params![path, media_id])?;
         Ok(())
@@ -295,7 +290,6 @@ impl Index {
         Ok(self
             .db
             .lock()
-            .unwrap()
             .prepare_cached("SELECT state, media_id FROM unsure WHERE path = ?1")?
             .query_row([path], |r| {
                 let state: String = r.get(0)?;
@@ -310,14 +304,13 @@ impl Index {
     pub fn clear_unsure(&self, path: &str) -> anyhow::Result<()> {
         self.db
             .lock()
-            .unwrap()
             .prepare_cached("DELETE FROM unsure WHERE path = ?1")?
             .execute([path])?;
         Ok(())
     }
 
     pub fn unsure_paths(&self) -> anyhow::Result<Vec<String>> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let mut stmt = db.prepare_cached("SELECT path FROM unsure")?;
         let rows = stmt.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -328,7 +321,6 @@ impl Index {
         Ok(self
             .db
             .lock()
-            .unwrap()
             .prepare_cached("SELECT path FROM synced WHERE media_id = ?1")?
             .query_row([media_id], |row| row.get(0))
             .optional()?)
@@ -337,7 +329,7 @@ impl Index {
     /// Records what the service acknowledged for `path` (and that no create for it is unsure).
     /// Refused, changing nothing, if another path's entry holds the id (`IdTaken`).
     pub fn put(&self, path: &str, entry: &IndexEntry) -> anyhow::Result<()> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let mut added = false;
         let mut taken = None;
         // One transaction: a crash must not leave the unsure row gone and the entry not written.
@@ -387,10 +379,7 @@ impl Index {
         if added {
             self.entries.fetch_add(1, Ordering::Relaxed);
         }
-        self.cache
-            .lock()
-            .unwrap()
-            .put(path.to_string(), Some(entry.clone()));
+        self.cache.lock().put(path.to_string(), Some(entry.clone()));
         drop(db);
         Ok(())
     }
@@ -405,7 +394,7 @@ impl Index {
         media_id: MediaId,
     ) -> anyhow::Result<()> {
         let media_json = serde_json::to_string(media)?;
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let mut removed = 0;
         in_transaction(&db, |db| {
             removed = db
@@ -420,13 +409,13 @@ impl Index {
             Ok(())
         })?;
         self.entries.fetch_sub(removed as u64, Ordering::Relaxed);
-        self.cache.lock().unwrap().put(path.to_string(), None);
+        self.cache.lock().put(path.to_string(), None);
         drop(db);
         Ok(())
     }
 
     pub fn remove(&self, path: &str) -> anyhow::Result<()> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let mut removed = 0;
         in_transaction(&db, |db| {
             removed = db
@@ -437,7 +426,7 @@ impl Index {
             Ok(())
         })?;
         self.entries.fetch_sub(removed as u64, Ordering::Relaxed);
-        self.cache.lock().unwrap().put(path.to_string(), None);
+        self.cache.lock().put(path.to_string(), None);
         drop(db);
         Ok(())
     }
@@ -445,7 +434,7 @@ impl Index {
     /// Paths of entries for inode `ino`: the other names of a hard-linked file, or the old name of
     /// a renamed one.
     pub fn find_by_ino(&self, ino: u64) -> anyhow::Result<Vec<(String, IndexEntry)>> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let mut stmt = db.prepare_cached("SELECT * FROM synced WHERE ino = ?1")?;
         let rows = stmt.query_map([ino as i64], |row| {
             Ok((row.get("path")?, entry_from_row(row)?))
@@ -455,7 +444,7 @@ impl Index {
 
     /// Paths of entries whose content is not known to be on the service.
     pub fn paths_not_up(&self) -> anyhow::Result<Vec<String>> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let mut stmt = db.prepare_cached("SELECT path FROM synced WHERE content_up = 0")?;
         let rows = stmt.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -463,7 +452,7 @@ impl Index {
 
     /// Paths strictly below directory `dir` ("" is the root).
     pub fn paths_under(&self, dir: &str) -> anyhow::Result<Vec<String>> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         if dir.is_empty() {
             let mut stmt = db.prepare_cached("SELECT path FROM synced")?;
             let rows = stmt.query_map([], |row| row.get(0))?;
@@ -480,7 +469,7 @@ impl Index {
 
     /// The multipart upload of `hash` under way, if any.
     pub fn multipart(&self, hash: &str) -> anyhow::Result<Option<MultipartUpload>> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let Some((size, upload_id, s3_bucket_id, urls, started_at)) = db
             .prepare_cached(
                 "SELECT size, upload_id, s3_bucket_id, urls, started_at FROM multipart
@@ -518,7 +507,7 @@ impl Index {
     /// earlier one of the same content.
     pub fn start_multipart(&self, hash: &str, upload: &MultipartUpload) -> anyhow::Result<()> {
         let urls = serde_json::to_string(&upload.urls)?;
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         in_transaction(&db, |db| {
             // The same upload asked again (new URLs): the parts it holds stay done.
             db.prepare_cached(
@@ -548,7 +537,6 @@ impl Index {
     pub fn part_done(&self, hash: &str, part_num: u64, etag: &str) -> anyhow::Result<()> {
         self.db
             .lock()
-            .unwrap()
             .prepare_cached(
                 "INSERT OR REPLACE INTO multipart_part (hash, part_num, etag) VALUES (?1, ?2, ?3)",
             )?
@@ -562,7 +550,6 @@ impl Index {
     pub fn forget_urls(&self, hash: &str) -> anyhow::Result<()> {
         self.db
             .lock()
-            .unwrap()
             .prepare_cached("UPDATE multipart SET urls = '{}' WHERE hash = ?1")?
             .execute([hash])?;
         Ok(())
@@ -570,7 +557,7 @@ impl Index {
 
     /// Forgets the multipart upload of `hash`: completed, or not to be resumed.
     pub fn forget_multipart(&self, hash: &str) -> anyhow::Result<()> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         in_transaction(&db, |db| {
             db.prepare_cached("DELETE FROM multipart_part WHERE hash = ?1")?
                 .execute([hash])?;
@@ -592,7 +579,7 @@ impl Index {
 
     /// Up to `limit` synced records from the `from`-th on, by path.
     pub fn records_page(&self, from: u64, limit: u64) -> anyhow::Result<Vec<SyncedRecord>> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let mut stmt = db.prepare_cached(
             "SELECT path, hash, size FROM synced ORDER BY path LIMIT ?1 OFFSET ?2",
         )?;
@@ -607,7 +594,7 @@ impl Index {
         after: &str,
         limit: u64,
     ) -> anyhow::Result<Vec<(String, IndexEntry)>> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let mut stmt =
             db.prepare_cached("SELECT * FROM synced WHERE path > ?1 ORDER BY path LIMIT ?2")?;
         let rows = stmt.query_map(params![after, limit as i64], |row| {
@@ -623,7 +610,6 @@ impl Index {
         self.corrupted_noted.store(true, Ordering::SeqCst);
         self.db
             .lock()
-            .unwrap()
             .prepare_cached(
                 "INSERT OR REPLACE INTO corrupted
                  (path, recorded_hash, found_hash, ranges, ctime_ns, found_at)
@@ -645,7 +631,7 @@ impl Index {
         if !self.corrupted_noted.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let found = db
             .prepare_cached("SELECT * FROM corrupted WHERE path = ?1")?
             .query_row([path], |row| {
@@ -670,7 +656,7 @@ impl Index {
 
     /// Every path noted as damaged, by path.
     pub fn corrupted_paths(&self) -> anyhow::Result<Vec<String>> {
-        let db = self.db.lock().unwrap();
+        let db = self.db.lock();
         let mut stmt = db.prepare_cached("SELECT path FROM corrupted ORDER BY path")?;
         let rows = stmt.query_map([], |row| row.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -679,7 +665,6 @@ impl Index {
     pub fn clear_corrupted(&self, path: &str) -> anyhow::Result<()> {
         self.db
             .lock()
-            .unwrap()
             .prepare_cached("DELETE FROM corrupted WHERE path = ?1")?
             .execute([path])?;
         Ok(())
@@ -690,7 +675,6 @@ impl Index {
     pub fn set_content_parts(&self, hash: &str, digests: &[[u8; 32]]) -> anyhow::Result<()> {
         self.db
             .lock()
-            .unwrap()
             .prepare_cached("INSERT OR REPLACE INTO content_parts (hash, digests) VALUES (?1, ?2)")?
             .execute(params![hash, digests.concat()])?;
         Ok(())
@@ -701,7 +685,6 @@ impl Index {
         let blob: Option<Vec<u8>> = self
             .db
             .lock()
-            .unwrap()
             .prepare_cached("SELECT digests FROM content_parts WHERE hash = ?1")?
             .query_row([hash], |row| row.get(0))
             .optional()?;
@@ -717,7 +700,6 @@ impl Index {
         Ok(self
             .db
             .lock()
-            .unwrap()
             .prepare_cached("SELECT value FROM meta WHERE key = ?1")?
             .query_row([key], |row| row.get(0))
             .optional()?)
@@ -726,7 +708,6 @@ impl Index {
     pub fn set_note(&self, key: &str, value: &str) -> anyhow::Result<()> {
         self.db
             .lock()
-            .unwrap()
             .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
             .execute([key, value])?;
         Ok(())
@@ -807,7 +788,7 @@ mod tests {
         for path in ["a", "b", "c"] {
             index.get(path).unwrap();
         }
-        assert_eq!(index.cache.lock().unwrap().len(), 2);
+        assert_eq!(index.cache.lock().len(), 2);
         assert_eq!(index.get("a").unwrap(), Some(entry(1, 1)));
     }
 

@@ -1,10 +1,11 @@
 //! Progress of the jobs that take a while (the reconcile pass, hashing a large file): a bar on
 //! a terminal, otherwise an info log line at most every few seconds, and a last line when done.
 
+use parking_lot::Mutex;
 use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
@@ -119,7 +120,7 @@ impl Progress {
             return None;
         };
         // Held by another thread that is checking the same: one line is enough.
-        let mut last = last.try_lock().ok()?;
+        let mut last = last.try_lock()?;
         if now.saturating_duration_since(*last) < *every {
             return None;
         }

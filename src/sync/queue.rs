@@ -3,10 +3,10 @@
 //! still syncs); a path is handed to at most one worker at a time, and a mark that arrives while it
 //! is in flight runs it again afterwards. That gives per-path ordering with concurrency across paths.
 
+use parking_lot::Mutex;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -114,7 +114,7 @@ impl WorkQueue {
 
     /// Something happened to `path`: look at it once things settle.
     pub fn mark(&self, path: &Path, hint: Hint) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         if let Some(again) = state.in_flight.get_mut(path) {
             *again = Some(again.map_or(hint, |h| h.max(hint)));
             return;
@@ -131,7 +131,7 @@ impl WorkQueue {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let wake_at = {
-                let mut state = self.state.lock().unwrap();
+                let mut state = self.state.lock();
                 if let Some(item) = Self::take_due(&mut state) {
                     return item;
                 }
@@ -172,7 +172,7 @@ impl WorkQueue {
 
     /// A worker is done with `path`.
     pub fn finish(&self, path: &Path, finish: Finish, attempts: u32) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         let again = state.in_flight.remove(path).flatten();
         let now = Instant::now();
         match finish {
@@ -202,13 +202,13 @@ impl WorkQueue {
 
     /// Stops or restarts handing out work (a refused key pauses all sending).
     pub fn set_paused(&self, paused: bool) {
-        self.state.lock().unwrap().paused = paused;
+        self.state.lock().paused = paused;
         self.changed.notify_waiters();
     }
 
     /// Shutdown: everything pending is due now, and so is anything marked from now on.
     pub fn start_draining(&self) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.lock();
         state.draining = true;
         let now = Instant::now();
         let paths: Vec<PathBuf> = state.pending.keys().cloned().collect();
@@ -228,7 +228,7 @@ impl WorkQueue {
 
     /// (pending, in flight)
     pub fn counts(&self) -> (usize, usize) {
-        let state = self.state.lock().unwrap();
+        let state = self.state.lock();
         (state.pending.len(), state.in_flight.len())
     }
 }

@@ -43,17 +43,13 @@ impl Engine {
     /// settled; a pass that fails (an I/O error in the backing tree) is run again, and the error
     /// shows meanwhile.
     pub(super) fn start_reconcile(self: &Arc<Self>) {
-        self.report.lock().unwrap().reconciled = false;
+        self.report.lock().reconciled = false;
         let engine = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut delay = Duration::from_secs(1);
             while let Err(err) = engine.reconcile() {
                 tracing::error!("reconcile failed: {err:#}; trying again in {delay:?}");
-                engine
-                    .report
-                    .lock()
-                    .unwrap()
-                    .error(format!("reconcile: {err:#}"));
+                engine.report.lock().error(format!("reconcile: {err:#}"));
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(RECONCILE_RETRY_MAX);
             }
@@ -79,7 +75,7 @@ impl Engine {
                     Some(key) => match self.index.get(key) {
                         // Its hash is known: a rename or link of it reuses the hash.
                         Ok(Some(entry)) if entry_matches(&entry, &stat) => {
-                            let mut hashes = self.hashes.lock().unwrap();
+                            let mut hashes = self.hashes.lock();
                             let stamp = hashes.stamp(stat.ino);
                             hashes.hashed(&stat, &entry.hash, stamp);
                             false
@@ -163,27 +159,27 @@ impl Engine {
             "reconcile: {marked} paths to look at, found in {:.1}s",
             started.elapsed().as_secs_f64()
         );
-        self.report.lock().unwrap().reconciled = true;
+        self.report.lock().reconciled = true;
         Ok(())
     }
 }
 
 impl Engine {
     fn hold_deletes(&self, paths: Vec<String>, why: String) {
-        let mut held = self.held_deletes.lock().unwrap();
+        let mut held = self.held_deletes.lock();
         held.why = (!paths.is_empty()).then_some(why);
         held.paths = paths.into_iter().collect();
     }
 
     /// Whether the guard holds the delete of `key`'s record.
     pub(super) fn holds_delete(&self, key: &str) -> bool {
-        self.held_deletes.lock().unwrap().paths.contains(key)
+        self.held_deletes.lock().paths.contains(key)
     }
 
     /// `path` is no longer the guard's to hold: its file is back, or the user acted on it
     /// through the mount (a delete made there is theirs and goes out).
     pub(super) fn unhold(&self, path: &Path) {
-        let mut held = self.held_deletes.lock().unwrap();
+        let mut held = self.held_deletes.lock();
         if held.paths.is_empty() {
             return;
         }
@@ -198,7 +194,7 @@ impl Engine {
     /// The user released the held deletes: each path is looked at again and, if its file is
     /// still gone, its record deleted. Answers how many were released.
     pub fn release_held_deletes(&self) -> usize {
-        let held = std::mem::take(&mut *self.held_deletes.lock().unwrap());
+        let held = std::mem::take(&mut *self.held_deletes.lock());
         tracing::info!("{} held deletes released", held.paths.len());
         for path in &held.paths {
             self.queue.mark(Path::new(path), Hint::Meta);

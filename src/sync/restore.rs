@@ -543,10 +543,10 @@ mod tests {
     };
     use maxlofs_api::content_client::{MultipartStart, PutBody, SignedPut};
     use maxlofs_api::ApiError;
+    use parking_lot::Mutex;
     use std::collections::HashMap;
     use std::os::unix::fs::PermissionsExt;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::Mutex;
 
     /// The store's side of downloads in memory: signed GETs of ranges, with the faults a
     /// restore must survive.
@@ -565,10 +565,7 @@ mod tests {
     impl Store {
         fn hold(&self, bytes: &[u8]) -> String {
             let file_hash = hash_of(bytes);
-            self.held
-                .lock()
-                .unwrap()
-                .insert(file_hash.clone(), bytes.to_vec());
+            self.held.lock().insert(file_hash.clone(), bytes.to_vec());
             file_hash
         }
     }
@@ -613,7 +610,7 @@ mod tests {
             _: GrantId,
             hashes: &[String],
         ) -> Result<DownloadAnswer, ApiError> {
-            let held = self.held.lock().unwrap();
+            let held = self.held.lock();
             let item = |file_hash: &String| match held.get(file_hash) {
                 Some(bytes) => DownloadItem {
                     file_hash: file_hash.clone(),
@@ -637,7 +634,7 @@ mod tests {
 
         async fn get_range(&self, url: &str, range: Range<u64>) -> Result<PutBody, ApiError> {
             self.gets.fetch_add(1, Ordering::SeqCst);
-            if let Some(left) = self.gets_left.lock().unwrap().as_mut() {
+            if let Some(left) = self.gets_left.lock().as_mut() {
                 if *left == 0 {
                     return Err(ApiError::Transient("connection dropped".into()));
                 }
@@ -647,7 +644,7 @@ mod tests {
                 return Ok(Box::pin(futures_util::stream::pending()));
             }
             let file_hash = url.strip_prefix("memory:").unwrap();
-            let held = self.held.lock().unwrap();
+            let held = self.held.lock();
             let mut bytes = held[file_hash][range.start as usize..range.end as usize].to_vec();
             let damaged = self
                 .damage_next
@@ -851,7 +848,7 @@ mod tests {
         let entry = rig.record("big", &good, b"the old file");
         // The part digests are not known: each chunk is checked only with the whole.
         assert_eq!(rig.index.content_parts(&entry.hash).unwrap(), None);
-        *rig.store.gets_left.lock().unwrap() = Some(1);
+        *rig.store.gets_left.lock() = Some(1);
         let err = rig
             .restore(&Source::Indexed("big".into()), 2)
             .await
@@ -866,7 +863,7 @@ mod tests {
             [format!("{TEMP_PREFIX}{}", entry.hash), "big".into()]
         );
 
-        *rig.store.gets_left.lock().unwrap() = None;
+        *rig.store.gets_left.lock() = None;
         let restored = rig
             .restore(&Source::Indexed("big".into()), 2)
             .await

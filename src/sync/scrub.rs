@@ -22,13 +22,13 @@
 //!
 //! Files are opened beneath BACKING without following any symlink (`Backing::open_file`).
 
+use parking_lot::Mutex;
 use std::fs::File;
 use std::io;
 use std::num::{NonZeroU64, NonZeroUsize};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::index::{CorruptMark, Index, IndexEntry};
@@ -237,7 +237,7 @@ impl FileExt for Paced<'_> {
             // Not `Interrupted`, which `read_exact_at` would retry.
             return Err(io::Error::other("scrub stopped"));
         }
-        let most = reader.pace.lock().unwrap().read_size(buf.len());
+        let most = reader.pace.lock().read_size(buf.len());
         let read = self.file.read_at(&mut buf[..most], offset)?;
         reader
             .progress
@@ -246,7 +246,6 @@ impl FileExt for Paced<'_> {
         let wait = reader
             .pace
             .lock()
-            .unwrap()
             .wait_after(read as u64, reader.started.elapsed());
         std::thread::sleep(wait);
         Ok(read)

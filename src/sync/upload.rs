@@ -13,13 +13,14 @@
 //! it uses the index and opens files directly; only the chunks a request body streams are read
 //! off the async workers that poll it.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -187,7 +188,7 @@ impl Uploads {
 
     /// Why no content is sent, if none is: the mount's choice, or the service's.
     pub(super) fn off(&self) -> Option<String> {
-        let learned = self.grant.lock().unwrap().clone().flatten();
+        let learned = self.grant.lock().clone().flatten();
         self.records_only.clone().or(learned).or_else(|| {
             self.service_off.load(Ordering::Relaxed).then(|| {
                 "uploads are disabled by the service (upload_disabled): records only".to_string()
@@ -219,7 +220,7 @@ impl RateLimit {
 
     /// How long to wait before sending `bytes`, taking them from the bucket now.
     fn wait_for(&self, bytes: u64, now: Instant) -> Duration {
-        let mut bucket = self.bucket.lock().unwrap();
+        let mut bucket = self.bucket.lock();
         let (tokens, then) = *bucket;
         // At most a second's worth saved up: a burst after a pause stays short.
         let refilled = (tokens + now.duration_since(then).as_secs_f64() * self.rate).min(self.rate);
@@ -261,7 +262,7 @@ impl Meter {
     fn snapshot(&self) -> (u64, u64, u64) {
         let sent = self.sent.load(Ordering::Relaxed);
         let now = Instant::now();
-        let mut samples = self.samples.lock().unwrap();
+        let mut samples = self.samples.lock();
         samples.push_back((now, sent));
         while samples.len() > 2
             && (now.duration_since(samples[1].0) >= RATE_WINDOW || samples.len() > 1000)
@@ -437,12 +438,7 @@ struct Flight {
 
 impl Drop for Flight {
     fn drop(&mut self) {
-        self.engine
-            .uploads
-            .flights
-            .lock()
-            .unwrap()
-            .remove(&self.hash);
+        self.engine.uploads.flights.lock().remove(&self.hash);
     }
 }
 
@@ -464,7 +460,7 @@ impl Engine {
         }
         let result = loop {
             let waiting = {
-                let mut flights = self.uploads.flights.lock().unwrap();
+                let mut flights = self.uploads.flights.lock();
                 match flights.get(hash) {
                     Some(flight) => Err(flight.clone()),
                     None => {
@@ -525,7 +521,7 @@ impl Engine {
     /// Whether the grant takes plaintext uploads: asked of the service once, when the mount
     /// could not (an encrypted grant gets records only).
     async fn grant_allows_uploads(self: &Arc<Self>) -> Result<bool, Failed> {
-        let known = |engine: &Engine| match engine.uploads.grant.lock().unwrap().clone() {
+        let known = |engine: &Engine| match engine.uploads.grant.lock().clone() {
             Some(Some(_)) => Some(false),
             Some(None) => None,
             None => Some(true),
@@ -545,7 +541,7 @@ impl Engine {
             .iter()
             .find(|grant| grant.media_grant_id == wanted)
             .is_some_and(|grant| grant.volume_encryption_key.is_some());
-        let mut grant = self.uploads.grant.lock().unwrap();
+        let mut grant = self.uploads.grant.lock();
         if encrypted {
             tracing::warn!("{ENCRYPTED_GRANT}");
             *grant = Some(Some(ENCRYPTED_GRANT.to_string()));
@@ -676,7 +672,7 @@ impl Engine {
     async fn ask(&self, api: &dyn ContentApi, file: FileRef) -> Result<Answered, ApiError> {
         let questions = &self.uploads.questions;
         let (answer, mut answered) = oneshot::channel();
-        questions.waiting.lock().unwrap().push((file, answer));
+        questions.waiting.lock().push((file, answer));
         let given_up =
             || ApiError::Transient("the upload call that carried the question was given up".into());
         loop {
@@ -692,7 +688,7 @@ impl Engine {
                 Err(TryRecvError::Empty) => {}
             }
             let batch: Vec<_> = {
-                let mut waiting = questions.waiting.lock().unwrap();
+                let mut waiting = questions.waiting.lock();
                 let taken = waiting.len().min(ASK_MAX);
                 waiting.drain(..taken).collect()
             };

@@ -1,9 +1,9 @@
 //! The content step against an in-memory object store: content goes up before the record that
 //! names it, once per content, and never from a file that changed while it was sent.
 
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -45,11 +45,11 @@ struct Objects {
 
 impl Objects {
     fn holds(&self, hash: &str) -> bool {
-        self.held.lock().unwrap().contains_key(hash)
+        self.held.lock().contains_key(hash)
     }
 
     fn bytes(&self, hash: &str) -> Option<Vec<u8>> {
-        self.held.lock().unwrap().get(hash).cloned()
+        self.held.lock().get(hash).cloned()
     }
 
     fn puts(&self) -> usize {
@@ -67,8 +67,8 @@ fn refused(message: &str) -> ApiError {
 #[async_trait::async_trait]
 impl ContentApi for Objects {
     async fn upload(&self, _: GrantId, files: &[FileRef]) -> Result<UploadAnswer, ApiError> {
-        self.asked.lock().unwrap().push(files.len());
-        let delay = *self.ask_delay.lock().unwrap();
+        self.asked.lock().push(files.len());
+        let delay = *self.ask_delay.lock();
         tokio::time::sleep(delay).await;
         if self
             .failing_asks
@@ -113,13 +113,9 @@ impl ContentApi for Objects {
         let bytes = self
             .staged
             .lock()
-            .unwrap()
             .remove(&request.file_hash)
             .ok_or_else(|| refused("nothing was PUT"))?;
-        self.held
-            .lock()
-            .unwrap()
-            .insert(request.file_hash.clone(), bytes);
+        self.held.lock().insert(request.file_hash.clone(), bytes);
         Ok(())
     }
 
@@ -131,16 +127,13 @@ impl ContentApi for Objects {
         if self.holds(&request.file_hash) {
             return Ok(MultipartStart::Held);
         }
-        let upload_id = format!("u{}", self.uploads.lock().unwrap().len());
+        let upload_id = format!("u{}", self.uploads.lock().len());
         let hashes = request
             .part_list
             .iter()
             .map(|p| p.part_hash.clone())
             .collect();
-        self.uploads
-            .lock()
-            .unwrap()
-            .insert(upload_id.clone(), hashes);
+        self.uploads.lock().insert(upload_id.clone(), hashes);
         Ok(MultipartStart::Started(MultipartAnswer {
             signed_url_list: request
                 .part_list
@@ -159,7 +152,7 @@ impl ContentApi for Objects {
         _: GrantId,
         request: &MultipartCompleteRequest,
     ) -> Result<(), ApiError> {
-        let parts = self.parts.lock().unwrap();
+        let parts = self.parts.lock();
         let mut whole = Vec::new();
         let mut digests = Vec::new();
         for (index, part) in request.part_list.iter().enumerate() {
@@ -172,15 +165,12 @@ impl ContentApi for Objects {
         if hex::encode(Sha256::digest(&digests)) != request.file_hash {
             return Err(refused("the parts do not make the file hash"));
         }
-        self.held
-            .lock()
-            .unwrap()
-            .insert(request.file_hash.clone(), whole);
+        self.held.lock().insert(request.file_hash.clone(), whole);
         Ok(())
     }
 
     async fn download(&self, _: GrantId, hashes: &[String]) -> Result<DownloadAnswer, ApiError> {
-        let held = self.held.lock().unwrap();
+        let held = self.held.lock();
         Ok(DownloadAnswer {
             download_list: hashes
                 .iter()
@@ -196,7 +186,7 @@ impl ContentApi for Objects {
     }
 
     async fn put(&self, target: &SignedPut, len: u64, body: PutBody) -> Result<String, ApiError> {
-        let hook = self.before_put.lock().unwrap().take();
+        let hook = self.before_put.lock().take();
         if let Some(hook) = hook {
             hook();
         }
@@ -231,18 +221,15 @@ impl ContentApi for Objects {
             if hex::encode(Sha256::digest(&bytes)) != hash {
                 return Err(refused("BadDigest"));
             }
-            self.staged.lock().unwrap().insert(hash.into(), bytes);
+            self.staged.lock().insert(hash.into(), bytes);
         } else {
             let (upload_id, num) = path["/part/".len()..].split_once('/').unwrap();
             let num: u64 = num.parse().unwrap();
-            let expected = self.uploads.lock().unwrap()[upload_id][num as usize - 1].clone();
+            let expected = self.uploads.lock()[upload_id][num as usize - 1].clone();
             if hex::encode(Sha256::digest(&bytes)) != expected {
                 return Err(refused("BadDigest"));
             }
-            self.parts
-                .lock()
-                .unwrap()
-                .insert((upload_id.into(), num), bytes);
+            self.parts.lock().insert((upload_id.into(), num), bytes);
         }
         Ok(tag)
     }
@@ -274,7 +261,6 @@ impl Checked {
         if !self.objects.holds(hash) {
             self.violations
                 .lock()
-                .unwrap()
                 .push(format!("a record named {hash} before it was up"));
         }
     }
@@ -356,10 +342,7 @@ impl ContentRig {
     }
 
     fn no_violations(&self) {
-        assert_eq!(
-            *self.checked.violations.lock().unwrap(),
-            Vec::<String>::new()
-        );
+        assert_eq!(*self.checked.violations.lock(), Vec::<String>::new());
     }
 }
 
@@ -431,7 +414,7 @@ async fn a_failed_put_holds_the_record_back_until_the_content_is_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_questions_of_looks_side_by_side_share_upload_calls() {
     let rig = ContentRig::new();
-    *rig.objects.ask_delay.lock().unwrap() = Duration::from_millis(100);
+    *rig.objects.ask_delay.lock() = Duration::from_millis(100);
     // The first call fails: every file it asked about is asked again.
     rig.objects.failing_asks.store(1, Ordering::SeqCst);
     let files: Vec<_> = (0..12).map(|seed| pattern(1000, seed)).collect();
@@ -443,7 +426,7 @@ async fn the_questions_of_looks_side_by_side_share_upload_calls() {
         assert!(rig.objects.holds(&maxlo_hash(bytes)));
     }
     assert_eq!(rig.rig.live().len(), 12);
-    let asked = rig.objects.asked.lock().unwrap().clone();
+    let asked = rig.objects.asked.lock().clone();
     let first = asked[0];
     assert_eq!(asked.iter().sum::<usize>(), 12 + first, "{asked:?}");
     assert!(asked.len() < 12, "one call per file: {asked:?}");
@@ -474,7 +457,7 @@ async fn a_file_changed_while_it_is_sent_ends_with_its_final_content() {
     let ino = rig.rig.ino("a");
     let last = pattern(100_000, 4);
     let written = last.clone();
-    *rig.objects.before_put.lock().unwrap() = Some(Box::new(move || {
+    *rig.objects.before_put.lock() = Some(Box::new(move || {
         // Same size, in place: only the bytes tell.
         std::fs::write(&path, &written).unwrap();
         sink.send(Event::ContentChanged {
@@ -504,7 +487,7 @@ async fn a_file_removed_while_it_is_sent_gets_no_record() {
     let content = pattern(2_000_000, 7);
     rig.rig.write("a", &content);
     let (path, sink) = (rig.rig.path("a"), rig.rig.sink.clone());
-    *rig.objects.before_put.lock().unwrap() = Some(Box::new(move || {
+    *rig.objects.before_put.lock() = Some(Box::new(move || {
         std::fs::remove_file(&path).unwrap();
         sink.send(Event::Removed {
             path: "a".into(),
@@ -527,7 +510,7 @@ async fn a_file_renamed_while_it_is_sent_gets_its_one_record_at_the_new_name() {
         let content = pattern(len, seed);
         rig.rig.write("a", &content);
         let (from, to, sink) = (rig.rig.path("a"), rig.rig.path("b"), rig.rig.sink.clone());
-        *rig.objects.before_put.lock().unwrap() = Some(Box::new(move || {
+        *rig.objects.before_put.lock() = Some(Box::new(move || {
             std::fs::rename(&from, &to).unwrap();
             sink.send(Event::Renamed {
                 from: "a".into(),
