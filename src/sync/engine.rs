@@ -20,12 +20,13 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::execute::Failed;
+use super::failure::UNREADABLE;
 use super::failure::{io_meaning, verdict, Io, Verdict};
 use super::hash_cache::{HashBudget, HashCache};
 use super::heal::{HealConfig, Healer, NotTaken};
 use super::ignore::IgnoreRules;
 use super::index::Index;
-use super::local::{Backing, FileStat, Observed, UNREADABLE};
+use super::local::{Backing, FileStat, Observed};
 use super::queue::{Finish, Hint, WorkQueue};
 use super::reconcile::HeldDeletes;
 use super::upload::{UploadConfig, Uploads};

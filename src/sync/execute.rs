@@ -11,11 +11,12 @@ use super::decide::{
     after_conflict, decide, same_content, Action, AfterConflict, Content, Facts, Local,
 };
 use super::engine::{Engine, Next, Outcome};
+use super::failure::UNREADABLE;
 use super::failure::{Failure, Step};
 use super::hash_cache::Stamp;
 use super::hasher::{self, HashRead, Hashed};
 use super::index::{IdTaken, IndexEntry, Unsure};
-use super::local::{FileStat, Observed, TIME_UNSAYABLE, UNREADABLE};
+use super::local::{FileStat, Observed, TIME_UNSAYABLE};
 use super::queue::Hint;
 use super::upload::changed;
 use maxlofs_api::contract;

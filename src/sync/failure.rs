@@ -5,6 +5,10 @@ use std::io;
 
 use maxlofs_api::{ApiError, GrantId};
 
+/// Why an `Unreadable` path (or a file that cannot be read) is not sent, as status shows it.
+pub const UNREADABLE: &str = "permission denied to the daemon's user; looked at again after a \
+                              chmod or chown through the mount, or at the next mount";
+
 /// What a local I/O error says about the path it was met on: the one reading of an errno, for
 /// observing a path, walking a folder and hashing a file alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +67,7 @@ pub enum Failure {
     #[error("it went away while it was looked at")]
     Vanished,
     /// The daemon's user may not read the file, or look at its path (EACCES, EPERM).
-    #[error("{}", crate::local::UNREADABLE)]
+    #[error("{}", UNREADABLE)]
     Unreadable,
     /// An answer that cannot be true, such as a create naming the record of another path:
     /// refused, never followed.

@@ -71,10 +71,6 @@ pub enum Observed {
     Unreadable,
 }
 
-/// Why an `Unreadable` path (or a file that cannot be read) is not sent, as status shows it.
-pub const UNREADABLE: &str = "permission denied to the daemon's user; looked at again after a \
-                              chmod or chown through the mount, or at the next mount";
-
 impl Observed {
     /// What an `lstat` shows.
     fn of(meta: &std::fs::Metadata) -> Observed {
