@@ -13,7 +13,7 @@ pub fn run(args: &EmulatorArgs) -> anyhow::Result<()> {
     // Its database, the -wal and -shm files and the object store hold keys' records and content:
     // created for its user alone (0600 files, 0700 folders), whatever the umask it started with.
     rustix::process::umask(rustix::fs::Mode::RWXG | rustix::fs::Mode::RWXO);
-    let faults = server::Faults::new(
+    let faults = maxlofs_emulator::Faults::new(
         args.fail_rate,
         args.drop_rate,
         Duration::from_millis(args.latency_ms),

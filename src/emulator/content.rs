@@ -2,9 +2,9 @@
 //! and `download` under a grant, the signed object URLs (`/_s3/...`, answering as S3 does) and
 //! the object inspection endpoints. The rules live in `objects::ObjectStore`.
 
+use super::app::{error_response, App};
 use super::objects::{BodyDigest, CompleteError, MultipartStart, Run, S3Error};
 use super::request::Payload;
-use super::server::{error_response, App};
 use super::stats::Call;
 use super::store::{Invalid, StoreError};
 use axum::body::Body;

@@ -6,6 +6,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod app;
 mod content;
 #[cfg(any(test, feature = "memory-api"))]
 pub mod memory;
@@ -14,3 +15,5 @@ mod request;
 pub mod server;
 pub mod stats;
 pub mod store;
+
+pub use app::Faults;

@@ -1,9 +1,10 @@
 //! The HTTP face of the emulator: routes, answers, fault injection and the connection loop.
 
+use super::app::{error_response, App, Faults};
 use super::content;
 use super::objects::{ObjectStore, S3Error};
 use super::request::Payload;
-use super::stats::{Call, Outcome, Stats};
+use super::stats::{Call, Outcome};
 use super::store::{Store, StoreError};
 use anyhow::Context;
 use axum::body::Body;
@@ -22,49 +23,9 @@ use serde_json::json;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tower::ServiceExt;
-
-/// The faults injected into API calls (never into `/_emulator` ones).
-#[derive(Clone, Copy, Debug)]
-pub struct Faults {
-    /// Chance of a 503 instead of carrying out the call.
-    fail_rate: f64,
-    /// Chance of carrying out the call and then closing the connection without an answer: the
-    /// worst case for a client, which cannot tell whether its call took effect.
-    drop_rate: f64,
-    latency: Duration,
-}
-
-impl Faults {
-    /// Rates are chances between 0 and 1.
-    pub fn new(fail_rate: f64, drop_rate: f64, latency: Duration) -> anyhow::Result<Self> {
-        for (flag, rate) in [("--fail-rate", fail_rate), ("--drop-rate", drop_rate)] {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&rate),
-                "{flag} must be between 0 and 1, not {rate}"
-            );
-        }
-        Ok(Faults {
-            fail_rate,
-            drop_rate,
-            latency,
-        })
-    }
-}
-
-#[derive(Clone)]
-pub(super) struct App {
-    pub(super) store: Arc<Store>,
-    pub(super) objects: Arc<ObjectStore>,
-    stats: Arc<Stats>,
-    /// Changed at run time by `POST /_emulator/fail-rate`.
-    faults: Arc<Mutex<Faults>>,
-    /// `http://IP:PORT` of this emulator, where its signed URLs point.
-    pub(super) origin: String,
-}
 
 /// Marks a response that must not be sent: the connection loop closes the connection instead.
 #[derive(Clone, Copy)]
@@ -229,22 +190,6 @@ async fn inject_faults(
     response
 }
 
-impl App {
-    /// Runs `call` off the async workers. Every store call (SQLite) and object store call (file
-    /// system) goes through here: a call that blocks on a worker also holds up the connection
-    /// tokio queued in that worker's LIFO slot (no other worker takes it), and as many such calls
-    /// as workers (one per core) leave the whole emulator silent.
-    pub(super) async fn blocking<T: Send + 'static>(
-        &self,
-        call: impl FnOnce(&App) -> T + Send + 'static,
-    ) -> T {
-        let app = self.clone();
-        tokio::task::spawn_blocking(move || call(&app))
-            .await
-            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
-    }
-}
-
 /// An id in a path that is not a number names nothing: `unknown` (a 404), before any key check,
 /// as for an unknown route.
 fn parse_id<T: std::str::FromStr>(text: &str, unknown: StoreError) -> Result<T, StoreError> {
@@ -253,10 +198,6 @@ fn parse_id<T: std::str::FromStr>(text: &str, unknown: StoreError) -> Result<T, 
 
 fn ok<T: Serialize>(value: T) -> Response {
     Json(value).into_response()
-}
-
-pub(super) fn error_response(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
 }
 
 impl IntoResponse for StoreError {
