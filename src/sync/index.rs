@@ -397,11 +397,7 @@ impl Index {
         let db = self.db.lock();
         let mut removed = 0;
         in_transaction(&db, |db| {
-            removed = db
-                .prepare_cached("DELETE FROM synced WHERE path = ?1")?
-                .execute([path])?;
-            db.prepare_cached("DELETE FROM corrupted WHERE path = ?1")?
-                .execute([path])?;
+            removed = delete_entry(db, path)?;
             db.prepare_cached(
                 "INSERT OR REPLACE INTO unsure (path, state, media_id) VALUES (?1, ?2, ?3)",
             )?
@@ -418,11 +414,7 @@ impl Index {
         let db = self.db.lock();
         let mut removed = 0;
         in_transaction(&db, |db| {
-            removed = db
-                .prepare_cached("DELETE FROM synced WHERE path = ?1")?
-                .execute([path])?;
-            db.prepare_cached("DELETE FROM corrupted WHERE path = ?1")?
-                .execute([path])?;
+            removed = delete_entry(db, path)?;
             Ok(())
         })?;
         self.entries.fetch_sub(removed as u64, Ordering::Relaxed);
@@ -747,6 +739,17 @@ fn forget_shared_ids(db: &Connection) -> rusqlite::Result<()> {
 
 /// Runs `work` in one transaction. BEGIN and COMMIT come from the statement cache: rusqlite's
 /// `transaction()` parses them anew on every call, a measurable share of a small file's sync.
+/// Deletes `path`'s entry and its corruption mark (which was of that entry); answers how many
+/// entries went (0 or 1).
+fn delete_entry(db: &Connection, path: &str) -> rusqlite::Result<usize> {
+    let removed = db
+        .prepare_cached("DELETE FROM synced WHERE path = ?1")?
+        .execute([path])?;
+    db.prepare_cached("DELETE FROM corrupted WHERE path = ?1")?
+        .execute([path])?;
+    Ok(removed)
+}
+
 fn in_transaction(
     db: &Connection,
     work: impl FnOnce(&Connection) -> rusqlite::Result<()>,
