@@ -272,7 +272,7 @@ pub struct MountArgs {
     pub upload_limit: Option<u64>,
     /// The most bytes a scrub pass reads per second (K, M or G as for --upload-limit), so that
     /// it does not slow the mount's users; 0: as fast as the disk goes.
-    #[arg(long, env = "MAXLOFS_SCRUB_RATE", value_name = "RATE", value_parser = parse_rate,
+    #[arg(long, env = "MAXLOFS_SCRUB_RATE", value_name = "RATE", value_parser = parse_scrub_rate,
           default_value = "32M")]
     pub scrub_rate: u64,
     /// Start a scrub pass this often by itself: a number and s, m, h or d (e.g. 7d) [default:
@@ -326,6 +326,14 @@ fn parse_prefix(prefix: &str) -> Result<String, String> {
     match maxlofs_api::contract::prefix_fault(prefix) {
         None => Ok(prefix.to_string()),
         Some(fault) => Err(format!("no media_path can start with {prefix:?}: {fault}")),
+    }
+}
+
+/// `--scrub-rate`: a rate as `parse_rate` reads it, or 0 for no cap.
+fn parse_scrub_rate(text: &str) -> Result<u64, String> {
+    match text.trim() {
+        "0" => Ok(0),
+        rate => parse_rate(rate),
     }
 }
 
@@ -466,5 +474,28 @@ pub struct NotMounted;
 impl std::fmt::Display for NotMounted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("not mounted")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrub_rate_of_zero_is_no_cap_and_others_read_as_rates() {
+        assert_eq!(parse_scrub_rate("0"), Ok(0));
+        assert_eq!(parse_scrub_rate("32M"), Ok(32 << 20));
+        assert!(parse_scrub_rate("fast").is_err());
+    }
+
+    #[test]
+    fn intervals_take_a_unit_and_are_more_than_zero() {
+        assert_eq!(parse_interval("7d"), Ok(7 * 86_400));
+        assert_eq!(parse_interval("90m"), Ok(5_400));
+        assert_eq!(parse_interval("12h"), Ok(43_200));
+        assert_eq!(parse_interval("30s"), Ok(30));
+        for bad in ["", "7", "0d", "d", "7w", "-1h", "99999999999999999999d"] {
+            assert!(parse_interval(bad).is_err(), "{bad:?}");
+        }
     }
 }

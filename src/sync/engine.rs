@@ -312,7 +312,7 @@ impl Engine {
     /// end before the kernel delivers it) is gone all the same, and its files are looked at as
     /// after a change.
     pub fn session_ended(&self) {
-        // A scrub pass under way stops at the next file; the next mount's pass goes on from it.
+        // A scrub pass under way stops at the next file; the next pass goes on from it.
         self.heal.stop();
         for (_, ino) in self.writers.forget_all() {
             self.inode_changed(ino);

@@ -178,6 +178,11 @@ fn check(
         if !parts.is_empty() && index.content_parts(&entry.hash)?.is_none() {
             index.set_content_parts(&entry.hash, &parts)?;
         }
+        // Its good bytes came back by some other way (copied back by hand): no longer damaged.
+        if index.corrupted(path)?.is_some() {
+            tracing::info!(path, "scrub: intact again; its corruption mark is cleared");
+            index.clear_corrupted(path)?;
+        }
         return Ok(Checked::Intact);
     }
     let ranges = differing_ranges(entry.size, &parts, index.content_parts(&entry.hash)?);
@@ -402,6 +407,22 @@ mod tests {
         assert_eq!(mark.ranges, [(0, 5)]);
         // The index entry is left as the service has it: no new version.
         assert_eq!(rig.index.get("damaged").unwrap().unwrap().media_id, 2);
+    }
+
+    #[test]
+    fn a_file_found_intact_again_loses_its_mark() {
+        let rig = Rig::new();
+        rig.record("photo", b"hello", b"jello", 1);
+        rig.pass(&AtomicBool::new(false));
+        assert_eq!(rig.index.corrupted_paths().unwrap(), ["photo"]);
+        // The good bytes copied back by hand; the engine then records the same content with
+        // the file's new stat, which keeps the mark.
+        rig.record("photo", b"hello", b"hello", 1);
+        assert_eq!(rig.index.corrupted_paths().unwrap(), ["photo"]);
+        let report = rig.pass(&AtomicBool::new(false));
+        assert!(report.corrupted.is_empty(), "{report:?}");
+        assert!(rig.index.corrupted_paths().unwrap().is_empty());
+        assert!(rig.index.corrupted("photo").unwrap().is_none());
     }
 
     #[test]
