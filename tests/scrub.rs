@@ -171,3 +171,73 @@ fn scrub_finds_damage_made_behind_the_filesystem_and_restore_heals_it() {
     common::service::assert_catalog_matches(&emulator, &mount.backing);
     mount.unmount();
 }
+
+/// A file gone from BACKING behind the mount's back (the disk lost it), whose delete the
+/// mass-deletion guard holds, comes back from its record with `maxlofs restore MNT PATH`: the
+/// user chooses, per file, between releasing the delete and restoring the file.
+#[test]
+fn files_whose_deletes_are_held_come_back_from_their_records() {
+    let emulator = common::service::Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    if !mount.mount() {
+        return;
+    }
+    let names: Vec<String> = (0..20).map(|i| format!("photo-{i:02}.jpg")).collect();
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(mount.path(name), pattern(10_000 + i, i as u32)).unwrap();
+    }
+    mount.wait_synced();
+    let mtimes: Vec<_> = names
+        .iter()
+        .map(|name| mtime_ns(&mount.path(name)))
+        .collect();
+    assert!(mount.unmount().success());
+    for name in &names[..15] {
+        std::fs::remove_file(mount.backing.join(name)).unwrap();
+    }
+    assert!(mount.mount());
+    mount.wait_synced();
+    assert_eq!(mount.status()["held_deletes"], 15, "{}", mount.status());
+
+    let restore = maxlofs(&[
+        "restore".as_ref(),
+        mount.mnt.as_os_str(),
+        names[0].as_ref(),
+        mount.path(&names[1]).as_os_str(),
+    ]);
+    let said = String::from_utf8_lossy(&restore.stdout);
+    assert_eq!(
+        restore.status.code(),
+        Some(0),
+        "{said}\n{}",
+        mount.log_text()
+    );
+    assert!(said.starts_with("2 restored"), "{said}");
+    for i in 0..2 {
+        let path = mount.path(&names[i]);
+        assert!(std::fs::read(&path).unwrap() == pattern(10_000 + i, i as u32));
+        assert_eq!(mtime_ns(&path), mtimes[i], "{}'s mtime", names[i]);
+    }
+    // A path with no record is refused, and said so.
+    let refused = maxlofs(&[
+        "restore".as_ref(),
+        mount.mnt.as_os_str(),
+        "nowhere.jpg".as_ref(),
+    ]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("no entry"));
+
+    common::service::run(
+        std::process::Command::new(common::service::BIN)
+            .arg("release-deletes")
+            .arg(&mount.mnt),
+    );
+    mount.wait_synced();
+    assert_eq!(emulator.calls("delete"), 13, "the restored two are kept");
+    let live: Vec<String> = emulator.live().into_keys().collect();
+    let expected: Vec<String> = names[..2].iter().chain(&names[15..]).cloned().collect();
+    assert_eq!(live, expected);
+    assert_eq!(emulator.calls("update"), 0);
+    assert!(mount.unmount().success());
+}
