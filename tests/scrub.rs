@@ -251,3 +251,58 @@ fn files_whose_deletes_are_held_come_back_from_their_records() {
     assert_eq!(emulator.calls("update"), 0);
     assert!(mount.unmount().success());
 }
+
+/// Bytes scrub found damaged are never sent, whatever the file's name or stat becomes: neither a
+/// chmod (a new ctime, which ends the in-place check) nor a copy of the damaged file sends them.
+#[test]
+fn a_damaged_file_chmodded_or_copied_is_never_sent() {
+    let test = "a_damaged_file_chmodded_or_copied_is_never_sent";
+    let Some(mut disk) = Ext4Image::new(test, 64) else {
+        return;
+    };
+    let emulator = common::service::Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &[]);
+    mount.backing = disk.root.join("library");
+    std::fs::create_dir(&mount.backing).unwrap();
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("photo.jpg"), pattern(50_000, 7)).unwrap();
+    mount.wait_synced();
+    mount.unmount();
+    disk.unmount();
+    disk.flip_byte(Path::new("library/photo.jpg"), 1_000);
+    disk.mount();
+    assert!(mount.mount());
+    mount.wait_synced();
+    let scrub = maxlofs(&["scrub".as_ref(), mount.mnt.as_os_str()]);
+    assert_eq!(scrub.status.code(), Some(3), "{}", mount.log_text());
+
+    let chmod = std::process::Command::new("chmod")
+        .arg("600")
+        .arg(mount.path("photo.jpg"))
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    std::fs::copy(mount.path("photo.jpg"), mount.path("copy.jpg")).unwrap();
+    // A positive control: a good file written beside them is sent.
+    std::fs::write(mount.path("good.jpg"), pattern(3_000, 8)).unwrap();
+    mount.wait_synced();
+    let live: Vec<String> = emulator.live().into_keys().collect();
+    assert_eq!(live, ["good.jpg", "photo.jpg"], "{}", mount.log_text());
+    assert_eq!(emulator.calls("update"), 0, "the damage was sent");
+    let status = mount.status();
+    let local_only: Vec<&str> = status["local_only"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["reason"].as_str().unwrap().contains("damaged"))
+        .map(|entry| entry["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(local_only, ["copy.jpg"], "{status}");
+    // A chmod changes no content the engine would send (same inode, size and mtime): the file
+    // stays listed as damaged where it is.
+    assert_eq!(status["corrupted"][0]["path"], "photo.jpg", "{status}");
+    mount.unmount();
+}

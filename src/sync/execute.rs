@@ -24,6 +24,9 @@ use maxlofs_api::{ApiError, CreateOutcome, MediaId, MediaState, NewMedia};
 
 /// Why a path too long to name stays local.
 const TOO_LONG: &str = "path longer than PATH_MAX (4096 bytes)";
+/// Shown in status for a file whose bytes are those scrub found damaged, moved or copied since.
+const DAMAGED_COPY: &str = "a copy of bytes scrub found damaged: never sent (restore the original \
+                            from Maxlo, or replace this file with a good copy)";
 /// Shown in status for a file scrub found damaged in place.
 pub(super) const CORRUPTED: &str =
     "corrupted locally: its bytes changed under an unchanged stat (maxlofs restore MNT --corrupted)";
@@ -241,6 +244,13 @@ impl Engine {
                         hash_verified: verified,
                     });
                     read = hash_read;
+                    // The bytes scrub found damaged, under another name or stat now (renamed,
+                    // chmodded, copied): never sent in place of the good content.
+                    if let Some(good) = self.index.damaged_copy_of(&hash).at(Step::Local)? {
+                        tracing::warn!("{key:?} stays local: a damaged copy of {good}");
+                        self.note_local_only(key, Some(DAMAGED_COPY));
+                        return Ok(());
+                    }
                     local = Local::File {
                         stat,
                         hash: Some(hash),

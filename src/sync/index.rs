@@ -80,6 +80,9 @@ CREATE TABLE IF NOT EXISTS corrupted (
     ctime_ns NOT NULL,
     found_at INTEGER NOT NULL
 );
+-- The hashes scrub found damaged files to have, kept after their marks go: bytes that hash to one
+-- are a damaged copy (renamed, chmodded or copied since), never sent as content.
+CREATE TABLE IF NOT EXISTS damaged_content (hash TEXT PRIMARY KEY, of_hash TEXT NOT NULL);
 -- The File Hashing part digests of a multipart content, once seen to hash to it, so that a
 -- download can check each part as it comes (`sync::restore`).
 CREATE TABLE IF NOT EXISTS content_parts (hash TEXT PRIMARY KEY, digests BLOB NOT NULL);
@@ -233,7 +236,11 @@ impl Index {
             [identity],
         )?;
         let entries: i64 = db.query_row("SELECT COUNT(*) FROM synced", [], |r| r.get(0))?;
-        let corrupted: i64 = db.query_row("SELECT COUNT(*) FROM corrupted", [], |r| r.get(0))?;
+        let corrupted: i64 = db.query_row(
+            "SELECT (SELECT COUNT(*) FROM corrupted) + (SELECT COUNT(*) FROM damaged_content)",
+            [],
+            |r| r.get(0),
+        )?;
         // Grown as it fills, not allocated whole at start (`LruCache::new` would): a large
         // --cache-entries costs only what is used.
         let mut cache = LruCache::unbounded();
@@ -600,9 +607,9 @@ impl Index {
     /// `remove_as_unsure`), drops it.
     pub fn mark_corrupted(&self, path: &str, mark: &CorruptMark) -> anyhow::Result<()> {
         self.corrupted_noted.store(true, Ordering::SeqCst);
-        self.db
-            .lock()
-            .prepare_cached(
+        let db = self.db.lock();
+        in_transaction(&db, |db| {
+            db.prepare_cached(
                 "INSERT OR REPLACE INTO corrupted
                  (path, recorded_hash, found_hash, ranges, ctime_ns, found_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -611,11 +618,31 @@ impl Index {
                 path,
                 mark.recorded_hash,
                 mark.found_hash,
-                serde_json::to_string(&mark.ranges)?,
+                serde_json::to_string(&mark.ranges)
+                    .map_err(|err| rusqlite::Error::ToSqlConversionFailure(err.into()))?,
                 time_to_sql(mark.ctime_ns),
                 mark.found_at
             ])?;
+            db.prepare_cached(
+                "INSERT OR REPLACE INTO damaged_content (hash, of_hash) VALUES (?1, ?2)",
+            )?
+            .execute(params![mark.found_hash, mark.recorded_hash])?;
+            Ok(())
+        })?;
         Ok(())
+    }
+
+    /// The good content's hash when `hash` is one scrub found a damaged file to have.
+    pub fn damaged_copy_of(&self, hash: &str) -> anyhow::Result<Option<String>> {
+        if !self.corrupted_noted.load(Ordering::SeqCst) {
+            return Ok(None);
+        }
+        Ok(self
+            .db
+            .lock()
+            .prepare_cached("SELECT of_hash FROM damaged_content WHERE hash = ?1")?
+            .query_row([hash], |row| row.get(0))
+            .optional()?)
     }
 
     /// The damage noted for `path`, if any.
