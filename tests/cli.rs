@@ -86,6 +86,8 @@ fn defaults_apply_when_nothing_is_configured_and_paths_become_absolute() {
             "upload_concurrency": 4,
             "small_upload_concurrency": 32,
             "upload_limit": null,
+            "scrub_rate": 32 << 20,
+            "scrub_interval": null,
             "drain_timeout": 30,
             "threads": 4,
             "transport": "auto",
