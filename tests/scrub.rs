@@ -61,6 +61,65 @@ fn maxlofs(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .unwrap()
 }
 
+/// Runs `maxlofs restore MNT ARGS...` and asserts it restored `count` files and exited 0.
+fn assert_restores(mount: &common::service::Mount, args: &[&std::ffi::OsStr], count: usize) {
+    let argv: Vec<&std::ffi::OsStr> = ["restore".as_ref(), mount.mnt.as_os_str()]
+        .into_iter()
+        .chain(args.iter().copied())
+        .collect();
+    let restore = maxlofs(&argv);
+    let said = String::from_utf8_lossy(&restore.stdout);
+    assert_eq!(
+        restore.status.code(),
+        Some(0),
+        "{said}\n{}",
+        mount.log_text()
+    );
+    assert!(said.starts_with(&format!("{count} restored")), "{said}");
+}
+
+/// A mount whose BACKING is the folder `library` on an ext4 image of `mib` MiB, syncing to a
+/// fresh emulator; `None` (the test returns) where no image or mount can be made and neither is
+/// required.
+struct OnDisk {
+    // Dropped in this order: the mount, then the emulator, the image and the folders.
+    mount: common::service::Mount,
+    emulator: common::service::Emulator,
+    disk: Ext4Image,
+    _dir: tempfile::TempDir,
+}
+
+impl OnDisk {
+    fn start(test: &str, mib: u64) -> Option<OnDisk> {
+        let disk = Ext4Image::new(test, mib)?;
+        let emulator = common::service::Emulator::start(&[]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &[]);
+        mount.backing = disk.root.join("library");
+        std::fs::create_dir(&mount.backing).unwrap();
+        mount.mount().then_some(OnDisk {
+            mount,
+            emulator,
+            disk,
+            _dir: dir,
+        })
+    }
+
+    /// Flips a byte of each (path, offset) in the image, the mount and the image unmounted
+    /// meanwhile, and mounts both again.
+    fn damage(&mut self, bytes: &[(&str, u64)]) {
+        self.mount.unmount();
+        self.disk.unmount();
+        for (path, offset) in bytes {
+            self.disk
+                .flip_byte(&Path::new("library").join(path), *offset);
+        }
+        self.disk.mount();
+        assert!(self.mount.mount());
+        self.mount.wait_synced();
+    }
+}
+
 /// Issue #26's whole story on a real disk: two synced files are damaged in the image while it is
 /// unmounted (one whole-hashed, one multipart); the mount comes back and sends nothing for them;
 /// an edit made through the mount is sent as an edit; scrub names exactly the damaged two (the
@@ -69,42 +128,29 @@ fn maxlofs(args: &[&std::ffi::OsStr]) -> std::process::Output {
 #[test]
 fn scrub_finds_damage_made_behind_the_filesystem_and_restore_heals_it() {
     let test = "scrub_finds_damage_made_behind_the_filesystem_and_restore_heals_it";
-    let Some(mut disk) = Ext4Image::new(test, 256) else {
+    let Some(mut site) = OnDisk::start(test, 256) else {
         return;
     };
-    let emulator = common::service::Emulator::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &[]);
-    mount.backing = disk.root.join("library");
-    std::fs::create_dir(&mount.backing).unwrap();
-    if !mount.mount() {
-        return;
-    }
     const MIB: usize = 1 << 20;
     let files = [
         ("photo.jpg", pattern(100_000, 1)),
         ("film/clip.mp4", pattern(20 * MIB + 123, 2)),
         ("notes.txt", pattern(5_000, 3)),
     ];
-    std::fs::create_dir(mount.path("film")).unwrap();
+    std::fs::create_dir(site.mount.path("film")).unwrap();
     for (name, content) in &files {
-        std::fs::write(mount.path(name), content).unwrap();
+        std::fs::write(site.mount.path(name), content).unwrap();
     }
-    mount.wait_synced();
+    site.mount.wait_synced();
     let mtimes: Vec<_> = files
         .iter()
-        .map(|(name, _)| mtime_ns(&mount.path(name)))
+        .map(|(name, _)| mtime_ns(&site.mount.path(name)))
         .collect();
-    assert_eq!(emulator.calls("update"), 0);
+    assert_eq!(site.emulator.calls("update"), 0);
 
-    mount.unmount();
-    disk.unmount();
-    disk.flip_byte(Path::new("library/photo.jpg"), 70_000);
-    // In the second File Hashing part (8 MiB parts).
-    disk.flip_byte(Path::new("library/film/clip.mp4"), 9 * MIB as u64 + 5);
-    disk.mount();
-    assert!(mount.mount());
-    mount.wait_synced();
+    // The clip's byte is in its second File Hashing part (8 MiB parts).
+    site.damage(&[("photo.jpg", 70_000), ("film/clip.mp4", 9 * MIB as u64 + 5)]);
+    let (mount, emulator, disk) = (&mut site.mount, &site.emulator, &site.disk);
     assert_eq!(emulator.calls("update"), 0, "the damage was sent");
 
     // An edit through the mount is an edit: sent, never reported as damage.
@@ -146,19 +192,7 @@ fn scrub_finds_damage_made_behind_the_filesystem_and_restore_heals_it() {
             "{name}"
         );
     }
-    let restore = maxlofs(&[
-        "restore".as_ref(),
-        mount.mnt.as_os_str(),
-        "--corrupted".as_ref(),
-    ]);
-    let said = String::from_utf8_lossy(&restore.stdout);
-    assert_eq!(
-        restore.status.code(),
-        Some(0),
-        "{said}\n{}",
-        mount.log_text()
-    );
-    assert!(said.starts_with("2 restored"), "{said}");
+    assert_restores(mount, &["--corrupted".as_ref()], 2);
     for (i, (name, content)) in files[..2].iter().enumerate() {
         // At once, though the kernel held the damaged file's entry: opening the inode the
         // restore replaced fails as stale (it is no longer beneath BACKING), and the kernel
@@ -178,7 +212,7 @@ fn scrub_finds_damage_made_behind_the_filesystem_and_restore_heals_it() {
         1,
         "the restore was sent as an edit"
     );
-    common::service::assert_catalog_matches(&emulator, &mount.backing);
+    common::service::assert_catalog_matches(emulator, &mount.backing);
     mount.unmount();
 }
 
@@ -210,20 +244,11 @@ fn files_whose_deletes_are_held_come_back_from_their_records() {
     mount.wait_synced();
     assert_eq!(mount.status()["held_deletes"], 15, "{}", mount.status());
 
-    let restore = maxlofs(&[
-        "restore".as_ref(),
-        mount.mnt.as_os_str(),
-        names[0].as_ref(),
-        mount.path(&names[1]).as_os_str(),
-    ]);
-    let said = String::from_utf8_lossy(&restore.stdout);
-    assert_eq!(
-        restore.status.code(),
-        Some(0),
-        "{said}\n{}",
-        mount.log_text()
+    assert_restores(
+        &mount,
+        &[names[0].as_ref(), mount.path(&names[1]).as_os_str()],
+        2,
     );
-    assert!(said.starts_with("2 restored"), "{said}");
     for i in 0..2 {
         let path = mount.path(&names[i]);
         assert!(std::fs::read(&path).unwrap() == pattern(10_000 + i, i as u32));
@@ -257,25 +282,13 @@ fn files_whose_deletes_are_held_come_back_from_their_records() {
 #[test]
 fn a_damaged_file_chmodded_or_copied_is_never_sent() {
     let test = "a_damaged_file_chmodded_or_copied_is_never_sent";
-    let Some(mut disk) = Ext4Image::new(test, 64) else {
+    let Some(mut site) = OnDisk::start(test, 64) else {
         return;
     };
-    let emulator = common::service::Emulator::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &[]);
-    mount.backing = disk.root.join("library");
-    std::fs::create_dir(&mount.backing).unwrap();
-    if !mount.mount() {
-        return;
-    }
-    std::fs::write(mount.path("photo.jpg"), pattern(50_000, 7)).unwrap();
-    mount.wait_synced();
-    mount.unmount();
-    disk.unmount();
-    disk.flip_byte(Path::new("library/photo.jpg"), 1_000);
-    disk.mount();
-    assert!(mount.mount());
-    mount.wait_synced();
+    std::fs::write(site.mount.path("photo.jpg"), pattern(50_000, 7)).unwrap();
+    site.mount.wait_synced();
+    site.damage(&[("photo.jpg", 1_000)]);
+    let (mount, emulator) = (&mut site.mount, &site.emulator);
     let scrub = maxlofs(&["scrub".as_ref(), mount.mnt.as_os_str()]);
     assert_eq!(scrub.status.code(), Some(3), "{}", mount.log_text());
 

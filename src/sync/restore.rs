@@ -537,6 +537,7 @@ async fn fetch_chunk(
 mod tests {
     use super::*;
     use crate::index::{CorruptMark, IndexEntry};
+    use crate::tests::Library;
     use maxlofs_api::content::{
         DownloadAnswer, FileRef, MultipartCompleteRequest, MultipartRequest, S3ObjectRequest,
         UploadAnswer,
@@ -659,10 +660,16 @@ mod tests {
     }
 
     struct Rig {
-        dir: tempfile::TempDir,
-        index: Index,
-        backing: Backing,
+        library: Library,
         store: Store,
+    }
+
+    impl std::ops::Deref for Rig {
+        type Target = Library;
+
+        fn deref(&self) -> &Library {
+            &self.library
+        }
     }
 
     /// A recorded mtime unlike any a file written now has.
@@ -670,20 +677,10 @@ mod tests {
 
     impl Rig {
         fn new() -> Rig {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir(dir.path().join("b")).unwrap();
-            let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
-            let backing = Backing::open(&dir.path().join("b")).unwrap();
             Rig {
-                dir,
-                index,
-                backing,
+                library: Library::new(),
                 store: Store::default(),
             }
-        }
-
-        fn path(&self, rel: &str) -> std::path::PathBuf {
-            self.dir.path().join("b").join(rel)
         }
 
         /// The service holds `good`; the index records it for `rel`, with the stat of the file

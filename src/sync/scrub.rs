@@ -298,6 +298,7 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tests::Library;
     use std::os::unix::fs::MetadataExt;
 
     fn ms(n: u64) -> Duration {
@@ -329,27 +330,19 @@ mod tests {
         assert_eq!(differing_ranges(5, &[], Some(vec![a])), [(0, 5)]);
     }
 
-    struct Rig {
-        dir: tempfile::TempDir,
-        index: Index,
-        backing: Backing,
+    struct Rig(Library);
+
+    impl std::ops::Deref for Rig {
+        type Target = Library;
+
+        fn deref(&self) -> &Library {
+            &self.0
+        }
     }
 
     impl Rig {
         fn new() -> Rig {
-            let dir = tempfile::tempdir().unwrap();
-            std::fs::create_dir(dir.path().join("b")).unwrap();
-            let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
-            let backing = Backing::open(&dir.path().join("b")).unwrap();
-            Rig {
-                dir,
-                index,
-                backing,
-            }
-        }
-
-        fn path(&self, rel: &str) -> std::path::PathBuf {
-            self.dir.path().join("b").join(rel)
+            Rig(Library::new())
         }
 
         /// Writes `rel` and records it as synced with the hash of `recorded` and the file's

@@ -19,6 +19,33 @@ use maxlofs_fs::{Event, EventSink, OpenWriters};
 
 mod upload;
 
+/// A backing folder (`b`) and its index in a temp folder, for the tests of what reads the
+/// backing tree against the index (scrub, restore).
+pub(crate) struct Library {
+    pub dir: tempfile::TempDir,
+    pub index: Index,
+    pub backing: Backing,
+}
+
+impl Library {
+    pub fn new() -> Library {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("b")).unwrap();
+        let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
+        let backing = Backing::open(&dir.path().join("b")).unwrap();
+        Library {
+            dir,
+            index,
+            backing,
+        }
+    }
+
+    /// Where `rel` is in the backing folder.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("b").join(rel)
+    }
+}
+
 const SETTLE: Duration = Duration::from_millis(30);
 
 struct Rig {
