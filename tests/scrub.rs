@@ -319,3 +319,38 @@ fn a_damaged_file_chmodded_or_copied_is_never_sent() {
     assert_eq!(status["corrupted"][0]["path"], "photo.jpg", "{status}");
     mount.unmount();
 }
+
+/// `scrub --repair` restores what the pass finds, and exits 0 once nothing damaged is left.
+#[test]
+fn scrub_repair_restores_what_the_pass_finds() {
+    let Some(mut site) = OnDisk::start("scrub_repair_restores_what_the_pass_finds", 64) else {
+        return;
+    };
+    let content = pattern(200_000, 9);
+    std::fs::write(site.mount.path("a.jpg"), &content).unwrap();
+    std::fs::write(site.mount.path("b.jpg"), pattern(1_000, 10)).unwrap();
+    site.mount.wait_synced();
+    let mtime = mtime_ns(&site.mount.path("a.jpg"));
+    site.damage(&[("a.jpg", 150_000)]);
+    let scrub = maxlofs(&[
+        "scrub".as_ref(),
+        site.mount.mnt.as_os_str(),
+        "--repair".as_ref(),
+    ]);
+    let said = String::from_utf8_lossy(&scrub.stdout);
+    assert_eq!(
+        scrub.status.code(),
+        Some(0),
+        "{said}\n{}",
+        site.mount.log_text()
+    );
+    assert!(
+        said.contains("2 files checked") && said.contains("1 found corrupted, 1 restored"),
+        "{said}"
+    );
+    assert!(std::fs::read(site.mount.path("a.jpg")).unwrap() == content);
+    assert_eq!(mtime_ns(&site.mount.path("a.jpg")), mtime);
+    assert!(site.mount.status()["corrupted_count"].is_null());
+    assert_eq!(site.emulator.calls("update"), 0);
+    site.mount.unmount();
+}
