@@ -55,13 +55,15 @@ fn unavailable<T>(test: &str, why: &str) -> Option<T> {
     None
 }
 
-/// Bytes the daemon has written with write(2) and its kin, from /proc/PID/io.
+/// Bytes of files the daemon has written (the pages it dirtied: `write_bytes` of /proc/PID/io).
+/// Not `wchar`, which counts sockets too: the upload of the file to the emulator, which may start
+/// while a slow machine is still reading the file back, is no write of file data.
 fn written_by(pid: u32) -> u64 {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
     io.lines()
-        .find_map(|line| line.strip_prefix("wchar: "))
+        .find_map(|line| line.strip_prefix("write_bytes: "))
         .and_then(|n| n.trim().parse().ok())
-        .expect("wchar in /proc/PID/io")
+        .expect("write_bytes in /proc/PID/io")
 }
 
 /// Files made, renamed, touched and removed through the mount reach the catalog, file data
