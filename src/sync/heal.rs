@@ -84,8 +84,12 @@ impl Healer {
 
     /// Takes a request from the mount root's extended attribute: queued for the job task.
     pub(super) fn ask(&self, request: &[u8], has_content: bool) -> Result<(), NotTaken> {
-        let request: HealRequest =
-            serde_json::from_slice(request).map_err(|_| NotTaken::Malformed)?;
+        let request = serde_json::from_slice(request).map_err(|_| NotTaken::Malformed)?;
+        self.take(request, has_content)
+    }
+
+    /// Queues `request` unless a job runs or it needs content calls the mount has not.
+    fn take(&self, request: HealRequest, has_content: bool) -> Result<(), NotTaken> {
         let restores = match &request {
             HealRequest::Scrub { repair } => *repair,
             HealRequest::Restore { .. } => true,
@@ -150,9 +154,8 @@ impl Engine {
                     Err(_) => {
                         // An interval pass waits for a job the user started.
                         let has_content = self.uploads.content_api().is_some();
-                        let request = serde_json::to_vec(&HealRequest::Scrub { repair: false })
-                            .expect("a request encodes");
-                        match self.heal.ask(&request, has_content) {
+                        let request = HealRequest::Scrub { repair: false };
+                        match self.heal.take(request, has_content) {
                             Ok(()) => intake.recv().await,
                             Err(_) => continue,
                         }

@@ -91,8 +91,7 @@ fn register_command(device: RawFd, qid: u16, iovecs: *const libc::iovec) -> sque
     // `io_uring_sqe` (include/uapi/linux/io_uring.h).
     const SQE_LEN_OFFSET: usize = 24;
     const _: () = assert!(size_of::<squeue::Entry128>() == 128);
-    // SAFETY: offset 24 of the 128 bytes asserted above is in bounds of the exclusively borrowed
-    // entry; `write_unaligned` needs no alignment; every bit pattern of a u32 is a valid value.
+    // SAFETY: offset 24 of the 128 bytes asserted above is in bounds of the exclusively borrowed entry; `write_unaligned` needs no alignment; every bit pattern of a u32 is a valid value.
     unsafe {
         std::ptr::from_mut(&mut entry)
             .cast::<u8>()
