@@ -400,24 +400,22 @@ impl Engine {
 
     /// The paths scrub found damaged, with what differs, by path.
     fn corrupted_list(&self) -> Vec<PathReason> {
-        let paths = match self.index.corrupted_paths() {
-            Ok(paths) => paths,
+        match self.index.corrupted_marks() {
+            Ok(marks) => marks
+                .into_iter()
+                .map(|(path, mark)| PathReason {
+                    path,
+                    reason: match mark {
+                        Ok(mark) => crate::report::corruption_reason(&mark.ranges, mark.found_at),
+                        Err(err) => format!("corrupted ({err:#})"),
+                    },
+                })
+                .collect(),
             Err(err) => {
                 tracing::warn!("listing corrupted paths: {err:#}");
-                return Vec::new();
+                Vec::new()
             }
-        };
-        paths
-            .into_iter()
-            .map(|path| {
-                let reason = match self.index.corrupted(&path) {
-                    Ok(Some(mark)) => crate::report::corruption_reason(&mark.ranges, mark.found_at),
-                    Ok(None) => "corrupted".to_string(),
-                    Err(err) => format!("corrupted ({err:#})"),
-                };
-                PathReason { path, reason }
-            })
-            .collect()
+        }
     }
 
     /// Turns one filesystem event into marks.

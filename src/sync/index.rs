@@ -653,24 +653,21 @@ impl Index {
         let db = self.db.lock();
         let found = db
             .prepare_cached("SELECT * FROM corrupted WHERE path = ?1")?
-            .query_row([path], |row| {
-                Ok((
-                    CorruptMark {
-                        recorded_hash: row.get("recorded_hash")?,
-                        found_hash: row.get("found_hash")?,
-                        ranges: Vec::new(),
-                        ctime_ns: time_from_sql(row, "ctime_ns")?,
-                        found_at: row.get("found_at")?,
-                    },
-                    row.get::<_, String>("ranges")?,
-                ))
-            })
+            .query_row([path], corrupt_mark_of)
             .optional()?;
-        let Some((mut mark, ranges)) = found else {
-            return Ok(None);
-        };
-        mark.ranges = serde_json::from_str(&ranges)?;
-        Ok(Some(mark))
+        found.map(|(_, mark)| mark).transpose()
+    }
+
+    /// Every path noted as damaged, with its mark (or why the mark cannot be read), by path: one
+    /// query, for status.
+    pub fn corrupted_marks(&self) -> anyhow::Result<Vec<(String, anyhow::Result<CorruptMark>)>> {
+        if !self.corrupted_noted.load(Ordering::SeqCst) {
+            return Ok(Vec::new());
+        }
+        let db = self.db.lock();
+        let mut stmt = db.prepare_cached("SELECT * FROM corrupted ORDER BY path")?;
+        let rows = stmt.query_map([], corrupt_mark_of)?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Every path noted as damaged, by path.
@@ -766,6 +763,22 @@ fn forget_shared_ids(db: &Connection) -> rusqlite::Result<()> {
 
 /// Runs `work` in one transaction. BEGIN and COMMIT come from the statement cache: rusqlite's
 /// `transaction()` parses them anew on every call, a measurable share of a small file's sync.
+/// A row of `corrupted`: its path, and its mark (whose ranges, JSON, may fail to decode).
+fn corrupt_mark_of(row: &rusqlite::Row) -> rusqlite::Result<(String, anyhow::Result<CorruptMark>)> {
+    let ranges: String = row.get("ranges")?;
+    let mark = CorruptMark {
+        recorded_hash: row.get("recorded_hash")?,
+        found_hash: row.get("found_hash")?,
+        ranges: Vec::new(),
+        ctime_ns: time_from_sql(row, "ctime_ns")?,
+        found_at: row.get("found_at")?,
+    };
+    let mark = serde_json::from_str(&ranges)
+        .map(|ranges| CorruptMark { ranges, ..mark })
+        .map_err(anyhow::Error::from);
+    Ok((row.get("path")?, mark))
+}
+
 /// Deletes `path`'s entry and its corruption mark (which was of that entry); answers how many
 /// entries went (0 or 1).
 fn delete_entry(db: &Connection, path: &str) -> rusqlite::Result<usize> {
