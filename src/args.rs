@@ -63,18 +63,8 @@ pub enum Command {
 pub struct VerifyArgs {
     /// A maxlofs mount point, or the backing folder of a mount that is not mounted.
     pub folder: PathBuf,
-    /// Base URL of the Maxlo API (or the emulator).
-    #[arg(long, env = "MAXLOFS_API", default_value = "http://127.0.0.1:8700")]
-    pub api: String,
-    /// Media grant: its id or its name.
-    #[arg(long, env = "MAXLOFS_GRANT", default_value = "1")]
-    pub grant: String,
-    /// File holding the device session key (else MAXLO_DEVICE_SESSION_KEY).
-    #[arg(long, env = "MAXLOFS_DEVICE_KEY_FILE")]
-    pub device_key_file: Option<PathBuf>,
-    /// Where the mount's index lives (default: as for `mount`).
-    #[arg(long, env = "MAXLOFS_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub unmounted: UnmountedArgs,
     /// Also download each content and check its hash. A download slower than 64 KiB in 30 s is
     /// given up, reported, and the others go on.
     #[arg(long)]
@@ -442,25 +432,54 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// `maxlofs scrub MOUNTPOINT`.
+/// How `verify`, `scrub` and `restore` reach the index and the service when FOLDER is a backing
+/// folder that is not mounted. On a live mount they are not needed: its daemon holds the index and
+/// the key, and does the work.
+#[derive(Args, Debug, Clone)]
+pub struct UnmountedArgs {
+    /// Base URL of the Maxlo API (or the emulator).
+    #[arg(long, env = "MAXLOFS_API", default_value = "http://127.0.0.1:8700")]
+    pub api: String,
+    /// Media grant: its id or its name (a name is looked up in the service).
+    #[arg(long, env = "MAXLOFS_GRANT", default_value = "1")]
+    pub grant: String,
+    /// File holding the device session key (else MAXLO_DEVICE_SESSION_KEY).
+    #[arg(long, env = "MAXLOFS_DEVICE_KEY_FILE")]
+    pub device_key_file: Option<PathBuf>,
+    /// Where the mount's index lives (default: as for `mount`).
+    #[arg(long, env = "MAXLOFS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// `maxlofs scrub FOLDER`.
 #[derive(Args, Debug)]
 pub struct ScrubArgs {
-    pub mountpoint: PathBuf,
+    /// A maxlofs mount point, or the backing folder of a mount that is not mounted.
+    pub folder: PathBuf,
     /// Restore each damaged file from Maxlo after the pass.
     #[arg(long)]
     pub repair: bool,
+    /// The most bytes read per second, for an unmounted folder (a mount scrubs at its own
+    /// --scrub-rate): a number with an optional K, M or G; 0 for no cap.
+    #[arg(long, value_parser = parse_scrub_rate)]
+    pub scrub_rate: Option<u64>,
+    #[command(flatten)]
+    pub unmounted: UnmountedArgs,
 }
 
-/// `maxlofs restore MOUNTPOINT`.
+/// `maxlofs restore FOLDER`.
 #[derive(Args, Debug)]
 #[command(group = clap::ArgGroup::new("what").required(true).args(["corrupted", "paths"]))]
 pub struct RestoreArgs {
-    pub mountpoint: PathBuf,
+    /// A maxlofs mount point, or the backing folder of a mount that is not mounted.
+    pub folder: PathBuf,
     /// Every file scrub found damaged.
     #[arg(long)]
     pub corrupted: bool,
-    /// Files to restore, relative to the mount's root or under MOUNTPOINT.
+    /// Files to restore, relative to FOLDER's root or under FOLDER.
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub unmounted: UnmountedArgs,
 }
 
 /// A mount refused for what it was asked to mount, before anything was mounted: a key the

@@ -642,7 +642,7 @@ const BACKING_NOTE: &str = "backing";
 /// index holds records, or on another filesystem (or another folder) than at the last mount.
 /// Mounted, either would make the start's reconcile take every record for deleted. Noted anew
 /// once accepted: an index from before this check adopts the folder it finds.
-fn check_backing_identity(
+pub(crate) fn check_backing_identity(
     backing: &Backing,
     index: &Index,
     accept_new: bool,
@@ -677,7 +677,7 @@ fn check_backing_identity(
 }
 
 /// What a user can do about an index that would not open.
-fn index_trouble(err: &anyhow::Error, index_file: &Path) -> String {
+pub(crate) fn index_trouble(err: &anyhow::Error, index_file: &Path) -> String {
     use rusqlite::ErrorCode;
     let code = err
         .downcast_ref::<rusqlite::Error>()

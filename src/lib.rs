@@ -14,6 +14,7 @@ pub mod grants;
 pub mod hash;
 pub mod heal;
 pub mod keys;
+pub mod offline;
 pub mod output;
 pub mod status;
 pub mod verify;

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use crate::args::StatusArgs;
 use crate::output::escaped;
 use maxlofs_fs::STATUS_XATTR;
-use maxlofs_sync::report::{HealStatus, StatusReport};
+use maxlofs_sync::report::{HealStatus, JobKind, StatusReport};
 
 /// Reads the daemon's status from the mount at `mountpoint`.
 pub fn read(mountpoint: &Path) -> anyhow::Result<StatusReport> {
@@ -171,7 +171,7 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
         writeln!(out, "last error: {}{age}", escaped(err))?;
     }
     if let Some(heal) = &status.heal {
-        writeln!(out, "scrub/restore: {}", heal_line(heal))?;
+        writeln!(out, "job: {}", heal_line(heal))?;
     }
     for (title, count, list) in [
         ("CORRUPTED", status.corrupted_count, &status.corrupted),
@@ -194,20 +194,41 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
     Ok(())
 }
 
-/// One line on a scrub or restore job: how far it got, or what it did.
+/// One line on a scrub, restore or verify job: how far it got, or what it did.
 pub fn heal_line(heal: &HealStatus) -> String {
     let state = if heal.running { "running" } else { "done" };
-    let mut line = format!(
-        "job {} {state}: {} files checked ({}), {} found corrupted, {} restored",
-        heal.job,
-        heal.files_checked,
-        bytes(heal.bytes_read),
-        heal.corrupted_found,
-        heal.restored
-    );
-    if !heal.failed.is_empty() {
-        line += &format!(", {} not restored", heal.failed.len());
-    }
+    let mut line = match (heal.kind, &heal.verify) {
+        (JobKind::Verify, None) => format!("{} verify {state}", heal.job),
+        (JobKind::Verify, Some(verify)) => format!(
+            "{} verify {state}: {} records, {} contents checked{}: {} lack their content, {} \
+             not checked (too slow)",
+            heal.job,
+            verify.records,
+            verify.contents,
+            if verify.deep { " (downloaded)" } else { "" },
+            verify.lacking,
+            verify.too_slow
+        ),
+        (kind, _) => {
+            let kind = if kind == JobKind::Restore {
+                "restore"
+            } else {
+                "scrub"
+            };
+            let mut line = format!(
+                "{} {kind} {state}: {} files checked ({}), {} found corrupted, {} restored",
+                heal.job,
+                heal.files_checked,
+                bytes(heal.bytes_read),
+                heal.corrupted_found,
+                heal.restored
+            );
+            if !heal.failed.is_empty() {
+                line += &format!(", {} not restored", heal.failed.len());
+            }
+            line
+        }
+    };
     if let Some(err) = &heal.error {
         line += &format!("; {}", escaped(err));
     }

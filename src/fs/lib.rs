@@ -129,10 +129,10 @@ pub struct MountStatus<'a> {
 pub trait StatusSource: Send + Sync {
     fn status_json(&self, mount: &MountStatus<'_>) -> String;
 
-    /// `getxattr(MOUNTPOINT, SYNCED_XATTR_PREFIX + FROM)`: the synced records from the FROM-th
-    /// on, as JSON `{"entries": [[path, hash], ...], "next": FROM or null}` small enough for an
-    /// extended attribute (`maxlofs verify MNT`). `None`: not answered.
-    fn synced_page(&self, _from: u64) -> Option<String> {
+    /// `getxattr(MOUNTPOINT, VERIFY_FINDINGS_XATTR_PREFIX + FROM)`: what the last verify job found
+    /// (`maxlofs verify MNT`), from the FROM-th finding on, as JSON `{"entries": [...], "next":
+    /// FROM or null}` small enough for an extended attribute. `None`: not answered.
+    fn verify_findings_page(&self, _from: u64) -> Option<String> {
         None
     }
 
@@ -156,9 +156,9 @@ pub const RELEASE_DELETES_XATTR: &str = "user.maxlofs.release-deletes";
 /// Set on the mount root, starts a scrub or restore job (`StatusSource::heal`).
 pub const HEAL_XATTR: &str = "user.maxlofs.heal";
 
-/// Extended attributes on the mount root named this and a number page through the synced
-/// records (see `StatusSource::synced_page`).
-pub const SYNCED_XATTR_PREFIX: &str = "user.maxlofs.synced.";
+/// Extended attributes on the mount root named this and a number page through what the last
+/// verify job found (see `StatusSource::verify_findings_page`).
+pub const VERIFY_FINDINGS_XATTR_PREFIX: &str = "user.maxlofs.verified.";
 
 /// The extended attribute on the mount root that carries the daemon's status as JSON.
 pub const STATUS_XATTR: &str = "user.maxlofs.status";

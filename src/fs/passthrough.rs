@@ -9,7 +9,7 @@ use super::sys::{self, TimeSpec, XattrValue};
 use super::writers::OpenWriters;
 use super::{
     Event, EventSink, MountStatus, StatusSource, Transport, HEAL_XATTR, RELEASE_DELETES_XATTR,
-    STATUS_XATTR, SYNCED_XATTR_PREFIX,
+    STATUS_XATTR, VERIFY_FINDINGS_XATTR_PREFIX,
 };
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 use parking_lot::Mutex;
@@ -533,15 +533,15 @@ impl Passthrough {
             });
             return XattrValue::sized(json.into_bytes(), size);
         }
-        if let Some(from) = synced_page_asked(ino, name) {
-            // Names every synced path: the owner and root only, as for status.
+        if let Some(from) = verify_findings_page_asked(ino, name) {
+            // Names synced paths: the owner and root only, as for status.
             if caller.uid != self.daemon_uid && caller.uid != 0 {
                 return Err(Errno::EACCES);
             }
             let page = self
                 .status
                 .as_ref()
-                .and_then(|status| status.synced_page(from));
+                .and_then(|status| status.verify_findings_page(from));
             return XattrValue::sized(page.ok_or(Errno::NO_XATTR)?.into_bytes(), size);
         }
         let name = sys::c_name(name)?;
@@ -901,9 +901,9 @@ fn is_status_xattr(ino: u64, name: &OsStr) -> bool {
     ino == ROOT_INO && name == STATUS_XATTR
 }
 
-/// The page of synced records a getxattr on the root asks for, if it asks for one.
-fn synced_page_asked(ino: u64, name: &OsStr) -> Option<u64> {
-    let from = name.to_str()?.strip_prefix(SYNCED_XATTR_PREFIX)?;
+/// The page of verify findings a getxattr on the root asks for, if it asks for one.
+fn verify_findings_page_asked(ino: u64, name: &OsStr) -> Option<u64> {
+    let from = name.to_str()?.strip_prefix(VERIFY_FINDINGS_XATTR_PREFIX)?;
     (ino == ROOT_INO).then(|| from.parse().ok()).flatten()
 }
 

@@ -134,19 +134,9 @@ impl StatusSource for Engine {
         crate::report::encode_bounded(&status)
     }
 
-    fn synced_page(&self, from: u64) -> Option<String> {
-        let rows = match self.index.records_page(from, SYNCED_PAGE_ROWS) {
-            Ok(rows) => rows,
-            Err(err) => {
-                tracing::warn!("listing synced records: {err:#}");
-                return None;
-            }
-        };
-        Some(crate::report::encode_synced_page(
-            from,
-            rows,
-            SYNCED_PAGE_ROWS,
-        ))
+    fn verify_findings_page(&self, from: u64) -> Option<String> {
+        let rows = self.heal.verify_findings(from, PAGE_ROWS)?;
+        Some(crate::report::encode_page(from, rows, PAGE_ROWS))
     }
 
     fn release_held_deletes(&self) -> usize {
@@ -165,8 +155,8 @@ impl StatusSource for Engine {
     }
 }
 
-/// Rows read per page of synced records; as many as fit are sent.
-const SYNCED_PAGE_ROWS: u64 = 500;
+/// Verify findings read per page; as many as fit are sent.
+const PAGE_ROWS: u64 = 500;
 
 /// How a look at a path ended.
 pub(super) enum Outcome {
@@ -354,7 +344,7 @@ impl Engine {
         let unmarked = self.unmarked_events.load(Ordering::SeqCst);
         let (pending, in_flight) = self.queue.counts();
         let (upload_bytes_left, uploaded_bytes, upload_rate) = self.uploads.progress();
-        let corrupted = self.corrupted_list();
+        let corrupted = super::heal::corrupted_list(&self.index);
         let report = self.report.lock();
         let held = self.held_deletes.lock();
         let list = |map: &BTreeMap<String, String>| {
@@ -395,26 +385,6 @@ impl Engine {
             heal: self.heal.status(),
             corrupted: corrupted.iter().take(STATUS_LIST_LIMIT).cloned().collect(),
             corrupted_count: corrupted.len(),
-        }
-    }
-
-    /// The paths scrub found damaged, with what differs, by path.
-    fn corrupted_list(&self) -> Vec<PathReason> {
-        match self.index.corrupted_marks() {
-            Ok(marks) => marks
-                .into_iter()
-                .map(|(path, mark)| PathReason {
-                    path,
-                    reason: match mark {
-                        Ok(mark) => crate::report::corruption_reason(&mark.ranges, mark.found_at),
-                        Err(err) => format!("corrupted ({err:#})"),
-                    },
-                })
-                .collect(),
-            Err(err) => {
-                tracing::warn!("listing corrupted paths: {err:#}");
-                Vec::new()
-            }
         }
     }
 

@@ -1,14 +1,20 @@
-//! Scrub and restore on a live mount: the daemon's side of `maxlofs scrub MNT` and
-//! `maxlofs restore MNT`. A request arrives as an extended attribute set on the mount root
+//! Scrub, restore and verify jobs: the daemon's side of `maxlofs scrub MNT`, `maxlofs restore
+//! MNT` and `maxlofs verify MNT`, and the same jobs on a backing folder that is not mounted.
+//!
+//! On a live mount a request arrives as an extended attribute set on the mount root
 //! (`maxlofs_fs::HEAL_XATTR`, owner and root only) holding a `HealRequest` in JSON; one job runs
 //! at a time, on the engine's runtime, and status reports it (`StatusReport::heal`) and every path
-//! the index holds as corrupted (`StatusReport::corrupted`).
+//! the index holds as corrupted (`StatusReport::corrupted`). The daemon holds the key, so the
+//! command needs nothing more than `maxlofs status` does. On an unmounted folder the command
+//! runs the job itself ([`run_job`] on a [`Workbench`] of the folder's index), with keys given.
 //!
-//! A scrub pass (`scrub::scrub_pass`) runs on a blocking thread at the mount's `--scrub-rate`;
-//! with `repair`, each path it found corrupted is then restored. A restore
-//! (`restore::restore`) puts back a path's recorded content from the service: the paths asked
-//! for, or every path marked corrupted when none is named. `--scrub-interval` starts a pass of
-//! its own that often.
+//! A scrub pass (`scrub::scrub_pass`) runs on a blocking thread at the `--scrub-rate`; with
+//! `repair`, each path it found corrupted is then restored. A restore (`restore::restore`) puts
+//! back a path's recorded content from the service: the paths asked for, or every path marked
+//! corrupted when none is named. A verify (`verify::verify`) asks the service for the content of
+//! every synced record; its findings are paged out through
+//! `maxlofs_fs::VERIFY_FINDINGS_XATTR_PREFIX`. `--scrub-interval` starts a pass of its own that
+//! often.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,11 +25,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::engine::Engine;
+use super::index::Index;
+use super::local::Backing;
 use super::restore::{self, RestoreConfig, Source};
 use super::scrub::{self, ScrubConfig, ScrubProgress};
-use crate::report::{HealStatus, PathReason};
+use super::verify::{self, Finding};
+use crate::report::{HealStatus, JobKind, PathReason};
+use maxlofs_api::content_client::ContentApi;
+use maxlofs_api::GrantId;
 
-/// What `maxlofs scrub` and `maxlofs restore` ask of the daemon.
+/// What `maxlofs scrub`, `maxlofs restore` and `maxlofs verify` ask of the daemon.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum HealRequest {
@@ -31,6 +42,9 @@ pub enum HealRequest {
     Scrub { repair: bool },
     /// A restore of these paths, or of every path marked corrupted when `paths` is empty.
     Restore { paths: Vec<String> },
+    /// A verify of the content of every synced record; deep (each content downloaded and
+    /// hashed) with `floor_window_secs`, the window of the download floor.
+    Verify { floor_window_secs: Option<u64> },
 }
 
 /// Why a request was not taken.
@@ -40,7 +54,7 @@ pub enum NotTaken {
     Malformed,
     /// A job is running.
     Busy,
-    /// Restores need the content API, which `--no-upload` leaves out.
+    /// Restores and verifies need the content API, which `--no-upload` leaves out.
     NoContent,
 }
 
@@ -58,9 +72,11 @@ pub(super) struct Healer {
     intake: Mutex<Option<mpsc::UnboundedReceiver<HealRequest>>>,
     running: AtomicBool,
     /// Set when the engine stops: a pass under way ends early and resumes at the next mount.
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
     jobs: AtomicU64,
-    progress: ScrubProgress,
+    /// What the job running (or the last one) does.
+    kind: Mutex<JobKind>,
+    progress: Arc<ScrubProgress>,
     last: Mutex<Option<HealStatus>>,
 }
 
@@ -75,9 +91,10 @@ impl Healer {
             requests,
             intake: Mutex::new(Some(intake)),
             running: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             jobs: AtomicU64::new(0),
-            progress: ScrubProgress::default(),
+            kind: Mutex::new(JobKind::default()),
+            progress: Arc::new(ScrubProgress::default()),
             last: Mutex::new(None),
         }
     }
@@ -90,11 +107,7 @@ impl Healer {
 
     /// Queues `request` unless a job runs or it needs content calls the mount has not.
     fn take(&self, request: HealRequest, has_content: bool) -> Result<(), NotTaken> {
-        let restores = match &request {
-            HealRequest::Scrub { repair } => *repair,
-            HealRequest::Restore { .. } => true,
-        };
-        if restores && !has_content {
+        if request.needs_content() && !has_content {
             return Err(NotTaken::NoContent);
         }
         // Claimed here, so that a second request while this one waits is refused too.
@@ -102,6 +115,7 @@ impl Healer {
             return Err(NotTaken::Busy);
         }
         self.jobs.fetch_add(1, Ordering::SeqCst);
+        *self.kind.lock() = request.kind();
         *self.last.lock() = None;
         for counter in [
             &self.progress.files_checked,
@@ -126,6 +140,7 @@ impl Healer {
         }
         Some(HealStatus {
             job,
+            kind: *self.kind.lock(),
             running: true,
             files_checked: self.progress.files_checked.load(Ordering::Relaxed),
             bytes_read: self.progress.bytes_read.load(Ordering::Relaxed),
@@ -134,8 +149,36 @@ impl Healer {
         })
     }
 
+    /// Up to `limit` findings of the last job's verify from the `from`-th on; `None` when the
+    /// last job was no verify.
+    pub(super) fn verify_findings(&self, from: u64, limit: u64) -> Option<Vec<Finding>> {
+        let last = self.last.lock();
+        let findings = &last.as_ref()?.verify.as_ref()?.findings;
+        let from = usize::try_from(from).unwrap_or(usize::MAX);
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        Some(findings.iter().skip(from).take(limit).cloned().collect())
+    }
+
     pub(super) fn stop(&self) {
         self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl HealRequest {
+    pub fn kind(&self) -> JobKind {
+        match self {
+            HealRequest::Scrub { .. } => JobKind::Scrub,
+            HealRequest::Restore { .. } => JobKind::Restore,
+            HealRequest::Verify { .. } => JobKind::Verify,
+        }
+    }
+
+    /// Whether the job calls the service's content API (downloads).
+    pub fn needs_content(&self) -> bool {
+        match self {
+            HealRequest::Scrub { repair } => *repair,
+            HealRequest::Restore { .. } | HealRequest::Verify { .. } => true,
+        }
     }
 }
 
@@ -163,115 +206,186 @@ impl Engine {
                 },
             };
             let Some(request) = request else { return };
-            let done = self.clone().heal(request).await;
+            let done = self.heal(request).await;
             *self.heal.last.lock() = Some(done);
             self.heal.running.store(false, Ordering::SeqCst);
         }
     }
 
-    async fn heal(self: Arc<Self>, request: HealRequest) -> HealStatus {
-        let job = self.heal.jobs.load(Ordering::SeqCst);
-        let mut done = HealStatus {
-            job,
-            ..HealStatus::default()
+    async fn heal(&self, request: HealRequest) -> HealStatus {
+        let bench = Workbench {
+            index: self.index.clone(),
+            backing: self.backing.clone(),
+            content: self.uploads.content_api().cloned(),
+            grant: self.config.grant,
+            scrub: self.heal.config.scrub,
+            progress: self.heal.progress.clone(),
+            stop: self.heal.stop.clone(),
         };
-        let to_restore = match request {
-            HealRequest::Scrub { repair } => {
-                let engine = self.clone();
-                let pass = tokio::task::spawn_blocking(move || {
+        run_job(bench, request, self.heal.jobs.load(Ordering::SeqCst)).await
+    }
+}
+
+/// What a job works on: a live mount's index and BACKING (the engine's), or those of a backing
+/// folder that is not mounted.
+#[derive(Clone)]
+pub struct Workbench {
+    pub index: Arc<Index>,
+    pub backing: Arc<Backing>,
+    /// The content calls restores and verifies make; `None`: a job that needs them fails.
+    pub content: Option<Arc<dyn ContentApi>>,
+    pub grant: GrantId,
+    pub scrub: ScrubConfig,
+    /// What a scrub pass under way has done so far (status shows it).
+    pub progress: Arc<ScrubProgress>,
+    /// Set, a scrub pass under way ends early; the next one goes on from there.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Runs `request` on `bench` as job number `job`: what it did.
+pub async fn run_job(bench: Workbench, request: HealRequest, job: u64) -> HealStatus {
+    let mut done = HealStatus {
+        job,
+        kind: request.kind(),
+        ..HealStatus::default()
+    };
+    let to_restore = match request {
+        HealRequest::Scrub { repair } => {
+            let pass = {
+                let bench = bench.clone();
+                tokio::task::spawn_blocking(move || {
                     scrub::scrub_pass(
-                        &engine.index,
-                        &engine.backing,
-                        &engine.heal.config.scrub,
-                        &engine.heal.progress,
-                        &engine.heal.stop,
+                        &bench.index,
+                        &bench.backing,
+                        &bench.scrub,
+                        &bench.progress,
+                        &bench.stop,
                     )
                 })
                 .await
-                .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
-                match pass {
-                    Ok(report) => {
-                        tracing::info!(
-                            files = report.files_checked,
-                            bytes = report.bytes_read,
-                            corrupted = report.corrupted.len(),
-                            finished = report.finished,
-                            "scrub pass"
-                        );
-                        done.files_checked = report.files_checked;
-                        done.bytes_read = report.bytes_read;
-                        done.corrupted_found = report.corrupted.len() as u64;
-                        done.scrub_finished = report.finished;
-                        if repair {
-                            report.corrupted
-                        } else {
-                            Vec::new()
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!("scrub pass: {err:#}");
-                        done.error = Some(format!("{err:#}"));
+                .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+            };
+            match pass {
+                Ok(report) => {
+                    tracing::info!(
+                        files = report.files_checked,
+                        bytes = report.bytes_read,
+                        corrupted = report.corrupted.len(),
+                        finished = report.finished,
+                        "scrub pass"
+                    );
+                    done.files_checked = report.files_checked;
+                    done.bytes_read = report.bytes_read;
+                    done.corrupted_found = report.corrupted.len() as u64;
+                    done.scrub_finished = report.finished;
+                    if repair {
+                        report.corrupted
+                    } else {
                         Vec::new()
                     }
                 }
-            }
-            HealRequest::Restore { paths } if paths.is_empty() => {
-                match self.index.corrupted_paths() {
-                    Ok(paths) => paths,
-                    Err(err) => {
-                        done.error = Some(format!("listing corrupted paths: {err:#}"));
-                        Vec::new()
-                    }
+                Err(err) => {
+                    tracing::warn!("scrub pass: {err:#}");
+                    done.error = Some(format!("{err:#}"));
+                    Vec::new()
                 }
-            }
-            HealRequest::Restore { paths } => paths,
-        };
-        for path in to_restore {
-            match self.restore_one(&path).await {
-                Ok(()) => done.restored += 1,
-                Err(why) => done.failed.push(PathReason { path, reason: why }),
             }
         }
-        done
-    }
-
-    /// Restores one path from its index entry. `restore` checks just before its rename that the
-    /// file is still the one scrub found (an edit made meanwhile is kept, and the restore
-    /// refused); the renamed-in file matches its entry, so no look sends anything for it.
-    async fn restore_one(&self, path: &str) -> Result<(), String> {
-        let content = self
-            .uploads
-            .content_api()
-            .ok_or("no content API (--no-upload)")?
-            .clone();
-        let config = RestoreConfig {
-            grant: self.config.grant,
-            attempts: RESTORE_ATTEMPTS.try_into().expect("not zero"),
-            floor_window: maxlofs_api::content_client::DOWNLOAD_FLOOR_WINDOW,
-        };
-        let restored = restore::restore(
-            &self.index,
-            &self.backing,
-            content.as_ref(),
-            &config,
-            &Source::Indexed(path.to_string()),
-        )
-        .await;
-        match restored {
-            Ok(restored) => {
-                tracing::info!(
-                    path,
-                    downloaded = restored.downloaded_bytes,
-                    resumed = restored.resumed_bytes,
-                    refetched_chunks = restored.refetched_chunks,
-                    "restored"
-                );
-                Ok(())
-            }
+        HealRequest::Restore { paths } if paths.is_empty() => match bench.index.corrupted_paths() {
+            Ok(paths) => paths,
             Err(err) => {
-                tracing::warn!(path, "restore: {err:#}");
-                Err(format!("{err:#}"))
+                done.error = Some(format!("listing corrupted paths: {err:#}"));
+                Vec::new()
             }
+        },
+        HealRequest::Restore { paths } => paths,
+        HealRequest::Verify { floor_window_secs } => {
+            match verify_all(&bench, floor_window_secs.map(Duration::from_secs)).await {
+                Ok(report) => done.verify = Some(report),
+                Err(err) => {
+                    tracing::warn!("verify: {err:#}");
+                    done.error = Some(format!("{err:#}"));
+                }
+            }
+            Vec::new()
+        }
+    };
+    for path in to_restore {
+        match restore_one(&bench, &path).await {
+            Ok(()) => done.restored += 1,
+            Err(why) => done.failed.push(PathReason { path, reason: why }),
+        }
+    }
+    done
+}
+
+async fn verify_all(
+    bench: &Workbench,
+    deep: Option<Duration>,
+) -> anyhow::Result<verify::VerifyReport> {
+    let content = bench
+        .content
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("no content API (--no-upload)"))?;
+    let records = bench.index.synced_records()?;
+    verify::verify(content.as_ref(), bench.grant, &records, deep).await
+}
+
+/// Restores one path from its index entry. `restore` checks just before its rename that the
+/// file is still the one scrub found (an edit made meanwhile is kept, and the restore
+/// refused); the renamed-in file matches its entry, so no look sends anything for it.
+async fn restore_one(bench: &Workbench, path: &str) -> Result<(), String> {
+    let content = bench
+        .content
+        .as_ref()
+        .ok_or("no content API (--no-upload)")?;
+    let config = RestoreConfig {
+        grant: bench.grant,
+        attempts: RESTORE_ATTEMPTS.try_into().expect("not zero"),
+        floor_window: maxlofs_api::content_client::DOWNLOAD_FLOOR_WINDOW,
+    };
+    let restored = restore::restore(
+        &bench.index,
+        &bench.backing,
+        content.as_ref(),
+        &config,
+        &Source::Indexed(path.to_string()),
+    )
+    .await;
+    match restored {
+        Ok(restored) => {
+            tracing::info!(
+                path,
+                downloaded = restored.downloaded_bytes,
+                resumed = restored.resumed_bytes,
+                refetched_chunks = restored.refetched_chunks,
+                "restored"
+            );
+            Ok(())
+        }
+        Err(err) => {
+            tracing::warn!(path, "restore: {err:#}");
+            Err(format!("{err:#}"))
+        }
+    }
+}
+
+/// The paths scrub found damaged, with what differs, by path.
+pub fn corrupted_list(index: &Index) -> Vec<PathReason> {
+    match index.corrupted_marks() {
+        Ok(marks) => marks
+            .into_iter()
+            .map(|(path, mark)| PathReason {
+                path,
+                reason: match mark {
+                    Ok(mark) => crate::report::corruption_reason(&mark.ranges, mark.found_at),
+                    Err(err) => format!("corrupted ({err:#})"),
+                },
+            })
+            .collect(),
+        Err(err) => {
+            tracing::warn!("listing corrupted paths: {err:#}");
+            Vec::new()
         }
     }
 }

@@ -173,7 +173,31 @@ impl Index {
     /// grant, prefix): if it differs from the stored one the entries are dropped, and the next
     /// reconcile re-learns every media_id from the service's 409 answers.
     pub fn open(path: &Path, identity: &str, cache_entries: usize) -> anyhow::Result<Index> {
-        let db = Connection::open(path)?;
+        Index::open_with(path, Some(identity), cache_entries)
+    }
+
+    /// Opens the index a mount made at `path` as it is, for work on a backing folder that is not
+    /// mounted (`maxlofs scrub`, `restore` and `verify` of BACKING): never created, never started
+    /// over, whatever service the caller names (a restored content is checked against its hash,
+    /// whoever serves it). Fails (SQLite's "database is locked") while a mount holds it.
+    pub fn open_made(path: &Path, cache_entries: usize) -> anyhow::Result<Index> {
+        Index::open_with(path, None, cache_entries)
+    }
+
+    /// `identity`: the one to hold (see `open`); `None`: the stored one, which must exist.
+    fn open_with(
+        path: &Path,
+        identity: Option<&str>,
+        cache_entries: usize,
+    ) -> anyhow::Result<Index> {
+        let db = match identity {
+            Some(_) => Connection::open(path)?,
+            None => {
+                let existing =
+                    rusqlite::OpenFlags::default() - rusqlite::OpenFlags::SQLITE_OPEN_CREATE;
+                Connection::open_with_flags(path, existing)?
+            }
+        };
         // A daemon that has just stopped may still be closing it.
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.pragma_update(None, "journal_mode", "WAL")?;
@@ -218,6 +242,11 @@ impl Index {
                 r.get(0)
             })
             .optional()?;
+        let identity = match (identity, stored.as_deref()) {
+            (Some(wanted), _) => wanted,
+            (None, Some(made)) => made,
+            (None, None) => anyhow::bail!("{} is not an index a mount made", path.display()),
+        };
         if stored.as_deref() != Some(identity) {
             if stored.is_some() {
                 tracing::warn!(
@@ -567,27 +596,16 @@ impl Index {
         Ok(())
     }
 
-    /// Every synced record in the index at `path`, read without changing it (`maxlofs
-    /// verify`). Fails while a mount holds it.
-    pub fn synced_records(path: &Path) -> anyhow::Result<Vec<SyncedRecord>> {
-        let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    /// Every synced record, by path (`maxlofs verify`).
+    pub fn synced_records(&self) -> anyhow::Result<Vec<SyncedRecord>> {
+        let db = self.db.lock();
         let mut stmt = db.prepare("SELECT path, hash, size FROM synced ORDER BY path")?;
         let rows = stmt.query_map([], synced_record)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Up to `limit` synced records from the `from`-th on, by path.
-    pub fn records_page(&self, from: u64, limit: u64) -> anyhow::Result<Vec<SyncedRecord>> {
-        let db = self.db.lock();
-        let mut stmt = db.prepare_cached(
-            "SELECT path, hash, size FROM synced ORDER BY path LIMIT ?1 OFFSET ?2",
-        )?;
-        let rows = stmt.query_map([limit as i64, from as i64], synced_record)?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
     /// Up to `limit` entries whose path sorts after `after`, by path: a walk that a new or
-    /// removed path does not shift, unlike `records_page`'s offsets.
+    /// removed path does not shift, unlike offsets.
     pub fn entries_after(
         &self,
         after: &str,

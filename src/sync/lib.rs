@@ -23,6 +23,7 @@ pub mod scrub;
 #[cfg(test)]
 mod tests;
 pub mod upload;
+pub mod verify;
 
 pub use engine::{Engine, SyncConfig};
 pub use heal::{HealConfig, HealRequest};

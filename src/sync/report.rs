@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::index::SyncedRecord;
+use crate::verify::VerifyReport;
 
 /// What `maxlofs status` shows.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -67,11 +67,23 @@ pub struct StatusReport {
     pub corrupted_count: usize,
 }
 
-/// A scrub or restore job of the daemon.
+/// What a job does (`maxlofs scrub`, `restore` or `verify`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    #[default]
+    Scrub,
+    Restore,
+    Verify,
+}
+
+/// A scrub, restore or verify job of the daemon.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct HealStatus {
     /// The job's number on this mount: 1, 2, ...
     pub job: u64,
+    #[serde(default)]
+    pub kind: JobKind,
     pub running: bool,
     pub files_checked: u64,
     pub bytes_read: u64,
@@ -84,6 +96,10 @@ pub struct HealStatus {
     /// Paths a restore could not put back, and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failed: Vec<PathReason>,
+    /// What a verify job found (in status, its first findings only: `maxlofs verify` reads them
+    /// all, page by page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifyReport>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -142,6 +158,10 @@ pub fn encode_bounded(report: &StatusReport) -> String {
         corrupted: Vec::new(),
         heal: report.heal.as_ref().map(|heal| HealStatus {
             failed: Vec::new(),
+            verify: heal.verify.as_ref().map(|verify| VerifyReport {
+                findings: Vec::new(),
+                ..verify.clone()
+            }),
             error: heal.error.as_deref().map(cut),
             ..heal.clone()
         }),
@@ -157,30 +177,33 @@ pub fn encode_bounded(report: &StatusReport) -> String {
     bounded.corrupted = fitting(report.corrupted.iter().map(cut_reason), &mut room);
     if let (Some(bounded), Some(heal)) = (&mut bounded.heal, &report.heal) {
         bounded.failed = fitting(heal.failed.iter().map(cut_reason), &mut room);
+        if let (Some(bounded), Some(verify)) = (&mut bounded.verify, &heal.verify) {
+            bounded.findings = fitting(verify.findings.iter().cloned(), &mut room);
+        }
     }
     bounded.failed = fitting(report.failed.iter().map(cut_reason), &mut room);
     bounded.local_only = fitting(report.local_only.iter().map(cut_reason), &mut room);
     serde_json::to_string(&bounded).expect("a report serializes")
 }
 
-/// A page of synced records (see `fs::StatusSource::synced_page`).
+/// A page of a list the daemon pages out (see `fs::StatusSource::page`).
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
-pub struct SyncedPage {
-    pub entries: Vec<SyncedRecord>,
+pub struct Page<T> {
+    pub entries: Vec<T>,
     /// Where the next page starts; `None` after the last.
     pub next: Option<u64>,
 }
 
-/// The page of `rows` (read from the `from`-th record on, `asked` at most) that fits the status
+/// The page of `rows` (read from the `from`-th entry on, `asked` at most) that fits the status
 /// budget; the rest come with the next page. At least one row goes, so paging always advances:
-/// a path is at most PATH_MAX bytes, well under the budget even escaped.
-pub fn encode_synced_page(from: u64, rows: Vec<SyncedRecord>, asked: u64) -> String {
+/// a row holds at most a path of PATH_MAX bytes, well under the budget even escaped.
+pub fn encode_page<T: Serialize>(from: u64, rows: Vec<T>, asked: u64) -> String {
     let read = rows.len() as u64;
     let mut room = STATUS_JSON_BUDGET - 64;
     let entries = fitting(rows.into_iter(), &mut room);
     let kept = entries.len() as u64;
     let next = (kept < read || read == asked).then_some(from + kept);
-    serde_json::to_string(&SyncedPage { entries, next }).expect("a page serializes")
+    serde_json::to_string(&Page { entries, next }).expect("a page serializes")
 }
 
 fn json_len(value: &impl Serialize) -> usize {
@@ -261,22 +284,23 @@ mod tests {
     }
 
     #[test]
-    fn synced_pages_fit_the_budget_and_say_where_the_next_starts() {
+    fn pages_fit_the_budget_and_say_where_the_next_starts() {
         let row = |i: u64| (format!("{i:04}/{}", "p".repeat(3000)), "h".repeat(64), i);
         let rows: Vec<_> = (0..20).map(row).collect();
-        let page: SyncedPage =
-            serde_json::from_str(&encode_synced_page(40, rows.clone(), 20)).unwrap();
+        let page: Page<(String, String, u64)> =
+            serde_json::from_str(&encode_page(40, rows.clone(), 20)).unwrap();
         assert!(page.entries.len() < 20 && !page.entries.is_empty());
         assert_eq!(page.entries[..], rows[..page.entries.len()]);
         assert_eq!(page.next, Some(40 + page.entries.len() as u64));
         // A short read is the last page; a full one may have more.
-        let last: SyncedPage =
-            serde_json::from_str(&encode_synced_page(7, vec![row(1)], 500)).unwrap();
+        let last: Page<(String, String, u64)> =
+            serde_json::from_str(&encode_page(7, vec![row(1)], 500)).unwrap();
         assert_eq!(last.next, None);
-        let full: SyncedPage =
-            serde_json::from_str(&encode_synced_page(7, vec![row(1)], 1)).unwrap();
+        let full: Page<(String, String, u64)> =
+            serde_json::from_str(&encode_page(7, vec![row(1)], 1)).unwrap();
         assert_eq!(full.next, Some(8));
-        let empty: SyncedPage = serde_json::from_str(&encode_synced_page(9, vec![], 5)).unwrap();
+        let empty: Page<(String, String, u64)> =
+            serde_json::from_str(&encode_page::<(String, String, u64)>(9, vec![], 5)).unwrap();
         assert_eq!((empty.entries.len(), empty.next), (0, None));
     }
 
