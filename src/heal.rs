@@ -34,7 +34,10 @@ pub fn run_restore(args: &RestoreArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|path| in_mount(&args.mountpoint, path))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let request = HealRequest::Restore { paths };
+    let request = HealRequest::Restore {
+        paths,
+        deleted: false,
+    };
     let (job, status) = run_job(&args.mountpoint, &request)?;
     println!("{} restored", job.restored);
     print_damage(&job, &status);

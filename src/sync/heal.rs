@@ -7,10 +7,13 @@
 //! A scrub pass (`scrub::scrub_pass`) runs on a blocking thread at the mount's `--scrub-rate`;
 //! with `repair`, each path it found corrupted is then restored. A restore
 //! (`restore::restore`) puts back a path's recorded content from the service: the paths asked
-//! for, or every path marked corrupted when none is named. `--scrub-interval` starts a pass of
-//! its own that often.
+//! for, or every path marked corrupted when none is named. With `deleted`
+//! (`maxlofs restore --deleted`), each path asked for is brought back from its last record before
+//! its delete (`Index::deleted`), where nothing stands now; the engine then sends it as a new
+//! file. `--scrub-interval` starts a pass of its own that often.
 
 use parking_lot::Mutex;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::engine::Engine;
+use super::index::DELETED_KEPT;
+use super::queue::Hint;
 use super::restore::{self, RestoreConfig, Source};
 use super::scrub::{self, ScrubConfig, ScrubProgress};
 use crate::report::{HealStatus, PathReason};
@@ -30,13 +35,19 @@ pub enum HealRequest {
     /// One scrub pass (or the rest of one), then, with `repair`, a restore of what it found.
     Scrub { repair: bool },
     /// A restore of these paths, or of every path marked corrupted when `paths` is empty.
-    Restore { paths: Vec<String> },
+    Restore {
+        paths: Vec<String>,
+        /// Each path is a deleted one, brought back from its last record (`Index::deleted`) and
+        /// only where nothing stands now; `paths` must name some.
+        #[serde(default)]
+        deleted: bool,
+    },
 }
 
 /// Why a request was not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NotTaken {
-    /// Not a `HealRequest`.
+    /// Not a `HealRequest`, or a restore of deleted paths that names none.
     Malformed,
     /// A job is running.
     Busy,
@@ -92,6 +103,10 @@ impl Healer {
     fn take(&self, request: HealRequest, has_content: bool) -> Result<(), NotTaken> {
         let restores = match &request {
             HealRequest::Scrub { repair } => *repair,
+            HealRequest::Restore {
+                paths,
+                deleted: true,
+            } if paths.is_empty() => return Err(NotTaken::Malformed),
             HealRequest::Restore { .. } => true,
         };
         if restores && !has_content {
@@ -175,6 +190,7 @@ impl Engine {
             job,
             ..HealStatus::default()
         };
+        let from_deleted = matches!(request, HealRequest::Restore { deleted: true, .. });
         let to_restore = match request {
             HealRequest::Scrub { repair } => {
                 let engine = self.clone();
@@ -215,7 +231,7 @@ impl Engine {
                     }
                 }
             }
-            HealRequest::Restore { paths } if paths.is_empty() => {
+            HealRequest::Restore { paths, .. } if paths.is_empty() => {
                 match self.index.corrupted_paths() {
                     Ok(paths) => paths,
                     Err(err) => {
@@ -224,10 +240,10 @@ impl Engine {
                     }
                 }
             }
-            HealRequest::Restore { paths } => paths,
+            HealRequest::Restore { paths, .. } => paths,
         };
         for path in to_restore {
-            match self.restore_one(&path).await {
+            match self.restore_one(&path, from_deleted).await {
                 Ok(()) => done.restored += 1,
                 Err(why) => done.failed.push(PathReason { path, reason: why }),
             }
@@ -235,15 +251,35 @@ impl Engine {
         done
     }
 
-    /// Restores one path from its index entry. `restore` checks just before its rename that the
-    /// file is still the one scrub found (an edit made meanwhile is kept, and the restore
-    /// refused); the renamed-in file matches its entry, so no look sends anything for it.
-    async fn restore_one(&self, path: &str) -> Result<(), String> {
+    /// Restores one path from its index entry or, `deleted`, from its last record before its
+    /// delete. `restore` checks just before its rename that the file is still the one scrub
+    /// found (an edit made meanwhile is kept, and the restore refused), or that nothing stands
+    /// at a deleted path; a file renamed in from its entry matches it, so no look sends anything
+    /// for it.
+    async fn restore_one(&self, path: &str, deleted: bool) -> Result<(), String> {
         let content = self
             .uploads
             .content_api()
             .ok_or("no content API (--no-upload)")?
             .clone();
+        let source = match deleted {
+            false => Source::Indexed(path.to_string()),
+            true => match self.index.deleted(path) {
+                Ok(Some(record)) => Source::Deleted {
+                    path: path.to_string(),
+                    hash: record.hash,
+                    size: record.size,
+                    mtime_ns: record.mtime_ns,
+                },
+                Ok(None) => {
+                    return Err(format!(
+                        "no deleted record of this path is known \
+                         (the index keeps the last {DELETED_KEPT} deletes)"
+                    ))
+                }
+                Err(err) => return Err(format!("reading its deleted record: {err:#}")),
+            },
+        };
         let config = RestoreConfig {
             grant: self.config.grant,
             attempts: RESTORE_ATTEMPTS.try_into().expect("not zero"),
@@ -254,7 +290,7 @@ impl Engine {
             &self.backing,
             content.as_ref(),
             &config,
-            &Source::Indexed(path.to_string()),
+            &source,
         )
         .await;
         match restored {
@@ -266,6 +302,11 @@ impl Engine {
                     refetched_chunks = restored.refetched_chunks,
                     "restored"
                 );
+                if deleted {
+                    // Put in place behind the mount, so no event tells the engine: marked here,
+                    // the file gets its new record now, not at the next mount's reconcile.
+                    self.queue.mark(Path::new(path), Hint::Content);
+                }
                 Ok(())
             }
             Err(err) => {
@@ -273,5 +314,28 @@ impl Engine {
                 Err(format!("{err:#}"))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_of_deleted_paths_must_name_them() {
+        let healer = Healer::new(HealConfig::default());
+        let named_none = br#"{"restore":{"paths":[],"deleted":true}}"#;
+        assert_eq!(healer.ask(named_none, true), Err(NotTaken::Malformed));
+        // A request without the field restores from the index.
+        let request: HealRequest = serde_json::from_str(r#"{"restore":{"paths":["a"]}}"#).unwrap();
+        assert_eq!(
+            request,
+            HealRequest::Restore {
+                paths: vec!["a".into()],
+                deleted: false
+            }
+        );
+        let named = br#"{"restore":{"paths":["a"],"deleted":true}}"#;
+        assert_eq!(healer.ask(named, true), Ok(()));
     }
 }
