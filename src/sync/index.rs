@@ -808,8 +808,6 @@ fn forget_shared_ids(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Runs `work` in one transaction. BEGIN and COMMIT come from the statement cache: rusqlite's
-/// `transaction()` parses them anew on every call, a measurable share of a small file's sync.
 /// A row of `corrupted`: its path, and its mark (whose ranges, JSON, may fail to decode).
 fn corrupt_mark_of(row: &rusqlite::Row) -> rusqlite::Result<(String, anyhow::Result<CorruptMark>)> {
     let ranges: String = row.get("ranges")?;
@@ -851,6 +849,8 @@ fn keep_deleted(db: &Connection, path: &str, kept: u64) -> rusqlite::Result<()> 
     Ok(())
 }
 
+/// Runs `work` in one transaction. BEGIN and COMMIT come from the statement cache: rusqlite's
+/// `transaction()` parses them anew on every call, a measurable share of a small file's sync.
 fn in_transaction(
     db: &Connection,
     work: impl FnOnce(&Connection) -> rusqlite::Result<()>,
