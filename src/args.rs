@@ -476,6 +476,10 @@ pub struct RestoreArgs {
     /// Every file scrub found damaged.
     #[arg(long)]
     pub corrupted: bool,
+    /// The PATHs are files deleted since they were synced: each comes back from its last record
+    /// (the index keeps the last 100,000 deletes), where nothing stands now.
+    #[arg(long, requires = "paths", conflicts_with = "corrupted")]
+    pub deleted: bool,
     /// Files to restore, relative to FOLDER's root or under FOLDER.
     pub paths: Vec<PathBuf>,
     #[command(flatten)]

@@ -54,7 +54,10 @@ pub fn run_restore(args: &RestoreArgs) -> anyhow::Result<i32> {
         .iter()
         .map(|path| in_folder(&args.folder, path))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let request = HealRequest::Restore { paths };
+    let request = HealRequest::Restore {
+        paths,
+        deleted: args.deleted,
+    };
     let (job, damage) = if is_mount(&args.folder) {
         run_on_mount(&args.folder, &request)?
     } else {

@@ -11,12 +11,15 @@
 //! A scrub pass (`scrub::scrub_pass`) runs on a blocking thread at the `--scrub-rate`; with
 //! `repair`, each path it found corrupted is then restored. A restore (`restore::restore`) puts
 //! back a path's recorded content from the service: the paths asked for, or every path marked
-//! corrupted when none is named. A verify (`verify::verify`) asks the service for the content of
+//! corrupted when none is named. With `deleted` (`maxlofs restore --deleted`), each path asked
+//! for is brought back from its last record before its delete (`Index::deleted`), where nothing
+//! stands now; the engine then sends it as a new file. A verify (`verify::verify`) asks the service for the content of
 //! every synced record; its findings are paged out through
 //! `maxlofs_fs::VERIFY_FINDINGS_XATTR_PREFIX`. `--scrub-interval` starts a pass of its own that
 //! often.
 
 use parking_lot::Mutex;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::engine::Engine;
-use super::index::Index;
+use super::index::{Index, DELETED_KEPT};
 use super::local::Backing;
+use super::queue::Hint;
 use super::restore::{self, RestoreConfig, Source};
 use super::scrub::{self, ScrubConfig, ScrubProgress};
 use super::verify::{self, Finding};
@@ -41,7 +45,13 @@ pub enum HealRequest {
     /// One scrub pass (or the rest of one), then, with `repair`, a restore of what it found.
     Scrub { repair: bool },
     /// A restore of these paths, or of every path marked corrupted when `paths` is empty.
-    Restore { paths: Vec<String> },
+    Restore {
+        paths: Vec<String>,
+        /// Each path is a deleted one, brought back from its last record (`Index::deleted`) and
+        /// only where nothing stands now; `paths` must name some.
+        #[serde(default)]
+        deleted: bool,
+    },
     /// A verify of the content of every synced record; deep (each content downloaded and
     /// hashed) with `floor_window_secs`, the window of the download floor.
     Verify { floor_window_secs: Option<u64> },
@@ -50,7 +60,7 @@ pub enum HealRequest {
 /// Why a request was not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub enum NotTaken {
-    /// Not a `HealRequest`.
+    /// Not a `HealRequest`, or a restore of deleted paths that names none.
     Malformed,
     /// A job is running.
     Busy,
@@ -107,6 +117,9 @@ impl Healer {
 
     /// Queues `request` unless a job runs or it needs content calls the mount has not.
     fn take(&self, request: HealRequest, has_content: bool) -> Result<(), NotTaken> {
+        if matches!(&request, HealRequest::Restore { paths, deleted: true } if paths.is_empty()) {
+            return Err(NotTaken::Malformed);
+        }
         if request.needs_content() && !has_content {
             return Err(NotTaken::NoContent);
         }
@@ -222,7 +235,20 @@ impl Engine {
             progress: self.heal.progress.clone(),
             stop: self.heal.stop.clone(),
         };
-        run_job(bench, request, self.heal.jobs.load(Ordering::SeqCst)).await
+        let deleted_paths = match &request {
+            HealRequest::Restore {
+                paths,
+                deleted: true,
+            } => paths.clone(),
+            _ => Vec::new(),
+        };
+        let done = run_job(bench, request, self.heal.jobs.load(Ordering::SeqCst)).await;
+        // Put in place behind the mount, so no event tells the engine: marked here, a restored
+        // file gets its new record now, not at the next mount's reconcile.
+        for path in deleted_paths {
+            self.queue.mark(Path::new(&path), Hint::Content);
+        }
+        done
     }
 }
 
@@ -249,6 +275,7 @@ pub async fn run_job(bench: Workbench, request: HealRequest, job: u64) -> HealSt
         kind: request.kind(),
         ..HealStatus::default()
     };
+    let from_deleted = matches!(request, HealRequest::Restore { deleted: true, .. });
     let to_restore = match request {
         HealRequest::Scrub { repair } => {
             let pass = {
@@ -291,14 +318,16 @@ pub async fn run_job(bench: Workbench, request: HealRequest, job: u64) -> HealSt
                 }
             }
         }
-        HealRequest::Restore { paths } if paths.is_empty() => match bench.index.corrupted_paths() {
-            Ok(paths) => paths,
-            Err(err) => {
-                done.error = Some(format!("listing corrupted paths: {err:#}"));
-                Vec::new()
+        HealRequest::Restore { paths, .. } if paths.is_empty() => {
+            match bench.index.corrupted_paths() {
+                Ok(paths) => paths,
+                Err(err) => {
+                    done.error = Some(format!("listing corrupted paths: {err:#}"));
+                    Vec::new()
+                }
             }
-        },
-        HealRequest::Restore { paths } => paths,
+        }
+        HealRequest::Restore { paths, .. } => paths,
         HealRequest::Verify { floor_window_secs } => {
             match verify_all(&bench, floor_window_secs.map(Duration::from_secs)).await {
                 Ok(report) => done.verify = Some(report),
@@ -311,7 +340,7 @@ pub async fn run_job(bench: Workbench, request: HealRequest, job: u64) -> HealSt
         }
     };
     for path in to_restore {
-        match restore_one(&bench, &path).await {
+        match restore_one(&bench, &path, from_deleted).await {
             Ok(()) => done.restored += 1,
             Err(why) => done.failed.push(PathReason { path, reason: why }),
         }
@@ -331,14 +360,33 @@ async fn verify_all(
     verify::verify(content.as_ref(), bench.grant, &records, deep).await
 }
 
-/// Restores one path from its index entry. `restore` checks just before its rename that the
-/// file is still the one scrub found (an edit made meanwhile is kept, and the restore
-/// refused); the renamed-in file matches its entry, so no look sends anything for it.
-async fn restore_one(bench: &Workbench, path: &str) -> Result<(), String> {
+/// Restores one path from its index entry or, `deleted`, from its last record before its
+/// delete. `restore` checks just before its rename that the file is still the one scrub found
+/// (an edit made meanwhile is kept, and the restore refused), or that nothing stands at a
+/// deleted path; a file renamed in from its entry matches it, so no look sends anything for it.
+async fn restore_one(bench: &Workbench, path: &str, deleted: bool) -> Result<(), String> {
     let content = bench
         .content
         .as_ref()
         .ok_or("no content API (--no-upload)")?;
+    let source = match deleted {
+        false => Source::Indexed(path.to_string()),
+        true => match bench.index.deleted(path) {
+            Ok(Some(record)) => Source::Deleted {
+                path: path.to_string(),
+                hash: record.hash,
+                size: record.size,
+                mtime_ns: record.mtime_ns,
+            },
+            Ok(None) => {
+                return Err(format!(
+                    "no deleted record of this path is known \
+                     (the index keeps the last {DELETED_KEPT} deletes)"
+                ))
+            }
+            Err(err) => return Err(format!("reading its deleted record: {err:#}")),
+        },
+    };
     let config = RestoreConfig {
         grant: bench.grant,
         attempts: RESTORE_ATTEMPTS.try_into().expect("not zero"),
@@ -349,7 +397,7 @@ async fn restore_one(bench: &Workbench, path: &str) -> Result<(), String> {
         &bench.backing,
         content.as_ref(),
         &config,
-        &Source::Indexed(path.to_string()),
+        &source,
     )
     .await;
     match restored {
@@ -387,5 +435,28 @@ pub fn corrupted_list(index: &Index) -> Vec<PathReason> {
             tracing::warn!("listing corrupted paths: {err:#}");
             Vec::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restore_of_deleted_paths_must_name_them() {
+        let healer = Healer::new(HealConfig::default());
+        let named_none = br#"{"restore":{"paths":[],"deleted":true}}"#;
+        assert_eq!(healer.ask(named_none, true), Err(NotTaken::Malformed));
+        // A request without the field restores from the index.
+        let request: HealRequest = serde_json::from_str(r#"{"restore":{"paths":["a"]}}"#).unwrap();
+        assert_eq!(
+            request,
+            HealRequest::Restore {
+                paths: vec!["a".into()],
+                deleted: false
+            }
+        );
+        let named = br#"{"restore":{"paths":["a"],"deleted":true}}"#;
+        assert_eq!(healer.ask(named, true), Ok(()));
     }
 }

@@ -37,7 +37,13 @@ pub struct Index {
     /// Whether any corruption mark may exist: every look asks `corrupted`, which skips the query
     /// while none was ever noted (the common case).
     corrupted_noted: AtomicBool,
+    /// How many deletes keep their record (`DELETED_KEPT`; fewer in tests).
+    deleted_kept: u64,
 }
+
+/// How many of the last deletes keep their path's record for `maxlofs restore --deleted`:
+/// enough for any undo a user asks for, bounded so that the index does not grow without end.
+pub const DELETED_KEPT: u64 = 100_000;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,6 +92,15 @@ CREATE TABLE IF NOT EXISTS damaged_content (hash TEXT PRIMARY KEY, of_hash TEXT 
 -- The File Hashing part digests of a multipart content, once seen to hash to it, so that a
 -- download can check each part as it comes (`sync::restore`).
 CREATE TABLE IF NOT EXISTS content_parts (hash TEXT PRIMARY KEY, digests BLOB NOT NULL);
+-- The last record of each path whose delete was sent, for `maxlofs restore --deleted`. Rowids
+-- follow the deletes (a path deleted again is replaced by a new row): the oldest go first.
+CREATE TABLE IF NOT EXISTS deleted (
+    path TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns NOT NULL,
+    deleted_at INTEGER NOT NULL
+);
 ";
 
 /// A multipart upload under way, kept so that a restart sends only the parts still missing.
@@ -125,6 +140,16 @@ pub struct CorruptMark {
     pub ctime_ns: i128,
     /// When it was found, seconds since the epoch.
     pub found_at: i64,
+}
+
+/// The last record of a path whose delete was sent: what `maxlofs restore --deleted` brings back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeletedRecord {
+    pub hash: String,
+    pub size: u64,
+    pub mtime_ns: i128,
+    /// When its delete was decided, seconds since the epoch.
+    pub deleted_at: i64,
 }
 
 /// (path, hash, size) of a synced record, as `maxlofs verify` checks it.
@@ -258,6 +283,7 @@ impl Index {
             db.execute("DELETE FROM multipart", [])?;
             db.execute("DELETE FROM multipart_part", [])?;
             db.execute("DELETE FROM corrupted", [])?;
+            db.execute("DELETE FROM deleted", [])?;
         }
         // Written on every open: the first write takes the exclusive lock, held from now on.
         db.execute(
@@ -279,6 +305,7 @@ impl Index {
             cache: Mutex::new(cache),
             entries: AtomicU64::new(entries as u64),
             corrupted_noted: AtomicBool::new(corrupted > 0),
+            deleted_kept: DELETED_KEPT,
         })
     }
 
@@ -423,6 +450,7 @@ impl Index {
     /// Forgets the entry of `path` and, in the same transaction, notes `media` (with its id) as
     /// unsure: a delete is about to be sent, and whether it reached the service is known only
     /// after. A retry then deletes by id, never creating the path again to find the record.
+    /// The entry's hash, size and mtime are kept as the path's deleted record (`deleted`).
     pub fn remove_as_unsure(
         &self,
         path: &str,
@@ -433,6 +461,7 @@ impl Index {
         let db = self.db.lock();
         let mut removed = 0;
         in_transaction(&db, |db| {
+            keep_deleted(db, path, self.deleted_kept)?;
             removed = delete_entry(db, path)?;
             db.prepare_cached(
                 "INSERT OR REPLACE INTO unsure (path, state, media_id) VALUES (?1, ?2, ?3)",
@@ -444,6 +473,24 @@ impl Index {
         self.cache.lock().put(path.to_string(), None);
         drop(db);
         Ok(())
+    }
+
+    /// The last record of `path` whose delete was sent, while it is among the last
+    /// `DELETED_KEPT` deletes.
+    pub fn deleted(&self, path: &str) -> anyhow::Result<Option<DeletedRecord>> {
+        Ok(self
+            .db
+            .lock()
+            .prepare_cached("SELECT hash, size, mtime_ns, deleted_at FROM deleted WHERE path = ?1")?
+            .query_row([path], |row| {
+                Ok(DeletedRecord {
+                    hash: row.get("hash")?,
+                    size: row.get::<_, i64>("size")? as u64,
+                    mtime_ns: time_from_sql(row, "mtime_ns")?,
+                    deleted_at: row.get("deleted_at")?,
+                })
+            })
+            .optional()?)
     }
 
     pub fn remove(&self, path: &str) -> anyhow::Result<()> {
@@ -779,8 +826,6 @@ fn forget_shared_ids(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Runs `work` in one transaction. BEGIN and COMMIT come from the statement cache: rusqlite's
-/// `transaction()` parses them anew on every call, a measurable share of a small file's sync.
 /// A row of `corrupted`: its path, and its mark (whose ranges, JSON, may fail to decode).
 fn corrupt_mark_of(row: &rusqlite::Row) -> rusqlite::Result<(String, anyhow::Result<CorruptMark>)> {
     let ranges: String = row.get("ranges")?;
@@ -808,6 +853,22 @@ fn delete_entry(db: &Connection, path: &str) -> rusqlite::Result<usize> {
     Ok(removed)
 }
 
+/// Copies the entry of `path` (if any) into `deleted`, replacing an earlier delete of it, and
+/// drops the deletes older than the last `kept`: rowids below the newest by `kept` or more, found
+/// through the rowid key, not counted.
+fn keep_deleted(db: &Connection, path: &str, kept: u64) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "INSERT OR REPLACE INTO deleted (path, hash, size, mtime_ns, deleted_at)
+         SELECT path, hash, size, mtime_ns, ?2 FROM synced WHERE path = ?1",
+    )?
+    .execute(params![path, chrono::Utc::now().timestamp()])?;
+    db.prepare_cached("DELETE FROM deleted WHERE rowid <= (SELECT MAX(rowid) FROM deleted) - ?1")?
+        .execute([kept as i64])?;
+    Ok(())
+}
+
+/// Runs `work` in one transaction. BEGIN and COMMIT come from the statement cache: rusqlite's
+/// `transaction()` parses them anew on every call, a measurable share of a small file's sync.
 fn in_transaction(
     db: &Connection,
     work: impl FnOnce(&Connection) -> rusqlite::Result<()>,
@@ -997,6 +1058,76 @@ mod tests {
         assert_eq!(index.unsure("b").unwrap().unwrap().media_id, Some(9));
         index.clear_unsure("b").unwrap();
         assert_eq!(index.unsure("b").unwrap(), None);
+    }
+
+    #[test]
+    fn a_sent_delete_keeps_the_last_record_of_its_path_until_another_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("index.db");
+        let index = Index::open(&db, "id", 4).unwrap();
+        // Past an SQLite integer, as times may be.
+        let first = IndexEntry {
+            mtime_ns: 10_413_792_000_123_456_789,
+            ..entry(1, 1)
+        };
+        index.put("a", &first).unwrap();
+        let before = chrono::Utc::now().timestamp();
+        index.remove_as_unsure("a", &media("a"), 1).unwrap();
+        drop(index);
+        let index = Index::open(&db, "id", 4).unwrap();
+        let kept = index.deleted("a").unwrap().unwrap();
+        assert_eq!(
+            (kept.hash, kept.size, kept.mtime_ns),
+            (first.hash, first.size, first.mtime_ns)
+        );
+        assert!(kept.deleted_at >= before);
+        // The path made and deleted again: the last delete's record is the one kept.
+        let second = IndexEntry {
+            hash: "cd".repeat(32),
+            size: 5,
+            mtime_ns: 7,
+            ..entry(2, 2)
+        };
+        index.put("a", &second).unwrap();
+        index.remove_as_unsure("a", &media("a"), 2).unwrap();
+        let kept = index.deleted("a").unwrap().unwrap();
+        assert_eq!(
+            (kept.hash, kept.size, kept.mtime_ns),
+            (second.hash, second.size, second.mtime_ns)
+        );
+        // An entry forgotten with no delete sent has no deleted record.
+        index.put("b", &entry(3, 3)).unwrap();
+        index.remove("b").unwrap();
+        assert_eq!(index.deleted("b").unwrap(), None);
+        drop(index);
+        let index = Index::open(&db, "grant-2", 4).unwrap();
+        assert_eq!(index.deleted("a").unwrap(), None);
+    }
+
+    #[test]
+    fn only_the_last_deletes_keep_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(&dir.path().join("index.db"), "id", 4).unwrap();
+        index.deleted_kept = 2;
+        let delete = |path: &str, media_id| {
+            index.put(path, &entry(media_id, 1)).unwrap();
+            index
+                .remove_as_unsure(path, &media(path), media_id)
+                .unwrap();
+        };
+        delete("a", 1);
+        delete("b", 2);
+        // Deleted again, "a" is newer than "b".
+        delete("a", 3);
+        delete("c", 4);
+        let kept = |path| index.deleted(path).unwrap().is_some();
+        assert_eq!((kept("a"), kept("b"), kept("c")), (true, false, true));
+        let rows: i64 = index
+            .db
+            .lock()
+            .query_row("SELECT COUNT(*) FROM deleted", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(rows, 2);
     }
 
     #[test]

@@ -12,8 +12,9 @@
 //!     file's inode and ctime (its content is the recorded one, so the engine has nothing to
 //!     send) and the path's corruption mark is cleared.
 //!   - `Source::Deleted { path, hash, size, mtime_ns }`: a path deleted since, from its last
-//!     known content given by the caller; only where nothing stands now (`Refused::Occupied`).
-//!     The index is not changed: the engine sees a new file.
+//!     known content given by the caller (the record its delete left, `Index::deleted`); only
+//!     where nothing stands now (`Refused::Occupied`). The index is not changed: the engine
+//!     sees a new file.
 //! - [`Refused`]: the reasons a restore does not happen (in the `anyhow::Error`, for
 //!   `downcast_ref`).
 //!
@@ -944,6 +945,38 @@ mod tests {
             .unwrap_err();
         assert_eq!(refusal(&err), Some(&Refused::BadPath));
         assert_eq!(rig.store.gets.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_file_comes_back_from_the_record_its_delete_kept() {
+        let rig = Rig::new();
+        let entry = rig.record("gone", b"hello world", b"hello world");
+        // As the engine sends the delete of a recorded file (`carry_out_removal`).
+        let media = maxlofs_api::NewMedia {
+            media_path: "gone".into(),
+            state: maxlofs_api::MediaState {
+                file_hash: entry.hash.clone(),
+                file_size: entry.size,
+                ctime: "2020-09-13T12:26:40.123Z".into(),
+                mtime: "2020-09-13T12:26:40.123Z".into(),
+            },
+        };
+        rig.index
+            .remove_as_unsure("gone", &media, entry.media_id)
+            .unwrap();
+        std::fs::remove_file(rig.path("gone")).unwrap();
+        let record = rig.index.deleted("gone").unwrap().unwrap();
+        let source = Source::Deleted {
+            path: "gone".into(),
+            hash: record.hash,
+            size: record.size,
+            mtime_ns: record.mtime_ns,
+        };
+        rig.restore(&source, 3).await.unwrap();
+        assert_eq!(std::fs::read(rig.path("gone")).unwrap(), b"hello world");
+        let meta = std::fs::metadata(rig.path("gone")).unwrap();
+        assert_eq!(FileStat::from_metadata(&meta).mtime_ns, MTIME_NS);
+        assert_eq!(rig.index.get("gone").unwrap(), None);
     }
 
     #[tokio::test]
