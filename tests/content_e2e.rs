@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::proxy::{response, Action, Proxy, Rule};
+use common::proxy::{is_download, response, Action, Proxy, Rule};
 use common::service::{check_catalog, output_within, run, sh, Emulator, Mount, BIN};
 
 const MIB: usize = 1024 * 1024;
@@ -609,13 +609,86 @@ fn verify_finds_missing_and_deep_finds_corrupted_content() {
     );
 }
 
+/// `maxlofs verify MNT` on a live mount needs nothing more than `maxlofs status`: the daemon holds
+/// the key and runs the check. Every finding reaches the command, however many: 600 records
+/// whose content the service lost take more than one extended attribute's page.
+#[test]
+fn verify_on_a_live_mount_needs_no_key_and_reports_every_finding() {
+    let emulator = Emulator::start(&[]);
+    let Some(mount) = Mount::start(&emulator, &["--settle-ms", "20"]) else {
+        return;
+    };
+    let names: Vec<String> = (0..600).map(|i| format!("lost/photo-{i:03}.jpg")).collect();
+    std::fs::create_dir(mount.path("lost")).unwrap();
+    for (i, name) in names.iter().enumerate() {
+        std::fs::write(mount.path(name), bytes(64, 1000 + i as u64)).unwrap();
+    }
+    std::fs::write(mount.path("fine.jpg"), bytes(3000, 5)).unwrap();
+    mount.wait_synced();
+    let keyless_verify = |deep: bool| {
+        let mut command = Command::new(BIN);
+        command
+            .arg("verify")
+            .arg(&mount.mnt)
+            .env_remove("MAXLO_DEVICE_SESSION_KEY")
+            .env_remove("MAXLOFS_DEVICE_KEY_FILE")
+            .env("MAXLOFS_API", "http://127.0.0.1:9");
+        if deep {
+            command.arg("--deep");
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = keyless_verify(true);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("601 records, 601 contents checked (downloaded): all held"),
+        "{out}"
+    );
+
+    let client = reqwest::blocking::Client::new();
+    for name in &names {
+        let hash = maxlo_hash(&mount.backing.join(name));
+        let url = format!("{}/_emulator/objects/{hash}", emulator.url);
+        assert!(client.delete(url).send().unwrap().status().is_success());
+    }
+    let (code, out, err) = keyless_verify(false);
+    assert_eq!(code, 1, "{out}{err}");
+    let missing: BTreeSet<&str> = out
+        .lines()
+        .filter_map(|line| line.strip_prefix("missing   "))
+        .map(|rest| rest.split(' ').next().unwrap())
+        .collect();
+    let expected: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    assert_eq!(missing, expected);
+    assert!(
+        out.contains("601 records, 601 contents checked: 600 records lack their content"),
+        "{out}"
+    );
+    let status = mount.status();
+    assert_eq!(status["heal"]["kind"], "verify", "{status}");
+    assert_eq!(status["heal"]["verify"]["lacking"], 600, "{status}");
+    // An unmounted folder needs the key, and says so.
+    let unmounted = Command::new(BIN)
+        .arg("verify")
+        .arg(&mount.backing)
+        .env_remove("MAXLO_DEVICE_SESSION_KEY")
+        .env_remove("MAXLOFS_DEVICE_KEY_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(unmounted.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&unmounted.stderr);
+    assert!(err.contains("no device key"), "{err}");
+}
+
 /// A service that lies to `verify`: a download without end, or a content of another size than
 /// the record's, is reported as corrupted, and verify ends.
 #[test]
 fn verify_ends_and_reports_a_service_that_sends_without_end_or_names_another_size() {
-    fn is_download(method: &str, path: &str) -> bool {
-        method == "POST" && path.ends_with("/download")
-    }
     fn is_endless(_: &str, path: &str) -> bool {
         path == "/endless"
     }
@@ -693,9 +766,6 @@ fn verify_ends_and_reports_a_service_that_sends_without_end_or_names_another_siz
 /// could be checked). It used to wait on the trickle for as long as it lasted.
 #[test]
 fn verify_gives_up_a_download_slower_than_its_floor_and_checks_the_rest() {
-    fn is_download(method: &str, path: &str) -> bool {
-        method == "POST" && path.ends_with("/download")
-    }
     fn is_trickle(_: &str, path: &str) -> bool {
         path == "/trickle"
     }

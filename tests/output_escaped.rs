@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::proxy::{is_create, response, Action, Proxy, Rule};
+use common::proxy::{is_create, is_download, response, Action, Proxy, Rule};
 use common::service::{output_within, Emulator, Mount, BIN};
 
 const HOSTILE: &str = "\u{1b}]0;pwned\u{7}\u{1b}[2J\u{1b}]52;c;cHduZWQ=\u{7}\n maxlofs: mounted \
@@ -50,10 +50,6 @@ fn is_current_device(_: &str, path: &str) -> bool {
 
 fn is_grant_list(_: &str, path: &str) -> bool {
     path == "/device/1/media_grant"
-}
-
-fn is_download(_: &str, path: &str) -> bool {
-    path.ends_with("/download")
 }
 
 /// `grants` lists a grant named and prefixed with the hostile text, and prints the service's

@@ -354,3 +354,250 @@ fn scrub_repair_restores_what_the_pass_finds() {
     assert_eq!(site.emulator.calls("update"), 0);
     site.mount.unmount();
 }
+
+/// `maxlofs scrub` and `maxlofs restore` of a backing folder that is not mounted: scrub (which
+/// needs no key) finds the byte flipped in the image; a restore, given the key, is killed while
+/// it downloads the file's third part (the store trickles it): the damaged file is still at its
+/// path, whole, and the next restore fetches only the parts it lacks and puts back the original
+/// with its mtime. Mounted again, nothing is sent for the file.
+#[test]
+fn an_unmounted_folder_is_scrubbed_and_a_restore_killed_mid_download_completes_next_time() {
+    let test =
+        "an_unmounted_folder_is_scrubbed_and_a_restore_killed_mid_download_completes_next_time";
+    let Some(mut site) = OnDisk::start(test, 128) else {
+        return;
+    };
+    const MIB: usize = 1 << 20;
+    // Four File Hashing parts of 8 MiB: the store serves one per range request.
+    let content = pattern(30 * MIB, 11);
+    std::fs::write(site.mount.path("clip.mov"), &content).unwrap();
+    std::fs::write(site.mount.path("fine.jpg"), pattern(4_000, 12)).unwrap();
+    site.mount.wait_synced();
+    let mtime = mtime_ns(&site.mount.path("clip.mov"));
+    assert!(site.mount.unmount().success());
+    site.disk.unmount();
+    site.disk
+        .flip_byte(Path::new("library/clip.mov"), 20 * MIB as u64 + 3);
+    site.disk.mount();
+    let file = site.mount.backing.join("clip.mov");
+    let damaged = std::fs::read(&file).unwrap();
+    assert!(damaged != content);
+
+    let unmounted = |command: &str| -> std::process::Command {
+        let mut run = std::process::Command::new(common::service::BIN);
+        run.arg(command)
+            .arg(&site.mount.backing)
+            .arg("--state-dir")
+            .arg(&site.mount.state)
+            .env_remove("MAXLO_DEVICE_SESSION_KEY")
+            .env_remove("MAXLOFS_DEVICE_KEY_FILE");
+        run
+    };
+    let scrub = unmounted("scrub").output().unwrap();
+    let said = String::from_utf8_lossy(&scrub.stdout);
+    assert_eq!(
+        scrub.status.code(),
+        Some(3),
+        "{said}{}",
+        String::from_utf8_lossy(&scrub.stderr)
+    );
+    assert!(said.contains("2 files checked"), "{said}");
+    let damaged_lines: Vec<&str> = said
+        .lines()
+        .filter(|l| l.contains("corrupted locally"))
+        .collect();
+    assert_eq!(damaged_lines.len(), 1, "{said}");
+    assert!(
+        damaged_lines[0].starts_with("clip.mov: ")
+            && damaged_lines[0].contains("bytes 16777216-25165823 "),
+        "{said}"
+    );
+
+    // Without a key a restore is refused, and says why.
+    let keyless = unmounted("restore").arg("--corrupted").output().unwrap();
+    assert_eq!(keyless.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&keyless.stderr).contains("no device key"));
+
+    // The service's own answer to `download`, its URL sent through a proxy that can hold a part.
+    let proxy = common::proxy::Proxy::start(&site.emulator.url);
+    let mut hasher = maxlofs_api::hash::StreamHasher::new(content.len() as u64);
+    hasher.update(&content);
+    let hash = hasher.finish().unwrap().to_hex();
+    let (status, mut answer) = site.emulator.post(
+        "/device/1/media_grant/1/download",
+        &serde_json::json!({"device_session_key": "demo-device-key", "hash_list": [hash]}),
+    );
+    assert_eq!(status, 200, "{answer}");
+    let item = &mut answer["download_list"][0];
+    item["url"] = item["url"]
+        .as_str()
+        .unwrap()
+        .replace(&site.emulator.url, &proxy.url)
+        .into();
+    let download_answered = common::proxy::Rule {
+        matches: common::proxy::is_download,
+        action: common::proxy::Action::Answer(common::proxy::response(
+            "200 OK",
+            answer.to_string().as_bytes(),
+        )),
+        times: None,
+    };
+    proxy.add_rule(download_answered.clone());
+    let object_gets = |proxy: &common::proxy::Proxy| {
+        proxy
+            .seen()
+            .iter()
+            .filter(|line| line.starts_with("GET /_s3/"))
+            .count()
+    };
+    let restore = |proxy: &common::proxy::Proxy| {
+        let mut run = unmounted("restore");
+        run.arg("--corrupted")
+            .args(["--api", &proxy.url, "--device-key-file"])
+            .arg(&site.mount.key_file);
+        run
+    };
+    proxy.add_rule(common::proxy::Rule {
+        matches: common::proxy::is_object_get,
+        action: common::proxy::Action::Forward,
+        times: Some(2),
+    });
+    proxy.add_rule(common::proxy::Rule {
+        matches: common::proxy::is_object_get,
+        action: common::proxy::Action::Trickle {
+            head: format!(
+                "HTTP/1.1 206 Partial Content\r\ncontent-length: {}\r\n\
+                 content-range: bytes {}-{}/{}\r\n\r\n",
+                8 * MIB,
+                16 * MIB,
+                24 * MIB - 1,
+                content.len()
+            )
+            .into_bytes(),
+            every: std::time::Duration::from_millis(200),
+        },
+        times: None,
+    });
+    let mut first = restore(&proxy)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while object_gets(&proxy) < 3 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", proxy.seen());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the restore ended before it was killed"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(
+        std::fs::read(&file).unwrap() == damaged,
+        "the path changed before the end"
+    );
+    let temps: Vec<String> = std::fs::read_dir(&site.mount.backing)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with(".maxlofs-restore-"))
+        .collect();
+    assert_eq!(temps.len(), 1, "the parts fetched are kept: {temps:?}");
+
+    proxy.clear_rules();
+    proxy.add_rule(download_answered);
+    let gets_before = object_gets(&proxy);
+    let second = restore(&proxy).output().unwrap();
+    let said = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{said}{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(said.starts_with("1 restored"), "{said}");
+    assert_eq!(
+        object_gets(&proxy) - gets_before,
+        2,
+        "only the two parts not fetched before: {:?}",
+        proxy.seen()
+    );
+    assert!(std::fs::read(&file).unwrap() == content);
+    assert_eq!(mtime_ns(&file), mtime);
+
+    assert!(site.mount.mount());
+    site.mount.wait_synced();
+    assert_eq!(
+        site.emulator.calls("update"),
+        0,
+        "{}",
+        site.mount.log_text()
+    );
+    assert!(site.mount.status()["corrupted_count"].is_null());
+    common::service::assert_catalog_matches(&site.emulator, &site.mount.backing);
+    site.mount.unmount();
+}
+
+/// `maxlofs restore MNT --deleted PATH` brings back a file the user deleted through the mount, from
+/// the record its delete left in the index: byte-identical, with its mtime, and recorded again.
+/// It never overwrites what stands at the path now, and a path never deleted is refused, saying so.
+#[test]
+fn a_file_deleted_through_the_mount_comes_back_from_its_last_record() {
+    let emulator = common::service::Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    if !mount.mount() {
+        return;
+    }
+    std::fs::create_dir(mount.path("trip")).unwrap();
+    let photo = pattern(300_000, 21);
+    std::fs::write(mount.path("trip/photo.jpg"), &photo).unwrap();
+    std::fs::write(mount.path("taken.jpg"), pattern(2_000, 22)).unwrap();
+    mount.wait_synced();
+    let mtime = mtime_ns(&mount.path("trip/photo.jpg"));
+    std::fs::remove_file(mount.path("trip/photo.jpg")).unwrap();
+    std::fs::remove_file(mount.path("taken.jpg")).unwrap();
+    mount.wait_synced();
+    assert!(emulator.live().is_empty(), "{}", mount.log_text());
+    std::fs::write(mount.path("taken.jpg"), b"a new file in its place").unwrap();
+
+    let restore = maxlofs(&[
+        "restore".as_ref(),
+        mount.mnt.as_os_str(),
+        "--deleted".as_ref(),
+        "trip/photo.jpg".as_ref(),
+        mount.path("taken.jpg").as_os_str(),
+        "never.jpg".as_ref(),
+    ]);
+    let said = String::from_utf8_lossy(&restore.stdout);
+    assert_eq!(
+        restore.status.code(),
+        Some(3),
+        "{said}\n{}",
+        mount.log_text()
+    );
+    assert!(said.starts_with("1 restored"), "{said}");
+    assert!(
+        said.contains("not restored: taken.jpg: something stands at the path"),
+        "{said}"
+    );
+    assert!(
+        said.contains("not restored: never.jpg: no deleted record of this path is known"),
+        "{said}"
+    );
+    assert!(std::fs::read(mount.path("trip/photo.jpg")).unwrap() == photo);
+    assert_eq!(mtime_ns(&mount.path("trip/photo.jpg")), mtime);
+    assert_eq!(
+        std::fs::read(mount.path("taken.jpg")).unwrap(),
+        b"a new file in its place"
+    );
+    mount.wait_synced();
+    assert!(
+        emulator.live().contains_key("trip/photo.jpg"),
+        "{}",
+        mount.log_text()
+    );
+    common::service::assert_catalog_matches(&emulator, &mount.backing);
+    mount.unmount();
+}

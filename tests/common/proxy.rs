@@ -51,6 +51,11 @@ pub fn is_object_get(method: &str, path: &str) -> bool {
     method == "GET" && path.starts_with("/_s3/")
 }
 
+/// A `download` call (signed URLs for contents).
+pub fn is_download(method: &str, path: &str) -> bool {
+    method == "POST" && path.ends_with("/download")
+}
+
 /// Create, update or delete of a record.
 pub fn is_media_call(method: &str, path: &str) -> bool {
     path.ends_with("/media") || path.contains("/media/") && (method == "POST" || method == "DELETE")
