@@ -96,14 +96,14 @@ fn grant_prefix(state: &StateDir, fresh: Option<String>) -> anyhow::Result<Strin
 
 /// The state folder, opened once without following a symlink at its name: every file in it is
 /// opened relative to this descriptor, and never through a symlink either.
-struct StateDir {
-    path: PathBuf,
+pub(crate) struct StateDir {
+    pub(crate) path: PathBuf,
     fd: File,
 }
 
 impl StateDir {
     /// Opens `name` in the state folder with `flags` (created with `mode`), refusing a symlink.
-    fn open(&self, name: &str, flags: i32, mode: libc::mode_t) -> std::io::Result<File> {
+    pub(crate) fn open(&self, name: &str, flags: i32, mode: libc::mode_t) -> std::io::Result<File> {
         let name = CString::new(name).expect("no NUL in a state file's name");
         sys::openat(self.fd.as_fd(), &name, flags | libc::O_NOFOLLOW, mode)
             .map(File::from)
@@ -187,7 +187,7 @@ fn backing_at_or_above(path: &Path, backing: &Path) -> anyhow::Result<Option<Pat
 /// a shared folder such as /tmp another user can plant one), and so is a folder or an entry in it
 /// that belongs to another user, before any mode is changed: that user could widen the modes
 /// again, and the modes of what is not ours are not ours to change.
-fn open_state_dir(state_dir: &Path) -> anyhow::Result<StateDir> {
+pub(crate) fn open_state_dir(state_dir: &Path) -> anyhow::Result<StateDir> {
     // A trailing slash would make the kernel follow a symlink at the last name.
     let path: PathBuf = state_dir.components().collect();
     let creating = || format!("creating state folder {}", path.display());

@@ -54,12 +54,28 @@ pub fn open(folder: &Path, args: &UnmountedArgs, grant: GrantId) -> anyhow::Resu
         None => crate::daemon::default_state_dir(&path, grant)?,
     };
     let index_file = state_dir.join("index.db");
-    if !index_file.exists() {
-        anyhow::bail!(
+    let no_index = || {
+        anyhow::anyhow!(
             "{} is neither a maxlofs mount nor a backing folder with an index ({} is missing)",
             folder.display(),
             index_file.display()
-        );
+        )
+    };
+    if !state_dir.is_dir() {
+        return Err(no_index());
+    }
+    // As the daemon takes it: no symlink, nothing of another user's; then the index itself, not
+    // a symlink to one (SQLite opens it by name, in that folder no other user can write to).
+    let state = crate::daemon::open_state_dir(&state_dir)?;
+    match state.open("index.db", libc::O_RDONLY, 0) {
+        Ok(_) => {}
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => return Err(no_index()),
+        Err(err) => {
+            let what = format!("{} (a symlink is not followed)", index_file.display());
+            return Err(anyhow::Error::new(err)
+                .context(what)
+                .context(crate::args::NotMounted));
+        }
     }
     let index = Index::open_made(&index_file, CACHE_ENTRIES).map_err(|err| {
         let why = crate::daemon::index_trouble(&err, &index_file);

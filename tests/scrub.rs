@@ -601,3 +601,66 @@ fn a_file_deleted_through_the_mount_comes_back_from_its_last_record() {
     common::service::assert_catalog_matches(&emulator, &mount.backing);
     mount.unmount();
 }
+
+/// An unmounted folder's index is opened as the daemon opens it: a state folder or an index that
+/// is a symlink (another user may have planted it) is refused, and what it points at untouched;
+/// a mount's index is refused while it is mounted.
+#[test]
+fn an_unmounted_folders_index_is_never_reached_through_a_symlink() {
+    let emulator = common::service::Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &[]);
+    if !mount.mount() {
+        return;
+    }
+    std::fs::write(mount.path("photo.jpg"), pattern(1_000, 31)).unwrap();
+    mount.wait_synced();
+    let backing = mount.backing.clone();
+    let scrub = |state: &Path| {
+        let out = std::process::Command::new(common::service::BIN)
+            .arg("scrub")
+            .arg(&backing)
+            .arg("--state-dir")
+            .arg(state)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // While mounted, its index is the daemon's alone: the backing folder is refused, saying why.
+    let (code, err) = scrub(&mount.state);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("is another maxlofs mount using this state folder?"),
+        "{err}"
+    );
+    assert!(mount.unmount().success());
+    assert_eq!(scrub(&mount.state).0, Some(0), "a positive control");
+
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::rename(mount.state.join("index.db"), elsewhere.join("index.db")).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("index.db"), mount.state.join("index.db")).unwrap();
+    let before = std::fs::metadata(elsewhere.join("index.db")).unwrap();
+    let (code, err) = scrub(&mount.state);
+    assert_eq!(code, Some(2), "refused as a usage mistake: {err}");
+    assert!(err.contains("symlink"), "{err}");
+
+    let linked_state = dir.path().join("linked-state");
+    std::os::unix::fs::symlink(&elsewhere, &linked_state).unwrap();
+    let (code, err) = scrub(&linked_state);
+    assert_eq!(code, Some(2), "refused as a usage mistake: {err}");
+    assert!(err.contains("symlink"), "{err}");
+    let after = std::fs::metadata(elsewhere.join("index.db")).unwrap();
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec(), after.mode()),
+        (before.mtime(), before.mtime_nsec(), before.mode())
+    );
+    assert_eq!(
+        std::fs::metadata(&elsewhere).unwrap().mode() & 0o777,
+        0o755,
+        "the folder a symlink names was changed"
+    );
+}
