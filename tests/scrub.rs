@@ -61,6 +61,19 @@ fn maxlofs(args: &[&std::ffi::OsStr]) -> std::process::Output {
         .unwrap()
 }
 
+/// The stdout of a command that must have exited with `code` (else the test fails, showing both
+/// its outputs).
+fn stdout_of_exit(out: &std::process::Output, code: i32) -> String {
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    said
+}
+
 /// Runs `maxlofs restore MNT ARGS...` and asserts it restored `count` files and exited 0.
 fn assert_restores(mount: &common::service::Mount, args: &[&std::ffi::OsStr], count: usize) {
     let argv: Vec<&std::ffi::OsStr> = ["restore".as_ref(), mount.mnt.as_os_str()]
@@ -393,14 +406,7 @@ fn an_unmounted_folder_is_scrubbed_and_a_restore_killed_mid_download_completes_n
             .env_remove("MAXLOFS_DEVICE_KEY_FILE");
         run
     };
-    let scrub = unmounted("scrub").output().unwrap();
-    let said = String::from_utf8_lossy(&scrub.stdout);
-    assert_eq!(
-        scrub.status.code(),
-        Some(3),
-        "{said}{}",
-        String::from_utf8_lossy(&scrub.stderr)
-    );
+    let said = stdout_of_exit(&unmounted("scrub").output().unwrap(), 3);
     assert!(said.contains("2 files checked"), "{said}");
     let damaged_lines: Vec<&str> = said
         .lines()
@@ -508,14 +514,7 @@ fn an_unmounted_folder_is_scrubbed_and_a_restore_killed_mid_download_completes_n
     proxy.clear_rules();
     proxy.add_rule(download_answered);
     let gets_before = object_gets(&proxy);
-    let second = restore(&proxy).output().unwrap();
-    let said = String::from_utf8_lossy(&second.stdout);
-    assert_eq!(
-        second.status.code(),
-        Some(0),
-        "{said}{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    let said = stdout_of_exit(&restore(&proxy).output().unwrap(), 0);
     assert!(said.starts_with("1 restored"), "{said}");
     assert_eq!(
         object_gets(&proxy) - gets_before,
@@ -545,11 +544,9 @@ fn an_unmounted_folder_is_scrubbed_and_a_restore_killed_mid_download_completes_n
 #[test]
 fn a_file_deleted_through_the_mount_comes_back_from_its_last_record() {
     let emulator = common::service::Emulator::start(&[]);
-    let dir = tempfile::tempdir().unwrap();
-    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
-    if !mount.mount() {
+    let Some(mut mount) = common::service::Mount::start(&emulator, &["--settle-ms", "20"]) else {
         return;
-    }
+    };
     std::fs::create_dir(mount.path("trip")).unwrap();
     let photo = pattern(300_000, 21);
     std::fs::write(mount.path("trip/photo.jpg"), &photo).unwrap();
