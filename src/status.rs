@@ -372,6 +372,49 @@ mod tests {
     }
 
     #[test]
+    fn a_job_line_says_what_the_job_does_and_found() {
+        let scrub = HealStatus {
+            job: 2,
+            files_checked: 3,
+            bytes_read: 3 << 20,
+            corrupted_found: 1,
+            ..HealStatus::default()
+        };
+        assert_eq!(
+            heal_line(&scrub),
+            "2 scrub done: 3 files checked (3.0 MiB), 1 found corrupted, 0 restored"
+        );
+        let verifying = HealStatus {
+            job: 3,
+            kind: JobKind::Verify,
+            running: true,
+            ..HealStatus::default()
+        };
+        assert!(text(&StatusReport {
+            heal: Some(verifying.clone()),
+            ..StatusReport::default()
+        })
+        .contains("job: 3 verify running\n"));
+        let verified = HealStatus {
+            running: false,
+            verify: Some(maxlofs_sync::verify::VerifyReport {
+                records: 10,
+                contents: 9,
+                deep: true,
+                lacking: 2,
+                too_slow: 1,
+                findings: Vec::new(),
+            }),
+            ..verifying
+        };
+        assert_eq!(
+            heal_line(&verified),
+            "3 verify done: 10 records, 9 contents checked (downloaded): 2 lack their content, 1 \
+             not checked (too slow)"
+        );
+    }
+
+    #[test]
     fn the_last_error_says_how_long_ago_it_was() {
         let now = chrono::Utc::now().timestamp();
         let report = |at: Option<i64>| StatusReport {
