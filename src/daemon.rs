@@ -590,6 +590,9 @@ pub fn run(args: &MountArgs) -> anyhow::Result<()> {
                 bytes_per_sec: std::num::NonZeroU64::new(args.scrub_rate),
             },
             scrub_interval: args.scrub_interval.map(Duration::from_secs),
+            content: Some(Arc::new(maxlofs_api::content_client::ContentClient::new(
+                api.clone(),
+            )?)),
         },
     };
     let writers = Arc::new(OpenWriters::default());

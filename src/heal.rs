@@ -168,8 +168,7 @@ fn run_on_mount(mountpoint: &Path, request: &HealRequest) -> anyhow::Result<(Hea
                 mountpoint.display()
             ),
             Some(libc::EOPNOTSUPP) => anyhow::anyhow!(
-                "the mount at {} sends records only (--no-upload): nothing can be restored or \
-                 verified",
+                "the daemon of {} has no content calls: nothing can be restored or verified",
                 mountpoint.display()
             ),
             _ => anyhow::anyhow!(

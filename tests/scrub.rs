@@ -661,3 +661,47 @@ fn an_unmounted_folders_index_is_never_reached_through_a_symlink() {
         "the folder a symlink names was changed"
     );
 }
+
+/// A mount that sends records only (`--no-upload`) still verifies and restores: downloading
+/// content is not uploading it. The content was sent by an earlier mount of the same folder.
+#[test]
+fn a_mount_that_sends_records_only_still_verifies_and_restores() {
+    let emulator = common::service::Emulator::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut mount = common::service::Mount::prepare(dir.path(), &emulator, &["--settle-ms", "20"]);
+    if !mount.mount() {
+        return;
+    }
+    let photo = pattern(40_000, 41);
+    std::fs::write(mount.path("photo.jpg"), &photo).unwrap();
+    mount.wait_synced();
+    assert!(mount.unmount().success());
+    let mut records_only = common::service::Mount::prepare(
+        dir.path(),
+        &emulator,
+        &["--settle-ms", "20", "--no-upload"],
+    );
+    assert!(records_only.mount());
+    let verify = std::process::Command::new(common::service::BIN)
+        .arg("verify")
+        .arg(&records_only.mnt)
+        .arg("--deep")
+        .output()
+        .unwrap();
+    assert!(
+        stdout_of_exit(&verify, 0).contains("1 records, 1 contents checked (downloaded): all held")
+    );
+    std::fs::remove_file(records_only.path("photo.jpg")).unwrap();
+    records_only.wait_synced();
+    let restore = maxlofs(&[
+        "restore".as_ref(),
+        records_only.mnt.as_os_str(),
+        "--deleted".as_ref(),
+        "photo.jpg".as_ref(),
+    ]);
+    assert!(stdout_of_exit(&restore, 0).starts_with("1 restored"));
+    assert!(std::fs::read(records_only.path("photo.jpg")).unwrap() == photo);
+    records_only.wait_synced();
+    assert!(emulator.live().contains_key("photo.jpg"));
+    records_only.unmount();
+}

@@ -144,7 +144,7 @@ impl StatusSource for Engine {
     }
 
     fn heal(&self, request: &[u8]) -> Result<(), maxlofs_fs::Errno> {
-        let has_content = self.uploads.content_api().is_some();
+        let has_content = self.heal.config.content.is_some();
         self.heal
             .ask(request, has_content)
             .map_err(|not| match not {
@@ -200,7 +200,7 @@ impl Engine {
         let (events, intake) = mpsc::unbounded_channel();
         Arc::new(Engine {
             queue: WorkQueue::new(config.settle),
-            heal: Healer::new(config.heal),
+            heal: Healer::new(config.heal.clone()),
             uploads: Uploads::new(&config.upload),
             config,
             api,

@@ -64,20 +64,23 @@ pub enum NotTaken {
     Malformed,
     /// A job is running.
     Busy,
-    /// Restores and verifies need the content API, which `--no-upload` leaves out.
+    /// Restores and verifies need content calls, which the mount was not given.
     NoContent,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct HealConfig {
     pub scrub: ScrubConfig,
     /// A scrub pass starts this often by itself (`--scrub-interval`); `None`: only when asked.
     pub scrub_interval: Option<Duration>,
+    /// The content calls restores and verifies make (downloads: a mount that sends records only
+    /// still has them); `None`: jobs that need them are refused.
+    pub content: Option<Arc<dyn ContentApi>>,
 }
 
 /// The engine's job state: requests waiting, the job running, and what the last one did.
 pub(super) struct Healer {
-    config: HealConfig,
+    pub(super) config: HealConfig,
     requests: mpsc::UnboundedSender<HealRequest>,
     intake: Mutex<Option<mpsc::UnboundedReceiver<HealRequest>>>,
     running: AtomicBool,
@@ -209,7 +212,7 @@ impl Engine {
                     Ok(request) => request,
                     Err(_) => {
                         // An interval pass waits for a job the user started.
-                        let has_content = self.uploads.content_api().is_some();
+                        let has_content = self.heal.config.content.is_some();
                         let request = HealRequest::Scrub { repair: false };
                         match self.heal.take(request, has_content) {
                             Ok(()) => intake.recv().await,
@@ -229,7 +232,7 @@ impl Engine {
         let bench = Workbench {
             index: self.index.clone(),
             backing: self.backing.clone(),
-            content: self.uploads.content_api().cloned(),
+            content: self.heal.config.content.clone(),
             grant: self.config.grant,
             scrub: self.heal.config.scrub,
             progress: self.heal.progress.clone(),
@@ -355,7 +358,7 @@ async fn verify_all(
     let content = bench
         .content
         .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("no content API (--no-upload)"))?;
+        .ok_or_else(|| anyhow::anyhow!("no content calls were given"))?;
     let records = bench.index.synced_records()?;
     verify::verify(content.as_ref(), bench.grant, &records, deep).await
 }
@@ -368,7 +371,7 @@ async fn restore_one(bench: &Workbench, path: &str, deleted: bool) -> Result<(),
     let content = bench
         .content
         .as_ref()
-        .ok_or("no content API (--no-upload)")?;
+        .ok_or("no content calls were given")?;
     let source = match deleted {
         false => Source::Indexed(path.to_string()),
         true => match bench.index.deleted(path) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::ignore::IgnoreRules;
 use super::index::Index;
 use super::local::Backing;
-use super::{Engine, SyncConfig, UploadConfig};
+use super::{Engine, HealConfig, SyncConfig, UploadConfig};
 use maxlofs_api::content_client::ContentApi;
 use maxlofs_api::{ApiError, Keys, MediaApi, MediaRecord, MediaState, NewMedia, SecretKey};
 use maxlofs_emulator::memory::MemoryApi;
@@ -142,7 +142,7 @@ impl Rig {
             concurrency: 4,
             no_delete: options.no_delete,
             ignore: IgnoreRules::new(&options.ignore, &[]).unwrap(),
-            upload: match options.content {
+            upload: match options.content.clone() {
                 Some(api) => UploadConfig {
                     api: Some(api),
                     records_only: None,
@@ -153,7 +153,10 @@ impl Rig {
                 },
                 None => UploadConfig::records_only("unit test without content"),
             },
-            heal: Default::default(),
+            heal: HealConfig {
+                content: options.content,
+                ..HealConfig::default()
+            },
         };
         let index = Index::open(&dir.path().join("index.db"), "test", 16).unwrap();
         let started = options.backing.is_none();

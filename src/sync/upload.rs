@@ -180,12 +180,6 @@ impl Uploads {
         self.api.is_some()
     }
 
-    /// The content calls, unless the mount chose records only (`--no-upload`): a restore fetches
-    /// through them.
-    pub(super) fn content_api(&self) -> Option<&Arc<dyn ContentApi>> {
-        self.api.as_ref()
-    }
-
     /// Why no content is sent, if none is: the mount's choice, or the service's.
     pub(super) fn off(&self) -> Option<String> {
         let learned = self.grant.lock().clone().flatten();
