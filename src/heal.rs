@@ -96,9 +96,17 @@ pub fn run_verify(
     Ok(report)
 }
 
-/// Whether `folder` is a live mount (its daemon answers status).
+/// Whether `folder` is a live mount: its daemon answers status, or it is a FUSE mount whose
+/// daemon does not answer this user (another user's mount): that refusal is then said as it is,
+/// not taken for an unmounted folder.
 fn is_mount(folder: &Path) -> bool {
-    status::read(folder).is_ok()
+    status::read(folder).is_ok() || on_fuse(folder)
+}
+
+/// Whether `folder` is on a FUSE filesystem. The kernel answers statfs with the filesystem's type
+/// even to a user the mount does not let in.
+fn on_fuse(folder: &Path) -> bool {
+    rustix::fs::statfs(folder).is_ok_and(|stat| stat.f_type == libc::FUSE_SUPER_MAGIC)
 }
 
 /// The paths scrub found damaged and still are: the first ones, and how many in all.

@@ -422,17 +422,31 @@ fn status_answers_only_the_owner_and_root() {
         String::from_utf8_lossy(&inside.stderr).contains("Permission denied"),
         "{inside:?}"
     );
-    let other = as_nobody(&[common::service::BIN, "status", mnt]);
-    assert!(!other.status.success(), "{other:?}");
-    assert!(
-        String::from_utf8_lossy(&other.stderr).contains("Permission denied"),
-        "{other:?}"
-    );
-    for output in [&other.stdout, &other.stderr] {
+    // Nor may they ask the daemon for its jobs, which would name the paths too: each is refused
+    // as the mount's, not taken for an unmounted folder.
+    for command in [
+        &["status", mnt][..],
+        &["verify", mnt],
+        &["scrub", mnt],
+        &["restore", mnt, "--corrupted"],
+    ] {
+        let argv: Vec<&str> = [common::service::BIN]
+            .iter()
+            .chain(command)
+            .copied()
+            .collect();
+        let other = as_nobody(&argv);
+        assert!(!other.status.success(), "{other:?}");
         assert!(
-            !String::from_utf8_lossy(output).contains("secret-name"),
-            "{other:?}"
+            String::from_utf8_lossy(&other.stderr).contains("Permission denied"),
+            "{command:?}: {other:?}"
         );
+        for output in [&other.stdout, &other.stderr] {
+            assert!(
+                !String::from_utf8_lossy(output).contains("secret-name"),
+                "{other:?}"
+            );
+        }
     }
 }
 
