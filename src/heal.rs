@@ -228,16 +228,7 @@ fn run_unmounted(
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let restores = match &request {
-        HealRequest::Scrub { repair } => *repair,
-        _ => true,
-    };
-    let (content, grant) = if restores {
-        let (content, grant) = crate::offline::content_api(args, &runtime)?;
-        (Some(content), grant)
-    } else {
-        (None, crate::offline::grant_id(args, &runtime)?)
-    };
+    let (content, grant) = crate::offline::service(args, &runtime, request.needs_content())?;
     let unmounted = crate::offline::open(folder, args, grant)?;
     let bench = Workbench {
         index: unmounted.index.clone(),

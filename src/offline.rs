@@ -22,25 +22,35 @@ const CACHE_ENTRIES: usize = 1024;
 pub struct Unmounted {
     pub backing: Arc<Backing>,
     pub index: Arc<Index>,
-    pub grant: GrantId,
 }
 
-/// The content calls of the service `args` names, with its keys. `runtime` looks a grant name up.
-pub fn content_api(
+/// The grant `args` names, as an id, and with `content` the content calls of the service it names,
+/// with the key given. A grant name is looked up in the service, which needs the key too; an id
+/// without content calls needs none (a plain scrub).
+pub fn service(
     args: &UnmountedArgs,
     runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<(Arc<dyn ContentApi>, GrantId)> {
+    content: bool,
+) -> anyhow::Result<(Option<Arc<dyn ContentApi>>, GrantId)> {
+    let id: Option<GrantId> = args.grant.parse().ok();
+    if let (Some(id), false) = (id, content) {
+        return Ok((None, id));
+    }
     let keys = KeySource::new(args.device_key_file.clone(), None).load()?;
     let api = Arc::new(HttpApi::new(&args.api, keys, Timeouts::default())?);
-    let grant = match args.grant.parse() {
-        Ok(id) => id,
-        Err(_) => {
+    let grant = match id {
+        Some(id) => id,
+        None => {
             runtime
                 .block_on(crate::grants::resolve_grant(api.as_ref(), &args.grant))?
                 .0
         }
     };
-    Ok((Arc::new(ContentClient::new(api)?), grant))
+    let calls: Option<Arc<dyn ContentApi>> = match content {
+        true => Some(Arc::new(ContentClient::new(api)?)),
+        false => None,
+    };
+    Ok((calls, grant))
 }
 
 /// Opens `folder` (a backing folder, not mounted) and the index its mount of `grant` made (in
@@ -89,17 +99,5 @@ pub fn open(folder: &Path, args: &UnmountedArgs, grant: GrantId) -> anyhow::Resu
     Ok(Unmounted {
         backing: Arc::new(backing),
         index: Arc::new(index),
-        grant,
     })
-}
-
-/// The grant `args` names, as an id: a name is looked up in the service, which needs the key.
-pub fn grant_id(
-    args: &UnmountedArgs,
-    runtime: &tokio::runtime::Runtime,
-) -> anyhow::Result<GrantId> {
-    match args.grant.parse() {
-        Ok(id) => Ok(id),
-        Err(_) => Ok(content_api(args, runtime)?.1),
-    }
 }

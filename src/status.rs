@@ -197,27 +197,21 @@ fn write_text(out: &mut impl Write, status: &StatusReport) -> std::io::Result<()
 /// One line on a scrub, restore or verify job: how far it got, or what it did.
 pub fn heal_line(heal: &HealStatus) -> String {
     let state = if heal.running { "running" } else { "done" };
-    let mut line = match (heal.kind, &heal.verify) {
-        (JobKind::Verify, None) => format!("{} verify {state}", heal.job),
-        (JobKind::Verify, Some(verify)) => format!(
-            "{} verify {state}: {} records, {} contents checked{}: {} lack their content, {} \
+    let (job, kind) = (heal.job, heal.kind.name());
+    let mut line = match &heal.verify {
+        Some(verify) => format!(
+            "{job} {kind} {state}: {} records, {} contents checked{}: {} lack their content, {} \
              not checked (too slow)",
-            heal.job,
             verify.records,
             verify.contents,
             if verify.deep { " (downloaded)" } else { "" },
             verify.lacking,
             verify.too_slow
         ),
-        (kind, _) => {
-            let kind = if kind == JobKind::Restore {
-                "restore"
-            } else {
-                "scrub"
-            };
+        None if heal.kind == JobKind::Verify => format!("{job} {kind} {state}"),
+        None => {
             let mut line = format!(
-                "{} {kind} {state}: {} files checked ({}), {} found corrupted, {} restored",
-                heal.job,
+                "{job} {kind} {state}: {} files checked ({}), {} found corrupted, {} restored",
                 heal.files_checked,
                 bytes(heal.bytes_read),
                 heal.corrupted_found,

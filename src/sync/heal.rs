@@ -271,6 +271,15 @@ pub struct Workbench {
     pub stop: Arc<AtomicBool>,
 }
 
+impl Workbench {
+    /// The content calls, which restores and verifies need.
+    fn content(&self) -> anyhow::Result<&dyn ContentApi> {
+        self.content
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("no content calls were given"))
+    }
+}
+
 /// Runs `request` on `bench` as job number `job`: what it did.
 pub async fn run_job(bench: Workbench, request: HealRequest, job: u64) -> HealStatus {
     let mut done = HealStatus {
@@ -355,12 +364,9 @@ async fn verify_all(
     bench: &Workbench,
     deep: Option<Duration>,
 ) -> anyhow::Result<verify::VerifyReport> {
-    let content = bench
-        .content
-        .as_ref()
-        .ok_or_else(|| anyhow::anyhow!("no content calls were given"))?;
+    let content = bench.content()?;
     let records = bench.index.synced_records()?;
-    verify::verify(content.as_ref(), bench.grant, &records, deep).await
+    verify::verify(content, bench.grant, &records, deep).await
 }
 
 /// Restores one path from its index entry or, `deleted`, from its last record before its
@@ -368,10 +374,7 @@ async fn verify_all(
 /// (an edit made meanwhile is kept, and the restore refused), or that nothing stands at a
 /// deleted path; a file renamed in from its entry matches it, so no look sends anything for it.
 async fn restore_one(bench: &Workbench, path: &str, deleted: bool) -> Result<(), String> {
-    let content = bench
-        .content
-        .as_ref()
-        .ok_or("no content calls were given")?;
+    let content = bench.content().map_err(|err| format!("{err:#}"))?;
     let source = match deleted {
         false => Source::Indexed(path.to_string()),
         true => match bench.index.deleted(path) {
@@ -395,14 +398,7 @@ async fn restore_one(bench: &Workbench, path: &str, deleted: bool) -> Result<(),
         attempts: RESTORE_ATTEMPTS.try_into().expect("not zero"),
         floor_window: maxlofs_api::content_client::DOWNLOAD_FLOOR_WINDOW,
     };
-    let restored = restore::restore(
-        &bench.index,
-        &bench.backing,
-        content.as_ref(),
-        &config,
-        &source,
-    )
-    .await;
+    let restored = restore::restore(&bench.index, &bench.backing, content, &config, &source).await;
     match restored {
         Ok(restored) => {
             tracing::info!(

@@ -77,6 +77,17 @@ pub enum JobKind {
     Verify,
 }
 
+impl JobKind {
+    /// The command's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobKind::Scrub => "scrub",
+            JobKind::Restore => "restore",
+            JobKind::Verify => "verify",
+        }
+    }
+}
+
 /// A scrub, restore or verify job of the daemon.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct HealStatus {
@@ -186,7 +197,7 @@ pub fn encode_bounded(report: &StatusReport) -> String {
     serde_json::to_string(&bounded).expect("a report serializes")
 }
 
-/// A page of a list the daemon pages out (see `fs::StatusSource::page`).
+/// A page of a list the daemon pages out (see `fs::StatusSource::verify_findings_page`).
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct Page<T> {
     pub entries: Vec<T>,
